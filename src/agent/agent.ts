@@ -1,0 +1,404 @@
+/**
+ * The node agent: owns each VM's directory, cgroup, disks and VMM process on
+ * this node, watches the console for the guest's readiness marker and the VMM
+ * for exits, and re-adopts running VMMs after its own restart.
+ *
+ * Layout: <dataDir>/vms/<id>/{vm.json, root.qcow2, console.log, vmm.log, qmp.sock, ...}
+ * Order of creation: directory -> cgroup -> disk -> VMM. Teardown runs in reverse,
+ * and the directory goes last, so after a crash at any point the directory is
+ * what tells `start()`/`ensureAbsent()` there is something to clean up.
+ */
+import { EventEmitter } from 'node:events';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
+import { memoryMiB, type MicroVM } from '../core/microvm.js';
+import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../core/ports/agent.js';
+import type { ImageResolver } from '../core/ports/images.js';
+import type { DriveSpec, LaunchSpec, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
+import type { VmMetricsT } from '../core/schema.js';
+import { createOverlay } from '../storage/disks.js';
+import type { CgroupManager } from './cgroups.js';
+
+export const READY_MARKER = 'MVM-READY';
+
+/** Headroom above guest RAM for the VMM itself (TCG translation cache, device state). */
+const VMM_OVERHEAD_MIB = 384;
+
+export interface AgentOptions {
+  nodeName: string;
+  dataDir: string;
+  driver: VmmDriver;
+  images: ImageResolver;
+  cgroups: CgroupManager;
+  log: Logger;
+  labels?: Record<string, string>;
+}
+
+interface Runtime {
+  id: string;
+  inst?: VmmInstance;
+  state: ActualVm['state'];
+  ready: boolean;
+  stopping: boolean;
+  launchedAt?: number;
+  startedAt?: string;
+  readyAt?: string;
+  bootMs?: { vmm: number; guestReady: number };
+  reason?: string;
+  message?: string;
+  stopWatch?: () => void;
+  /** Serialises lifecycle operations on one VM. */
+  lock: Promise<unknown>;
+}
+
+export class LocalAgent implements NodeAgent {
+  readonly nodeName: string;
+  private readonly vms = new Map<string, Runtime>();
+  private readonly events = new EventEmitter();
+  private readonly vmsRoot: string;
+
+  constructor(private readonly o: AgentOptions) {
+    this.nodeName = o.nodeName;
+    this.vmsRoot = join(o.dataDir, 'vms');
+    mkdirSync(this.vmsRoot, { recursive: true });
+    this.events.setMaxListeners(0);
+  }
+
+  vmDir(id: string): string {
+    return join(this.vmsRoot, id);
+  }
+
+  async info(): Promise<NodeInfo> {
+    const caps = await this.o.driver.capabilities();
+    return {
+      name: this.nodeName,
+      cpus: cpus().length,
+      memoryMiB: Math.floor(totalmem() / 1024 / 1024),
+      drivers: caps.available ? [caps.driver] : [],
+      accel: caps.accel,
+      labels: { ...(this.o.labels ?? {}), 'microvm.service/driver': caps.driver, 'microvm.service/accel': caps.accel },
+      ready: caps.available,
+    };
+  }
+
+  private rt(id: string): Runtime {
+    let r = this.vms.get(id);
+    if (!r) {
+      r = { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false, stopping: false, lock: Promise.resolve() };
+      this.vms.set(id, r);
+    }
+    return r;
+  }
+
+  /** Run `fn` after every earlier operation on the same VM. */
+  private serial<T>(id: string, fn: (r: Runtime) => Promise<T>): Promise<T> {
+    const r = this.rt(id);
+    const next = r.lock.then(() => fn(r));
+    r.lock = next.catch(() => undefined);
+    return next;
+  }
+
+  async start(): Promise<void> {
+    // 1. Re-adopt VMMs that outlived an earlier service process.
+    for (const id of this.dirIds()) {
+      const inst = await this.o.driver.adopt(id, this.vmDir(id));
+      const r = this.rt(id);
+      if (inst) {
+        r.inst = inst;
+        r.state = 'running';
+        r.startedAt = new Date(Date.now()).toISOString();
+        this.watch(r, inst, 0);
+        this.o.log.info({ vm: id, pid: inst.pid }, 're-adopted running VMM');
+      } else {
+        r.state = 'stopped';
+      }
+    }
+    // 2. Kill VMM processes of ours whose directory is gone (crash between teardown steps).
+    for (const p of await this.o.driver.findProcesses(this.vmsRoot)) {
+      if (!existsSync(p.vmDir) || !this.vms.get(p.id)?.inst) {
+        this.o.log.warn({ vm: p.id, pid: p.pid }, 'killing orphaned VMM process');
+        try {
+          process.kill(p.pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    }
+  }
+
+  private dirIds(): string[] {
+    if (!existsSync(this.vmsRoot)) return [];
+    return readdirSync(this.vmsRoot, { withFileTypes: true })
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name);
+  }
+
+  async known(): Promise<string[]> {
+    const ids = new Set(this.dirIds());
+    for (const [id, r] of this.vms) if (r.inst || r.state !== 'absent') ids.add(id);
+    for (const p of await this.o.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
+    return [...ids];
+  }
+
+  observe(id: string): ActualVm {
+    const r = this.vms.get(id);
+    if (!r) return { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false };
+    const a: ActualVm = { id, state: r.state, ready: r.ready };
+    if (r.inst) {
+      a.pid = r.inst.pid;
+      a.accel = r.inst.accel;
+      a.driver = r.inst.driver;
+      a.config = r.inst.config;
+    }
+    if (r.startedAt) a.startedAt = r.startedAt;
+    if (r.readyAt) a.readyAt = r.readyAt;
+    if (r.bootMs) a.bootMs = r.bootMs;
+    if (r.reason) a.reason = r.reason;
+    if (r.message) a.message = r.message;
+    return a;
+  }
+
+  ensureRunning(vm: MicroVM): Promise<ActualVm> {
+    return this.serial(vm.id, async (r) => {
+      if (r.inst && (r.state === 'running' || r.state === 'starting' || r.state === 'paused')) return this.observe(vm.id);
+      const step = { name: 'prepare' };
+      try {
+        r.stopping = false;
+        r.ready = false;
+        r.reason = undefined;
+        r.message = undefined;
+        r.state = 'starting';
+        const dir = this.vmDir(vm.id);
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, 'vm.json'), JSON.stringify({ id: vm.id, name: vm.name, tenant: vm.tenant, spec: vm.spec }, null, 2));
+        step.name = 'resolve-images';
+        const kernel = await this.o.images.resolveKernel(vm.spec.kernel?.image);
+        const rootfs = await this.o.images.resolveRootfs(vm.spec.rootfs?.image);
+        step.name = 'cgroup';
+        const mem = memoryMiB(vm.spec);
+        const procs = this.o.cgroups.ensure(vm.id, { vcpu: vm.spec.vcpu, memoryBytes: (mem + VMM_OVERHEAD_MIB) * 1024 * 1024, pidsMax: 512 });
+        step.name = 'root-disk';
+        const readOnly = vm.spec.rootfs?.readOnly === true;
+        let root: DriveSpec;
+        if (readOnly) {
+          root = { id: 'root', path: rootfs.path, format: rootfs.format, readOnly: true, root: true };
+        } else {
+          const overlay = join(dir, 'root.qcow2');
+          const size = vm.spec.rootfs?.size ? Math.max(parseSize(vm.spec.rootfs.size), rootfs.sizeBytes) : undefined;
+          await createOverlay({ base: rootfs.path, baseFormat: rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}) });
+          root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
+        }
+        step.name = 'console';
+        rotateConsole(join(dir, 'console.log'));
+        const cmdline = [
+          'console=ttyS0',
+          'reboot=k',
+          'panic=-1',
+          'root=/dev/vda',
+          readOnly ? 'ro' : 'rw',
+          `mvm.id=${vm.id}`,
+          `mvm.name=${vm.name}`,
+          vm.spec.kernel?.cmdline ?? '',
+        ]
+          .filter(Boolean)
+          .join(' ');
+        const spec: LaunchSpec = {
+          id: vm.id,
+          name: vm.name,
+          vcpu: vm.spec.vcpu,
+          memoryMiB: mem,
+          kernelPath: kernel.kernelPath,
+          ...(kernel.initrdPath ? { initrdPath: kernel.initrdPath } : {}),
+          cmdline,
+          drives: [root],
+          nics: [],
+          vmDir: dir,
+          cgroupProcs: procs,
+        };
+        step.name = 'vmm-start';
+        const t0 = Date.now();
+        r.launchedAt = t0;
+        const inst = await this.o.driver.launch(spec);
+        r.inst = inst;
+        r.state = 'running';
+        r.startedAt = new Date().toISOString();
+        r.bootMs = { vmm: Date.now() - t0, guestReady: 0 };
+        this.watch(r, inst, t0);
+        this.emit({ id: vm.id, kind: 'started', message: `VMM started (pid ${inst.pid}, ${inst.driver}/${inst.accel})` });
+        return this.observe(vm.id);
+      } catch (e) {
+        const err = asMvmError(e, ErrorCodes.VMM_ERROR);
+        r.state = 'failed';
+        r.reason = 'StartFailed';
+        r.message = `step ${step.name}: ${err.message}`;
+        this.o.log.error({ vm: vm.id, step: step.name, err: err.message }, 'start failed');
+        // Leave nothing running; the directory and disk stay for a retry or for delete.
+        if (r.inst) await r.inst.kill().catch(() => undefined);
+        r.inst = undefined;
+        await this.o.cgroups.remove(vm.id).catch(() => undefined);
+        throw new MvmError(err.code, r.message, { cause: e, details: { step: step.name } });
+      }
+    });
+  }
+
+  /** Watch the console for the readiness marker and the VMM for its exit. */
+  private watch(r: Runtime, inst: VmmInstance, t0: number): void {
+    r.stopWatch?.();
+    let stopped = false;
+    const consolePath = inst.consolePath;
+    let offset = 0;
+    let carry = '';
+    const marker = `${READY_MARKER} id=${r.id}`;
+    const poll = (): void => {
+      if (stopped || r.ready) return;
+      try {
+        const size = statSync(consolePath).size;
+        if (size < offset) offset = 0;
+        if (size > offset) {
+          const fd = openSync(consolePath, 'r');
+          try {
+            const buf = Buffer.alloc(size - offset);
+            readSync(fd, buf, 0, buf.length, offset);
+            offset = size;
+            const text = carry + buf.toString('utf8');
+            if (text.includes(marker)) {
+              r.ready = true;
+              r.readyAt = new Date().toISOString();
+              if (r.bootMs && t0) r.bootMs.guestReady = Date.now() - t0;
+              this.emit({ id: r.id, kind: 'ready', message: `guest ready${r.bootMs?.guestReady ? ` after ${r.bootMs.guestReady} ms` : ''}` });
+              return;
+            }
+            carry = text.slice(-marker.length);
+          } finally {
+            closeSync(fd);
+          }
+        }
+      } catch {
+        /* console not there yet */
+      }
+      timer = setTimeout(poll, 25);
+    };
+    let timer = setTimeout(poll, 25);
+    r.stopWatch = () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+    void inst.exited.then((exit) => {
+      if (r.inst !== inst) return;
+      r.stopWatch?.();
+      r.inst = undefined;
+      r.ready = false;
+      if (r.stopping) {
+        r.state = 'stopped';
+        return;
+      }
+      // Not asked to stop: a guest power-off is a clean stop, anything else a failure.
+      if (exit.code === 0 && !exit.signal) {
+        r.state = 'stopped';
+        r.reason = 'GuestShutdown';
+        r.message = exit.reason;
+        this.emit({ id: r.id, kind: 'stopped', message: exit.reason });
+      } else {
+        r.state = 'failed';
+        r.reason = 'VmmExited';
+        r.message = exit.reason;
+        this.emit({ id: r.id, kind: 'exited', message: exit.reason });
+      }
+      void this.o.cgroups.remove(r.id).catch(() => undefined);
+    });
+  }
+
+  ensureStopped(id: string, timeoutMs = 10000): Promise<void> {
+    return this.serial(id, async (r) => {
+      r.stopping = true;
+      const inst = r.inst;
+      if (inst) {
+        await inst.stop(timeoutMs);
+        await inst.exited;
+      } else {
+        // Maybe a VMM we do not hold (e.g. adoption failed): find it by directory.
+        for (const p of await this.o.driver.findProcesses(this.vmsRoot)) {
+          if (p.id === id) {
+            try {
+              process.kill(p.pid, 'SIGKILL');
+            } catch {
+              /* gone */
+            }
+          }
+        }
+      }
+      r.stopWatch?.();
+      r.inst = undefined;
+      r.ready = false;
+      await this.o.cgroups.remove(id);
+      for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
+      r.state = existsSync(this.vmDir(id)) ? 'stopped' : 'absent';
+    });
+  }
+
+  async ensureAbsent(id: string): Promise<void> {
+    await this.ensureStopped(id, 3000);
+    await this.serial(id, async (r) => {
+      rmSync(this.vmDir(id), { recursive: true, force: true });
+      r.state = 'absent';
+      this.vms.delete(id);
+    });
+  }
+
+  consolePath(id: string): string | undefined {
+    const p = join(this.vmDir(id), 'console.log');
+    return existsSync(p) ? p : undefined;
+  }
+
+  async metrics(vm: MicroVM): Promise<VmMetricsT> {
+    const r = this.vms.get(vm.id);
+    const stats = r?.inst ? await r.inst.stats() : undefined;
+    const started = r?.startedAt ? Date.parse(r.startedAt) : undefined;
+    const m: VmMetricsT = {
+      id: vm.id,
+      phase: vm.status.phase,
+      timestamp: new Date().toISOString(),
+      cpuSeconds: stats?.cpuSeconds ?? 0,
+      memoryRssBytes: stats?.memoryRssBytes ?? 0,
+      guestMemoryBytes: memoryMiB(vm.spec) * 1024 * 1024,
+      uptimeSeconds: r?.inst && started ? (Date.now() - started) / 1000 : 0,
+      block: stats?.block ?? [],
+      net: [],
+    };
+    if (r?.bootMs) m.bootMs = r.bootMs;
+    return m;
+  }
+
+  onEvent(cb: (e: AgentEvent) => void): () => void {
+    this.events.on('event', cb);
+    return () => this.events.off('event', cb);
+  }
+
+  private emit(e: AgentEvent): void {
+    this.events.emit('event', e);
+  }
+
+  /** Stop watching; running VMMs keep running (they are re-adopted on the next start). */
+  async shutdown(): Promise<void> {
+    for (const r of this.vms.values()) r.stopWatch?.();
+  }
+
+  /** For the shutdown policy `stop`: stop every running VM. */
+  async stopAll(timeoutMs: number): Promise<void> {
+    await Promise.all([...this.vms.values()].filter((r) => r.inst).map((r) => this.ensureStopped(r.id, timeoutMs)));
+  }
+}
+
+function parseSize(q: string): number {
+  const m = /^([1-9][0-9]*)(Mi|Gi)$/.exec(q);
+  if (!m) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `bad size ${q}`);
+  return Number(m[1]) * (m[2] === 'Gi' ? 1024 ** 3 : 1024 ** 2);
+}
+
+/** Keep the previous boot's console as console.log.1, start each boot with a fresh log. */
+function rotateConsole(path: string): void {
+  if (existsSync(path)) renameSync(path, `${path}.1`);
+}

@@ -1,0 +1,79 @@
+/** Reading and following a VM's console log file over HTTP (chunked text or SSE). */
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+
+export function readConsoleTail(path: string, maxBytes: number): string {
+  if (!existsSync(path)) return '';
+  const size = statSync(path).size;
+  const start = Math.max(0, size - maxBytes);
+  return readRange(path, start, size).toString('utf8');
+}
+
+function readRange(path: string, start: number, end: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.alloc(end - start);
+    const n = readSync(fd, buf, 0, buf.length, start);
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export interface StreamOptions {
+  reply: FastifyReply;
+  req: FastifyRequest;
+  sse: boolean;
+  tail: number;
+  path: () => Promise<string | undefined>;
+  /** False once the VM cannot produce more output (stopped, failed, deleted): the stream ends. */
+  alive: () => Promise<boolean>;
+  pollMs?: number;
+}
+
+export async function streamConsole(o: StreamOptions): Promise<void> {
+  const raw = o.reply.raw;
+  o.reply.hijack();
+  raw.writeHead(200, {
+    'content-type': o.sse ? 'text/event-stream; charset=utf-8' : 'text/plain; charset=utf-8',
+    'cache-control': 'no-cache',
+    'x-content-type-options': 'nosniff',
+    connection: 'keep-alive',
+  });
+  let closed = false;
+  o.req.raw.on('close', () => (closed = true));
+  let offset = -1;
+  let ino = -1;
+  let idle = 0;
+  const write = (buf: Buffer): void => {
+    if (buf.length === 0) return;
+    if (o.sse) {
+      for (const line of buf.toString('utf8').split('\n')) raw.write(`data: ${line}\n`);
+      raw.write('\n');
+    } else {
+      raw.write(buf);
+    }
+  };
+  const pollMs = o.pollMs ?? 100;
+  while (!closed) {
+    const path = await o.path();
+    let grew = false;
+    if (path && existsSync(path)) {
+      const st = statSync(path);
+      if (st.ino !== ino || st.size < offset) {
+        // First read, or the log was rotated by a restart: start from the (tail of the) new file.
+        offset = ino === -1 ? Math.max(0, st.size - o.tail) : 0;
+        ino = st.ino;
+      }
+      if (st.size > offset) {
+        write(readRange(path, offset, st.size));
+        offset = st.size;
+        grew = true;
+      }
+    }
+    if (grew) idle = 0;
+    else if (++idle % Math.max(1, Math.round(1000 / pollMs)) === 0 && !(await o.alive())) break;
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+  if (!closed) raw.end();
+}

@@ -1,0 +1,117 @@
+/**
+ * The one mapping of error codes to HTTP (RFC 9457 problem+json). gRPC and
+ * Kubernetes conditions have their own single tables beside their edges.
+ */
+import type { ErrorObject } from 'ajv';
+import { ErrorCodes, MvmError, isMvmError, type ErrorCode, type FieldViolation } from '../core/errors.js';
+
+export const HTTP_STATUS: Record<ErrorCode, number> = {
+  VALIDATION_FAILED: 400,
+  NOT_FOUND: 404,
+  ALREADY_EXISTS: 409,
+  ILLEGAL_TRANSITION: 409,
+  FIELD_IMMUTABLE: 422,
+  CONFLICT: 409,
+  UNAUTHENTICATED: 401,
+  PERMISSION_DENIED: 403,
+  QUOTA_EXCEEDED: 429,
+  RATE_LIMITED: 429,
+  CAPABILITY_UNSUPPORTED: 501,
+  NO_CAPACITY: 503,
+  VMM_ERROR: 502,
+  IMAGE_ERROR: 422,
+  UNAVAILABLE: 503,
+  TIMEOUT: 408,
+  VM_FAILED: 409,
+  INTERNAL: 500,
+};
+
+const TITLES: Partial<Record<ErrorCode, string>> = {
+  VALIDATION_FAILED: 'Invalid request',
+  NOT_FOUND: 'Not found',
+  ILLEGAL_TRANSITION: 'Illegal state transition',
+  UNAUTHENTICATED: 'Authentication required',
+};
+
+export interface ProblemBody {
+  type: string;
+  title: string;
+  status: number;
+  code: string;
+  detail: string;
+  instance?: string;
+  errors?: FieldViolation[];
+  [k: string]: unknown;
+}
+
+export function toProblem(e: MvmError, instance?: string): ProblemBody {
+  const status = HTTP_STATUS[e.code] ?? 500;
+  const body: ProblemBody = {
+    type: `https://microvm.service/problems/${e.code.toLowerCase().replace(/_/g, '-')}`,
+    title: TITLES[e.code] ?? e.code.replace(/_/g, ' ').toLowerCase().replace(/^./, (c) => c.toUpperCase()),
+    status,
+    code: e.code,
+    detail: e.message,
+  };
+  if (instance) body.instance = instance;
+  if (e.violations.length) body.errors = e.violations;
+  for (const [k, v] of Object.entries(e.details)) if (!(k in body)) body[k] = v;
+  return body;
+}
+
+/** Turn Ajv errors into field violations named like the request: "vcpu", "rootfs.size", "labels.app". */
+export function ajvToMvmError(errors: ErrorObject[], context: string): MvmError {
+  const seen = new Set<string>();
+  const violations: FieldViolation[] = [];
+  for (const err of errors) {
+    let path = err.instancePath.replace(/^\//, '').split('/').filter(Boolean).map(unescapePointer);
+    let message = err.message ?? 'is invalid';
+    if (err.keyword === 'additionalProperties') {
+      path = [...path, String((err.params as { additionalProperty: string }).additionalProperty)];
+      message = 'unknown field';
+    } else if (err.keyword === 'required') {
+      path = [...path, String((err.params as { missingProperty: string }).missingProperty)];
+      message = 'is required';
+    } else if (err.keyword === 'type') {
+      message = `must be ${(err.params as { type: string }).type}`;
+    } else if (err.keyword === 'anyOf' || err.keyword === 'const') {
+      continue; // union noise; the specific branch errors say more
+    }
+    const field = formatPath(path) || context;
+    const key = `${field}|${message}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    violations.push({ field, message });
+  }
+  if (violations.length === 0) violations.push({ field: context, message: 'is invalid' });
+  const detail = violations.map((v) => `${v.field}: ${v.message}`).join('; ');
+  return new MvmError(ErrorCodes.VALIDATION_FAILED, detail, { violations });
+}
+
+function unescapePointer(s: string): string {
+  return s.replace(/~1/g, '/').replace(/~0/g, '~');
+}
+
+function formatPath(parts: string[]): string {
+  let out = '';
+  for (const p of parts) {
+    if (/^\d+$/.test(p)) out += `[${p}]`;
+    else out += out ? `.${p}` : p;
+  }
+  return out;
+}
+
+export function errorFrom(e: unknown): MvmError {
+  if (isMvmError(e)) return e;
+  const err = e as { statusCode?: number; code?: string; message?: string };
+  if (err && err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    return new MvmError(ErrorCodes.VALIDATION_FAILED, 'body: Content-Type must be application/json', { violations: [{ field: 'body', message: 'must be JSON' }] });
+  }
+  if (err && (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (err.statusCode === 400 && /JSON/.test(err.message ?? '')))) {
+    return new MvmError(ErrorCodes.VALIDATION_FAILED, `body: ${err.message ?? 'invalid JSON'}`, { violations: [{ field: 'body', message: 'invalid JSON' }] });
+  }
+  if (err && err.statusCode === 413) return new MvmError(ErrorCodes.VALIDATION_FAILED, 'body: request body too large', { violations: [{ field: 'body', message: 'too large' }] });
+  if (err && err.statusCode === 404) return new MvmError(ErrorCodes.NOT_FOUND, err.message ?? 'not found');
+  if (err && err.statusCode === 415) return new MvmError(ErrorCodes.VALIDATION_FAILED, err.message ?? 'unsupported media type', { violations: [{ field: 'body', message: 'unsupported media type' }] });
+  return new MvmError(ErrorCodes.INTERNAL, 'internal error', { cause: e });
+}

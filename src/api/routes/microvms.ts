@@ -1,0 +1,219 @@
+/** /api/v1/microvms — every endpoint of seed §3.5.1 plus wait and events. */
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ErrorCodes, MvmError, validationError } from '../../core/errors.js';
+import type { MicroVMService, Principal } from '../../core/service.js';
+import { parseDuration } from '../../core/service.js';
+import {
+  CreateMicroVMRequest,
+  MicroVM,
+  MicroVMList,
+  Phase,
+  UpdateMicroVMRequest,
+  VmMetrics,
+  type CreateMicroVMRequestT,
+  type PhaseT,
+  type UpdateMicroVMRequestT,
+} from '../../core/schema.js';
+import { streamConsole, readConsoleTail } from '../console-stream.js';
+
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
+const ProblemRef = Type.Object({ code: Type.String(), detail: Type.String() }, { additionalProperties: true, description: 'application/problem+json' });
+const errors = { 400: ProblemRef, 401: ProblemRef, 404: ProblemRef, 409: ProblemRef };
+
+const principal = (req: FastifyRequest): Principal => {
+  if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
+  return req.principal;
+};
+
+function parseLabelSelector(sel: string | string[] | undefined): Record<string, string> | undefined {
+  if (sel === undefined) return undefined;
+  const out: Record<string, string> = {};
+  for (const part of (Array.isArray(sel) ? sel : [sel]).flatMap((s) => s.split(','))) {
+    const m = /^([^=]+)=(.*)$/.exec(part.trim());
+    if (!m) throw validationError('label', `must be key=value, got ${JSON.stringify(part)}`);
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMService): Promise<void> {
+  app.get(
+    '/microvms',
+    {
+      schema: {
+        summary: 'List microVMs',
+        querystring: Type.Object(
+          {
+            limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
+            cursor: Type.Optional(Type.String({ maxLength: 200 })),
+            phase: Type.Optional(Phase),
+            label: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
+            tenant: Type.Optional(Type.String()),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: MicroVMList, ...errors },
+      },
+    },
+    async (req) => {
+      const q = req.query as { limit?: number; cursor?: string; phase?: PhaseT; label?: string | string[]; tenant?: string };
+      const labels = parseLabelSelector(q.label);
+      const page = await svc.list(principal(req), {
+        ...(q.limit ? { limit: q.limit } : {}),
+        ...(q.cursor ? { cursor: q.cursor } : {}),
+        ...(q.phase ? { phase: q.phase } : {}),
+        ...(labels ? { labels } : {}),
+        ...(q.tenant ? { tenant: q.tenant } : {}),
+      });
+      return { items: page.items, ...(page.nextCursor ? { next_cursor: page.nextCursor } : {}) };
+    },
+  );
+
+  app.post(
+    '/microvms',
+    { schema: { summary: 'Create a microVM (starts it unless start=false)', body: CreateMicroVMRequest, response: { 201: MicroVM, ...errors } } },
+    async (req, reply) => {
+      const vm = await svc.create(principal(req), req.body as CreateMicroVMRequestT);
+      return reply.status(201).header('location', `/api/v1/microvms/${vm.id}`).send(vm);
+    },
+  );
+
+  app.get(
+    '/microvms/:id',
+    {
+      schema: {
+        summary: 'Get a microVM by id or name',
+        params: IdParams,
+        querystring: Type.Object({ view: Type.Optional(Type.Union([Type.Literal('basic'), Type.Literal('full')])) }, { additionalProperties: false }),
+        response: { 200: MicroVM, ...errors },
+      },
+    },
+    async (req, reply) => {
+      const { id } = req.params as { id: string };
+      const vm = await svc.get(principal(req), id);
+      reply.header('etag', `"${vm.resourceVersion}"`);
+      if ((req.query as { view?: string }).view === 'full') {
+        const cfg = svc.vmmConfig(vm);
+        return { ...vm, vmm: cfg ?? null };
+      }
+      return vm;
+    },
+  );
+
+  app.put(
+    '/microvms/:id',
+    {
+      schema: {
+        summary: 'Update a microVM (vcpu, memory, kernel on a stopped VM; labels any time)',
+        params: IdParams,
+        body: UpdateMicroVMRequest,
+        response: { 200: MicroVM, ...errors, 422: ProblemRef },
+      },
+    },
+    async (req) => {
+      const { id } = req.params as { id: string };
+      const ifMatch = req.headers['if-match'];
+      const version = typeof ifMatch === 'string' ? ifMatch.replace(/^W\//, '').replace(/"/g, '') : undefined;
+      return svc.update(principal(req), id, req.body as UpdateMicroVMRequestT, version);
+    },
+  );
+
+  app.delete('/microvms/:id', { schema: { summary: 'Delete a microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+    const { id } = req.params as { id: string };
+    return reply.status(202).send(await svc.delete(principal(req), id));
+  });
+
+  app.post('/microvms/:id/start', { schema: { summary: 'Start a stopped or failed microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+    const { id } = req.params as { id: string };
+    return reply.status(202).send(await svc.start(principal(req), id));
+  });
+
+  app.post('/microvms/:id/stop', { schema: { summary: 'Stop a microVM (graceful, then forced)', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+    const { id } = req.params as { id: string };
+    return reply.status(202).send(await svc.stop(principal(req), id));
+  });
+
+  app.get(
+    '/microvms/:id/wait',
+    {
+      schema: {
+        summary: 'Long-poll until the microVM reaches a phase',
+        params: IdParams,
+        querystring: Type.Object(
+          {
+            phase: Type.Optional(Phase),
+            ready: Type.Optional(Type.Boolean()),
+            timeout: Type.Optional(Type.String({ description: 'e.g. 30s (max 300s)' })),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: MicroVM, ...errors, 408: ProblemRef },
+      },
+    },
+    async (req) => {
+      const { id } = req.params as { id: string };
+      const q = req.query as { phase?: PhaseT; ready?: boolean; timeout?: string };
+      const timeoutMs = Math.min(parseDuration(q.timeout ?? '60s', 'timeout'), 300000);
+      const ac = new AbortController();
+      req.raw.on('close', () => {
+        if (!req.raw.complete || req.raw.destroyed) ac.abort();
+      });
+      return svc.wait(principal(req), id, { phase: q.phase ?? 'Running', ready: q.ready ?? false, timeoutMs, signal: ac.signal });
+    },
+  );
+
+  app.get(
+    '/microvms/:id/console',
+    {
+      schema: {
+        summary: 'Console output (text); follow=true streams it (chunked text, or SSE with Accept: text/event-stream)',
+        params: IdParams,
+        querystring: Type.Object(
+          {
+            follow: Type.Optional(Type.Boolean()),
+            tail: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 * 1024 * 1024, description: 'bytes from the end (default: whole log up to 1 MiB)' })),
+          },
+          { additionalProperties: false },
+        ),
+      },
+    },
+    async (req, reply: FastifyReply) => {
+      const { id } = req.params as { id: string };
+      const q = req.query as { follow?: boolean; tail?: number };
+      const p = principal(req);
+      const { vm, path } = await svc.consolePath(p, id);
+      if (!q.follow) {
+        const text = path ? readConsoleTail(path, q.tail ?? 1024 * 1024) : '';
+        return reply.type('text/plain; charset=utf-8').send(text);
+      }
+      const sse = (req.headers.accept ?? '').includes('text/event-stream');
+      await streamConsole({
+        reply,
+        req,
+        sse,
+        tail: q.tail ?? 1024 * 1024,
+        path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
+        alive: async () => {
+          try {
+            const cur = await svc.get(p, vm.id);
+            return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
+          } catch {
+            return false;
+          }
+        },
+      });
+      return reply;
+    },
+  );
+
+  app.get('/microvms/:id/metrics', { schema: { summary: 'Metrics of a microVM', params: IdParams, response: { 200: VmMetrics, ...errors } } }, async (req) => {
+    const { id } = req.params as { id: string };
+    return svc.metrics(principal(req), id);
+  });
+
+  app.get('/microvms/:id/events', { schema: { summary: 'Events of a microVM', params: IdParams } }, async (req) => {
+    const { id } = req.params as { id: string };
+    return { items: await svc.events(principal(req), id) };
+  });
+}

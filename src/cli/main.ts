@@ -1,0 +1,487 @@
+/** The `mvm` command line: argument parsing, commands, output and error reporting. */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import { parse as parseYaml } from 'yaml';
+import { ApiError, ConnectionError, MvmClient, WaitTimeoutError, formatMs, isReady } from './client.js';
+import type { CreateRequest, MicroVM, UpdateRequest } from './client.js';
+import { ConfigError, resolveConfig, type ResolvedConfig } from './config.js';
+import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type OutputFormat } from './format.js';
+import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, UsageError } from './parse.js';
+import { Progress } from './progress.js';
+
+export interface CliIO {
+  stdout: NodeJS.WriteStream;
+  stderr: NodeJS.WriteStream;
+  env: Record<string, string | undefined>;
+}
+
+interface GlobalOpts {
+  server?: string;
+  token?: string;
+  output: string;
+  config?: string;
+  quiet?: boolean;
+}
+
+interface Ctx {
+  client: MvmClient;
+  cfg: ResolvedConfig;
+  output: OutputFormat;
+  quiet: boolean;
+  io: CliIO;
+}
+
+/** State shared with the error reporter: which VM the failing command was about. */
+interface RunState {
+  subject?: string;
+  cfg?: ResolvedConfig;
+}
+
+const DEFAULT_TIMEOUT = '120s';
+
+function version(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+function makeCtx(cmd: Command, io: CliIO, state: RunState): Ctx {
+  const g = cmd.optsWithGlobals<GlobalOpts>();
+  const output = (g.output ?? 'table').toLowerCase();
+  if (!(OUTPUT_FORMATS as readonly string[]).includes(output)) {
+    throw new UsageError(`invalid --output ${JSON.stringify(g.output)} (one of ${OUTPUT_FORMATS.join(', ')})`);
+  }
+  const cfg = resolveConfig({ server: g.server, token: g.token, config: g.config }, io.env);
+  state.cfg = cfg;
+  const client = new MvmClient({ baseUrl: cfg.server, token: cfg.token, userAgent: `mvm/${version()}` });
+  return { client, cfg, output: output as OutputFormat, quiet: Boolean(g.quiet), io };
+}
+
+function printVm(ctx: Ctx, vm: MicroVM): void {
+  if (ctx.output !== 'table') ctx.io.stdout.write(serialize(vm, ctx.output));
+  else if (ctx.quiet) ctx.io.stdout.write(vm.id + '\n');
+  else ctx.io.stdout.write(renderVm(vm));
+}
+
+/** One-line acknowledgement of an asynchronous action (start/stop/delete without --wait). */
+function printAck(ctx: Ctx, vm: MicroVM, what: string): void {
+  if (ctx.output !== 'table') ctx.io.stdout.write(serialize(vm, ctx.output));
+  else if (ctx.quiet) ctx.io.stdout.write(vm.id + '\n');
+  else ctx.io.stdout.write(`microVM "${vm.name}" (${vm.id}) ${what}; phase ${vm.status?.phase ?? 'unknown'}\n`);
+}
+
+function describeTarget(name: string, phase: string, ready: boolean): string {
+  return `microVM "${name}" to be ${phase}${ready ? ' and ready' : ''}`;
+}
+
+/** Install a SIGINT handler that stops the spinner before exiting 130; returns the uninstaller. */
+function onInterrupt(fn: () => void): () => void {
+  const h = (): void => {
+    fn();
+    process.exit(130);
+  };
+  process.once('SIGINT', h);
+  return () => process.removeListener('SIGINT', h);
+}
+
+async function waitForPhase(ctx: Ctx, id: string, phase: string, ready: boolean, timeoutMs: number): Promise<MicroVM> {
+  const progress = new Progress({ label: describeTarget(id, phase, ready), stream: ctx.io.stderr, enabled: !ctx.quiet });
+  const off = onInterrupt(() => progress.stop());
+  try {
+    return await ctx.client.waitFor(id, {
+      phase,
+      ready,
+      timeoutMs,
+      pollMs: 2000,
+      onProgress: (vm) => progress.update(vm.status?.phase, isReady(vm)),
+    });
+  } catch (e) {
+    if (e instanceof WaitTimeoutError) {
+      const last = e.lastSeen?.status?.phase;
+      throw new UsageError(
+        `timed out after ${formatMs(timeoutMs)} waiting for ${describeTarget(id, phase, ready)}` +
+          (last ? ` (current phase: ${last}${e.lastSeen && isReady(e.lastSeen) ? ', ready' : ''})` : ''),
+      );
+    }
+    if (e instanceof ApiError && e.code === 'VM_FAILED') throw await failedError(ctx, id, e);
+    throw e;
+  } finally {
+    off();
+    progress.stop();
+  }
+}
+
+async function failedError(ctx: Ctx, id: string, e: ApiError): Promise<UsageError> {
+  let why = e.detail;
+  try {
+    const vm = await ctx.client.get(id);
+    const parts = [vm.status?.reason, vm.status?.message].filter((x): x is string => Boolean(x));
+    if (parts.length) why = parts.join(': ');
+  } catch {
+    /* keep the server's detail */
+  }
+  return new UsageError(`microVM "${id}" failed: ${why}`);
+}
+
+async function waitGone(ctx: Ctx, id: string, timeoutMs: number): Promise<void> {
+  const progress = new Progress({ label: `microVM "${id}" to be deleted`, stream: ctx.io.stderr, enabled: !ctx.quiet });
+  const off = onInterrupt(() => progress.stop());
+  try {
+    await ctx.client.waitDeleted(id, { timeoutMs, intervalMs: 250, onProgress: (vm) => progress.update(vm.status?.phase) });
+  } catch (e) {
+    if (e instanceof WaitTimeoutError) {
+      const last = e.lastSeen?.status?.phase;
+      throw new UsageError(`timed out after ${formatMs(timeoutMs)} waiting for microVM "${id}" to be deleted${last ? ` (current phase: ${last})` : ''}`);
+    }
+    throw e;
+  } finally {
+    off();
+    progress.stop();
+  }
+}
+
+function readSpecFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = path === '-' ? readFileSync(0, 'utf8') : readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text); // YAML is a superset of JSON
+  } catch (e) {
+    throw new UsageError(`cannot parse ${path}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`${path} must contain an object`);
+  const o = { ...(doc as Record<string, unknown>) };
+  // Accept a full MicroVM resource too: { name, spec: {...} } → flat create request.
+  if (o.spec && typeof o.spec === 'object' && !Array.isArray(o.spec)) {
+    const flat: Record<string, unknown> = { ...(o.spec as Record<string, unknown>) };
+    if (o.name !== undefined) flat.name = o.name;
+    if (o.start !== undefined) flat.start = o.start;
+    return flat;
+  }
+  return o;
+}
+
+interface CreateOpts {
+  vcpu?: string;
+  memory?: string;
+  kernel?: string;
+  kernelCmdline?: string;
+  rootfs?: string;
+  rootfsSize?: string;
+  readOnly?: boolean;
+  label?: string[];
+  start: boolean;
+  wait?: boolean;
+  timeout: string;
+  file?: string;
+}
+
+export function buildCreateRequest(name: string | undefined, o: CreateOpts): CreateRequest {
+  const body: Record<string, unknown> = o.file ? readSpecFile(o.file) : {};
+  if (name) body.name = name;
+  if (!body.name) throw new UsageError('a name is required: mvm create NAME (or "name" in the -f file)');
+  if (o.vcpu !== undefined) body.vcpu = parseIntArg(o.vcpu, '--vcpu', 1);
+  if (o.memory !== undefined) body.memory = o.memory;
+  if (o.kernel !== undefined || o.kernelCmdline !== undefined) {
+    const k = { ...((body.kernel as Record<string, unknown> | undefined) ?? {}) };
+    if (o.kernel !== undefined) k.image = o.kernel;
+    if (o.kernelCmdline !== undefined) k.cmdline = o.kernelCmdline;
+    body.kernel = k;
+  }
+  if (o.rootfs !== undefined || o.rootfsSize !== undefined || o.readOnly) {
+    const r = { ...((body.rootfs as Record<string, unknown> | undefined) ?? {}) };
+    if (o.rootfs !== undefined) r.image = o.rootfs;
+    if (o.rootfsSize !== undefined) r.size = o.rootfsSize;
+    if (o.readOnly) r.readOnly = true;
+    body.rootfs = r;
+  }
+  const labels = parseLabels(o.label);
+  if (labels) body.labels = { ...((body.labels as Record<string, string> | undefined) ?? {}), ...labels };
+  if (o.start === false) body.start = false;
+  return body as unknown as CreateRequest;
+}
+
+export function buildProgram(io: CliIO, state: RunState): Command {
+  const program = new Command('mvm');
+  program
+    .description('Manage microVMs of the MicroVM service')
+    .version(version(), '-V, --version')
+    .addOption(new Option('--server <url>', 'service URL (env MVM_SERVER, config file; default http://127.0.0.1:8080)'))
+    .addOption(new Option('--token <token>', 'API token (env MVM_TOKEN, config file, or the local admin token)'))
+    .addOption(new Option('-o, --output <format>', 'output format: table, json or yaml').default('table'))
+    .addOption(new Option('--config <path>', 'config file (default ${XDG_CONFIG_HOME:-~/.config}/mvm/config.yaml)'))
+    .addOption(new Option('-q, --quiet', 'no progress output; print only ids in table mode'))
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+    });
+
+  const sub = (name: string, desc: string): Command =>
+    program
+      .command(name)
+      .description(desc)
+      .exitOverride()
+      .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
+      .showHelpAfterError('(run with --help for usage)');
+
+  sub('create [name]', 'create a microVM (and start it unless --no-start)')
+    .option('--vcpu <n>', 'number of vCPUs (1-8)')
+    .option('--memory <quantity>', 'guest memory, e.g. 128Mi, 1Gi')
+    .option('--kernel <image>', 'kernel image reference')
+    .option('--kernel-cmdline <str>', 'extra kernel command line')
+    .option('--rootfs <image>', 'root filesystem image reference')
+    .option('--rootfs-size <quantity>', 'root disk size, e.g. 1Gi')
+    .option('--read-only', 'attach the root filesystem read-only')
+    .option('--label <k=v>', 'label (repeatable)', collect)
+    .option('--no-start', 'create without starting')
+    .option('--wait', 'wait until Running and ready (Stopped with --no-start)')
+    .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
+    .option('-f, --file <path>', 'read the request from a JSON or YAML file ("-" for stdin); flags override it')
+    .action(async (name: string | undefined, o: CreateOpts, cmd: Command) => {
+      const body = buildCreateRequest(name, o);
+      const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+      const ctx = makeCtx(cmd, io, state);
+      state.subject = body.name;
+      let vm = await ctx.client.create(body);
+      if (o.wait) {
+        const started = body.start !== false;
+        vm = await waitForPhase(ctx, vm.id, started ? 'Running' : 'Stopped', started, timeoutMs);
+      }
+      printVm(ctx, vm);
+    });
+
+  sub('list', 'list microVMs')
+    .alias('ls')
+    .option('--phase <phase>', 'only VMs in this phase')
+    .option('--label <k=v>', 'only VMs with this label (repeatable)', collect)
+    .option('--limit <n>', 'at most N VMs (one page); default: all')
+    .action(async (o: { phase?: string; label?: string[]; limit?: string }, cmd: Command) => {
+      const phase = o.phase !== undefined ? parsePhase(o.phase) : undefined;
+      const labels = o.label ?? [];
+      parseLabels(labels);
+      const limit = o.limit !== undefined ? parseIntArg(o.limit, '--limit', 1) : undefined;
+      const ctx = makeCtx(cmd, io, state);
+      let items: MicroVM[];
+      let next: string | undefined;
+      if (limit !== undefined) {
+        const page = await ctx.client.list({ limit, phase, labels });
+        items = (page.items ?? []).slice(0, limit);
+        next = page.next_cursor;
+      } else {
+        items = [];
+        for await (const vm of ctx.client.listAll({ phase, labels })) items.push(vm);
+      }
+      if (ctx.output !== 'table') {
+        ctx.io.stdout.write(serialize(next ? { items, next_cursor: next } : { items }, ctx.output));
+      } else if (ctx.quiet) {
+        for (const vm of items) ctx.io.stdout.write(vm.id + '\n');
+      } else if (items.length === 0) {
+        ctx.io.stderr.write('No microVMs found.\n');
+      } else {
+        ctx.io.stdout.write(renderList(items));
+        if (next) ctx.io.stderr.write(`(more microVMs exist; raise --limit or omit it to list all)\n`);
+      }
+    });
+
+  sub('get <id>', 'show a microVM (by id or name)').action(async (id: string, _o: unknown, cmd: Command) => {
+    state.subject = id;
+    const ctx = makeCtx(cmd, io, state);
+    printVm(ctx, await ctx.client.get(id));
+  });
+
+  sub('update <id>', 'change the spec of a microVM')
+    .option('--vcpu <n>', 'number of vCPUs')
+    .option('--memory <quantity>', 'guest memory, e.g. 256Mi')
+    .option('--label <k=v>', 'set a label, or remove one with k- (repeatable)', collect)
+    .option('--kernel-cmdline <str>', 'extra kernel command line')
+    .action(async (id: string, o: { vcpu?: string; memory?: string; label?: string[]; kernelCmdline?: string }, cmd: Command) => {
+      state.subject = id;
+      const patch: UpdateRequest = {};
+      if (o.vcpu !== undefined) patch.vcpu = parseIntArg(o.vcpu, '--vcpu', 1);
+      if (o.memory !== undefined) patch.memory = o.memory;
+      const edits = o.label ? parseLabelEdits(o.label) : undefined;
+      if (Object.keys(patch).length === 0 && !edits && o.kernelCmdline === undefined) {
+        throw new UsageError('nothing to update: pass --vcpu, --memory, --label or --kernel-cmdline');
+      }
+      const ctx = makeCtx(cmd, io, state);
+      if (edits || o.kernelCmdline !== undefined) {
+        // Labels and kernel are replaced as a whole by PUT: merge with the current values.
+        const cur = await ctx.client.get(id);
+        if (edits) {
+          const labels = { ...(cur.spec?.labels ?? {}), ...edits.set };
+          for (const k of edits.remove) delete labels[k];
+          patch.labels = labels;
+        }
+        if (o.kernelCmdline !== undefined) patch.kernel = { ...(cur.spec?.kernel ?? {}), cmdline: o.kernelCmdline };
+      }
+      printVm(ctx, await ctx.client.update(id, patch));
+    });
+
+  for (const [verb, target, ack] of [
+    ['start', 'Running', 'start requested'],
+    ['stop', 'Stopped', 'stop requested'],
+  ] as const) {
+    sub(`${verb} <id>`, `${verb} a microVM`)
+      .option('--wait', verb === 'start' ? 'wait until Running and ready' : 'wait until Stopped')
+      .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
+      .action(async (id: string, o: { wait?: boolean; timeout: string }, cmd: Command) => {
+        state.subject = id;
+        const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+        const ctx = makeCtx(cmd, io, state);
+        const vm = await (verb === 'start' ? ctx.client.start(id) : ctx.client.stop(id));
+        if (!o.wait) return printAck(ctx, vm, ack);
+        printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start', timeoutMs));
+      });
+  }
+
+  sub('delete <id>', 'delete a microVM')
+    .alias('rm')
+    .option('--wait', 'wait until the microVM is gone')
+    .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
+    .action(async (id: string, o: { wait?: boolean; timeout: string }, cmd: Command) => {
+      state.subject = id;
+      const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+      const ctx = makeCtx(cmd, io, state);
+      const vm = await ctx.client.delete(id);
+      if (!o.wait) return printAck(ctx, vm, 'deletion requested');
+      await waitGone(ctx, vm.id, timeoutMs);
+      if (ctx.output !== 'table') ctx.io.stdout.write(serialize(vm, ctx.output));
+      else if (ctx.quiet) ctx.io.stdout.write(vm.id + '\n');
+      else ctx.io.stdout.write(`microVM "${vm.name}" (${vm.id}) deleted\n`);
+    });
+
+  sub('console <id>', 'print the serial console of a microVM')
+    .option('--follow', 'keep streaming new output until Ctrl-C')
+    .option('--tail <bytes>', 'only the last BYTES bytes')
+    .action(async (id: string, o: { follow?: boolean; tail?: string }, cmd: Command) => {
+      state.subject = id;
+      const tail = o.tail !== undefined ? parseIntArg(o.tail, '--tail', 0) : undefined;
+      const ctx = makeCtx(cmd, io, state);
+      await streamConsole(ctx, id, Boolean(o.follow), tail);
+    });
+
+  sub('metrics <id>', 'show resource usage of a microVM').action(async (id: string, _o: unknown, cmd: Command) => {
+    state.subject = id;
+    const ctx = makeCtx(cmd, io, state);
+    const m = await ctx.client.metrics(id);
+    ctx.io.stdout.write(ctx.output === 'table' ? renderMetrics(m) : serialize(m, ctx.output));
+  });
+
+  sub('wait <id>', 'wait until a microVM reaches a phase')
+    .option('--for <phase>', 'phase to wait for', 'Running')
+    .option('--ready', 'also wait for the guest to be ready (GuestReady=True)')
+    .option('--timeout <duration>', 'how long to wait', DEFAULT_TIMEOUT)
+    .action(async (id: string, o: { for: string; ready?: boolean; timeout: string }, cmd: Command) => {
+      state.subject = id;
+      const phase = parsePhase(o.for);
+      const timeoutMs = parseDuration(o.timeout, '--timeout');
+      const ctx = makeCtx(cmd, io, state);
+      printVm(ctx, await waitForPhase(ctx, id, phase, Boolean(o.ready), timeoutMs));
+    });
+
+  return program;
+}
+
+async function streamConsole(ctx: Ctx, id: string, follow: boolean, tail: number | undefined): Promise<void> {
+  const ac = new AbortController();
+  let interrupted = false;
+  const onSigint = (): void => {
+    interrupted = true;
+    ac.abort();
+  };
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  let broken = false;
+  const onOutErr = (): void => {
+    broken = true;
+    ac.abort();
+  };
+  ctx.io.stdout.on('error', onOutErr);
+  try {
+    const body = await ctx.client.console(id, { follow, tail, signal: ac.signal });
+    const reader = body.getReader();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (value && value.length && !broken) {
+          if (!ctx.io.stdout.write(value)) await new Promise<void>((r) => ctx.io.stdout.once('drain', r));
+        }
+      }
+    } finally {
+      reader.releaseLock();
+    }
+  } catch (e) {
+    if (!(interrupted || broken) || !isAbort(e)) throw e;
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    process.removeListener('SIGTERM', onSigint);
+    ctx.io.stdout.removeListener('error', onOutErr);
+  }
+}
+
+function isAbort(e: unknown): boolean {
+  return e instanceof Error && (e.name === 'AbortError' || e.name === 'TimeoutError' || /abort/i.test(e.message));
+}
+
+/** Error → lines for stderr. Expected errors never show a stack trace. */
+export function describeError(e: unknown, state: RunState, debug = false): string {
+  const lines: string[] = [];
+  if (e instanceof ConnectionError) {
+    if (e.errno === 'ECONNREFUSED') {
+      lines.push(`error: cannot reach the MicroVM service at ${e.url} (is it running? start it with 'make run')`);
+    } else if (e.errno === 'TIMEOUT') {
+      lines.push(`error: the MicroVM service at ${e.url} did not answer in time (${e.reason})`);
+    } else {
+      lines.push(`error: cannot reach the MicroVM service at ${e.url}: ${e.reason}`);
+    }
+  } else if (e instanceof ApiError) {
+    if (e.status === 401) {
+      lines.push(`error: authentication failed: ${e.detail} (pass --token, set MVM_TOKEN, or run on the service's host)`);
+      if (state.cfg?.adminTokenError) {
+        lines.push(`  note: the admin token file ${state.cfg.adminTokenPath} exists but is not readable (${state.cfg.adminTokenError})`);
+      }
+    } else if (e.status === 404 && state.subject !== undefined && (e.code === 'NOT_FOUND' || !e.problem.code)) {
+      lines.push(`error: microVM "${state.subject}" not found`);
+    } else if (e.status === 403) {
+      lines.push(`error: permission denied: ${e.detail}`);
+    } else {
+      lines.push(`error: ${e.detail}`);
+    }
+    for (const f of e.errors) lines.push(`  - ${f.field || '(request)'}: ${f.message}`);
+  } else if (e instanceof UsageError || e instanceof ConfigError) {
+    lines.push(`error: ${e.message}`);
+  } else if (e instanceof Error) {
+    lines.push(`error: ${e.message}`);
+    if (debug && e.stack) lines.push(e.stack);
+  } else {
+    lines.push(`error: ${String(e)}`);
+  }
+  let out = lines.join('\n') + '\n';
+  const tok = state.cfg?.token;
+  if (tok && tok.length >= 4) out = out.split(tok).join('***');
+  return out;
+}
+
+/** Run the CLI; resolves with the exit code (never calls process.exit itself, except on Ctrl-C while waiting). */
+export async function main(argv: string[], io: CliIO = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  const state: RunState = {};
+  const program = buildProgram(io, state);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode;
+    io.stderr.write(describeError(e, state, Boolean(io.env.MVM_DEBUG)));
+    return 1;
+  }
+}

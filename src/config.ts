@@ -1,0 +1,57 @@
+/** Configuration by environment, with documented defaults (README "Configuration"). */
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+
+export interface Config {
+  /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
+  listen: { host: string; port: number };
+  /** State, VM directories, admin token. MVM_DATA_DIR, default /var/lib/mvm. */
+  dataDir: string;
+  /** Built guest images and probe results, shared by instances. MVM_CACHE_DIR, default /var/cache/mvm. */
+  cacheDir: string;
+  /** MVM_ADMIN_TOKEN; when unset a token is generated into <dataDir>/admin.token. */
+  adminToken?: string;
+  /** MVM_LOG_LEVEL: trace|debug|info|warn|error, default info. */
+  logLevel: string;
+  /** MVM_ACCEL: auto (probe KVM, else TCG) | kvm | tcg. */
+  accel: string;
+  /** MVM_NODE_NAME, default the host name. */
+  nodeName: string;
+  /** MVM_SHUTDOWN_POLICY: leave (default: VMs keep running and are re-adopted) | stop (stop every VM). */
+  shutdownPolicy: 'leave' | 'stop';
+  /** MVM_VMM_USER: unprivileged user QEMU drops to (-runas) when it exists, default mvm-vmm. */
+  vmmUser: string;
+  /** MVM_RESYNC_SECONDS: periodic full reconcile, default 10. */
+  resyncSeconds: number;
+  /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
+  stopTimeoutSeconds: number;
+}
+
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(.*):(\d+)$/.exec(s);
+  if (!m) throw new Error(`MVM_LISTEN must be host:port, got ${JSON.stringify(s)}`);
+  const port = Number(m[2]);
+  if (port < 0 || port > 65535) throw new Error(`MVM_LISTEN port out of range: ${port}`);
+  return { host: m[1]!.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1', port };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const policy = env.MVM_SHUTDOWN_POLICY ?? 'leave';
+  if (policy !== 'leave' && policy !== 'stop') throw new Error(`MVM_SHUTDOWN_POLICY must be leave or stop, got ${policy}`);
+  const accel = env.MVM_ACCEL ?? 'auto';
+  if (!['auto', 'kvm', 'tcg'].includes(accel)) throw new Error(`MVM_ACCEL must be auto, kvm or tcg, got ${accel}`);
+  const cfg: Config = {
+    listen: parseListen(env.MVM_LISTEN ?? '127.0.0.1:8080'),
+    dataDir: resolve(env.MVM_DATA_DIR ?? '/var/lib/mvm'),
+    cacheDir: resolve(env.MVM_CACHE_DIR ?? '/var/cache/mvm'),
+    logLevel: env.MVM_LOG_LEVEL ?? 'info',
+    accel,
+    nodeName: env.MVM_NODE_NAME ?? hostname(),
+    shutdownPolicy: policy,
+    vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
+    resyncSeconds: Number(env.MVM_RESYNC_SECONDS ?? 10),
+    stopTimeoutSeconds: Number(env.MVM_STOP_TIMEOUT_SECONDS ?? 10),
+  };
+  if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
+  return cfg;
+}

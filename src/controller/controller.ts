@@ -1,0 +1,339 @@
+/**
+ * The controller: reconciles each microVM's desired state (spec + desiredState)
+ * with what the node agent observes, one idempotent step per pass, re-planned
+ * on every pass ("measure, then act"). Driven by store changes and agent events
+ * plus a periodic resync that also removes whatever belongs to no VM.
+ */
+import type { Logger } from 'pino';
+import { asMvmError } from '../core/errors.js';
+import { ConditionTypes, assertTransition, setCondition, type MicroVM, type Phase } from '../core/microvm.js';
+import type { ActualVm, NodeAgent } from '../core/ports/agent.js';
+import type { Store, VmEvent } from '../core/ports/store.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
+
+export interface ControllerOptions {
+  store: Store;
+  agent: NodeAgent;
+  scheduler: Scheduler;
+  log: Logger;
+  resyncMs?: number;
+  /** Graceful stop timeout before the VMM is killed. */
+  stopTimeoutMs?: number;
+}
+
+type Patch = (vm: MicroVM) => void;
+
+export class Controller {
+  private readonly queue = new Set<string>();
+  private readonly running = new Map<string, Promise<void>>();
+  private readonly again = new Set<string>();
+  private resyncTimer: NodeJS.Timeout | undefined;
+  private unsubs: Array<() => void> = [];
+  private stopped = false;
+  private readonly failures = new Map<string, number>();
+
+  constructor(private readonly o: ControllerOptions) {}
+
+  async start(): Promise<void> {
+    await this.o.agent.start();
+    this.unsubs.push(this.o.store.watch((c) => this.enqueue(c.id)));
+    this.unsubs.push(
+      this.o.agent.onEvent((e) => {
+        this.enqueue(e.id);
+      }),
+    );
+    await this.resync();
+    const tick = (): void => {
+      void this.resync().finally(() => {
+        if (!this.stopped) this.resyncTimer = setTimeout(tick, this.o.resyncMs ?? 10000);
+      });
+    };
+    this.resyncTimer = setTimeout(tick, this.o.resyncMs ?? 10000);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.resyncTimer);
+    for (const u of this.unsubs) u();
+    await Promise.allSettled([...this.running.values()]);
+  }
+
+  /** Every VM in the store, plus every id the node has resources of. */
+  async resync(): Promise<void> {
+    const known = await this.o.agent.known();
+    let cursor: string | undefined;
+    do {
+      const page = await this.o.store.listVms({ limit: 500, ...(cursor ? { cursor } : {}) });
+      for (const vm of page.items) this.enqueue(vm.id);
+      cursor = page.nextCursor;
+    } while (cursor);
+    for (const id of known) this.enqueue(id);
+  }
+
+  enqueue(id: string): void {
+    if (this.stopped) return;
+    if (this.running.has(id)) {
+      this.again.add(id);
+      return;
+    }
+    if (this.queue.has(id)) return;
+    this.queue.add(id);
+    queueMicrotask(() => this.kick(id));
+  }
+
+  /** Resolves when the id's queue is drained (tests, shutdown). */
+  async settle(id: string): Promise<void> {
+    while (this.running.has(id) || this.queue.has(id)) await (this.running.get(id) ?? new Promise((r) => setTimeout(r, 10)));
+  }
+
+  private kick(id: string): void {
+    if (!this.queue.delete(id) || this.running.has(id)) return;
+    const p = this.reconcile(id)
+      .then(() => {
+        this.failures.delete(id);
+      })
+      .catch((e) => {
+        const n = (this.failures.get(id) ?? 0) + 1;
+        this.failures.set(id, n);
+        const delay = Math.min(30000, 250 * 2 ** Math.min(n, 7));
+        this.o.log.warn({ vm: id, err: asMvmError(e).message, retryInMs: delay }, 'reconcile failed');
+        setTimeout(() => this.enqueue(id), delay).unref();
+      })
+      .finally(() => {
+        this.running.delete(id);
+        if (this.again.delete(id)) this.enqueue(id);
+      });
+    this.running.set(id, p);
+  }
+
+  private async event(vm: MicroVM, type: VmEvent['type'], reason: string, message: string): Promise<void> {
+    await this.o.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: new Date().toISOString(), type, reason, message });
+    this.o.log.info({ vm: vm.id, reason, type }, message);
+  }
+
+  /**
+   * Move a VM to `to` only if it is still in one of `from` (the user may have
+   * acted meanwhile); returns the updated VM or undefined if it moved on.
+   */
+  private async transition(vm: MicroVM, from: Phase[], to: Phase, patch?: Patch): Promise<MicroVM | undefined> {
+    let applied = false;
+    const next = await this.o.store.updateVm(vm.id, (cur) => {
+      if (!from.includes(cur.status.phase) || cur.desiredState !== vm.desiredState) return cur;
+      assertTransition(cur.status.phase, to);
+      cur.status.phase = to;
+      patch?.(cur);
+      cur.status.observedGeneration = cur.generation;
+      applied = true;
+      return cur;
+    });
+    return applied ? next : undefined;
+  }
+
+  private async patchStatus(vm: MicroVM, patch: Patch): Promise<MicroVM> {
+    return this.o.store.updateVm(vm.id, (cur) => {
+      patch(cur);
+      return cur;
+    });
+  }
+
+  async reconcile(id: string): Promise<void> {
+    const vm = await this.o.store.getVm(id);
+    const actual = this.o.agent.observe(id);
+    if (!vm) {
+      // Resources of a VM that no longer exists (deleted while we were down, or a crash mid-delete).
+      if (actual.state !== 'absent' || (await this.o.agent.known()).includes(id)) {
+        this.o.log.info({ vm: id }, 'removing resources of a microVM that does not exist');
+        await this.o.agent.ensureAbsent(id);
+      }
+      return;
+    }
+    const now = new Date().toISOString();
+    const phase = vm.status.phase;
+
+    if (phase === 'Deleting') {
+      await this.o.agent.ensureAbsent(id);
+      await this.o.store.deleteVm(id);
+      await this.event(vm, 'Normal', 'Deleted', 'microVM deleted and its resources removed');
+      return;
+    }
+
+    if (vm.desiredState === 'Stopped') {
+      if (phase === 'Pending' || phase === 'Scheduled') {
+        await this.transition(vm, [phase], 'Stopped', (v) => {
+          v.status.stoppedAt = now;
+        });
+        return;
+      }
+      if (phase === 'Failed') {
+        if (actual.state === 'running' || actual.state === 'starting') await this.o.agent.ensureStopped(id, this.o.stopTimeoutMs);
+        return;
+      }
+      if (phase === 'Stopping' || actual.state === 'running' || actual.state === 'starting' || actual.state === 'paused') {
+        if (phase !== 'Stopping') {
+          const v = await this.transition(vm, [phase], 'Stopping');
+          if (!v) return;
+        }
+        await this.o.agent.ensureStopped(id, this.o.stopTimeoutMs);
+        const done = await this.transition({ ...vm, status: { ...vm.status, phase: 'Stopping' } }, ['Stopping'], 'Stopped', (v) => {
+          v.status.stoppedAt = new Date().toISOString();
+          v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'Stopped' }, now);
+          v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason: 'Stopped' }, now);
+          delete v.status.pid;
+          delete v.status.reason;
+          delete v.status.message;
+        });
+        if (done) await this.event(done, 'Normal', 'Stopped', 'microVM stopped');
+      }
+      return;
+    }
+
+    // desiredState === 'Running'
+    switch (phase) {
+      case 'Failed':
+      case 'Stopped':
+      case 'Stopping':
+        // A failed VM stays failed until the user starts it again (restart policy: never).
+        if (phase === 'Stopping') await this.transition(vm, ['Stopping'], 'Stopped');
+        return;
+      case 'Pending': {
+        const info = await this.o.agent.info();
+        const placed: MicroVM[] = [];
+        let cursor: string | undefined;
+        do {
+          const page = await this.o.store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+          placed.push(...page.items.filter((v) => v.status.node && !['Stopped', 'Failed', 'Deleting'].includes(v.status.phase)));
+          cursor = page.nextCursor;
+        } while (cursor);
+        const placement = this.o.scheduler.place(vm, [info], placed);
+        if (!placement.node) {
+          const msg = Object.entries(placement.reasons).map(([n, r]) => `${n}: ${r}`).join('; ') || 'no nodes';
+          await this.patchStatus(vm, (v) => {
+            v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
+          });
+          return; // retried on the next resync
+        }
+        const v = await this.transition(vm, ['Pending'], 'Scheduled', (x) => {
+          x.status.node = placement.node!;
+          x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.Scheduled, status: 'True', reason: 'Placed', message: `placed on ${placement.node}` }, now);
+        });
+        if (v) {
+          await this.event(v, 'Normal', 'Scheduled', `placed on node ${placement.node}`);
+          this.enqueue(id);
+        }
+        return;
+      }
+      case 'Scheduled':
+      case 'Starting': {
+        if (actual.state === 'running' || actual.state === 'paused') {
+          await this.markRunning(vm, actual);
+          return;
+        }
+        let v: MicroVM | undefined = vm;
+        if (phase === 'Scheduled') {
+          v = await this.transition(vm, ['Scheduled'], 'Starting', (x) => {
+            delete x.status.reason;
+            delete x.status.message;
+          });
+          if (!v) return;
+          await this.event(v, 'Normal', 'Starting', 'booting the microVM');
+        }
+        try {
+          const a = await this.o.agent.ensureRunning(v);
+          await this.markRunning(v, a);
+        } catch (e) {
+          const err = asMvmError(e);
+          const f = await this.transition(v, ['Starting'], 'Failed', (x) => {
+            x.status.reason = 'StartFailed';
+            x.status.message = err.message;
+            x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'StartFailed', message: err.message }, now);
+          });
+          if (f) await this.event(f, 'Warning', 'StartFailed', err.message);
+        }
+        return;
+      }
+      case 'Running':
+      case 'Paused': {
+        if (actual.state === 'running' || actual.state === 'paused' || actual.state === 'starting') {
+          await this.syncRunning(vm, actual);
+          return;
+        }
+        if (actual.state === 'stopped' && actual.reason === 'GuestShutdown') {
+          // The guest powered itself off: that is a stop, not a failure.
+          const v = await this.o.store.updateVm(id, (x) => {
+            if (x.status.phase !== phase) return x;
+            x.status.phase = 'Stopped';
+            x.desiredState = 'Stopped';
+            x.status.reason = 'GuestShutdown';
+            x.status.message = actual.message ?? 'guest powered off';
+            x.status.stoppedAt = now;
+            delete x.status.pid;
+            x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'GuestShutdown' }, now);
+            x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason: 'GuestShutdown' }, now);
+            return x;
+          });
+          await this.event(v, 'Normal', 'GuestShutdown', v.status.message ?? 'guest powered off');
+          await this.o.agent.ensureStopped(id, 1000);
+          return;
+        }
+        const reason = actual.state === 'failed' ? (actual.reason ?? 'VmmExited') : 'VmmLost';
+        const message =
+          actual.state === 'failed'
+            ? (actual.message ?? 'VMM process exited')
+            : 'VMM process is not running (it exited while the service was not watching)';
+        const f = await this.transition(vm, [phase], 'Failed', (x) => {
+          x.status.reason = reason;
+          x.status.message = message;
+          delete x.status.pid;
+          x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason, message }, now);
+          x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason }, now);
+        });
+        if (f) {
+          await this.event(f, 'Warning', reason, message);
+          await this.o.agent.ensureStopped(id, 1000); // release cgroup and sockets
+        }
+        return;
+      }
+    }
+  }
+
+  private async markRunning(vm: MicroVM, a: ActualVm): Promise<void> {
+    const now = new Date().toISOString();
+    const v = await this.transition(vm, ['Scheduled', 'Starting'], 'Running', (x) => {
+      applyActual(x, a, now);
+    });
+    if (v) await this.event(v, 'Normal', 'Started', `VMM running (pid ${a.pid}, ${a.driver}/${a.accel})`);
+    if (v && a.ready) await this.event(v, 'Normal', 'GuestReady', 'guest reached init');
+  }
+
+  private async syncRunning(vm: MicroVM, a: ActualVm): Promise<void> {
+    const wasReady = vm.status.conditions.find((c) => c.type === ConditionTypes.GuestReady)?.status === 'True';
+    const now = new Date().toISOString();
+    const needs =
+      wasReady !== a.ready || vm.status.pid !== a.pid || (a.bootMs && vm.status.bootMs?.guestReady !== a.bootMs.guestReady) || vm.status.accel !== a.accel;
+    if (!needs) return;
+    const v = await this.o.store.updateVm(vm.id, (x) => {
+      if (x.status.phase !== 'Running' && x.status.phase !== 'Paused') return x;
+      applyActual(x, a, now);
+      return x;
+    });
+    if (!wasReady && a.ready) await this.event(v, 'Normal', 'GuestReady', `guest reached init${a.bootMs?.guestReady ? ` (${a.bootMs.guestReady} ms after VMM start)` : ''}`);
+  }
+}
+
+function applyActual(x: MicroVM, a: ActualVm, now: string): void {
+  if (a.pid !== undefined) x.status.pid = a.pid;
+  if (a.accel) x.status.accel = a.accel;
+  if (a.driver) x.status.driver = a.driver;
+  if (a.startedAt) x.status.startedAt = a.startedAt;
+  if (a.readyAt) x.status.readyAt = a.readyAt;
+  if (a.bootMs) x.status.bootMs = a.bootMs;
+  if (a.ip) x.status.ip = a.ip;
+  delete x.status.reason;
+  delete x.status.message;
+  x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'True', reason: 'Started', message: `pid ${a.pid}` }, now);
+  x.status.conditions = setCondition(
+    x.status.conditions,
+    a.ready ? { type: ConditionTypes.GuestReady, status: 'True', reason: 'MarkerSeen' } : { type: ConditionTypes.GuestReady, status: 'False', reason: 'Booting' },
+    now,
+  );
+}

@@ -1,0 +1,61 @@
+/**
+ * Typed errors with stable codes. The core throws these; each edge (REST, gRPC,
+ * Kubernetes conditions, CLI) maps them exactly once (see src/api/problem.ts).
+ */
+export const ErrorCodes = {
+  VALIDATION_FAILED: 'VALIDATION_FAILED',
+  NOT_FOUND: 'NOT_FOUND',
+  ALREADY_EXISTS: 'ALREADY_EXISTS',
+  ILLEGAL_TRANSITION: 'ILLEGAL_TRANSITION',
+  FIELD_IMMUTABLE: 'FIELD_IMMUTABLE',
+  CONFLICT: 'CONFLICT',
+  UNAUTHENTICATED: 'UNAUTHENTICATED',
+  PERMISSION_DENIED: 'PERMISSION_DENIED',
+  QUOTA_EXCEEDED: 'QUOTA_EXCEEDED',
+  RATE_LIMITED: 'RATE_LIMITED',
+  CAPABILITY_UNSUPPORTED: 'CAPABILITY_UNSUPPORTED',
+  NO_CAPACITY: 'NO_CAPACITY',
+  VMM_ERROR: 'VMM_ERROR',
+  IMAGE_ERROR: 'IMAGE_ERROR',
+  UNAVAILABLE: 'UNAVAILABLE',
+  TIMEOUT: 'TIMEOUT',
+  VM_FAILED: 'VM_FAILED',
+  INTERNAL: 'INTERNAL',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export interface FieldViolation {
+  /** JSON-pointer-ish path of the offending field, e.g. "vcpu" or "rootfs.size". */
+  field: string;
+  message: string;
+}
+
+export class MvmError extends Error {
+  readonly code: ErrorCode;
+  readonly violations: FieldViolation[];
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, opts: { violations?: FieldViolation[]; details?: Record<string, unknown>; cause?: unknown } = {}) {
+    super(message, opts.cause !== undefined ? { cause: opts.cause } : undefined);
+    this.name = 'MvmError';
+    this.code = code;
+    this.violations = opts.violations ?? [];
+    this.details = opts.details ?? {};
+  }
+}
+
+export const validationError = (field: string, message: string): MvmError =>
+  new MvmError(ErrorCodes.VALIDATION_FAILED, `${field}: ${message}`, { violations: [{ field, message }] });
+
+export const notFound = (kind: string, id: string): MvmError =>
+  new MvmError(ErrorCodes.NOT_FOUND, `${kind} ${JSON.stringify(id)} not found`, { details: { kind, id } });
+
+export const isMvmError = (e: unknown): e is MvmError => e instanceof MvmError;
+
+/** Wrap anything thrown into an MvmError without losing a typed one. */
+export function asMvmError(e: unknown, code: ErrorCode = ErrorCodes.INTERNAL): MvmError {
+  if (e instanceof MvmError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  return new MvmError(code, msg, { cause: e });
+}

@@ -1,0 +1,122 @@
+/** Domain model of a microVM: quantities, defaults, the phase state machine. */
+import { randomBytes } from 'node:crypto';
+import { ErrorCodes, MvmError, validationError } from './errors.js';
+import type { ConditionT, MicroVMSpecT, MicroVMT, PhaseT } from './schema.js';
+
+export type Phase = PhaseT;
+export type MicroVM = MicroVMT;
+export type MicroVMSpec = MicroVMSpecT;
+export type DesiredState = MicroVM['desiredState'];
+
+export const MIN_MEMORY_MIB = 128;
+export const MAX_MEMORY_MIB = 8 * 1024;
+export const DEFAULT_SPEC = { vcpu: 1, memory: '128Mi' } as const;
+
+/** Parse a `<n>Mi|<n>Gi` quantity into MiB. */
+export function parseQuantityMiB(q: string, field: string): number {
+  const m = /^([1-9][0-9]*)(Mi|Gi)$/.exec(q);
+  if (!m) throw validationError(field, `must be a quantity like 128Mi or 1Gi, got ${JSON.stringify(q)}`);
+  const n = Number(m[1]);
+  return m[2] === 'Gi' ? n * 1024 : n;
+}
+
+/** Checks the schema cannot express (ranges of quantities, cross-field rules). */
+export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
+  const mem = parseQuantityMiB(spec.memory, `${prefix}memory`);
+  if (mem < MIN_MEMORY_MIB || mem > MAX_MEMORY_MIB) {
+    throw validationError(`${prefix}memory`, `must be between 128Mi and 8Gi, got ${spec.memory}`);
+  }
+  if (spec.rootfs?.size !== undefined) {
+    const size = parseQuantityMiB(spec.rootfs.size, `${prefix}rootfs.size`);
+    if (size > 256 * 1024) throw validationError(`${prefix}rootfs.size`, 'must be at most 256Gi');
+  }
+  const names = new Set<string>();
+  for (const [i, nic] of (spec.networkInterfaces ?? []).entries()) {
+    if (names.has(nic.name)) throw validationError(`${prefix}networkInterfaces[${i}].name`, `duplicate interface name ${nic.name}`);
+    names.add(nic.name);
+  }
+  const vols = new Set<string>();
+  for (const [i, v] of (spec.volumes ?? []).entries()) {
+    if (vols.has(v.name)) throw validationError(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
+    vols.add(v.name);
+  }
+}
+
+export function memoryMiB(spec: MicroVMSpec): number {
+  return parseQuantityMiB(spec.memory, 'memory');
+}
+
+const ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
+/** A short, sortable-enough, URL-safe id: `vm-` + 14 base32 chars. */
+export function newId(prefix = 'vm'): string {
+  const bytes = randomBytes(14);
+  let s = '';
+  for (const b of bytes) s += ID_ALPHABET[b & 31];
+  return `${prefix}-${s}`;
+}
+
+/**
+ * The phase state machine. `from -> allowed next phases`. The controller is the
+ * only writer of phases; every write goes through `transition`, so an illegal
+ * move is a bug that surfaces as ILLEGAL_TRANSITION instead of silent corruption.
+ */
+export const TRANSITIONS: Record<Phase, readonly Phase[]> = {
+  Pending: ['Scheduled', 'Stopped', 'Failed', 'Deleting'],
+  Scheduled: ['Starting', 'Stopped', 'Failed', 'Deleting', 'Pending'],
+  Starting: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Running: ['Stopping', 'Paused', 'Failed', 'Deleting', 'Stopped', 'Starting'],
+  Paused: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Stopping: ['Stopped', 'Failed', 'Deleting'],
+  Stopped: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Failed'],
+  Failed: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Stopped', 'Running'],
+  Deleting: [],
+};
+
+export function canTransition(from: Phase, to: Phase): boolean {
+  return from === to || TRANSITIONS[from].includes(to);
+}
+
+export function assertTransition(from: Phase, to: Phase): void {
+  if (!canTransition(from, to)) {
+    throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `illegal phase transition ${from} -> ${to}`, { details: { from, to } });
+  }
+}
+
+/** User actions and the phases they are legal in. */
+export type Action = 'start' | 'stop' | 'delete' | 'update' | 'pause' | 'resume' | 'snapshot';
+export const ACTION_PHASES: Record<Action, readonly Phase[]> = {
+  start: ['Stopped', 'Failed'],
+  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'],
+  delete: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'],
+  update: ['Stopped', 'Failed'],
+  pause: ['Running'],
+  resume: ['Paused'],
+  snapshot: ['Running', 'Paused'],
+};
+
+export function assertAction(vm: MicroVM, action: Action): void {
+  const phase = vm.status.phase;
+  if (!ACTION_PHASES[action].includes(phase)) {
+    throw new MvmError(
+      ErrorCodes.ILLEGAL_TRANSITION,
+      `cannot ${action} microVM ${vm.id} in phase ${phase} (allowed in: ${ACTION_PHASES[action].join(', ')})`,
+      { details: { id: vm.id, phase, action, allowedPhases: ACTION_PHASES[action] } },
+    );
+  }
+}
+
+/** Set a condition, keeping lastTransitionTime when the status does not change. */
+export function setCondition(conds: ConditionT[], c: Omit<ConditionT, 'lastTransitionTime'>, now: string): ConditionT[] {
+  const existing = conds.find((x) => x.type === c.type);
+  if (existing && existing.status === c.status && existing.reason === c.reason && existing.message === c.message) return conds;
+  const next: ConditionT = { ...c, lastTransitionTime: existing && existing.status === c.status ? existing.lastTransitionTime : now };
+  if (next.message === undefined) delete next.message;
+  if (next.reason === undefined) delete next.reason;
+  return [...conds.filter((x) => x.type !== c.type), next];
+}
+
+export const ConditionTypes = {
+  Scheduled: 'Scheduled',
+  VmmRunning: 'VmmRunning',
+  GuestReady: 'GuestReady',
+} as const;

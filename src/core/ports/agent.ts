@@ -1,0 +1,65 @@
+/**
+ * The node agent port: what the controller asks of a node. In standalone mode
+ * the agent runs in the service process (src/agent); in cluster mode it is the
+ * DaemonSet and the controller reaches it through the store (CR status) and an
+ * authenticated endpoint for console and metrics.
+ */
+import type { MicroVM } from '../microvm.js';
+import type { VmMetricsT } from '../schema.js';
+
+export type ActualState = 'absent' | 'starting' | 'running' | 'paused' | 'stopped' | 'failed';
+
+export interface ActualVm {
+  id: string;
+  state: ActualState;
+  pid?: number;
+  accel?: string;
+  driver?: string;
+  ip?: string;
+  /** Guest printed its readiness marker. */
+  ready: boolean;
+  startedAt?: string;
+  readyAt?: string;
+  bootMs?: { vmm: number; guestReady: number };
+  /** Why the VM failed (state=failed). */
+  reason?: string;
+  message?: string;
+  config?: Record<string, unknown>;
+}
+
+export interface NodeInfo {
+  name: string;
+  cpus: number;
+  memoryMiB: number;
+  drivers: string[];
+  accel: string;
+  labels: Record<string, string>;
+  ready: boolean;
+}
+
+export interface AgentEvent {
+  id: string;
+  kind: 'ready' | 'exited' | 'started' | 'stopped';
+  message: string;
+}
+
+export interface NodeAgent {
+  readonly nodeName: string;
+  info(): Promise<NodeInfo>;
+  /** Re-adopt running VMMs and find leftovers; called once at start-up. */
+  start(): Promise<void>;
+  observe(id: string): ActualVm;
+  /** Ids of every VM this node has any resource of (dirs, processes). */
+  known(): Promise<string[]>;
+  /** Idempotent: boots the VM if it is not running; returns once the VMM runs. */
+  ensureRunning(vm: MicroVM): Promise<ActualVm>;
+  /** Idempotent: graceful stop, then kill; releases runtime resources (keeps disks). */
+  ensureStopped(id: string, timeoutMs?: number): Promise<void>;
+  /** Idempotent: removes every resource of the VM on this node (process, cgroup, tap, files). */
+  ensureAbsent(id: string): Promise<void>;
+  /** Console: read from a byte offset, and follow new output. */
+  consolePath(id: string): string | undefined;
+  metrics(vm: MicroVM): Promise<VmMetricsT>;
+  onEvent(cb: (e: AgentEvent) => void): () => void;
+  shutdown(): Promise<void>;
+}

@@ -1,0 +1,57 @@
+/**
+ * The store port: the source of truth for desired and observed state.
+ * Adapters: src/store/sqlite (standalone) and src/store/kubernetes (cluster mode).
+ * Every method is async so that both adapters fit; every acknowledged write is durable.
+ */
+import type { MicroVM, Phase } from '../microvm.js';
+
+export interface ListOptions {
+  tenant?: string;
+  name?: string;
+  phase?: Phase;
+  /** Equality label selector: {"app": "web"} matches labels.app == "web". */
+  labels?: Record<string, string>;
+  limit?: number;
+  /** Opaque cursor from a previous page's `nextCursor`. */
+  cursor?: string;
+}
+
+export interface Page<T> {
+  items: T[];
+  nextCursor?: string;
+}
+
+export interface VmEvent {
+  seq?: number;
+  vmId: string;
+  tenant: string;
+  time: string;
+  type: 'Normal' | 'Warning';
+  reason: string;
+  message: string;
+}
+
+export interface StoreChange {
+  kind: 'vm';
+  id: string;
+  deleted: boolean;
+}
+
+export interface Store {
+  /** Insert a new VM; ALREADY_EXISTS when the tenant already has one of that name. */
+  createVm(vm: MicroVM): Promise<MicroVM>;
+  getVm(id: string): Promise<MicroVM | undefined>;
+  listVms(opts?: ListOptions): Promise<Page<MicroVM>>;
+  /**
+   * Read-modify-write under the store's own concurrency control. `mutate` gets the
+   * current VM and returns the next one; `expectedVersion` (resourceVersion) makes
+   * it conditional (CONFLICT on mismatch). The store bumps resourceVersion/updatedAt.
+   */
+  updateVm(id: string, mutate: (vm: MicroVM) => MicroVM, expectedVersion?: string): Promise<MicroVM>;
+  deleteVm(id: string): Promise<void>;
+  appendEvent(e: VmEvent): Promise<void>;
+  listEvents(opts: { vmId?: string; tenant?: string; afterSeq?: number; limit?: number }): Promise<VmEvent[]>;
+  /** Subscribe to changes (for the controller and `wait`). Returns an unsubscribe function. */
+  watch(cb: (c: StoreChange) => void): () => void;
+  close(): Promise<void>;
+}

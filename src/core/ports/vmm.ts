@@ -1,0 +1,121 @@
+/**
+ * The VMM driver port. Adapters: src/vmm/qemu (QEMU microvm + QMP) and
+ * src/vmm/firecracker (Firecracker API + jailer). One contract suite
+ * (test/contract/vmm.contract.ts) runs against every adapter; a driver declares
+ * what it supports in `capabilities`, and tests of missing capabilities skip.
+ */
+
+export interface VmmCapabilities {
+  /** Driver name: 'qemu' | 'firecracker'. */
+  driver: string;
+  /** Acceleration this driver will use on this host ('kvm' | 'tcg' | 'none' when it cannot run). */
+  accel: string;
+  /** The driver can run guests on this host at all (binary present, KVM usable where required). */
+  available: boolean;
+  /** Why not available, when available=false. */
+  unavailableReason?: string;
+  pause: boolean;
+  snapshot: boolean;
+  /** Disk formats the driver can attach. */
+  diskFormats: Array<'qcow2' | 'raw'>;
+  /** VMM version string (recorded in snapshots). */
+  version: string;
+}
+
+export interface DriveSpec {
+  id: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  readOnly: boolean;
+  /** The root device (becomes /dev/vda). */
+  root: boolean;
+}
+
+export interface NicSpec {
+  id: string;
+  /** Host tap device name. */
+  tap: string;
+  mac: string;
+}
+
+export interface LaunchSpec {
+  id: string;
+  name: string;
+  vcpu: number;
+  memoryMiB: number;
+  kernelPath: string;
+  initrdPath?: string;
+  /** Full kernel command line (the agent builds it). */
+  cmdline: string;
+  drives: DriveSpec[];
+  nics: NicSpec[];
+  /** The VM's own directory: sockets, console log, pid file, VMM log live here. */
+  vmDir: string;
+  /**
+   * cgroup `cgroup.procs` files the VMM process must join before it allocates
+   * guest memory (the driver joins them in a wrapper before exec).
+   */
+  cgroupProcs: string[];
+  /** Restore from this snapshot instead of a cold boot. */
+  restoreFrom?: SnapshotFiles;
+}
+
+export interface SnapshotFiles {
+  /** Directory holding the snapshot's files. */
+  dir: string;
+  /** Driver-specific files (memory/state). */
+  memoryFile: string;
+  stateFile?: string;
+}
+
+export type VmmState = 'booting' | 'running' | 'paused' | 'shutdown' | 'exited';
+
+export interface VmmExit {
+  code: number | null;
+  signal: string | null;
+  /** Human-readable reason, e.g. "VMM process 1234 was killed by SIGKILL". */
+  reason: string;
+}
+
+export interface VmmStats {
+  cpuSeconds: number;
+  memoryRssBytes: number;
+  block: Array<{ device: string; readBytes: number; writeBytes: number; readOps: number; writeOps: number }>;
+}
+
+/** A running (or adopted) VMM process. */
+export interface VmmInstance {
+  readonly id: string;
+  readonly pid: number;
+  readonly accel: string;
+  readonly driver: string;
+  /** The file the guest's serial console is written to. */
+  readonly consolePath: string;
+  /** Effective VMM configuration (QEMU argv, or the Firecracker API calls), for inspection. */
+  readonly config: Record<string, unknown>;
+  state(): Promise<VmmState>;
+  /** Graceful stop (ACPI power-down / Ctrl-Alt-Del), then kill after timeoutMs. */
+  stop(timeoutMs: number): Promise<void>;
+  kill(): Promise<void>;
+  /** Resolves when the VMM process is gone (however it went). */
+  readonly exited: Promise<VmmExit>;
+  stats(): Promise<VmmStats>;
+  pause?(): Promise<void>;
+  resume?(): Promise<void>;
+  /** Write memory + device state into `dir`; the VM is left paused. */
+  snapshot?(dir: string): Promise<SnapshotFiles>;
+}
+
+export interface VmmDriver {
+  readonly name: string;
+  capabilities(): Promise<VmmCapabilities>;
+  /** Spawn the VMM detached from the service and boot (or restore) the guest. */
+  launch(spec: LaunchSpec): Promise<VmmInstance>;
+  /**
+   * Re-attach to a VMM left running by an earlier service process, found by
+   * its vmDir. Returns null when no live VMM of this VM exists.
+   */
+  adopt(id: string, vmDir: string): Promise<VmmInstance | null>;
+  /** Pids of live VMM processes of this driver whose VM directory lies under `root`. */
+  findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>>;
+}

@@ -1,0 +1,191 @@
+/**
+ * The one schema of the MicroVM resource (seed §3.1.1 CRD and §3.5.2 proto).
+ * REST validation, the TypeScript types, the OpenAPI document, the gRPC mapping
+ * and the CRD's openAPIV3Schema are all derived from these definitions.
+ */
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+
+export const QUANTITY_PATTERN = '^[1-9][0-9]*(Mi|Gi)$';
+export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
+export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
+export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
+
+export const Phase = Type.Union(
+  ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'].map((p) => Type.Literal(p)),
+  { description: 'Lifecycle phase' },
+);
+
+export const KernelSpec = Type.Object(
+  {
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'Kernel image reference or "default"' })),
+    cmdline: Type.Optional(Type.String({ maxLength: 2048, description: 'Extra kernel command line appended to the generated one' })),
+  },
+  { additionalProperties: false },
+);
+
+export const RootFSSpec = Type.Object(
+  {
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'Root filesystem image reference or "default"' })),
+    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Root disk size, e.g. 1Gi' })),
+    readOnly: Type.Optional(Type.Boolean({ description: 'Attach the shared image read-only instead of a copy-on-write layer' })),
+  },
+  { additionalProperties: false },
+);
+
+export const NetworkInterface = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, maxLength: 15 }),
+    mac: Type.Optional(Type.String({ pattern: MAC_PATTERN })),
+    ip: Type.Optional(Type.String({ maxLength: 64 })),
+  },
+  { additionalProperties: false },
+);
+
+export const Volume = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, maxLength: 63 }),
+    mountPath: Type.String({ pattern: '^/', maxLength: 256 }),
+    readOnly: Type.Optional(Type.Boolean()),
+    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN })),
+  },
+  { additionalProperties: false },
+);
+
+export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 }), Type.String({ maxLength: 63 }), {
+  description: 'Free-form labels',
+});
+
+/** Fields of the spec, shared by the resource, the create and the update request. */
+const specFields = {
+  vcpu: Type.Integer({ minimum: 1, maximum: 8, description: 'Number of vCPUs (1-8)' }),
+  memory: Type.String({ pattern: QUANTITY_PATTERN, description: 'Guest memory, 128Mi to 8Gi' }),
+  kernel: KernelSpec,
+  rootfs: RootFSSpec,
+  networkInterfaces: Type.Array(NetworkInterface, { maxItems: 4 }),
+  volumes: Type.Array(Volume, { maxItems: 8 }),
+  labels: Labels,
+};
+
+export const MicroVMSpec = Type.Object(
+  {
+    vcpu: specFields.vcpu,
+    memory: specFields.memory,
+    kernel: Type.Optional(specFields.kernel),
+    rootfs: Type.Optional(specFields.rootfs),
+    networkInterfaces: Type.Optional(specFields.networkInterfaces),
+    volumes: Type.Optional(specFields.volumes),
+    labels: Type.Optional(specFields.labels),
+  },
+  { additionalProperties: false },
+);
+
+export const CreateMicroVMRequest = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
+    vcpu: Type.Optional(specFields.vcpu),
+    memory: Type.Optional(specFields.memory),
+    kernel: Type.Optional(specFields.kernel),
+    rootfs: Type.Optional(specFields.rootfs),
+    networkInterfaces: Type.Optional(specFields.networkInterfaces),
+    volumes: Type.Optional(specFields.volumes),
+    labels: Type.Optional(specFields.labels),
+    start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const UpdateMicroVMRequest = Type.Object(
+  {
+    vcpu: Type.Optional(specFields.vcpu),
+    memory: Type.Optional(specFields.memory),
+    kernel: Type.Optional(specFields.kernel),
+    rootfs: Type.Optional(specFields.rootfs),
+    networkInterfaces: Type.Optional(specFields.networkInterfaces),
+    volumes: Type.Optional(specFields.volumes),
+    labels: Type.Optional(specFields.labels),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export const Condition = Type.Object({
+  type: Type.String(),
+  status: Type.Union([Type.Literal('True'), Type.Literal('False'), Type.Literal('Unknown')]),
+  reason: Type.Optional(Type.String()),
+  message: Type.Optional(Type.String()),
+  lastTransitionTime: Type.String({ format: 'date-time' }),
+});
+
+export const MicroVMStatus = Type.Object({
+  phase: Phase,
+  reason: Type.Optional(Type.String({ description: 'Machine-readable reason of the last transition (e.g. VmmExited)' })),
+  message: Type.Optional(Type.String()),
+  ip: Type.Optional(Type.String()),
+  node: Type.Optional(Type.String()),
+  driver: Type.Optional(Type.String({ description: 'VMM driver: qemu or firecracker' })),
+  accel: Type.Optional(Type.String({ description: 'Acceleration used: kvm or tcg' })),
+  pid: Type.Optional(Type.Integer()),
+  conditions: Type.Array(Condition),
+  startedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  readyAt: Type.Optional(Type.String({ format: 'date-time' })),
+  stoppedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
+  observedGeneration: Type.Optional(Type.Integer()),
+});
+
+export const MicroVM = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  spec: MicroVMSpec,
+  desiredState: Type.Union([Type.Literal('Running'), Type.Literal('Stopped')]),
+  status: MicroVMStatus,
+  generation: Type.Integer(),
+  resourceVersion: Type.String(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
+export const MicroVMList = Type.Object({
+  items: Type.Array(MicroVM),
+  next_cursor: Type.Optional(Type.String()),
+});
+
+export const Problem = Type.Object(
+  {
+    type: Type.String(),
+    title: Type.String(),
+    status: Type.Integer(),
+    code: Type.String(),
+    detail: Type.String(),
+    instance: Type.Optional(Type.String()),
+    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }))),
+  },
+  { $id: 'Problem' },
+);
+
+export const VmMetrics = Type.Object({
+  id: Type.String(),
+  phase: Phase,
+  timestamp: Type.String({ format: 'date-time' }),
+  cpuSeconds: Type.Number({ description: 'CPU time of the VMM process (user+system), seconds' }),
+  memoryRssBytes: Type.Integer(),
+  guestMemoryBytes: Type.Integer(),
+  uptimeSeconds: Type.Number(),
+  block: Type.Array(Type.Object({ device: Type.String(), readBytes: Type.Integer(), writeBytes: Type.Integer(), readOps: Type.Integer(), writeOps: Type.Integer() })),
+  net: Type.Array(Type.Object({ device: Type.String(), rxBytes: Type.Integer(), txBytes: Type.Integer(), rxPackets: Type.Integer(), txPackets: Type.Integer() })),
+  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
+});
+
+export type MicroVMSpecT = Static<typeof MicroVMSpec>;
+export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
+export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
+export type MicroVMStatusT = Static<typeof MicroVMStatus>;
+export type MicroVMT = Static<typeof MicroVM>;
+export type ConditionT = Static<typeof Condition>;
+export type VmMetricsT = Static<typeof VmMetrics>;
+export type PhaseT = Static<typeof Phase>;
+
+/** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */
+export function toJsonSchema(schema: TSchema): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
+}

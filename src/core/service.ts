@@ -1,0 +1,246 @@
+/**
+ * Use cases of the MicroVM service. REST, gRPC and the dashboard call these;
+ * they validate, enforce tenancy and legal actions, write desired state to the
+ * store (the acknowledgement point) and leave the doing to the controller.
+ */
+import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { DEFAULT_SPEC, assertAction, newId, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import type { NodeAgent } from './ports/agent.js';
+import type { ImageResolver } from './ports/images.js';
+import type { ListOptions, Page, Store, VmEvent } from './ports/store.js';
+import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
+
+export type Role = 'admin' | 'tenant-admin' | 'member' | 'viewer';
+
+export interface Principal {
+  subject: string;
+  tenant: string;
+  role: Role;
+  keyId?: string;
+}
+
+export const SYSTEM_TENANT = 'default';
+
+export interface WaitOptions {
+  phase: Phase;
+  /** Also wait for the GuestReady condition. */
+  ready?: boolean;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+export class MicroVMService {
+  constructor(
+    private readonly store: Store,
+    private readonly agent: NodeAgent,
+    private readonly images?: ImageResolver,
+  ) {}
+
+  private visible(p: Principal, vm: MicroVM): boolean {
+    return p.role === 'admin' || vm.tenant === p.tenant;
+  }
+
+  /** Find by id or by name within the caller's tenant; a foreign VM is indistinguishable from a missing one. */
+  async get(p: Principal, idOrName: string): Promise<MicroVM> {
+    const byId = await this.store.getVm(idOrName);
+    if (byId && this.visible(p, byId)) return byId;
+    const byName = await this.store.listVms({ tenant: p.tenant, name: idOrName, limit: 1 });
+    const vm = byName.items[0];
+    if (vm) return vm;
+    throw notFound('microVM', idOrName);
+  }
+
+  async list(p: Principal, opts: ListOptions): Promise<Page<MicroVM>> {
+    return this.store.listVms({ ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) });
+  }
+
+  async create(p: Principal, req: CreateMicroVMRequestT): Promise<MicroVM> {
+    const spec: MicroVMSpecT = {
+      vcpu: req.vcpu ?? DEFAULT_SPEC.vcpu,
+      memory: req.memory ?? DEFAULT_SPEC.memory,
+      ...(req.kernel ? { kernel: req.kernel } : {}),
+      ...(req.rootfs ? { rootfs: req.rootfs } : {}),
+      ...(req.networkInterfaces ? { networkInterfaces: req.networkInterfaces } : {}),
+      ...(req.volumes ? { volumes: req.volumes } : {}),
+      labels: req.labels ?? {},
+    };
+    validateSpec(spec);
+    if (this.images) {
+      // Admission: an unknown image is the caller's error now, not a failed boot later.
+      try {
+        await this.images.resolveKernel(spec.kernel?.image);
+      } catch (e) {
+        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `kernel.image: ${(e as Error).message}`, { violations: [{ field: 'kernel.image', message: (e as Error).message }] });
+      }
+      try {
+        await this.images.resolveRootfs(spec.rootfs?.image);
+      } catch (e) {
+        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.image: ${(e as Error).message}`, { violations: [{ field: 'rootfs.image', message: (e as Error).message }] });
+      }
+    }
+    const now = new Date().toISOString();
+    const start = req.start !== false;
+    const vm: MicroVM = {
+      id: newId('vm'),
+      name: req.name,
+      tenant: p.tenant,
+      spec,
+      desiredState: start ? 'Running' : 'Stopped',
+      status: { phase: 'Pending', conditions: [] },
+      generation: 1,
+      resourceVersion: '0',
+      createdAt: now,
+      updatedAt: now,
+    };
+    const created = await this.store.createVm(vm);
+    await this.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: now, type: 'Normal', reason: 'Created', message: `created by ${p.subject}` });
+    return created;
+  }
+
+  async update(p: Principal, idOrName: string, req: UpdateMicroVMRequestT, ifMatch?: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    for (const field of ['rootfs', 'networkInterfaces', 'volumes'] as const) {
+      if (req[field] !== undefined && JSON.stringify(req[field]) !== JSON.stringify(vm.spec[field])) {
+        throw new MvmError(ErrorCodes.FIELD_IMMUTABLE, `${field} cannot be changed after creation; create a new microVM instead`, {
+          violations: [{ field, message: 'immutable after creation' }],
+        });
+      }
+    }
+    const changesSpec = (['vcpu', 'memory', 'kernel'] as const).filter((f) => req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(vm.spec[f]));
+    return this.store.updateVm(
+      vm.id,
+      (cur) => {
+        if (changesSpec.length > 0 && !['Stopped', 'Failed'].includes(cur.status.phase)) {
+          throw new MvmError(
+            ErrorCodes.ILLEGAL_TRANSITION,
+            `${changesSpec.join(', ')} can only be changed while the microVM is Stopped (it is ${cur.status.phase}); stop it first`,
+            { violations: changesSpec.map((f) => ({ field: f, message: 'requires a stopped microVM' })), details: { phase: cur.status.phase } },
+          );
+        }
+        const spec = { ...cur.spec };
+        if (req.vcpu !== undefined) spec.vcpu = req.vcpu;
+        if (req.memory !== undefined) spec.memory = req.memory;
+        if (req.kernel !== undefined) spec.kernel = req.kernel;
+        if (req.labels !== undefined) spec.labels = req.labels;
+        validateSpec(spec);
+        if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
+        cur.spec = spec;
+        return cur;
+      },
+      ifMatch,
+    );
+  }
+
+  async start(p: Principal, idOrName: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'start');
+      cur.desiredState = 'Running';
+      cur.status.phase = cur.status.node ? 'Scheduled' : 'Pending';
+      delete cur.status.reason;
+      delete cur.status.message;
+      return cur;
+    });
+  }
+
+  async stop(p: Principal, idOrName: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'stop');
+      cur.desiredState = 'Stopped';
+      if (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled') cur.status.phase = 'Stopping';
+      return cur;
+    });
+  }
+
+  async delete(p: Principal, idOrName: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'delete');
+      cur.status.phase = 'Deleting';
+      return cur;
+    });
+  }
+
+  /** Long-poll until the VM reaches the phase (and readiness), fails, or the timeout passes. */
+  async wait(p: Principal, idOrName: string, o: WaitOptions): Promise<MicroVM> {
+    const first = await this.get(p, idOrName);
+    const id = first.id;
+    const check = (vm: MicroVM | undefined): MicroVM | 'gone' | undefined => {
+      if (!vm) return 'gone';
+      const ready = vm.status.conditions.some((c) => c.type === 'GuestReady' && c.status === 'True');
+      if (vm.status.phase === o.phase && (!o.ready || ready)) return vm;
+      if (vm.status.phase === 'Failed' && o.phase !== 'Failed') {
+        throw new MvmError(ErrorCodes.VM_FAILED, `microVM ${id} failed: ${vm.status.reason ?? 'Failed'}: ${vm.status.message ?? ''}`.trim(), {
+          details: { reason: vm.status.reason, message: vm.status.message },
+        });
+      }
+      return undefined;
+    };
+    const r0 = check(first);
+    if (r0 === 'gone') throw notFound('microVM', idOrName);
+    if (r0) return r0;
+    return new Promise<MicroVM>((resolve, reject) => {
+      let done = false;
+      const finish = (fn: () => void): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        unsub();
+        o.signal?.removeEventListener('abort', onAbort);
+        fn();
+      };
+      const onChange = async (): Promise<void> => {
+        try {
+          const vm = await this.store.getVm(id);
+          const r = check(vm);
+          if (r === 'gone') finish(() => reject(notFound('microVM', id)));
+          else if (r) finish(() => resolve(r));
+        } catch (e) {
+          finish(() => reject(e));
+        }
+      };
+      const unsub = this.store.watch((c) => {
+        if (c.id === id) void onChange();
+      });
+      const onAbort = (): void => finish(() => reject(new MvmError(ErrorCodes.TIMEOUT, 'client went away')));
+      o.signal?.addEventListener('abort', onAbort);
+      const timer = setTimeout(
+        () =>
+          finish(() =>
+            reject(new MvmError(ErrorCodes.TIMEOUT, `microVM ${id} did not reach ${o.phase}${o.ready ? ' and ready' : ''} within ${Math.round(o.timeoutMs / 1000)} s`)),
+          ),
+        o.timeoutMs,
+      );
+      void onChange(); // close the race between the first read and the subscription
+    });
+  }
+
+  async consolePath(p: Principal, idOrName: string): Promise<{ vm: MicroVM; path: string | undefined }> {
+    const vm = await this.get(p, idOrName);
+    return { vm, path: this.agent.consolePath(vm.id) };
+  }
+
+  async metrics(p: Principal, idOrName: string): Promise<VmMetricsT> {
+    const vm = await this.get(p, idOrName);
+    return this.agent.metrics(vm);
+  }
+
+  async events(p: Principal, idOrName: string): Promise<VmEvent[]> {
+    const vm = await this.get(p, idOrName);
+    return this.store.listEvents({ vmId: vm.id });
+  }
+
+  /** Effective VMM configuration of a running VM (QEMU argv or Firecracker API calls). */
+  vmmConfig(vm: MicroVM): Record<string, unknown> | undefined {
+    return this.agent.observe(vm.id).config;
+  }
+}
+
+export function parseDuration(s: string, field: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s);
+  if (!m) throw validationError(field, `must be a duration like 30s, 500ms or 2m, got ${JSON.stringify(s)}`);
+  const n = Number(m[1]);
+  const unit = m[2] ?? 's';
+  return unit === 'ms' ? n : unit === 'm' ? n * 60000 : n * 1000;
+}

@@ -1,0 +1,361 @@
+/**
+ * QEMU adapter of the VMM driver port: `-M microvm`, PVH boot of the
+ * uncompressed vmlinux, virtio-mmio block and net, QMP control, serial console
+ * to a log file (and a socket for input). The VMM runs detached from the
+ * service (own session and process group) inside the VM's cgroup, so a crash of
+ * the service does not take guests with it; `adopt` re-attaches afterwards.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ErrorCodes, MvmError } from '../../core/errors.js';
+import type { LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import { listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
+import { probeAccel, qemuVersion, type Accel } from './accel.js';
+import { QmpClient } from './qmp.js';
+
+export interface QemuDriverOptions {
+  binary?: string;
+  /** 'auto' (probe), 'kvm' or 'tcg'. */
+  accel?: string;
+  /** Kernel used for the KVM probe boot. */
+  probeKernelPath?: string;
+  cacheDir: string;
+  /** Apply QEMU's seccomp sandbox (default true). */
+  sandbox?: boolean;
+  /** Drop privileges to this user after set-up (QEMU -runas), when it exists. */
+  runAs?: string;
+  /** Translation block cache for TCG in MiB (default 32). */
+  tbSizeMiB?: number;
+}
+
+/** File layout inside a VM directory. */
+export const qemuFiles = (vmDir: string) => ({
+  qmp: join(vmDir, 'qmp.sock'),
+  consoleSock: join(vmDir, 'console.sock'),
+  consoleLog: join(vmDir, 'console.log'),
+  pid: join(vmDir, 'vmm.pid'),
+  vmmLog: join(vmDir, 'vmm.log'),
+  launch: join(vmDir, 'launch.json'),
+});
+
+/** The QEMU command line for a launch spec. Exported so the benchmark boots exactly what the driver boots. */
+export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: boolean; runAs?: string; tbSizeMiB: number }): string[] {
+  const f = qemuFiles(spec.vmDir);
+  const args: string[] = [
+    '-name', `mvm.${spec.id}`,
+    '-M', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-m', String(spec.memoryMiB),
+    '-smp', String(spec.vcpu),
+  ];
+  if (o.accel === 'kvm') {
+    args.push('-accel', 'kvm', '-cpu', 'host');
+  } else {
+    // TCG boots hang in early boot unless guest time follows instruction count (brief §3).
+    args.push('-accel', `tcg,tb-size=${o.tbSizeMiB}`, '-icount', 'shift=auto,sleep=on', '-cpu', 'max');
+  }
+  args.push('-kernel', spec.kernelPath);
+  if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
+  args.push('-append', spec.cmdline);
+  for (const d of spec.drives) {
+    args.push(
+      '-drive', `id=${d.id},file=${d.path},format=${d.format},if=none,cache=unsafe,discard=unmap${d.readOnly ? ',read-only=on' : ''}`,
+      '-device', `virtio-blk-device,drive=${d.id}`,
+    );
+  }
+  for (const n of spec.nics) {
+    args.push('-netdev', `tap,id=${n.id},ifname=${n.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=${n.id},mac=${n.mac}`);
+  }
+  args.push(
+    '-chardev', `socket,id=ser0,path=${f.consoleSock},server=on,wait=off,logfile=${f.consoleLog},logappend=on`,
+    '-serial', 'chardev:ser0',
+    '-qmp', `unix:${f.qmp},server=on,wait=off`,
+    '-pidfile', f.pid,
+  );
+  if (spec.restoreFrom) args.push('-incoming', 'defer');
+  if (o.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  if (o.runAs) args.push('-runas', o.runAs);
+  return args;
+}
+
+function userExists(name: string): boolean {
+  try {
+    return readFileSync('/etc/passwd', 'utf8').split('\n').some((l) => l.startsWith(`${name}:`));
+  } catch {
+    return false;
+  }
+}
+
+interface LaunchRecord {
+  id: string;
+  pid: number;
+  accel: Accel;
+  args: string[];
+  startedAt: string;
+}
+
+class QemuInstance implements VmmInstance {
+  readonly driver = 'qemu';
+  readonly exited: Promise<VmmExit>;
+  private exitInfo: VmmExit | undefined;
+  private readonly files: ReturnType<typeof qemuFiles>;
+
+  constructor(
+    readonly id: string,
+    readonly pid: number,
+    readonly accel: Accel,
+    private readonly vmDir: string,
+    readonly config: Record<string, unknown>,
+    exited: Promise<VmmExit>,
+  ) {
+    this.files = qemuFiles(vmDir);
+    this.exited = exited.then((e) => (this.exitInfo = e));
+  }
+
+  get consolePath(): string {
+    return this.files.consoleLog;
+  }
+
+  async state(): Promise<VmmState> {
+    if (this.exitInfo || !pidAlive(this.pid)) return 'exited';
+    try {
+      const st = await QmpClient.run<{ status: string; running: boolean }>(this.files.qmp, 'query-status', undefined, 3000);
+      if (st.status === 'paused') return 'paused';
+      if (st.status === 'shutdown') return 'shutdown';
+      if (st.status === 'inmigrate' || st.status === 'prelaunch') return 'booting';
+      return st.running ? 'running' : 'paused';
+    } catch {
+      return pidAlive(this.pid) ? 'running' : 'exited';
+    }
+  }
+
+  async stop(timeoutMs: number): Promise<void> {
+    if (!pidAlive(this.pid)) return;
+    try {
+      const st = await QmpClient.run<{ status: string }>(this.files.qmp, 'query-status', undefined, 3000);
+      // A paused guest cannot react to the power button.
+      if (st.status === 'paused') await QmpClient.run(this.files.qmp, 'cont', undefined, 3000);
+      await QmpClient.run(this.files.qmp, 'system_powerdown', undefined, 3000);
+    } catch {
+      /* fall through to the kill below */
+    }
+    const gone = await Promise.race([this.exited.then(() => true), sleep(timeoutMs).then(() => false)]);
+    if (!gone) await this.kill();
+  }
+
+  async kill(): Promise<void> {
+    if (!pidAlive(this.pid)) return;
+    try {
+      process.kill(this.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+    await Promise.race([this.exited, sleep(5000)]);
+  }
+
+  async stats(): Promise<VmmStats> {
+    const u = procUsage(this.pid);
+    let block: VmmStats['block'] = [];
+    try {
+      const bs = await QmpClient.run<Array<{ device: string; qdev?: string; node_name?: string; stats: Record<string, number> }>>(this.files.qmp, 'query-blockstats', undefined, 3000);
+      block = bs.map((b) => ({
+        device: b.device || b.node_name || b.qdev || 'unknown',
+        readBytes: b.stats.rd_bytes ?? 0,
+        writeBytes: b.stats.wr_bytes ?? 0,
+        readOps: b.stats.rd_operations ?? 0,
+        writeOps: b.stats.wr_operations ?? 0,
+      }));
+    } catch {
+      /* VMM busy or gone: report what /proc knows */
+    }
+    return { cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, block };
+  }
+
+  async pause(): Promise<void> {
+    await this.qmp('stop');
+  }
+
+  async resume(): Promise<void> {
+    await this.qmp('cont');
+  }
+
+  async snapshot(dir: string): Promise<SnapshotFiles> {
+    void dir;
+    throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'snapshots of the QEMU driver are not implemented yet');
+  }
+
+  private async qmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
+    try {
+      return await QmpClient.run(this.files.qmp, cmd, args, 10000);
+    } catch (e) {
+      throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU ${cmd} failed for ${this.id}: ${(e as Error).message}`, { cause: e });
+    }
+  }
+}
+
+function describeExit(pid: number, code: number | null, signal: string | null): VmmExit {
+  let reason: string;
+  if (signal) reason = `VMM process ${pid} was killed by ${signal}`;
+  else if (code === 0) reason = `VMM process ${pid} exited (guest powered off)`;
+  else if (code === null) reason = `VMM process ${pid} is gone`;
+  else reason = `VMM process ${pid} exited with code ${code}`;
+  return { code, signal, reason };
+}
+
+export class QemuDriver implements VmmDriver {
+  readonly name = 'qemu';
+  private readonly binary: string;
+  private readonly sandbox: boolean;
+  private readonly tbSizeMiB: number;
+  private readonly runAs: string | undefined;
+  private version: string | undefined;
+
+  constructor(private readonly opts: QemuDriverOptions) {
+    this.binary = opts.binary ?? 'qemu-system-x86_64';
+    this.sandbox = opts.sandbox ?? true;
+    this.tbSizeMiB = opts.tbSizeMiB ?? 32;
+    this.runAs = opts.runAs && userExists(opts.runAs) ? opts.runAs : undefined;
+  }
+
+  async accel(): Promise<Accel> {
+    const r = await probeAccel({
+      binary: this.binary,
+      kernelPath: this.opts.probeKernelPath ?? '',
+      cacheDir: this.opts.cacheDir,
+      mode: this.opts.accel ?? 'auto',
+    });
+    return r.accel;
+  }
+
+  async capabilities(): Promise<VmmCapabilities> {
+    this.version ??= await qemuVersion(this.binary);
+    const available = this.version !== 'unknown';
+    return {
+      driver: 'qemu',
+      accel: available ? await this.accel() : 'none',
+      available,
+      ...(available ? {} : { unavailableReason: `${this.binary} not found (run make deps)` }),
+      pause: true,
+      snapshot: false,
+      diskFormats: ['qcow2', 'raw'],
+      version: this.version,
+    };
+  }
+
+  /** The argv the driver would run for this spec (used by the boot benchmark). */
+  async commandFor(spec: LaunchSpec): Promise<{ binary: string; args: string[]; accel: Accel }> {
+    const accel = await this.accel();
+    return { binary: this.binary, args: buildQemuArgs(spec, { accel, sandbox: this.sandbox, runAs: this.runAs, tbSizeMiB: this.tbSizeMiB }), accel };
+  }
+
+  async launch(spec: LaunchSpec): Promise<VmmInstance> {
+    const f = qemuFiles(spec.vmDir);
+    for (const p of [f.qmp, f.consoleSock, f.pid]) rmSync(p, { force: true });
+    const { binary, args, accel } = await this.commandFor(spec);
+    const log = openSync(f.vmmLog, 'a');
+    // The wrapper joins the VM's cgroups before exec, so QEMU never allocates outside them.
+    const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
+    const child = spawn('/bin/sh', ['-c', wrapper, 'mvm-vmm', binary, ...args], {
+      detached: true,
+      stdio: ['ignore', log, log],
+      cwd: spec.vmDir,
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', MVM_CGROUP_PROCS: spec.cgroupProcs.join(' ') },
+    });
+    closeSync(log);
+    const pid = child.pid;
+    if (pid === undefined) {
+      throw new MvmError(ErrorCodes.VMM_ERROR, `cannot start ${binary}: spawn failed`);
+    }
+    const exited = new Promise<VmmExit>((resolve) => {
+      child.on('exit', (code, signal) => resolve(describeExit(pid, code, signal)));
+      child.on('error', (e) => resolve({ code: null, signal: null, reason: `cannot start VMM: ${e.message}` }));
+    });
+    child.unref();
+    const rec: LaunchRecord = { id: spec.id, pid, accel, args: [binary, ...args], startedAt: new Date().toISOString() };
+    writeFileSync(f.launch, JSON.stringify(rec, null, 2));
+    const inst = new QemuInstance(spec.id, pid, accel, spec.vmDir, { binary, args, accel }, exited);
+    // Wait for QMP: proves QEMU parsed its command line and created the machine.
+    const deadline = Date.now() + 15000;
+    let exitInfo: VmmExit | undefined;
+    void exited.then((e) => (exitInfo = e));
+    for (;;) {
+      if (exitInfo) {
+        const tail = safeTail(f.vmmLog, 2000);
+        throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited during start-up: ${exitInfo.reason}${tail ? `: ${tail}` : ''}`, { details: { step: 'vmm-start' } });
+      }
+      if (existsSync(f.qmp)) {
+        try {
+          const c = await QmpClient.connect(f.qmp, 2000);
+          try {
+            if (spec.restoreFrom) {
+              await c.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(spec.restoreFrom.memoryFile)}` });
+              await c.waitEvent('MIGRATION', 60000, (e) => e.data?.status === 'completed' || e.data?.status === 'failed');
+              await c.execute('cont');
+            }
+            await c.execute('query-status');
+          } finally {
+            c.close();
+          }
+          break;
+        } catch (e) {
+          if (Date.now() > deadline) {
+            await inst.kill();
+            throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU QMP did not come up: ${(e as Error).message}`, { details: { step: 'vmm-start' } });
+          }
+        }
+      }
+      if (Date.now() > deadline) {
+        await inst.kill();
+        throw new MvmError(ErrorCodes.VMM_ERROR, 'QEMU did not create its QMP socket within 15 s', { details: { step: 'vmm-start' } });
+      }
+      await sleep(20);
+    }
+    return inst;
+  }
+
+  async adopt(id: string, vmDir: string): Promise<VmmInstance | null> {
+    const f = qemuFiles(vmDir);
+    let rec: LaunchRecord;
+    try {
+      rec = JSON.parse(readFileSync(f.launch, 'utf8')) as LaunchRecord;
+    } catch {
+      return null;
+    }
+    if (rec.id !== id || !pidAlive(rec.pid)) return null;
+    const cmd = readCmdline(rec.pid);
+    if (!cmd || !cmd.some((a) => a.includes(f.qmp))) return null; // pid reused by something else
+    const exited = waitPidGone(rec.pid).then(() => describeExit(rec.pid, null, null));
+    return new QemuInstance(id, rec.pid, rec.accel, vmDir, { binary: rec.args[0], args: rec.args.slice(1), accel: rec.accel }, exited);
+  }
+
+  async findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>> {
+    const out: Array<{ pid: number; id: string; vmDir: string }> = [];
+    const prefix = root.endsWith('/') ? root : root + '/';
+    for (const pid of listPids()) {
+      const cmd = readCmdline(pid);
+      if (!cmd || !cmd[0]?.includes('qemu-system')) continue;
+      const nameArg = cmd[cmd.indexOf('-name') + 1] ?? '';
+      const m = /^mvm\.([a-z0-9-]+)/.exec(nameArg);
+      const qmpArg = cmd[cmd.indexOf('-qmp') + 1] ?? '';
+      const q = /^unix:(.*)\/qmp\.sock/.exec(qmpArg);
+      if (!m || !q || !q[1]!.startsWith(prefix)) continue;
+      if (!pidAlive(pid)) continue;
+      out.push({ pid, id: m[1]!, vmDir: q[1]! });
+    }
+    return out;
+  }
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function safeTail(path: string, n: number): string {
+  try {
+    const s = readFileSync(path, 'utf8');
+    return s.slice(-n).trim();
+  } catch {
+    return '';
+  }
+}
