@@ -170,6 +170,8 @@ export class LocalAgent implements NodeAgent {
         r.ready = false;
         r.reason = undefined;
         r.message = undefined;
+        r.readyAt = undefined;
+        r.bootMs = undefined;
         r.state = 'starting';
         const dir = this.vmDir(vm.id);
         mkdirSync(dir, { recursive: true });

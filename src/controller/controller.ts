@@ -233,6 +233,9 @@ export class Controller {
           v = await this.transition(vm, ['Scheduled'], 'Starting', (x) => {
             delete x.status.reason;
             delete x.status.message;
+            delete x.status.readyAt;
+            delete x.status.bootMs;
+            delete x.status.stoppedAt;
           });
           if (!v) return;
           await this.event(v, 'Normal', 'Starting', 'booting the microVM');

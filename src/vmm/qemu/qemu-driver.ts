@@ -57,7 +57,10 @@ export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: bool
   }
   args.push('-kernel', spec.kernelPath);
   if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
-  args.push('-append', spec.cmdline);
+  // Under TCG the secondary-CPU delay calibration never converges (no reference clock in
+  // microvm): give the kernel loops-per-jiffy so SMP guests boot.
+  const cmdline = o.accel === 'tcg' && spec.vcpu > 1 && !/\blpj=/.test(spec.cmdline) ? `${spec.cmdline} lpj=4000000` : spec.cmdline;
+  args.push('-append', cmdline);
   for (const d of spec.drives) {
     args.push(
       '-drive', `id=${d.id},file=${d.path},format=${d.format},if=none,cache=unsafe,discard=unmap${d.readOnly ? ',read-only=on' : ''}`,

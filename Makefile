@@ -1,0 +1,29 @@
+# MicroVM Service — the two commands: `make run` and `make test`.
+SHELL := /bin/bash
+NODE  ?= node
+export MVM_CACHE_DIR ?= /var/cache/mvm
+
+.PHONY: run test deps build images bench clean lint
+
+## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
+run: deps build images
+	$(NODE) dist/src/cmd/mvm-server.js
+
+## The same set-up, then every test.
+test: deps build images
+	$(NODE) scripts/run-tests.mjs
+
+deps:
+	@scripts/setup.sh
+
+build: deps
+	@npx tsc -p tsconfig.json
+
+images: build
+	@$(NODE) dist/src/cmd/mvm-images.js build >/dev/null
+
+bench: deps build images
+	$(NODE) dist/bench/boot-overhead.js
+
+clean:
+	rm -rf dist

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian (bookworm) machine, as root.
+# Idempotent and quiet: packages are installed only when missing.
+set -euo pipefail
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils busybox-static e2fsprogs lz4 cpio kmod
+  linux-image-cloud-amd64
+  iproute2 nftables iptables containernetworking-plugins
+)
+if [[ -n "${MVM_EXTRA_APT:-}" ]]; then
+  # shellcheck disable=SC2206
+  APT_PACKAGES+=(${MVM_EXTRA_APT})
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing packages ${missing[*]} — run as root (or install them) first" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The unprivileged user QEMU drops to after set-up (-runas).
+if [[ $(id -u) -eq 0 ]] && ! getent passwd mvm-vmm >/dev/null; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin mvm-vmm
+fi
+
+# Node dependencies: npm ci when the lock file changed since the last install.
+if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi

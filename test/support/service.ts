@@ -1,0 +1,123 @@
+/**
+ * Runs the real standalone service as its own process (own session, so a test
+ * can kill -9 its whole process group), with a private data directory and port.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { MvmClient } from '../../src/cli/client.js';
+import { listPids, readCmdline, pidAlive, sleep } from '../../src/vmm/proc.js';
+
+export const REPO = resolve(new URL('../../..', import.meta.url).pathname);
+export const SERVER_BIN = join(REPO, 'dist/src/cmd/mvm-server.js');
+export const CLI_BIN = join(REPO, 'dist/src/cmd/mvm.js');
+
+export interface TestService {
+  dataDir: string;
+  url: string;
+  token: string;
+  client: MvmClient;
+  proc: ChildProcess;
+  logs: () => string;
+  /** SIGKILL the service's whole process group (guests must survive: they run in their own sessions). */
+  kill9(): Promise<void>;
+  /** Graceful stop (SIGTERM). */
+  stop(): Promise<void>;
+}
+
+export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string } = {}): Promise<TestService> {
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-test-'));
+  const serverJson = join(dataDir, 'server.json');
+  rmSync(serverJson, { force: true });
+  let out = '';
+  const proc = spawn(process.execPath, [SERVER_BIN], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      MVM_DATA_DIR: dataDir,
+      MVM_LISTEN: '127.0.0.1:0',
+      MVM_LOG_LEVEL: process.env.MVM_TEST_LOG_LEVEL ?? 'warn',
+      MVM_RESYNC_SECONDS: '2',
+      ...(opts.token ? { MVM_ADMIN_TOKEN: opts.token } : {}),
+      ...opts.env,
+    },
+  });
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const deadline = Date.now() + 60000;
+  while (!existsSync(serverJson)) {
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`service exited during start-up:\n${out}`);
+    if (Date.now() > deadline) throw new Error(`service did not start in 60 s:\n${out}`);
+    await sleep(50);
+  }
+  const { url } = JSON.parse(readFileSync(serverJson, 'utf8')) as { url: string };
+  const token = opts.token ?? readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  return {
+    dataDir,
+    url,
+    token,
+    proc,
+    client: new MvmClient({ baseUrl: url, token }),
+    logs: () => out,
+    async kill9() {
+      try {
+        process.kill(-proc.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      await exited;
+    },
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      await Promise.race([exited, sleep(30000)]);
+    },
+  };
+}
+
+/** Every live QEMU process whose VM directory lies under dataDir. */
+export function qemuProcessesUnder(dataDir: string): Array<{ pid: number; id: string }> {
+  const out: Array<{ pid: number; id: string }> = [];
+  for (const pid of listPids()) {
+    const cmd = readCmdline(pid);
+    if (!cmd || !cmd[0]?.includes('qemu-system') || !pidAlive(pid)) continue;
+    if (!cmd.some((a) => a.includes(join(dataDir, 'vms') + '/'))) continue;
+    const name = cmd[cmd.indexOf('-name') + 1] ?? '';
+    out.push({ pid, id: name.replace(/^mvm\./, '') });
+  }
+  return out;
+}
+
+/** Cgroup directories of a VM under our parent, on v1 or v2. */
+export function cgroupDirsOf(id: string): string[] {
+  const dirs = ['/sys/fs/cgroup/mvm', ...['cpu', 'memory', 'pids'].map((c) => `/sys/fs/cgroup/${c}/mvm`)];
+  return dirs.map((d) => join(d, id)).filter((d) => existsSync(d));
+}
+
+/** Kill every guest of a data dir and remove the dir (cleanup even when a test failed). */
+export async function destroyDataDir(dataDir: string): Promise<void> {
+  if (process.env.MVM_TEST_KEEP) return;
+  for (const p of qemuProcessesUnder(dataDir)) {
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  await sleep(200);
+  const vms = join(dataDir, 'vms');
+  if (existsSync(vms)) {
+    for (const id of readdirSync(vms)) {
+      for (const d of cgroupDirsOf(id)) {
+        try {
+          rmdirSync(d);
+        } catch {
+          /* still busy: leave it */
+        }
+      }
+    }
+  }
+  rmSync(dataDir, { recursive: true, force: true });
+}
