@@ -84,10 +84,18 @@ describe('network manager (real CNI, taps, nftables in private namespaces)', { s
   });
 
   test('a spoofed source address from a guest is dropped at its bridge port', async () => {
+    const guardDrops = async (): Promise<number> => {
+      const t = (await w.exec(w.hostNs, ['nft', 'list', 'chain', 'bridge', 'mvm', nftNames.guardChain('vm-c', 0)])).stdout;
+      return [...t.matchAll(/counter packets (\d+)/g)].reduce((s, x) => s + Number(x[1]), 0);
+    };
+    const before = await guardDrops();
+    // vm-c sends from an address that is not its own.
     await run('ip', ['-n', g.c!.ns, 'addr', 'add', '10.123.0.250/24', 'dev', 'eth0']);
     const r = await run(process.execPath, ['-e', `require('net').connect({host:'${g.b!.ip}',port:7000,localAddress:'10.123.0.250'}).on('data',d=>{console.log('OK:'+d);process.exit(0)}).on('error',e=>{console.log(e.code);process.exit(0)});setTimeout(()=>{console.log('TIMEOUT');process.exit(0)},1200)`], { netns: g.c!.ns });
-    assert.equal(r.stdout.trim(), 'TIMEOUT');
     await run('ip', ['-n', g.c!.ns, 'addr', 'del', '10.123.0.250/24', 'dev', 'eth0']);
+    assert.equal(r.stdout.trim(), 'TIMEOUT');
+    assert.ok((await guardDrops()) > before, 'the port guard dropped the spoofed frames');
+    assert.equal(await w.tcp(g.c!.ns, w.gateway, 1), 'ERR:ECONNREFUSED', 'its genuine address still gets through (a RST from the host)');
   });
 
   test('a security group opens and closes a port on the live setup', async () => {

@@ -364,9 +364,14 @@ function bootArg(args: string, key: string): string | undefined {
   return undefined;
 }
 
-function writeConsole(lines: string[], gapMs: number, then?: () => void): void {
+/** The guest prints on its serial console, one line per gap; a paused guest prints nothing until resumed. */
+function writeConsole(peer: Peer, lines: string[], gapMs: number, then?: () => void): void {
   let i = 0;
   const next = (): void => {
+    if (peer.paused) {
+      setTimeout(next, 10);
+      return;
+    }
     if (i >= lines.length) {
       then?.();
       return;
@@ -378,7 +383,7 @@ function writeConsole(lines: string[], gapMs: number, then?: () => void): void {
 }
 
 function guestReboot(peer: Peer, why: string): void {
-  writeConsole([why, 'reboot: Restarting system'], 5, () => {
+  writeConsole(peer, [why, 'reboot: Restarting system'], 5, () => {
     peer.log('INFO', 'Vmm is stopping.');
     setTimeout(() => process.exit(0), 20);
   });
@@ -389,7 +394,7 @@ function bootGuest(peer: Peer): void {
   const args = String(boot.boot_args ?? '');
   const mem = Number(peer.machine.mem_size_mib);
   const stamp = (ms: number): string => `[${(ms / 1000).toFixed(6).padStart(12)}]`;
-  peer.memory = { nonce: randomBytes(8).toString('hex') };
+  peer.memory ??= { nonce: randomBytes(8).toString('hex') };
   const lines = [
     `${stamp(0)} Linux version 6.1.0-mvm-peer (firecracker-peer@mvm) #1 SMP PREEMPT_DYNAMIC`,
     `${stamp(0)} Command line: ${args}`,
@@ -411,6 +416,7 @@ function bootGuest(peer: Peer): void {
   if (!root && !boot.initrd_path) {
     // A real kernel with nothing to mount panics; with panic=<n> it reboots, and Firecracker exits.
     writeConsole(
+      peer,
       [...lines, `${stamp(30)} VFS: Cannot open root device "vda" or unknown-block(0,0): error -6`, `${stamp(30)} Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)`],
       3,
       () => guestReboot(peer, `${stamp(31)} Rebooting in 1 seconds..`),
@@ -426,7 +432,7 @@ function bootGuest(peer: Peer): void {
   lines.push(`mvm-peer-guest: memory nonce=${peer.memory.nonce}`);
   const id = bootArg(args, 'mvm.id');
   if (id) lines.push(`MVM-READY id=${id}`);
-  writeConsole(lines, 3);
+  writeConsole(peer, lines, 3);
 }
 
 // ---------------------------------------------------------------- handlers
@@ -633,6 +639,7 @@ function handle(peer: Peer, method: string, path: string, body: unknown): { stat
         const ke = fileError(String(peer.boot.kernel_image_path));
         if (ke) throw fault(`Cannot load kernel due to invalid memory configuration or invalid kernel image. ${ke}`);
         peer.booted = true;
+        peer.memory = { nonce: randomBytes(8).toString('hex') };
         peer.log('INFO', 'Successfully started microvm that was configured from one single json');
         setTimeout(() => bootGuest(peer), 5);
       } else if (action === 'SendCtrlAltDel') {
