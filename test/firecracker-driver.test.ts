@@ -5,8 +5,8 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { spawn as nodeSpawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../src/core/errors.js';
@@ -23,7 +23,7 @@ const vmsRoot = join(root, 'vms');
 mkdirSync(vmsRoot);
 const kernel = join(root, 'vmlinux');
 writeFileSync(kernel, Buffer.alloc(8192));
-const bin = peerBinary();
+const bin = peerBinary(root);
 const live: VmmInstance[] = [];
 let seq = 0;
 
@@ -183,6 +183,81 @@ describe('firecracker driver: lifecycle against the peer', () => {
     assert.equal(existsSync(fcFiles(qcow.vmDir).launch), false, 'nothing spawned');
   });
 
+  it('spawns through the injected spawn function, detached, with --api-sock and --id', async () => {
+    const seen: Array<{ command: string; args: readonly string[]; detached: boolean | undefined }> = [];
+    const d = new FirecrackerDriver({
+      binary: bin,
+      kvm: { kvmUsable: async () => true },
+      spawn: (command, args, options) => {
+        seen.push({ command, args, detached: options.detached });
+        return nodeSpawn(command, args, options);
+      },
+    });
+    const spec = mkSpec();
+    const inst = await launch(d, spec);
+    const call = seen.find((x) => x.command === '/bin/sh')!;
+    assert.equal(call.detached, true);
+    assert.deepEqual(call.args.slice(3), [bin, '--api-sock', fcFiles(spec.vmDir).apiSock, '--id', spec.id]);
+    await inst.kill();
+  });
+
+  it('reports a VMM that dies during start-up, with its stderr', async () => {
+    const dir = join(root, 'dying');
+    mkdirSync(dir);
+    const dying = join(dir, 'firecracker');
+    writeFileSync(dying, '#!/bin/sh\necho "Error creating the vmm: KVM is not usable here" >&2\nexit 1\n');
+    chmodSync(dying, 0o755);
+    const spec = mkSpec();
+    await assert.rejects(new FirecrackerDriver({ binary: dying, kvm: { kvmUsable: async () => true } }).launch(spec), (e: unknown) => {
+      assert.ok(e instanceof MvmError);
+      assert.equal(e.code, ErrorCodes.VMM_ERROR);
+      assert.equal(e.details.step, 'api-socket');
+      assert.match(e.message, /exited during start-up: VMM process \d+ exited with code 1: Error creating the vmm: KVM is not usable here$/);
+      return true;
+    });
+    assert.deepEqual(leftovers(spec), []);
+  });
+
+  it('adds vsock, MMDS and balloon devices in order, all accepted', async () => {
+    const log = join(root, 'extras.jsonl');
+    const d = new FirecrackerDriver({
+      binary: bin,
+      kvm: { kvmUsable: async () => true },
+      env: { FC_PEER_LOG: log },
+      extras: (sp) => ({
+        vsock: { guestCid: 3 },
+        mmds: { data: { 'mvm': { id: sp.id } } },
+        balloon: { amountMib: 0, deflateOnOom: true, statsPollingIntervalS: 1 },
+        driveRateLimiter: { bandwidth: { size: 10_000_000, refill_time: 100 } },
+      }),
+    });
+    const spec = mkSpec();
+    const inst = await launch(d, spec);
+    const sent = readPeerLog(log).filter((e) => e.method !== 'GET');
+    assert.deepEqual(
+      sent.map((e) => `${e.path} ${e.status}`),
+      ['/logger 204', '/metrics 204', '/machine-config 204', '/boot-source 204', '/drives/root 204', '/network-interfaces/net_0 204', '/vsock 204', '/mmds/config 204', '/mmds 204', '/balloon 204', '/actions 204'],
+    );
+    assert.deepEqual(sent.find((e) => e.path === '/vsock')!.body, { guest_cid: 3, uds_path: fcFiles(spec.vmDir).vsockUds });
+    assert.deepEqual(sent.find((e) => e.path === '/mmds/config')!.body, { network_interfaces: ['net_0'], version: 'V2' });
+    assert.ok(statSync(fcFiles(spec.vmDir).vsockUds).isSocket());
+    assert.deepEqual(await api(inst).getMmds(), { mvm: { id: spec.id } });
+    await inst.kill();
+    assert.deepEqual(leftovers(spec), [], 'the vsock socket goes too');
+  });
+
+  it('refuses specs Firecracker cannot run before spawning', async () => {
+    const d = mkDriver(join(root, 'invalid.jsonl'));
+    for (const [over, code, field] of [
+      [{ vcpu: 33 }, ErrorCodes.VALIDATION_FAILED, /vcpu/],
+      [{ memoryMiB: 0 }, ErrorCodes.VALIDATION_FAILED, /memoryMiB/],
+      [{ id: 'vm_bad id' }, ErrorCodes.VALIDATION_FAILED, /id/],
+    ] as const) {
+      const sp = mkSpec({ ...over, ...(over.id ? { vmDir: join(vmsRoot, 'bad') } : {}) });
+      await assert.rejects(d.launch(sp), (e: unknown) => e instanceof MvmError && e.code === code && field.test(e.message) && e.details.step === 'validate');
+    }
+  });
+
   it('pauses and resumes', async () => {
     const log = join(root, 'pause.jsonl');
     const spec = mkSpec();
@@ -237,12 +312,23 @@ describe('firecracker driver: lifecycle against the peer', () => {
     assert.equal(memoryNonce(again.memoryFile), nonce, 'guest memory survived snapshot + restore');
     await b.kill();
 
-    // A clone on another tap gets a network override.
-    const log3 = join(root, 'clone.jsonl');
-    const clone = await launch(mkDriver(log3), { ...spec, nics: [{ id: 'net-0', tap: 'tap-clone', mac: '02:fc:00:00:00:09' }], restoreFrom: files });
+    // Restored on another tap: the load carries a network override.
+    const log3 = join(root, 'retap.jsonl');
+    const retap = await launch(mkDriver(log3), { ...spec, nics: [{ id: 'net-0', tap: 'tap-other', mac: '02:fc:00:00:00:09' }], restoreFrom: files });
     const load = readPeerLog(log3).find((e) => e.path === '/snapshot/load')!;
-    assert.deepEqual(load.body?.network_overrides, [{ iface_id: 'net_0', host_dev_name: 'tap-clone' }]);
-    await clone.kill();
+    assert.deepEqual(load.body?.network_overrides, [{ iface_id: 'net_0', host_dev_name: 'tap-other' }]);
+    await retap.kill();
+
+    // Un-jailed, a restore into another VM directory would reopen the source VM's disk: refused before spawning.
+    const other = mkSpec();
+    await assert.rejects(mkDriver(join(root, 'clone.jsonl')).launch({ ...other, restoreFrom: files }), (e: unknown) => {
+      assert.ok(e instanceof MvmError);
+      assert.equal(e.code, ErrorCodes.CAPABILITY_UNSUPPORTED);
+      assert.equal(e.details.step, 'validate');
+      assert.match(e.message, /reopens drive root at .*run the jailer to clone/);
+      return true;
+    });
+    assert.equal(existsSync(fcFiles(other.vmDir).launch), false);
   });
 
   it('stops gracefully with SendCtrlAltDel (also from paused) and removes its files', async () => {

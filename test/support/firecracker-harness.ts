@@ -4,7 +4,7 @@
  * request log, and host probes for the real binaries.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,13 +13,58 @@ import { resolveBinary } from '../../src/vmm/firecracker/firecracker-driver.js';
 
 export const PEER_JS = new URL('./firecracker-peer.js', import.meta.url).pathname;
 
-/** A directory holding an executable `firecracker` that is the test peer. Returns the binary path. */
-export function peerBinary(): string {
+/** An executable `firecracker` (in `parent`, default a new temp dir) that is the test peer. Returns its path. */
+export function peerBinary(parent?: string): string {
   chmodSync(PEER_JS, 0o755);
-  const dir = mkdtempSync(join(tmpdir(), 'fc-peer-bin-'));
+  const dir = parent ? join(parent, 'bin') : mkdtempSync(join(tmpdir(), 'fc-peer-bin-'));
+  mkdirSync(dir, { recursive: true });
   const bin = join(dir, 'firecracker');
   symlinkSync(PEER_JS, bin);
   return bin;
+}
+
+/**
+ * A stand-in for Firecracker's `jailer` (written as a shell script into `dir`):
+ * parses the jailer's arguments, checks the required ones, creates the chroot
+ * `<base>/<exec-file-name>/<id>/root` owned by uid:gid, and execs the exec file
+ * in place (same pid) with `--id=<id>` and the arguments after `--`, telling
+ * the peer to resolve absolute paths under the chroot (FC_PEER_ROOT). It does
+ * not pivot_root, drop privileges, join cgroups or namespaces; every argument
+ * it does not act on is appended to $FAKE_JAILER_LOG.
+ */
+export function fakeJailer(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  const p = join(dir, 'jailer');
+  writeFileSync(
+    p,
+    [
+      '#!/bin/sh',
+      'set -e',
+      'id=; exec_file=; uid=; gid=; base=/srv/jailer',
+      'while [ $# -gt 0 ]; do',
+      '  case "$1" in',
+      '    --id) id=$2; shift 2;;',
+      '    --exec-file) exec_file=$2; shift 2;;',
+      '    --uid) uid=$2; shift 2;;',
+      '    --gid) gid=$2; shift 2;;',
+      '    --chroot-base-dir) base=$2; shift 2;;',
+      '    --cgroup-version|--cgroup|--parent-cgroup|--netns|--resource-limit) echo "$1 $2" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift 2;;',
+      '    --new-pid-ns|--daemonize) echo "$1" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift;;',
+      '    --) shift; break;;',
+      '    *) echo "jailer: unknown argument $1" >&2; exit 1;;',
+      '  esac',
+      'done',
+      '[ -n "$id" ] && [ -n "$exec_file" ] && [ -n "$uid" ] && [ -n "$gid" ] || { echo "jailer: missing a required argument" >&2; exit 1; }',
+      'case "$(basename "$exec_file")" in *firecracker*) ;; *) echo "jailer: the exec file name must contain firecracker" >&2; exit 1;; esac',
+      'chroot="$base/$(basename "$exec_file")/$id/root"',
+      'mkdir -p "$chroot"',
+      'chown "$uid:$gid" "$chroot"',
+      'exec env FC_PEER_ROOT="$chroot" "$exec_file" --id="$id" --start-time-us=0 --start-time-cpu-us=0 "$@"',
+      '',
+    ].join('\n'),
+  );
+  chmodSync(p, 0o755);
+  return p;
 }
 
 export interface RunningPeer {

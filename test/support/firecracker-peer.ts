@@ -28,15 +28,22 @@
  * faults Firecracker words differently per version is the peer's own.
  *
  * FC_PEER_LOG=<file> appends every request (and the answer) as a JSON line.
+ * FC_PEER_ROOT=<dir> resolves absolute paths under <dir> (chroot emulation).
  */
 import { randomBytes } from 'node:crypto';
 import { accessSync, appendFileSync, constants, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { dirname, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { FC_ACTIONS, FC_EXIT_BAD_CONFIGURATION, FC_FAULTS, FC_INSTANCE_ID_RE, FC_RESOURCE_ID_RE, findRoute, phaseFault, requiredPhase } from '../../src/vmm/firecracker/protocol.js';
 
 const VERSION = process.env.FC_PEER_VERSION ?? '1.10.1';
+/**
+ * Chroot emulation for jailer tests: absolute paths are resolved under
+ * FC_PEER_ROOT, the way a jailed Firecracker sees its chroot.
+ */
+const ROOT = process.env.FC_PEER_ROOT;
+const hostPath = (p: string): string => (ROOT && isAbsolute(p) ? join(ROOT, p) : resolve(p));
 const MAX_PAYLOAD = 51200;
 const SNAPSHOT_MAGIC = 'mvm-firecracker-peer-snapshot/1';
 const MEMORY_MAGIC = 'MVMFCPEERMEM1\n';
@@ -343,7 +350,7 @@ const enoent = 'No such file or directory (os error 2)';
 
 function fileError(path: string): string | undefined {
   try {
-    const st = statSync(resolve(path));
+    const st = statSync(hostPath(path));
     if (st.isDirectory()) return 'Is a directory (os error 21)';
     return undefined;
   } catch (e) {
@@ -353,7 +360,7 @@ function fileError(path: string): string | undefined {
 
 function openSink(path: string): number {
   // Firecracker opens log and metrics sinks non-blocking, read-write, without creating them.
-  const p = resolve(path);
+  const p = hostPath(path);
   const st = statSync(p);
   const flags = st.isFIFO() ? constants.O_RDWR | constants.O_NONBLOCK : constants.O_WRONLY | constants.O_APPEND | constants.O_NONBLOCK;
   return openSync(p, flags);
@@ -406,7 +413,7 @@ function bootGuest(peer: Peer): void {
     const letter = String.fromCharCode(97 + i);
     let size = 0;
     try {
-      size = statSync(resolve(String(d.path_on_host))).size;
+      size = statSync(hostPath(String(d.path_on_host))).size;
     } catch {
       /* checked at PUT */
     }
@@ -516,8 +523,8 @@ function handle(peer: Peer, method: string, path: string, body: unknown): { stat
       if (b.is_root_device === true) {
         for (const [id, d] of peer.drives) if (id !== m.id && d.is_root_device === true) throw fault(FC_FAULTS.rootExists);
       }
-      const p = resolve(String(b.path_on_host));
-      const fe = fileError(p);
+      const p = hostPath(String(b.path_on_host));
+      const fe = fileError(String(b.path_on_host));
       if (fe) throw fault(`Unable to create the block device: BackingFile(Os { code: 2, kind: NotFound, message: "No such file or directory" }, "${String(b.path_on_host)}")`);
       try {
         accessSync(p, b.is_read_only === true ? constants.R_OK : constants.R_OK | constants.W_OK);
@@ -580,7 +587,7 @@ function handle(peer: Peer, method: string, path: string, body: unknown): { stat
     case 'PUT /vsock': {
       validate(b, S.vsock);
       if (Number(b.guest_cid) < 3) throw fault(FC_FAULTS.serde(`invalid value: integer \`${String(b.guest_cid)}\`, expected a guest CID of at least 3`));
-      const uds = resolve(String(b.uds_path));
+      const uds = hostPath(String(b.uds_path));
       if (existsSync(uds)) throw fault('Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: "Address in use" })');
       if (!existsSync(dirname(uds))) throw fault(`Cannot create backend for vsock device: UnixBind(Os { code: 2, kind: NotFound, message: "No such file or directory" })`);
       peer.vsockServer?.close();
@@ -693,7 +700,7 @@ function createSnapshot(peer: Peer, b: Obj): { status: number } {
   if (!peer.paused) throw fault('Create snapshot error: Cannot save the microVM state: the microVM must be paused first.');
   if (b.snapshot_type === 'Diff' && peer.machine.track_dirty_pages !== true) throw fault(FC_FAULTS.diffWithoutTracking);
   for (const p of [String(b.snapshot_path), String(b.mem_file_path)]) {
-    if (!existsSync(dirname(resolve(p)))) throw fault(`Create snapshot error: Cannot write snapshot file ${p}: ${enoent}`);
+    if (!existsSync(dirname(hostPath(p)))) throw fault(`Create snapshot error: Cannot write snapshot file ${p}: ${enoent}`);
   }
   const memBytes = Number(peer.machine.mem_size_mib) * 1024 * 1024;
   const state: SnapshotState = {
@@ -709,8 +716,8 @@ function createSnapshot(peer: Peer, b: Obj): { status: number } {
     balloon: peer.balloon,
     memory_bytes: memBytes,
   };
-  writeFileSync(resolve(String(b.snapshot_path)), JSON.stringify(state));
-  writeFileSync(resolve(String(b.mem_file_path)), MEMORY_MAGIC + JSON.stringify({ nonce: peer.memory?.nonce ?? '', mem_size_mib: peer.machine.mem_size_mib }) + '\n');
+  writeFileSync(hostPath(String(b.snapshot_path)), JSON.stringify(state));
+  writeFileSync(hostPath(String(b.mem_file_path)), MEMORY_MAGIC + JSON.stringify({ nonce: peer.memory?.nonce ?? '', mem_size_mib: peer.machine.mem_size_mib }) + '\n');
   peer.log('INFO', `'create full snapshot' VMM action took 1000 us.`);
   return { status: 204 };
 }
@@ -726,14 +733,14 @@ function loadSnapshot(peer: Peer, b: Obj): { status: number } {
   const fatal = (msg: string): Fault => new Fault(`Load snapshot error: Failed to restore from snapshot: ${msg}`, 400, true);
   let state: SnapshotState;
   try {
-    state = JSON.parse(readFileSync(resolve(String(b.snapshot_path)), 'utf8')) as SnapshotState;
+    state = JSON.parse(readFileSync(hostPath(String(b.snapshot_path)), 'utf8')) as SnapshotState;
   } catch (e) {
     throw fatal(`Failed to read microVM state: ${errText(e)}`);
   }
   if (state.magic !== SNAPSHOT_MAGIC) throw fatal('Snapshot magic value mismatch');
   let memory: { nonce: string };
   try {
-    const raw = readFileSync(resolve(memPath), 'utf8');
+    const raw = readFileSync(hostPath(memPath), 'utf8');
     if (!raw.startsWith(MEMORY_MAGIC)) throw new Error('not a memory file of this snapshot');
     memory = JSON.parse(raw.slice(MEMORY_MAGIC.length)) as { nonce: string };
   } catch (e) {
@@ -755,7 +762,7 @@ function loadSnapshot(peer: Peer, b: Obj): { status: number } {
     vsock = { ...vsock, uds_path: vo.uds_path };
   }
   if (vsock) {
-    const uds = resolve(String(vsock.uds_path));
+    const uds = hostPath(String(vsock.uds_path));
     if (existsSync(uds)) throw fatal('Cannot create backend for vsock device: UnixBind(Os { code: 98, kind: AddrInUse, message: "Address in use" })');
     const srv = createNetServer((s) => s.end());
     srv.listen(uds);
@@ -791,7 +798,7 @@ function record(entry: Obj): void {
 function main(): void {
   const cli = parseCli(process.argv.slice(2));
   const peer = new Peer(cli);
-  const sock = resolve(cli.apiSock);
+  const sock = hostPath(cli.apiSock);
   if (existsSync(sock)) {
     process.stderr.write(`Failed to open the API socket at: ${cli.apiSock}. Check that it is not already used.\n`);
     process.exit(1);

@@ -209,6 +209,29 @@ export interface FcSnapshotMeta {
 }
 
 /**
+ * Firecracker reopens a restored VM's drives at the paths recorded in the
+ * snapshot (no override exists for drives). Refuse a restore whose drives would
+ * not be where the snapshot expects them — un-jailed, a restore into another
+ * VM directory would otherwise open the source VM's disks.
+ * `seen`: drive id -> path as this VM's Firecracker will see it.
+ */
+export function checkRestoreDrives(meta: FcSnapshotMeta | undefined, seen: Record<string, string>): void {
+  if (!meta) return;
+  for (const d of meta.drives) {
+    const mine = seen[d.drive_id];
+    if (mine === d.path_on_host) continue;
+    throw new MvmError(
+      ErrorCodes.CAPABILITY_UNSUPPORTED,
+      mine === undefined
+        ? `snapshot of ${meta.sourceId} has drive ${d.drive_id}, which this VM does not attach`
+        : `snapshot of ${meta.sourceId} reopens drive ${d.drive_id} at ${d.path_on_host}, but this VM has it at ${mine}; ` +
+            (meta.jailed ? 'restore it jailed' : 'un-jailed snapshots restore only into the VM directory they were taken in (run the jailer to clone)'),
+      { details: { drive: d.drive_id, snapshotPath: d.path_on_host, vmPath: mine ?? null } },
+    );
+  }
+}
+
+/**
  * Drop the overrides of a snapshot load that match what the snapshot recorded,
  * so restores work on Firecracker versions that predate the override fields
  * whenever nothing needs overriding. Run after any jail rewrite.

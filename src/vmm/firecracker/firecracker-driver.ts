@@ -25,7 +25,9 @@ import {
   SNAPSHOT_STATE_FILE,
   buildBootCalls,
   buildRestoreCalls,
+  checkRestoreDrives,
   driveIdMap,
+  fcResourceId,
   fcFiles,
   pruneRestoreOverrides,
   validateForFirecracker,
@@ -450,6 +452,7 @@ export class FirecrackerDriver implements VmmDriver {
     let rec: FcLaunchRecord | undefined;
     let child: ChildProcess | undefined;
     let inst: FirecrackerInstance | undefined;
+    let jail: JailRecord | undefined;
     const sinks: { metrics?: MetricsSink; log?: FifoReader } = {};
     const f = fcFiles(spec.vmDir);
     try {
@@ -461,6 +464,9 @@ export class FirecrackerDriver implements VmmDriver {
       const hostFiles = { logFifo: f.logFifo, metricsFifo: f.metricsFifo, ...(extras.vsock ? { vsockUds: f.vsockUds } : {}) };
       const meta = spec.restoreFrom ? readSnapshotMeta(spec.restoreFrom.dir) : undefined;
       let calls = spec.restoreFrom ? buildRestoreCalls(spec, hostFiles, spec.restoreFrom, extras) : buildBootCalls(spec, hostFiles, extras);
+      if (spec.restoreFrom) {
+        checkRestoreDrives(meta, Object.fromEntries(spec.drives.map((dr) => [fcResourceId(dr.id), jcfg ? `/drives/${fcResourceId(dr.id)}` : dr.path])));
+      }
 
       step = 'prepare';
       mkdirSync(spec.vmDir, { recursive: true });
@@ -470,7 +476,6 @@ export class FirecrackerDriver implements VmmDriver {
       let logFifo = f.logFifo;
       let metricsFifo = f.metricsFifo;
       let vsockUds = extras.vsock ? f.vsockUds : undefined;
-      let jail: JailRecord | undefined;
       let command: string;
       let args: string[];
       if (jcfg) {
@@ -484,14 +489,22 @@ export class FirecrackerDriver implements VmmDriver {
           rmSync(jp.jailDir, { recursive: true, force: true });
         }
         mkdirSync(jp.chrootDir, { recursive: true }); // exists before the uid lease: it is what marks the lease live
-        const uid = allocateUid(spec.id, jcfg.uidRange, jp.leaseDir, (owner) => existsSync(jailPaths(jcfg.chrootBaseDir, execName, owner).jailDir));
+        let uid: number;
+        try {
+          uid = allocateUid(spec.id, jcfg.uidRange, jp.leaseDir, (owner) => existsSync(jailPaths(jcfg.chrootBaseDir, execName, owner).jailDir));
+        } catch (e) {
+          rmSync(jp.jailDir, { recursive: true, force: true });
+          throw e;
+        }
         const memBytes = (spec.memoryMiB + jcfg.memoryOverheadMiB) * 1024 * 1024;
         const settings = cgroupSettings(jcfg.cgroupVersion, spec.vcpu, memBytes);
         jail = { jailDir: jp.jailDir, chrootDir: jp.chrootDir, leaseDir: jp.leaseDir, uid, gid: uid, cgroupDirs: jailCgroupDirs(jcfg, spec.id, settings) };
         writeFileSync(jp.meta, JSON.stringify({ id: spec.id, vmDir: spec.vmDir, uid, gid: uid }, null, 2));
         const jailed = jailCalls(calls);
         calls = jailed.calls;
-        prepareChroot(jp.chrootDir, jailed.files, uid, uid, nodeJailFs);
+        // A restore reopens the drives at their jail paths: link them in too.
+        const driveFiles = spec.restoreFrom ? jailCalls(buildBootCalls(spec, hostFiles, extras)).files.filter((x) => x.jail.startsWith('/drives/')) : [];
+        prepareChroot(jp.chrootDir, [...jailed.files, ...driveFiles], uid, uid, nodeJailFs);
         apiSock = jp.apiSock;
         apiSockArg = JAIL_API_SOCK;
         const fifo = (host: string): string => jailHostPath(jp.chrootDir, jailed.files.find((x) => x.host === host)!.jail);
@@ -523,19 +536,19 @@ export class FirecrackerDriver implements VmmDriver {
       calls = pruneRestoreOverrides(calls, meta);
 
       step = 'spawn';
-      const console = openSync(f.consoleLog, 'a');
+      const consoleFd = openSync(f.consoleLog, 'a');
       const err = openSync(f.vmmLog, 'a');
       // The wrapper joins the VM's cgroups before exec, so the VMM never allocates outside them.
       const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
       try {
         child = this.spawnFn('/bin/sh', ['-c', wrapper, 'mvm-vmm', command, ...args], {
           detached: true,
-          stdio: ['ignore', console, err],
+          stdio: ['ignore', consoleFd, err],
           cwd: spec.vmDir,
           env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...(this.opts.env ?? {}), MVM_CGROUP_PROCS: spec.cgroupProcs.join(' ') },
         });
       } finally {
-        closeSync(console);
+        closeSync(consoleFd);
         closeSync(err);
       }
       const pid = child.pid;
@@ -596,8 +609,9 @@ export class FirecrackerDriver implements VmmDriver {
       if (rec) await cleanupAfter(rec).catch(() => undefined);
       else {
         for (const p of [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds]) rmSync(p, { force: true });
+        if (jail) await cleanupJail({ jailDir: jail.jailDir, leaseDir: jail.leaseDir, id: spec.id, cgroupDirs: jail.cgroupDirs }).catch(() => undefined);
       }
-      const tail = err.code === ErrorCodes.VMM_ERROR && !err.details.faultMessage ? safeTail(f.vmmLog, 500) : '';
+      const tail = err.code === ErrorCodes.VMM_ERROR && !err.details.faultMessage && step !== 'api-socket' ? safeTail(f.vmmLog, 500) : '';
       throw new MvmError(err.code, `Firecracker start of ${spec.id} failed at step "${step}": ${err.message}${tail ? ` (vmm.log: ${tail})` : ''}`, {
         details: { ...err.details, step },
         violations: err.violations,
