@@ -223,6 +223,31 @@ describe('network manager (real CNI, taps, nftables in private namespaces)', { s
     assert.equal(await w.tcp(g.a!.ns, g.b.ip, 7000), 'OK:b2');
   });
 
+  test('a failing step rolls back everything it created (IPAM exhausted at CNI ADD)', async () => {
+    const dataDir = join(w.dataDir, 'tiny');
+    const tiny = new CniNetworkManager({
+      dataDir,
+      networks: [{ name: 'tiny', bridge: 'tbr9', subnet: '10.99.0.0/30', gateway: '10.99.0.1' }],
+      hostNetns: w.hostNs,
+      netnsPrefix: `${w.tag}-tiny-`,
+      table: 'mvmtiny',
+    });
+    const one = await tiny.setup({ id: 'vm-t1', tenant: 't', nics: [{ name: 'eth0' }] });
+    assert.equal(one[0]!.ip, '10.99.0.2');
+    const rulesBefore = await hostNft();
+    await assert.rejects(tiny.setup({ id: 'vm-t2', tenant: 't', nics: [{ name: 'eth0' }] }), (e: unknown) => {
+      assert.ok(e instanceof MvmError);
+      assert.equal(e.details.step, 'cni-add eth0');
+      assert.match(e.message, /no IP addresses available/);
+      return true;
+    });
+    assert.deepEqual(await tiny.list(), ['vm-t1']);
+    assert.ok(!existsSync(`/var/run/netns/${w.tag}-tiny-vm-t2`));
+    assert.equal(await hostNft(), rulesBefore);
+    await tiny.teardown('vm-t1');
+    assert.deepEqual(await tiny.list(), []);
+  });
+
   test('teardown is idempotent and leaves no tap, netns, veth, chain or IP allocation; list() finds orphans', async () => {
     const a = vm.a![0]!;
     await w.stopGuest(g.a!);

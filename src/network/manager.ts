@@ -73,6 +73,10 @@ export interface CniNetworkManagerOptions {
   /** Name of our nftables tables (inet, bridge, ip). Default "mvm". */
   table?: string;
   log?: Pick<Logger, 'info' | 'warn'>;
+  /** Called with the duration of each setup step (netns, cni-add <nic>, tap, tc-redirect, rules) for metrics. */
+  onStep?: (vm: string, step: string, ms: number) => void;
+  /** Owner (user name or uid) of the tap devices, for a VMM that opens them without root. */
+  tapUser?: string | number;
 }
 
 interface NicRecord {
@@ -140,6 +144,8 @@ export class CniNetworkManager implements NetworkManager {
   private readonly locks = new KeyedMutex();
   private initDone: Promise<void> | undefined;
   private readonly bridgesPrepared = new Set<string>();
+  private readonly onStep: CniNetworkManagerOptions['onStep'];
+  private readonly tapUser: string | number | undefined;
 
   constructor(o: CniNetworkManagerOptions) {
     this.networks = o.networks ?? [DEFAULT_NETWORK];
@@ -154,6 +160,11 @@ export class CniNetworkManager implements NetworkManager {
     this.cni = new CniClient({ pluginDirs: o.cniPath ?? DEFAULT_CNI_PATH, ...(o.hostNetns ? { hostNetns: o.hostNetns } : {}) });
     this.nft = new NftApplier(o.hostNetns ? { netns: o.hostNetns } : {});
     this.log = o.log;
+    this.onStep = o.onStep;
+    if (o.tapUser !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$/.test(String(o.tapUser))) {
+      throw new MvmError(ErrorCodes.VALIDATION_FAILED, 'bad tapUser', { violations: [{ field: 'tapUser', message: 'must be a user name or uid' }] });
+    }
+    this.tapUser = o.tapUser;
   }
 
   /** Load state and re-apply the ruleset (after a service restart or a host reboot). Called lazily by every method. */
@@ -453,7 +464,7 @@ export class CniNetworkManager implements NetworkManager {
     if (conflict) throw conflict;
     return this.locks.run(vm.id, async () => {
       const existing = this.records.get(vm.id);
-      const keep = new Map<string, { ip?: string; mac: string }>();
+      const keep = new Map<string, { network: string; ip?: string; mac: string }>();
       if (existing) {
         const same =
           existing.tenant === vm.tenant &&
@@ -467,7 +478,7 @@ export class CniNetworkManager implements NetworkManager {
           return this.attachments(this.records.get(vm.id)!);
         }
         // Broken (e.g. after a host reboot) or changed: rebuild, keeping IPs and MACs of the NICs that stay.
-        if (existing.tenant === vm.tenant) for (const n of existing.nics) keep.set(n.name, { ...(n.ip ? { ip: n.ip } : {}), mac: n.mac });
+        if (existing.tenant === vm.tenant) for (const n of existing.nics) keep.set(n.name, { network: n.network, ...(n.ip ? { ip: n.ip } : {}), mac: n.mac });
         this.log?.info({ vm: vm.id, same }, 'rebuilding VM network');
         await this.teardownLocked(vm.id);
       }
@@ -476,7 +487,7 @@ export class CniNetworkManager implements NetworkManager {
     });
   }
 
-  private async create(vm: VmNetworkSpec, keep: Map<string, { ip?: string; mac: string }>): Promise<NicAttachment[]> {
+  private async create(vm: VmNetworkSpec, keep: Map<string, { network: string; ip?: string; mac: string }>): Promise<NicAttachment[]> {
     const netns = this.netnsName(vm.id);
     const rec: VmRecord = {
       id: vm.id,
@@ -486,13 +497,14 @@ export class CniNetworkManager implements NetworkManager {
       netns,
       nics: vm.nics.map((n, i) => {
         const net = this.network(n.network)!;
-        const ip = n.ip ?? keep.get(n.name)?.ip;
+        const kept = keep.get(n.name);
+        const ip = n.ip ?? (kept?.network === net.name ? kept.ip : undefined);
         return {
           name: n.name,
           network: net.name,
           ifName: `eth${i}`,
           tap: `tap${i}`,
-          mac: (n.mac ?? keep.get(n.name)?.mac ?? stableMac(vm.id, n.name)).toLowerCase(),
+          mac: (n.mac ?? kept?.mac ?? stableMac(vm.id, n.name)).toLowerCase(),
           ...(ip ? { ip } : {}),
           dns: net.dns ?? [],
           conf: this.confList(net),
@@ -504,13 +516,19 @@ export class CniNetworkManager implements NetworkManager {
       createdAt: new Date().toISOString(),
     };
     let step = 'record';
+    let t = performance.now();
+    const mark = (next: string): void => {
+      const now = performance.now();
+      this.onStep?.(vm.id, step, now - t);
+      t = now;
+      step = next;
+    };
     try {
       this.save(rec);
-      step = 'netns';
+      mark('netns');
       if (!existsSync(join(NETNS_DIR, netns))) await runOk('ip', ['netns', 'add', netns]);
-      await runOk('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
       for (const n of rec.nics) {
-        step = `cni-add ${n.name}`;
+        mark(`cni-add ${n.name}`);
         const net = this.network(n.network)!;
         const prefix = parseCidr(net.subnet)!.prefix;
         const result = await this.cni.add(n.conf, {
@@ -535,12 +553,12 @@ export class CniNetworkManager implements NetworkManager {
         this.save(rec);
         await this.prepareBridge(net.bridge);
       }
-      step = 'tap';
-      const ipBatch: string[] = [];
+      mark('tap');
+      const ipBatch: string[] = ['link set dev lo up'];
       const tcBatch: string[] = [];
       for (const n of rec.nics) {
         const mtu = this.network(n.network)!.mtu;
-        ipBatch.push(`tuntap add dev ${n.tap} mode tap`, `link set dev ${n.tap}${mtu ? ` mtu ${mtu}` : ''} up`);
+        ipBatch.push(`tuntap add dev ${n.tap} mode tap${this.tapUser !== undefined ? ` user ${this.tapUser}` : ''}`, `link set dev ${n.tap}${mtu ? ` mtu ${mtu}` : ''} up`);
         tcBatch.push(
           `qdisc add dev ${n.ifName} ingress`,
           `filter add dev ${n.ifName} parent ffff: protocol all u32 match u8 0 0 action mirred egress redirect dev ${n.tap}`,
@@ -549,9 +567,9 @@ export class CniNetworkManager implements NetworkManager {
         );
       }
       await runOk('ip', ['-n', netns, '-batch', '-'], { input: ipBatch.join('\n') + '\n', what: 'tap creation' });
-      step = 'tc-redirect';
+      mark('tc-redirect');
       await runOk('tc', ['-n', netns, '-batch', '-'], { input: tcBatch.join('\n') + '\n', what: 'tc redirect' });
-      step = 'rules';
+      mark('rules');
       const ready: VmRecord = { ...rec, phase: 'ready' };
       await this.locks.run(POLICY_LOCK, async () => {
         // Re-check against the catalogue and the other VMs as they are now (they may have changed meanwhile).
@@ -564,6 +582,7 @@ export class CniNetworkManager implements NetworkManager {
         await this.applyRules(all.values());
         this.save(ready);
       });
+      mark('done');
       return this.attachments(ready);
     } catch (e) {
       const err = asMvmError(e);
@@ -599,26 +618,30 @@ export class CniNetworkManager implements NetworkManager {
       await this.locks.run(POLICY_LOCK, () => this.applyRules(rest.values()));
       if (r.phase === 'ready') this.save({ ...r, phase: 'creating' });
     }
-    // 2. CNI DEL (veth, host-local release). Without a record: every network, every possible ifname.
+    // 2. CNI DEL (veth, host-local release, and whatever else a plugin keeps, e.g. ipMasq rules).
+    //    Without a record (crash before it was written): every network and ifname, if anything is left at all.
+    const held = this.ipamEntries().some((e) => e.holder === id);
     const dels: Array<{ conf: CniNetworkConfList; ifName: string; result?: CniResult }> = r
       ? [...r.nics].reverse().map((n) => ({ conf: n.conf, ifName: n.ifName, ...(n.result ? { result: n.result } : {}) }))
-      : this.networks.flatMap((net) => Array.from({ length: MAX_NICS }, (_, i) => ({ conf: this.confList(net), ifName: `eth${i}` })));
+      : existsSync(netnsPath) || held
+        ? this.networks.flatMap((net) => Array.from({ length: MAX_NICS }, (_, i) => ({ conf: this.confList(net), ifName: `eth${i}` })))
+        : [];
+    let delFailed = false;
     for (const d of dels) {
       try {
         await this.cni.del(d.conf, { containerId: id, netns: existsSync(netnsPath) ? netnsPath : '', ifName: d.ifName }, d.result);
       } catch (e) {
+        delFailed = true;
         this.log?.warn({ vm: id, ifName: d.ifName, err: (e as Error).message }, 'CNI DEL failed; removing the namespace and allocations directly');
       }
     }
-    // 3. The namespace (and with it the taps and the namespace ends of the veths).
+    // 3. The namespace (and with it the taps and the veth pairs).
     if (existsSync(netnsPath)) {
       const res = await run('ip', ['netns', 'del', netns]);
       if (res.code !== 0 && existsSync(netnsPath)) throw new MvmError(ErrorCodes.INTERNAL, `cannot delete namespace ${netns}: ${res.stderr.trim()}`);
     }
-    // 4. Host veths the plugin may have left (DEL failed and the netns was already gone).
-    for (const n of r?.nics ?? []) {
-      if (n.hostVeth) await run('ip', ['link', 'del', n.hostVeth], this.hostOpts());
-    }
+    // 4. Host veths a failed DEL may have left (a veth pair normally dies with its namespace end).
+    if (delFailed) for (const n of r?.nics ?? []) if (n.hostVeth) await run('ip', ['link', 'del', n.hostVeth], this.hostOpts());
     // 5. Any allocation still held by this id.
     this.sweepIpam(id);
     this.drop(id);

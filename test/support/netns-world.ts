@@ -27,6 +27,20 @@ export const canRunNetns = (): { ok: boolean; why?: string } => {
   return { ok: true };
 };
 
+/** Remove namespaces left by earlier test runs that were killed (named mvmt<pid>…, pid gone). */
+export function sweepDeadRuns(): void {
+  if (!existsSync('/var/run/netns')) return;
+  for (const n of readdirSync('/var/run/netns')) {
+    const m = /^mvmt(\d+)[a-z0-9]*-/.exec(n);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch {
+      spawnSync('ip', ['netns', 'del', n]);
+    }
+  }
+}
+
 export const hasQemu = (): boolean => spawnSync('sh', ['-c', 'command -v qemu-system-x86_64']).status === 0;
 
 const SERVER = `
@@ -81,6 +95,13 @@ export class NetnsWorld {
 
   async start(): Promise<void> {
     process.on('exit', this.exitHook);
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+      process.once(sig, () => {
+        this.cleanupSync();
+        process.exit(130);
+      });
+    }
+    sweepDeadRuns();
     for (const ns of [this.hostNs, this.outsideNs]) {
       await runOk('ip', ['netns', 'add', ns]);
       await runOk('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
