@@ -51,6 +51,69 @@ export const Volume = Type.Object(
   { additionalProperties: false },
 );
 
+export const CIDR_PATTERN = '^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$';
+
+export const PortMapping = Type.Object(
+  {
+    hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp')])),
+    hostIp: Type.Optional(Type.String({ maxLength: 64 })),
+    nic: Type.Optional(Type.String({ maxLength: 15 })),
+  },
+  { additionalProperties: false },
+);
+
+export const EgressPolicy = Type.Object(
+  {
+    default: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
+    allow: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
+    deny: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+export const SecurityRule = Type.Object(
+  {
+    direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')]),
+    protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
+    ports: Type.Optional(Type.Union([Type.String({ maxLength: 11 }), Type.Integer()], { description: '"80", 80 or "8000-8100"' })),
+    cidr: Type.Optional(Type.String({ maxLength: 43 })),
+    group: Type.Optional(Type.String({ maxLength: 63, description: 'another security group (name or id) of the same tenant' })),
+    action: Type.Optional(Type.Union([Type.Literal('accept'), Type.Literal('drop')])),
+    description: Type.Optional(Type.String({ maxLength: 256 })),
+  },
+  { additionalProperties: false },
+);
+
+export const SecurityGroupRequest = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }),
+    description: Type.Optional(Type.String({ maxLength: 256 })),
+    rules: Type.Array(SecurityRule, { maxItems: 1000 }),
+  },
+  { additionalProperties: false },
+);
+
+export const SecurityGroupUpdate = Type.Object(
+  {
+    description: Type.Optional(Type.String({ maxLength: 256 })),
+    rules: Type.Optional(Type.Array(SecurityRule, { maxItems: 1000 })),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export const SecurityGroupResource = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  description: Type.Optional(Type.String()),
+  rules: Type.Array(SecurityRule),
+  resourceVersion: Type.String(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
 export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 }), Type.String({ maxLength: 63 }), {
   description: 'Free-form labels',
 });
@@ -64,6 +127,9 @@ const specFields = {
   networkInterfaces: Type.Array(NetworkInterface, { maxItems: 4 }),
   volumes: Type.Array(Volume, { maxItems: 8 }),
   labels: Labels,
+  securityGroups: Type.Array(Type.String({ maxLength: 63 }), { maxItems: 16, description: 'security groups (names or ids) of the tenant' }),
+  ports: Type.Array(PortMapping, { maxItems: 64, description: 'guest ports published on host ports' }),
+  egress: EgressPolicy,
 };
 
 export const MicroVMSpec = Type.Object(
@@ -75,6 +141,9 @@ export const MicroVMSpec = Type.Object(
     networkInterfaces: Type.Optional(specFields.networkInterfaces),
     volumes: Type.Optional(specFields.volumes),
     labels: Type.Optional(specFields.labels),
+    securityGroups: Type.Optional(specFields.securityGroups),
+    ports: Type.Optional(specFields.ports),
+    egress: Type.Optional(specFields.egress),
   },
   { additionalProperties: false },
 );
@@ -89,6 +158,9 @@ export const CreateMicroVMRequest = Type.Object(
     networkInterfaces: Type.Optional(specFields.networkInterfaces),
     volumes: Type.Optional(specFields.volumes),
     labels: Type.Optional(specFields.labels),
+    securityGroups: Type.Optional(specFields.securityGroups),
+    ports: Type.Optional(specFields.ports),
+    egress: Type.Optional(specFields.egress),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
   },
   { additionalProperties: false },
@@ -103,6 +175,9 @@ export const UpdateMicroVMRequest = Type.Object(
     networkInterfaces: Type.Optional(specFields.networkInterfaces),
     volumes: Type.Optional(specFields.volumes),
     labels: Type.Optional(specFields.labels),
+    securityGroups: Type.Optional(specFields.securityGroups),
+    ports: Type.Optional(specFields.ports),
+    egress: Type.Optional(specFields.egress),
   },
   { additionalProperties: false, minProperties: 1 },
 );
@@ -120,6 +195,9 @@ export const MicroVMStatus = Type.Object({
   reason: Type.Optional(Type.String({ description: 'Machine-readable reason of the last transition (e.g. VmmExited)' })),
   message: Type.Optional(Type.String()),
   ip: Type.Optional(Type.String()),
+  interfaces: Type.Optional(
+    Type.Array(Type.Object({ name: Type.String(), ip: Type.String(), prefix: Type.Integer(), gateway: Type.String(), mac: Type.String(), tap: Type.String() })),
+  ),
   node: Type.Optional(Type.String()),
   driver: Type.Optional(Type.String({ description: 'VMM driver: qemu or firecracker' })),
   accel: Type.Optional(Type.String({ description: 'Acceleration used: kvm or tcg' })),
@@ -183,6 +261,9 @@ export type MicroVMStatusT = Static<typeof MicroVMStatus>;
 export type MicroVMT = Static<typeof MicroVM>;
 export type ConditionT = Static<typeof Condition>;
 export type VmMetricsT = Static<typeof VmMetrics>;
+export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;
+export type SecurityGroupUpdateT = Static<typeof SecurityGroupUpdate>;
+export type SecurityGroupT = Static<typeof SecurityGroupResource>;
 export type PhaseT = Static<typeof Phase>;
 
 /** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */

@@ -63,6 +63,9 @@ export class MicroVMService {
       ...(req.networkInterfaces ? { networkInterfaces: req.networkInterfaces } : {}),
       ...(req.volumes ? { volumes: req.volumes } : {}),
       labels: req.labels ?? {},
+      ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}),
+      ...(req.ports ? { ports: req.ports } : {}),
+      ...(req.egress ? { egress: req.egress } : {}),
     };
     validateSpec(spec);
     if (this.images) {
@@ -122,6 +125,10 @@ export class MicroVMService {
         if (req.memory !== undefined) spec.memory = req.memory;
         if (req.kernel !== undefined) spec.kernel = req.kernel;
         if (req.labels !== undefined) spec.labels = req.labels;
+        // Network policy applies to running VMs without a restart.
+        if (req.securityGroups !== undefined) spec.securityGroups = req.securityGroups;
+        if (req.ports !== undefined) spec.ports = req.ports;
+        if (req.egress !== undefined) spec.egress = req.egress;
         validateSpec(spec);
         if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
         cur.spec = spec;
