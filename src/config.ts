@@ -25,6 +25,20 @@ export interface Config {
   resyncSeconds: number;
   /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
   stopTimeoutSeconds: number;
+  network: {
+    /** MVM_NETWORK: cni (default) | none. */
+    mode: 'cni' | 'none';
+    /** MVM_NET_HOST_NETNS: put bridge, veths and nftables in this `ip netns` namespace instead of the host's. */
+    hostNetns?: string;
+    /** MVM_NET_BRIDGE (fc-br0), MVM_NET_SUBNET (10.100.0.0/16), MVM_NET_GATEWAY (10.100.0.1). */
+    bridge: string;
+    subnet: string;
+    gateway: string;
+    /** MVM_NET_IPMASQ=1: masquerade guest traffic leaving the host (off by default). */
+    ipMasq: boolean;
+    /** MVM_EGRESS_DEFAULT: deny (default: guests reach only their tenant's VMs) | allow. */
+    egressDefault: 'allow' | 'deny';
+  };
 }
 
 function parseListen(s: string): { host: string; port: number } {
@@ -51,7 +65,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
     resyncSeconds: Number(env.MVM_RESYNC_SECONDS ?? 10),
     stopTimeoutSeconds: Number(env.MVM_STOP_TIMEOUT_SECONDS ?? 10),
+    network: {
+      mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',
+      ...(env.MVM_NET_HOST_NETNS ? { hostNetns: env.MVM_NET_HOST_NETNS } : {}),
+      bridge: env.MVM_NET_BRIDGE ?? 'fc-br0',
+      subnet: env.MVM_NET_SUBNET ?? '10.100.0.0/16',
+      gateway: env.MVM_NET_GATEWAY ?? '10.100.0.1',
+      ipMasq: env.MVM_NET_IPMASQ === '1',
+      egressDefault: env.MVM_EGRESS_DEFAULT === 'allow' ? 'allow' : 'deny',
+    },
   };
+  if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
   return cfg;
 }

@@ -17,10 +17,12 @@ import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
 import { memoryMiB, type MicroVM } from '../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../core/ports/agent.js';
 import type { ImageResolver } from '../core/ports/images.js';
+import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
 import type { DriveSpec, LaunchSpec, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
 import { createOverlay } from '../storage/disks.js';
 import type { CgroupManager } from './cgroups.js';
+import { observability } from '../observability/index.js';
 
 export const READY_MARKER = 'MVM-READY';
 
@@ -35,6 +37,10 @@ export interface AgentOptions {
   cgroups: CgroupManager;
   log: Logger;
   labels?: Record<string, string>;
+  /** Networking (CNI + nftables); without it VMs get no NIC. */
+  network?: NetworkManager;
+  /** The network intent of a VM (groups resolved to ids, egress default applied). */
+  networkSpec?: (vm: MicroVM) => Promise<VmNetworkSpec>;
 }
 
 interface Runtime {
@@ -49,6 +55,7 @@ interface Runtime {
   bootMs?: { vmm: number; guestReady: number };
   reason?: string;
   message?: string;
+  attachments?: NicAttachment[];
   stopWatch?: () => void;
   /** Serialises lifecycle operations on one VM. */
   lock: Promise<unknown>;
@@ -102,10 +109,13 @@ export class LocalAgent implements NodeAgent {
   }
 
   async start(): Promise<void> {
+    observability.attachAgent(this, { vmsRoot: this.vmsRoot, log: this.o.log });
     // 1. Re-adopt VMMs that outlived an earlier service process.
     for (const id of this.dirIds()) {
       const inst = await this.o.driver.adopt(id, this.vmDir(id));
       const r = this.rt(id);
+      const atts = await this.o.network?.get(id).catch(() => undefined);
+      if (atts) r.attachments = atts;
       if (inst) {
         r.inst = inst;
         r.state = 'running';
@@ -140,6 +150,7 @@ export class LocalAgent implements NodeAgent {
     const ids = new Set(this.dirIds());
     for (const [id, r] of this.vms) if (r.inst || r.state !== 'absent') ids.add(id);
     for (const p of await this.o.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
+    for (const id of (await this.o.network?.list()) ?? []) ids.add(id);
     return [...ids];
   }
 
@@ -158,6 +169,10 @@ export class LocalAgent implements NodeAgent {
     if (r.bootMs) a.bootMs = r.bootMs;
     if (r.reason) a.reason = r.reason;
     if (r.message) a.message = r.message;
+    if (r.attachments?.length) {
+      a.ip = r.attachments[0]!.ip;
+      a.interfaces = r.attachments.map((n) => ({ name: n.name, ip: n.ip, prefix: n.prefix, gateway: n.gateway, mac: n.mac, tap: n.tap }));
+    }
     return a;
   }
 
@@ -193,6 +208,19 @@ export class LocalAgent implements NodeAgent {
           await createOverlay({ base: rootfs.path, baseFormat: rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}) });
           root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
         }
+        let nics: LaunchSpec['nics'] = [];
+        let netArgs = '';
+        let netnsPath: string | undefined;
+        if (this.o.network && this.o.networkSpec) {
+          step.name = 'network';
+          const atts = await this.o.network.setup(await this.o.networkSpec(vm)).catch((e: unknown) => {
+            throw renameNicFields(e);
+          });
+          r.attachments = atts;
+          nics = atts.map((a) => ({ id: a.name, tap: a.tap, mac: a.mac }));
+          netArgs = kernelIpArgs(atts, { hostname: vm.name });
+          netnsPath = atts[0]?.netnsPath;
+        }
         step.name = 'console';
         rotateConsole(join(dir, 'console.log'));
         const cmdline = [
@@ -203,6 +231,7 @@ export class LocalAgent implements NodeAgent {
           readOnly ? 'ro' : 'rw',
           `mvm.id=${vm.id}`,
           `mvm.name=${vm.name}`,
+          netArgs,
           vm.spec.kernel?.cmdline ?? '',
         ]
           .filter(Boolean)
@@ -216,9 +245,10 @@ export class LocalAgent implements NodeAgent {
           ...(kernel.initrdPath ? { initrdPath: kernel.initrdPath } : {}),
           cmdline,
           drives: [root],
-          nics: [],
+          nics,
           vmDir: dir,
           cgroupProcs: procs,
+          ...(netnsPath ? { netnsPath } : {}),
         };
         step.name = 'vmm-start';
         const t0 = Date.now();
@@ -344,6 +374,8 @@ export class LocalAgent implements NodeAgent {
   async ensureAbsent(id: string): Promise<void> {
     await this.ensureStopped(id, 3000);
     await this.serial(id, async (r) => {
+      await this.o.network?.teardown(id);
+      r.attachments = undefined;
       rmSync(this.vmDir(id), { recursive: true, force: true });
       r.state = 'absent';
       this.vms.delete(id);
@@ -368,7 +400,7 @@ export class LocalAgent implements NodeAgent {
       guestMemoryBytes: memoryMiB(vm.spec) * 1024 * 1024,
       uptimeSeconds: r?.inst && started ? (Date.now() - started) / 1000 : 0,
       block: stats?.block ?? [],
-      net: [],
+      net: (await this.o.network?.stats(vm.id).catch(() => [])) ?? [],
     };
     if (r?.bootMs) m.bootMs = r.bootMs;
     return m;
@@ -385,6 +417,7 @@ export class LocalAgent implements NodeAgent {
 
   /** Stop watching; running VMMs keep running (they are re-adopted on the next start). */
   async shutdown(): Promise<void> {
+    await observability.detachAgent(this);
     for (const r of this.vms.values()) r.stopWatch?.();
   }
 
@@ -392,6 +425,13 @@ export class LocalAgent implements NodeAgent {
   async stopAll(timeoutMs: number): Promise<void> {
     await Promise.all([...this.vms.values()].filter((r) => r.inst).map((r) => this.ensureStopped(r.id, timeoutMs)));
   }
+}
+
+/** The network adapter names NICs `nics[i]`; the API calls them `networkInterfaces[i]`. */
+function renameNicFields(e: unknown): unknown {
+  if (!(e instanceof MvmError)) return e;
+  const violations = e.violations.map((v) => ({ ...v, field: v.field.replace(/^nics\[/, 'networkInterfaces[') }));
+  return new MvmError(e.code, e.message.replace(/\bnics\[/g, 'networkInterfaces['), { violations, details: e.details, cause: e });
 }
 
 function parseSize(q: string): number {

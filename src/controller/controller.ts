@@ -10,6 +10,7 @@ import { ConditionTypes, assertTransition, setCondition, type MicroVM, type Phas
 import type { ActualVm, NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
+import { observability } from '../observability/index.js';
 
 export interface ControllerOptions {
   store: Store;
@@ -35,6 +36,7 @@ export class Controller {
   constructor(private readonly o: ControllerOptions) {}
 
   async start(): Promise<void> {
+    observability.attachStore(this.o.store);
     await this.o.agent.start();
     this.unsubs.push(this.o.store.watch((c) => this.enqueue(c.id)));
     this.unsubs.push(
@@ -88,7 +90,7 @@ export class Controller {
 
   private kick(id: string): void {
     if (!this.queue.delete(id) || this.running.has(id)) return;
-    const p = this.reconcile(id)
+    const p = observability.reconcile(id, this.queue.size, () => this.reconcile(id))
       .then(() => {
         this.failures.delete(id);
       })
@@ -205,6 +207,7 @@ export class Controller {
           cursor = page.nextCursor;
         } while (cursor);
         const placement = this.o.scheduler.place(vm, [info], placed);
+        observability.schedulerDecision(placement);
         if (!placement.node) {
           const msg = Object.entries(placement.reasons).map(([n, r]) => `${n}: ${r}`).join('; ') || 'no nodes';
           await this.patchStatus(vm, (v) => {
@@ -331,6 +334,7 @@ function applyActual(x: MicroVM, a: ActualVm, now: string): void {
   if (a.readyAt) x.status.readyAt = a.readyAt;
   if (a.bootMs) x.status.bootMs = a.bootMs;
   if (a.ip) x.status.ip = a.ip;
+  if (a.interfaces) x.status.interfaces = a.interfaces;
   delete x.status.reason;
   delete x.status.message;
   x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'True', reason: 'Started', message: `pid ${a.pid}` }, now);

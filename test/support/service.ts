@@ -2,7 +2,8 @@
  * Runs the real standalone service as its own process (own session, so a test
  * can kill -9 its whole process group), with a private data directory and port.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -26,8 +27,22 @@ export interface TestService {
   stop(): Promise<void>;
 }
 
+/** The network namespace that stands in for "the host" of a test service (bridge, nftables, published ports). */
+export function hostNetnsOf(dataDir: string): string {
+  return `mvmt-${createHash('sha256').update(dataDir).digest('hex').slice(0, 8)}`;
+}
+
+function ensureNetns(name: string): void {
+  if (existsSync(`/var/run/netns/${name}`)) return;
+  execFileSync('ip', ['netns', 'add', name]);
+  execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+}
+
 export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string } = {}): Promise<TestService> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-test-'));
+  // Guest networks of tests live inside a namespace of their own, with no route off the machine.
+  const hostNetns = opts.env?.MVM_NET_HOST_NETNS ?? hostNetnsOf(dataDir);
+  ensureNetns(hostNetns);
   const serverJson = join(dataDir, 'server.json');
   rmSync(serverJson, { force: true });
   let out = '';
@@ -40,6 +55,7 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
       MVM_LISTEN: '127.0.0.1:0',
       MVM_LOG_LEVEL: process.env.MVM_TEST_LOG_LEVEL ?? 'warn',
       MVM_RESYNC_SECONDS: '2',
+      MVM_NET_HOST_NETNS: hostNetns,
       ...(opts.token ? { MVM_ADMIN_TOKEN: opts.token } : {}),
       ...opts.env,
     },
@@ -116,6 +132,17 @@ export async function destroyDataDir(dataDir: string): Promise<void> {
         } catch {
           /* still busy: leave it */
         }
+      }
+    }
+  }
+  // VM namespaces of this data dir (prefix mvm<tag>-) and the stand-in host namespace.
+  const tag = createHash('sha256').update(dataDir).digest('hex').slice(0, 4);
+  for (const ns of existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : []) {
+    if (ns.startsWith(`mvm${tag}-`) || ns === hostNetnsOf(dataDir)) {
+      try {
+        execFileSync('ip', ['netns', 'del', ns]);
+      } catch {
+        /* already gone */
       }
     }
   }

@@ -16,6 +16,7 @@ export interface ActualVm {
   accel?: string;
   driver?: string;
   ip?: string;
+  interfaces?: Array<{ name: string; ip: string; prefix: number; gateway: string; mac: string; tap: string }>;
   /** Guest printed its readiness marker. */
   ready: boolean;
   startedAt?: string;

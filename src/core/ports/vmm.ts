@@ -56,6 +56,8 @@ export interface LaunchSpec {
    * guest memory (the driver joins them in a wrapper before exec).
    */
   cgroupProcs: string[];
+  /** Network namespace (path) the VMM must run in, where its tap devices live. */
+  netnsPath?: string;
   /** Restore from this snapshot instead of a cold boot. */
   restoreFrom?: SnapshotFiles;
 }

@@ -13,6 +13,7 @@ import type { LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, Vm
 import { listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
+import { wrapInNetns } from '../../core/ports/network.js';
 
 export interface QemuDriverOptions {
   binary?: string;
@@ -259,7 +260,10 @@ export class QemuDriver implements VmmDriver {
     const log = openSync(f.vmmLog, 'a');
     // The wrapper joins the VM's cgroups before exec, so QEMU never allocates outside them.
     const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
-    const child = spawn('/bin/sh', ['-c', wrapper, 'mvm-vmm', binary, ...args], {
+    const argv = ['/bin/sh', '-c', wrapper, 'mvm-vmm', binary, ...args];
+    // Taps live in the VM's network namespace: nsenter switches only the netns and execs (same pid).
+    const full = spec.netnsPath ? wrapInNetns(spec.netnsPath, argv) : argv;
+    const child = spawn(full[0]!, full.slice(1), {
       detached: true,
       stdio: ['ignore', log, log],
       cwd: spec.vmDir,
