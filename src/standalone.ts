@@ -18,6 +18,13 @@ import { Scheduler } from './scheduler/scheduler.js';
 import { DefaultImageResolver } from './storage/default-images.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
+import { createHash } from 'node:crypto';
+import { CniNetworkManager } from './network/manager.js';
+import { validateRules } from './network/sg-rules.js';
+import { networkAdmission } from './network/admission.js';
+import { SqliteResourceStore } from './store/sqlite/resources.js';
+import { SecurityGroupService } from './core/security-groups.js';
+import { NetworkController } from './controller/network-controller.js';
 
 export const VERSION = '0.1.0';
 
@@ -72,7 +79,39 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const caps = await driver.capabilities();
   log.info({ driver: caps.driver, accel: caps.accel, version: caps.version, available: caps.available }, 'VMM driver ready');
   const cgroups = detectCgroups();
-  const agent = new LocalAgent({ nodeName: cfg.nodeName, dataDir: cfg.dataDir, driver, images, cgroups, log: log.child({ c: 'agent' }) });
+  const resources = new SqliteResourceStore(store.database);
+  const groups = new SecurityGroupService(resources, store, validateRules);
+  let netController: NetworkController | undefined;
+  let network: CniNetworkManager | undefined;
+  if (cfg.network.mode === 'cni') {
+    // VM namespaces are host-global: a prefix per data directory keeps side-by-side instances apart.
+    const tag = createHash('sha256').update(cfg.dataDir).digest('hex').slice(0, 4);
+    network = new CniNetworkManager({
+      dataDir: cfg.dataDir,
+      networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
+      netnsPrefix: `mvm${tag}-`,
+      ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
+      log: log.child({ c: 'network' }),
+    });
+    await network.resync();
+    netController = new NetworkController({
+      network,
+      resources,
+      store,
+      groups,
+      log: log.child({ c: 'network' }),
+      defaultEgress: { default: cfg.network.egressDefault },
+    });
+  }
+  const agent = new LocalAgent({
+    nodeName: cfg.nodeName,
+    dataDir: cfg.dataDir,
+    driver,
+    images,
+    cgroups,
+    log: log.child({ c: 'agent' }),
+    ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),
+  });
   const controller = new Controller({
     store,
     agent,
@@ -81,9 +120,10 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     resyncMs: cfg.resyncSeconds * 1000,
     stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
   });
-  const service = new MicroVMService(store, agent, images);
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups));
   const { token, file } = ensureAdminToken(cfg);
-  const app = await buildApi({ service, authenticators: [new StaticTokenAuthenticator(token)], logger: log.child({ c: 'api' }), version: VERSION });
+  const app = await buildApi({ service, authenticators: [new StaticTokenAuthenticator(token)], logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups });
+  await netController?.start();
   await controller.start();
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
@@ -102,6 +142,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       if (closed) return;
       closed = true;
       await app.close();
+      netController?.stop();
       await controller.stop();
       if (cfg.shutdownPolicy === 'stop') {
         // Stop every guest now; they are booted again when the service next starts.

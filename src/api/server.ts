@@ -15,12 +15,16 @@ import type { MicroVMService, Principal } from '../core/service.js';
 import { authenticate, type Authenticator } from './auth.js';
 import { ajvToMvmError, errorFrom, toProblem } from './problem.js';
 import { registerMicroVMRoutes } from './routes/microvms.js';
+import { registerObservabilityRoutes } from './routes/observability.js';
+import { registerSecurityGroupRoutes } from './routes/securitygroups.js';
+import type { SecurityGroupService } from '../core/security-groups.js';
 
 export interface ApiOptions {
   service: MicroVMService;
   authenticators: Authenticator[];
   logger: Logger;
   version: string;
+  securityGroups?: SecurityGroupService;
 }
 
 declare module 'fastify' {
@@ -83,9 +87,11 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
 
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
 
+  await registerObservabilityRoutes(app, { service: o.service });
   await app.register(
     async (v1) => {
       await registerMicroVMRoutes(v1, o.service);
+      if (o.securityGroups) await registerSecurityGroupRoutes(v1, o.securityGroups);
       v1.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
     },
     { prefix: '/api/v1' },

@@ -34,6 +34,8 @@ export class MicroVMService {
     private readonly store: Store,
     private readonly agent: NodeAgent,
     private readonly images?: ImageResolver,
+    /** Extra admission checks by other components (e.g. network: groups exist, ports and CIDRs valid). */
+    private readonly admit?: (p: Principal, spec: MicroVMSpecT, tenant: string) => Promise<void>,
   ) {}
 
   private visible(p: Principal, vm: MicroVM): boolean {
@@ -68,6 +70,7 @@ export class MicroVMService {
       ...(req.egress ? { egress: req.egress } : {}),
     };
     validateSpec(spec);
+    await this.admit?.(p, spec, p.tenant);
     if (this.images) {
       // Admission: an unknown image is the caller's error now, not a failed boot later.
       try {
@@ -108,6 +111,9 @@ export class MicroVMService {
           violations: [{ field, message: 'immutable after creation' }],
         });
       }
+    }
+    if (req.securityGroups !== undefined || req.ports !== undefined || req.egress !== undefined) {
+      await this.admit?.(p, { ...vm.spec, ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}), ...(req.ports ? { ports: req.ports } : {}), ...(req.egress ? { egress: req.egress } : {}) }, vm.tenant);
     }
     const changesSpec = (['vcpu', 'memory', 'kernel'] as const).filter((f) => req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(vm.spec[f]));
     return this.store.updateVm(
