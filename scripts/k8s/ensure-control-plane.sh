@@ -85,11 +85,32 @@ apt_install() { # apt_install pkg... — installs the missing ones, quietly
 apt_install ca-certificates openssl util-linux
 
 TMP=$(mktemp -d "$CACHE_ROOT/.tmp-$KEY.XXXXXX")
+CHILD=
 trap 'rm -rf "$TMP"' EXIT
-trap 'exit 130' INT TERM
+# Builds run in their own session (setsid) and are waited for with `wait`, so a
+# SIGINT/SIGTERM to this script stops the whole build at once and removes $TMP.
+on_signal() {
+  [[ -z $CHILD ]] || kill -TERM -- "-$CHILD" 2>/dev/null || true
+  [[ -z $CHILD ]] || wait "$CHILD" 2>/dev/null || true
+  log "interrupted; nothing cached"
+  exit 130
+}
+trap on_signal INT TERM
 mkdir -p "$TMP/bin" "$TMP/src"
 
-export GOFLAGS=-mod=mod GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
+BUILD_LOG=$CACHE_ROOT/.build-$KEY.log
+: >"$BUILD_LOG"
+run_logged() { # run_logged cmd... — output to $BUILD_LOG (MVM_VERBOSE=1: stderr); its tail on failure
+  local rc=0
+  if [[ ${MVM_VERBOSE:-} == 1 ]]; then setsid "$@" </dev/null >&2 & else setsid "$@" </dev/null >>"$BUILD_LOG" 2>&1 & fi
+  CHILD=$!
+  wait "$CHILD" || rc=$?
+  CHILD=
+  ((rc == 0)) || { log "failed ($rc): $*"; tail -n 40 "$BUILD_LOG" >&2; }
+  return "$rc"
+}
+
+export GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=${GOTOOLCHAIN:-auto} CGO_ENABLED=0
 export GOMAXPROCS=${GOMAXPROCS:-2}
 
 t0=$(date +%s)
@@ -97,7 +118,7 @@ t0=$(date +%s)
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 patch=${KUBE_VERSION##*.}
 STAGING_VERSION=v0.$minor.$patch
-log "building kube-apiserver + kubectl $KUBE_VERSION (staging $STAGING_VERSION) — cold builds take a while"
+log "building kube-apiserver + kubectl $KUBE_VERSION (staging $STAGING_VERSION); cold builds take 10-20 min; log: $BUILD_LOG"
 kmod=$(cd "$TMP/src" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
 [[ -f $kmod ]] || { log "could not fetch k8s.io/kubernetes@$KUBE_VERSION from the module proxy"; exit 1; }
 go_line=$(grep -m1 '^go ' "$kmod")
@@ -123,12 +144,9 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   ld+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=${build_date:-1970-01-01T00:00:00Z}"
 done
-(
-  cd "$TMP/src"
-  nice -n 19 go build -p "$BUILD_P" -trimpath -tags selinux,notest,grpcnotrace \
-    -ldflags "$ld" -o "$TMP/bin/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
-)
+run_logged nice -n 19 go -C "$TMP/src" build -p "$BUILD_P" -trimpath -tags selinux,notest,grpcnotrace \
+  -ldflags "$ld" -o "$TMP/bin/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
 t1=$(date +%s)
 log "kube-apiserver + kubectl built in $((t1 - t0))s"
 
@@ -174,7 +192,7 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 EOF
-  (cd "$TMP/etcd-src" && nice -n 19 go build -p "$BUILD_P" -trimpath -ldflags "-s -w" -o "$TMP/bin/etcd" .)
+  run_logged nice -n 19 go -C "$TMP/etcd-src" build -p "$BUILD_P" -trimpath -ldflags "-s -w" -o "$TMP/bin/etcd" .
   etcd_src="go.etcd.io/etcd/server/v3 $etcd_version (built)"
 fi
 t2=$(date +%s)
@@ -192,7 +210,14 @@ t2=$(date +%s)
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "build_seconds=$((t2 - t0))"
 } >"$TMP/manifest"
-rm -rf "$TMP/src" "$TMP/etcd-src"
+# Keep the throwaway modules' go.mod/go.sum as a record of exactly what was built.
+mkdir -p "$TMP/build"
+for d in src etcd-src; do
+  [[ -d $TMP/$d ]] || continue
+  mkdir -p "$TMP/build/$d"
+  cp "$TMP/$d"/go.* "$TMP/build/$d/" 2>/dev/null || true
+  rm -rf "${TMP:?}/$d"
+done
 chmod 755 "$TMP"
 mv -T "$TMP" "$ENTRY"
 trap - EXIT

@@ -14,6 +14,8 @@
 #                              e.g. "--disable-admission-plugins=ServiceAccount"
 #   MVM_CONTROL_PLANE_TIMEOUT  seconds to wait for /readyz (default 90)
 #   MVM_KUBE_BIN               bin dir to use instead of calling ensure-control-plane.sh
+#   MVM_CONTROL_PLANE_OWNER_PID  if set, a watchdog runs stop-control-plane.sh when
+#                              that process exits (e.g. the test runner: process.pid)
 set -euo pipefail
 
 W=${1:?usage: start-control-plane.sh <workdir>}
@@ -33,8 +35,8 @@ command -v openssl >/dev/null || { log "needs openssl (ensure-control-plane.sh i
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() {
-  local p i
-  for i in $(seq 1 100); do
+  local p
+  for _ in $(seq 1 100); do
     p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
     [[ " ${PICKED:-} " == *" $p "* ]] && continue
     if port_free "$p"; then PICKED="${PICKED:-} $p"; echo "$p"; return 0; fi
@@ -45,9 +47,12 @@ PICKED=
 API_PORT=${MVM_APISERVER_PORT:-$(pick_port)}; PICKED="$PICKED $API_PORT"
 ETCD_PORT=${MVM_ETCD_PORT:-$(pick_port)}; PICKED="$PICKED $ETCD_PORT"
 PEER_PORT=${MVM_ETCD_PEER_PORT:-$(pick_port)}
+# A given port that is taken would silently attach us to someone else's etcd/apiserver.
+for p in "$API_PORT" "$ETCD_PORT" "$PEER_PORT"; do
+  port_free "$p" || { log "port 127.0.0.1:$p is already in use"; exit 1; }
+done
 
 t0=$(date +%s.%N)
-started=()
 cleanup_on_fail() {
   local rc=$?
   ((rc == 0)) && return 0
@@ -145,6 +150,7 @@ setsid "$BIN/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 \
   --advertise-address 127.0.0.1 \
+  --endpoint-reconciler-type none \
   --secure-port "$API_PORT" \
   --cert-dir "$W/pki" \
   --tls-cert-file "$P/serving.crt" \
@@ -173,6 +179,9 @@ until out=$("$BIN/kubectl" --kubeconfig "$W/kubeconfig" --request-timeout 2s get
   (($(date +%s) < deadline)) || { log "timed out waiting for /readyz"; exit 1; }
   sleep 0.2
 done
+for f in etcd apiserver; do
+  kill -0 "$(cat "$W/$f.pid")" 2>/dev/null || { log "$f exited"; exit 1; }
+done
 t1=$(date +%s.%N)
 
 cat >"$W/env" <<EOF
@@ -185,6 +194,13 @@ MVM_ETCD_PEER_PORT=$PEER_PORT
 MVM_KUBE_BIN=$BIN
 MVM_CONTROL_PLANE_READY_SECONDS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
 EOF
+if [[ -n ${MVM_CONTROL_PLANE_OWNER_PID:-} ]]; then
+  # shellcheck disable=SC2016
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null && [[ -f $2/apiserver.pid ]]; do sleep 1; done
+    exec "$3" "${2%/}"' mvm-control-plane-watchdog \
+    "$MVM_CONTROL_PLANE_OWNER_PID" "$W/" "$HERE/stop-control-plane.sh" </dev/null >/dev/null 2>&1 &
+  echo $! >"$W/watchdog.pid"
+fi
 trap - EXIT
 log "ready in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')s (apiserver 127.0.0.1:$API_PORT, etcd 127.0.0.1:$ETCD_PORT)"
 cat "$W/env"
