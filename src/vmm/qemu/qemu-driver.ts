@@ -54,7 +54,9 @@ export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: bool
     args.push('-accel', 'kvm', '-cpu', 'host');
   } else {
     // TCG boots hang in early boot unless guest time follows instruction count (brief §3).
-    args.push('-accel', `tcg,tb-size=${o.tbSizeMiB}`, '-icount', 'shift=auto,sleep=on', '-cpu', 'max');
+    // A fixed shift keeps guest timers on time for one vCPU (shift=auto leaves idle timers ~1 s
+    // late on QEMU 7.2) but hangs SMP bring-up, where shift=auto (+ lpj below) works.
+    args.push('-accel', `tcg,tb-size=${o.tbSizeMiB}`, '-icount', `shift=${spec.vcpu > 1 ? 'auto' : '3'},sleep=on`, '-cpu', 'max');
   }
   args.push('-kernel', spec.kernelPath);
   if (spec.initrdPath) args.push('-initrd', spec.initrdPath);
