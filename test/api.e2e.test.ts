@@ -6,6 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ApiError, type MicroVM } from '../src/cli/client.js';
 import { pidAlive, sleep } from '../src/vmm/proc.js';
@@ -202,6 +204,7 @@ describe('lifecycle with real guests', () => {
     assert.equal(stopped.status.phase, 'Stopped');
     assert.ok(!pidAlive(pid));
     assert.equal(cgroupDirsOf(a.id).length, 0);
+    assert.equal(stopped.status.ip, undefined, 'a stopped VM holds no address');
     assertProblem(await raw('POST', `/microvms/${a.id}/stop`), 409, 'ILLEGAL_TRANSITION');
 
     // Update on a stopped VM, then start again with the new size; the disk survives stop/start.
@@ -327,5 +330,10 @@ describe('crashes of the service', () => {
     assert.deepEqual(left, [], `left: ${JSON.stringify(await Promise.all(left.map(async (p) => ({ ...p, vm: await svc.client.get(p.id).then((v) => [v.name, v.status.phase], (e: Error) => e.message) }))))}`);
     assert.deepEqual(readdirSync(join(svc.dataDir, 'vms')), []);
     assert.equal(cgroupDirsOf(up.id).length, 0);
+    // Network: no VM namespace, no IP allocation left.
+    const tag = createHash('sha256').update(svc.dataDir).digest('hex').slice(0, 4);
+    assert.deepEqual(readdirSync('/var/run/netns').filter((n) => n.startsWith(`mvm${tag}-`)), []);
+    const ipam = join(svc.dataDir, 'network', 'ipam');
+    assert.equal(existsSync(ipam) ? spawnSync('grep', ['-rl', up.id, ipam], { encoding: 'utf8' }).stdout.trim() : '', '');
   });
 });

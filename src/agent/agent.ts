@@ -209,10 +209,12 @@ export class LocalAgent implements NodeAgent {
           root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
         }
         let nics: LaunchSpec['nics'] = [];
+        let netMs: number | undefined;
         let netArgs = '';
         let netnsPath: string | undefined;
         if (this.o.network && this.o.networkSpec) {
           step.name = 'network';
+          const tNet = Date.now();
           const atts = await this.o.network.setup(await this.o.networkSpec(vm)).catch((e: unknown) => {
             throw renameNicFields(e);
           });
@@ -220,6 +222,7 @@ export class LocalAgent implements NodeAgent {
           nics = atts.map((a) => ({ id: a.name, tap: a.tap, mac: a.mac }));
           netArgs = kernelIpArgs(atts, { hostname: vm.name });
           netnsPath = atts[0]?.netnsPath;
+          netMs = Date.now() - tNet;
         }
         step.name = 'console';
         rotateConsole(join(dir, 'console.log'));
@@ -257,7 +260,7 @@ export class LocalAgent implements NodeAgent {
         r.inst = inst;
         r.state = 'running';
         r.startedAt = new Date().toISOString();
-        r.bootMs = { vmm: Date.now() - t0, guestReady: 0 };
+        r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(netMs !== undefined ? { network: netMs } : {}) };
         this.watch(r, inst, t0);
         this.emit({ id: vm.id, kind: 'started', message: `VMM started (pid ${inst.pid}, ${inst.driver}/${inst.accel})` });
         return this.observe(vm.id);
@@ -366,6 +369,9 @@ export class LocalAgent implements NodeAgent {
       r.inst = undefined;
       r.ready = false;
       await this.o.cgroups.remove(id);
+      // CNI DEL on stop: a stopped VM holds no tap, namespace or address (it gets one again on start).
+      await this.o.network?.teardown(id);
+      r.attachments = undefined;
       for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
       r.state = existsSync(this.vmDir(id)) ? 'stopped' : 'absent';
     });

@@ -183,6 +183,8 @@ export class Controller {
           delete v.status.pid;
           delete v.status.reason;
           delete v.status.message;
+          delete v.status.ip;
+          delete v.status.interfaces;
         });
         if (done) await this.event(done, 'Normal', 'Stopped', 'microVM stopped');
       }
@@ -273,6 +275,8 @@ export class Controller {
             x.status.message = actual.message ?? 'guest powered off';
             x.status.stoppedAt = now;
             delete x.status.pid;
+            delete x.status.ip;
+            delete x.status.interfaces;
             x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'GuestShutdown' }, now);
             x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason: 'GuestShutdown' }, now);
             return x;
@@ -290,6 +294,8 @@ export class Controller {
           x.status.reason = reason;
           x.status.message = message;
           delete x.status.pid;
+          delete x.status.ip;
+          delete x.status.interfaces;
           x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason, message }, now);
           x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason }, now);
         });

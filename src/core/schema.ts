@@ -206,7 +206,7 @@ export const MicroVMStatus = Type.Object({
   startedAt: Type.Optional(Type.String({ format: 'date-time' })),
   readyAt: Type.Optional(Type.String({ format: 'date-time' })),
   stoppedAt: Type.Optional(Type.String({ format: 'date-time' })),
-  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
+  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number(), network: Type.Optional(Type.Number({ description: 'network set-up (CNI ADD to tap ready), ms' })) })),
   observedGeneration: Type.Optional(Type.Integer()),
 });
 

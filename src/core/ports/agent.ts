@@ -21,7 +21,7 @@ export interface ActualVm {
   ready: boolean;
   startedAt?: string;
   readyAt?: string;
-  bootMs?: { vmm: number; guestReady: number };
+  bootMs?: { vmm: number; guestReady: number; network?: number };
   /** Why the VM failed (state=failed). */
   reason?: string;
   message?: string;
