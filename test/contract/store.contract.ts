@@ -25,7 +25,21 @@ export function vmFixture(over: Partial<MicroVM> = {}): MicroVM {
   };
 }
 
-export function storeContract(name: string, make: () => Promise<Store>): void {
+/**
+ * What an adapter declares it does differently from the reference semantics (SQLite); each one
+ * gates exactly the assertions it names. Absent = the reference behaviour.
+ */
+export interface StoreContractCapabilities {
+  /**
+   * Cursor pages are a consistent snapshot taken at the first page (Kubernetes limit/continue):
+   * an insert after the first page is not part of that listing (it still never shifts pages).
+   */
+  listSnapshot?: boolean;
+  /** false: quota admission is check-then-write, so concurrent creates may pass a limit together. */
+  atomicAdmission?: boolean;
+}
+
+export function storeContract(name: string, make: () => Promise<Store>, caps: StoreContractCapabilities = {}): void {
   describe(`store contract: ${name}`, () => {
     test('create, get, names unique per tenant only', async () => {
       const s = await make();
@@ -71,7 +85,7 @@ export function storeContract(name: string, make: () => Promise<Store>): void {
           first = false;
         }
       } while (cursor);
-      assert.deepEqual(seen, ids);
+      assert.deepEqual(seen, caps.listSnapshot ? ids.slice(0, -1) : ids);
       assert.equal((await s.listVms({ tenant: 'pg', labels: { i: '1' } })).items.length, 3);
       assert.equal((await s.listVms({ tenant: 'pg', name: 'p3' })).items[0]?.id, ids[3]);
       await s.updateVm(ids[0]!, (v) => ({ ...v, status: { ...v.status, phase: 'Running' } }));
@@ -94,6 +108,93 @@ export function storeContract(name: string, make: () => Promise<Store>): void {
       assert.equal(await s.getVm(a.id), undefined);
       unsub();
       assert.deepEqual(changes.map((c) => c.deleted), [false, false, true]);
+      await s.close();
+    });
+
+    test('conditional update with the current version succeeds; spec and status change together', async () => {
+      const s = await make();
+      const a = await s.createVm(vmFixture());
+      const b = await s.updateVm(
+        a.id,
+        (v) => ({ ...v, desiredState: 'Stopped', spec: { ...v.spec, vcpu: 2 }, status: { ...v.status, phase: 'Stopped', reason: 'UserStop' } }),
+        a.resourceVersion,
+      );
+      const got = await s.getVm(a.id);
+      assert.equal(got?.resourceVersion, b.resourceVersion);
+      assert.equal(got?.desiredState, 'Stopped');
+      assert.equal(got?.spec.vcpu, 2);
+      assert.equal(got?.status.phase, 'Stopped');
+      assert.equal(got?.status.reason, 'UserStop');
+      // A second writer with the old version loses, whichever part it changes.
+      await assert.rejects(s.updateVm(a.id, (v) => ({ ...v, status: { ...v.status, phase: 'Failed' } }), a.resourceVersion), (e: unknown) => e instanceof MvmError && e.code === 'CONFLICT');
+      assert.equal((await s.getVm(a.id))?.status.phase, 'Stopped');
+      await s.close();
+    });
+
+    test('a created VM keeps what it was given: spec, desired state, status, times', async () => {
+      const s = await make();
+      const vm = vmFixture({
+        desiredState: 'Stopped',
+        spec: { vcpu: 2, memory: '256Mi', labels: { app: 'web', note: 'hello world, not a label value' }, rootfs: { size: '1Gi', readOnly: false }, ports: [{ hostPort: 8080, guestPort: 80, protocol: 'tcp' }] },
+        status: { phase: 'Stopped', reason: 'Created', conditions: [{ type: 'GuestReady', status: 'False', lastTransitionTime: new Date().toISOString() }] },
+      });
+      const a = await s.createVm(vm);
+      const got = await s.getVm(a.id);
+      for (const v of [a, got!]) {
+        assert.equal(v.id, vm.id);
+        assert.equal(v.name, vm.name);
+        assert.equal(v.tenant, vm.tenant);
+        assert.deepEqual(v.spec, vm.spec);
+        assert.equal(v.desiredState, 'Stopped');
+        assert.deepEqual(v.status, vm.status);
+        assert.equal(v.createdAt, vm.createdAt);
+      }
+      // Label values that are not Kubernetes label values still select.
+      assert.deepEqual((await s.listVms({ tenant: vm.tenant, labels: { note: 'hello world, not a label value' } })).items.map((v) => v.id), [a.id]);
+      assert.deepEqual((await s.listVms({ tenant: vm.tenant, labels: { note: 'other' } })).items, []);
+      await s.close();
+    });
+
+    test('list without a tenant pages over every tenant', async () => {
+      const s = await make();
+      const ids = new Set<string>();
+      for (const t of ['ta', 'tb', 'tc']) for (let i = 0; i < 2; i++) ids.add((await s.createVm(vmFixture({ tenant: t, name: `x${i}` }))).id);
+      const seen: string[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await s.listVms({ limit: 4, ...(cursor ? { cursor } : {}) });
+        assert.ok(page.items.length <= 4);
+        seen.push(...page.items.map((v) => v.id));
+        cursor = page.nextCursor;
+      } while (cursor);
+      assert.deepEqual(new Set(seen), ids);
+      assert.equal(seen.length, ids.size);
+      await assert.rejects(s.listVms({ cursor: 'not-a-cursor' }), (e: unknown) => e instanceof MvmError && e.code === 'VALIDATION_FAILED' && e.violations[0]?.field === 'cursor');
+      await s.close();
+    });
+
+    test('quota admission refuses what passes a limit and changes nothing then', async () => {
+      const s = await make();
+      const limits = { vms: 2, vcpu: 3 };
+      const a = await s.createVm(vmFixture({ tenant: 'q' }), { admission: { limits } });
+      await s.createVm(vmFixture({ tenant: 'q' }), { admission: { limits } });
+      const extra = vmFixture({ tenant: 'q' });
+      await assert.rejects(s.createVm(extra, { admission: { limits } }), (e: unknown) => e instanceof MvmError && e.code === 'QUOTA_EXCEEDED');
+      assert.equal(await s.getVm(extra.id), undefined);
+      await assert.rejects(s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, vcpu: 3 } }), undefined, { admission: { limits } }), (e: unknown) => e instanceof MvmError && e.code === 'QUOTA_EXCEEDED');
+      assert.equal((await s.getVm(a.id))?.spec.vcpu, 1);
+      await s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, vcpu: 2 } }), undefined, { admission: { limits } });
+      // Another tenant has its own usage.
+      await s.createVm(vmFixture({ tenant: 'q2' }), { admission: { limits } });
+      await s.close();
+    });
+
+    test('concurrent creates never pass a quota together', { skip: caps.atomicAdmission === false ? 'adapter declares atomicAdmission: false' : false }, async () => {
+      const s = await make();
+      const limits = { vms: 3 };
+      const results = await Promise.allSettled(Array.from({ length: 8 }, () => s.createVm(vmFixture({ tenant: 'race' }), { admission: { limits } })));
+      assert.equal(results.filter((r) => r.status === 'fulfilled').length, 3);
+      assert.equal((await s.listVms({ tenant: 'race' })).items.length, 3);
       await s.close();
     });
   });

@@ -1,0 +1,55 @@
+/** Pause/resume, snapshots, and restoring (cloning) microVMs from snapshots. */
+import { Type } from '@sinclair/typebox';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { ErrorCodes, MvmError } from '../../core/errors.js';
+import { toSnapshot, type SnapshotService } from '../../core/snapshots.js';
+import type { MicroVMService, Principal } from '../../core/service.js';
+import { CreateMicroVMRequest, MicroVM, Snapshot, SnapshotRequest, type CreateMicroVMRequestT } from '../../core/schema.js';
+
+const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
+const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot']);
+
+const principal = (req: FastifyRequest): Principal => {
+  if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
+  return req.principal;
+};
+
+export async function registerSnapshotRoutes(app: FastifyInstance, snaps: SnapshotService, vms: MicroVMService): Promise<void> {
+  app.post('/microvms/:id/pause', { schema: { summary: 'Pause a running microVM (vCPUs stop, memory stays)', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) =>
+    reply.status(202).send(await snaps.pause(principal(req), (req.params as { id: string }).id)),
+  );
+  app.post('/microvms/:id/resume', { schema: { summary: 'Resume a paused microVM', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) =>
+    reply.status(202).send(await snaps.resume(principal(req), (req.params as { id: string }).id)),
+  );
+  app.post(
+    '/microvms/:id/snapshots',
+    { schema: { summary: 'Snapshot a running or paused microVM: memory, devices and a copy-on-write copy of its disks', params: IdParams, body: SnapshotRequest, response: { 201: Snapshot } } },
+    async (req, reply) => {
+      const s = await snaps.create(principal(req), (req.params as { id: string }).id, (req.body as { name: string }).name);
+      return reply.status(201).header('location', `/api/v1/snapshots/${s.id}`).send(toSnapshot(s));
+    },
+  );
+  app.get('/microvms/:id/snapshots', { schema: { summary: 'Snapshots of a microVM', params: IdParams } }, async (req) => {
+    const vm = await vms.get(principal(req), (req.params as { id: string }).id);
+    return { items: (await snaps.list(principal(req), { vmId: vm.id })).map(toSnapshot) };
+  });
+  app.get('/snapshots', { schema: { summary: 'List snapshots', response: { 200: Type.Object({ items: Type.Array(Snapshot) }) } } }, async (req) => ({
+    items: (await snaps.list(principal(req))).map(toSnapshot),
+  }));
+  app.get('/snapshots/:id', { schema: { summary: 'Get a snapshot', params: IdParams, response: { 200: Snapshot } } }, async (req) =>
+    toSnapshot(await snaps.get(principal(req), (req.params as { id: string }).id)),
+  );
+  app.delete('/snapshots/:id', { schema: { summary: 'Delete a snapshot (refused while microVMs restored from it exist)', params: IdParams } }, async (req, reply) => {
+    await snaps.delete(principal(req), (req.params as { id: string }).id);
+    return reply.status(204).send();
+  });
+  app.post(
+    '/snapshots/:id/restore',
+    { schema: { summary: 'Create a new microVM restored from the snapshot (a clone with fresh identity)', params: IdParams, body: RestoreRequest, response: { 201: MicroVM } } },
+    async (req, reply) => {
+      const body = { ...(req.body as CreateMicroVMRequestT), snapshot: (req.params as { id: string }).id };
+      const vm = await vms.create(principal(req), body);
+      return reply.status(201).header('location', `/api/v1/microvms/${vm.id}`).send(vm);
+    },
+  );
+}

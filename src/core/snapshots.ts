@@ -1,0 +1,163 @@
+/**
+ * Pause/resume and memory snapshots (suspend/resume à la Fly, pause/fork à la E2B):
+ * snapshots are tenant resources holding memory + device state and a copy-on-write
+ * copy of the disks on the node; a new microVM can be restored (cloned) from one.
+ */
+import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { assertAction, newId, type MicroVM } from './microvm.js';
+import type { NodeAgent } from './ports/agent.js';
+import type { ResourceStore, StoredResource } from './ports/resources.js';
+import type { Store } from './ports/store.js';
+import type { CreateMicroVMRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
+import type { MicroVMService, Principal } from './service.js';
+
+export const SNAPSHOT_KIND = 'snapshot';
+
+export interface SnapshotSpec {
+  vmId: string;
+  phase: SnapshotT['phase'];
+  message?: string;
+  driver: string;
+  node: string;
+  vmSpec: MicroVMSpecT;
+  sizeBytes?: number;
+  durationMs?: number;
+}
+
+export function toSnapshot(r: StoredResource<SnapshotSpec>): SnapshotT {
+  return {
+    id: r.id,
+    name: r.name,
+    tenant: r.tenant,
+    vmId: r.spec.vmId,
+    phase: r.spec.phase,
+    ...(r.spec.message ? { message: r.spec.message } : {}),
+    driver: r.spec.driver,
+    node: r.spec.node,
+    spec: r.spec.vmSpec,
+    ...(r.spec.sizeBytes !== undefined ? { sizeBytes: r.spec.sizeBytes } : {}),
+    ...(r.spec.durationMs !== undefined ? { durationMs: r.spec.durationMs } : {}),
+    createdAt: r.createdAt,
+  };
+}
+
+export class SnapshotService {
+  constructor(
+    private readonly store: Store,
+    private readonly resources: ResourceStore,
+    private readonly agent: NodeAgent,
+    private readonly vms: MicroVMService,
+  ) {}
+
+  /** After a crash mid-snapshot: a snapshot still "Creating" never completed; remove it and its files. */
+  async recover(): Promise<void> {
+    for (const s of await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND)) {
+      if (s.spec.phase === 'Creating') {
+        await this.agent.deleteSnapshot(s.id);
+        await this.resources.delete(SNAPSHOT_KIND, s.id);
+      }
+    }
+  }
+
+  async pause(p: Principal, idOrName: string): Promise<MicroVM> {
+    const vm = await this.vms.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'pause');
+      cur.desiredState = 'Paused';
+      return cur;
+    });
+  }
+
+  async resume(p: Principal, idOrName: string): Promise<MicroVM> {
+    const vm = await this.vms.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'resume');
+      cur.desiredState = 'Running';
+      return cur;
+    });
+  }
+
+  async create(p: Principal, vmIdOrName: string, name: string): Promise<StoredResource<SnapshotSpec>> {
+    const vm = await this.vms.get(p, vmIdOrName);
+    assertAction(vm, 'snapshot');
+    const id = newId('snap');
+    const rec = await this.resources.create<SnapshotSpec>({
+      kind: SNAPSHOT_KIND,
+      id,
+      tenant: vm.tenant,
+      name,
+      spec: { vmId: vm.id, phase: 'Creating', driver: vm.status.driver ?? 'unknown', node: vm.status.node ?? '', vmSpec: vm.spec },
+    });
+    try {
+      const r = await this.agent.snapshot(vm.id, id);
+      await this.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: new Date().toISOString(), type: 'Normal', reason: 'Snapshot', message: `snapshot ${name} (${id}) taken in ${r.durationMs} ms` });
+      return await this.resources.update<SnapshotSpec>(SNAPSHOT_KIND, rec.id, (s) => ({ ...s, phase: 'Ready', driver: r.driver, sizeBytes: r.sizeBytes, durationMs: r.durationMs }));
+    } catch (e) {
+      // Nothing half-done: no record, no files.
+      await this.agent.deleteSnapshot(id).catch(() => undefined);
+      await this.resources.delete(SNAPSHOT_KIND, id);
+      throw e;
+    }
+  }
+
+  async get(p: Principal, idOrName: string): Promise<StoredResource<SnapshotSpec>> {
+    const byId = await this.resources.get<SnapshotSpec>(SNAPSHOT_KIND, idOrName);
+    if (byId && (p.role === 'admin' || byId.tenant === p.tenant)) return byId;
+    const byName = await this.resources.getByName<SnapshotSpec>(SNAPSHOT_KIND, p.tenant, idOrName);
+    if (byName) return byName;
+    throw notFound('snapshot', idOrName);
+  }
+
+  async list(p: Principal, opts: { vmId?: string } = {}): Promise<Array<StoredResource<SnapshotSpec>>> {
+    const all = await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+    return opts.vmId ? all.filter((s) => s.spec.vmId === opts.vmId) : all;
+  }
+
+  async delete(p: Principal, idOrName: string): Promise<void> {
+    const s = await this.get(p, idOrName);
+    // VMs restored from it keep their disks backed by its disk copy.
+    const users: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.store.listVms({ tenant: s.tenant, limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const vm of page.items) if (vm.spec.source?.snapshot === s.id) users.push(vm.id);
+      cursor = page.nextCursor;
+    } while (cursor);
+    if (users.length) {
+      throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} backs the disks of ${users.join(', ')}; delete those microVMs first`, { details: { usedBy: users } });
+    }
+    await this.agent.deleteSnapshot(s.id);
+    await this.resources.delete(SNAPSHOT_KIND, s.id);
+  }
+
+  /**
+   * A create request restoring `req.snapshot`: the machine shape comes from the snapshot
+   * (a restore needs the same vCPUs, memory, kernel and root image); conflicting values are refused.
+   */
+  async restoreRequest(p: Principal, req: CreateMicroVMRequestT): Promise<CreateMicroVMRequestT & { source: { snapshot: string } }> {
+    const s = await this.get(p, req.snapshot!).catch((e: unknown) => {
+      if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw validationError('snapshot', `snapshot ${JSON.stringify(req.snapshot)} does not exist`);
+      throw e;
+    });
+    if (s.spec.phase !== 'Ready') throw validationError('snapshot', `snapshot ${s.name} is ${s.spec.phase}, not Ready`);
+    const src = s.spec.vmSpec;
+    for (const f of ['vcpu', 'memory', 'kernel', 'rootfs', 'networkInterfaces', 'volumes'] as const) {
+      if (req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(src[f])) {
+        throw validationError(f, `must match the snapshot (${JSON.stringify(src[f] ?? null)}) or be omitted`);
+      }
+    }
+    const { snapshot: _omit, ...rest } = req;
+    void _omit;
+    return {
+      ...rest,
+      vcpu: src.vcpu,
+      memory: src.memory,
+      ...(src.kernel ? { kernel: src.kernel } : {}),
+      ...(src.rootfs ? { rootfs: src.rootfs } : {}),
+      ...(src.networkInterfaces ? { networkInterfaces: src.networkInterfaces } : {}),
+      ...(src.volumes ? { volumes: src.volumes } : {}),
+      labels: req.labels ?? src.labels ?? {},
+      source: { snapshot: s.id },
+    };
+  }
+}

@@ -1,0 +1,248 @@
+/**
+ * The CustomResourceDefinitions of cluster mode, generated from the one schema (src/core/schema.ts),
+ * the same TypeBox definitions that validate the REST API (BRIEF §5.5).
+ *
+ * `toStructural` turns a TypeBox/JSON Schema into a Kubernetes *structural* schema: every node has a
+ * `type`; unions of literals become `enum`; `string | integer` becomes `x-kubernetes-int-or-string`;
+ * records (`patternProperties`) become `additionalProperties: <value schema>`; `additionalProperties:
+ * false` is dropped (Kubernetes prunes unknown fields, and kubectl's strict field validation rejects
+ * them); `$id` is dropped. A keyword it does not know is an error, so a new schema feature can never be
+ * silently lost from the CRD. Rules the schema cannot express but the domain code checks (memory range,
+ * label keys) are added as CEL `x-kubernetes-validations`.
+ *
+ * `node dist/src/cmd/mvm-crds.js > deploy/crds/microvm.service_crds.yaml` writes them;
+ * test/k8s-crds.test.ts fails when that file and this generator drift apart.
+ */
+import type { TSchema } from '@sinclair/typebox';
+import { stringify } from 'yaml';
+import { MAX_MEMORY_MIB, MIN_MEMORY_MIB } from '../core/microvm.js';
+import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, toJsonSchema } from '../core/schema.js';
+
+export const GROUP = 'microvm.service';
+export const VERSION = 'v1alpha1';
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+type Json = Record<string, unknown>;
+
+/** Keywords copied as they are (all of them are allowed in structural schemas). */
+const KEPT = new Set([
+  'type',
+  'description',
+  'format',
+  'minimum',
+  'maximum',
+  'exclusiveMinimum',
+  'exclusiveMaximum',
+  'multipleOf',
+  'minLength',
+  'maxLength',
+  'pattern',
+  'minItems',
+  'maxItems',
+  'uniqueItems',
+  'minProperties',
+  'maxProperties',
+  'required',
+  'enum',
+  'default',
+  'nullable',
+]);
+/** Keywords handled below or dropped on purpose. */
+const HANDLED = new Set(['properties', 'items', 'patternProperties', 'additionalProperties', 'anyOf', 'const', '$id', 'title']);
+
+/** Convert one JSON schema node (from TypeBox) into a structural schema node. `at` names it in errors. */
+export function toStructural(input: TSchema | Json, at = '$'): Json {
+  const s = toJsonSchema(input as TSchema);
+  for (const k of Object.keys(s)) {
+    if (!KEPT.has(k) && !HANDLED.has(k)) throw new Error(`toStructural: ${at}: keyword ${JSON.stringify(k)} has no structural equivalent`);
+  }
+  const out: Json = {};
+  if (s.description !== undefined) out.description = s.description;
+
+  if (Array.isArray(s.anyOf)) {
+    const branches = s.anyOf as Json[];
+    if (branches.every((b) => b.const !== undefined)) {
+      const types = new Set(branches.map((b) => b.type ?? typeof b.const));
+      if (types.size !== 1) throw new Error(`toStructural: ${at}: union of literals of different types`);
+      out.type = [...types][0];
+      out.enum = branches.map((b) => b.const);
+      return out;
+    }
+    const types = branches.map((b) => b.type).sort();
+    if (types.length === 2 && types[0] === 'integer' && types[1] === 'string') {
+      // int-or-string carries no type; its branches' value limits (maxLength) cannot be kept.
+      out['x-kubernetes-int-or-string'] = true;
+      return out;
+    }
+    throw new Error(`toStructural: ${at}: anyOf other than literals or int-or-string is not structural`);
+  }
+  if (s.const !== undefined) {
+    out.type = s.type ?? typeof s.const;
+    out.enum = [s.const];
+    return out;
+  }
+  for (const k of KEPT) if (s[k] !== undefined && k !== 'description') out[k] = s[k];
+  if (out.type === undefined) {
+    // Type.Unknown()/Any(): free-form.
+    out['x-kubernetes-preserve-unknown-fields'] = true;
+    return out;
+  }
+  if (s.type === 'object') {
+    if (s.properties) {
+      const props: Json = {};
+      for (const [k, v] of Object.entries(s.properties as Json)) props[k] = toStructural(v as Json, `${at}.${k}`);
+      out.properties = props;
+    }
+    if (s.patternProperties) {
+      const entries = Object.entries(s.patternProperties as Json);
+      if (entries.length !== 1 || s.properties) throw new Error(`toStructural: ${at}: only a single-pattern record maps to a map`);
+      const [pattern, value] = entries[0]!;
+      out.additionalProperties = toStructural(value as Json, `${at}[*]`);
+      // The key schema (TypeBox puts only the pattern in the JSON schema) becomes a CEL rule.
+      out['x-kubernetes-validations'] = [{ rule: `self.all(k, k.matches(${celString(pattern)}))`, message: `keys must match ${pattern}` }];
+    } else if (s.additionalProperties !== undefined && s.additionalProperties !== false) {
+      out.additionalProperties = s.additionalProperties === true ? { 'x-kubernetes-preserve-unknown-fields': true } : toStructural(s.additionalProperties as Json, `${at}[*]`);
+    } else if (!s.properties) {
+      out['x-kubernetes-preserve-unknown-fields'] = true;
+    }
+  }
+  if (s.type === 'array') {
+    if (!s.items || Array.isArray(s.items)) throw new Error(`toStructural: ${at}: arrays need one items schema`);
+    out.items = toStructural(s.items as Json, `${at}[]`);
+  }
+  return out;
+}
+
+const celString = (s: string): string => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+
+interface PrinterColumn {
+  name: string;
+  type: 'string' | 'integer' | 'number' | 'boolean' | 'date';
+  jsonPath: string;
+  description?: string;
+  priority?: number;
+}
+
+interface CrdInput {
+  kind: string;
+  plural: string;
+  singular: string;
+  shortNames: string[];
+  spec: Json;
+  status?: Json;
+  required?: string[];
+  columns: PrinterColumn[];
+  selectableFields?: string[];
+  description: string;
+}
+
+function crd(c: CrdInput): Json {
+  const properties: Json = { spec: c.spec };
+  if (c.status) properties.status = c.status;
+  return {
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: {
+      name: `${c.plural}.${GROUP}`,
+      labels: { 'app.kubernetes.io/name': 'microvm-service', 'app.kubernetes.io/part-of': 'microvm-service' },
+    },
+    spec: {
+      group: GROUP,
+      scope: 'Namespaced',
+      names: { kind: c.kind, listKind: `${c.kind}List`, plural: c.plural, singular: c.singular, shortNames: c.shortNames, categories: ['microvm-service'] },
+      versions: [
+        {
+          name: VERSION,
+          served: true,
+          storage: true,
+          schema: {
+            openAPIV3Schema: { description: c.description, type: 'object', required: c.required ?? ['spec'], properties },
+          },
+          ...(c.status ? { subresources: { status: {} } } : {}),
+          additionalPrinterColumns: c.columns,
+          ...(c.selectableFields ? { selectableFields: c.selectableFields.map((jsonPath) => ({ jsonPath })) } : {}),
+        },
+      ],
+    },
+  };
+}
+
+/** MicroVM: spec = MicroVMSpec + desiredState (the API's start/stop intent), status = MicroVMStatus. */
+export function microVmCrd(): Json {
+  const spec = toStructural(MicroVMSpec, 'MicroVM.spec');
+  const sp = spec.properties as Json;
+  // Kubernetes-side checks of what validateSpec enforces in the API (src/core/microvm.ts).
+  const lo = MIN_MEMORY_MIB;
+  const hi = MAX_MEMORY_MIB;
+  (sp.memory as Json)['x-kubernetes-validations'] = [
+    {
+      rule: `!isQuantity(self) || (quantity(self).compareTo(quantity('${lo}Mi')) >= 0 && quantity(self).compareTo(quantity('${hi}Mi')) <= 0)`,
+      message: `must be between ${lo}Mi and ${hi / 1024}Gi`,
+    },
+  ];
+  // desiredState lives in the spec: it is the user's intent, like KubeVirt's runStrategy.
+  sp.desiredState = {
+    ...toStructural((MicroVM.properties as Record<string, TSchema>).desiredState!, 'MicroVM.spec.desiredState'),
+    description: 'What the user wants: Running, Stopped or Paused',
+    default: 'Running',
+  };
+  const status = toStructural(MicroVMStatus, 'MicroVM.status');
+  (status.properties as Json).updatedAt = { type: 'string', format: 'date-time', description: 'time of the last status write by the store' };
+  return crd({
+    kind: 'MicroVM',
+    plural: 'microvms',
+    singular: 'microvm',
+    shortNames: ['mvm'],
+    description: 'A microVM (Firecracker or QEMU microvm guest). The tenant is the namespace.',
+    spec,
+    status,
+    columns: [
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+      { name: 'IP', type: 'string', jsonPath: '.status.ip' },
+      { name: 'Node', type: 'string', jsonPath: '.status.node' },
+      { name: 'vCPU', type: 'integer', jsonPath: '.spec.vcpu' },
+      { name: 'Memory', type: 'string', jsonPath: '.spec.memory' },
+      { name: 'Ready', type: 'string', jsonPath: '.status.conditions[?(@.type=="GuestReady")].status' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+    // Field selectors the store and the operator list by (GA since Kubernetes 1.32).
+    selectableFields: ['.status.phase', '.status.node', '.spec.desiredState'],
+  });
+}
+
+/** SecurityGroup: the request body minus `name` (that is metadata.name). */
+export function securityGroupCrd(): Json {
+  const spec = toStructural(SecurityGroupRequest, 'SecurityGroup.spec');
+  delete (spec.properties as Json).name;
+  spec.required = (spec.required as string[]).filter((r) => r !== 'name');
+  return crd({
+    kind: 'SecurityGroup',
+    plural: 'securitygroups',
+    singular: 'securitygroup',
+    shortNames: ['mvmsg'],
+    description: 'Firewall rules of a tenant (namespace), referenced by MicroVM spec.securityGroups.',
+    spec,
+    columns: [
+      { name: 'Description', type: 'string', jsonPath: '.spec.description' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+  });
+}
+
+/**
+ * Every CRD of the group, in apply order. Later additions go here, each from its schema:
+ *   - snapshots.microvm.service  (from Snapshot / SnapshotRequest; status: phase, sizeBytes)
+ *   - volumes.microvm.service    (persistent volumes; PVC-backed block devices)
+ *   - tenantquotas.microvm.service (TenantQuotas; status.used updated with optimistic concurrency,
+ *                                  which makes quota admission atomic in cluster mode)
+ */
+export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd];
+
+export const MICROVM_RESOURCE = { group: GROUP, version: VERSION, plural: 'microvms', kind: 'MicroVM' } as const;
+export const SECURITYGROUP_RESOURCE = { group: GROUP, version: VERSION, plural: 'securitygroups', kind: 'SecurityGroup' } as const;
+
+/** The multi-document YAML of deploy/crds/microvm.service_crds.yaml. */
+export function crdsYaml(): string {
+  const header = '# Generated by `node dist/src/cmd/mvm-crds.js` from src/core/schema.ts. Do not edit.\n';
+  return header + CRDS.map((f) => stringify(f(), { lineWidth: 0, aliasDuplicateObjects: false })).map((d) => `---\n${d}`).join('');
+}
