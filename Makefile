@@ -3,15 +3,18 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test deps build images bench clean lint
+.PHONY: run test deps build images bench clean lint control-plane
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build images
 	$(NODE) dist/src/cmd/mvm-server.js
 
-## The same set-up, then every test.
-test: deps build images
+## The same set-up, then every test (the first run also builds kube-apiserver from the Go module proxy, ~15 min, cached in $(MVM_CACHE_DIR)/kube).
+test: deps build images control-plane
 	$(NODE) scripts/run-tests.mjs
+
+control-plane:
+	@scripts/k8s/ensure-control-plane.sh >/dev/null
 
 deps:
 	@scripts/setup.sh
