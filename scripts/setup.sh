@@ -7,6 +7,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static e2fsprogs lz4 cpio kmod
   linux-image-cloud-amd64
   iproute2 nftables iptables containernetworking-plugins
+  prometheus chromium fonts-dejavu-core
+  skopeo umoci docker-registry
 )
 if [[ -n "${MVM_EXTRA_APT:-}" ]]; then
   # shellcheck disable=SC2206

@@ -17,6 +17,8 @@ export interface RootfsImage {
   sizeBytes: number;
   /** Content digest of the image (cache key). */
   digest: string;
+  /** The guest init to boot with (`init=` on the kernel command line); absent: the image's /sbin/init. */
+  init?: string;
 }
 
 export interface ImageResolver {
