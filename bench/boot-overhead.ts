@@ -64,7 +64,9 @@ async function main(): Promise<void> {
   const caps = await driver.capabilities();
   const dataDir = mkdtempSync(join(tmpdir(), 'mvm-bench-'));
   mkdirSync(dataDir, { recursive: true });
-  const svc = await startService({ dataDir });
+  // The raw command line has no NIC; compare like with like unless asked (BENCH_NETWORK=cni adds the NIC and reports its share).
+  const network = process.env.BENCH_NETWORK ?? 'none';
+  const svc = await startService({ dataDir, env: { MVM_NETWORK: network } });
   const raw: number[] = [];
   const api: number[] = [];
   const net: number[] = [];
@@ -89,7 +91,7 @@ async function main(): Promise<void> {
   }
   const r50 = percentile(raw, 50);
   const a50 = percentile(api, 50);
-  console.log(`\nBoot to guest readiness marker — ${N} runs each, accel=${caps.accel}, 1 vCPU, 128 MiB, QEMU ${caps.version}\n`);
+  console.log(`\nBoot to guest readiness marker — ${N} runs each, accel=${caps.accel}, 1 vCPU, 128 MiB, QEMU ${caps.version}, API network=${network}\n`);
   printTable(
     ['path', 'n', 'p50 ms', 'p95 ms', 'min ms', 'max ms'],
     [

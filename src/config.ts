@@ -1,6 +1,7 @@
 /** Configuration by environment, with documented defaults (README "Configuration"). */
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
+import { loadGatewayConfig, type GatewayConfig } from './api/gateway-config.js';
 
 export interface Config {
   /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
@@ -13,6 +14,8 @@ export interface Config {
   adminToken?: string;
   /** MVM_LOG_LEVEL: trace|debug|info|warn|error, default info. */
   logLevel: string;
+  /** MVM_DRIVER: qemu (default) | firecracker (needs the firecracker binary and a KVM that boots guests). */
+  driver: 'qemu' | 'firecracker';
   /** MVM_ACCEL: auto (probe KVM, else TCG) | kvm | tcg. */
   accel: string;
   /** MVM_NODE_NAME, default the host name. */
@@ -25,6 +28,8 @@ export interface Config {
   resyncSeconds: number;
   /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
   stopTimeoutSeconds: number;
+  /** JWT/OIDC, rate limits, gRPC listener (src/api/gateway-config.ts). */
+  gateway?: GatewayConfig;
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
@@ -60,6 +65,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     cacheDir: resolve(env.MVM_CACHE_DIR ?? '/var/cache/mvm'),
     logLevel: env.MVM_LOG_LEVEL ?? 'info',
     accel,
+    driver: env.MVM_DRIVER === 'firecracker' ? 'firecracker' : 'qemu',
     nodeName: env.MVM_NODE_NAME ?? hostname(),
     shutdownPolicy: policy,
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
@@ -75,7 +81,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       egressDefault: env.MVM_EGRESS_DEFAULT === 'allow' ? 'allow' : 'deny',
     },
   };
+  if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
+  cfg.gateway = loadGatewayConfig(env);
   return cfg;
 }

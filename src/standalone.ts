@@ -9,15 +9,21 @@ import pino, { type Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
 import { detectCgroups } from './agent/cgroups.js';
-import { StaticTokenAuthenticator } from './api/auth.js';
+import { createGatewayStack } from './api/compose.js';
+import { loadGatewayConfig } from './api/gateway-config.js';
 import { buildApi } from './api/server.js';
+import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { SG_KIND } from './core/security-groups.js';
 import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { DefaultImageResolver } from './storage/default-images.js';
+import { OciImageResolver } from './storage/oci/index.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
+import { FirecrackerDriver } from './vmm/firecracker/firecracker-driver.js';
+import type { VmmDriver } from './core/ports/vmm.js';
 import { createHash } from 'node:crypto';
 import { CniNetworkManager } from './network/manager.js';
 import { validateRules } from './network/sg-rules.js';
@@ -25,6 +31,8 @@ import { networkAdmission } from './network/admission.js';
 import { SqliteResourceStore } from './store/sqlite/resources.js';
 import { SecurityGroupService } from './core/security-groups.js';
 import { NetworkController } from './controller/network-controller.js';
+import { SnapshotService } from './core/snapshots.js';
+import { registerSnapshotRoutes } from './api/routes/snapshots.js';
 
 export const VERSION = '0.1.0';
 
@@ -37,7 +45,18 @@ export interface Standalone {
   agent: LocalAgent;
   controller: Controller;
   log: Logger;
+  /** host:port of the gRPC API (MVM_GRPC_LISTEN), when enabled. */
+  grpcAddress?: string;
   close(): Promise<void>;
+}
+
+function vmmOwnerOf(user: string): { uid: number; gid: number } | undefined {
+  try {
+    const f = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`))?.split(':');
+    return f ? { uid: Number(f[2]), gid: Number(f[3]) } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** MVM_ADMIN_TOKEN, or the token kept in <dataDir>/admin.token (generated once, mode 0600). */
@@ -63,20 +82,28 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       base: { svc: 'mvm', node: cfg.nodeName },
       redact: { paths: ['req.headers.authorization', 'token', 'adminToken', '*.token'], censor: '[redacted]' },
     });
-  mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  // Traversable (not listable) by the unprivileged VMM user, which re-opens its disks after a restore.
+  mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
+  chmodSync(cfg.dataDir, 0o711);
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
-  const images = new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) });
+  for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
+  // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
+  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), { cacheDir: cfg.cacheDir });
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
   });
-  const driver = new QemuDriver({
+  const qemu = new QemuDriver({
     cacheDir: cfg.cacheDir,
     accel: cfg.accel,
     runAs: cfg.vmmUser,
     ...(kernel ? { probeKernelPath: kernel.kernelPath } : {}),
   });
+  // Firecracker runs only where KVM really boots a guest: the same probe decides.
+  const driver: VmmDriver =
+    cfg.driver === 'firecracker' ? new FirecrackerDriver({ kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' } }) : qemu;
   const caps = await driver.capabilities();
+  if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this host');
   log.info({ driver: caps.driver, accel: caps.accel, version: caps.version, available: caps.available }, 'VMM driver ready');
   const cgroups = detectCgroups();
   const resources = new SqliteResourceStore(store.database);
@@ -110,6 +137,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     images,
     cgroups,
     log: log.child({ c: 'agent' }),
+    ...(vmmOwnerOf(cfg.vmmUser) ? { vmmOwner: vmmOwnerOf(cfg.vmmUser)! } : {}),
     ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),
   });
   const controller = new Controller({
@@ -120,14 +148,26 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     resyncMs: cfg.resyncSeconds * 1000,
     stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
   });
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups));
   const { token, file } = ensureAdminToken(cfg);
-  const app = await buildApi({ service, authenticators: [new StaticTokenAuthenticator(token)], logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups });
+  // Gateway: tenants, API keys, JWT/OIDC, rate limits, idempotency, audit — shared by REST and gRPC.
+  const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
+  const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND] });
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore });
+  const snapshots = new SnapshotService(store, resources, agent, service);
+  service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots });
+  const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
+    ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    : undefined;
   await netController?.start();
   await controller.start();
+  await snapshots.recover();
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
-  writeFileSync(join(cfg.dataDir, 'server.json'), JSON.stringify({ url, pid: process.pid, startedAt: new Date().toISOString() }) + '\n');
+  writeFileSync(
+    join(cfg.dataDir, 'server.json'),
+    JSON.stringify({ url, ...(grpcServer ? { grpc: grpcServer.address } : {}), pid: process.pid, startedAt: new Date().toISOString() }) + '\n',
+  );
   let closed = false;
   return {
     app,
@@ -138,9 +178,11 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     agent,
     controller,
     log,
+    ...(grpcServer ? { grpcAddress: grpcServer.address } : {}),
     async close() {
       if (closed) return;
       closed = true;
+      await grpcServer?.close();
       await app.close();
       netController?.stop();
       await controller.stop();

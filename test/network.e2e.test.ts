@@ -104,7 +104,16 @@ test('same-tenant reach, security group opens and closes a port live, published 
 
   const web = await api('POST', '/securitygroups', { name: 'web', rules: [] });
   assert.equal(web.status, 201);
-  const [a, b] = await Promise.all([boot('net-a', { securityGroups: ['web'], ports: [{ hostPort: 18080, guestPort: 8080 }] }), boot('net-b')]);
+  // A second tenant with a VM of its own (admins may act in any tenant).
+  assert.equal((await api('POST', '/tenants', { id: 'other' })).status, 201);
+  const oc = await api('POST', '/microvms?tenant=other', { name: 'net-x' });
+  assert.equal(oc.status, 201, JSON.stringify(oc.json));
+  const [a, b, x] = await Promise.all([
+    boot('net-a', { securityGroups: ['web'], ports: [{ hostPort: 18080, guestPort: 8080 }] }),
+    boot('net-b'),
+    svc.client.waitFor(oc.json.id, { phase: 'Running', ready: true, timeoutMs: 150_000 }),
+  ]);
+  assert.equal(x.tenant, 'other');
   assert.match(a.status.ip!, /^10\.100\./);
   assert.notEqual(a.status.ip, b.status.ip);
   assert.equal(a.status.interfaces?.[0]?.name, 'eth0');
@@ -112,6 +121,8 @@ test('same-tenant reach, security group opens and closes a port live, published 
 
   // Same tenant: b reaches a.
   assert.ok(await guestGet(b, `http://${a.status.ip}:8080/`), `same-tenant VMs reach each other: ${lastOut}`);
+  // Another tenant: dropped.
+  assert.ok(!(await guestGet(x, `http://${a.status.ip}:8080/`)), 'a VM of another tenant cannot reach it');
   // From outside (the client namespace): closed by default.
   assert.ok(!fetchFrom(client, `http://${a.status.ip}:8080/`), 'inbound from outside is closed by default');
   // A rule opens it on the running VM...
@@ -140,8 +151,8 @@ test('same-tenant reach, security group opens and closes a port live, published 
   assert.ok(m.net.some((n) => n.rxBytes > 0 && n.txBytes > 0), JSON.stringify(m.net));
 
   // Delete: no namespace, tap or IP allocation of these VMs is left.
-  for (const v of [a, b]) await svc.client.delete(v.id);
-  for (const v of [a, b]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+  for (const v of [a, b, x]) await svc.client.delete(v.id);
+  for (const v of [a, b, x]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
   const tag = createHash('sha256').update(svc.dataDir).digest('hex').slice(0, 4);
   const netns = readdirSync('/var/run/netns').filter((n) => n.startsWith(`mvm${tag}-`));
   assert.deepEqual(netns, [], 'no VM namespace left');

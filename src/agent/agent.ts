@@ -11,6 +11,7 @@
 import { EventEmitter } from 'node:events';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
@@ -20,7 +21,7 @@ import type { ImageResolver } from '../core/ports/images.js';
 import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
 import type { DriveSpec, LaunchSpec, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
-import { createOverlay } from '../storage/disks.js';
+import { createOverlay, createRawClone } from '../storage/disks.js';
 import type { CgroupManager } from './cgroups.js';
 import { observability } from '../observability/index.js';
 
@@ -37,6 +38,8 @@ export interface AgentOptions {
   cgroups: CgroupManager;
   log: Logger;
   labels?: Record<string, string>;
+  /** Owner of per-VM writable disks: the unprivileged user the VMM drops to. */
+  vmmOwner?: { uid: number; gid: number };
   /** Networking (CNI + nftables); without it VMs get no NIC. */
   network?: NetworkManager;
   /** The network intent of a VM (groups resolved to ids, egress default applied). */
@@ -118,7 +121,7 @@ export class LocalAgent implements NodeAgent {
       if (atts) r.attachments = atts;
       if (inst) {
         r.inst = inst;
-        r.state = 'running';
+        r.state = (await inst.state()) === 'paused' ? 'paused' : 'running';
         r.startedAt = new Date(Date.now()).toISOString();
         this.watch(r, inst, 0);
         this.o.log.info({ vm: id, pid: inst.pid }, 're-adopted running VMM');
@@ -200,13 +203,29 @@ export class LocalAgent implements NodeAgent {
         step.name = 'root-disk';
         const readOnly = vm.spec.rootfs?.readOnly === true;
         let root: DriveSpec;
-        if (readOnly) {
+        // First boot of a VM created from a snapshot restores it; later boots are cold boots of its own disk.
+        const restore = vm.spec.source?.snapshot && !existsSync(join(dir, 'root.qcow2')) && !existsSync(join(dir, 'root.raw')) ? this.snapDir(vm.spec.source.snapshot) : undefined;
+        let restoreFrom: LaunchSpec['restoreFrom'];
+        if (restore) {
+          step.name = 'restore-disk';
+          if (!existsSync(restore)) throw new MvmError(ErrorCodes.IMAGE_ERROR, `snapshot ${vm.spec.source!.snapshot} has no files on node ${this.nodeName}`);
+          if (!this.o.driver.prepareRestoreDisk || !this.o.driver.snapshotFiles) {
+            throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${this.o.driver.name} cannot restore snapshots`);
+          }
+          root = await this.o.driver.prepareRestoreDisk(restore, dir);
+          restoreFrom = this.o.driver.snapshotFiles(restore);
+        } else if (readOnly) {
           root = { id: 'root', path: rootfs.path, format: rootfs.format, readOnly: true, root: true };
-        } else {
+        } else if ((await this.o.driver.capabilities()).diskFormats.includes('qcow2')) {
           const overlay = join(dir, 'root.qcow2');
           const size = vm.spec.rootfs?.size ? Math.max(parseSize(vm.spec.rootfs.size), rootfs.sizeBytes) : undefined;
-          await createOverlay({ base: rootfs.path, baseFormat: rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}) });
+          await createOverlay({ base: rootfs.path, baseFormat: rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}), ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
           root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
+        } else {
+          // Raw-only VMMs (Firecracker): a reflink/sparse clone of the base (ADR 5), never a write to it.
+          const disk = join(dir, 'root.raw');
+          await createRawClone({ base: rootfs.path, path: disk, ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
+          root = { id: 'root', path: disk, format: 'raw', readOnly: false, root: true };
         }
         let nics: LaunchSpec['nics'] = [];
         let netMs: number | undefined;
@@ -234,6 +253,7 @@ export class LocalAgent implements NodeAgent {
           readOnly ? 'ro' : 'rw',
           `mvm.id=${vm.id}`,
           `mvm.name=${vm.name}`,
+          rootfs.init ? `init=${rootfs.init}` : '',
           netArgs,
           vm.spec.kernel?.cmdline ?? '',
         ]
@@ -252,6 +272,7 @@ export class LocalAgent implements NodeAgent {
           vmDir: dir,
           cgroupProcs: procs,
           ...(netnsPath ? { netnsPath } : {}),
+          ...(restoreFrom ? { restoreFrom } : {}),
         };
         step.name = 'vmm-start';
         const t0 = Date.now();
@@ -262,7 +283,13 @@ export class LocalAgent implements NodeAgent {
         r.startedAt = new Date().toISOString();
         r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(netMs !== undefined ? { network: netMs } : {}) };
         this.watch(r, inst, t0);
-        this.emit({ id: vm.id, kind: 'started', message: `VMM started (pid ${inst.pid}, ${inst.driver}/${inst.accel})` });
+        if (restoreFrom) {
+          // The restored guest still carries the source's identity in memory: give it this VM's
+          // MAC, address, hostname and machine id, then let it announce readiness.
+          step.name = 'reidentify';
+          await this.reidentify(vm, dir, r.attachments ?? []);
+        }
+        this.emit({ id: vm.id, kind: 'started', message: `VMM ${restoreFrom ? 'restored' : 'started'} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` });
         return this.observe(vm.id);
       } catch (e) {
         const err = asMvmError(e, ErrorCodes.VMM_ERROR);
@@ -388,6 +415,75 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
+  private snapDir(snapshotId: string): string {
+    return join(this.o.dataDir, 'snapshots', snapshotId);
+  }
+
+  /** Type the new identity into the restored guest's serial shell. */
+  private async reidentify(vm: MicroVM, dir: string, atts: NicAttachment[]): Promise<void> {
+    const cmds: string[] = [];
+    atts.forEach((a, i) => {
+      const dev = `eth${i}`;
+      cmds.push(`ip link set ${dev} down`, `ip link set ${dev} address ${a.mac}`, `ip addr flush dev ${dev}`, `ip addr add ${a.ip}/${a.prefix} dev ${dev}`, `ip link set ${dev} up`);
+      if (i === 0) cmds.push(`ip route replace default via ${a.gateway}`);
+    });
+    cmds.push(`hostname ${vm.name}`, `echo ${vm.id.replace(/[^a-z0-9]/g, '').padEnd(32, '0').slice(0, 32)} > /etc/machine-id`);
+    // The quotes keep the typed line (echoed by the tty) from containing the marker itself.
+    const line = `${cmds.join('; ')}; echo "${READY_MARKER}" "id=${vm.id}"\n`;
+    await new Promise<void>((resolve, reject) => {
+      const sock = createConnection(join(dir, 'console.sock'));
+      sock.on('error', reject);
+      sock.on('connect', () => sock.write('\n' + line, () => setTimeout(() => (sock.end(), resolve()), 50)));
+    });
+  }
+
+  pause(id: string): Promise<void> {
+    return this.serial(id, async (r) => {
+      if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no running VMM to pause`);
+      if (!r.inst.pause) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${r.inst.driver} cannot pause`);
+      await r.inst.pause();
+      r.state = 'paused';
+    });
+  }
+
+  resume(id: string): Promise<void> {
+    return this.serial(id, async (r) => {
+      if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no VMM to resume`);
+      if (!r.inst.resume) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${r.inst.driver} cannot resume`);
+      await r.inst.resume();
+      r.state = 'running';
+    });
+  }
+
+  snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }> {
+    return this.serial(id, async (r) => {
+      const inst = r.inst;
+      if (!inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no running VMM to snapshot`);
+      if (!inst.snapshot) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${inst.driver} cannot take snapshots`);
+      const dir = this.snapDir(snapshotId);
+      const wasPaused = r.state === 'paused';
+      const t0 = Date.now();
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      try {
+        await inst.snapshot(dir);
+      } catch (e) {
+        rmSync(dir, { recursive: true, force: true });
+        if (!wasPaused) await inst.resume?.().catch(() => undefined);
+        throw e;
+      }
+      const durationMs = Date.now() - t0;
+      // The driver leaves the VM paused; put it back as it was.
+      if (!wasPaused && inst.resume) await inst.resume();
+      r.state = wasPaused ? 'paused' : 'running';
+      return { sizeBytes: dirSize(dir), driver: inst.driver, durationMs };
+    });
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    rmSync(this.snapDir(snapshotId), { recursive: true, force: true });
+  }
+
   consolePath(id: string): string | undefined {
     const p = join(this.vmDir(id), 'console.log');
     return existsSync(p) ? p : undefined;
@@ -438,6 +534,15 @@ function renameNicFields(e: unknown): unknown {
   if (!(e instanceof MvmError)) return e;
   const violations = e.violations.map((v) => ({ ...v, field: v.field.replace(/^nics\[/, 'networkInterfaces[') }));
   return new MvmError(e.code, e.message.replace(/\bnics\[/g, 'networkInterfaces['), { violations, details: e.details, cause: e });
+}
+
+function dirSize(dir: string): number {
+  let total = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    total += e.isDirectory() ? dirSize(p) : statSync(p).blocks * 512;
+  }
+  return total;
 }
 
 function parseSize(q: string): number {

@@ -1,10 +1,10 @@
 /** Authentication at the gateway: bearer tokens resolved to a Principal by a chain of authenticators. */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { ErrorCodes, MvmError } from '../core/errors.js';
-import { SYSTEM_TENANT, type Principal } from '../core/service.js';
+import { SYSTEM_TENANT, type Principal } from '../core/authz.js';
 
 export interface Authenticator {
-  /** A principal, undefined when this authenticator does not recognise the token, or throws UNAUTHENTICATED with a reason. */
+  /** A principal; undefined when this authenticator does not recognise the kind of token; or throws UNAUTHENTICATED with a reason. */
   authenticate(token: string): Promise<Principal | undefined>;
 }
 
@@ -17,14 +17,16 @@ export class StaticTokenAuthenticator implements Authenticator {
     this.expected = digest(token);
   }
   async authenticate(token: string): Promise<Principal | undefined> {
-    return timingSafeEqual(digest(token), this.expected) ? { subject: 'admin', tenant: SYSTEM_TENANT, role: 'admin' } : undefined;
+    return timingSafeEqual(digest(token), this.expected) ? { subject: 'admin', tenant: SYSTEM_TENANT, role: 'admin', method: 'admin-token' } : undefined;
   }
 }
 
+const unauth = (detail: string, reason: string): MvmError => new MvmError(ErrorCodes.UNAUTHENTICATED, detail, { details: { reason } });
+
 export function bearerToken(header: string | undefined): string {
-  if (!header) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'missing Authorization header (use "Authorization: Bearer <token>")');
+  if (!header) throw unauth('missing Authorization header (use "Authorization: Bearer <token>")', 'missing');
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  if (!m) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'malformed Authorization header: expected "Bearer <token>"');
+  if (!m) throw unauth('malformed Authorization header: expected "Bearer <token>"', 'malformed');
   return m[1]!;
 }
 
@@ -34,5 +36,5 @@ export async function authenticate(chain: Authenticator[], header: string | unde
     const p = await a.authenticate(token);
     if (p) return p;
   }
-  throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'invalid token');
+  throw unauth('invalid token', 'invalid');
 }

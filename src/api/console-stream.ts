@@ -29,33 +29,30 @@ export interface StreamOptions {
   /** False once the VM cannot produce more output (stopped, failed, deleted): the stream ends. */
   alive: () => Promise<boolean>;
   pollMs?: number;
+  /** Extra response headers (e.g. RateLimit-*), since the reply is hijacked. */
+  headers?: Record<string, string>;
 }
 
-export async function streamConsole(o: StreamOptions): Promise<void> {
-  const raw = o.reply.raw;
-  o.reply.hijack();
-  raw.writeHead(200, {
-    'content-type': o.sse ? 'text/event-stream; charset=utf-8' : 'text/plain; charset=utf-8',
-    'cache-control': 'no-cache',
-    'x-content-type-options': 'nosniff',
-    connection: 'keep-alive',
-  });
-  let closed = false;
-  o.req.raw.on('close', () => (closed = true));
+export interface FollowOptions {
+  tail: number;
+  path: () => Promise<string | undefined>;
+  /** False once the VM cannot produce more output (stopped, failed, deleted): the stream ends. */
+  alive: () => Promise<boolean>;
+  pollMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * The console log from `tail` bytes before its end, then every new byte as it is written, until
+ * the VM cannot produce more or `signal` aborts. Follows a log rotated by a restart. Shared by
+ * REST (chunked text / SSE) and gRPC (server streaming).
+ */
+export async function* followConsole(o: FollowOptions): AsyncGenerator<Buffer, void, undefined> {
   let offset = -1;
   let ino = -1;
   let idle = 0;
-  const write = (buf: Buffer): void => {
-    if (buf.length === 0) return;
-    if (o.sse) {
-      for (const line of buf.toString('utf8').split('\n')) raw.write(`data: ${line}\n`);
-      raw.write('\n');
-    } else {
-      raw.write(buf);
-    }
-  };
   const pollMs = o.pollMs ?? 100;
-  while (!closed) {
+  while (!o.signal?.aborted) {
     const path = await o.path();
     let grew = false;
     if (path && existsSync(path)) {
@@ -66,14 +63,38 @@ export async function streamConsole(o: StreamOptions): Promise<void> {
         ino = st.ino;
       }
       if (st.size > offset) {
-        write(readRange(path, offset, st.size));
+        const buf = readRange(path, offset, st.size);
         offset = st.size;
         grew = true;
+        if (buf.length > 0) yield buf;
       }
     }
     if (grew) idle = 0;
     else if (++idle % Math.max(1, Math.round(1000 / pollMs)) === 0 && !(await o.alive())) break;
     await new Promise((r) => setTimeout(r, pollMs));
   }
-  if (!closed) raw.end();
+}
+
+export async function streamConsole(o: StreamOptions): Promise<void> {
+  const raw = o.reply.raw;
+  o.reply.hijack();
+  raw.writeHead(200, {
+    'content-type': o.sse ? 'text/event-stream; charset=utf-8' : 'text/plain; charset=utf-8',
+    'cache-control': 'no-cache',
+    'x-content-type-options': 'nosniff',
+    connection: 'keep-alive',
+    ...(o.headers ?? {}),
+  });
+  const ac = new AbortController();
+  o.req.raw.on('close', () => ac.abort());
+  const write = (buf: Buffer): void => {
+    if (o.sse) {
+      for (const line of buf.toString('utf8').split('\n')) raw.write(`data: ${line}\n`);
+      raw.write('\n');
+    } else {
+      raw.write(buf);
+    }
+  };
+  for await (const buf of followConsole({ tail: o.tail, path: o.path, alive: o.alive, signal: ac.signal, ...(o.pollMs ? { pollMs: o.pollMs } : {}) })) write(buf);
+  if (!ac.signal.aborted) raw.end();
 }

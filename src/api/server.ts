@@ -2,7 +2,7 @@
  * The REST gateway (seed §3.5.1): Fastify, schema-first with TypeBox, OpenAPI
  * generated from the same schemas, problem+json errors mapped once.
  */
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
@@ -10,36 +10,113 @@ import addFormatsModule from 'ajv-formats';
 const Ajv = AjvModule.default;
 const addFormats = addFormatsModule.default;
 import type { Logger } from 'pino';
-import { ErrorCodes, MvmError } from '../core/errors.js';
+import type { AuditService } from '../core/audit.js';
+import { ErrorCodes, MvmError, validationError } from '../core/errors.js';
 import type { MicroVMService, Principal } from '../core/service.js';
-import { authenticate, type Authenticator } from './auth.js';
+import type { TenantService } from '../core/tenancy.js';
+import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from './gateway.js';
+import { operationForRoute, undeclaredOperation, type Operation } from './operations.js';
 import { ajvToMvmError, errorFrom, toProblem } from './problem.js';
-import { registerMicroVMRoutes } from './routes/microvms.js';
 import { registerObservabilityRoutes } from './routes/observability.js';
-import { registerSecurityGroupRoutes } from './routes/securitygroups.js';
 import type { SecurityGroupService } from '../core/security-groups.js';
+import { API_VERSIONS, unsupportedVersion } from './versions.js';
 
 export interface ApiOptions {
   service: MicroVMService;
-  authenticators: Authenticator[];
+  /** Authentication, rate limits, permissions, idempotency and audit (shared with gRPC). */
+  gateway: Gateway;
+  tenants?: TenantService;
+  audit?: AuditService;
   logger: Logger;
   version: string;
   securityGroups?: SecurityGroupService;
+  snapshots?: import('../core/snapshots.js').SnapshotService;
 }
 
 declare module 'fastify' {
+  interface FastifyInstance {
+    apiRoutes: Array<{ method: string; url: string }>;
+  }
   interface FastifyRequest {
     principal?: Principal;
+    op?: Operation;
+    callInfo?: CallInfo;
+    mvmError?: MvmError;
+    idempotencyScope?: string;
   }
 }
 
-const PUBLIC_ROUTES = new Set(['/api/v1/openapi.json', '/healthz', '/readyz']);
+/** A logger that becomes `parent.child(bindings)` the first time it logs (one small object per request otherwise). */
+class LazyLogger {
+  private real?: FastifyBaseLogger;
+  constructor(
+    private readonly parent: FastifyBaseLogger,
+    private readonly bindings: Record<string, unknown>,
+  ) {}
+  private get r(): FastifyBaseLogger {
+    return (this.real ??= this.parent.child(this.bindings));
+  }
+  get level(): string {
+    return this.real?.level ?? this.parent.level;
+  }
+  set level(v: string) {
+    this.r.level = v;
+  }
+  child(b: Record<string, unknown>, o?: unknown): FastifyBaseLogger {
+    return this.real ? this.real.child(b, o as never) : (new LazyLogger(this.parent, { ...this.bindings, ...b }) as unknown as FastifyBaseLogger);
+  }
+  isLevelEnabled(lv: string): boolean {
+    return (this.parent as unknown as { isLevelEnabled(l: string): boolean }).isLevelEnabled(lv);
+  }
+  fatal(...a: unknown[]): void {
+    (this.r.fatal as (...x: unknown[]) => void)(...a);
+  }
+  error(...a: unknown[]): void {
+    (this.r.error as (...x: unknown[]) => void)(...a);
+  }
+  warn(...a: unknown[]): void {
+    (this.r.warn as (...x: unknown[]) => void)(...a);
+  }
+  info(...a: unknown[]): void {
+    (this.r.info as (...x: unknown[]) => void)(...a);
+  }
+  debug(...a: unknown[]): void {
+    (this.r.debug as (...x: unknown[]) => void)(...a);
+  }
+  trace(...a: unknown[]): void {
+    (this.r.trace as (...x: unknown[]) => void)(...a);
+  }
+  silent(): void {}
+}
+
+const lazyChild = (parent: FastifyBaseLogger, bindings: Record<string, unknown>): FastifyBaseLogger => new LazyLogger(parent, bindings) as unknown as FastifyBaseLogger;
+
+/** Paths under /api/ that are not in the route table (404s) still require authentication. */
+const UNROUTED: Operation = { id: 'unrouted', permission: 'authenticated', resource: 'unknown', verb: 'unknown', mutation: false, rateClass: 'read' };
+const REPLAYED_HEADERS = ['content-type', 'location', 'etag'];
 
 export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: o.logger as unknown as FastifyBaseLogger,
     bodyLimit: 1024 * 1024,
     genReqId: () => `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
+    // One access-log line per request at debug level (below); the audit log records every mutation and denial.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Request loggers are made on first use: most requests never log, and a pino child per request costs.
+    childLoggerFactory: (logger, bindings) => lazyChild(logger, bindings),
+  });
+  const gw = o.gateway;
+  // Every route, for the check that each one under /api is in the operations table.
+  const routes: Array<{ method: string; url: string }> = [];
+  app.decorate('apiRoutes', routes);
+  app.addHook('onRoute', (r) => {
+    const methods = Array.isArray(r.method) ? r.method : [r.method];
+    for (const m of methods) if (m !== 'HEAD') routes.push({ method: m, url: r.url });
+    // Idempotency hooks only where they can apply (POST), so reads pay nothing for them.
+    if (methods.includes('POST')) {
+      r.preHandler = [...(Array.isArray(r.preHandler) ? r.preHandler : r.preHandler ? [r.preHandler] : []), idempotencyPreHandler];
+      r.onSend = [...(Array.isArray(r.onSend) ? r.onSend : r.onSend ? [r.onSend] : []), idempotencyOnSend];
+    }
   });
 
   // Bodies are validated strictly (no coercion, no silently dropped fields); query strings and params are coerced.
@@ -62,18 +139,109 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     else if (withValidation.validation) e = ajvToMvmError(withValidation.validation as never, withValidation.validationContext ?? 'request');
     else e = errorFrom(err);
     if (e.code === ErrorCodes.INTERNAL) req.log.error({ err }, 'internal error');
+    req.mvmError = e;
+    const retry = e.details.retryAfterSeconds;
+    if (typeof retry === 'number') void reply.header('retry-after', String(retry));
     const body = toProblem(e, req.url);
     void reply.status(body.status).type('application/problem+json').send(body);
   });
   app.setNotFoundHandler((req, reply) => {
-    const body = toProblem(new MvmError(ErrorCodes.NOT_FOUND, `no route ${req.method} ${req.url.split('?')[0]}`), req.url);
+    const path = req.url.split('?')[0]!;
+    const v = unsupportedVersion(path);
+    const e = v
+      ? new MvmError(ErrorCodes.NOT_FOUND, `API version ${v} is not served (supported: ${API_VERSIONS.map((x) => x.name).join(', ')})`, {
+          details: { supportedVersions: API_VERSIONS.map((x) => x.name) },
+        })
+      : new MvmError(ErrorCodes.NOT_FOUND, `no route ${req.method} ${path}`);
+    req.mvmError = e;
+    const body = toProblem(e, req.url);
     void reply.status(404).type('application/problem+json').send(body);
   });
 
-  app.addHook('onRequest', async (req: FastifyRequest) => {
+  // The gateway: authentication, rate limits, permission — per the operations table.
+  const warned = new Set<string>();
+  app.addHook('onRequest', async (req: FastifyRequest, reply) => {
     const path = req.url.split('?')[0]!;
-    if (PUBLIC_ROUTES.has(path) || !path.startsWith('/api/')) return;
-    req.principal = await authenticate(o.authenticators, req.headers.authorization);
+    if (!path.startsWith('/api/')) return;
+    const pattern = req.routeOptions.url;
+    const method = req.method === 'HEAD' ? 'GET' : req.method;
+    let op = pattern ? operationForRoute(method, pattern) : UNROUTED;
+    if (!op) {
+      op = undeclaredOperation(method, pattern!);
+      if (!warned.has(op.rest!)) {
+        warned.add(op.rest!);
+        req.log.warn({ route: op.rest }, 'route is missing from the operations table: only admins may call it');
+      }
+    }
+    req.op = op;
+    const info: CallInfo = {
+      transport: 'rest',
+      requestId: String(req.id),
+      method: `${req.method} ${pattern ?? path}`,
+      sourceIp: req.ip,
+      ...(req.headers['user-agent'] ? { userAgent: req.headers['user-agent'] } : {}),
+      ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+    };
+    req.callInfo = info;
+    const a = await gw.admit(op, info);
+    if (a.principal) req.principal = a.principal;
+    for (const [k, v] of Object.entries(rateLimitFields(a.decision))) void reply.header(k, v);
+    if (a.error) throw a.error;
+  });
+
+  // Idempotency-Key on POST: the first response is stored and replayed to retries.
+  async function idempotencyPreHandler(req: FastifyRequest, reply: FastifyReply): Promise<unknown> {
+    if (req.method !== 'POST' || !req.op?.mutation || !req.principal) return;
+    const key = req.headers['idempotency-key'];
+    if (key === undefined) return;
+    if (typeof key !== 'string' || !IDEMPOTENCY_KEY_RE.test(key)) throw validationError('Idempotency-Key', 'must be 1-255 visible ASCII characters');
+    const scope = gw.scopeOf(req.principal, 'rest', key, `${req.method} ${req.url}`);
+    const r = await gw.beginIdempotent(scope, gw.fingerprint([req.method, req.url, req.body ?? null]));
+    if (r.state === 'done') {
+      void reply.header('idempotent-replayed', 'true');
+      for (const [k, v] of Object.entries(r.response.headers)) void reply.header(k, v);
+      return reply.status(r.response.status).send(r.response.body);
+    }
+    const err = Gateway.idempotencyError(r);
+    if (err) throw err;
+    req.idempotencyScope = scope;
+    return undefined;
+  }
+
+  async function idempotencyOnSend(req: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> {
+    const scope = req.idempotencyScope;
+    if (scope) {
+      req.idempotencyScope = undefined;
+      const status = reply.statusCode;
+      if (status >= 500 || status === 429 || typeof payload !== 'string') await gw.abandonIdempotent(scope);
+      else {
+        const headers: Record<string, string> = {};
+        for (const h of REPLAYED_HEADERS) {
+          const v = reply.getHeader(h);
+          if (v !== undefined) headers[h] = String(v);
+        }
+        await gw.completeIdempotent(scope, { status, headers, body: payload });
+      }
+    }
+    return payload;
+  }
+
+  app.addHook('onResponse', async (req, reply) => {
+    if (o.logger.isLevelEnabled('debug')) {
+      req.log.debug({ req: { method: req.method, url: req.url, ip: req.ip }, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, principal: req.principal?.subject }, 'request');
+    }
+    if (!req.op || !req.callInfo || (!req.op.mutation && reply.statusCode < 400)) return;
+    let resourceId = (req.params as { id?: string } | undefined)?.id;
+    if (!resourceId) {
+      const loc = reply.getHeader('location');
+      if (typeof loc === 'string') resourceId = loc.split('/').pop();
+    }
+    const e = req.mvmError;
+    await gw.finish(req.op, req.callInfo, req.principal, {
+      status: reply.statusCode,
+      ...(e ? { code: e.code, reason: e.message } : {}),
+      ...(resourceId ? { resourceId } : {}),
+    });
   });
 
   await app.register(swagger, {
@@ -88,13 +256,20 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   app.get('/healthz', { schema: { hide: true } }, async () => ({ ok: true }));
 
   await registerObservabilityRoutes(app, { service: o.service });
-  await app.register(
-    async (v1) => {
-      await registerMicroVMRoutes(v1, o.service);
-      if (o.securityGroups) await registerSecurityGroupRoutes(v1, o.securityGroups);
-      v1.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-    },
-    { prefix: '/api/v1' },
-  );
+  for (const v of API_VERSIONS) {
+    await app.register(
+      async (api) => {
+        await v.register(api, {
+          service: o.service,
+          ...(o.tenants ? { tenants: o.tenants } : {}),
+          ...(o.audit ? { audit: o.audit } : {}),
+          ...(o.securityGroups ? { securityGroups: o.securityGroups } : {}),
+          ...(o.snapshots ? { snapshots: o.snapshots } : {}),
+        });
+        api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+      },
+      { prefix: v.prefix },
+    );
+  }
   return app;
 }

@@ -212,9 +212,14 @@ export class Controller {
         observability.schedulerDecision(placement);
         if (!placement.node) {
           const msg = Object.entries(placement.reasons).map(([n, r]) => `${n}: ${r}`).join('; ') || 'no nodes';
-          await this.patchStatus(vm, (v) => {
-            v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
-          });
+          const conds = setCondition(vm.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
+          // Write only a change: every write re-queues the VM.
+          if (conds !== vm.status.conditions) {
+            await this.patchStatus(vm, (v) => {
+              v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
+            });
+            await this.event(vm, 'Warning', 'Unschedulable', msg);
+          }
           return; // retried on the next resync
         }
         const v = await this.transition(vm, ['Pending'], 'Scheduled', (x) => {
@@ -261,6 +266,18 @@ export class Controller {
       }
       case 'Running':
       case 'Paused': {
+        if (vm.desiredState === 'Paused' && phase === 'Running' && actual.state === 'running') {
+          await this.o.agent.pause(id);
+          const v = await this.transition(vm, ['Running'], 'Paused');
+          if (v) await this.event(v, 'Normal', 'Paused', 'guest vCPUs paused');
+          return;
+        }
+        if (vm.desiredState === 'Running' && phase === 'Paused' && actual.state === 'paused') {
+          await this.o.agent.resume(id);
+          const v = await this.transition(vm, ['Paused'], 'Running');
+          if (v) await this.event(v, 'Normal', 'Resumed', 'guest vCPUs resumed');
+          return;
+        }
         if (actual.state === 'running' || actual.state === 'paused' || actual.state === 'starting') {
           await this.syncRunning(vm, actual);
           return;

@@ -144,6 +144,9 @@ export const MicroVMSpec = Type.Object(
     securityGroups: Type.Optional(specFields.securityGroups),
     ports: Type.Optional(specFields.ports),
     egress: Type.Optional(specFields.egress),
+    source: Type.Optional(
+      Type.Object({ snapshot: Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' }) }, { additionalProperties: false }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -162,6 +165,7 @@ export const CreateMicroVMRequest = Type.Object(
     ports: Type.Optional(specFields.ports),
     egress: Type.Optional(specFields.egress),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
+    snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
   },
   { additionalProperties: false },
 );
@@ -215,12 +219,32 @@ export const MicroVM = Type.Object({
   name: Type.String(),
   tenant: Type.String(),
   spec: MicroVMSpec,
-  desiredState: Type.Union([Type.Literal('Running'), Type.Literal('Stopped')]),
+  desiredState: Type.Union([Type.Literal('Running'), Type.Literal('Stopped'), Type.Literal('Paused')]),
   status: MicroVMStatus,
   generation: Type.Integer(),
   resourceVersion: Type.String(),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
+});
+
+export const SnapshotRequest = Type.Object(
+  { name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }) },
+  { additionalProperties: false },
+);
+
+export const Snapshot = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  vmId: Type.String({ description: 'the microVM it was taken of' }),
+  phase: Type.Union([Type.Literal('Creating'), Type.Literal('Ready'), Type.Literal('Failed')]),
+  message: Type.Optional(Type.String()),
+  driver: Type.String(),
+  node: Type.String(),
+  spec: MicroVMSpec,
+  sizeBytes: Type.Optional(Type.Integer()),
+  durationMs: Type.Optional(Type.Number()),
+  createdAt: Type.String({ format: 'date-time' }),
 });
 
 export const MicroVMList = Type.Object({
@@ -261,6 +285,7 @@ export type MicroVMStatusT = Static<typeof MicroVMStatus>;
 export type MicroVMT = Static<typeof MicroVM>;
 export type ConditionT = Static<typeof Condition>;
 export type VmMetricsT = Static<typeof VmMetrics>;
+export type SnapshotT = Static<typeof Snapshot>;
 export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;
 export type SecurityGroupUpdateT = Static<typeof SecurityGroupUpdate>;
 export type SecurityGroupT = Static<typeof SecurityGroupResource>;

@@ -5,21 +5,31 @@
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
 import { DEFAULT_SPEC, assertAction, newId, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageResolver } from './ports/images.js';
-import type { ListOptions, Page, Store, VmEvent } from './ports/store.js';
+import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js';
+import type { TenantStore } from './ports/tenants.js';
+import { limitsOf } from './tenancy.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
+import { SYSTEM_TENANT, type Principal } from './authz.js';
 
-export type Role = 'admin' | 'tenant-admin' | 'member' | 'viewer';
+export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
 
-export interface Principal {
-  subject: string;
-  tenant: string;
-  role: Role;
-  keyId?: string;
+export interface ServiceOptions {
+  /** Tenants: admission checks the tenant exists and its quotas (atomically, in the store). */
+  tenants?: TenantStore;
 }
 
-export const SYSTEM_TENANT = 'default';
+/**
+ * The tenant a call acts in: the principal's own, or for admins the one they name.
+ * A non-admin naming another tenant is refused.
+ */
+export function targetTenant(p: Principal, requested: string | undefined): string {
+  if (requested === undefined || requested === '' || requested === p.tenant) return p.tenant;
+  if (p.role === 'admin') return requested;
+  throw new MvmError(ErrorCodes.PERMISSION_DENIED, `only admins may act in another tenant (you are in tenant ${p.tenant})`);
+}
 
 export interface WaitOptions {
   phase: Phase;
@@ -36,6 +46,7 @@ export class MicroVMService {
     private readonly images?: ImageResolver,
     /** Extra admission checks by other components (e.g. network: groups exist, ports and CIDRs valid). */
     private readonly admit?: (p: Principal, spec: MicroVMSpecT, tenant: string) => Promise<void>,
+    private readonly opts: ServiceOptions = {},
   ) {}
 
   private visible(p: Principal, vm: MicroVM): boolean {
@@ -46,17 +57,45 @@ export class MicroVMService {
   async get(p: Principal, idOrName: string): Promise<MicroVM> {
     const byId = await this.store.getVm(idOrName);
     if (byId && this.visible(p, byId)) return byId;
+    if (byId || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(idOrName)) throw notFound('microVM', idOrName);
     const byName = await this.store.listVms({ tenant: p.tenant, name: idOrName, limit: 1 });
     const vm = byName.items[0];
     if (vm) return vm;
     throw notFound('microVM', idOrName);
   }
 
+  /** `get` as the stored JSON text when the store can give it (the REST read path); same tenancy rules. */
+  async getRaw(p: Principal, idOrName: string): Promise<RawVm> {
+    const raw = this.store.getVmRaw ? await this.store.getVmRaw(idOrName) : undefined;
+    if (raw && (p.role === 'admin' || raw.tenant === p.tenant)) return raw;
+    const vm = await this.get(p, idOrName);
+    return { json: JSON.stringify(vm), tenant: vm.tenant, resourceVersion: vm.resourceVersion };
+  }
+
+  /** `list` as stored JSON texts when the store can give them; same scoping as `list`. */
+  async listRaw(p: Principal, opts: ListOptions): Promise<Page<string>> {
+    const scoped = { ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) };
+    if (this.store.listVmsRaw) return this.store.listVmsRaw(scoped);
+    const page = await this.store.listVms(scoped);
+    return { items: page.items.map((v) => JSON.stringify(v)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
+  }
+
   async list(p: Principal, opts: ListOptions): Promise<Page<MicroVM>> {
     return this.store.listVms({ ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) });
   }
 
-  async create(p: Principal, req: CreateMicroVMRequestT): Promise<MicroVM> {
+  /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */
+  restoreResolver?: (p: Principal, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
+
+  async create(p: Principal, req: CreateMicroVMRequestT, o: { tenant?: string } = {}): Promise<MicroVM> {
+    if (req.snapshot !== undefined) {
+      if (!this.restoreResolver) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'restoring from snapshots is not available');
+      req = await this.restoreResolver(p, req);
+    }
+    const tenantId = targetTenant(p, o.tenant);
+    const tenant = this.opts.tenants ? await this.opts.tenants.getTenant(tenantId) : undefined;
+    if (this.opts.tenants && !tenant) throw notFound('tenant', tenantId);
+    let rootImageMiB = 0;
     const spec: MicroVMSpecT = {
       vcpu: req.vcpu ?? DEFAULT_SPEC.vcpu,
       memory: req.memory ?? DEFAULT_SPEC.memory,
@@ -68,9 +107,11 @@ export class MicroVMService {
       ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}),
       ...(req.ports ? { ports: req.ports } : {}),
       ...(req.egress ? { egress: req.egress } : {}),
+      // Set by SnapshotService.restoreRequest: the first boot restores this snapshot.
+      ...(sourceOf(req) ? { source: sourceOf(req)! } : {}),
     };
     validateSpec(spec);
-    await this.admit?.(p, spec, p.tenant);
+    await this.admit?.(p, spec, tenantId);
     if (this.images) {
       // Admission: an unknown image is the caller's error now, not a failed boot later.
       try {
@@ -79,7 +120,8 @@ export class MicroVMService {
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `kernel.image: ${(e as Error).message}`, { violations: [{ field: 'kernel.image', message: (e as Error).message }] });
       }
       try {
-        await this.images.resolveRootfs(spec.rootfs?.image);
+        const img = await this.images.resolveRootfs(spec.rootfs?.image);
+        rootImageMiB = spec.rootfs?.readOnly ? 0 : Math.ceil(img.sizeBytes / (1024 * 1024));
       } catch (e) {
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.image: ${(e as Error).message}`, { violations: [{ field: 'rootfs.image', message: (e as Error).message }] });
       }
@@ -89,7 +131,7 @@ export class MicroVMService {
     const vm: MicroVM = {
       id: newId('vm'),
       name: req.name,
-      tenant: p.tenant,
+      tenant: tenantId,
       spec,
       desiredState: start ? 'Running' : 'Stopped',
       status: { phase: 'Pending', conditions: [] },
@@ -98,7 +140,8 @@ export class MicroVMService {
       createdAt: now,
       updatedAt: now,
     };
-    const created = await this.store.createVm(vm);
+    const res = vmResources(spec, rootImageMiB);
+    const created = await this.store.createVm(vm, tenant ? { admission: { limits: limitsOf(tenant), diskMiB: res.diskMiB } } : {});
     await this.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: now, type: 'Normal', reason: 'Created', message: `created by ${p.subject}` });
     return created;
   }
@@ -141,10 +184,16 @@ export class MicroVMService {
         return cur;
       },
       ifMatch,
+      await this.admission(vm.tenant),
     );
   }
 
-  async start(p: Principal, idOrName: string): Promise<MicroVM> {
+  private async admission(tenantId: string): Promise<{ admission?: { limits: ReturnType<typeof limitsOf> } }> {
+    const t = this.opts.tenants ? await this.opts.tenants.getTenant(tenantId) : undefined;
+    return t ? { admission: { limits: limitsOf(t) } } : {};
+  }
+
+  async start(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'start');
@@ -153,26 +202,26 @@ export class MicroVMService {
       delete cur.status.reason;
       delete cur.status.message;
       return cur;
-    });
+    }, ifMatch);
   }
 
-  async stop(p: Principal, idOrName: string): Promise<MicroVM> {
+  async stop(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'stop');
       cur.desiredState = 'Stopped';
       if (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled') cur.status.phase = 'Stopping';
       return cur;
-    });
+    }, ifMatch);
   }
 
-  async delete(p: Principal, idOrName: string): Promise<MicroVM> {
+  async delete(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'delete');
       cur.status.phase = 'Deleting';
       return cur;
-    });
+    }, ifMatch);
   }
 
   /** Long-poll until the VM reaches the phase (and readiness), fails, or the timeout passes. */
@@ -249,6 +298,8 @@ export class MicroVMService {
     return this.agent.observe(vm.id).config;
   }
 }
+
+const sourceOf = (req: unknown): { snapshot: string } | undefined => (req as { source?: { snapshot: string } }).source;
 
 export function parseDuration(s: string, field: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s);

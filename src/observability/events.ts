@@ -108,6 +108,8 @@ export interface EventStreamOptions {
   afterSeq?: number;
   tail: number;
   heartbeatMs?: number;
+  /** Ends the stream (server shutdown: open streams must not hold it up). */
+  signal?: AbortSignal;
 }
 
 export const toWire = (e: VmEvent): Record<string, unknown> => ({
@@ -168,7 +170,10 @@ export async function streamEvents(o: EventStreamOptions): Promise<void> {
     o.req.raw.on('close', resolve);
     raw.on('close', resolve);
     raw.on('error', resolve);
+    if (o.signal?.aborted) resolve();
+    o.signal?.addEventListener('abort', () => resolve(), { once: true });
   });
   clearInterval(hb);
   unsub();
+  if (!raw.writableEnded) raw.end();
 }

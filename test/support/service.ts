@@ -55,6 +55,7 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
       MVM_LISTEN: '127.0.0.1:0',
       MVM_LOG_LEVEL: process.env.MVM_TEST_LOG_LEVEL ?? 'warn',
       MVM_RESYNC_SECONDS: '2',
+      MVM_GRPC_LISTEN: '127.0.0.1:0',
       MVM_NET_HOST_NETNS: hostNetns,
       ...(opts.token ? { MVM_ADMIN_TOKEN: opts.token } : {}),
       ...opts.env,

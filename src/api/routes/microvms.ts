@@ -1,8 +1,8 @@
 /** /api/v1/microvms — every endpoint of seed §3.5.1 plus wait and events. */
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { ErrorCodes, MvmError, validationError } from '../../core/errors.js';
-import type { MicroVMService, Principal } from '../../core/service.js';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { validationError } from '../../core/errors.js';
+import type { MicroVMService } from '../../core/service.js';
 import { parseDuration } from '../../core/service.js';
 import {
   CreateMicroVMRequest,
@@ -16,15 +16,14 @@ import {
   type UpdateMicroVMRequestT,
 } from '../../core/schema.js';
 import { streamConsole, readConsoleTail } from '../console-stream.js';
+import { etagOf, ifMatch, principal, withEtag } from '../http.js';
+
+const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'Admins: act in this tenant' })) }, { additionalProperties: false });
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 const ProblemRef = Type.Object({ code: Type.String(), detail: Type.String() }, { additionalProperties: true, description: 'application/problem+json' });
 const errors = { 400: ProblemRef, 401: ProblemRef, 404: ProblemRef, 409: ProblemRef };
 
-const principal = (req: FastifyRequest): Principal => {
-  if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
-  return req.principal;
-};
 
 function parseLabelSelector(sel: string | string[] | undefined): Record<string, string> | undefined {
   if (sel === undefined) return undefined;
@@ -36,6 +35,9 @@ function parseLabelSelector(sel: string | string[] | undefined): Record<string, 
   }
   return out;
 }
+
+/** Assembled list bodies per page object (the store hands out the same page until the next write). */
+const listBodies = new WeakMap<object, string>();
 
 export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMService): Promise<void> {
   app.get(
@@ -56,26 +58,40 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         response: { 200: MicroVMList, ...errors },
       },
     },
-    async (req) => {
+    async (req, reply) => {
       const q = req.query as { limit?: number; cursor?: string; phase?: PhaseT; label?: string | string[]; tenant?: string };
       const labels = parseLabelSelector(q.label);
-      const page = await svc.list(principal(req), {
+      // The stored documents are sent as they are (no parse and re-serialisation per item).
+      const page = await svc.listRaw(principal(req), {
         ...(q.limit ? { limit: q.limit } : {}),
         ...(q.cursor ? { cursor: q.cursor } : {}),
         ...(q.phase ? { phase: q.phase } : {}),
         ...(labels ? { labels } : {}),
         ...(q.tenant ? { tenant: q.tenant } : {}),
       });
-      return { items: page.items, ...(page.nextCursor ? { next_cursor: page.nextCursor } : {}) };
+      let body = listBodies.get(page);
+      if (body === undefined) {
+        body = `{"items":[${page.items.join(',')}]${page.nextCursor ? `,"next_cursor":${JSON.stringify(page.nextCursor)}` : ''}}`;
+        listBodies.set(page, body);
+      }
+      return reply.type('application/json; charset=utf-8').send(body);
     },
   );
 
   app.post(
     '/microvms',
-    { schema: { summary: 'Create a microVM (starts it unless start=false)', body: CreateMicroVMRequest, response: { 201: MicroVM, ...errors } } },
+    {
+      schema: {
+        summary: 'Create a microVM (starts it unless start=false). Idempotency-Key makes retries safe.',
+        body: CreateMicroVMRequest,
+        querystring: TenantQuery,
+        response: { 201: MicroVM, ...errors },
+      },
+    },
     async (req, reply) => {
-      const vm = await svc.create(principal(req), req.body as CreateMicroVMRequestT);
-      return reply.status(201).header('location', `/api/v1/microvms/${vm.id}`).send(vm);
+      const q = req.query as { tenant?: string };
+      const vm = await svc.create(principal(req), req.body as CreateMicroVMRequestT, q.tenant ? { tenant: q.tenant } : {});
+      return reply.status(201).header('location', `/api/v1/microvms/${vm.id}`).header('etag', etagOf(vm.resourceVersion)).send(vm);
     },
   );
 
@@ -91,13 +107,15 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
     },
     async (req, reply) => {
       const { id } = req.params as { id: string };
-      const vm = await svc.get(principal(req), id);
-      reply.header('etag', `"${vm.resourceVersion}"`);
       if ((req.query as { view?: string }).view === 'full') {
+        const vm = await svc.get(principal(req), id);
+        reply.header('etag', etagOf(vm.resourceVersion));
         const cfg = svc.vmmConfig(vm);
         return { ...vm, vmm: cfg ?? null };
       }
-      return vm;
+      const raw = await svc.getRaw(principal(req), id);
+      const r = withEtag(req, reply, raw);
+      return r === raw ? reply.type('application/json; charset=utf-8').send(raw.json) : r;
     },
   );
 
@@ -111,27 +129,29 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         response: { 200: MicroVM, ...errors, 422: ProblemRef },
       },
     },
-    async (req) => {
+    async (req, reply) => {
       const { id } = req.params as { id: string };
-      const ifMatch = req.headers['if-match'];
-      const version = typeof ifMatch === 'string' ? ifMatch.replace(/^W\//, '').replace(/"/g, '') : undefined;
-      return svc.update(principal(req), id, req.body as UpdateMicroVMRequestT, version);
+      const vm = await svc.update(principal(req), id, req.body as UpdateMicroVMRequestT, ifMatch(req));
+      return reply.header('etag', etagOf(vm.resourceVersion)).send(vm);
     },
   );
 
   app.delete('/microvms/:id', { schema: { summary: 'Delete a microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
-    return reply.status(202).send(await svc.delete(principal(req), id));
+    const vm = await svc.delete(principal(req), id, ifMatch(req));
+    return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
 
   app.post('/microvms/:id/start', { schema: { summary: 'Start a stopped or failed microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
-    return reply.status(202).send(await svc.start(principal(req), id));
+    const vm = await svc.start(principal(req), id, ifMatch(req));
+    return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
 
   app.post('/microvms/:id/stop', { schema: { summary: 'Stop a microVM (graceful, then forced)', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
-    return reply.status(202).send(await svc.stop(principal(req), id));
+    const vm = await svc.stop(principal(req), id, ifMatch(req));
+    return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
 
   app.get(
@@ -192,6 +212,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         reply,
         req,
         sse,
+        headers: Object.fromEntries(Object.entries(reply.getHeaders()).map(([k, v]) => [k, String(v)])),
         tail: q.tail ?? 1024 * 1024,
         path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
         alive: async () => {

@@ -55,6 +55,9 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
   const obs = deps.observability ?? defaultObservability;
   const svc = deps.service;
   const metricsToken = deps.metricsToken ?? process.env.MVM_METRICS_TOKEN;
+  // Open event streams end when the server closes (they would hold up app.close() forever).
+  const closing = new AbortController();
+  app.addHook('preClose', async () => closing.abort());
   const storeOrFail = () => {
     const s = obs.attachedStore;
     if (!s) throw new MvmError(ErrorCodes.UNAVAILABLE, 'the event log is not available in this process');
@@ -158,7 +161,7 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
       const filter = { ...(tenant !== undefined ? { tenant } : {}), ...(vmId ? { vmId } : {}) };
       if (q.follow) {
         if (!obs.tailer) throw new MvmError(ErrorCodes.UNAVAILABLE, 'the event feed is not running');
-        await streamEvents({ req, reply, store, tailer: obs.tailer, ...filter, ...(after !== undefined ? { afterSeq: after } : {}), tail: q.tail ?? 100 });
+        await streamEvents({ req, reply, store, tailer: obs.tailer, signal: closing.signal, ...filter, ...(after !== undefined ? { afterSeq: after } : {}), tail: q.tail ?? 100 });
         return reply;
       }
       const items = after !== undefined ? await store.listEvents({ ...filter, afterSeq: after, limit: 500 }) : await tailEvents(store, filter, q.tail ?? 100);

@@ -60,6 +60,16 @@ export interface NodeAgent {
   ensureAbsent(id: string): Promise<void>;
   /** Console: read from a byte offset, and follow new output. */
   consolePath(id: string): string | undefined;
+  /** Freeze / unfreeze the guest (vCPUs stop; memory stays). */
+  pause(id: string): Promise<void>;
+  resume(id: string): Promise<void>;
+  /**
+   * Memory + device state and a copy-on-write copy of the disks into this node's snapshot
+   * store under `snapshotId`. The VM ends in the state it was in (running or paused).
+   */
+  snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }>;
+  /** Remove a snapshot's files from this node. Idempotent. */
+  deleteSnapshot(snapshotId: string): Promise<void>;
   metrics(vm: MicroVM): Promise<VmMetricsT>;
   onEvent(cb: (e: AgentEvent) => void): () => void;
   shutdown(): Promise<void>;

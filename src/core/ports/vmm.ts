@@ -118,6 +118,13 @@ export interface VmmDriver {
    * its vmDir. Returns null when no live VMM of this VM exists.
    */
   adopt(id: string, vmDir: string): Promise<VmmInstance | null>;
+  /**
+   * Give a VM restored from a snapshot its own writable root disk backed by the
+   * snapshot's disk copy (two clones never share a writable disk).
+   */
+  prepareRestoreDisk?(snapshotDir: string, vmDir: string): Promise<DriveSpec>;
+  /** The SnapshotFiles of a snapshot directory written by `VmmInstance.snapshot`. */
+  snapshotFiles?(snapshotDir: string): SnapshotFiles;
   /** Pids of live VMM processes of this driver whose VM directory lies under `root`. */
   findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>>;
 }

@@ -9,10 +9,11 @@ import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
-import type { LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
+import { SNAPSHOT_RECORD_FILE, checkRestoreCompatible, prepareRestoreDrives, readSnapshotRecord, restoreIncoming, takeSnapshot } from './snapshot.js';
 import { wrapInNetns } from '../../core/ports/network.js';
 
 export interface QemuDriverOptions {
@@ -80,9 +81,22 @@ export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: bool
     '-pidfile', f.pid,
   );
   if (spec.restoreFrom) args.push('-incoming', 'defer');
-  if (o.sandbox) args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
+  // seccomp is installed before -runas drops to the VMM user, so set*id must stay allowed then;
+  // once QEMU has given up root it cannot regain it anyway.
+  if (o.sandbox) args.push('-sandbox', `on,obsolete=deny,elevateprivileges=${o.runAs ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`);
   if (o.runAs) args.push('-runas', o.runAs);
   return args;
+}
+
+function passwdIds(name: string): { uid: number; gid: number } | undefined {
+  try {
+    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`));
+    if (!line) return undefined;
+    const f = line.split(':');
+    return { uid: Number(f[2]), gid: Number(f[3]) };
+  } catch {
+    return undefined;
+  }
 }
 
 function userExists(name: string): boolean {
@@ -116,7 +130,11 @@ class QemuInstance implements VmmInstance {
     exited: Promise<VmmExit>,
   ) {
     this.files = qemuFiles(vmDir);
-    this.exited = exited.then((e) => (this.exitInfo = e));
+    this.exited = exited.then((e) => {
+      // QEMU removes its sockets only on a clean exit.
+      for (const p of [this.files.qmp, this.files.consoleSock, this.files.pid]) rmSync(p, { force: true });
+      return (this.exitInfo = e);
+    });
   }
 
   get consolePath(): string {
@@ -186,9 +204,10 @@ class QemuInstance implements VmmInstance {
     await this.qmp('cont');
   }
 
+  /** Pause, migrate the machine state into `dir` (our process receives the stream), copy writable disks; left paused. See snapshot.ts. */
   async snapshot(dir: string): Promise<SnapshotFiles> {
-    void dir;
-    throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'snapshots of the QEMU driver are not implemented yet');
+    if (this.exitInfo) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `cannot snapshot ${this.id}: its VMM has exited (${this.exitInfo.reason})`, { details: { id: this.id } });
+    return takeSnapshot({ id: this.id, pid: this.pid, qmpPath: this.files.qmp, args: (this.config.args as string[] | undefined) ?? [], dir });
   }
 
   private async qmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
@@ -243,7 +262,7 @@ export class QemuDriver implements VmmDriver {
       available,
       ...(available ? {} : { unavailableReason: `${this.binary} not found (run make deps)` }),
       pause: true,
-      snapshot: false,
+      snapshot: true,
       diskFormats: ['qcow2', 'raw'],
       version: this.version,
     };
@@ -259,6 +278,8 @@ export class QemuDriver implements VmmDriver {
     const f = qemuFiles(spec.vmDir);
     for (const p of [f.qmp, f.consoleSock, f.pid]) rmSync(p, { force: true });
     const { binary, args, accel } = await this.commandFor(spec);
+    // Restore: an incompatible snapshot is refused before anything starts.
+    if (spec.restoreFrom) checkRestoreCompatible(spec.restoreFrom, { qemuVersion: (this.version ??= await qemuVersion(this.binary)), args });
     const log = openSync(f.vmmLog, 'a');
     // The wrapper joins the VM's cgroups before exec, so QEMU never allocates outside them.
     const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
@@ -297,11 +318,6 @@ export class QemuDriver implements VmmDriver {
         try {
           const c = await QmpClient.connect(f.qmp, 2000);
           try {
-            if (spec.restoreFrom) {
-              await c.execute('migrate-incoming', { uri: `exec:cat ${shellQuote(spec.restoreFrom.memoryFile)}` });
-              await c.waitEvent('MIGRATION', 60000, (e) => e.data?.status === 'completed' || e.data?.status === 'failed');
-              await c.execute('cont');
-            }
             await c.execute('query-status');
           } finally {
             c.close();
@@ -319,6 +335,16 @@ export class QemuDriver implements VmmDriver {
         throw new MvmError(ErrorCodes.VMM_ERROR, 'QEMU did not create its QMP socket within 15 s', { details: { step: 'vmm-start' } });
       }
       await sleep(20);
+    }
+    if (spec.restoreFrom) {
+      // Our process serves the snapshot file on a one-shot socket; QEMU (-incoming defer) loads it, then `cont`.
+      try {
+        await restoreIncoming({ id: spec.id, qmpPath: f.qmp, args, snapshot: spec.restoreFrom, alive: () => !exitInfo && pidAlive(pid) });
+      } catch (e) {
+        await inst.kill();
+        const tail = safeTail(f.vmmLog, 1000);
+        throw new MvmError(e instanceof MvmError ? e.code : ErrorCodes.VMM_ERROR, `QEMU restore of ${spec.id} failed: ${(e as Error).message}${tail ? `: ${tail}` : ''}`, { details: { step: 'restore' }, cause: e });
+      }
     }
     return inst;
   }
@@ -338,6 +364,20 @@ export class QemuDriver implements VmmDriver {
     return new QemuInstance(id, rec.pid, rec.accel, vmDir, { binary: rec.args[0], args: rec.args.slice(1), accel: rec.accel }, exited);
   }
 
+  /** A restored/cloned VM's own writable root disk over the snapshot's copy (owned by the VMM user: QEMU re-opens it after the restore). */
+  async prepareRestoreDisk(snapshotDir: string, vmDir: string): Promise<DriveSpec> {
+    const owner = this.runAs ? passwdIds(this.runAs) : undefined;
+    const drives = await prepareRestoreDrives(snapshotDir, vmDir, owner ? { owner } : {});
+    const root = drives.find((d) => d.root) ?? drives[0];
+    if (!root) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `snapshot in ${snapshotDir} has no drives`);
+    return root;
+  }
+
+  snapshotFiles(snapshotDir: string): SnapshotFiles {
+    const rec = readSnapshotRecord(snapshotDir);
+    return { dir: snapshotDir, memoryFile: join(snapshotDir, rec.stateFile), stateFile: join(snapshotDir, SNAPSHOT_RECORD_FILE) };
+  }
+
   async findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>> {
     const out: Array<{ pid: number; id: string; vmDir: string }> = [];
     const prefix = root.endsWith('/') ? root : root + '/';
@@ -354,10 +394,6 @@ export class QemuDriver implements VmmDriver {
     }
     return out;
   }
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 function safeTail(path: string, n: number): string {

@@ -1,0 +1,76 @@
+/**
+ * Wiring of the gateway for the standalone mode: SQLite-backed tenants, API keys, audit and
+ * idempotency; in-memory rate-limit buckets; the authenticator chain (admin token, API keys,
+ * JWT/OIDC). Cluster mode swaps the adapters, not this shape.
+ */
+import type { Logger } from 'pino';
+import { AuditService } from '../core/audit.js';
+import type { ResourceStore } from '../core/ports/resources.js';
+import { TenantService } from '../core/tenancy.js';
+import { ApiKeyAuthenticator } from '../auth/apikey.js';
+import { JwtAuthenticator } from '../auth/jwt.js';
+import { SqliteAuditLog } from '../store/sqlite/audit-log.js';
+import { SqliteIdempotencyStore } from '../store/sqlite/idempotency-store.js';
+import type { SqliteStore } from '../store/sqlite/sqlite-store.js';
+import { SqliteTenantStore } from '../store/sqlite/tenant-store.js';
+import { StaticTokenAuthenticator, type Authenticator } from './auth.js';
+import { Gateway } from './gateway.js';
+import type { GatewayConfig } from './gateway-config.js';
+import { MemoryRateLimitStore } from './ratelimit/memory-store.js';
+
+export interface GatewayStack {
+  gateway: Gateway;
+  tenantStore: SqliteTenantStore;
+  tenants: TenantService;
+  audit: AuditService;
+}
+
+export async function createGatewayStack(o: {
+  store: SqliteStore;
+  config: GatewayConfig;
+  adminToken: string;
+  log: Logger;
+  resources?: ResourceStore;
+  resourceKinds?: string[];
+}): Promise<GatewayStack> {
+  const tenantStore = new SqliteTenantStore(o.store);
+  const keyAuth = new ApiKeyAuthenticator(tenantStore);
+  const tenants = new TenantService(o.store, tenantStore, tenantStore, {
+    ...(o.resources ? { resources: o.resources } : {}),
+    resourceKinds: o.resourceKinds ?? [],
+    onKeysInvalidated: (ids) => ids.forEach((id) => keyAuth.forget(id)),
+  });
+  await tenants.ensureSystemTenant();
+  const auditLog = o.log.child({ c: 'audit' });
+  const audit = new AuditService(
+    new SqliteAuditLog(o.store),
+    (e) => auditLog.info({ audit: e }, `audit ${e.result} ${e.operation}`),
+    (err, e) => auditLog.error({ err: (err as Error).message, audit: e }, 'audit entry could not be stored'),
+  );
+  const c = o.config;
+  // Cheapest recognisers first: API keys by prefix (cached), JWTs by shape, then the admin token (a hash per call).
+  const authenticators: Authenticator[] = [keyAuth];
+  const jwt = new JwtAuthenticator({
+    ...(c.jwtSecret ? { hs256Secret: c.jwtSecret } : {}),
+    ...(c.jwtIssuer ? { hsIssuer: c.jwtIssuer } : {}),
+    ...(c.jwtAudience ? { hsAudience: c.jwtAudience } : {}),
+    ...(c.oidcIssuer ? { oidcIssuer: c.oidcIssuer, oidcAudience: c.oidcAudience! } : {}),
+    ...(c.oidcJwksUri ? { jwksUri: c.oidcJwksUri } : {}),
+    oidcAlgorithms: c.oidcAlgorithms,
+    clockToleranceSec: c.clockSkewSeconds,
+    jwksCooldownSec: c.jwksCooldownSeconds,
+    tenantClaim: c.tenantClaim,
+    roleClaim: c.roleClaim,
+    tenantExists: async (id) => (await tenantStore.getTenant(id)) !== undefined,
+  });
+  authenticators.push(jwt, new StaticTokenAuthenticator(o.adminToken));
+  const gateway = new Gateway({
+    authenticators,
+    limiter: new MemoryRateLimitStore(),
+    policy: c.rateLimits,
+    audit,
+    idempotency: new SqliteIdempotencyStore(o.store),
+    log: o.log,
+  });
+  return { gateway, tenantStore, tenants, audit };
+}

@@ -1,0 +1,118 @@
+/**
+ * The one table of operations: every REST route under /api and every gRPC method declares here
+ * the permission it needs, whether it mutates (audited, idempotent POSTs, the `mutation` rate
+ * class) and what it acts on. The gateway looks a route up by its method and pattern; a route
+ * missing from the table is refused to everyone but admins (and a test fails).
+ * docs/permissions.md is generated from it (`renderPermissionsDoc`).
+ */
+import { PERMISSIONS, ROLES, can, type Permission } from '../core/authz.js';
+import type { RateClass } from './ratelimit/policy.js';
+
+export type Requirement = Permission | 'authenticated' | 'public';
+
+export interface Operation {
+  id: string;
+  permission: Requirement;
+  resource: string;
+  verb: string;
+  mutation: boolean;
+  rateClass: RateClass;
+  /** `METHOD /pattern` of the REST route (Fastify syntax). */
+  rest?: string;
+  /** gRPC method name of MicroVMService. */
+  grpc?: string;
+  note?: string;
+}
+
+type Def = Omit<Operation, 'id' | 'rateClass' | 'verb' | 'resource'> & { rateClass?: RateClass };
+
+const DEFS: Record<string, Def> = {
+  'microvms.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms', grpc: 'ListMicroVMs' },
+  'microvms.create': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms', grpc: 'CreateMicroVM', note: 'admins may pass ?tenant=' },
+  'microvms.get': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id', grpc: 'GetMicroVM' },
+  'microvms.update': { permission: 'microvms:write', mutation: true, rest: 'PUT /api/v1/microvms/:id', grpc: 'UpdateMicroVM' },
+  'microvms.delete': { permission: 'microvms:write', mutation: true, rest: 'DELETE /api/v1/microvms/:id', grpc: 'DeleteMicroVM' },
+  'microvms.start': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/start', grpc: 'StartMicroVM' },
+  'microvms.stop': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/stop', grpc: 'StopMicroVM' },
+  'microvms.wait': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/wait' },
+  'microvms.console': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/console', grpc: 'GetConsole' },
+  'microvms.metrics': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/metrics', grpc: 'GetMetrics' },
+  'microvms.metricsHistory': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/metrics/history' },
+  'microvms.events': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/events' },
+  'events.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/events' },
+  'securitygroups.list': { permission: 'securitygroups:read', mutation: false, rest: 'GET /api/v1/securitygroups' },
+  'securitygroups.create': { permission: 'securitygroups:write', mutation: true, rest: 'POST /api/v1/securitygroups' },
+  'securitygroups.get': { permission: 'securitygroups:read', mutation: false, rest: 'GET /api/v1/securitygroups/:id' },
+  'securitygroups.update': { permission: 'securitygroups:write', mutation: true, rest: 'PUT /api/v1/securitygroups/:id' },
+  'securitygroups.delete': { permission: 'securitygroups:write', mutation: true, rest: 'DELETE /api/v1/securitygroups/:id' },
+  'tenants.list': { permission: 'tenants:admin', mutation: false, rest: 'GET /api/v1/tenants' },
+  'tenants.create': { permission: 'tenants:admin', mutation: true, rest: 'POST /api/v1/tenants' },
+  'tenants.get': { permission: 'tenants:read', mutation: false, rest: 'GET /api/v1/tenants/:id', note: 'non-admins: their own tenant only' },
+  'tenants.update': { permission: 'tenants:admin', mutation: true, rest: 'PUT /api/v1/tenants/:id' },
+  'tenants.delete': { permission: 'tenants:admin', mutation: true, rest: 'DELETE /api/v1/tenants/:id', note: '?cascade=true deletes what it owns' },
+  'tenants.usage': { permission: 'tenants:read', mutation: false, rest: 'GET /api/v1/tenants/:id/usage', note: 'non-admins: their own tenant only' },
+  'apikeys.list': { permission: 'apikeys:read', mutation: false, rest: 'GET /api/v1/apikeys' },
+  'apikeys.create': { permission: 'apikeys:write', mutation: true, rest: 'POST /api/v1/apikeys', note: 'the role may not outrank the caller' },
+  'apikeys.get': { permission: 'apikeys:read', mutation: false, rest: 'GET /api/v1/apikeys/:id' },
+  'apikeys.revoke': { permission: 'apikeys:write', mutation: true, rest: 'DELETE /api/v1/apikeys/:id' },
+  'audit.query': { permission: 'audit:read', mutation: false, rest: 'GET /api/v1/audit', note: 'tenant-admins: their tenant only' },
+  'whoami.get': { permission: 'authenticated', mutation: false, rest: 'GET /api/v1/whoami' },
+  'openapi.get': { permission: 'public', mutation: false, rest: 'GET /api/v1/openapi.json' },
+  'microvms.pause': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/pause' },
+  'microvms.resume': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/resume' },
+  'snapshots.create': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/snapshots' },
+  'snapshots.listOfVm': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/microvms/:id/snapshots' },
+  'snapshots.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/snapshots' },
+  'snapshots.get': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/snapshots/:id' },
+  'snapshots.delete': { permission: 'microvms:write', mutation: true, rest: 'DELETE /api/v1/snapshots/:id' },
+  'snapshots.restore': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/snapshots/:id/restore' },
+};
+
+export const OPERATIONS: Record<string, Operation> = Object.fromEntries(
+  Object.entries(DEFS).map(([id, d]) => {
+    const [resource, verb] = id.split('.') as [string, string];
+    return [id, { id, resource, verb, rateClass: d.rateClass ?? (d.mutation ? 'mutation' : 'read'), ...d }];
+  }),
+);
+
+const BY_ROUTE = new Map(Object.values(OPERATIONS).filter((o) => o.rest).map((o) => [o.rest!, o]));
+const BY_RPC = new Map(Object.values(OPERATIONS).filter((o) => o.grpc).map((o) => [o.grpc!, o]));
+
+export function operationForRoute(method: string, pattern: string): Operation | undefined {
+  return BY_ROUTE.get(`${method} ${pattern}`);
+}
+
+export function operationForRpc(name: string): Operation {
+  const op = BY_RPC.get(name);
+  if (!op) throw new Error(`gRPC method ${name} has no entry in the operations table`);
+  return op;
+}
+
+/** For routes missing from the table: only admins pass (fail closed). */
+export function undeclaredOperation(method: string, pattern: string): Operation {
+  return { id: 'undeclared', permission: 'tenants:admin', resource: 'unknown', verb: method.toLowerCase(), mutation: method !== 'GET' && method !== 'HEAD', rateClass: method === 'GET' ? 'read' : 'mutation', rest: `${method} ${pattern}` };
+}
+
+/** The body of docs/permissions.md. */
+export function renderPermissionsDoc(): string {
+  const lines: string[] = [];
+  lines.push('# Permissions', '');
+  lines.push('Generated from `src/api/operations.ts` and `src/core/authz.ts` (a test checks that this file is current).', '');
+  lines.push('## Roles', '');
+  lines.push(`| permission | meaning | ${ROLES.join(' | ')} |`);
+  lines.push(`|---|---|${ROLES.map(() => '---').join('|')}|`);
+  for (const [perm, what] of Object.entries(PERMISSIONS)) {
+    lines.push(`| \`${perm}\` | ${what} | ${ROLES.map((r) => (can(r, perm as Permission) ? 'yes' : '—')).join(' | ')} |`);
+  }
+  lines.push('', 'Tenancy applies on top: every role but `admin` sees only its own tenant; a foreign id answers 404 / `NOT_FOUND`, exactly like a missing one.', '');
+  lines.push('## Operations', '');
+  lines.push('| operation | REST | gRPC | permission | audited | note |');
+  lines.push('|---|---|---|---|---|---|');
+  for (const op of Object.values(OPERATIONS)) {
+    lines.push(
+      `| \`${op.id}\` | ${op.rest ? `\`${op.rest.replace(/:(\w+)/g, '{$1}')}\`` : ''} | ${op.grpc ?? ''} | \`${op.permission}\` | ${op.mutation ? 'always' : 'when denied'} | ${op.note ?? ''} |`,
+    );
+  }
+  lines.push('', 'Every call that is refused with 401, 403 or 429 is audited too. Rate-limit classes: reads use the `read` buckets, audited mutations the `mutation` buckets.', '');
+  return lines.join('\n');
+}

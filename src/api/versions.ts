@@ -1,0 +1,50 @@
+/**
+ * API versions, negotiated in one place: each version is a URL prefix with its own set of routes.
+ * `/api/v2` is added by appending an entry here (its routes may reuse the v1 modules); a request
+ * for an unknown version answers 404 naming the supported ones.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { AuditService } from '../core/audit.js';
+import type { SecurityGroupService } from '../core/security-groups.js';
+import type { MicroVMService } from '../core/service.js';
+import type { TenantService } from '../core/tenancy.js';
+import { registerMicroVMRoutes } from './routes/microvms.js';
+import { registerSecurityGroupRoutes } from './routes/securitygroups.js';
+import { registerSnapshotRoutes } from './routes/snapshots.js';
+import type { SnapshotService } from '../core/snapshots.js';
+import { registerAuditRoutes, registerTenantRoutes } from './routes/tenants.js';
+
+export interface VersionDeps {
+  service: MicroVMService;
+  tenants?: TenantService;
+  audit?: AuditService;
+  securityGroups?: SecurityGroupService;
+  snapshots?: SnapshotService;
+}
+
+export interface ApiVersion {
+  name: string;
+  prefix: string;
+  register(app: FastifyInstance, deps: VersionDeps): Promise<void>;
+}
+
+export const API_VERSIONS: ApiVersion[] = [
+  {
+    name: 'v1',
+    prefix: '/api/v1',
+    async register(app, d) {
+      await registerMicroVMRoutes(app, d.service);
+      if (d.securityGroups) await registerSecurityGroupRoutes(app, d.securityGroups);
+      if (d.snapshots) await registerSnapshotRoutes(app, d.snapshots, d.service);
+      if (d.tenants) await registerTenantRoutes(app, d.tenants);
+      if (d.audit) await registerAuditRoutes(app, d.audit);
+    },
+  },
+];
+
+/** `/api/v9/...` → "v9" when v9 is not served; undefined otherwise. */
+export function unsupportedVersion(path: string): string | undefined {
+  const m = /^\/api\/(v[^/]+)(\/|$)/.exec(path);
+  if (!m) return undefined;
+  return API_VERSIONS.some((v) => v.name === m[1]) ? undefined : m[1];
+}

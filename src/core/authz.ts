@@ -1,0 +1,65 @@
+/**
+ * Roles and permissions: the one table of who may do what. Every REST route and
+ * every gRPC method declares the permission it needs (src/api/operations.ts);
+ * the gateway checks it with `assertCan` before any use case runs. Tenancy
+ * (which tenant's objects a principal sees) is enforced by the use cases.
+ */
+import { ErrorCodes, MvmError } from './errors.js';
+
+export const ROLES = ['admin', 'tenant-admin', 'member', 'viewer'] as const;
+export type Role = (typeof ROLES)[number];
+
+export interface Principal {
+  /** Who: the JWT `sub`, `apikey:<id>`, or `admin` for the static admin token. */
+  subject: string;
+  /** The tenant the principal acts in (admins: the system tenant unless they name another). */
+  tenant: string;
+  role: Role;
+  /** Id of the API key used, when authenticated by an API key. */
+  keyId?: string;
+  /** How the principal authenticated: admin-token, jwt, oidc, apikey. */
+  method?: 'admin-token' | 'jwt' | 'oidc' | 'apikey';
+}
+
+export const SYSTEM_TENANT = 'default';
+
+export const PERMISSIONS = {
+  'microvms:read': 'Read microVMs of the tenant: get, list, wait, console, metrics, events',
+  'microvms:write': 'Create, update, start, stop and delete microVMs of the tenant',
+  'apikeys:read': 'List and read the API keys of the tenant (never their secrets)',
+  'apikeys:write': 'Create and revoke API keys of the tenant',
+  'securitygroups:read': 'Read security groups of the tenant',
+  'securitygroups:write': 'Create, change and delete security groups of the tenant',
+  'tenants:read': 'Read the own tenant and its quota usage',
+  'tenants:admin': 'Create, list, change quotas of and delete any tenant',
+  'audit:read': 'Query the audit log (tenant-admins: entries of their tenant only)',
+} as const;
+export type Permission = keyof typeof PERMISSIONS;
+
+const VIEWER: Permission[] = ['microvms:read', 'securitygroups:read', 'tenants:read'];
+const MEMBER: Permission[] = [...VIEWER, 'microvms:write'];
+const TENANT_ADMIN: Permission[] = [...MEMBER, 'apikeys:read', 'apikeys:write', 'securitygroups:write', 'audit:read'];
+
+export const ROLE_PERMISSIONS: Record<Role, readonly Permission[]> = {
+  admin: Object.keys(PERMISSIONS) as Permission[],
+  'tenant-admin': TENANT_ADMIN,
+  member: MEMBER,
+  viewer: VIEWER,
+};
+
+export function isRole(s: unknown): s is Role {
+  return typeof s === 'string' && (ROLES as readonly string[]).includes(s);
+}
+
+export function can(role: Role, perm: Permission): boolean {
+  return ROLE_PERMISSIONS[role].includes(perm);
+}
+
+export function assertCan(p: Principal, perm: Permission): void {
+  if (!can(p.role, perm)) {
+    throw new MvmError(ErrorCodes.PERMISSION_DENIED, `role "${p.role}" lacks permission "${perm}"`, { details: { permission: perm, role: p.role } });
+  }
+}
+
+/** Roles ordered by power, for "a key may not outrank its creator". */
+export const ROLE_RANK: Record<Role, number> = { viewer: 0, member: 1, 'tenant-admin': 2, admin: 3 };

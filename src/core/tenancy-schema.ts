@@ -1,0 +1,128 @@
+/**
+ * Schemas of the gateway's own resources: tenants, API keys, usage and audit entries.
+ * Like schema.ts, the REST validation, OpenAPI and TypeScript types come from here.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import { NAME_PATTERN, LABEL_KEY_PATTERN } from './schema.js';
+import { ROLES } from './authz.js';
+
+export const BIG_QUANTITY_PATTERN = '^(0|[1-9][0-9]*(Mi|Gi|Ti))$';
+
+export const RoleSchema = Type.Union(ROLES.map((r) => Type.Literal(r)), { description: 'admin | tenant-admin | member | viewer' });
+
+export const TenantQuotas = Type.Object(
+  {
+    vms: Type.Optional(Type.Integer({ minimum: 0, description: 'Most microVMs at once' })),
+    vcpu: Type.Optional(Type.Integer({ minimum: 0, description: 'Total vCPUs of all microVMs' })),
+    memory: Type.Optional(Type.String({ pattern: BIG_QUANTITY_PATTERN, description: 'Total guest memory, e.g. 8Gi' })),
+    disk: Type.Optional(Type.String({ pattern: BIG_QUANTITY_PATTERN, description: 'Total disk (root disks and volumes), e.g. 100Gi' })),
+    snapshots: Type.Optional(Type.Integer({ minimum: 0, description: 'Most snapshots at once' })),
+  },
+  { additionalProperties: false, description: 'Absent limits are unlimited' },
+);
+
+const TenantLabels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 }), Type.String({ maxLength: 63 }));
+
+export const Tenant = Type.Object({
+  id: Type.String(),
+  displayName: Type.Optional(Type.String()),
+  quotas: TenantQuotas,
+  labels: Type.Optional(TenantLabels),
+  resourceVersion: Type.String(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
+export const CreateTenantRequest = Type.Object(
+  {
+    id: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS label; the Kubernetes namespace in cluster mode' }),
+    displayName: Type.Optional(Type.String({ maxLength: 200 })),
+    quotas: Type.Optional(TenantQuotas),
+    labels: Type.Optional(TenantLabels),
+  },
+  { additionalProperties: false },
+);
+
+export const UpdateTenantRequest = Type.Object(
+  {
+    displayName: Type.Optional(Type.String({ maxLength: 200 })),
+    quotas: Type.Optional(TenantQuotas),
+    labels: Type.Optional(TenantLabels),
+  },
+  { additionalProperties: false, minProperties: 1 },
+);
+
+export const TenantList = Type.Object({ items: Type.Array(Tenant), next_cursor: Type.Optional(Type.String()) });
+
+const UsageLine = Type.Object({ used: Type.Number(), limit: Type.Union([Type.Number(), Type.Null()]) });
+export const TenantUsage = Type.Object({
+  tenant: Type.String(),
+  vms: UsageLine,
+  vcpu: UsageLine,
+  memoryMiB: UsageLine,
+  diskMiB: UsageLine,
+  snapshots: UsageLine,
+});
+
+export const ApiKey = Type.Object({
+  id: Type.String(),
+  tenant: Type.String(),
+  name: Type.String(),
+  role: RoleSchema,
+  createdAt: Type.String({ format: 'date-time' }),
+  createdBy: Type.String(),
+  expiresAt: Type.Optional(Type.String({ format: 'date-time' })),
+  revokedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  lastUsedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  state: Type.Union([Type.Literal('active'), Type.Literal('expired'), Type.Literal('revoked')]),
+});
+
+export const CreatedApiKey = Type.Intersect([
+  ApiKey,
+  Type.Object({ token: Type.String({ description: 'The secret bearer token. Shown once, stored only as a hash.' }) }),
+]);
+
+export const CreateApiKeyRequest = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }),
+    role: Type.Optional(RoleSchema),
+    expiresAt: Type.Optional(Type.String({ format: 'date-time', description: 'Optional expiry (RFC 3339)' })),
+    expiresIn: Type.Optional(Type.String({ pattern: '^[1-9][0-9]*(s|m|h|d)$', description: 'Optional lifetime, e.g. 30d' })),
+  },
+  { additionalProperties: false },
+);
+
+export const ApiKeyList = Type.Object({ items: Type.Array(ApiKey), next_cursor: Type.Optional(Type.String()) });
+
+export const AuditEntry = Type.Object({
+  seq: Type.Integer(),
+  time: Type.String({ format: 'date-time' }),
+  requestId: Type.String(),
+  transport: Type.Union([Type.Literal('rest'), Type.Literal('grpc')]),
+  subject: Type.Optional(Type.String()),
+  tenant: Type.Optional(Type.String()),
+  keyId: Type.Optional(Type.String()),
+  role: Type.Optional(Type.String()),
+  authMethod: Type.Optional(Type.String()),
+  operation: Type.String({ description: 'e.g. microvms.create' }),
+  verb: Type.String(),
+  resource: Type.String(),
+  resourceId: Type.Optional(Type.String()),
+  method: Type.String({ description: 'HTTP method and route, or the gRPC method' }),
+  sourceIp: Type.String(),
+  userAgent: Type.Optional(Type.String()),
+  result: Type.Union([Type.Literal('allowed'), Type.Literal('denied'), Type.Literal('failed')]),
+  status: Type.Integer({ description: 'HTTP status (gRPC calls: the HTTP status of the same error)' }),
+  code: Type.Optional(Type.String()),
+  reason: Type.Optional(Type.String()),
+});
+export const AuditList = Type.Object({ items: Type.Array(AuditEntry), next_cursor: Type.Optional(Type.String()) });
+
+export type TenantT = Static<typeof Tenant>;
+export type TenantQuotasT = Static<typeof TenantQuotas>;
+export type CreateTenantRequestT = Static<typeof CreateTenantRequest>;
+export type UpdateTenantRequestT = Static<typeof UpdateTenantRequest>;
+export type TenantUsageT = Static<typeof TenantUsage>;
+export type ApiKeyT = Static<typeof ApiKey>;
+export type CreateApiKeyRequestT = Static<typeof CreateApiKeyRequest>;
+export type AuditEntryT = Static<typeof AuditEntry>;

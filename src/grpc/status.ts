@@ -1,0 +1,24 @@
+/** The one mapping of error codes to gRPC status codes (REST has its own in src/api/problem.ts). */
+import { status as Status } from '@grpc/grpc-js';
+import type { ErrorCode } from '../core/errors.js';
+
+export const GRPC_STATUS: Record<ErrorCode, Status> = {
+  VALIDATION_FAILED: Status.INVALID_ARGUMENT,
+  NOT_FOUND: Status.NOT_FOUND,
+  ALREADY_EXISTS: Status.ALREADY_EXISTS,
+  ILLEGAL_TRANSITION: Status.FAILED_PRECONDITION,
+  FIELD_IMMUTABLE: Status.INVALID_ARGUMENT,
+  CONFLICT: Status.ABORTED,
+  UNAUTHENTICATED: Status.UNAUTHENTICATED,
+  PERMISSION_DENIED: Status.PERMISSION_DENIED,
+  QUOTA_EXCEEDED: Status.RESOURCE_EXHAUSTED,
+  RATE_LIMITED: Status.RESOURCE_EXHAUSTED,
+  CAPABILITY_UNSUPPORTED: Status.UNIMPLEMENTED,
+  NO_CAPACITY: Status.UNAVAILABLE,
+  VMM_ERROR: Status.INTERNAL,
+  IMAGE_ERROR: Status.FAILED_PRECONDITION,
+  UNAVAILABLE: Status.UNAVAILABLE,
+  TIMEOUT: Status.DEADLINE_EXCEEDED,
+  VM_FAILED: Status.FAILED_PRECONDITION,
+  INTERNAL: Status.INTERNAL,
+};

@@ -1,0 +1,251 @@
+import { useCallback, useEffect, useState } from 'react';
+import { ApiError, type Api, type MetricsHistory, type MicroVM, type VmEvent } from '../api';
+import { bytes, duration, isReady, rate, time, uptimeOf } from '../format';
+import { Chart } from './Chart';
+import { ConfirmDialog, PhaseBadge, ProblemAlert, useNow } from './common';
+import { Console } from './Console';
+
+interface Action {
+  name: string;
+  label: string;
+  path: string;
+  /** Phases in which the action is legal (the server decides in the end). */
+  phases: string[];
+}
+
+const ACTIONS: Action[] = [
+  { name: 'start', label: 'Start', path: 'start', phases: ['Stopped', 'Failed'] },
+  { name: 'stop', label: 'Stop', path: 'stop', phases: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'] },
+  { name: 'pause', label: 'Pause', path: 'pause', phases: ['Running'] },
+  { name: 'resume', label: 'Resume', path: 'resume', phases: ['Paused'] },
+  { name: 'snapshot', label: 'Snapshot', path: 'snapshot', phases: ['Running', 'Paused'] },
+];
+
+export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: string; caps: Set<string>; changes: number; onDeleted: () => void }) {
+  const [vm, setVm] = useState<MicroVM | undefined>();
+  const [error, setError] = useState<unknown>();
+  const [actionError, setActionError] = useState<unknown>();
+  const [busy, setBusy] = useState<string | undefined>();
+  const [confirm, setConfirm] = useState(false);
+  const [history, setHistory] = useState<MetricsHistory | undefined>();
+  const [events, setEvents] = useState<VmEvent[]>([]);
+  const [gone, setGone] = useState(false);
+  const now = useNow(1000);
+
+  const load = useCallback(async () => {
+    try {
+      const v = await api.get<MicroVM>(`/microvms/${id}`);
+      setVm(v);
+      setError(undefined);
+      const ev = await api.get<{ items: VmEvent[] }>(`/microvms/${id}/events`);
+      setEvents(ev.items);
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404 && vm) setGone(true);
+      else setError(e);
+    }
+  }, [api, id, vm !== undefined]); // eslint-disable-line react-hooks/exhaustive-deps
+
+  useEffect(() => {
+    void load();
+  }, [load, changes]);
+  useEffect(() => {
+    const t = setInterval(() => void load(), 4000);
+    return () => clearInterval(t);
+  }, [load]);
+
+  useEffect(() => {
+    let stop = false;
+    const get = async () => {
+      try {
+        const h = await api.get<MetricsHistory>(`/microvms/${id}/metrics/history`);
+        if (!stop) setHistory(h);
+      } catch {
+        /* charts are optional */
+      }
+    };
+    void get();
+    const t = setInterval(get, 5000);
+    return () => {
+      stop = true;
+      clearInterval(t);
+    };
+  }, [api, id]);
+
+  const act = async (a: Action) => {
+    setActionError(undefined);
+    setBusy(a.name);
+    try {
+      setVm(await api.request<MicroVM>('POST', `/microvms/${id}/${a.path}`));
+    } catch (e) {
+      setActionError(e);
+    } finally {
+      setBusy(undefined);
+    }
+  };
+
+  const del = async () => {
+    setConfirm(false);
+    setActionError(undefined);
+    setBusy('delete');
+    try {
+      setVm(await api.request<MicroVM>('DELETE', `/microvms/${id}`));
+    } catch (e) {
+      setActionError(e);
+    } finally {
+      setBusy(undefined);
+    }
+  };
+
+  useEffect(() => {
+    if (gone) onDeleted();
+  }, [gone, onDeleted]);
+
+  if (!vm) {
+    return (
+      <section>
+        <a href="#/">Back to the list</a>
+        {error ? <ProblemAlert error={error} /> : <p>Loading…</p>}
+      </section>
+    );
+  }
+  const ready = isReady(vm);
+  const live = ['Starting', 'Running', 'Paused'].includes(vm.status.phase);
+  const pts = history?.points ?? [];
+  return (
+    <section aria-labelledby="vm-title" className="detail">
+      <nav aria-label="Breadcrumb" className="crumbs">
+        <a href="#/">MicroVMs</a> / <span>{vm.name}</span>
+      </nav>
+      <div className="section-head">
+        <h1 id="vm-title">
+          {vm.name} <PhaseBadge phase={vm.status.phase} ready={ready} />
+        </h1>
+        <div className="toolbar" role="toolbar" aria-label="Actions">
+          {ACTIONS.map((a) => {
+            const supported = caps.has(`POST /api/v1/microvms/{id}/${a.path}`);
+            const legal = a.phases.includes(vm.status.phase);
+            return (
+              <button
+                key={a.name}
+                type="button"
+                disabled={!supported || !legal || busy !== undefined}
+                title={!supported ? `${a.label} is not supported by this server` : !legal ? `Not possible while ${vm.status.phase}` : undefined}
+                onClick={() => void act(a)}
+              >
+                {busy === a.name ? `${a.label}…` : a.label}
+              </button>
+            );
+          })}
+          <button type="button" className="danger" disabled={vm.status.phase === 'Deleting' || busy !== undefined} onClick={() => setConfirm(true)}>
+            Delete
+          </button>
+        </div>
+      </div>
+      <ProblemAlert error={actionError} onDismiss={() => setActionError(undefined)} />
+      <ProblemAlert error={error} />
+      {vm.status.phase === 'Failed' && (
+        <div className="problem" role="status">
+          <strong>{vm.status.reason ?? 'Failed'}</strong>
+          <p>{vm.status.message}</p>
+        </div>
+      )}
+      <div className="grid">
+        <section aria-labelledby="facts-title" className="panel">
+          <h2 id="facts-title">Details</h2>
+          <dl className="facts">
+            <dt>ID</dt>
+            <dd>
+              <code>{vm.id}</code>
+            </dd>
+            <dt>Tenant</dt>
+            <dd>{vm.tenant}</dd>
+            <dt>Guest</dt>
+            <dd>{ready ? 'ready' : live ? 'booting' : '–'}</dd>
+            <dt>IP</dt>
+            <dd data-testid="vm-ip">{vm.status.ip ?? '–'}</dd>
+            <dt>Node</dt>
+            <dd>{vm.status.node ?? '–'}</dd>
+            <dt>VMM</dt>
+            <dd>
+              {vm.status.driver ?? '–'}
+              {vm.status.accel ? ` / ${vm.status.accel}` : ''}
+              {vm.status.pid ? ` (pid ${vm.status.pid})` : ''}
+            </dd>
+            <dt>Uptime</dt>
+            <dd>{duration(uptimeOf(vm, now))}</dd>
+            <dt>Boot</dt>
+            <dd>{vm.status.bootMs ? `VMM ${vm.status.bootMs.vmm} ms, guest ready ${vm.status.bootMs.guestReady} ms` : '–'}</dd>
+            <dt>vCPU / memory</dt>
+            <dd>
+              {vm.spec.vcpu} / {vm.spec.memory}
+            </dd>
+            <dt>Labels</dt>
+            <dd>{Object.entries(vm.spec.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ') || '–'}</dd>
+          </dl>
+        </section>
+        <section aria-labelledby="charts-title" className="panel">
+          <h2 id="charts-title">
+            Metrics <span className="sub">last {history ? Math.round(history.windowSeconds / 60) : 10} min</span>
+          </h2>
+          <div className="charts">
+            <Chart title="CPU" format={(v) => `${v.toFixed(1)}%`} series={[{ name: 'CPU', className: 's1', values: pts.map((p) => ({ t: p.t, v: p.cpuPercent })) }]} />
+            <Chart
+              title="Memory"
+              format={bytes}
+              series={[
+                { name: 'VMM RSS', className: 's1', values: pts.map((p) => ({ t: p.t, v: p.memoryRssBytes })) },
+                { name: 'guest', className: 's2', values: pts.map((p) => ({ t: p.t, v: p.guestMemoryBytes })) },
+              ]}
+            />
+            <Chart
+              title="Network"
+              format={rate}
+              series={[
+                { name: 'rx', className: 's1', values: pts.map((p) => ({ t: p.t, v: p.netRxBytesPerSec })) },
+                { name: 'tx', className: 's2', values: pts.map((p) => ({ t: p.t, v: p.netTxBytesPerSec })) },
+              ]}
+            />
+          </div>
+          {history?.current && (
+            <p className="sub" data-testid="metrics-now">
+              Now: CPU time {history.current.cpuSeconds.toFixed(1)} s · RSS {bytes(history.current.memoryRssBytes)} · disk read {bytes(history.current.block.reduce((s, b) => s + b.readBytes, 0))}
+            </p>
+          )}
+        </section>
+      </div>
+      <Console api={api} vmId={vm.id} live={live} key={`${vm.id}-${vm.status.startedAt ?? ''}-${live}`} />
+      <section aria-labelledby="events-title" className="panel">
+        <h2 id="events-title">Events</h2>
+        {events.length === 0 ? (
+          <p className="sub">No events.</p>
+        ) : (
+          <table className="events" data-testid="events">
+            <thead>
+              <tr>
+                <th scope="col">Time</th>
+                <th scope="col">Type</th>
+                <th scope="col">Reason</th>
+                <th scope="col">Message</th>
+              </tr>
+            </thead>
+            <tbody>
+              {[...events].reverse().map((e) => (
+                <tr key={e.seq} className={e.type === 'Warning' ? 'warn' : undefined}>
+                  <td>{time(e.time)}</td>
+                  <td>{e.type}</td>
+                  <td>{e.reason}</td>
+                  <td>{e.message}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+      </section>
+      <ConfirmDialog open={confirm} title={`Delete ${vm.name}?`} confirmLabel="Delete" danger onConfirm={() => void del()} onCancel={() => setConfirm(false)}>
+        <p>
+          The microVM <strong>{vm.name}</strong> (<code>{vm.id}</code>) is stopped and its disk, console log and network are removed. This cannot be undone.
+        </p>
+      </ConfirmDialog>
+    </section>
+  );
+}
