@@ -3,14 +3,14 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test deps build images bench clean lint control-plane
+.PHONY: run test deps build web images bench clean lint control-plane
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
-run: deps build images
+run: deps build web images
 	$(NODE) dist/src/cmd/mvm-server.js
 
 ## The same set-up, then every test (the first run also builds kube-apiserver from the Go module proxy, ~15 min, cached in $(MVM_CACHE_DIR)/kube).
-test: deps build images control-plane
+test: deps build web images control-plane
 	$(NODE) scripts/run-tests.mjs
 
 control-plane:
@@ -21,6 +21,10 @@ deps:
 
 build: deps
 	@npx tsc -p tsconfig.json
+
+## The dashboard (React + Vite) into dist/web, served at / by the API process.
+web: deps
+	@npx vite build --config src/web/vite.config.ts --logLevel warn
 
 images: build
 	@$(NODE) dist/src/cmd/mvm-images.js build >/dev/null

@@ -26,8 +26,15 @@ if ((${#missing[@]})); then
   fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages such as docker-registry and prometheus would start system services on install:
+  # forbid that (policy-rc.d), the project starts what its tests need on loopback itself.
+  policy_added=0
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
+  fi
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ((policy_added)); then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # The unprivileged user QEMU drops to after set-up (-runas).
