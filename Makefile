@@ -24,6 +24,7 @@ build: deps
 
 ## The dashboard (React + Vite) into dist/web, served at / by the API process.
 web: deps
+	@npx tsc -p src/web/tsconfig.json --noEmit
 	@npx vite build --config src/web/vite.config.ts --logLevel warn
 
 images: build

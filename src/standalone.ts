@@ -153,7 +153,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
   const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND] });
   const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore });
-  const snapshots = new SnapshotService(store, resources, agent, service);
+  const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
   const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
@@ -164,10 +164,12 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   await snapshots.recover();
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
+  // Atomically: readers (the CLI, tests) never see a half-written file.
   writeFileSync(
-    join(cfg.dataDir, 'server.json'),
+    join(cfg.dataDir, 'server.json.tmp'),
     JSON.stringify({ url, ...(grpcServer ? { grpc: grpcServer.address } : {}), pid: process.pid, startedAt: new Date().toISOString() }) + '\n',
   );
+  renameSync(join(cfg.dataDir, 'server.json.tmp'), join(cfg.dataDir, 'server.json'));
   let closed = false;
   return {
     app,

@@ -501,8 +501,9 @@ describe('errors', () => {
 
 describe('wait', () => {
   test('succeeds when the phase and readiness are reached', async () => {
-    mock.add('w1', [{ at: 0, phase: 'Starting' }, { at: 150, phase: 'Running' }, { at: 300, phase: 'Running', ready: true }]);
-    const r = await run(['wait', 'w1', '--for', 'Running', '--ready', '--timeout', '5s']);
+    // Long enough that even a slow CLI start-up sees the VM still Starting.
+    mock.add('w1', [{ at: 0, phase: 'Starting' }, { at: 3000, phase: 'Running' }, { at: 3300, phase: 'Running', ready: true }]);
+    const r = await run(['wait', 'w1', '--for', 'Running', '--ready', '--timeout', '15s']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^name:\s+w1$/m);
     assert.match(r.stdout, /^ready:\s+true$/m);

@@ -61,6 +61,13 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
   assert.ok(snap.json.sizeBytes > 0);
   const snapMs = Date.now() - t0;
   assert.equal((await api('POST', `/microvms/${a.id}/snapshots`, { name: 'snap1' })).status, 409, 'names are unique');
+  // Snapshots count against the tenant's quota.
+  assert.equal((await api('PUT', '/tenants/default', { quotas: { snapshots: 1 } })).status, 200);
+  const over = await api('POST', `/microvms/${a.id}/snapshots`, { name: 'snap2' });
+  assert.equal(over.status, 403, JSON.stringify(over.json));
+  assert.equal(over.json.code, 'QUOTA_EXCEEDED');
+  assert.equal((await api('GET', '/tenants/default/usage')).json.snapshots.used, 1);
+  assert.equal((await api('PUT', '/tenants/default', { quotas: {} })).status, 200);
   assert.equal((await api('GET', `/microvms/${a.id}/snapshots`)).json.items.length, 1);
 
   // Delete the original; the snapshot lives on.

@@ -24,6 +24,7 @@ import type { VmMetricsT } from '../core/schema.js';
 import { createOverlay, createRawClone } from '../storage/disks.js';
 import type { CgroupManager } from './cgroups.js';
 import { observability } from '../observability/index.js';
+import { rotateClosed } from '../observability/log-rotation.js';
 
 export const READY_MARKER = 'MVM-READY';
 
@@ -551,7 +552,7 @@ function parseSize(q: string): number {
   return Number(m[1]) * (m[2] === 'Gi' ? 1024 ** 3 : 1024 ** 2);
 }
 
-/** Keep the previous boot's console as console.log.1, start each boot with a fresh log. */
+/** Keep the previous boot's console as console.log.1 (older ones shift, bounded), start each boot with a fresh log. */
 function rotateConsole(path: string): void {
-  if (existsSync(path)) renameSync(path, `${path}.1`);
+  rotateClosed(path);
 }

@@ -4,12 +4,14 @@
  * copy of the disks on the node; a new microVM can be restored (cloned) from one.
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
-import { assertAction, newId, type MicroVM } from './microvm.js';
+import { assertAction, memoryMiB, newId, type MicroVM } from './microvm.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
 import type { MicroVMService, Principal } from './service.js';
+import type { TenantStore } from './ports/tenants.js';
+import { limitsOf } from './tenancy.js';
 
 export const SNAPSHOT_KIND = 'snapshot';
 
@@ -47,6 +49,8 @@ export class SnapshotService {
     private readonly resources: ResourceStore,
     private readonly agent: NodeAgent,
     private readonly vms: MicroVMService,
+    /** Quotas: a snapshot counts against the tenant's snapshot count and disk. */
+    private readonly tenants?: TenantStore,
   ) {}
 
   /** After a crash mid-snapshot: a snapshot still "Creating" never completed; remove it and its files. */
@@ -55,6 +59,7 @@ export class SnapshotService {
       if (s.spec.phase === 'Creating') {
         await this.agent.deleteSnapshot(s.id);
         await this.resources.delete(SNAPSHOT_KIND, s.id);
+        await this.tenants?.release(s.tenant, 'snapshot', s.id);
       }
     }
   }
@@ -81,6 +86,9 @@ export class SnapshotService {
     const vm = await this.vms.get(p, vmIdOrName);
     assertAction(vm, 'snapshot');
     const id = newId('snap');
+    const tenant = this.tenants ? await this.tenants.getTenant(vm.tenant) : undefined;
+    // Reserve before any work: QUOTA_EXCEEDED leaves nothing behind. Disk: the guest memory plus its root disk, an upper bound.
+    if (this.tenants && tenant) await this.tenants.reserve(vm.tenant, { kind: 'snapshot', id, diskMiB: memoryMiB(vm.spec) }, limitsOf(tenant));
     const rec = await this.resources.create<SnapshotSpec>({
       kind: SNAPSHOT_KIND,
       id,
@@ -96,6 +104,7 @@ export class SnapshotService {
       // Nothing half-done: no record, no files.
       await this.agent.deleteSnapshot(id).catch(() => undefined);
       await this.resources.delete(SNAPSHOT_KIND, id);
+      await this.tenants?.release(vm.tenant, 'snapshot', id);
       throw e;
     }
   }
@@ -128,6 +137,7 @@ export class SnapshotService {
     }
     await this.agent.deleteSnapshot(s.id);
     await this.resources.delete(SNAPSHOT_KIND, s.id);
+    await this.tenants?.release(s.tenant, 'snapshot', s.id);
   }
 
   /**
