@@ -89,13 +89,18 @@ export class SnapshotService {
     const tenant = this.tenants ? await this.tenants.getTenant(vm.tenant) : undefined;
     // Reserve before any work: QUOTA_EXCEEDED leaves nothing behind. Disk: the guest memory plus its root disk, an upper bound.
     if (this.tenants && tenant) await this.tenants.reserve(vm.tenant, { kind: 'snapshot', id, diskMiB: memoryMiB(vm.spec) }, limitsOf(tenant));
-    const rec = await this.resources.create<SnapshotSpec>({
-      kind: SNAPSHOT_KIND,
-      id,
-      tenant: vm.tenant,
-      name,
-      spec: { vmId: vm.id, phase: 'Creating', driver: vm.status.driver ?? 'unknown', node: vm.status.node ?? '', vmSpec: vm.spec },
-    });
+    const rec = await this.resources
+      .create<SnapshotSpec>({
+        kind: SNAPSHOT_KIND,
+        id,
+        tenant: vm.tenant,
+        name,
+        spec: { vmId: vm.id, phase: 'Creating', driver: vm.status.driver ?? 'unknown', node: vm.status.node ?? '', vmSpec: vm.spec },
+      })
+      .catch(async (e: unknown) => {
+        await this.tenants?.release(vm.tenant, 'snapshot', id); // e.g. the name is taken
+        throw e;
+      });
     try {
       const r = await this.agent.snapshot(vm.id, id);
       await this.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: new Date().toISOString(), type: 'Normal', reason: 'Snapshot', message: `snapshot ${name} (${id}) taken in ${r.durationMs} ms` });
