@@ -209,7 +209,7 @@ test(
         const cmd = 'echo hi-$((40+2)) > /tmp/x; cat /tmp/x; hostname\n';
         sock.write(cmd);
         await waitFor('command output on the console socket', 15_000, async () => {
-          if (/hi-42\r?\n/.test(seen)) return true;
+          if (/hi-42\r?\n/.test(seen) && /^imgtest\r?$/m.test(seen)) return true;
           return undefined;
         });
         assert.match(seen, /^imgtest\r?$/m);
