@@ -2,7 +2,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI_BIN, destroyDataDir, qemuProcessesUnder, startService, type TestService } from './support/service.js';
@@ -26,6 +26,7 @@ before(async () => {
 after(async () => {
   await svc?.stop();
   if (svc) await destroyDataDir(svc.dataDir);
+  rmSync(home, { recursive: true, force: true });
 });
 
 test('create --wait, list, get, console, metrics, stop, start, delete', () => {
