@@ -22,6 +22,7 @@ import { DefaultImageResolver } from './storage/default-images.js';
 import { OciImageResolver } from './storage/oci/index.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
+import { passwdIds } from './vmm/proc.js';
 import { FirecrackerDriver } from './vmm/firecracker/firecracker-driver.js';
 import type { VmmDriver } from './core/ports/vmm.js';
 import { createHash } from 'node:crypto';
@@ -50,14 +51,6 @@ export interface Standalone {
   close(): Promise<void>;
 }
 
-function vmmOwnerOf(user: string): { uid: number; gid: number } | undefined {
-  try {
-    const f = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`))?.split(':');
-    return f ? { uid: Number(f[2]), gid: Number(f[3]) } : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /** MVM_ADMIN_TOKEN, or the token kept in <dataDir>/admin.token (generated once, mode 0600). */
 export function ensureAdminToken(cfg: Config): { token: string; file?: string } {
@@ -137,7 +130,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     images,
     cgroups,
     log: log.child({ c: 'agent' }),
-    ...(vmmOwnerOf(cfg.vmmUser) ? { vmmOwner: vmmOwnerOf(cfg.vmmUser)! } : {}),
+    ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
     ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),
   });
   const controller = new Controller({

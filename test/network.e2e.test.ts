@@ -12,7 +12,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MicroVM } from '../src/cli/client.js';
 import { sleep } from '../src/vmm/proc.js';
-import { destroyDataDir, hostNetnsOf, startService, type TestService } from './support/service.js';
+import { destroyDataDir, hostNetnsOf, apiCall, startService, type TestService } from './support/service.js';
 import { guestRun } from './support/console.js';
 
 let svc: TestService;
@@ -21,15 +21,7 @@ const client = `mvmc-${process.pid}`;
 
 const ip = (...a: string[]): string => execFileSync('ip', a, { encoding: 'utf8' });
 
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const r = await fetch(`${svc.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : undefined };
-}
+const api = (method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> => apiCall(svc, method, path, body);
 
 /** HTTP GET from a namespace with busybox wget; true when the page came back. */
 // busybox-static's wget crashes in static glibc's service lookup: speak HTTP/1.0 with nc instead.

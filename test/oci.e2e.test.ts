@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { destroyDataDir, startService, type TestService } from './support/service.js';
+import { destroyDataDir, apiCall, startService, type TestService } from './support/service.js';
 import { buildOciImage, pushImage, startRegistry, type TestRegistry } from './support/registry.js';
 import { guestRun } from './support/console.js';
 
@@ -18,15 +18,7 @@ let reg: TestRegistry;
 let work: string;
 let image: string;
 
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const r = await fetch(`${svc.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : undefined };
-}
+const api = (method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> => apiCall(svc, method, path, body);
 
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'mvm-oci-e2e-'));

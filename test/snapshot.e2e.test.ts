@@ -7,20 +7,12 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import type { MicroVM } from '../src/cli/client.js';
-import { destroyDataDir, startService, type TestService } from './support/service.js';
+import { destroyDataDir, apiCall, startService, type TestService } from './support/service.js';
 import { guestRun } from './support/console.js';
 
 let svc: TestService;
 
-async function api(method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
-  const r = await fetch(`${svc.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : undefined };
-}
+const api = (method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> => apiCall(svc, method, path, body);
 
 const run = (vm: MicroVM, cmd: string): Promise<string> => guestRun(join(svc.dataDir, 'vms', vm.id), cmd, 20_000);
 

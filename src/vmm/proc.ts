@@ -1,5 +1,6 @@
 /** Small /proc helpers shared by the VMM drivers and the agent. */
 import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import type { VmmExit } from '../core/ports/vmm.js';
 
 const CLK_TCK = 100;
 
@@ -66,3 +67,26 @@ export function waitPidGone(pid: number, intervalMs = 250, signal?: AbortSignal)
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** uid/gid of a local user from /etc/passwd, or undefined when there is no such user. */
+export function passwdIds(user: string): { uid: number; gid: number } | undefined {
+  try {
+    for (const l of readFileSync('/etc/passwd', 'utf8').split('\n')) {
+      const f = l.split(':');
+      if (f[0] === user && f.length > 3) return { uid: Number(f[2]), gid: Number(f[3]) };
+    }
+  } catch {
+    /* no passwd */
+  }
+  return undefined;
+}
+
+/** How a VMM process ended, in words (shared by the drivers). */
+export function describeExit(pid: number, code: number | null, signal: string | null): VmmExit {
+  let reason: string;
+  if (signal) reason = `VMM process ${pid} was killed by ${signal}`;
+  else if (code === 0) reason = `VMM process ${pid} exited (guest powered off)`;
+  else if (code === null) reason = `VMM process ${pid} is gone`;
+  else reason = `VMM process ${pid} exited with code ${code}`;
+  return { code, signal, reason };
+}

@@ -149,3 +149,14 @@ export async function destroyDataDir(dataDir: string): Promise<void> {
   }
   rmSync(dataDir, { recursive: true, force: true });
 }
+
+/** A raw JSON call to the service's REST API with its admin token: status and parsed body. */
+export async function apiCall(svc: Pick<TestService, 'url' | 'token'>, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+  const r = await fetch(`${svc.url}/api/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await r.text();
+  return { status: r.status, json: text ? JSON.parse(text) : undefined };
+}

@@ -16,7 +16,7 @@ import { accessSync, closeSync, constants, copyFileSync, existsSync, mkdirSync, 
 import { basename, delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
 import type { LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
-import { listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
+import { describeExit, listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { FirecrackerApiClient, callLabel, type ApiCall, type Drive, type NetworkInterface, type Vsock } from './api-client.js';
 import {
   MAX_SOCKET_PATH,
@@ -131,14 +131,6 @@ export function argValue(cmd: string[], name: string): string | undefined {
   return undefined;
 }
 
-function describeExit(pid: number, code: number | null, signal: string | null): VmmExit {
-  let reason: string;
-  if (signal) reason = `VMM process ${pid} was killed by ${signal}`;
-  else if (code === 0) reason = `VMM process ${pid} exited (guest powered off)`;
-  else if (code === null) reason = `VMM process ${pid} is gone`;
-  else reason = `VMM process ${pid} exited with code ${code}`;
-  return { code, signal, reason };
-}
 
 /** Resolve a binary name on PATH (or check a path); undefined when not executable. */
 export function resolveBinary(name: string, pathEnv = process.env.PATH ?? ''): string | undefined {

@@ -10,7 +10,7 @@ import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
-import { listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
+import { describeExit, listPids, passwdIds, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
 import { SNAPSHOT_RECORD_FILE, checkRestoreCompatible, prepareRestoreDrives, readSnapshotRecord, restoreIncoming, takeSnapshot } from './snapshot.js';
@@ -88,24 +88,7 @@ export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: bool
   return args;
 }
 
-function passwdIds(name: string): { uid: number; gid: number } | undefined {
-  try {
-    const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${name}:`));
-    if (!line) return undefined;
-    const f = line.split(':');
-    return { uid: Number(f[2]), gid: Number(f[3]) };
-  } catch {
-    return undefined;
-  }
-}
 
-function userExists(name: string): boolean {
-  try {
-    return readFileSync('/etc/passwd', 'utf8').split('\n').some((l) => l.startsWith(`${name}:`));
-  } catch {
-    return false;
-  }
-}
 
 interface LaunchRecord {
   id: string;
@@ -219,14 +202,6 @@ class QemuInstance implements VmmInstance {
   }
 }
 
-function describeExit(pid: number, code: number | null, signal: string | null): VmmExit {
-  let reason: string;
-  if (signal) reason = `VMM process ${pid} was killed by ${signal}`;
-  else if (code === 0) reason = `VMM process ${pid} exited (guest powered off)`;
-  else if (code === null) reason = `VMM process ${pid} is gone`;
-  else reason = `VMM process ${pid} exited with code ${code}`;
-  return { code, signal, reason };
-}
 
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu';
@@ -240,7 +215,7 @@ export class QemuDriver implements VmmDriver {
     this.binary = opts.binary ?? 'qemu-system-x86_64';
     this.sandbox = opts.sandbox ?? true;
     this.tbSizeMiB = opts.tbSizeMiB ?? 32;
-    this.runAs = opts.runAs && userExists(opts.runAs) ? opts.runAs : undefined;
+    this.runAs = opts.runAs && passwdIds(opts.runAs) !== undefined ? opts.runAs : undefined;
   }
 
   async accel(): Promise<Accel> {

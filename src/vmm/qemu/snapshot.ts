@@ -26,7 +26,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { ErrorCodes, MvmError, type FieldViolation } from '../../core/errors.js';
 import type { DriveSpec, SnapshotFiles } from '../../core/ports/vmm.js';
-import { pidAlive, sleep } from '../proc.js';
+import { passwdIds, pidAlive, sleep } from '../proc.js';
 import { QmpClient } from './qmp.js';
 
 const run = promisify(execFile);
@@ -259,17 +259,6 @@ function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
   return Promise.race([p, new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), ms)))]).finally(() => clearTimeout(timer));
 }
 
-function uidGidOf(user: string): { uid: number; gid: number } | undefined {
-  try {
-    for (const l of readFileSync('/etc/passwd', 'utf8').split('\n')) {
-      const f = l.split(':');
-      if (f[0] === user && f.length > 3) return { uid: Number(f[2]), gid: Number(f[3]) };
-    }
-  } catch {
-    /* no passwd */
-  }
-  return undefined;
-}
 
 /**
  * A Unix socket in a private directory (short path, reachable by the QEMU
@@ -278,7 +267,7 @@ function uidGidOf(user: string): { uid: number; gid: number } | undefined {
 async function oneShotSocket(runAs: string | undefined, onConn: (s: Socket, settle: (err: Error | null, bytes: number) => void) => void): Promise<Channel> {
   const priv = privateSocketDir(runAs);
   const path = priv.path;
-  const owner = runAs ? uidGidOf(runAs) : undefined;
+  const owner = runAs ? passwdIds(runAs) : undefined;
   let settle!: (err: Error | null, bytes: number) => void;
   const done = new Promise<number>((res, rej) => {
     settle = (err, bytes) => (err ? rej(err) : res(bytes));
@@ -325,7 +314,7 @@ function sinkToFile(file: string, runAs: string | undefined): Promise<Channel> {
 /** A private directory for a migration socket, reachable by QEMU's user (after -runas) only. */
 function privateSocketDir(runAs: string | undefined): { dir: string; path: string; close(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'mvm-mig-'));
-  const owner = runAs ? uidGidOf(runAs) : undefined;
+  const owner = runAs ? passwdIds(runAs) : undefined;
   if (owner) chownSync(dir, owner.uid, owner.gid);
   return { dir, path: join(dir, 'mig.sock'), close: () => rmSync(dir, { recursive: true, force: true }) };
 }
