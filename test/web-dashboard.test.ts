@@ -130,7 +130,8 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   // --- events and live metrics.
   await page.getByTestId('events').getByText('GuestReady').waitFor({ timeout: 30_000 });
   await page.getByTestId('metrics-now').waitFor({ timeout: 30_000 });
-  await page.waitForFunction(`document.querySelectorAll('.chart polyline').length >= 3`, undefined, { timeout: 30_000 });
+  // A locator wait, not waitForFunction(string): the page's CSP forbids eval, which a string predicate needs.
+  await page.locator('.chart polyline').nth(2).waitFor({ state: 'attached', timeout: 30_000 });
   // Pause/resume/snapshot are enabled only when the served OpenAPI has them.
   const doc = (await (await fetch(`${svc.url}/api/v1/openapi.json`)).json()) as { paths: Record<string, unknown> };
   for (const a of ['Pause', 'Snapshot']) {
