@@ -19,7 +19,7 @@ import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { DefaultImageResolver } from './storage/default-images.js';
-import { OciImageResolver } from './storage/oci/index.js';
+import { ImageManager, loadImageConfig, OciImageResolver, setResolveLeaseMs } from './storage/oci/index.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
 import { passwdIds } from './vmm/proc.js';
@@ -81,7 +81,14 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
-  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), { cacheDir: cfg.cacheDir });
+  const imageCfg = loadImageConfig();
+  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), {
+    cacheDir: cfg.cacheDir,
+    kernelDirs: imageCfg.kernelDirs,
+    insecureRegistries: imageCfg.insecureRegistries,
+    ...(imageCfg.credentials ? { credentials: imageCfg.credentials } : {}),
+  });
+  setResolveLeaseMs(imageCfg.leaseMs);
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
@@ -145,15 +152,32 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   // Gateway: tenants, API keys, JWT/OIDC, rate limits, idempotency, audit — shared by REST and gRPC.
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
   const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND] });
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore });
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes });
+  // Image cache management: in use = named by any microVM record (every phase).
+  const imageManager = new ImageManager(
+    images,
+    async () => {
+      const users = [];
+      let cursor: string | undefined;
+      do {
+        const page = await store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+        for (const v of page.items) users.push({ id: v.id, ...(v.spec.rootfs?.image ? { rootfs: v.spec.rootfs.image } : {}), ...(v.spec.kernel?.image ? { kernel: v.spec.kernel.image } : {}) });
+        cursor = page.nextCursor;
+      } while (cursor);
+      return users;
+    },
+    imageCfg.gc,
+    (m, d) => log.info(d ?? {}, m),
+  );
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   await netController?.start();
   await controller.start();
+  imageManager.start();
   await snapshots.recover();
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
@@ -181,6 +205,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       await app.close();
       netController?.stop();
       await controller.stop();
+      imageManager.stop();
       if (cfg.shutdownPolicy === 'stop') {
         // Stop every guest now; they are booted again when the service next starts.
         await agent.stopAll(cfg.stopTimeoutSeconds * 1000);

@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { ErrorCodes, MvmError } from '../src/core/errors.js';
-import { OciImageCache } from '../src/storage/oci/cache.js';
+import { clearLeases, OciImageCache } from '../src/storage/oci/cache.js';
 import { OCI_INIT_PATH } from '../src/storage/oci/init-script.js';
 import { parseImageReference } from '../src/storage/oci/reference.js';
 import { OciImageResolver } from '../src/storage/oci/resolver.js';
@@ -215,6 +215,8 @@ describe('pull + build + cache', () => {
     assert.ok(e);
     assert.deepEqual((await cache.gc({ inUse: [e.digest] })).removed, []);
     assert.deepEqual((await cache.gc({ minIdleMs: 3600_000 })).removed, []);
+    assert.deepEqual((await cache.gc()).removed, [], 'just resolved: leased for a create in progress');
+    clearLeases();
     assert.deepEqual((await cache.gc()).removed, [e.dir]);
     assert.deepEqual(await cache.list(), []);
   });

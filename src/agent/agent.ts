@@ -225,7 +225,8 @@ export class LocalAgent implements NodeAgent {
         } else {
           // Raw-only VMMs (Firecracker): a reflink/sparse clone of the base (ADR 5), never a write to it.
           const disk = join(dir, 'root.raw');
-          await createRawClone({ base: rootfs.path, path: disk, ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
+          const size = vm.spec.rootfs?.size ? Math.max(parseSize(vm.spec.rootfs.size), rootfs.sizeBytes) : undefined;
+          await createRawClone({ base: rootfs.path, path: disk, ...(size ? { sizeBytes: size } : {}), ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
           root = { id: 'root', path: disk, format: 'raw', readOnly: false, root: true };
         }
         let nics: LaunchSpec['nics'] = [];

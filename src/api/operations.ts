@@ -66,6 +66,9 @@ const DEFS: Record<string, Def> = {
   'snapshots.get': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/snapshots/:id' },
   'snapshots.delete': { permission: 'microvms:write', mutation: true, rest: 'DELETE /api/v1/snapshots/:id' },
   'snapshots.restore': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/snapshots/:id/restore' },
+  'images.list': { permission: 'tenants:admin', mutation: false, rest: 'GET /api/v1/images', note: 'node-wide cache shared by all tenants: admins only (references would leak across tenants)' },
+  'images.delete': { permission: 'tenants:admin', mutation: true, rest: 'DELETE /api/v1/images/:digest', note: '409 while a microVM uses it' },
+  'images.gc': { permission: 'tenants:admin', mutation: true, rest: 'POST /api/v1/images/gc', note: 'never removes an image a microVM uses' },
 };
 
 export const OPERATIONS: Record<string, Operation> = Object.fromEntries(

@@ -31,6 +31,7 @@ export interface ApiOptions {
   version: string;
   securityGroups?: SecurityGroupService;
   snapshots?: import('../core/snapshots.js').SnapshotService;
+  images?: import('../core/ports/images.js').ImageCatalog;
 }
 
 declare module 'fastify' {
@@ -265,6 +266,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.audit ? { audit: o.audit } : {}),
           ...(o.securityGroups ? { securityGroups: o.securityGroups } : {}),
           ...(o.snapshots ? { snapshots: o.snapshots } : {}),
+          ...(o.images ? { images: o.images } : {}),
         });
         api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
       },

@@ -11,6 +11,8 @@ import type { TenantService } from '../core/tenancy.js';
 import { registerMicroVMRoutes } from './routes/microvms.js';
 import { registerSecurityGroupRoutes } from './routes/securitygroups.js';
 import { registerSnapshotRoutes } from './routes/snapshots.js';
+import { registerImageRoutes } from './routes/images.js';
+import type { ImageCatalog } from '../core/ports/images.js';
 import type { SnapshotService } from '../core/snapshots.js';
 import { registerAuditRoutes, registerTenantRoutes } from './routes/tenants.js';
 
@@ -20,6 +22,7 @@ export interface VersionDeps {
   audit?: AuditService;
   securityGroups?: SecurityGroupService;
   snapshots?: SnapshotService;
+  images?: ImageCatalog;
 }
 
 export interface ApiVersion {
@@ -36,6 +39,7 @@ export const API_VERSIONS: ApiVersion[] = [
       await registerMicroVMRoutes(app, d.service);
       if (d.securityGroups) await registerSecurityGroupRoutes(app, d.securityGroups);
       if (d.snapshots) await registerSnapshotRoutes(app, d.snapshots, d.service);
+      if (d.images) await registerImageRoutes(app, d.images);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);
       if (d.audit) await registerAuditRoutes(app, d.audit);
     },

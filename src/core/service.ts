@@ -4,7 +4,7 @@
  * store (the acknowledgement point) and leave the doing to the controller.
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
-import { DEFAULT_SPEC, assertAction, newId, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { DEFAULT_SPEC, assertAction, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageResolver } from './ports/images.js';
@@ -19,6 +19,8 @@ export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
 export interface ServiceOptions {
   /** Tenants: admission checks the tenant exists and its quotas (atomically, in the store). */
   tenants?: TenantStore;
+  /** Largest `rootfs.size` a VM may ask for (MVM_ROOTFS_MAX_SIZE); larger is refused at admission. */
+  maxRootfsBytes?: number;
 }
 
 /**
@@ -114,6 +116,7 @@ export class MicroVMService {
     await this.admit?.(p, spec, tenantId);
     if (this.images) {
       // Admission: an unknown image is the caller's error now, not a failed boot later.
+      let imageMiB = 0;
       try {
         await this.images.resolveKernel(spec.kernel?.image);
       } catch (e) {
@@ -121,9 +124,18 @@ export class MicroVMService {
       }
       try {
         const img = await this.images.resolveRootfs(spec.rootfs?.image);
-        rootImageMiB = spec.rootfs?.readOnly ? 0 : Math.ceil(img.sizeBytes / (1024 * 1024));
+        imageMiB = Math.ceil(img.sizeBytes / (1024 * 1024));
+        rootImageMiB = spec.rootfs?.readOnly ? 0 : imageMiB;
       } catch (e) {
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.image: ${(e as Error).message}`, { violations: [{ field: 'rootfs.image', message: (e as Error).message }] });
+      }
+      if (spec.rootfs?.size !== undefined) {
+        // The guest filesystem is grown to rootfs.size (never shrunk): below the image is an error, as is beyond the node's maximum.
+        const sizeMiB = parseQuantityMiB(spec.rootfs.size, 'rootfs.size');
+        if (spec.rootfs.readOnly) throw validationError('rootfs.size', 'a read-only root disk is the shared image itself and cannot be resized; drop rootfs.size or readOnly');
+        if (sizeMiB < imageMiB) throw validationError('rootfs.size', `${spec.rootfs.size} is smaller than the image (${imageMiB}Mi); the root filesystem can only grow`);
+        const max = this.opts.maxRootfsBytes;
+        if (max !== undefined && sizeMiB * 1024 * 1024 > max) throw validationError('rootfs.size', `${spec.rootfs.size} exceeds this node's maximum root disk size of ${Math.floor(max / (1024 * 1024))}Mi`);
       }
     }
     const now = new Date().toISOString();

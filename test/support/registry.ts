@@ -96,6 +96,7 @@ export interface ImageSpec {
   cmd?: string[];
   env?: string[];
   workingDir?: string;
+  labels?: Record<string, string>;
 }
 
 /**
@@ -121,6 +122,7 @@ export async function buildOciImage(o: { rootfsDir: string; layoutDir: string; t
   for (const c of o.spec.cmd ?? []) args.push('--config.cmd', c);
   for (const e of o.spec.env ?? []) args.push('--config.env', e);
   if (o.spec.workingDir) args.push('--config.workingdir', o.spec.workingDir);
+  for (const [k, v] of Object.entries(o.spec.labels ?? {})) args.push('--config.label', `${k}=${v}`);
   await execFileP('umoci', args);
 }
 

@@ -25,3 +25,34 @@ export interface ImageResolver {
   resolveKernel(ref: string | undefined): Promise<KernelImage>;
   resolveRootfs(ref: string | undefined): Promise<RootfsImage>;
 }
+
+/** A cached image on this node (an OCI root filesystem or an extracted kernel). */
+export interface CachedImage {
+  kind: 'rootfs' | 'kernel';
+  /** Cache key: the digest the reference resolved to (content sha256 for a kernel file). */
+  digest: string;
+  /** Every reference that resolved to it. */
+  references: string[];
+  /** Host disk space actually used (allocated blocks of all its files). */
+  sizeBytes: number;
+  /** Apparent size of the root filesystem / kernel. */
+  imageSizeBytes: number;
+  createdAt: string;
+  lastUsedAt: string;
+  /** MicroVMs whose spec names it (any phase, so a VM being created counts). */
+  inUse: number;
+}
+
+export interface ImageGcResult {
+  removed: Array<{ kind: 'rootfs' | 'kernel'; digest: string; sizeBytes: number }>;
+  freedBytes: number;
+  keptInUse: number;
+  remainingBytes: number;
+}
+
+/** The image cache as an administrator sees it: list, delete (refused while used), garbage-collect. */
+export interface ImageCatalog {
+  list(): Promise<CachedImage[]>;
+  delete(digest: string): Promise<CachedImage[]>;
+  gc(o?: { maxIdleMs?: number; maxBytes?: number }): Promise<ImageGcResult>;
+}

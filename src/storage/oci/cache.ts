@@ -49,6 +49,10 @@ export interface OciCacheMetadata {
 export interface OciCacheEntry extends OciCacheMetadata {
   dir: string;
   lastUsedAt: string;
+  /** Every reference that resolved to this entry (for in-use accounting of tag references). */
+  references: string[];
+  /** Blocks actually allocated on the host (the rootfs is sparse). */
+  allocatedBytes: number;
 }
 
 export interface ResolvedOciRootfs extends OciCacheEntry {
@@ -71,7 +75,7 @@ const entryName = (digest: string, sizeBytes?: number): string => {
   return `${alg}-${hex}${sizeBytes !== undefined ? `-s${sizeBytes}` : ''}`;
 };
 
-function processAlive(pid: number): boolean {
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -81,6 +85,102 @@ function processAlive(pid: number): boolean {
 }
 
 const inflight = new Map<string, Promise<OciCacheEntry>>();
+/** Entry dirs resolved recently in this process (a VM being created uses it before the store knows): gc and delete leave them. */
+const leases = new Map<string, number>();
+/** How long a resolve protects its entry from gc/delete (covers admission until the microVM record exists). */
+let leaseMs = 60_000;
+
+export function setResolveLeaseMs(ms: number): void {
+  leaseMs = ms;
+}
+
+export function leaseEntry(dir: string, ms = leaseMs): void {
+  leases.set(dir, Date.now() + ms);
+}
+
+export function isLeased(dir: string): boolean {
+  const until = leases.get(dir);
+  if (until === undefined) return false;
+  if (until > Date.now()) return true;
+  leases.delete(dir);
+  return false;
+}
+
+/** Drop every lease (tests). */
+export function clearLeases(): void {
+  leases.clear();
+}
+
+/** Remove temp build dirs (`.<name>.tmp-<pid>-<hex>`) left by dead builders (or older than 6 h). */
+export async function cleanStaleBuildDirs(root: string): Promise<string[]> {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await readdir(root);
+  } catch {
+    return removed;
+  }
+  for (const n of names) {
+    const m = /^\..*\.tmp-(\d+)-[0-9a-f]+$/.exec(n);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    let old = false;
+    try {
+      old = Date.now() - (await stat(join(root, n))).mtimeMs > 6 * 3600_000;
+    } catch {
+      continue;
+    }
+    if (old || (pid !== process.pid && !processAlive(pid))) {
+      await rm(join(root, n), { recursive: true, force: true });
+      removed.push(n);
+    }
+  }
+  return removed;
+}
+
+/** Rename out of the way first, so a reader never sees half an entry. */
+export async function removeEntryDir(root: string, dir: string): Promise<void> {
+  const gone = join(root, `.deleting.tmp-${process.pid}-${randomSuffix()}`);
+  await rename(dir, gone);
+  await rm(gone, { recursive: true, force: true });
+}
+
+/** Sum of allocated blocks under a directory (what `du` reports). */
+export async function allocatedDirBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = join(dir, e.name);
+    const st = await stat(p).catch(() => undefined);
+    if (!st) continue;
+    total += e.isDirectory() ? await allocatedDirBytes(p) : st.blocks * 512;
+  }
+  return total;
+}
+
+/** Remember that `reference` resolved to the entry in `dir`. */
+export async function recordReference(dir: string, reference: string): Promise<void> {
+  const file = join(dir, 'references');
+  let refs: string[] = [];
+  try {
+    refs = JSON.parse(await readFile(file, 'utf8')) as string[];
+  } catch {
+    /* first one */
+  }
+  if (refs.includes(reference)) return;
+  refs.push(reference);
+  const tmp = `${file}.tmp-${process.pid}-${randomSuffix()}`;
+  await writeFile(tmp, JSON.stringify(refs) + '\n');
+  await rename(tmp, file);
+}
+
+export async function readReferences(dir: string, fallback: string): Promise<string[]> {
+  try {
+    const r = JSON.parse(await readFile(join(dir, 'references'), 'utf8')) as string[];
+    return r.includes(fallback) ? r : [fallback, ...r];
+  } catch {
+    return [fallback];
+  }
+}
 
 export class OciImageCache {
   readonly root: string;
@@ -100,7 +200,14 @@ export class OciImageCache {
       } catch {
         lastUsed = new Date(m.builtAt);
       }
-      return { ...m, dir, rootfsPath: join(dir, 'rootfs.ext4'), lastUsedAt: lastUsed.toISOString() };
+      return {
+        ...m,
+        dir,
+        rootfsPath: join(dir, 'rootfs.ext4'),
+        lastUsedAt: lastUsed.toISOString(),
+        references: await readReferences(dir, m.reference),
+        allocatedBytes: await allocatedDirBytes(dir),
+      };
     } catch {
       return undefined;
     }
@@ -121,9 +228,11 @@ export class OciImageCache {
     const digest = await resolveDigest(ref, this.opts);
     const name = entryName(digest, o.sizeBytes);
     const finalDir = join(this.root, name);
+    leaseEntry(finalDir);
     const existing = await this.readEntry(finalDir);
     if (existing) {
       await this.touch(finalDir);
+      await recordReference(finalDir, ref.canonical).catch(() => undefined);
       return { ...existing, cacheHit: true };
     }
     let p = inflight.get(finalDir);
@@ -131,7 +240,10 @@ export class OciImageCache {
       p = this.build(ref, digest, name, finalDir, o.sizeBytes).finally(() => inflight.delete(finalDir));
       inflight.set(finalDir, p);
     }
-    return { ...(await p), cacheHit: false };
+    const built = await p;
+    leaseEntry(finalDir);
+    await recordReference(finalDir, ref.canonical).catch(() => undefined);
+    return { ...built, references: built.references.includes(ref.canonical) ? built.references : [...built.references, ref.canonical], cacheHit: false };
   }
 
   private async build(ref: ImageReference, digest: string, name: string, finalDir: string, sizeBytes: number | undefined): Promise<OciCacheEntry> {
@@ -183,7 +295,7 @@ export class OciImageCache {
         return theirs;
       }
       log(`built ${finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      return (await this.readEntry(finalDir)) ?? { ...meta, dir: finalDir, lastUsedAt: meta.builtAt };
+      return (await this.readEntry(finalDir)) ?? { ...meta, dir: finalDir, lastUsedAt: meta.builtAt, references: [meta.reference], allocatedBytes: 0 };
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
       if (e instanceof MvmError) throw e;
@@ -192,30 +304,8 @@ export class OciImageCache {
   }
 
   /** Remove temp build dirs left by dead builders (or older than 6 h). */
-  async cleanStaleBuilds(): Promise<string[]> {
-    const removed: string[] = [];
-    let names: string[];
-    try {
-      names = await readdir(this.root);
-    } catch {
-      return removed;
-    }
-    for (const n of names) {
-      const m = /^\..*\.tmp-(\d+)-[0-9a-f]+$/.exec(n);
-      if (!m) continue;
-      const pid = Number(m[1]);
-      let old = false;
-      try {
-        old = Date.now() - (await stat(join(this.root, n))).mtimeMs > 6 * 3600_000;
-      } catch {
-        continue;
-      }
-      if (old || (pid !== process.pid && !processAlive(pid))) {
-        await rm(join(this.root, n), { recursive: true, force: true });
-        removed.push(n);
-      }
-    }
-    return removed;
+  cleanStaleBuilds(): Promise<string[]> {
+    return cleanStaleBuildDirs(this.root);
   }
 
   /** Complete entries, most recently used first. */
@@ -247,11 +337,8 @@ export class OciImageCache {
     return removed;
   }
 
-  /** Rename out of the way first, so a reader never sees half an entry. */
-  private async removeDir(dir: string): Promise<void> {
-    const gone = join(this.root, `.deleting.tmp-${process.pid}-${randomSuffix()}`);
-    await rename(dir, gone);
-    await rm(gone, { recursive: true, force: true });
+  private removeDir(dir: string): Promise<void> {
+    return removeEntryDir(this.root, dir);
   }
 
   /**
@@ -267,7 +354,7 @@ export class OciImageCache {
     const now = Date.now();
     for (const e of await this.list()) {
       const idle = now - Date.parse(e.lastUsedAt);
-      if (inUse.has(e.digest) || inUse.has(e.rootfsPath) || inUse.has(e.dir) || idle < (o.minIdleMs ?? 0) || inflight.has(e.dir)) {
+      if (inUse.has(e.digest) || inUse.has(e.rootfsPath) || inUse.has(e.dir) || idle < (o.minIdleMs ?? 0) || inflight.has(e.dir) || isLeased(e.dir)) {
         kept.push(e.dir);
       } else {
         await this.removeDir(e.dir);

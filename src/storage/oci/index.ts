@@ -4,3 +4,4 @@ export * from './build.js';
 export * from './cache.js';
 export * from './resolver.js';
 export { OCI_INIT_PATH } from './init-script.js';
+export * from './manager.js';

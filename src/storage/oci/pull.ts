@@ -51,6 +51,8 @@ export interface PulledImage {
   manifestDigest: string;
   configDigest: string;
   config: ImageProcessConfig;
+  /** The image config's `Labels`. */
+  labels: Record<string, string>;
   architecture?: string;
   os?: string;
 }
@@ -194,7 +196,7 @@ export async function readLayoutImage(layoutDir: string, layoutTag: string): Pro
   const cfg = JSON.parse((await readBlob(layoutDir, manifest.config.digest)).toString('utf8')) as {
     architecture?: string;
     os?: string;
-    config?: { Entrypoint?: unknown; Cmd?: unknown; Env?: unknown; WorkingDir?: unknown; User?: unknown };
+    config?: { Entrypoint?: unknown; Cmd?: unknown; Env?: unknown; WorkingDir?: unknown; User?: unknown; Labels?: unknown };
   };
   const c = cfg.config ?? {};
   return {
@@ -207,6 +209,10 @@ export async function readLayoutImage(layoutDir: string, layoutTag: string): Pro
       workingDir: typeof c.WorkingDir === 'string' ? c.WorkingDir : '',
       user: typeof c.User === 'string' ? c.User : '',
     },
+    labels:
+      c.Labels && typeof c.Labels === 'object'
+        ? Object.fromEntries(Object.entries(c.Labels as Record<string, unknown>).filter((kv): kv is [string, string] => typeof kv[1] === 'string'))
+        : {},
     ...(cfg.architecture ? { architecture: cfg.architecture } : {}),
     ...(cfg.os ? { os: cfg.os } : {}),
   };
