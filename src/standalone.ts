@@ -101,7 +101,13 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   });
   // Firecracker runs only where KVM really boots a guest: the same probe decides.
   const driver: VmmDriver =
-    cfg.driver === 'firecracker' ? new FirecrackerDriver({ kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' } }) : qemu;
+    cfg.driver === 'firecracker'
+      ? new FirecrackerDriver({
+          kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' },
+          // The VMM runs in the VM's network namespace (set up by the network manager), where its taps are.
+          netnsFor: (spec) => spec.netnsPath,
+        })
+      : qemu;
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this host');
   log.info({ driver: caps.driver, accel: caps.accel, version: caps.version, available: caps.available }, 'VMM driver ready');

@@ -6,7 +6,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn as nodeSpawn, spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../src/core/errors.js';
@@ -14,6 +14,7 @@ import type { LaunchSpec, VmmInstance } from '../src/core/ports/vmm.js';
 import { pidAlive } from '../src/vmm/proc.js';
 import { FirecrackerDriver } from '../src/vmm/firecracker/firecracker-driver.js';
 import { fcFiles } from '../src/vmm/firecracker/config.js';
+import { hostCpuModel } from '../src/vmm/firecracker/snapshot.js';
 import { FC_FAULTS } from '../src/vmm/firecracker/protocol.js';
 import type { FirecrackerApiClient } from '../src/vmm/firecracker/api-client.js';
 import { memoryNonce, peerBinary, readPeerLog, realFirecracker, waitFor } from './support/firecracker-harness.js';
@@ -117,7 +118,9 @@ describe('firecracker driver: lifecycle against the peer', () => {
       ['PUT /logger', 'PUT /metrics', 'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/root', 'PUT /network-interfaces/net_0', 'PUT /actions'],
     );
     assert.deepEqual(calls[2]!.body, { vcpu_count: 2, mem_size_mib: 256, smt: false, track_dirty_pages: false });
-    assert.deepEqual(calls[4]!.body, { drive_id: 'root', path_on_host: spec.drives[0]!.path, is_root_device: true, is_read_only: false });
+    // The VM's own disk by a path relative to the VM directory (Firecracker's cwd), so clones reopen their own disk.
+    assert.deepEqual(calls[4]!.body, { drive_id: 'root', path_on_host: 'root.raw', is_root_device: true, is_read_only: false });
+    assert.equal(join(spec.vmDir, 'root.raw'), spec.drives[0]!.path);
     assert.deepEqual(calls[5]!.body, { iface_id: 'net_0', host_dev_name: spec.nics[0]!.tap, guest_mac: '02:fc:00:00:00:01' });
     // What the peer received: the probe, then exactly the config calls, all accepted.
     const got = readPeerLog(log);
@@ -285,9 +288,9 @@ describe('firecracker driver: lifecycle against the peer', () => {
     assert.equal(files.dir, snapDir);
     assert.ok(existsSync(files.memoryFile) && existsSync(files.stateFile!));
     assert.equal(await a.state(), 'paused', 'left paused');
-    const meta = JSON.parse(readFileSync(join(snapDir, 'snapshot.json'), 'utf8')) as { driver: string; vmmVersion: string; nics: unknown[] };
+    const meta = JSON.parse(readFileSync(join(snapDir, 'snapshot.json'), 'utf8')) as { driver: string; vmmVersion: string; nics: unknown[]; drives: Array<{ path_on_host: string }> };
     assert.equal(meta.driver, 'firecracker');
-    assert.equal(meta.vmmVersion, '1.10.1');
+    assert.equal(meta.vmmVersion, 'v1.10.1');
     const nonce = memoryNonce(files.memoryFile);
     assert.ok(nonce.length > 0);
     const created = readPeerLog(log).filter((e) => e.path === '/snapshot/create');
@@ -319,16 +322,72 @@ describe('firecracker driver: lifecycle against the peer', () => {
     assert.deepEqual(load.body?.network_overrides, [{ iface_id: 'net_0', host_dev_name: 'tap-other' }]);
     await retap.kill();
 
-    // Un-jailed, a restore into another VM directory would reopen the source VM's disk: refused before spawning.
-    const other = mkSpec();
-    await assert.rejects(mkDriver(join(root, 'clone.jsonl')).launch({ ...other, restoreFrom: files }), (e: unknown) => {
-      assert.ok(e instanceof MvmError);
-      assert.equal(e.code, ErrorCodes.CAPABILITY_UNSUPPORTED);
-      assert.equal(e.details.step, 'validate');
-      assert.match(e.message, /reopens drive root at .*run the jailer to clone/);
-      return true;
-    });
-    assert.equal(existsSync(fcFiles(other.vmDir).launch), false);
+    // A clone in another VM directory, un-jailed: its own raw copy of the snapshot's disk at the same
+    // relative path, which Firecracker reopens from its own working directory. The source's disk may be gone.
+    assert.deepEqual(meta.drives.map((x) => x.path_on_host), ['root.raw']);
+    rmSync(spec.drives[0]!.path);
+    const d2 = mkDriver(join(root, 'clone.jsonl'));
+    const clones: LaunchSpec[] = [];
+    for (const i of [1, 2]) {
+      const other = mkSpec({ nics: [{ id: 'net-0', tap: `tap-clone-${i}`, mac: `02:fc:00:00:01:0${i}` }] });
+      const disk = await d2.prepareRestoreDisk(snapDir, other.vmDir);
+      assert.deepEqual(disk, { id: 'root', path: join(other.vmDir, 'root.raw'), format: 'raw', readOnly: false, root: true });
+      assert.notEqual(statSync(disk.path).ino, statSync(join(snapDir, 'disk-root.raw')).ino, 'the clone writes its own file');
+      const c = await launch(d2, { ...other, drives: [disk], restoreFrom: d2.snapshotFiles(snapDir) });
+      assert.equal(await c.state(), 'running');
+      assert.equal(memoryNonce((await c.snapshot!(join(root, `snap-clone-${i}`))).memoryFile), nonce, `clone ${i} has the source's memory`);
+      await c.kill();
+      clones.push(other);
+    }
+    const loads = readPeerLog(join(root, 'clone.jsonl')).filter((e) => e.path === '/snapshot/load');
+    assert.deepEqual(loads.map((e) => [e.status, e.body?.network_overrides]), [
+      [204, [{ iface_id: 'net_0', host_dev_name: 'tap-clone-1' }]],
+      [204, [{ iface_id: 'net_0', host_dev_name: 'tap-clone-2' }]],
+    ]);
+  });
+
+  it('refuses an incompatible restore before spawning, with the reason', async () => {
+    const spec = mkSpec();
+    const d = mkDriver(join(root, 'compat.jsonl'));
+    const a = await launch(d, spec);
+    await ready(spec);
+    const snapDir = join(root, 'snap-compat');
+    await a.snapshot!(snapDir);
+    await a.kill();
+    const meta = JSON.parse(readFileSync(join(snapDir, 'snapshot.json'), 'utf8')) as Record<string, unknown>;
+    assert.equal(meta.driver, 'firecracker');
+    assert.equal(meta.vmmVersion, 'v1.10.1');
+    assert.equal(meta.cpuModel, hostCpuModel());
+    assert.deepEqual(meta.kernel, { path: spec.kernelPath, sizeBytes: statSync(spec.kernelPath).size });
+    let n = 0;
+    const refused = async (edit: Record<string, unknown>, over: Partial<LaunchSpec>, code: string, what: RegExp): Promise<void> => {
+      const dir = join(root, `snap-compat-${++n}`);
+      cpSync(snapDir, dir, { recursive: true });
+      writeFileSync(join(dir, 'snapshot.json'), JSON.stringify({ ...meta, ...edit }));
+      const target = mkSpec(over);
+      const disk = await d.prepareRestoreDisk(snapDir, target.vmDir);
+      await assert.rejects(d.launch({ ...target, drives: [disk], restoreFrom: d.snapshotFiles(dir) }), (e: unknown) => {
+        assert.ok(e instanceof MvmError, String(e));
+        assert.equal(e.code, code, e.message);
+        assert.equal(e.details.step, 'restore-check');
+        assert.match(e.message, what);
+        return true;
+      });
+      assert.equal(existsSync(fcFiles(target.vmDir).launch), false, 'nothing was started');
+    };
+    await refused({ vmmVersion: 'v1.4.0' }, {}, ErrorCodes.CAPABILITY_UNSUPPORTED, /vmmVersion: snapshot has "v1.4.0", this VM has "v1.10.1"/);
+    await refused({ cpuModel: 'GenuineIntel Some Other CPU' }, {}, ErrorCodes.CAPABILITY_UNSUPPORTED, /cpuModel: snapshot has "GenuineIntel Some Other CPU"/);
+    await refused({ jailed: true }, {}, ErrorCodes.CAPABILITY_UNSUPPORTED, /jailed: the snapshot was taken under the jailer/);
+    await refused({ driver: 'qemu' }, {}, ErrorCodes.CAPABILITY_UNSUPPORTED, /written by the qemu driver/);
+    await refused({}, { vcpu: 1 }, ErrorCodes.VALIDATION_FAILED, /vcpu: snapshot has 2, this VM has 1/);
+    await refused({ kernel: { path: '/boot/other-vmlinux', sizeBytes: 1 } }, {}, ErrorCodes.VALIDATION_FAILED, /kernel: snapshot has/);
+    // Incomplete: the memory file is gone.
+    const dir = join(root, 'snap-compat-nomem');
+    cpSync(snapDir, dir, { recursive: true });
+    rmSync(join(dir, 'memory'));
+    const target = mkSpec();
+    const disk = await d.prepareRestoreDisk(dir, target.vmDir);
+    await assert.rejects(d.launch({ ...target, drives: [disk], restoreFrom: d.snapshotFiles(dir) }), (e: unknown) => e instanceof MvmError && e.code === ErrorCodes.VALIDATION_FAILED && /memory is missing/.test(e.message));
   });
 
   it('stops gracefully with SendCtrlAltDel (also from paused) and removes its files', async () => {

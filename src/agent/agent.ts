@@ -9,7 +9,7 @@
  * what tells `start()`/`ensureAbsent()` there is something to clean up.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
@@ -451,6 +451,17 @@ export class LocalAgent implements NodeAgent {
   resume(id: string): Promise<void> {
     return this.serial(id, async (r) => {
       if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no VMM to resume`);
+    // Firecracker: the console's input is a FIFO (its stdin) instead of a socket.
+    const fifo = join(dir, 'console.in');
+    if (!existsSync(join(dir, 'console.sock')) && existsSync(fifo)) {
+      const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      try {
+        writeSync(fd, '\n' + line);
+      } finally {
+        closeSync(fd);
+      }
+      return;
+    }
       if (!r.inst.resume) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${r.inst.driver} cannot resume`);
       await r.inst.resume();
       r.state = 'running';

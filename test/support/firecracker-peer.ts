@@ -23,6 +23,14 @@
  * to the memory file and snapshot/load restores it, so memory survival can be
  * asserted end to end. Metrics are JSON lines of deltas, like Firecracker's.
  *
+ * The guest has a tiny serial shell on Firecracker's stdin (the console input
+ * FIFO the driver passes): it echoes the typed line like a tty and runs
+ * `echo [text] [> file]`, `cat file`, `hostname [name]`, `ip link set <dev>
+ * address|up|down`, `ip addr add|flush|show`, `ip route replace default via`,
+ * `sync`, `true` — enough for the agent's re-identification of a clone and for
+ * tests to write a "tmpfs" file before a snapshot and read it after a restore.
+ * The files, hostname and addresses are part of the guest memory.
+ *
  * Limits: no KVM, no real guest, taps are not opened, Uffd memory backends and
  * diff snapshots are accepted only as far as validation goes. Wording of a few
  * faults Firecracker words differently per version is the peer's own.
@@ -275,8 +283,8 @@ class Peer {
   balloon: Obj | undefined;
   logger: (Sink & { showLevel: boolean }) | undefined;
   metrics: Sink | undefined;
-  /** The guest's memory: a nonce born at boot, carried by snapshots. */
-  memory: { nonce: string } | undefined;
+  /** The guest's memory: a nonce born at boot, its shell's files and identity; carried by snapshots. */
+  memory: GuestMemory | undefined;
   pendingCtrlAltDel = false;
   blockDeltas = new Map<string, { read_bytes: number; write_bytes: number; read_count: number; write_count: number }>();
   apiRequests = 0;
@@ -333,6 +341,137 @@ class Peer {
   }
 }
 
+interface GuestMemory {
+  nonce: string;
+  files?: Record<string, string>;
+  hostname?: string;
+  net?: Record<string, { mac?: string; ip?: string; up?: boolean }>;
+  gateway?: string;
+}
+
+const newMemory = (): GuestMemory => ({ nonce: randomBytes(8).toString('hex'), files: {}, net: {} });
+
+// ---------------------------------------------------------------- guest shell
+
+/** Split on `;` and `&&` outside quotes. */
+function splitCommands(line: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let q: string | undefined;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i]!;
+    if (q) {
+      if (c === q) q = undefined;
+      cur += c;
+    } else if (c === '"' || c === "'") {
+      q = c;
+      cur += c;
+    } else if (c === ';') {
+      out.push(cur);
+      cur = '';
+    } else if (c === '&' && line[i + 1] === '&') {
+      out.push(cur);
+      cur = '';
+      i++;
+    } else cur += c;
+  }
+  out.push(cur);
+  return out.map((x) => x.trim()).filter(Boolean);
+}
+
+/** Shell words with quotes removed. */
+function words(cmd: string): string[] {
+  const out: string[] = [];
+  const re = /"([^"]*)"|'([^']*)'|(\S+)/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(cmd))) out.push(m[1] ?? m[2] ?? m[3] ?? '');
+  return out;
+}
+
+/** Run one typed line in the guest; returns the output lines. */
+export function guestShell(mem: GuestMemory, line: string): string[] {
+  const out: string[] = [];
+  mem.files ??= {};
+  mem.net ??= {};
+  const dev = (name: string): { mac?: string; ip?: string; up?: boolean } => (mem.net![name] ??= {});
+  for (const cmd of splitCommands(line)) {
+    const redirect = /^(.*?)\s*>\s*(\S+)$/.exec(cmd);
+    const w = words(redirect ? redirect[1]! : cmd);
+    const [c, ...a] = w;
+    const emit = (text: string): void => {
+      if (redirect) mem.files![redirect[2]!] = text + '\n';
+      else out.push(text);
+    };
+    if (c === 'echo') emit(a.join(' '));
+    else if (c === 'cat') {
+      for (const f of a) {
+        const t = mem.files[f];
+        if (t === undefined) out.push(`cat: ${f}: No such file or directory`);
+        else out.push(...t.replace(/\n$/, '').split('\n'));
+      }
+    } else if (c === 'hostname') {
+      if (a[0]) mem.hostname = a[0];
+      else emit(mem.hostname ?? '(none)');
+    } else if (c === 'sync' || c === 'true') {
+      /* nothing to do */
+    } else if (c === 'ip') {
+      const args = a.filter((x) => x !== '-4');
+      const [obj, verb, ...rest] = args;
+      if (obj === 'link' && verb === 'set' && rest[0]) {
+        const d = dev(rest[0]);
+        if (rest[1] === 'address' && rest[2]) d.mac = rest[2].toLowerCase();
+        else if (rest[1] === 'up' || rest[1] === 'down') d.up = rest[1] === 'up';
+      } else if (obj === 'addr' && verb === 'flush' && rest[0] === 'dev' && rest[1]) delete dev(rest[1]).ip;
+      else if (obj === 'addr' && verb === 'add' && rest[1] === 'dev' && rest[2]) dev(rest[2]).ip = rest[0];
+      else if (obj === 'addr' && verb === 'show') {
+        const names = rest[0] ? [rest[0]] : Object.keys(mem.net);
+        names.forEach((n, i) => {
+          const d = mem.net![n];
+          if (!d) {
+            out.push(`Device "${n}" does not exist.`);
+            return;
+          }
+          out.push(`${i + 2}: ${n}: <BROADCAST,MULTICAST${d.up === false ? '' : ',UP,LOWER_UP'}> mtu 1500`);
+          out.push(`    link/ether ${d.mac ?? '00:00:00:00:00:00'} brd ff:ff:ff:ff:ff:ff`);
+          if (d.ip) out.push(`    inet ${d.ip} scope global ${n}`);
+        });
+      } else if (obj === 'route' && verb === 'replace' && rest[0] === 'default' && rest[1] === 'via' && rest[2]) mem.gateway = rest[2];
+      else out.push(`ip: unsupported by the peer guest: ${cmd}`);
+    } else out.push(`sh: ${c}: not found`);
+  }
+  return out;
+}
+
+/** The guest reads its serial console input (Firecracker's stdin) line by line, while booted and running. */
+function serveConsoleInput(peer: Peer): void {
+  let buf = '';
+  const pending: string[] = [];
+  const drain = (): void => {
+    while (pending.length > 0) {
+      if (!peer.booted || peer.paused || !peer.memory) {
+        setTimeout(drain, 20);
+        return;
+      }
+      const line = pending.shift()!;
+      // A tty echoes what is typed; the shell's output follows.
+      process.stdout.write(`# ${line}\n`);
+      for (const l of guestShell(peer.memory, line)) process.stdout.write(l + '\n');
+    }
+  };
+  process.stdin.on('data', (d: Buffer) => {
+    buf += d.toString('utf8');
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).replace(/\r$/, '');
+      buf = buf.slice(nl + 1);
+      if (line.trim()) pending.push(line);
+    }
+    drain();
+  });
+  process.stdin.on('error', () => undefined);
+  process.stdin.on('end', () => undefined);
+}
+
 // ---------------------------------------------------------------- helpers
 
 class Fault extends Error {
@@ -364,6 +503,10 @@ function openSink(path: string): number {
   const st = statSync(p);
   const flags = st.isFIFO() ? constants.O_RDWR | constants.O_NONBLOCK : constants.O_WRONLY | constants.O_APPEND | constants.O_NONBLOCK;
   return openSync(p, flags);
+}
+
+function maskBits(mask: string): number {
+  return mask.split('.').reduce((n, o) => n + (Number(o) >>> 0).toString(2).split('').filter((b) => b === '1').length, 0);
 }
 
 function bootArg(args: string, key: string): string | undefined {
@@ -401,7 +544,22 @@ function bootGuest(peer: Peer): void {
   const args = String(boot.boot_args ?? '');
   const mem = Number(peer.machine.mem_size_mib);
   const stamp = (ms: number): string => `[${(ms / 1000).toFixed(6).padStart(12)}]`;
-  peer.memory ??= { nonce: randomBytes(8).toString('hex') };
+  peer.memory ??= newMemory();
+  // The kernel's ip= argument and the NICs' MACs configure eth<i>, as in a real guest.
+  const gm = peer.memory;
+  gm.net ??= {};
+  [...peer.ifaces.values()].forEach((n, i) => {
+    const d = (gm.net![`eth${i}`] ??= {});
+    if (n.guest_mac) d.mac = String(n.guest_mac).toLowerCase();
+    d.up = true;
+  });
+  const ipArg = bootArg(args, 'ip');
+  if (ipArg) {
+    const [client, , gw, mask, host] = ipArg.split(':');
+    if (client && gm.net.eth0) gm.net.eth0.ip = `${client}/${maskBits(mask ?? '')}`;
+    if (gw) gm.gateway = gw;
+    if (host) gm.hostname = host;
+  }
   const lines = [
     `${stamp(0)} Linux version 6.1.0-mvm-peer (firecracker-peer@mvm) #1 SMP PREEMPT_DYNAMIC`,
     `${stamp(0)} Command line: ${args}`,
@@ -646,7 +804,7 @@ function handle(peer: Peer, method: string, path: string, body: unknown): { stat
         const ke = fileError(String(peer.boot.kernel_image_path));
         if (ke) throw fault(`Cannot load kernel due to invalid memory configuration or invalid kernel image. ${ke}`);
         peer.booted = true;
-        peer.memory = { nonce: randomBytes(8).toString('hex') };
+        peer.memory = newMemory();
         peer.log('INFO', 'Successfully started microvm that was configured from one single json');
         setTimeout(() => bootGuest(peer), 5);
       } else if (action === 'SendCtrlAltDel') {
@@ -717,7 +875,7 @@ function createSnapshot(peer: Peer, b: Obj): { status: number } {
     memory_bytes: memBytes,
   };
   writeFileSync(hostPath(String(b.snapshot_path)), JSON.stringify(state));
-  writeFileSync(hostPath(String(b.mem_file_path)), MEMORY_MAGIC + JSON.stringify({ nonce: peer.memory?.nonce ?? '', mem_size_mib: peer.machine.mem_size_mib }) + '\n');
+  writeFileSync(hostPath(String(b.mem_file_path)), MEMORY_MAGIC + JSON.stringify({ ...(peer.memory ?? { nonce: '' }), mem_size_mib: peer.machine.mem_size_mib }) + '\n');
   peer.log('INFO', `'create full snapshot' VMM action took 1000 us.`);
   return { status: 204 };
 }
@@ -738,11 +896,11 @@ function loadSnapshot(peer: Peer, b: Obj): { status: number } {
     throw fatal(`Failed to read microVM state: ${errText(e)}`);
   }
   if (state.magic !== SNAPSHOT_MAGIC) throw fatal('Snapshot magic value mismatch');
-  let memory: { nonce: string };
+  let memory: GuestMemory;
   try {
     const raw = readFileSync(hostPath(memPath), 'utf8');
     if (!raw.startsWith(MEMORY_MAGIC)) throw new Error('not a memory file of this snapshot');
-    memory = JSON.parse(raw.slice(MEMORY_MAGIC.length)) as { nonce: string };
+    memory = JSON.parse(raw.slice(MEMORY_MAGIC.length)) as GuestMemory;
   } catch (e) {
     throw fatal(`Failed to load guest memory: ${errText(e)}`);
   }
@@ -798,6 +956,7 @@ function record(entry: Obj): void {
 function main(): void {
   const cli = parseCli(process.argv.slice(2));
   const peer = new Peer(cli);
+  serveConsoleInput(peer);
   const sock = hostPath(cli.apiSock);
   if (existsSync(sock)) {
     process.stderr.write(`Failed to open the API socket at: ${cli.apiSock}. Check that it is not already used.\n`);

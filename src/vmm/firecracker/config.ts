@@ -33,6 +33,8 @@ export const fcFiles = (vmDir: string) => ({
   /** Block counters accumulated from the metrics FIFO (survives service restarts). */
   metricsTotals: join(vmDir, 'fc-metrics.json'),
   vsockUds: join(vmDir, 'vsock.sock'),
+  /** FIFO that is the guest serial console's input (Firecracker's stdin). */
+  consoleIn: join(vmDir, 'console.in'),
   launch: join(vmDir, 'launch.json'),
 });
 
@@ -193,42 +195,30 @@ export function buildRestoreCalls(spec: LaunchSpec, files: FcConfigFiles, snap: 
   return [...loggingCalls(files, extras), { method: 'PUT', path: '/snapshot/load', body: load }];
 }
 
-/** What `snapshot()` records next to the snapshot files (`snapshot.json`). */
+/** What `snapshot()` records next to the snapshot files (`snapshot.json`; see snapshot.ts). */
 export interface FcSnapshotMeta {
+  /** `mvm-firecracker-snapshot/1` (absent in records of earlier versions). */
+  format?: string;
   driver: 'firecracker';
   vmmVersion: string;
+  /** Host CPU (vendor + model name) the snapshot was taken on. */
+  cpuModel?: string;
   sourceId: string;
+  /** The source VM's directory (un-jailed drive paths are relative to it). */
+  sourceVmDir?: string;
   createdAt: string;
   vcpu: number;
   memoryMiB: number;
+  /** Kernel the source booted (path and size). */
+  kernel?: { path: string; sizeBytes: number };
   jailed: boolean;
-  /** Paths exactly as Firecracker saw them (jail-relative when jailed). */
-  drives: Array<{ drive_id: string; path_on_host: string }>;
+  /** Paths exactly as Firecracker saw them (jail-relative when jailed, VM-directory-relative for the VM's own disks when not). */
+  drives: Array<{ drive_id: string; path_on_host: string; id?: string; readOnly?: boolean; root?: boolean; hostPath?: string }>;
+  /** Copies of the writable drives taken while paused; `vmRelPath` is where a clone gets its own copy. */
+  disks?: Array<{ drive_id: string; id: string; file: string; sourcePath: string; vmRelPath?: string }>;
   nics: Array<{ iface_id: string; host_dev_name: string }>;
   vsockUds?: string;
-}
-
-/**
- * Firecracker reopens a restored VM's drives at the paths recorded in the
- * snapshot (no override exists for drives). Refuse a restore whose drives would
- * not be where the snapshot expects them — un-jailed, a restore into another
- * VM directory would otherwise open the source VM's disks.
- * `seen`: drive id -> path as this VM's Firecracker will see it.
- */
-export function checkRestoreDrives(meta: FcSnapshotMeta | undefined, seen: Record<string, string>): void {
-  if (!meta) return;
-  for (const d of meta.drives) {
-    const mine = seen[d.drive_id];
-    if (mine === d.path_on_host) continue;
-    throw new MvmError(
-      ErrorCodes.CAPABILITY_UNSUPPORTED,
-      mine === undefined
-        ? `snapshot of ${meta.sourceId} has drive ${d.drive_id}, which this VM does not attach`
-        : `snapshot of ${meta.sourceId} reopens drive ${d.drive_id} at ${d.path_on_host}, but this VM has it at ${mine}; ` +
-            (meta.jailed ? 'restore it jailed' : 'un-jailed snapshots restore only into the VM directory they were taken in (run the jailer to clone)'),
-      { details: { drive: d.drive_id, snapshotPath: d.path_on_host, vmPath: mine ?? null } },
-    );
-  }
+  timingsMs?: { pause: number; create: number; diskCopy: number; total: number };
 }
 
 /**

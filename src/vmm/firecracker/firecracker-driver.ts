@@ -15,7 +15,7 @@ import { spawn as nodeSpawn, type ChildProcess, type SpawnOptions } from 'node:c
 import { accessSync, closeSync, constants, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, delimiter, dirname, isAbsolute, join, resolve } from 'node:path';
 import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
-import type { LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { describeExit, listPids, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { FirecrackerApiClient, callLabel, type ApiCall, type Drive, type NetworkInterface, type Vsock } from './api-client.js';
 import {
@@ -25,7 +25,6 @@ import {
   SNAPSHOT_STATE_FILE,
   buildBootCalls,
   buildRestoreCalls,
-  checkRestoreDrives,
   driveIdMap,
   fcResourceId,
   fcFiles,
@@ -51,6 +50,20 @@ import {
   type JailerConfig,
 } from './jailer.js';
 import { MetricsSink, drainLogFifo, type FifoReader } from './metrics.js';
+import {
+  FC_SNAPSHOT_FORMAT,
+  checkRestoreCompatible,
+  copySnapshotDisks,
+  drivePathSeen,
+  fileFacts,
+  hostCpuModel,
+  insideDir,
+  prepareRestoreDrives,
+  relativizeDrives,
+  snapshotFilesOf,
+  writeSnapshotMeta,
+} from './snapshot.js';
+import { wrapInNetns } from '../../core/ports/network.js';
 
 export type SpawnFn = (command: string, args: readonly string[], options: SpawnOptions) => ChildProcess;
 
@@ -112,6 +125,17 @@ export interface FcLaunchRecord {
   vcpu: number;
   memoryMiB: number;
   jail?: JailRecord;
+  /** Host kernel the VM booted (recorded in its snapshots). */
+  kernelPath?: string;
+  vmDir?: string;
+  /** The VM's drives: as Firecracker opens them and where they are on the host. */
+  driveFiles?: Array<{ drive_id: string; id: string; path_on_host: string; hostPath: string; readOnly: boolean; root: boolean }>;
+  /** FIFO feeding the guest serial console (Firecracker's stdin). */
+  consoleIn?: string;
+  /** Network namespace the VMM runs in. */
+  netns?: string;
+  /** Restores: the interfaces after the load's overrides (a later snapshot records them). */
+  restoredNics?: FcSnapshotMeta['nics'];
 }
 
 /** Does this command line belong to a Firecracker process (or the test peer standing in for it)? */
@@ -191,7 +215,7 @@ function safeTail(path: string, n: number): string {
 
 /** Remove what a Firecracker process leaves behind once it is gone: sockets, FIFOs, the jail. Idempotent. */
 async function cleanupAfter(rec: FcLaunchRecord): Promise<void> {
-  for (const p of [rec.apiSock, rec.logFifo, rec.metricsFifo, rec.vsockUds]) {
+  for (const p of [rec.apiSock, rec.logFifo, rec.metricsFifo, rec.vsockUds, rec.consoleIn]) {
     if (p) rmSync(p, { force: true });
   }
   if (rec.jail) await cleanupJail({ jailDir: rec.jail.jailDir, leaseDir: rec.jail.leaseDir, id: rec.id, cgroupDirs: rec.jail.cgroupDirs });
@@ -318,14 +342,34 @@ class FirecrackerInstance implements VmmInstance {
     await this.client.patchVm('Resumed');
   }
 
+  /** The VM's drives: host file, path as Firecracker opened it, flags (from the launch record; older records: from the calls). */
+  private driveFiles(): NonNullable<FcLaunchRecord['driveFiles']> {
+    if (this.rec.driveFiles) return this.rec.driveFiles;
+    return this.rec.calls
+      .filter((c) => c.method === 'PUT' && c.path.startsWith('/drives/'))
+      .map((c) => {
+        const d = c.body as Drive;
+        const hostPath = this.rec.jail ? jailHostPath(this.rec.jail.chrootDir, d.path_on_host) : resolve(this.vmDir, d.path_on_host);
+        return { drive_id: d.drive_id, id: this.rec.drives[d.drive_id] ?? d.drive_id, path_on_host: d.path_on_host, hostPath, readOnly: d.is_read_only, root: d.is_root_device };
+      });
+  }
+
+  /**
+   * Pause (if running), `/snapshot/create` (into the chroot when jailed, then
+   * moved out), copy the writable drives while paused, write `snapshot.json`
+   * last. The VM is left paused.
+   */
   async snapshot(dir: string): Promise<SnapshotFiles> {
     const out = resolve(dir);
     mkdirSync(out, { recursive: true });
+    const t0 = Date.now();
+    if (!this.alive()) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `cannot snapshot ${this.rec.id}: its VMM is not running`, { details: { id: this.rec.id } });
     const info = await this.client.syncPhase();
     if (info.state === 'Not started') {
       throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `cannot snapshot ${this.rec.id}: the microVM has not started`, { details: { id: this.rec.id } });
     }
     if (info.state !== 'Paused') await this.client.patchVm('Paused');
+    const tPaused = Date.now();
     const stateFile = join(out, SNAPSHOT_STATE_FILE);
     const memoryFile = join(out, SNAPSHOT_MEMORY_FILE);
     const call: ApiCall = { method: 'PUT', path: '/snapshot/create', body: { snapshot_type: 'Full', snapshot_path: stateFile, mem_file_path: memoryFile } };
@@ -338,29 +382,68 @@ class FirecrackerInstance implements VmmInstance {
     } else {
       await this.client.call(call);
     }
+    const tCreated = Date.now();
+    const drives = this.driveFiles();
+    const vmDir = this.rec.vmDir ?? this.vmDir;
+    const disks = await copySnapshotDisks(
+      out,
+      drives.map((d) => {
+        const rel = insideDir(vmDir, d.hostPath);
+        return { id: d.id, drive_id: d.drive_id, hostPath: d.hostPath, readOnly: d.readOnly, ...(rel ? { vmRelPath: rel } : {}) };
+      }),
+    );
+    const tCopied = Date.now();
     let vmmVersion = 'unknown';
     try {
-      vmmVersion = await this.client.getVersion();
+      vmmVersion = normalizeVersion(await this.client.getVersion());
     } catch {
       /* keep unknown */
     }
+    const vsock = vsockOf(this.rec.calls);
     const meta: FcSnapshotMeta = {
+      format: FC_SNAPSHOT_FORMAT,
       driver: 'firecracker',
       vmmVersion,
+      cpuModel: hostCpuModel(),
       sourceId: this.rec.id,
+      sourceVmDir: vmDir,
       createdAt: new Date().toISOString(),
       vcpu: this.rec.vcpu,
       memoryMiB: this.rec.memoryMiB,
+      ...(this.rec.kernelPath ? { kernel: fileFacts(this.rec.kernelPath) } : {}),
       jailed: this.rec.jail !== undefined,
-      drives: this.rec.calls.filter((c) => c.path.startsWith('/drives/')).map((c) => ({ drive_id: (c.body as Drive).drive_id, path_on_host: (c.body as Drive).path_on_host })),
-      nics: this.rec.calls
-        .filter((c) => c.path.startsWith('/network-interfaces/'))
-        .map((c) => ({ iface_id: (c.body as NetworkInterface).iface_id, host_dev_name: (c.body as NetworkInterface).host_dev_name })),
-      ...(vsockOf(this.rec.calls) ? { vsockUds: vsockOf(this.rec.calls)! } : {}),
+      drives: drives.map((d) => ({ drive_id: d.drive_id, path_on_host: d.path_on_host, id: d.id, readOnly: d.readOnly, root: d.root, hostPath: d.hostPath })),
+      disks,
+      nics: this.nics(),
+      ...(vsock ? { vsockUds: vsock } : {}),
+      timingsMs: { pause: tPaused - t0, create: tCreated - tPaused, diskCopy: tCopied - tCreated, total: Date.now() - t0 },
     };
-    writeFileSync(join(out, SNAPSHOT_META_FILE), JSON.stringify(meta, null, 2));
+    writeSnapshotMeta(out, meta);
     return { dir: out, memoryFile, stateFile };
   }
+
+  /** Interfaces as Firecracker knows them now (boot calls, or the snapshot's overridden by a restore). */
+  private nics(): FcSnapshotMeta['nics'] {
+    const boot = this.rec.calls
+      .filter((c) => c.path.startsWith('/network-interfaces/'))
+      .map((c) => ({ iface_id: (c.body as NetworkInterface).iface_id, host_dev_name: (c.body as NetworkInterface).host_dev_name }));
+    if (boot.length > 0 || this.rec.mode === 'boot') return boot;
+    return this.rec.restoredNics ?? [];
+  }
+}
+
+function wrapIf(netns: string | undefined, argv: string[]): string[] {
+  return netns ? wrapInNetns(netns, argv) : argv;
+}
+
+/** The snapshot's interfaces with this restore's taps. */
+function restoredNics(meta: FcSnapshotMeta, spec: LaunchSpec): FcSnapshotMeta['nics'] {
+  return meta.nics.map((n) => ({ ...n, host_dev_name: spec.nics.find((x) => fcResourceId(x.id) === n.iface_id)?.tap ?? n.host_dev_name }));
+}
+
+/** "v1.10.1" / "1.10.1" -> "v1.10.1". */
+function normalizeVersion(v: string): string {
+  return v === 'unknown' || v.startsWith('v') ? v : `v${v}`;
 }
 
 function vsockOf(calls: ApiCall[]): string | undefined {
@@ -379,15 +462,6 @@ function moveOut(from: string, to: string): void {
     if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
     copyFileSync(from, to);
     rmSync(from, { force: true });
-  }
-}
-
-function readSnapshotMeta(dir: string): FcSnapshotMeta | undefined {
-  try {
-    const m = JSON.parse(readFileSync(join(dir, SNAPSHOT_META_FILE), 'utf8')) as FcSnapshotMeta;
-    return m.driver === 'firecracker' ? m : undefined;
-  } catch {
-    return undefined;
   }
 }
 
@@ -454,15 +528,29 @@ export class FirecrackerDriver implements VmmDriver {
       if (!bin) throw new MvmError(ErrorCodes.VMM_ERROR, `no firecracker binary: ${this.binary} not found`);
       const jcfg = this.jailerConfig();
       const hostFiles = { logFifo: f.logFifo, metricsFifo: f.metricsFifo, ...(extras.vsock ? { vsockUds: f.vsockUds } : {}) };
-      const meta = spec.restoreFrom ? readSnapshotMeta(spec.restoreFrom.dir) : undefined;
-      let calls = spec.restoreFrom ? buildRestoreCalls(spec, hostFiles, spec.restoreFrom, extras) : buildBootCalls(spec, hostFiles, extras);
+      let meta: FcSnapshotMeta | undefined;
       if (spec.restoreFrom) {
-        checkRestoreDrives(meta, Object.fromEntries(spec.drives.map((dr) => [fcResourceId(dr.id), jcfg ? `/drives/${fcResourceId(dr.id)}` : dr.path])));
+        // Refuse an incompatible restore before anything is started.
+        step = 'restore-check';
+        this.version ??= await firecrackerVersion(bin, this.spawnFn);
+        meta = checkRestoreCompatible(spec.restoreFrom, spec, { vmmVersion: this.version, cpuModel: hostCpuModel(), jailed: jcfg !== undefined });
       }
+      let calls = spec.restoreFrom ? buildRestoreCalls(spec, hostFiles, spec.restoreFrom, extras) : buildBootCalls(spec, hostFiles, extras);
+      const netns = this.opts.netnsFor?.(spec) ?? spec.netnsPath ?? jcfg?.netns;
+      const driveFiles = spec.drives.map((d) => ({
+        drive_id: fcResourceId(d.id),
+        id: d.id,
+        path_on_host: drivePathSeen(d, spec.vmDir, jcfg !== undefined),
+        hostPath: resolve(d.path),
+        readOnly: d.readOnly,
+        root: d.root,
+      }));
 
       step = 'prepare';
       mkdirSync(spec.vmDir, { recursive: true });
-      for (const p of [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds, f.metricsTotals]) rmSync(p, { force: true });
+      for (const p of [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds, f.metricsTotals, f.consoleIn]) rmSync(p, { force: true });
+      // The guest serial console's input: a FIFO the VMM holds open read-write as its stdin (it never sees EOF).
+      nodeJailFs.mkfifo(f.consoleIn);
       let apiSock = f.apiSock;
       let apiSockArg = f.apiSock;
       let logFifo = f.logFifo;
@@ -495,15 +583,14 @@ export class FirecrackerDriver implements VmmDriver {
         const jailed = jailCalls(calls);
         calls = jailed.calls;
         // A restore reopens the drives at their jail paths: link them in too.
-        const driveFiles = spec.restoreFrom ? jailCalls(buildBootCalls(spec, hostFiles, extras)).files.filter((x) => x.jail.startsWith('/drives/')) : [];
-        prepareChroot(jp.chrootDir, [...jailed.files, ...driveFiles], uid, uid, nodeJailFs);
+        const restoreDrives = spec.restoreFrom ? jailCalls(buildBootCalls(spec, hostFiles, extras)).files.filter((x) => x.jail.startsWith('/drives/')) : [];
+        prepareChroot(jp.chrootDir, [...jailed.files, ...restoreDrives], uid, uid, nodeJailFs);
         apiSock = jp.apiSock;
         apiSockArg = JAIL_API_SOCK;
         const fifo = (host: string): string => jailHostPath(jp.chrootDir, jailed.files.find((x) => x.host === host)!.jail);
         logFifo = fifo(f.logFifo);
         metricsFifo = fifo(f.metricsFifo);
         if (vsockUds) vsockUds = jailHostPath(jp.chrootDir, '/vsock.sock');
-        const netns = this.opts.netnsFor?.(spec) ?? jcfg.netns;
         command = jcfg.jailerBinary;
         args = buildJailerArgs({
           id: spec.id,
@@ -519,8 +606,13 @@ export class FirecrackerDriver implements VmmDriver {
         });
       } else {
         for (const p of [f.logFifo, f.metricsFifo]) nodeJailFs.mkfifo(p);
-        command = bin;
-        args = ['--api-sock', f.apiSock, '--id', spec.id];
+        // The VM's own disks by paths relative to the VM directory (Firecracker's cwd): a clone's
+        // Firecracker reopens the same relative paths from the snapshot, i.e. its own disks.
+        calls = relativizeDrives(calls, spec.vmDir);
+        // Taps live in the VM's network namespace: nsenter switches the netns only and execs (same pid).
+        const argv = wrapIf(netns, [bin, '--api-sock', f.apiSock, '--id', spec.id]);
+        command = argv[0]!;
+        args = argv.slice(1);
       }
       if (Buffer.byteLength(apiSock) > MAX_SOCKET_PATH) {
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `API socket path ${apiSock} is longer than ${MAX_SOCKET_PATH} bytes; use a shorter data directory`);
@@ -530,18 +622,20 @@ export class FirecrackerDriver implements VmmDriver {
       step = 'spawn';
       const consoleFd = openSync(f.consoleLog, 'a');
       const err = openSync(f.vmmLog, 'a');
+      const stdin = openSync(f.consoleIn, constants.O_RDWR);
       // The wrapper joins the VM's cgroups before exec, so the VMM never allocates outside them.
       const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
       try {
         child = this.spawnFn('/bin/sh', ['-c', wrapper, 'mvm-vmm', command, ...args], {
           detached: true,
-          stdio: ['ignore', consoleFd, err],
+          stdio: [stdin, consoleFd, err],
           cwd: spec.vmDir,
           env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...(this.opts.env ?? {}), MVM_CGROUP_PROCS: spec.cgroupProcs.join(' ') },
         });
       } finally {
         closeSync(consoleFd);
         closeSync(err);
+        closeSync(stdin);
       }
       const pid = child.pid;
       if (pid === undefined) throw new MvmError(ErrorCodes.VMM_ERROR, `cannot start ${command}: spawn failed`);
@@ -569,6 +663,12 @@ export class FirecrackerDriver implements VmmDriver {
         vcpu: spec.vcpu,
         memoryMiB: spec.memoryMiB,
         ...(jail ? { jail } : {}),
+        kernelPath: resolve(spec.kernelPath),
+        vmDir: resolve(spec.vmDir),
+        driveFiles,
+        consoleIn: f.consoleIn,
+        ...(netns ? { netns } : {}),
+        ...(meta ? { restoredNics: restoredNics(meta, spec) } : {}),
       };
       writeFileSync(f.launch, JSON.stringify(rec, null, 2));
       sinks.log = drainLogFifo(logFifo, f.fcLog);
@@ -600,7 +700,7 @@ export class FirecrackerDriver implements VmmDriver {
       sinks.log?.close();
       if (rec) await cleanupAfter(rec).catch(() => undefined);
       else {
-        for (const p of [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds]) rmSync(p, { force: true });
+        for (const p of [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds, f.consoleIn]) rmSync(p, { force: true });
         if (jail) await cleanupJail({ jailDir: jail.jailDir, leaseDir: jail.leaseDir, id: spec.id, cgroupDirs: jail.cgroupDirs }).catch(() => undefined);
       }
       const tail = err.code === ErrorCodes.VMM_ERROR && !err.details.faultMessage && step !== 'api-socket' ? safeTail(f.vmmLog, 500) : '';
@@ -668,6 +768,27 @@ export class FirecrackerDriver implements VmmDriver {
       /* busy: the phase stays unknown and calls are not pre-checked */
     }
     return inst;
+  }
+
+  /**
+   * A restored/cloned VM's own writable root disk: a reflink/sparse raw clone
+   * of the snapshot's disk copy, at the same place in `vmDir` as the source's
+   * disk in its VM directory (owned by the jailed user once the jail links it).
+   */
+  async prepareRestoreDisk(snapshotDir: string, vmDir: string): Promise<DriveSpec> {
+    const drives = await prepareRestoreDrives(snapshotDir, vmDir);
+    const root = drives.find((d) => d.root) ?? drives[0];
+    if (!root) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `snapshot in ${snapshotDir} has no drives`);
+    return root;
+  }
+
+  /** All drives of a restore (root first), for callers that attach more than the root. */
+  prepareRestoreDrives(snapshotDir: string, vmDir: string): Promise<DriveSpec[]> {
+    return prepareRestoreDrives(snapshotDir, vmDir);
+  }
+
+  snapshotFiles(snapshotDir: string): SnapshotFiles {
+    return snapshotFilesOf(snapshotDir);
   }
 
   async findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>> {
