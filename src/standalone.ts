@@ -34,6 +34,8 @@ import { SecurityGroupService } from './core/security-groups.js';
 import { NetworkController } from './controller/network-controller.js';
 import { SnapshotService } from './core/snapshots.js';
 import { registerSnapshotRoutes } from './api/routes/snapshots.js';
+import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
+import { volumeBackendsFromEnv } from './storage/volumes/index.js';
 
 export const VERSION = '0.1.0';
 
@@ -136,7 +138,17 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       defaultEgress: { default: cfg.network.egressDefault },
     });
   }
+  // Volumes: the service is built before the agent (which maps volumes on start); tenants join once the gateway exists.
+  const volumeBackends = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: cfg.nodeName, ...(passwdIds(cfg.vmmUser) ? { owner: passwdIds(cfg.vmmUser)! } : {}) });
+  const volumeDeps: ConstructorParameters<typeof VolumeService>[0] = {
+    resources,
+    store,
+    ...volumeBackends,
+    log: (msg, fields) => log.child({ c: 'volumes' }).info(fields ?? {}, msg),
+  };
+  const volumes = new VolumeService(volumeDeps);
   const agent = new LocalAgent({
+    volumes,
     nodeName: cfg.nodeName,
     dataDir: cfg.dataDir,
     driver,
@@ -157,8 +169,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const { token, file } = ensureAdminToken(cfg);
   // Gateway: tenants, API keys, JWT/OIDC, rate limits, idempotency, audit — shared by REST and gRPC.
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
-  const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND] });
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes });
+  const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND] });
+  volumeDeps.tenants = gw.tenantStore;
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes });
   // Image cache management: in use = named by any microVM record (every phase).
   const imageManager = new ImageManager(
     images,
@@ -177,7 +190,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   );
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
@@ -185,6 +198,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   await controller.start();
   imageManager.start();
   await snapshots.recover();
+  // After a crash: half-created volumes and leftover files are removed, attachments of deleted VMs dropped.
+  await volumes.start(cfg.resyncSeconds * 1000 * 15);
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
   // Atomically: readers (the CLI, tests) never see a half-written file.
@@ -211,6 +226,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       await app.close();
       netController?.stop();
       await controller.stop();
+      volumes.stop();
       imageManager.stop();
       if (cfg.shutdownPolicy === 'stop') {
         // Stop every guest now; they are booted again when the service next starts.

@@ -21,6 +21,7 @@ import type { ImageResolver } from '../core/ports/images.js';
 import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
 import type { DriveSpec, LaunchSpec, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
+import type { VolumeAttacher } from '../core/ports/volumes.js';
 import { createOverlay, createRawClone } from '../storage/disks.js';
 import type { CgroupManager } from './cgroups.js';
 import { observability } from '../observability/index.js';
@@ -45,6 +46,8 @@ export interface AgentOptions {
   network?: NetworkManager;
   /** The network intent of a VM (groups resolved to ids, egress default applied). */
   networkSpec?: (vm: MicroVM) => Promise<VmNetworkSpec>;
+  /** Persistent volumes: mapped on start (extra virtio-blk drives vdb, vdc, ... in spec order), unmapped on stop. */
+  volumes?: VolumeAttacher;
 }
 
 interface Runtime {
@@ -245,6 +248,18 @@ export class LocalAgent implements NodeAgent {
           netnsPath = atts[0]?.netnsPath;
           netMs = Date.now() - tNet;
         }
+        // Volumes: extra drives after the root (vdb, vdc, ... in spec order), mounted by the guest init from `mvm.vol=`.
+        const volumeDrives: DriveSpec[] = [];
+        const volArgs: string[] = [];
+        if (vm.spec.volumes?.length) {
+          step.name = 'volumes';
+          if (!this.o.volumes) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'this node has no volume backends');
+          const vols = await this.o.volumes.attachForVm(vm, this.nodeName);
+          vols.forEach((v, i) => {
+            volumeDrives.push({ id: `vol${i}`, path: v.path, format: 'raw', readOnly: v.readOnly, root: false });
+            volArgs.push(`mvm.vol=vd${String.fromCharCode(98 + i)}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPath}`);
+          });
+        }
         step.name = 'console';
         rotateConsole(join(dir, 'console.log'));
         const cmdline = [
@@ -257,6 +272,7 @@ export class LocalAgent implements NodeAgent {
           `mvm.name=${vm.name}`,
           rootfs.init ? `init=${rootfs.init}` : '',
           netArgs,
+          ...volArgs,
           vm.spec.kernel?.cmdline ?? '',
         ]
           .filter(Boolean)
@@ -269,7 +285,7 @@ export class LocalAgent implements NodeAgent {
           kernelPath: kernel.kernelPath,
           ...(kernel.initrdPath ? { initrdPath: kernel.initrdPath } : {}),
           cmdline,
-          drives: [root],
+          drives: [root, ...volumeDrives],
           nics,
           vmDir: dir,
           cgroupProcs: procs,
@@ -303,6 +319,7 @@ export class LocalAgent implements NodeAgent {
         if (r.inst) await r.inst.kill().catch(() => undefined);
         r.inst = undefined;
         await this.o.cgroups.remove(vm.id).catch(() => undefined);
+        await this.o.volumes?.detachForVm(vm.id, this.nodeName).catch(() => undefined);
         throw new MvmError(err.code, r.message, { cause: e, details: { step: step.name } });
       }
     });
@@ -398,6 +415,8 @@ export class LocalAgent implements NodeAgent {
       r.inst = undefined;
       r.ready = false;
       await this.o.cgroups.remove(id);
+      // Unmap its volumes on this node (they stay claimed by the VM until it is deleted).
+      await this.o.volumes?.detachForVm(id, this.nodeName);
       // CNI DEL on stop: a stopped VM holds no tap, namespace or address (it gets one again on start).
       await this.o.network?.teardown(id);
       r.attachments = undefined;

@@ -32,6 +32,7 @@ export interface ApiOptions {
   securityGroups?: SecurityGroupService;
   snapshots?: import('../core/snapshots.js').SnapshotService;
   images?: import('../core/ports/images.js').ImageCatalog;
+  volumes?: import('../core/volumes.js').VolumeService;
 }
 
 declare module 'fastify' {
@@ -267,6 +268,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.securityGroups ? { securityGroups: o.securityGroups } : {}),
           ...(o.snapshots ? { snapshots: o.snapshots } : {}),
           ...(o.images ? { images: o.images } : {}),
+          ...(o.volumes ? { volumes: o.volumes } : {}),
         });
         api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
       },

@@ -15,6 +15,8 @@ import { registerImageRoutes } from './routes/images.js';
 import type { ImageCatalog } from '../core/ports/images.js';
 import type { SnapshotService } from '../core/snapshots.js';
 import { registerAuditRoutes, registerTenantRoutes } from './routes/tenants.js';
+import { registerVolumeRoutes } from './routes/volumes.js';
+import type { VolumeService } from '../core/volumes.js';
 
 export interface VersionDeps {
   service: MicroVMService;
@@ -23,6 +25,7 @@ export interface VersionDeps {
   securityGroups?: SecurityGroupService;
   snapshots?: SnapshotService;
   images?: ImageCatalog;
+  volumes?: VolumeService;
 }
 
 export interface ApiVersion {
@@ -40,6 +43,7 @@ export const API_VERSIONS: ApiVersion[] = [
       if (d.securityGroups) await registerSecurityGroupRoutes(app, d.securityGroups);
       if (d.snapshots) await registerSnapshotRoutes(app, d.snapshots, d.service);
       if (d.images) await registerImageRoutes(app, d.images);
+      if (d.volumes) await registerVolumeRoutes(app, d.volumes);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);
       if (d.audit) await registerAuditRoutes(app, d.audit);
     },

@@ -9,13 +9,14 @@ export interface Quotas {
   memoryMiB?: number;
   diskMiB?: number;
   snapshots?: number;
+  volumes?: number;
 }
 
-export const QUOTA_RESOURCES = ['vms', 'vcpu', 'memoryMiB', 'diskMiB', 'snapshots'] as const;
+export const QUOTA_RESOURCES = ['vms', 'vcpu', 'memoryMiB', 'diskMiB', 'snapshots', 'volumes'] as const;
 export type QuotaResource = (typeof QUOTA_RESOURCES)[number];
 export type Usage = Record<QuotaResource, number>;
 
-export const emptyUsage = (): Usage => ({ vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0 });
+export const emptyUsage = (): Usage => ({ vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0, volumes: 0 });
 
 /** What one microVM holds against its tenant's quota. */
 export interface VmResources {
@@ -25,13 +26,12 @@ export interface VmResources {
 }
 
 /**
- * Disk counted for a VM: its root disk (the requested size, at least the image's size) plus
- * every volume with a size.
+ * Disk counted for a VM: its root disk (the requested size, at least the image's size). Volumes
+ * are resources of their own, reserved when they are created (src/core/volumes.ts).
  */
 export function vmResources(spec: MicroVMSpec, rootImageMiB = 0): VmResources {
   const root = Math.max(spec.rootfs?.size ? parseQuantityMiB(spec.rootfs.size, 'rootfs.size') : 0, rootImageMiB);
-  const vols = (spec.volumes ?? []).reduce((n, v) => n + (v.size ? parseQuantityMiB(v.size, 'volumes.size') : 0), 0);
-  return { vcpu: spec.vcpu, memoryMiB: parseQuantityMiB(spec.memory, 'memory'), diskMiB: root + vols };
+  return { vcpu: spec.vcpu, memoryMiB: parseQuantityMiB(spec.memory, 'memory'), diskMiB: root };
 }
 
 /**

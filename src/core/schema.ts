@@ -118,6 +118,56 @@ export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxL
   description: 'Free-form labels',
 });
 
+/** Placement constraints (ADR 0015), named after Kubernetes' pod fields. */
+const LabelKey = Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 });
+export const LabelSelectorRequirement = Type.Object(
+  {
+    key: LabelKey,
+    operator: Type.Union([Type.Literal('In'), Type.Literal('NotIn'), Type.Literal('Exists'), Type.Literal('DoesNotExist')]),
+    values: Type.Optional(Type.Array(Type.String({ maxLength: 63 }), { maxItems: 64, description: 'non-empty for In/NotIn, absent for Exists/DoesNotExist' })),
+  },
+  { additionalProperties: false },
+);
+export const LabelSelector = Type.Object(
+  {
+    matchLabels: Type.Optional(Type.Record(LabelKey, Type.String({ maxLength: 63 }), { maxProperties: 16 })),
+    matchExpressions: Type.Optional(Type.Array(LabelSelectorRequirement, { maxItems: 16 })),
+  },
+  { additionalProperties: false, description: 'selects microVMs of the same tenant by spec.labels; {} selects all' },
+);
+export const VmAffinityTerm = Type.Object(
+  {
+    labelSelector: LabelSelector,
+    topologyKey: Type.Optional(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253, description: 'node label naming the topology domain; default kubernetes.io/hostname (the node itself)' })),
+  },
+  { additionalProperties: false },
+);
+export const WeightedVmAffinityTerm = Type.Object(
+  { weight: Type.Integer({ minimum: 1, maximum: 100 }), vmAffinityTerm: VmAffinityTerm },
+  { additionalProperties: false },
+);
+export const VmAffinityRules = Type.Object(
+  {
+    required: Type.Optional(Type.Array(VmAffinityTerm, { maxItems: 16, description: 'hard: every term must hold at placement' })),
+    preferred: Type.Optional(Type.Array(WeightedVmAffinityTerm, { maxItems: 16, description: 'soft: weights add to the node score' })),
+  },
+  { additionalProperties: false },
+);
+export const Affinity = Type.Object(
+  { vmAffinity: Type.Optional(VmAffinityRules), vmAntiAffinity: Type.Optional(VmAffinityRules) },
+  { additionalProperties: false },
+);
+export const TaintEffect = Type.Union([Type.Literal('NoSchedule'), Type.Literal('PreferNoSchedule'), Type.Literal('NoExecute')]);
+export const Toleration = Type.Object(
+  {
+    key: Type.Optional(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253, description: 'taint key; empty with operator Exists tolerates every taint' })),
+    operator: Type.Optional(Type.Union([Type.Literal('Equal'), Type.Literal('Exists')], { description: 'default Equal' })),
+    value: Type.Optional(Type.String({ maxLength: 63 })),
+    effect: Type.Optional(TaintEffect),
+  },
+  { additionalProperties: false },
+);
+
 /** Fields of the spec, shared by the resource, the create and the update request. */
 const specFields = {
   vcpu: Type.Integer({ minimum: 1, maximum: 8, description: 'Number of vCPUs (1-8)' }),
@@ -130,6 +180,9 @@ const specFields = {
   securityGroups: Type.Array(Type.String({ maxLength: 63 }), { maxItems: 16, description: 'security groups (names or ids) of the tenant' }),
   ports: Type.Array(PortMapping, { maxItems: 64, description: 'guest ports published on host ports' }),
   egress: EgressPolicy,
+  nodeSelector: Type.Record(LabelKey, Type.String({ maxLength: 63 }), { maxProperties: 32, description: 'node labels the VM needs (all must match)' }),
+  tolerations: Type.Array(Toleration, { maxItems: 32, description: 'node taints this VM tolerates' }),
+  affinity: Affinity,
 };
 
 export const MicroVMSpec = Type.Object(
@@ -144,6 +197,9 @@ export const MicroVMSpec = Type.Object(
     securityGroups: Type.Optional(specFields.securityGroups),
     ports: Type.Optional(specFields.ports),
     egress: Type.Optional(specFields.egress),
+    nodeSelector: Type.Optional(specFields.nodeSelector),
+    tolerations: Type.Optional(specFields.tolerations),
+    affinity: Type.Optional(specFields.affinity),
     source: Type.Optional(
       Type.Object({ snapshot: Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' }) }, { additionalProperties: false }),
     ),
@@ -164,6 +220,9 @@ export const CreateMicroVMRequest = Type.Object(
     securityGroups: Type.Optional(specFields.securityGroups),
     ports: Type.Optional(specFields.ports),
     egress: Type.Optional(specFields.egress),
+    nodeSelector: Type.Optional(specFields.nodeSelector),
+    tolerations: Type.Optional(specFields.tolerations),
+    affinity: Type.Optional(specFields.affinity),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
   },
@@ -182,6 +241,9 @@ export const UpdateMicroVMRequest = Type.Object(
     securityGroups: Type.Optional(specFields.securityGroups),
     ports: Type.Optional(specFields.ports),
     egress: Type.Optional(specFields.egress),
+    nodeSelector: Type.Optional(specFields.nodeSelector),
+    tolerations: Type.Optional(specFields.tolerations),
+    affinity: Type.Optional(specFields.affinity),
   },
   { additionalProperties: false, minProperties: 1 },
 );
@@ -295,3 +357,64 @@ export type PhaseT = Static<typeof Phase>;
 export function toJsonSchema(schema: TSchema): Record<string, unknown> {
   return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
 }
+/** Persistent volumes (issue 6): a block device with an ext4 filesystem, outliving the VMs it is attached to. */
+export const VolumePhase = Type.Union(['Creating', 'Available', 'InUse', 'Deleting', 'Failed'].map((p) => Type.Literal(p)), { description: 'Volume phase' });
+
+export const CreateVolumeRequest = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
+    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Size, e.g. 1Gi (required unless fromSnapshot)' })),
+    backend: Type.Optional(Type.String({ pattern: NAME_PATTERN, maxLength: 32, description: 'Storage backend: local (default), nfs, ceph-rbd' })),
+    readOnly: Type.Optional(Type.Boolean({ description: 'Only ever attached read-only' })),
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore: a new volume from this volume snapshot (id or name)' })),
+    labels: Type.Optional(Labels),
+  },
+  { additionalProperties: false },
+);
+
+export const VolumeAttachment = Type.Object({
+  vmId: Type.String(),
+  readOnly: Type.Boolean(),
+  mountPath: Type.String(),
+});
+
+export const VolumeResource = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  size: Type.String({ description: 'Requested size quantity' }),
+  sizeBytes: Type.Integer(),
+  backend: Type.String(),
+  readOnly: Type.Boolean(),
+  labels: Type.Optional(Labels),
+  fromSnapshot: Type.Optional(Type.String()),
+  status: Type.Object({
+    phase: VolumePhase,
+    message: Type.Optional(Type.String()),
+    attachedTo: Type.Array(VolumeAttachment),
+  }),
+  resourceVersion: Type.String(),
+  createdAt: Type.String({ format: 'date-time' }),
+  updatedAt: Type.String({ format: 'date-time' }),
+});
+
+export const VolumeSnapshotRequest = Type.Object(
+  { name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }) },
+  { additionalProperties: false },
+);
+
+export const VolumeSnapshotResource = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  volumeId: Type.String({ description: 'the volume it was taken of' }),
+  backend: Type.String(),
+  sizeBytes: Type.Integer({ description: 'size of the volume at the time' }),
+  phase: Type.Union([Type.Literal('Creating'), Type.Literal('Ready'), Type.Literal('Failed')]),
+  copyOnWrite: Type.Boolean({ description: 'whether the backend shared blocks (reflink / RBD snapshot) instead of copying' }),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+
+export type CreateVolumeRequestT = Static<typeof CreateVolumeRequest>;
+export type VolumeT = Static<typeof VolumeResource>;
+export type VolumeSnapshotT = Static<typeof VolumeSnapshotResource>;

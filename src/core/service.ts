@@ -21,6 +21,11 @@ export interface ServiceOptions {
   tenants?: TenantStore;
   /** Largest `rootfs.size` a VM may ask for (MVM_ROOTFS_MAX_SIZE); larger is refused at admission. */
   maxRootfsBytes?: number;
+  /** Volumes: `spec.volumes` are claimed (created when sized and missing) for the new VM, released if its create fails. */
+  volumes?: {
+    claim(p: Principal, spec: MicroVMSpecT, tenant: string, vmId: string): Promise<void>;
+    releaseVm(vmId: string): Promise<void>;
+  };
 }
 
 /**
@@ -140,8 +145,13 @@ export class MicroVMService {
     }
     const now = new Date().toISOString();
     const start = req.start !== false;
+    const id = newId('vm');
+    if (spec.volumes?.length) {
+      if (!this.opts.volumes) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'volumes are not available in this deployment', { violations: [{ field: 'volumes', message: 'unsupported' }] });
+      await this.opts.volumes.claim(p, spec, tenantId, id);
+    }
     const vm: MicroVM = {
-      id: newId('vm'),
+      id,
       name: req.name,
       tenant: tenantId,
       spec,
@@ -153,7 +163,10 @@ export class MicroVMService {
       updatedAt: now,
     };
     const res = vmResources(spec, rootImageMiB);
-    const created = await this.store.createVm(vm, tenant ? { admission: { limits: limitsOf(tenant), diskMiB: res.diskMiB } } : {});
+    const created = await this.store.createVm(vm, tenant ? { admission: { limits: limitsOf(tenant), diskMiB: res.diskMiB } } : {}).catch(async (e: unknown) => {
+      if (spec.volumes?.length) await this.opts.volumes?.releaseVm(id);
+      throw e;
+    });
     await this.store.appendEvent({ vmId: vm.id, tenant: vm.tenant, time: now, type: 'Normal', reason: 'Created', message: `created by ${p.subject}` });
     return created;
   }

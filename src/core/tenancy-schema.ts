@@ -16,7 +16,8 @@ export const TenantQuotas = Type.Object(
     vcpu: Type.Optional(Type.Integer({ minimum: 0, description: 'Total vCPUs of all microVMs' })),
     memory: Type.Optional(Type.String({ pattern: BIG_QUANTITY_PATTERN, description: 'Total guest memory, e.g. 8Gi' })),
     disk: Type.Optional(Type.String({ pattern: BIG_QUANTITY_PATTERN, description: 'Total disk (root disks and volumes), e.g. 100Gi' })),
-    snapshots: Type.Optional(Type.Integer({ minimum: 0, description: 'Most snapshots at once' })),
+    snapshots: Type.Optional(Type.Integer({ minimum: 0, description: 'Most snapshots (microVM and volume snapshots) at once' })),
+    volumes: Type.Optional(Type.Integer({ minimum: 0, description: 'Most volumes at once' })),
   },
   { additionalProperties: false, description: 'Absent limits are unlimited' },
 );
@@ -62,6 +63,7 @@ export const TenantUsage = Type.Object({
   memoryMiB: UsageLine,
   diskMiB: UsageLine,
   snapshots: UsageLine,
+  volumes: UsageLine,
 });
 
 export const ApiKey = Type.Object({

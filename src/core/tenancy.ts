@@ -31,6 +31,7 @@ export function limitsOf(t: Pick<Tenant, 'quotas'>): Quotas {
   if (q.memory !== undefined) out.memoryMiB = parseBigQuantityMiB(q.memory, 'quotas.memory');
   if (q.disk !== undefined) out.diskMiB = parseBigQuantityMiB(q.disk, 'quotas.disk');
   if (q.snapshots !== undefined) out.snapshots = q.snapshots;
+  if (q.volumes !== undefined) out.volumes = q.volumes;
   return out;
 }
 

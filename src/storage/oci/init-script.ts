@@ -9,6 +9,8 @@
  * `MVM-EXIT code=<n>` and powers the VM off (container semantics).
  * SIGTERM/SIGUSR1/SIGUSR2 and the ACPI power button power off cleanly.
  */
+import { VOLUME_MOUNT_SH } from '../volumes/guest-mount.js';
+
 export const OCI_INIT_PATH = '/.mvm/init';
 
 export const OCI_INIT_SCRIPT = `#!/.mvm/busybox sh
@@ -139,6 +141,7 @@ if ls /dev/input/event* >/dev/null 2>&1; then
   acpid -c /.mvm/acpi -l /run/mvm-acpid.log
 fi
 
+${VOLUME_MOUNT_SH}
 echo "MVM-READY id=$id" > /dev/console
 
 setsid cttyhack /.mvm/run &

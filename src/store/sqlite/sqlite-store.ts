@@ -177,12 +177,13 @@ export class SqliteStore implements Store {
       mem: number;
       disk: number;
     };
-    const r = this.stmt(`SELECT COALESCE(SUM(kind = 'snapshot'), 0) AS snaps, COALESCE(SUM(disk_mib), 0) AS disk FROM quota_reservations WHERE tenant = ?`).get(tenant) as { snaps: number; disk: number };
+    const r = this.stmt(`SELECT COALESCE(SUM(kind = 'snapshot'), 0) AS snaps, COALESCE(SUM(kind = 'volume'), 0) AS vols, COALESCE(SUM(disk_mib), 0) AS disk FROM quota_reservations WHERE tenant = ?`).get(tenant) as { snaps: number; vols: number; disk: number };
     u.vms = v.n;
     u.vcpu = v.vcpu;
     u.memoryMiB = v.mem;
     u.diskMiB = v.disk + r.disk;
     u.snapshots = r.snaps;
+    u.volumes = r.vols;
     return u;
   }
 

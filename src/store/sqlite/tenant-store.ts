@@ -113,7 +113,7 @@ export class SqliteTenantStore implements TenantStore, ApiKeyStore {
         if (existing.tenant !== tenant) throw new MvmError(ErrorCodes.CONFLICT, `${r.kind} ${r.id} is reserved by another tenant`);
         return;
       }
-      checkQuota(tenant, limits, this.s.usageOf(tenant), { ...(r.kind === 'snapshot' ? { snapshots: 1 } : {}), diskMiB: r.diskMiB });
+      checkQuota(tenant, limits, this.s.usageOf(tenant), { ...(r.kind === 'snapshot' ? { snapshots: 1 } : { volumes: 1 }), diskMiB: r.diskMiB });
       this.s.stmt('INSERT INTO quota_reservations (kind, id, tenant, disk_mib) VALUES (?, ?, ?, ?)').run(r.kind, r.id, tenant, r.diskMiB);
     })();
   }
