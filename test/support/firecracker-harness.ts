@@ -4,7 +4,7 @@
  * request log, and host probes for the real binaries.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -141,6 +141,40 @@ export async function waitFor(pred: () => boolean, timeoutMs = 5000, what = 'con
   const end = Date.now() + timeoutMs;
   while (!pred()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+let runSeq = 0;
+
+/**
+ * Run `cmd` in the serial shell of a Firecracker guest (the peer's, or a real
+ * guest's): typed into the console input FIFO `<vmDir>/console.in`, output read
+ * from `<vmDir>/console.log` up to an end marker (quoted so the tty echo of the
+ * typed line differs from the output), like guestRun does over QEMU's socket.
+ */
+export async function peerRun(vmDir: string, cmd: string, timeoutMs = 10_000): Promise<string> {
+  const n = `${process.pid}x${++runSeq}`;
+  const log = join(vmDir, 'console.log');
+  const start = statSync(log).size;
+  const fd = openSync(join(vmDir, 'console.in'), constants.O_WRONLY | constants.O_NONBLOCK);
+  try {
+    writeSync(fd, `\n${cmd}; echo "__done_""${n}__"\n`);
+  } finally {
+    closeSync(fd);
+  }
+  const marker = `__done_${n}__`;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const text = readFileSync(log).subarray(start).toString('utf8');
+    const i = text.indexOf(marker);
+    if (i >= 0) {
+      // Drop the echo of the typed line: the output starts after it.
+      const body = text.slice(0, i);
+      const echoEnd = body.indexOf(`"__done_""${n}__"`);
+      return echoEnd >= 0 ? body.slice(body.indexOf('\n', echoEnd) + 1) : body;
+    }
+    if (Date.now() > deadline) throw new Error(`guest command timed out: ${cmd}\n--- console ---\n${text.slice(-2000)}`);
     await sleep(20);
   }
 }

@@ -27,7 +27,8 @@
  * FIFO the driver passes): it echoes the typed line like a tty and runs
  * `echo [text] [> file]`, `cat file`, `hostname [name]`, `ip link set <dev>
  * address|up|down`, `ip addr add|flush|show`, `ip route replace default via`,
- * `sync`, `true` — enough for the agent's re-identification of a clone and for
+ * `sync`, `true`, `mvm-tick start|stop` (prints TICK every 0.2 s while the
+ * vCPUs run) — enough for the agent's re-identification of a clone and for
  * tests to write a "tmpfs" file before a snapshot and read it after a restore.
  * The files, hostname and addresses are part of the guest memory.
  *
@@ -379,12 +380,36 @@ function splitCommands(line: string): string[] {
   return out.map((x) => x.trim()).filter(Boolean);
 }
 
-/** Shell words with quotes removed. */
+/** Shell words: whitespace separates, quotes group (and adjoining parts concatenate); `$((a op b))` expands outside single quotes. */
 function words(cmd: string): string[] {
   const out: string[] = [];
-  const re = /"([^"]*)"|'([^']*)'|(\S+)/g;
-  let m: RegExpExecArray | null;
-  while ((m = re.exec(cmd))) out.push(m[1] ?? m[2] ?? m[3] ?? '');
+  let cur: string | undefined;
+  let q: string | undefined;
+  const arith = /^\$\(\(\s*(-?\d+)\s*([-+*/%])\s*(-?\d+)\s*\)\)/;
+  for (let i = 0; i < cmd.length; i++) {
+    const c = cmd[i]!;
+    if (q !== "'" && c === '$') {
+      const m = arith.exec(cmd.slice(i));
+      if (m) {
+        const [x, y] = [Number(m[1]), Number(m[3])];
+        const v = m[2] === '+' ? x + y : m[2] === '-' ? x - y : m[2] === '*' ? x * y : m[2] === '/' ? Math.trunc(x / y) : x % y;
+        cur = (cur ?? '') + String(v);
+        i += m[0].length - 1;
+        continue;
+      }
+    }
+    if (q) {
+      if (c === q) q = undefined;
+      else cur = (cur ?? '') + c;
+    } else if (c === '"' || c === "'") {
+      q = c;
+      cur ??= '';
+    } else if (/\s/.test(c)) {
+      if (cur !== undefined) out.push(cur);
+      cur = undefined;
+    } else cur = (cur ?? '') + c;
+  }
+  if (cur !== undefined) out.push(cur);
   return out;
 }
 
@@ -412,6 +437,10 @@ export function guestShell(mem: GuestMemory, line: string): string[] {
     } else if (c === 'hostname') {
       if (a[0]) mem.hostname = a[0];
       else emit(mem.hostname ?? '(none)');
+    } else if (c === 'mvm-tick') {
+      // A guest program that prints TICK every 0.2 s of guest run time (vCPUs paused: nothing).
+      if (a[0] === 'start') startTicker();
+      else stopTicker();
     } else if (c === 'sync' || c === 'true') {
       /* nothing to do */
     } else if (c === 'ip') {
@@ -442,8 +471,22 @@ export function guestShell(mem: GuestMemory, line: string): string[] {
   return out;
 }
 
+let ticker: NodeJS.Timeout | undefined;
+let tickerPeer: Peer | undefined;
+function startTicker(): void {
+  stopTicker();
+  ticker = setInterval(() => {
+    if (tickerPeer?.booted && !tickerPeer.paused) process.stdout.write('TICK\n');
+  }, 200);
+}
+function stopTicker(): void {
+  if (ticker) clearInterval(ticker);
+  ticker = undefined;
+}
+
 /** The guest reads its serial console input (Firecracker's stdin) line by line, while booted and running. */
 function serveConsoleInput(peer: Peer): void {
+  tickerPeer = peer;
   let buf = '';
   const pending: string[] = [];
   const drain = (): void => {
