@@ -9,7 +9,7 @@ import { asMvmError } from '../core/errors.js';
 import { ConditionTypes, assertTransition, setCondition, type MicroVM, type Phase } from '../core/microvm.js';
 import type { ActualVm, NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
-import type { Scheduler } from '../scheduler/scheduler.js';
+import { unschedulableMessage, type Scheduler } from '../scheduler/scheduler.js';
 import { observability } from '../observability/index.js';
 
 export interface ControllerOptions {
@@ -211,7 +211,7 @@ export class Controller {
         const placement = this.o.scheduler.place(vm, [info], placed);
         observability.schedulerDecision(placement);
         if (!placement.node) {
-          const msg = Object.entries(placement.reasons).map(([n, r]) => `${n}: ${r}`).join('; ') || 'no nodes';
+          const msg = unschedulableMessage(placement);
           const conds = setCondition(vm.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
           // Write only a change: every write re-queues the VM.
           if (conds !== vm.status.conditions) {

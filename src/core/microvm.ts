@@ -1,6 +1,7 @@
 /** Domain model of a microVM: quantities, defaults, the phase state machine. */
 import { randomBytes } from 'node:crypto';
 import { ErrorCodes, MvmError, validationError } from './errors.js';
+import { validatePlacement } from './placement.js';
 import type { ConditionT, MicroVMSpecT, MicroVMT, PhaseT } from './schema.js';
 
 export type Phase = PhaseT;
@@ -40,6 +41,7 @@ export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
     if (vols.has(v.name)) throw validationError(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
     vols.add(v.name);
   }
+  validatePlacement(spec, prefix);
 }
 
 export function memoryMiB(spec: MicroVMSpec): number {

@@ -309,54 +309,6 @@ export const Snapshot = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
 });
 
-export const MicroVMList = Type.Object({
-  items: Type.Array(MicroVM),
-  next_cursor: Type.Optional(Type.String()),
-});
-
-export const Problem = Type.Object(
-  {
-    type: Type.String(),
-    title: Type.String(),
-    status: Type.Integer(),
-    code: Type.String(),
-    detail: Type.String(),
-    instance: Type.Optional(Type.String()),
-    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }))),
-  },
-  { $id: 'Problem' },
-);
-
-export const VmMetrics = Type.Object({
-  id: Type.String(),
-  phase: Phase,
-  timestamp: Type.String({ format: 'date-time' }),
-  cpuSeconds: Type.Number({ description: 'CPU time of the VMM process (user+system), seconds' }),
-  memoryRssBytes: Type.Integer(),
-  guestMemoryBytes: Type.Integer(),
-  uptimeSeconds: Type.Number(),
-  block: Type.Array(Type.Object({ device: Type.String(), readBytes: Type.Integer(), writeBytes: Type.Integer(), readOps: Type.Integer(), writeOps: Type.Integer() })),
-  net: Type.Array(Type.Object({ device: Type.String(), rxBytes: Type.Integer(), txBytes: Type.Integer(), rxPackets: Type.Integer(), txPackets: Type.Integer() })),
-  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
-});
-
-export type MicroVMSpecT = Static<typeof MicroVMSpec>;
-export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
-export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
-export type MicroVMStatusT = Static<typeof MicroVMStatus>;
-export type MicroVMT = Static<typeof MicroVM>;
-export type ConditionT = Static<typeof Condition>;
-export type VmMetricsT = Static<typeof VmMetrics>;
-export type SnapshotT = Static<typeof Snapshot>;
-export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;
-export type SecurityGroupUpdateT = Static<typeof SecurityGroupUpdate>;
-export type SecurityGroupT = Static<typeof SecurityGroupResource>;
-export type PhaseT = Static<typeof Phase>;
-
-/** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */
-export function toJsonSchema(schema: TSchema): Record<string, unknown> {
-  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
-}
 /** Persistent volumes (issue 6): a block device with an ext4 filesystem, outliving the VMs it is attached to. */
 export const VolumePhase = Type.Union(['Creating', 'Available', 'InUse', 'Deleting', 'Failed'].map((p) => Type.Literal(p)), { description: 'Volume phase' });
 
@@ -415,6 +367,54 @@ export const VolumeSnapshotResource = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
 });
 
+export const MicroVMList = Type.Object({
+  items: Type.Array(MicroVM),
+  next_cursor: Type.Optional(Type.String()),
+});
+
+export const Problem = Type.Object(
+  {
+    type: Type.String(),
+    title: Type.String(),
+    status: Type.Integer(),
+    code: Type.String(),
+    detail: Type.String(),
+    instance: Type.Optional(Type.String()),
+    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }))),
+  },
+  { $id: 'Problem' },
+);
+
+export const VmMetrics = Type.Object({
+  id: Type.String(),
+  phase: Phase,
+  timestamp: Type.String({ format: 'date-time' }),
+  cpuSeconds: Type.Number({ description: 'CPU time of the VMM process (user+system), seconds' }),
+  memoryRssBytes: Type.Integer(),
+  guestMemoryBytes: Type.Integer(),
+  uptimeSeconds: Type.Number(),
+  block: Type.Array(Type.Object({ device: Type.String(), readBytes: Type.Integer(), writeBytes: Type.Integer(), readOps: Type.Integer(), writeOps: Type.Integer() })),
+  net: Type.Array(Type.Object({ device: Type.String(), rxBytes: Type.Integer(), txBytes: Type.Integer(), rxPackets: Type.Integer(), txPackets: Type.Integer() })),
+  bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
+});
+
+export type MicroVMSpecT = Static<typeof MicroVMSpec>;
+export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
+export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
+export type MicroVMStatusT = Static<typeof MicroVMStatus>;
+export type MicroVMT = Static<typeof MicroVM>;
+export type ConditionT = Static<typeof Condition>;
+export type VmMetricsT = Static<typeof VmMetrics>;
+export type SnapshotT = Static<typeof Snapshot>;
+export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;
+export type SecurityGroupUpdateT = Static<typeof SecurityGroupUpdate>;
+export type SecurityGroupT = Static<typeof SecurityGroupResource>;
+export type PhaseT = Static<typeof Phase>;
 export type CreateVolumeRequestT = Static<typeof CreateVolumeRequest>;
 export type VolumeT = Static<typeof VolumeResource>;
 export type VolumeSnapshotT = Static<typeof VolumeSnapshotResource>;
+
+/** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */
+export function toJsonSchema(schema: TSchema): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
+}

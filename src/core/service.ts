@@ -114,6 +114,9 @@ export class MicroVMService {
       ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}),
       ...(req.ports ? { ports: req.ports } : {}),
       ...(req.egress ? { egress: req.egress } : {}),
+      ...(req.nodeSelector ? { nodeSelector: req.nodeSelector } : {}),
+      ...(req.tolerations ? { tolerations: req.tolerations } : {}),
+      ...(req.affinity ? { affinity: req.affinity } : {}),
       // Set by SnapshotService.restoreRequest: the first boot restores this snapshot.
       ...(sourceOf(req) ? { source: sourceOf(req)! } : {}),
     };
@@ -203,6 +206,10 @@ export class MicroVMService {
         if (req.securityGroups !== undefined) spec.securityGroups = req.securityGroups;
         if (req.ports !== undefined) spec.ports = req.ports;
         if (req.egress !== undefined) spec.egress = req.egress;
+        // Placement constraints apply at the next placement (like Kubernetes' IgnoredDuringExecution).
+        if (req.nodeSelector !== undefined) spec.nodeSelector = req.nodeSelector;
+        if (req.tolerations !== undefined) spec.tolerations = req.tolerations;
+        if (req.affinity !== undefined) spec.affinity = req.affinity;
         validateSpec(spec);
         if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
         cur.spec = spec;

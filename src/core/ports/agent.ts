@@ -6,6 +6,9 @@
  */
 import type { MicroVM } from '../microvm.js';
 import type { VmMetricsT } from '../schema.js';
+import type { Taint } from '../placement.js';
+
+export type { Taint } from '../placement.js';
 
 export type ActualState = 'absent' | 'starting' | 'running' | 'paused' | 'stopped' | 'failed';
 
@@ -34,8 +37,14 @@ export interface NodeInfo {
   memoryMiB: number;
   drivers: string[];
   accel: string;
+  /** Node labels (nodeSelector, topology keys); the scheduler adds capability labels from drivers/accel. */
   labels: Record<string, string>;
   ready: boolean;
+  /** Cordoned (kubectl cordon / Node.spec.unschedulable): no new VMs, running ones stay. */
+  unschedulable?: boolean;
+  taints?: Taint[];
+  /** What VMs may use (capacity minus system reservations); default cpus / memoryMiB. */
+  allocatable?: { cpus: number; memoryMiB: number };
 }
 
 export interface AgentEvent {
