@@ -85,7 +85,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
   const imageCfg = loadImageConfig();
   const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), {
-    cacheDir: cfg.cacheDir,
+    cacheDir: imageCfg.cacheDir ?? cfg.cacheDir,
     kernelDirs: imageCfg.kernelDirs,
     insecureRegistries: imageCfg.insecureRegistries,
     ...(imageCfg.credentials ? { credentials: imageCfg.credentials } : {}),

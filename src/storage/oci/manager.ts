@@ -252,6 +252,8 @@ export function parseBytes(name: string, v: string): number {
 }
 
 export interface ImageConfig {
+  /** MVM_IMAGE_CACHE_DIR: where OCI root filesystems and kernels are cached (default: MVM_CACHE_DIR). Instances that share it must not gc it aggressively: each sees only its own microVMs. */
+  cacheDir?: string;
   gc: ImageGcPolicy;
   /** MVM_ROOTFS_MAX_SIZE: largest rootfs.size (default 64Gi). */
   maxRootfsBytes: number;
@@ -283,6 +285,7 @@ export function readAuthFile(path: string): Record<string, RegistryCredentials> 
 /** Image settings from the environment (README "Images"). */
 export function loadImageConfig(env: NodeJS.ProcessEnv = process.env): ImageConfig {
   return {
+    ...(env.MVM_IMAGE_CACHE_DIR ? { cacheDir: env.MVM_IMAGE_CACHE_DIR } : {}),
     gc: {
       intervalMs: env.MVM_IMAGE_GC_INTERVAL !== undefined ? parseDurationMs('MVM_IMAGE_GC_INTERVAL', env.MVM_IMAGE_GC_INTERVAL) : DEFAULT_GC_POLICY.intervalMs,
       maxIdleMs: env.MVM_IMAGE_GC_MAX_IDLE !== undefined ? parseDurationMs('MVM_IMAGE_GC_MAX_IDLE', env.MVM_IMAGE_GC_MAX_IDLE) : DEFAULT_GC_POLICY.maxIdleMs,
