@@ -1,0 +1,124 @@
+/**
+ * Composition root of the node agent in cluster mode (`mvm-agent`, the DaemonSet): the same
+ * LocalAgent and Controller as the standalone service, over the node's view of the Kubernetes
+ * store (src/agent/cluster-agent.ts), plus the heartbeat Lease. No API here: the cluster API and
+ * the operator are other processes; console and metrics go through the agent endpoint.
+ */
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdirSync } from 'node:fs';
+import { KubeConfig } from '@kubernetes/client-node';
+import pino, { type Logger } from 'pino';
+import type { Config } from '../config.js';
+import { Controller } from '../controller/controller.js';
+import type { MicroVM } from '../core/microvm.js';
+import type { VmNetworkSpec } from '../core/ports/network.js';
+import type { VmmDriver } from '../core/ports/vmm.js';
+import { CniNetworkManager } from '../network/manager.js';
+import { Scheduler } from '../scheduler/scheduler.js';
+import { DefaultImageResolver } from '../storage/default-images.js';
+import { OciImageResolver } from '../storage/oci/index.js';
+import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
+import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
+import { passwdIds } from '../vmm/proc.js';
+import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
+import { LocalAgent } from './agent.js';
+import { detectCgroups } from './cgroups.js';
+import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
+
+export interface ClusterNode {
+  nodeName: string;
+  kubeConfig: KubeConfig;
+  k8s: KubernetesStore;
+  store: NodeScopedStore;
+  agent: LocalAgent;
+  controller: Controller;
+  log: Logger;
+  close(): Promise<void>;
+}
+
+export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig; logger?: Logger; heartbeatMs?: number } = {}): Promise<ClusterNode> {
+  const nodeName = process.env.NODE_NAME ?? process.env.MVM_NODE_NAME;
+  if (!nodeName) throw new Error('NODE_NAME is not set (the DaemonSet sets it from spec.nodeName)');
+  const log = o.logger ?? pino({ level: cfg.logLevel, base: { svc: 'mvm-agent', node: nodeName } });
+  const kc = o.kubeConfig ?? new KubeConfig();
+  if (!o.kubeConfig) kc.loadFromDefault();
+  mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
+  chmodSync(cfg.dataDir, 0o711);
+  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), { cacheDir: cfg.cacheDir });
+  const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
+    log.error({ err: e.message }, 'default guest images are not available');
+    return undefined;
+  });
+  const qemu = new QemuDriver({ cacheDir: cfg.cacheDir, accel: cfg.accel, runAs: cfg.vmmUser, ...(kernel ? { probeKernelPath: kernel.kernelPath } : {}) });
+  const driver: VmmDriver =
+    cfg.driver === 'firecracker' ? new FirecrackerDriver({ kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' } }) : qemu;
+  const caps = await driver.capabilities();
+  if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this node');
+  let network: CniNetworkManager | undefined;
+  if (cfg.network.mode === 'cni') {
+    const tag = createHash('sha256').update(cfg.dataDir).digest('hex').slice(0, 4);
+    network = new CniNetworkManager({
+      dataDir: cfg.dataDir,
+      networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
+      netnsPrefix: `mvm${tag}-`,
+      ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
+      log: log.child({ c: 'network' }),
+    });
+    await network.resync();
+  }
+  // Security groups are not resolved on the node yet (ADR 0015): the VM gets its NICs, ports and egress default.
+  const networkSpec = async (vm: MicroVM): Promise<VmNetworkSpec> => ({
+    id: vm.id,
+    tenant: vm.tenant,
+    hostname: vm.name,
+    nics: vm.spec.networkInterfaces?.length ? vm.spec.networkInterfaces.map((n) => ({ name: n.name, ...(n.mac ? { mac: n.mac } : {}), ...(n.ip ? { ip: n.ip } : {}) })) : [{ name: 'eth0' }],
+    securityGroups: [],
+    egress: vm.spec.egress ?? { default: cfg.network.egressDefault },
+    ports: (vm.spec.ports ?? []).map((p) => ({ ...p })),
+  });
+  const agent = new LocalAgent({
+    nodeName,
+    dataDir: cfg.dataDir,
+    driver,
+    images,
+    cgroups: detectCgroups(),
+    log: log.child({ c: 'agent' }),
+    ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
+    ...(network ? { network, networkSpec } : {}),
+  });
+  const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
+  const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
+  await store.start();
+  const controller = new Controller({
+    store,
+    agent,
+    scheduler: new Scheduler(),
+    log: log.child({ c: 'controller' }),
+    resyncMs: cfg.resyncSeconds * 1000,
+    stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
+  });
+  const heartbeat = new NodeHeartbeat(kc, { namespace: cfg.cluster?.systemNamespace ?? 'microvm-system', agent, periodMs: o.heartbeatMs ?? 10_000, log });
+  await heartbeat.start();
+  await controller.start();
+  log.info({ node: nodeName, driver: caps.driver, accel: caps.accel }, 'node agent running');
+  let closed = false;
+  return {
+    nodeName,
+    kubeConfig: kc,
+    k8s,
+    store,
+    agent,
+    controller,
+    log,
+    async close() {
+      if (closed) return;
+      closed = true;
+      heartbeat.stop();
+      await controller.stop();
+      if (cfg.shutdownPolicy === 'stop') await agent.stopAll(cfg.stopTimeoutSeconds * 1000);
+      await agent.shutdown();
+      await store.close();
+      await k8s.close();
+    },
+  };
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+/**
+ * `mvm-agent`: the node agent in cluster mode (the DaemonSet deploy/firecracker, docs/adr/0016).
+ * NODE_NAME (downward API) names its node; it runs the MicroVMs bound to that node and reports
+ * their status, and heartbeats the node's capacity into the Lease microvm-system/mvm-node-<node>.
+ */
+import { loadConfig } from '../config.js';
+import { startClusterNode, type ClusterNode } from '../agent/cluster-node.js';
+
+async function main(): Promise<void> {
+  let cfg;
+  try {
+    cfg = loadConfig();
+  } catch (e) {
+    process.stderr.write(`mvm-agent: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  const node: ClusterNode = await startClusterNode(cfg, {
+    ...(process.env.MVM_HEARTBEAT_SECONDS ? { heartbeatMs: Number(process.env.MVM_HEARTBEAT_SECONDS) * 1000 } : {}),
+  });
+  const closers: Array<() => Promise<void>> = [];
+  // (hook) further node services (the authenticated console/metrics endpoint) register in `closers`.
+  let stopping = false;
+  const shutdown = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    node.log.info({ signal: sig, policy: cfg.shutdownPolicy }, 'shutting down');
+    Promise.allSettled(closers.map((c) => c()))
+      .then(() => node.close())
+      .then(() => process.exit(0))
+      .catch((e: Error) => {
+        process.stderr.write(`mvm-agent: shutdown failed: ${e.message}\n`);
+        process.exit(1);
+      });
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`mvm-agent: ${e.stack ?? e.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,94 @@
+#!/usr/bin/env node
+/**
+ * `mvm-operator`: the operator of cluster mode (deploy/operator, docs/adr/0016). With leader
+ * election (default) only the holder of the Lease microvm-system/microvm-operator reconciles;
+ * a replica that loses the lease exits (its Deployment restarts it as a candidate), as
+ * client-go's leaderelection users do.
+ */
+import { createServer } from 'node:http';
+import { hostname } from 'node:os';
+import { KubeConfig } from '@kubernetes/client-node';
+import pino from 'pino';
+import { loadConfig } from '../config.js';
+import { OPERATOR_LEASE, SYSTEM_NAMESPACE } from '../k8s/cluster.js';
+import { LeaderElector } from '../operator/leader.js';
+import { Operator } from '../operator/operator.js';
+import { Scheduler } from '../scheduler/scheduler.js';
+
+const num = (v: string | undefined, d: number): number => (v !== undefined && v !== '' && Number.isFinite(Number(v)) ? Number(v) : d);
+
+async function main(): Promise<void> {
+  const env = process.env;
+  const cfg = loadConfig();
+  const identity = env.POD_NAME ?? `${hostname()}-${process.pid}`;
+  const log = pino({ level: cfg.logLevel, base: { svc: 'mvm-operator', id: identity } });
+  const kc = new KubeConfig();
+  kc.loadFromDefault();
+  const namespace = env.POD_NAMESPACE ?? cfg.cluster?.systemNamespace ?? SYSTEM_NAMESPACE;
+  const operator = new Operator({
+    kubeConfig: kc,
+    scheduler: new Scheduler({ strategy: env.MVM_SCHEDULER_STRATEGY === 'binpack' ? 'binpack' : 'spread' }),
+    log,
+    ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}),
+    systemNamespace: namespace,
+    resyncMs: cfg.resyncSeconds * 1000,
+  });
+  let leading = false;
+  let started = false;
+  const health = env.MVM_HEALTH_LISTEN ?? '0.0.0.0:8081';
+  if (health !== 'off') {
+    const i = health.lastIndexOf(':');
+    const srv = createServer((req, res) => {
+      const ok = req.url === '/healthz' || (req.url === '/readyz' && started);
+      res.writeHead(ok ? 200 : req.url === '/readyz' ? 503 : 404, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : `${req.url === '/readyz' ? 'not started' : 'not found'}\n`);
+    });
+    srv.listen(Number(health.slice(i + 1)), health.slice(0, i) || '0.0.0.0');
+    srv.unref();
+  }
+  const begin = async (): Promise<void> => {
+    leading = true;
+    await operator.start();
+    started = true;
+  };
+  let elector: LeaderElector | undefined;
+  if (env.MVM_LEADER_ELECTION === 'false') {
+    await begin();
+  } else {
+    elector = new LeaderElector({
+      kubeConfig: kc,
+      namespace,
+      name: env.MVM_LEADER_ELECTION_LEASE ?? OPERATOR_LEASE,
+      identity,
+      leaseDurationMs: num(env.MVM_LEASE_DURATION_SECONDS, 15) * 1000,
+      renewDeadlineMs: num(env.MVM_RENEW_DEADLINE_SECONDS, 10) * 1000,
+      retryPeriodMs: num(env.MVM_RETRY_PERIOD_SECONDS, 2) * 1000,
+      onStartedLeading: begin,
+      onStoppedLeading: () => {
+        log.error('leadership lost: exiting');
+        process.exit(3);
+      },
+      onNewLeader: (who) => log.info({ leader: who }, 'following'),
+      log: (msg, o) => log.info(o ?? {}, msg),
+    });
+    started = true; // a follower is healthy and ready (readiness is not leadership)
+    elector.start();
+  }
+  let stopping = false;
+  const shutdown = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal: sig, leading }, 'shutting down');
+    void (async () => {
+      await operator.stop().catch(() => undefined);
+      await elector?.stop();
+      process.exit(0);
+    })();
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`mvm-operator: ${e.stack ?? e.message}\n`);
+  process.exit(1);
+});

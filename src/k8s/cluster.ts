@@ -1,0 +1,73 @@
+/**
+ * The protocol between the operator and the node agents in cluster mode (docs/adr/0015): names of
+ * the finalizer, labels, conditions and Leases both sides agree on, and the node view the scheduler
+ * gets from a Node object plus the node agent's heartbeat Lease.
+ */
+import type { V1Lease, V1Node } from '@kubernetes/client-node';
+import type { NodeInfo, Taint } from '../core/ports/agent.js';
+
+/** Held by every MicroVM the operator has seen; removed once its node cleaned up. */
+export const FINALIZER = 'microvm.service/finalizer';
+/** The binding, for people and label selectors (agents select by the field status.node). */
+export const LABEL_NODE = 'microvm.service/node';
+/** On a Node: `true` = move every MicroVM off it (with the node cordoned: spec.unschedulable). */
+export const ANN_DRAIN = 'microvm.service/drain';
+/** On the node agent's Lease: NodeInfo as JSON (capacity, drivers, accel). */
+export const ANN_NODE_INFO = 'microvm.service/node-info';
+
+/** Condition types of the cluster protocol (beside the controller's Scheduled/VmmRunning/GuestReady). */
+export const ClusterConditions = {
+  /** Written by the node agent: everything of the VM is gone from its node (after deletion or eviction). */
+  NodeCleanedUp: 'NodeCleanedUp',
+  /** Written by the operator: the VM must leave its node (drain); the agent stops it there. */
+  Evicting: 'Evicting',
+} as const;
+
+export const SYSTEM_NAMESPACE = 'microvm-system';
+export const OPERATOR_LEASE = 'microvm-operator';
+/** The node agent's heartbeat Lease in the system namespace. */
+export const nodeLeaseName = (node: string): string => `mvm-node-${node}`;
+export const NODE_LEASE_LABEL = 'microvm.service/node-heartbeat';
+
+/**
+ * What the scheduler knows of a node: the agent's report (Lease annotation) for capacity and
+ * drivers, the Node object for labels, cordon and taints. Ready = a fresh heartbeat (renewed
+ * within the Lease's duration) and no kubelet saying NotReady.
+ */
+export function nodeInfoOf(node: V1Node, lease: V1Lease | undefined, now = Date.now()): NodeInfo {
+  const name = node.metadata?.name ?? '';
+  let reported: Partial<NodeInfo> = {};
+  try {
+    reported = JSON.parse(lease?.metadata?.annotations?.[ANN_NODE_INFO] ?? '{}') as Partial<NodeInfo>;
+  } catch {
+    reported = {};
+  }
+  const renew = lease?.spec?.renewTime ? new Date(lease.spec.renewTime).getTime() : 0;
+  const fresh = renew + (lease?.spec?.leaseDurationSeconds ?? 40) * 1000 > now;
+  const kubeletReady = node.status?.conditions?.find((c) => c.type === 'Ready');
+  const taints: Taint[] = (node.spec?.taints ?? []).map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect as Taint['effect'] }));
+  return {
+    name,
+    cpus: reported.cpus ?? 0,
+    memoryMiB: reported.memoryMiB ?? 0,
+    drivers: reported.drivers ?? [],
+    accel: reported.accel ?? 'none',
+    labels: { ...(reported.labels ?? {}), ...(node.metadata?.labels ?? {}) },
+    ready: !!lease && fresh && reported.ready !== false && (!kubeletReady || kubeletReady.status === 'True'),
+    unschedulable: node.spec?.unschedulable === true,
+    ...(taints.length ? { taints } : {}),
+    ...(reported.allocatable ? { allocatable: reported.allocatable } : {}),
+  };
+}
+
+/**
+ * A Date that serializes as a Kubernetes MicroTime (6 fractional digits). @kubernetes/client-node
+ * 1.4 sends Lease times with `toISOString()` (milliseconds), which the API server refuses.
+ */
+export function microTime(d: Date = new Date()): Date {
+  const t = new Date(d.getTime());
+  const iso = (): string => d.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
+  Object.defineProperty(t, 'toISOString', { value: iso });
+  Object.defineProperty(t, 'toJSON', { value: iso });
+  return t;
+}

@@ -1,0 +1,100 @@
+/** The operator's rate-limited work queue (src/operator/workqueue.ts): client-go's semantics. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RateLimitingQueue, runWorkers } from '../src/operator/workqueue.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+test('dedupe: a key added several times while queued is handed out once', async () => {
+  const q = new RateLimitingQueue();
+  q.add('ns/a');
+  q.add('ns/b');
+  q.add('ns/a');
+  assert.equal(q.length, 2);
+  assert.equal(await q.get(), 'ns/a');
+  assert.equal(await q.get(), 'ns/b');
+  assert.equal(q.length, 0);
+  q.shutDown();
+});
+
+test('a key added while processing is queued again only after done(), never processed twice at once', async () => {
+  const q = new RateLimitingQueue();
+  q.add('k');
+  const k = await q.get();
+  assert.equal(k, 'k');
+  q.add('k');
+  q.add('k');
+  assert.equal(q.length, 0, 'not handed to a second worker while processing');
+  q.done('k');
+  assert.equal(q.length, 1);
+  assert.equal(await q.get(), 'k');
+  q.done('k');
+  assert.equal(q.length, 0);
+  q.shutDown();
+});
+
+test('per-key exponential backoff, capped; forget resets it', () => {
+  const q = new RateLimitingQueue({ baseDelayMs: 10, maxDelayMs: 100 });
+  assert.deepEqual([q.when('a'), q.when('a'), q.when('a'), q.when('a'), q.when('a')], [10, 20, 40, 80, 100]);
+  assert.equal(q.when('b'), 10, 'other keys are independent');
+  assert.equal(q.numRequeues('a'), 5);
+  q.forget('a');
+  assert.equal(q.when('a'), 10);
+  q.shutDown();
+});
+
+test('addAfter: delayed, and the earliest pending delay wins', async () => {
+  const q = new RateLimitingQueue();
+  q.addAfter('k', 200);
+  q.addAfter('k', 30);
+  q.addAfter('k', 500);
+  assert.equal(q.length, 0);
+  const t0 = Date.now();
+  assert.equal(await q.get(), 'k');
+  const dt = Date.now() - t0;
+  assert.ok(dt >= 25 && dt < 190, `delivered after ${dt} ms`);
+  q.done('k');
+  assert.ok(q.idle(), 'the later timers were dropped');
+  q.shutDown();
+});
+
+test('runWorkers: failures are retried with backoff until success; a key is never run concurrently', async () => {
+  const q = new RateLimitingQueue({ baseDelayMs: 5, maxDelayMs: 50 });
+  let attempts = 0;
+  let concurrent = 0;
+  let maxConcurrent = 0;
+  const errors: number[] = [];
+  const done = runWorkers(
+    q,
+    4,
+    async (key) => {
+      concurrent++;
+      maxConcurrent = Math.max(maxConcurrent, concurrent);
+      await sleep(5);
+      concurrent--;
+      if (key === 'flaky' && ++attempts < 4) throw new Error('not yet');
+    },
+    (_k, _e, retry) => errors.push(retry),
+  );
+  q.add('flaky');
+  for (let i = 0; i < 10; i++) {
+    await sleep(1);
+    q.add('flaky');
+  }
+  for (let i = 0; i < 200 && !(attempts >= 4 && q.idle()); i++) await sleep(10);
+  assert.ok(attempts >= 4);
+  assert.deepEqual(errors.slice(0, 3), [5, 10, 20]);
+  assert.equal(maxConcurrent, 1);
+  assert.equal(q.numRequeues('flaky'), 0, 'forgotten after success');
+  q.shutDown();
+  await done;
+});
+
+test('shutDown releases waiting workers', async () => {
+  const q = new RateLimitingQueue();
+  const p = q.get();
+  q.shutDown();
+  assert.equal(await p, undefined);
+  q.add('x');
+  assert.equal(await q.get(), undefined);
+});

@@ -1,0 +1,84 @@
+/**
+ * Cluster mode end to end on a real kube-apiserver: the operator and two node agents as local
+ * processes (each its own node: data dir, network namespace, Node object, RBAC of deploy/),
+ * real guests under QEMU. `kubectl apply` boots a guest on the chosen node, `kubectl get mvm`
+ * shows it, `kubectl delete` stops it and the finalizer goes only after the node cleaned up.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+
+let c: TestCluster;
+before(async () => {
+  c = await startCluster();
+  await c.startOperator('op-0');
+  await Promise.all([c.startAgent('node-a'), c.startAgent('node-b')]);
+  c.cp.kubectlOk(['create', 'namespace', 'demo']);
+});
+after(async () => {
+  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
+  await c?.stop();
+});
+
+const vmManifest = (name: string, extra: Record<string, unknown> = {}): string =>
+  JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'demo' }, spec: { vcpu: 1, memory: '128Mi', ...extra } });
+const get = (name: string): any => {
+  const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'demo', '-o', 'json']);
+  return r.status === 0 ? JSON.parse(r.stdout) : undefined;
+};
+const ready = (o: any): boolean => o?.status?.phase === 'Running' && o.status.conditions?.some((x: any) => x.type === 'GuestReady' && x.status === 'True');
+
+test('kubectl apply boots a real guest on the chosen node; status, label, finalizer, events, printer columns', { timeout: 240_000 }, async () => {
+  c.cp.kubectlOk(['apply', '-f', '-'], vmManifest('web'));
+  const o = await until(c, 'web Running with GuestReady', () => (ready(get('web')) ? get('web') : undefined), 180_000);
+  const id = o.metadata.labels['microvm.service/id'];
+  assert.match(id, /^vm-/);
+  assert.ok(['node-a', 'node-b'].includes(o.status.node), o.status.node);
+  assert.equal(o.metadata.labels['microvm.service/node'] ?? (await until(c, 'node label', () => get('web').metadata.labels['microvm.service/node'])), o.status.node);
+  assert.deepEqual(o.metadata.finalizers, ['microvm.service/finalizer']);
+  assert.match(o.status.ip, /^\d+\.\d+\.\d+\.\d+$/);
+  assert.equal(o.status.observedGeneration, o.metadata.generation);
+  assert.ok(o.status.bootMs?.guestReady > 0);
+  // One guest, on the node the status names.
+  const g = c.guests(id);
+  assert.deepEqual(g.map((x) => x.node), [o.status.node]);
+  const agent = c.agents.find((a) => a.node === o.status.node)!;
+  assert.ok(existsSync(join(agent.dataDir, 'vms', id)));
+  // Kubernetes Events for the transitions, from the operator and the node agent.
+  const reasons = await until(c, 'events', () => {
+    const ev = c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', 'involvedObject.name=web']).items.map((e: any) => e.reason);
+    return ['Accepted', 'Scheduled', 'Starting', 'Started', 'GuestReady'].every((r) => ev.includes(r)) ? ev : undefined;
+  }, 30_000);
+  assert.ok(reasons.length >= 5);
+  // Printer columns.
+  const table = c.cp.kubectlOk(['get', 'mvm', '-n', 'demo']);
+  const [head, row] = table.trim().split('\n');
+  assert.match(head!, /^NAME\s+PHASE\s+IP\s+NODE\s+VCPU\s+MEMORY\s+READY\s+AGE/);
+  assert.match(row!, new RegExp(`^web\\s+Running\\s+${o.status.ip.replace(/\./g, '\\.')}\\s+${o.status.node}\\s+1\\s+128Mi\\s+True\\s+`));
+});
+
+test('kubectl delete stops the guest; the finalizer goes only after the node cleaned up', { timeout: 180_000 }, async () => {
+  const o = get('web');
+  assert.ok(o, 'web exists (previous test)');
+  const id = o.metadata.labels['microvm.service/id'];
+  const agent = c.agents.find((a) => a.node === o.status.node)!;
+  c.cp.kubectlOk(['delete', 'mvm', 'web', '-n', 'demo', '--wait=false']);
+  // While the object is still there (finalizer), it is terminating, not gone.
+  const seen: string[] = [];
+  await until(c, 'web gone', () => {
+    const cur = get('web');
+    if (cur) {
+      seen.push(cur.metadata.deletionTimestamp ? 'terminating' : 'live');
+      if (cur.status?.conditions?.some((x: any) => x.type === 'NodeCleanedUp' && x.status === 'True')) {
+        assert.deepEqual(c.guests(id), [], 'cleanup reported while the guest still runs');
+      }
+    }
+    return !cur;
+  }, 120_000);
+  assert.deepEqual(c.guests(id), []);
+  assert.ok(!existsSync(join(agent.dataDir, 'vms', id)), 'VM directory removed from the node');
+  const ev = c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', 'involvedObject.name=web']).items.map((e: any) => e.reason);
+  assert.ok(ev.includes('Deleted'), ev.join(','));
+});

@@ -1,0 +1,197 @@
+/**
+ * A small "cluster" for the operator tests: a real control plane (CRDs, namespace and the RBAC of
+ * deploy/), the operator and node agents as local child processes, each running as its own
+ * ServiceAccount (kubeconfig impersonation, so the manifests' RBAC is what they really get), each
+ * node agent with its own data directory and stand-in host network namespace and a Node object.
+ * `stop()` kills everything it started, guests included, even after a failure.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse, stringify } from 'yaml';
+import { sleep } from '../../src/vmm/proc.js';
+import { REPO, installCrds, startControlPlane, type ControlPlane } from './k8s-control-plane.js';
+import { destroyDataDir, hostNetnsOf, qemuProcessesUnder } from './service.js';
+
+export const OPERATOR_BIN = join(REPO, 'dist/src/cmd/mvm-operator.js');
+export const AGENT_BIN = join(REPO, 'dist/src/cmd/mvm-agent.js');
+
+export interface Proc {
+  name: string;
+  proc: ChildProcess;
+  logs(): string;
+  alive(): boolean;
+  kill9(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface NodeAgentProc extends Proc {
+  node: string;
+  dataDir: string;
+}
+
+export interface TestCluster {
+  cp: ControlPlane;
+  operators: Proc[];
+  agents: NodeAgentProc[];
+  startOperator(name: string, env?: Record<string, string>): Promise<Proc>;
+  startAgent(node: string, opts?: { labels?: Record<string, string>; dataDir?: string }): Promise<NodeAgentProc>;
+  kubectlJson(args: string[]): any;
+  /** Guests (QEMU processes) of a VM id on each node. */
+  guests(id: string): Array<{ node: string; pid: number }>;
+  dump(): string;
+  stop(): Promise<void>;
+}
+
+function spawnProc(name: string, bin: string, env: Record<string, string>): Proc {
+  let out = '';
+  const proc = spawn(process.execPath, [bin], { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  proc.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-400_000)));
+  proc.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-400_000)));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const alive = (): boolean => proc.exitCode === null && proc.signalCode === null;
+  return {
+    name,
+    proc,
+    logs: () => out,
+    alive,
+    async kill9() {
+      try {
+        process.kill(-proc.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      await exited;
+    },
+    async stop() {
+      if (alive()) proc.kill('SIGTERM');
+      await Promise.race([exited, sleep(20_000)]);
+      if (alive()) {
+        try {
+          process.kill(-proc.pid!, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+        await exited;
+      }
+    },
+  };
+}
+
+export async function startCluster(): Promise<TestCluster> {
+  const cp = await startControlPlane();
+  const dir = mkdtempSync(join(tmpdir(), 'mvm-k8s-op-'));
+  const operators: Proc[] = [];
+  const agents: NodeAgentProc[] = [];
+  /** A kubeconfig acting as the ServiceAccount (impersonation by the test's admin). */
+  const kubeconfigAs = (sa: string): string => {
+    const kc = parse(readFileSync(cp.kubeconfig, 'utf8')) as { users: Array<{ user: Record<string, unknown> }> };
+    for (const u of kc.users) u.user.as = `system:serviceaccount:microvm-system:${sa}`;
+    const f = join(dir, `${sa}.kubeconfig`);
+    writeFileSync(f, stringify(kc), { mode: 0o600 });
+    return f;
+  };
+  try {
+    installCrds(cp);
+    for (const f of ['operator/00-namespace.yaml', 'operator/rbac.yaml', 'firecracker/rbac.yaml', 'firecracker/rbac-heartbeat.yaml']) cp.kubectlOk(['apply', '-f', join(REPO, 'deploy', f)]);
+  } catch (e) {
+    await cp.stop();
+    throw e;
+  }
+  const opKc = kubeconfigAs('microvm-operator');
+  const agentKc = kubeconfigAs('firecracker-runtime');
+  const level = process.env.MVM_TEST_LOG_LEVEL ?? 'info';
+  const c: TestCluster = {
+    cp,
+    operators,
+    agents,
+    async startOperator(name, env = {}) {
+      const p = spawnProc(name, OPERATOR_BIN, {
+        KUBECONFIG: opKc,
+        POD_NAME: name,
+        POD_NAMESPACE: 'microvm-system',
+        MVM_HEALTH_LISTEN: '127.0.0.1:0',
+        MVM_LOG_LEVEL: level,
+        MVM_RESYNC_SECONDS: '5',
+        MVM_LEASE_DURATION_SECONDS: '4',
+        MVM_RENEW_DEADLINE_SECONDS: '3',
+        MVM_RETRY_PERIOD_SECONDS: '1',
+        ...env,
+      });
+      operators.push(p);
+      return p;
+    },
+    async startAgent(node, opts = {}) {
+      const labels = { 'microvm.service/kvm': 'true', ...(opts.labels ?? {}) };
+      cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: node, labels } }));
+      // No kubelet here: do what it and the node lifecycle controller would (the admission plugin
+      // TaintNodesByCondition gives every new Node the not-ready taint until then).
+      cp.kubectl(['taint', 'nodes', node, 'node.kubernetes.io/not-ready:NoSchedule-']);
+      const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), `mvm-node-${node}-`));
+      const p = spawnProc(`agent/${node}`, AGENT_BIN, {
+        KUBECONFIG: agentKc,
+        NODE_NAME: node,
+        MVM_DATA_DIR: dataDir,
+        MVM_NET_HOST_NETNS: hostNetnsOf(dataDir),
+        MVM_LOG_LEVEL: level,
+        MVM_RESYNC_SECONDS: '2',
+        MVM_HEARTBEAT_SECONDS: '2',
+        MVM_K8S_SYSTEM_NAMESPACE: 'microvm-system',
+      }) as NodeAgentProc;
+      p.node = node;
+      p.dataDir = dataDir;
+      // The namespace that stands in for the node's host network.
+      const { execFileSync } = await import('node:child_process');
+      try {
+        execFileSync('ip', ['netns', 'add', hostNetnsOf(dataDir)], { stdio: 'ignore' });
+        execFileSync('ip', ['-n', hostNetnsOf(dataDir), 'link', 'set', 'lo', 'up']);
+      } catch {
+        /* exists */
+      }
+      agents.push(p);
+      // Ready when its heartbeat Lease exists.
+      const deadline = Date.now() + 60_000;
+      while (cp.kubectl(['get', 'lease', '-n', 'microvm-system', `mvm-node-${node}`]).status !== 0) {
+        if (!p.alive()) throw new Error(`node agent ${node} exited:\n${p.logs()}`);
+        if (Date.now() > deadline) throw new Error(`node agent ${node} sent no heartbeat in 60 s:\n${p.logs()}`);
+        await sleep(200);
+      }
+      return p;
+    },
+    kubectlJson(args) {
+      return JSON.parse(cp.kubectlOk([...args, '-o', 'json']));
+    },
+    guests(id) {
+      return agents.flatMap((a) => qemuProcessesUnder(a.dataDir).filter((g) => g.id === id).map((g) => ({ node: a.node, pid: g.pid })));
+    },
+    dump() {
+      return [...operators, ...agents].map((p) => `==== ${p.name} (${p.alive() ? 'alive' : 'exited'})\n${p.logs().slice(-6000)}`).join('\n');
+    },
+    async stop() {
+      await Promise.allSettled(operators.map((p) => p.kill9()));
+      await Promise.allSettled(agents.map((p) => p.kill9()));
+      for (const a of agents) await destroyDataDir(a.dataDir).catch(() => undefined);
+      await cp.stop();
+      const { rmSync } = await import('node:fs');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return c;
+}
+
+/** Poll `fn` until it returns a truthy value (or throw with `what` and the cluster's logs). */
+export async function until<T>(c: TestCluster, what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}\n${c.dump()}`);
+    await sleep(250);
+  }
+}
