@@ -2,7 +2,7 @@
  * Per-VM root disks over a shared base image, never a write to the base:
  * a qcow2 overlay (QEMU) or a reflink/sparse raw clone (raw-only VMMs).
  * With a size larger than the base, the disk and its ext4 filesystem are grown
- * on the host before the guest boots (ADR 0015): a raw clone is extended and
+ * on the host before the guest boots (ADR 0019): a raw clone is extended and
  * `resize2fs`ed directly; a qcow2 overlay is exported as a raw file through
  * `qemu-storage-daemon`'s FUSE export and `resize2fs`ed there (the resize
  * writes land in the overlay, the base stays untouched).
