@@ -30,6 +30,10 @@ export interface Config {
   stopTimeoutSeconds: number;
   /** JWT/OIDC, rate limits, gRPC listener (src/api/gateway-config.ts). */
   gateway?: GatewayConfig;
+  /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
+  store: 'sqlite' | 'kubernetes';
+  /** Cluster mode: MVM_K8S_PARTITION (namespaces `<partition>-<tenant>`), MVM_K8S_SYSTEM_NAMESPACE (default microvm-system), MVM_AGENT_CA_FILE (CA of agents serving HTTPS). */
+  cluster: { partition?: string; systemNamespace: string; agentCaFile?: string };
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
@@ -71,6 +75,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
     resyncSeconds: Number(env.MVM_RESYNC_SECONDS ?? 10),
     stopTimeoutSeconds: Number(env.MVM_STOP_TIMEOUT_SECONDS ?? 10),
+    store: env.MVM_STORE === 'kubernetes' ? 'kubernetes' : 'sqlite',
+    cluster: {
+      ...(env.MVM_K8S_PARTITION ? { partition: env.MVM_K8S_PARTITION } : {}),
+      systemNamespace: env.MVM_K8S_SYSTEM_NAMESPACE ?? 'microvm-system',
+      ...(env.MVM_AGENT_CA_FILE ? { agentCaFile: env.MVM_AGENT_CA_FILE } : {}),
+    },
     network: {
       mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',
       ...(env.MVM_NET_HOST_NETNS ? { hostNetns: env.MVM_NET_HOST_NETNS } : {}),
@@ -84,6 +94,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
+  if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
   cfg.gateway = loadGatewayConfig(env);
   return cfg;
 }

@@ -5,7 +5,12 @@
  */
 import type { Logger } from 'pino';
 import { AuditService } from '../core/audit.js';
+import type { ApiKeyStore } from '../core/ports/apikeys.js';
+import type { AuditLog } from '../core/ports/audit.js';
+import type { IdempotencyStore } from '../core/ports/idempotency.js';
 import type { ResourceStore } from '../core/ports/resources.js';
+import type { Store } from '../core/ports/store.js';
+import type { TenantStore } from '../core/ports/tenants.js';
 import { TenantService } from '../core/tenancy.js';
 import { ApiKeyAuthenticator } from '../auth/apikey.js';
 import { JwtAuthenticator } from '../auth/jwt.js';
@@ -18,22 +23,32 @@ import { Gateway } from './gateway.js';
 import type { GatewayConfig } from './gateway-config.js';
 import { MemoryRateLimitStore } from './ratelimit/memory-store.js';
 
+/** The gateway's storage adapters; SQLite in the standalone mode, Kubernetes objects in cluster mode (src/cluster-api.ts). */
+export interface GatewayAdapters {
+  tenantStore: TenantStore & ApiKeyStore;
+  auditLog: AuditLog;
+  idempotency: IdempotencyStore;
+}
+
 export interface GatewayStack {
   gateway: Gateway;
-  tenantStore: SqliteTenantStore;
+  tenantStore: TenantStore & ApiKeyStore;
   tenants: TenantService;
   audit: AuditService;
 }
 
 export async function createGatewayStack(o: {
-  store: SqliteStore;
+  store: Store;
   config: GatewayConfig;
-  adminToken: string;
+  /** Optional in cluster mode (JWT/OIDC and API keys only). */
+  adminToken?: string;
+  /** Default: the SQLite adapters over `store` (which must then be a SqliteStore). */
+  adapters?: GatewayAdapters;
   log: Logger;
   resources?: ResourceStore;
   resourceKinds?: string[];
 }): Promise<GatewayStack> {
-  const tenantStore = new SqliteTenantStore(o.store);
+  const tenantStore = o.adapters?.tenantStore ?? new SqliteTenantStore(o.store as SqliteStore);
   const keyAuth = new ApiKeyAuthenticator(tenantStore);
   const tenants = new TenantService(o.store, tenantStore, tenantStore, {
     ...(o.resources ? { resources: o.resources } : {}),
@@ -43,7 +58,7 @@ export async function createGatewayStack(o: {
   await tenants.ensureSystemTenant();
   const auditLog = o.log.child({ c: 'audit' });
   const audit = new AuditService(
-    new SqliteAuditLog(o.store),
+    o.adapters?.auditLog ?? new SqliteAuditLog(o.store as SqliteStore),
     (e) => auditLog.info({ audit: e }, `audit ${e.result} ${e.operation}`),
     (err, e) => auditLog.error({ err: (err as Error).message, audit: e }, 'audit entry could not be stored'),
   );
@@ -63,13 +78,14 @@ export async function createGatewayStack(o: {
     roleClaim: c.roleClaim,
     tenantExists: async (id) => (await tenantStore.getTenant(id)) !== undefined,
   });
-  authenticators.push(jwt, new StaticTokenAuthenticator(o.adminToken));
+  authenticators.push(jwt);
+  if (o.adminToken) authenticators.push(new StaticTokenAuthenticator(o.adminToken));
   const gateway = new Gateway({
     authenticators,
     limiter: new MemoryRateLimitStore(),
     policy: c.rateLimits,
     audit,
-    idempotency: new SqliteIdempotencyStore(o.store),
+    idempotency: o.adapters?.idempotency ?? new SqliteIdempotencyStore(o.store as SqliteStore),
     log: o.log,
   });
   return { gateway, tenantStore, tenants, audit };

@@ -31,6 +31,15 @@ export interface StreamOptions {
   pollMs?: number;
   /** Extra response headers (e.g. RateLimit-*), since the reply is hijacked. */
   headers?: Record<string, string>;
+  /** Cluster mode: the bytes come from the VM's node agent instead of following `path`. */
+  source?: (signal: AbortSignal) => AsyncIterable<Buffer>;
+}
+
+/** All of a (finite) console stream as text. */
+export async function collectConsole(chunks: AsyncIterable<Buffer>): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const c of chunks) parts.push(c);
+  return Buffer.concat(parts).toString('utf8');
 }
 
 export interface FollowOptions {
@@ -85,6 +94,8 @@ export async function streamConsole(o: StreamOptions): Promise<void> {
     connection: 'keep-alive',
     ...(o.headers ?? {}),
   });
+  // Clients see the stream open before the first byte of output (a quiet console can take long).
+  raw.flushHeaders();
   const ac = new AbortController();
   o.req.raw.on('close', () => ac.abort());
   const write = (buf: Buffer): void => {
@@ -95,6 +106,13 @@ export async function streamConsole(o: StreamOptions): Promise<void> {
       raw.write(buf);
     }
   };
-  for await (const buf of followConsole({ tail: o.tail, path: o.path, alive: o.alive, signal: ac.signal, ...(o.pollMs ? { pollMs: o.pollMs } : {}) })) write(buf);
+  const chunks = o.source ? o.source(ac.signal) : followConsole({ tail: o.tail, path: o.path, alive: o.alive, signal: ac.signal, ...(o.pollMs ? { pollMs: o.pollMs } : {}) });
+  try {
+    for await (const buf of chunks) write(buf);
+  } catch (e) {
+    // Headers are sent: a broken upstream (cluster mode) can only end the stream.
+    if (!o.source) throw e;
+    if (o.sse) raw.write(`event: error\ndata: ${(e as Error).message.replace(/\n/g, ' ')}\n\n`);
+  }
   if (!ac.signal.aborted) raw.end();
 }

@@ -315,6 +315,15 @@ export class MicroVMService {
     return { vm, path: this.agent.consolePath(vm.id) };
   }
 
+  /**
+   * Cluster mode: the console of an (already authorised) VM streamed from its node's agent;
+   * undefined when the agent is local (read `consolePath`).
+   */
+  remoteConsole(vm: MicroVM): ((o: { tail: number; follow: boolean; signal?: AbortSignal }) => AsyncIterable<Buffer>) | undefined {
+    const a = this.agent;
+    return a.streamConsole ? (o) => a.streamConsole!(vm, o) : undefined;
+  }
+
   async metrics(p: Principal, idOrName: string): Promise<VmMetricsT> {
     const vm = await this.get(p, idOrName);
     return this.agent.metrics(vm);

@@ -12,7 +12,7 @@ import { ErrorCodes, MvmError, asMvmError, validationError } from '../core/error
 import type { Principal } from '../core/authz.js';
 import type { MicroVMService } from '../core/service.js';
 import type { PhaseT } from '../core/schema.js';
-import { followConsole, readConsoleTail } from '../api/console-stream.js';
+import { collectConsole, followConsole, readConsoleTail } from '../api/console-stream.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../api/gateway.js';
 import { operationForRpc } from '../api/operations.js';
 import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha1/MicroVMService.js';
@@ -179,25 +179,30 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
         try {
           const { vm, path } = await svc.consolePath(p, call.request.id);
           const tail = call.request.tailBytes > 0 ? Math.min(call.request.tailBytes, 16 * 1024 * 1024) : 1024 * 1024;
+          // Cluster mode: the console lives on the VM's node and is proxied from its agent.
+          const remote = svc.remoteConsole(vm);
           if (!call.request.follow) {
-            const text = path ? Buffer.from(readConsoleTail(path, tail), 'utf8') : Buffer.alloc(0);
+            const text = remote ? Buffer.from(await collectConsole(remote({ tail, follow: false })), 'utf8') : path ? Buffer.from(readConsoleTail(path, tail), 'utf8') : Buffer.alloc(0);
             for (let i = 0; i < text.length; i += 64 * 1024) call.write({ data: text.subarray(i, i + 64 * 1024) });
             call.end();
             return;
           }
-          for await (const chunk of followConsole({
-            tail,
-            signal: ac.signal,
-            path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
-            alive: async () => {
-              try {
-                const cur = await svc.get(p, vm.id);
-                return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
-              } catch {
-                return false;
-              }
-            },
-          })) {
+          const chunks = remote
+            ? remote({ tail, follow: true, signal: ac.signal })
+            : followConsole({
+                tail,
+                signal: ac.signal,
+                path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
+                alive: async () => {
+                  try {
+                    const cur = await svc.get(p, vm.id);
+                    return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
+                  } catch {
+                    return false;
+                  }
+                },
+              });
+          for await (const chunk of chunks) {
             if (ac.signal.aborted) break;
             call.write({ data: chunk });
           }

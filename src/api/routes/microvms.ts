@@ -15,7 +15,7 @@ import {
   type PhaseT,
   type UpdateMicroVMRequestT,
 } from '../../core/schema.js';
-import { streamConsole, readConsoleTail } from '../console-stream.js';
+import { collectConsole, streamConsole, readConsoleTail } from '../console-stream.js';
 import { etagOf, ifMatch, principal, withEtag } from '../http.js';
 
 const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'Admins: act in this tenant' })) }, { additionalProperties: false });
@@ -203,8 +203,10 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
       const q = req.query as { follow?: boolean; tail?: number };
       const p = principal(req);
       const { vm, path } = await svc.consolePath(p, id);
+      // Cluster mode: the console lives on the VM's node and is proxied from its agent.
+      const remote = svc.remoteConsole(vm);
       if (!q.follow) {
-        const text = path ? readConsoleTail(path, q.tail ?? 1024 * 1024) : '';
+        const text = remote ? await collectConsole(remote({ tail: q.tail ?? 1024 * 1024, follow: false })) : path ? readConsoleTail(path, q.tail ?? 1024 * 1024) : '';
         return reply.type('text/plain; charset=utf-8').send(text);
       }
       const sse = (req.headers.accept ?? '').includes('text/event-stream');
@@ -214,6 +216,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         sse,
         headers: Object.fromEntries(Object.entries(reply.getHeaders()).map(([k, v]) => [k, String(v)])),
         tail: q.tail ?? 1024 * 1024,
+        ...(remote ? { source: (signal: AbortSignal) => remote({ tail: q.tail ?? 1024 * 1024, follow: true, signal }) } : {}),
         path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
         alive: async () => {
           try {

@@ -69,6 +69,11 @@ export interface NodeAgent {
   ensureAbsent(id: string): Promise<void>;
   /** Console: read from a byte offset, and follow new output. */
   consolePath(id: string): string | undefined;
+  /**
+   * Cluster mode (the API's client of the node agents, src/agent/endpoint/client.ts): the console
+   * streamed from the VM's node, where no local file exists: `tail` bytes, then (follow) new output.
+   */
+  streamConsole?(vm: MicroVM, o: { tail: number; follow: boolean; signal?: AbortSignal }): AsyncIterable<Buffer>;
   /** Freeze / unfreeze the guest (vCPUs stop; memory stays). */
   pause(id: string): Promise<void>;
   resume(id: string): Promise<void>;

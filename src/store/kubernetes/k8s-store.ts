@@ -514,7 +514,7 @@ export class KubernetesStore implements Store {
   }
 
   /** Usage of a tenant from a fresh (consistent) list of its namespace. */
-  private async usageOf(tenant: string): Promise<Usage> {
+  async usageOf(tenant: string): Promise<Usage> {
     const u = emptyUsage();
     let cont: string | undefined;
     do {

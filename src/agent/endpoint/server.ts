@@ -1,0 +1,217 @@
+/**
+ * The node agent's endpoint for the API in cluster mode (ADR 0015): console (stream) and live
+ * metrics of the VMs on this node, the way the kubelet serves `kubectl logs`.
+ *
+ * Every request is authenticated and authorised by the Kubernetes API server:
+ * - `Authorization: Bearer <service-account token>` → TokenReview; none or not authenticated → 401.
+ * - SubjectAccessReview of `get microvms/console` or `get microvms/metrics` (group
+ *   microvm.service) on the VM's namespace and name, for the reviewed user and groups; denied → 403.
+ *   (RBAC matches subresource names as strings, like `nodes/proxy`; the API's ClusterRole grants them.)
+ * Only then is a VM looked up; one that is not bound to this node is 404.
+ * Reviews are cached for `cacheMs` (default 10 s) by token hash and attributes.
+ *
+ * Routes: GET /v1/microvms/{id}/console?tail=<bytes>&follow=1 (text, chunked while following),
+ *         GET /v1/microvms/{id}/metrics (JSON), GET /healthz (unauthenticated liveness only).
+ */
+import { createHash } from 'node:crypto';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { followConsole, readConsoleTail } from '../../api/console-stream.js';
+import type { MicroVM } from '../../core/microvm.js';
+import type { NodeAgent } from '../../core/ports/agent.js';
+
+export const ANN_AGENT_ENDPOINT = 'microvm.service/agent-endpoint';
+export const AGENT_RESOURCE = { group: 'microvm.service', resource: 'microvms' } as const;
+
+export interface AgentEndpointOptions {
+  agent: Pick<NodeAgent, 'consolePath' | 'metrics' | 'observe'>;
+  nodeName: string;
+  /** The VM by id (the agent's store); undefined when unknown. */
+  lookup: (id: string) => Promise<MicroVM | undefined>;
+  /** Namespace of a tenant (TenantNamespaces.namespaceOf). */
+  namespaceOf: (tenant: string) => string;
+  kubeConfig: KubeConfig;
+  host?: string;
+  port?: number;
+  /** Serve HTTPS with this certificate (PEM); plain HTTP otherwise (the token still travels: use TLS off-host). */
+  tls?: { cert: string; key: string };
+  /** Write this URL (default: the listening URL) into the Node's `microvm.service/agent-endpoint` annotation. */
+  advertise?: boolean | string;
+  /** Audiences the token must carry (TokenReview spec.audiences); default: the API server's. */
+  audiences?: string[];
+  cacheMs?: number;
+  log?: Logger;
+}
+
+export interface AgentEndpoint {
+  url: string;
+  close(): Promise<void>;
+}
+
+interface Reviewed {
+  user: string;
+  uid?: string;
+  groups: string[];
+  extra?: Record<string, string[]>;
+}
+
+const ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/(console|metrics)$/;
+
+export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<AgentEndpoint> {
+  const authn = o.kubeConfig.makeApiClient(AuthenticationV1Api);
+  const authz = o.kubeConfig.makeApiClient(AuthorizationV1Api);
+  const cacheMs = o.cacheMs ?? 10_000;
+  const tokens = new Map<string, { until: number; who: Reviewed | undefined }>();
+  const decisions = new Map<string, { until: number; allowed: boolean }>();
+  const closing = new AbortController();
+
+  const review = async (token: string): Promise<Reviewed | undefined> => {
+    const key = createHash('sha256').update(token).digest('hex');
+    const hit = tokens.get(key);
+    if (hit && hit.until > Date.now()) return hit.who;
+    const r = await authn.createTokenReview({ body: { spec: { token, ...(o.audiences ? { audiences: o.audiences } : {}) } } });
+    const st = r.status;
+    const who = st?.authenticated && st.user?.username ? { user: st.user.username, ...(st.user.uid ? { uid: st.user.uid } : {}), groups: st.user.groups ?? [], ...(st.user.extra ? { extra: st.user.extra } : {}) } : undefined;
+    if (tokens.size > 10_000) tokens.clear();
+    tokens.set(key, { until: Date.now() + cacheMs, who });
+    return who;
+  };
+
+  const allowed = async (who: Reviewed, sub: string, vm: { namespace: string; name: string } | undefined): Promise<boolean> => {
+    const key = JSON.stringify([who.user, who.groups, sub, vm?.namespace, vm?.name]);
+    const hit = decisions.get(key);
+    if (hit && hit.until > Date.now()) return hit.allowed;
+    const r = await authz.createSubjectAccessReview({
+      body: {
+        spec: {
+          user: who.user,
+          groups: who.groups,
+          ...(who.uid ? { uid: who.uid } : {}),
+          ...(who.extra ? { extra: who.extra } : {}),
+          resourceAttributes: { group: AGENT_RESOURCE.group, resource: AGENT_RESOURCE.resource, subresource: sub, verb: 'get', ...(vm ? { namespace: vm.namespace, name: vm.name } : {}) },
+        },
+      },
+    });
+    const ok = r.status?.allowed === true;
+    if (decisions.size > 10_000) decisions.clear();
+    decisions.set(key, { until: Date.now() + cacheMs, allowed: ok });
+    return ok;
+  };
+
+  const fail = (res: ServerResponse, status: number, message: string, headers: Record<string, string> = {}): void => {
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    res.writeHead(status, { 'content-type': 'application/json', ...headers });
+    res.end(JSON.stringify({ status, message }));
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://agent');
+    if (url.pathname === '/healthz' && req.method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end('ok\n');
+      return;
+    }
+    const auth = req.headers.authorization;
+    const m = /^Bearer\s+(\S+)$/i.exec(auth ?? '');
+    if (!m) return fail(res, 401, 'a bearer token (Kubernetes service account) is required', { 'www-authenticate': 'Bearer' });
+    let who: Reviewed | undefined;
+    try {
+      who = await review(m[1]!);
+    } catch (e) {
+      o.log?.warn({ err: (e as Error).message }, 'TokenReview failed');
+      return fail(res, 503, 'cannot review the token with the API server');
+    }
+    if (!who) return fail(res, 401, 'the token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' });
+    const route = ROUTE.exec(url.pathname);
+    if (!route || req.method !== 'GET') return fail(res, 404, 'no such route');
+    const [, id, what] = route as unknown as [string, string, 'console' | 'metrics'];
+    let vm: MicroVM | undefined;
+    let target: { namespace: string; name: string } | undefined;
+    try {
+      vm = await o.lookup(id);
+      if (vm) target = { namespace: o.namespaceOf(vm.tenant), name: vm.name };
+      // Without a VM the check is cluster-wide: a caller with no right learns nothing about ids.
+      if (!(await allowed(who, what, target))) {
+        o.log?.info({ user: who.user, what, vm: id }, 'agent endpoint: access denied');
+        return fail(res, 403, `${who.user} may not get microvms/${what}${target ? ` of ${target.namespace}/${target.name}` : ''}`);
+      }
+    } catch (e) {
+      o.log?.warn({ err: (e as Error).message }, 'agent endpoint: authorisation failed');
+      return fail(res, 503, 'cannot authorise the request with the API server');
+    }
+    if (!vm || vm.status.node !== o.nodeName) return fail(res, 404, `microVM ${id} is not on node ${o.nodeName}`);
+    if (what === 'metrics') {
+      const m = await o.agent.metrics(vm);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(m));
+      return;
+    }
+    const tail = Math.min(Math.max(Number(url.searchParams.get('tail') ?? 1024 * 1024) || 0, 0), 16 * 1024 * 1024);
+    const follow = ['1', 'true'].includes(url.searchParams.get('follow') ?? '');
+    if (!follow) {
+      const path = o.agent.consolePath(vm.id);
+      res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end(path ? readConsoleTail(path, tail) : '');
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' });
+    res.flushHeaders();
+    const ac = new AbortController();
+    const abort = (): void => ac.abort();
+    res.on('close', abort);
+    closing.signal.addEventListener('abort', abort);
+    try {
+      for await (const chunk of followConsole({
+        tail,
+        signal: ac.signal,
+        path: async () => o.agent.consolePath(vm.id),
+        alive: async () => ['starting', 'running', 'paused'].includes(o.agent.observe(vm.id).state),
+      })) {
+        if (ac.signal.aborted) break;
+        res.write(chunk);
+      }
+    } finally {
+      closing.signal.removeEventListener('abort', abort);
+    }
+    res.end();
+  };
+
+  const listener = (req: IncomingMessage, res: ServerResponse): void => {
+    handle(req, res).catch((e: Error) => {
+      o.log?.error({ err: e.message }, 'agent endpoint: request failed');
+      fail(res, 500, 'internal error');
+    });
+  };
+  const server: Server = o.tls ? createHttpsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createHttpServer(listener);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`;
+  if (o.advertise) {
+    const advertised = typeof o.advertise === 'string' ? o.advertise : url;
+    const core = o.kubeConfig.makeApiClient(CoreV1Api);
+    // A merge patch of this one annotation: nothing else of the Node is touched.
+    await core.patchNode(
+      { name: o.nodeName, body: { metadata: { annotations: { [ANN_AGENT_ENDPOINT]: advertised } } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+  }
+  o.log?.info({ url, node: o.nodeName }, 'agent endpoint listening');
+  return {
+    url,
+    async close() {
+      closing.abort();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections?.();
+    },
+  };
+}

@@ -1,0 +1,123 @@
+/**
+ * Composition root of the API in cluster mode (ADR 0015): the same REST and gRPC API (same route
+ * code, same gateway) over Kubernetes objects, and nothing else. No controller, scheduler or
+ * local agent runs here: the operator places and reconciles MicroVM resources and the node
+ * agents run them. Console and live metrics are proxied from the VM's node agent.
+ *
+ *   microVMs      → MicroVM CRs in the tenant's namespace (KubernetesStore, ADR 0010)
+ *   tenants       → namespaces (KubernetesTenantStore)
+ *   API keys      → Secrets in the system namespace (hash only)
+ *   audit         → Events in the system namespace (+ structured `audit` log lines)
+ *   idempotency   → ConfigMaps in the system namespace (create = claim)
+ *   console/metrics → the node agent's endpoint (RemoteNodeAgents), SA token + TokenReview/SAR there
+ */
+import { readFileSync } from 'node:fs';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { FastifyInstance } from 'fastify';
+import pino, { type Logger } from 'pino';
+import { RemoteNodeAgents } from './agent/endpoint/client.js';
+import { createGatewayStack } from './api/compose.js';
+import { loadGatewayConfig } from './api/gateway-config.js';
+import { buildApi } from './api/server.js';
+import type { Config } from './config.js';
+import type { MicroVM } from './core/microvm.js';
+import type { WriteOptions } from './core/ports/store.js';
+import { MicroVMService } from './core/service.js';
+import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
+import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
+import { KubernetesStore } from './store/kubernetes/k8s-store.js';
+import { KubernetesTenantStore } from './store/kubernetes/tenant-store.js';
+
+export const VERSION = '0.1.0';
+
+/**
+ * The API's view of the MicroVM store: a microVM put into phase Deleting (REST/gRPC delete, tenant
+ * cascade) is then deleted in Kubernetes, so a REST delete and `kubectl delete` take the same
+ * path: deletionTimestamp, the operator's node-side cleanup, its finalizer removed, gone.
+ */
+export class ApiKubernetesStore extends KubernetesStore {
+  override async updateVm(id: string, mutate: (vm: MicroVM) => MicroVM, expectedVersion?: string, opts?: WriteOptions): Promise<MicroVM> {
+    const vm = await super.updateVm(id, mutate, expectedVersion, opts);
+    if (vm.status.phase === 'Deleting') await this.deleteVm(vm.id);
+    return vm;
+  }
+}
+
+export interface ClusterApi {
+  app: FastifyInstance;
+  url: string;
+  store: KubernetesStore;
+  tenantStore: KubernetesTenantStore;
+  log: Logger;
+  grpcAddress?: string;
+  close(): Promise<void>;
+}
+
+export interface ClusterApiOptions {
+  logger?: Logger;
+  /** Default: KUBECONFIG, ~/.kube/config or the in-cluster service account. */
+  kubeConfig?: KubeConfig;
+  /** Token presented to node agents (default: the pod's service-account token file). */
+  agentToken?: () => Promise<string> | string;
+}
+
+export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {}): Promise<ClusterApi> {
+  const log =
+    opts.logger ??
+    pino({
+      level: cfg.logLevel,
+      base: { svc: 'mvm-api', mode: 'cluster' },
+      redact: { paths: ['req.headers.authorization', 'token', 'adminToken', '*.token'], censor: '[redacted]' },
+    });
+  let kc = opts.kubeConfig;
+  if (!kc) {
+    kc = new KubeConfig();
+    kc.loadFromDefault();
+  }
+  const systemNamespace = cfg.cluster.systemNamespace;
+  const store = new ApiKubernetesStore({ kubeConfig: kc, component: 'microvm-api', ...(cfg.cluster.partition ? { partition: cfg.cluster.partition } : {}) });
+  const tenantStore = new KubernetesTenantStore({ kubeConfig: kc, vms: store, systemNamespace });
+  const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
+  const gw = await createGatewayStack({
+    store,
+    config: gatewayConfig,
+    ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
+    log: log.child({ c: 'gateway' }),
+    adapters: {
+      tenantStore,
+      auditLog: new KubernetesAuditLog(kc, store.tn, { systemNamespace }),
+      idempotency: new KubernetesIdempotencyStore(kc, store.tn, { systemNamespace }),
+    },
+  });
+  if (!cfg.adminToken) log.info('no MVM_ADMIN_TOKEN: callers authenticate with JWT/OIDC or API keys only');
+  const agents = new RemoteNodeAgents({
+    kubeConfig: kc,
+    ...(opts.agentToken ? { token: opts.agentToken } : {}),
+    ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
+  });
+  // No image resolver (images are resolved on the node) and no security groups / snapshots yet (ADR 0015).
+  const service = new MicroVMService(store, agents, undefined, undefined, { tenants: gw.tenantStore });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION });
+  const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
+    ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    : undefined;
+  const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
+  const url = address.replace('[::1]', '127.0.0.1');
+  let closed = false;
+  return {
+    app,
+    url,
+    store,
+    tenantStore,
+    log,
+    ...(grpcServer ? { grpcAddress: grpcServer.address } : {}),
+    async close() {
+      if (closed) return;
+      closed = true;
+      await grpcServer?.close();
+      await app.close();
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,288 @@
+/**
+ * The API in cluster mode (src/cluster-api.ts, ADR 0015) on a real kube-apiserver, running as its
+ * own ServiceAccount with deploy/api/rbac.yaml: REST writes and reads are MicroVM objects in the
+ * tenant's namespace, tenants are namespaces, API keys Secrets holding hashes only, audit entries
+ * Events, idempotency ConfigMaps; tenants are isolated (404). And the node agent's endpoint
+ * (src/agent/endpoint, running as the node agent's ServiceAccount with deploy/firecracker/rbac.yaml):
+ * it refuses callers without a token (401), with a bad token (401) or without the right (403, by
+ * SubjectAccessReview), and serves console and metrics to the API's token, which the API proxies.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KubeConfig } from '@kubernetes/client-node';
+import { startAgentEndpoint, type AgentEndpoint } from '../src/agent/endpoint/server.js';
+import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
+import { loadConfig } from '../src/config.js';
+import type { MicroVM } from '../src/core/microvm.js';
+import type { ActualVm } from '../src/core/ports/agent.js';
+import type { VmMetricsT } from '../src/core/schema.js';
+import { KubernetesStore } from '../src/store/kubernetes/k8s-store.js';
+import { REPO, installCrds, startControlPlane, type ControlPlane } from './support/k8s-control-plane.js';
+
+const ADMIN = 'adm_cluster_test_token_0123456789';
+let cp: ControlPlane;
+let api: ClusterApi;
+let agentStore: KubernetesStore | undefined;
+let endpoint: AgentEndpoint | undefined;
+const tmp = mkdtempSync(join(tmpdir(), 'mvm-k8s-api-'));
+const tokens: Record<string, string> = {};
+
+/** A kubeconfig for the control plane that authenticates with a service-account token. */
+function tokenKubeConfig(token: string): KubeConfig {
+  const cluster = cp.kubeConfig().getCurrentCluster()!;
+  const kc = new KubeConfig();
+  kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'sa', token }], contexts: [{ name: 'sa', cluster: cluster.name, user: 'sa' }], currentContext: 'sa' });
+  return kc;
+}
+const saToken = (ns: string, sa: string): string => cp.kubectlOk(['create', 'token', sa, '-n', ns, '--duration=2h']).trim();
+
+async function call(token: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string; headers: Headers }> {
+  const r = await fetch(`${api.url}/api/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await r.text();
+  let json: any;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined;
+  }
+  return { status: r.status, json, text, headers: r.headers };
+}
+
+const kget = (args: string[]): any => JSON.parse(cp.kubectlOk(['get', ...args, '-o', 'json']));
+/** Write status fields as the operator / node agent would (status subresource; phase and conditions are required). */
+function setStatus(ns: string, name: string, fields: Record<string, unknown>): void {
+  const cur = kget(['microvm', name, '-n', ns]).status ?? {};
+  const status = { phase: 'Pending', conditions: [], ...cur, ...fields };
+  cp.kubectlOk(['patch', 'microvm', name, '-n', ns, '--subresource=status', '--type=merge', '-p', JSON.stringify({ status })]);
+}
+
+before(async () => {
+  cp = await startControlPlane();
+  installCrds(cp);
+  cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/operator/00-namespace.yaml')]);
+  cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
+  cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/firecracker/rbac.yaml')]);
+  tokens.api = saToken('microvm-system', 'microvm-api');
+  tokens.agent = saToken('microvm-system', 'firecracker-runtime');
+  cp.kubectlOk(['create', 'serviceaccount', 'nobody', '-n', 'default']);
+  tokens.nobody = saToken('default', 'nobody');
+  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
+  // The API runs as its ServiceAccount: deploy/api/rbac.yaml must be enough for everything below.
+  api = await startClusterApi(cfg, { kubeConfig: tokenKubeConfig(tokens.api), agentToken: () => tokens.api! });
+});
+
+after(async () => {
+  await endpoint?.close().catch(() => undefined);
+  await agentStore?.close().catch(() => undefined);
+  await api?.close().catch(() => undefined);
+  await cp?.stop();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+const keys: Record<string, { id: string; token: string }> = {};
+let webId = '';
+
+test('cluster API: tenants are namespaces; API keys are Secrets holding only the hash', async () => {
+  for (const t of ['acme', 'globex']) {
+    const r = await call(ADMIN, 'POST', '/tenants', { id: t, displayName: t.toUpperCase(), quotas: { vms: 2 } });
+    assert.equal(r.status, 201, r.text);
+    const ns = kget(['namespace', t]);
+    assert.equal(ns.metadata.labels['microvm.service/tenant-record'], 'true');
+    assert.equal(JSON.parse(ns.metadata.annotations['microvm.service/tenant']).displayName, t.toUpperCase());
+    const k = await call(ADMIN, 'POST', `/apikeys?tenant=${t}`, { name: 'ci', role: 'member' });
+    assert.equal(k.status, 201, k.text);
+    keys[t] = { id: k.json.id, token: k.json.token };
+  }
+  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'acme' })).status, 409);
+  const list = await call(ADMIN, 'GET', '/tenants');
+  assert.deepEqual(list.json.items.map((t: { id: string }) => t.id).sort(), ['acme', 'default', 'globex']);
+  const secret = kget(['secret', keys.acme!.id, '-n', 'microvm-system']);
+  assert.equal(secret.type, 'microvm.service/api-key');
+  assert.equal(secret.metadata.labels['microvm.service/tenant'], 'acme');
+  const stored = Buffer.from(secret.data.record, 'base64').toString();
+  const secretPart = keys.acme!.token.split('_').pop()!;
+  assert.ok(!stored.includes(secretPart), 'the Secret must not hold the key secret');
+  assert.match(JSON.parse(stored).secretHash, /^[0-9a-f]{64}$/);
+  const who = await call(keys.acme!.token, 'GET', '/whoami');
+  assert.equal(who.status, 200, who.text);
+  assert.equal(who.json.tenant, 'acme');
+});
+
+test('cluster API: REST create/list/get/delete map to MicroVM objects in the tenant namespace; tenants are isolated', async () => {
+  const acme = keys.acme!.token;
+  const globex = keys.globex!.token;
+  const c = await call(acme, 'POST', '/microvms', { name: 'web', vcpu: 2, memory: '256Mi', labels: { app: 'web' } });
+  assert.equal(c.status, 201, c.text);
+  webId = c.json.id;
+  const obj = kget(['microvm', 'web', '-n', 'acme']);
+  assert.equal(obj.metadata.labels['microvm.service/id'], webId);
+  assert.equal(obj.spec.vcpu, 2);
+  assert.equal(obj.spec.desiredState, 'Running');
+  // A write by someone else (kubectl, the operator) is what the API reads.
+  setStatus('acme', 'web', { phase: 'Scheduled', node: 'node-x' });
+  const got = await call(acme, 'GET', `/microvms/${webId}`);
+  assert.equal(got.status, 200);
+  assert.equal(got.json.status.phase, 'Scheduled');
+  assert.equal(got.json.status.node, 'node-x');
+  assert.equal((await call(acme, 'GET', '/microvms/web')).json.id, webId);
+  const l = await call(acme, 'GET', '/microvms?label=app%3Dweb');
+  assert.equal(l.status, 200, l.text);
+  assert.deepEqual(l.json.items.map((v: MicroVM) => v.id), [webId]);
+  // Another tenant: the VM does not exist for it.
+  assert.equal((await call(globex, 'GET', `/microvms/${webId}`)).status, 404);
+  assert.equal((await call(globex, 'GET', '/microvms/web')).status, 404);
+  assert.equal((await call(globex, 'DELETE', `/microvms/${webId}`)).status, 404);
+  assert.equal((await call(globex, 'GET', `/microvms/${webId}/console`)).status, 404);
+  assert.equal((await call(globex, 'GET', `/microvms/${webId}/metrics`)).status, 404);
+  assert.deepEqual((await call(globex, 'GET', '/microvms')).json.items, []);
+  assert.ok(kget(['microvm', 'web', '-n', 'acme']), 'still there after the foreign delete');
+  // The same name in another tenant is another object in another namespace.
+  const g = await call(globex, 'POST', '/microvms', { name: 'web', start: false });
+  assert.equal(g.status, 201, g.text);
+  assert.equal(kget(['microvm', 'web', '-n', 'globex']).spec.desiredState, 'Stopped');
+  // Delete through REST deletes the object (no operator finalizer in this test: it is gone at once).
+  const d = await call(globex, 'DELETE', `/microvms/${g.json.id}`);
+  assert.equal(d.status, 202, d.text);
+  assert.notEqual(cp.kubectl(['get', 'microvm', 'web', '-n', 'globex']).status, 0);
+  assert.equal((await call(globex, 'GET', `/microvms/${g.json.id}`)).status, 404);
+});
+
+test('cluster API: wait is driven by the Kubernetes watch; quota, idempotency and audit live in the cluster', async () => {
+  const acme = keys.acme!.token;
+  const waiting = call(acme, 'GET', `/microvms/${webId}/wait?phase=Running&timeout=30s`);
+  await new Promise((r) => setTimeout(r, 500));
+  setStatus('acme', 'web', { phase: 'Running', ip: '10.100.0.5' });
+  const w = await waiting;
+  assert.equal(w.status, 200, w.text);
+  assert.equal(w.json.status.ip, '10.100.0.5');
+  // Idempotency-Key: the retry replays the first response (a ConfigMap claim), no second object.
+  const a = await call(acme, 'POST', '/microvms', { name: 'idem', start: false }, { 'idempotency-key': 'create-idem-1' });
+  const b = await call(acme, 'POST', '/microvms', { name: 'idem', start: false }, { 'idempotency-key': 'create-idem-1' });
+  assert.equal(a.status, 201, a.text);
+  assert.equal(b.status, 201, b.text);
+  assert.equal(b.headers.get('idempotent-replayed'), 'true');
+  assert.equal(b.json.id, a.json.id);
+  assert.equal(kget(['configmaps', '-n', 'microvm-system', '-l', 'microvm.service/idempotency=true']).items.length, 1);
+  // Quota vms: 2 — web and idem exist.
+  const q = await call(acme, 'POST', '/microvms', { name: 'third', start: false });
+  assert.equal(q.status, 403, q.text);
+  assert.equal(q.json.code, 'QUOTA_EXCEEDED');
+  const u = await call(acme, 'GET', '/tenants/acme/usage');
+  assert.equal(u.json.vms.used, 2);
+  assert.equal(u.json.vms.limit, 2);
+  // Audit: Events in microvm-system, queryable through the API.
+  const ev = kget(['events', '-n', 'microvm-system', '-l', 'microvm.service/audit=true,microvm.service/tenant=acme']);
+  assert.ok(ev.items.some((e: any) => JSON.parse(e.metadata.annotations['microvm.service/audit']).operation === 'microvms.create'));
+  const audit = await call(ADMIN, 'GET', '/audit?tenant=globex&result=allowed');
+  assert.equal(audit.status, 200, audit.text);
+  assert.ok(audit.json.items.some((e: any) => e.operation === 'microvms.delete' && e.tenant === 'globex'));
+  assert.ok(audit.json.items.every((e: any) => e.tenant === 'globex'));
+  const seqs = audit.json.items.map((e: any) => e.seq);
+  assert.deepEqual(seqs, [...seqs].sort((x: number, y: number) => x - y));
+});
+
+test('agent endpoint: 401 without or with a bad token, 403 without the right, console and metrics for the API (directly and proxied)', async () => {
+  cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-a', labels: { 'microvm.service/kvm': 'true' } } }));
+  const consoleFile = join(tmp, 'console.log');
+  writeFileSync(consoleFile, 'boot line 1\nlogin: \n');
+  const metricsOf = (vm: MicroVM): VmMetricsT => ({
+    id: vm.id, phase: vm.status.phase, timestamp: new Date().toISOString(), cpuSeconds: 1.5, memoryRssBytes: 12345678,
+    guestMemoryBytes: 256 * 1024 * 1024, uptimeSeconds: 42, block: [], net: [],
+  });
+  let state: ActualVm['state'] = 'running';
+  const agentKc = tokenKubeConfig(tokens.agent!);
+  // The node agent's own view: its store, as its ServiceAccount (deploy/firecracker/rbac.yaml).
+  agentStore = new KubernetesStore({ kubeConfig: agentKc, component: 'microvm-node-agent' });
+  const store = agentStore;
+  endpoint = await startAgentEndpoint({
+    agent: { consolePath: (id) => (id === webId ? consoleFile : undefined), metrics: async (vm) => metricsOf(vm), observe: (id) => ({ id, state, ready: true }) },
+    nodeName: 'node-a',
+    lookup: (id) => store.getVm(id),
+    namespaceOf: (t) => store.tn.namespaceOf(t),
+    kubeConfig: agentKc,
+    advertise: true,
+  });
+  assert.equal(kget(['node', 'node-a']).metadata.annotations['microvm.service/agent-endpoint'], endpoint.url);
+  // Bind the VM to this node, as the operator would.
+  setStatus('acme', 'web', { node: 'node-a' });
+  const url = `${endpoint.url}/v1/microvms/${webId}`;
+  const get = async (path: string, token?: string): Promise<{ status: number; text: string }> => {
+    const r = await fetch(`${url}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });
+    return { status: r.status, text: await r.text() };
+  };
+  assert.equal((await get('/console')).status, 401);
+  assert.equal((await get('/metrics')).status, 401);
+  assert.equal((await get('/console', 'not-a-token')).status, 401);
+  // A token signed by someone else (a well-formed JWT the API server did not issue).
+  const forged = `${Buffer.from('{"alg":"RS256","kid":"x"}').toString('base64url')}.${Buffer.from(JSON.stringify({ iss: 'https://kubernetes.default.svc.cluster.local', sub: 'system:serviceaccount:microvm-system:microvm-api', aud: ['https://kubernetes.default.svc.cluster.local'], exp: Math.floor(Date.now() / 1000) + 600 })).toString('base64url')}.c2ln`;
+  assert.equal((await get('/console', forged)).status, 401);
+  // Authenticated but without the right.
+  const nobody = await get('/console', tokens.nobody);
+  assert.equal(nobody.status, 403, nobody.text);
+  assert.ok(!nobody.text.includes('boot line'));
+  assert.equal((await get('/metrics', tokens.nobody)).status, 403);
+  // The node agent's own account may not read consoles either.
+  assert.equal((await get('/console', tokens.agent)).status, 403);
+  // A ServiceAccount allowed only in namespace globex may not read acme's VM.
+  cp.kubectlOk(['create', 'serviceaccount', 'globex-reader', '-n', 'globex']);
+  cp.kubectlOk(['create', 'role', 'console-reader', '-n', 'globex', '--verb=get', '--resource=microvms.microvm.service/console']);
+  cp.kubectlOk(['create', 'rolebinding', 'console-reader', '-n', 'globex', '--role=console-reader', '--serviceaccount=globex:globex-reader']);
+  assert.equal((await get('/console', saToken('globex', 'globex-reader'))).status, 403);
+  // An unknown id: 403 for those without the cluster-wide right, 404 for the API.
+  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${tokens.nobody}` } })).status, 403);
+  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${tokens.api}` } })).status, 404);
+  // The API's token: served.
+  const con = await get('/console', tokens.api);
+  assert.equal(con.status, 200, con.text);
+  assert.equal(con.text, 'boot line 1\nlogin: \n');
+  assert.equal((await get('/console?tail=8', tokens.api)).text, 'login: \n');
+  const m = await get('/metrics', tokens.api);
+  assert.equal(m.status, 200);
+  assert.equal(JSON.parse(m.text).memoryRssBytes, 12345678);
+
+  // Through the API: the tenant's REST call is proxied from the VM's node agent.
+  const acme = keys.acme!.token;
+  const pc = await call(acme, 'GET', `/microvms/${webId}/console`);
+  assert.equal(pc.status, 200, pc.text);
+  assert.equal(pc.text, 'boot line 1\nlogin: \n');
+  const pm = await call(acme, 'GET', `/microvms/${webId}/metrics`);
+  assert.equal(pm.status, 200, pm.text);
+  assert.equal(pm.json.cpuSeconds, 1.5);
+  assert.equal(pm.json.uptimeSeconds, 42);
+  // Following: new output arrives through both hops; the stream ends when the VM stops.
+  const ac = new AbortController();
+  const r = await fetch(`${api.url}/api/v1/microvms/${webId}/console?follow=true&tail=0`, { headers: { authorization: `Bearer ${acme}` }, signal: ac.signal });
+  assert.equal(r.status, 200);
+  const reader = r.body!.getReader();
+  let seen = '';
+  setTimeout(() => appendFileSync(consoleFile, 'hello from the guest\n'), 300);
+  const deadline = Date.now() + 15_000;
+  while (!seen.includes('hello from the guest') && Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += Buffer.from(value).toString();
+  }
+  assert.equal(seen, 'hello from the guest\n');
+  state = 'stopped';
+  let ended = false;
+  const endBy = Date.now() + 15_000;
+  while (Date.now() < endBy) {
+    const { done } = await reader.read();
+    if (done) {
+      ended = true;
+      break;
+    }
+  }
+  assert.ok(ended, 'the stream ends once the VM cannot produce more output');
+  state = 'running';
+  // A VM bound to another node is not this agent's.
+  setStatus('acme', 'web', { node: 'node-b' });
+  assert.equal((await get('/console', tokens.api)).status, 404);
+});
