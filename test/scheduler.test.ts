@@ -1,4 +1,4 @@
-/** The scheduler's filters, scores and reasons (src/scheduler, ADR 0015). Pure: no agents, no store. */
+/** The scheduler's filters, scores and reasons (src/scheduler, ADR 0016). Pure: no agents, no store. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { validateSpec, type MicroVM } from '../src/core/microvm.js';

@@ -1,7 +1,7 @@
 /**
  * Placement constraints of a microVM (spec.nodeSelector, spec.tolerations, spec.affinity):
  * their semantics (label selectors, taints vs tolerations) and the checks the schema cannot
- * express. Kubernetes' rules, applied to microVMs and nodes (ADR 0015). Pure; used by the
+ * express. Kubernetes' rules, applied to microVMs and nodes (ADR 0016). Pure; used by the
  * scheduler (src/scheduler) and by validateSpec at admission.
  */
 import { validationError } from './errors.js';

@@ -118,7 +118,7 @@ export const Labels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxL
   description: 'Free-form labels',
 });
 
-/** Placement constraints (ADR 0015), named after Kubernetes' pod fields. */
+/** Placement constraints (ADR 0016), named after Kubernetes' pod fields. */
 const LabelKey = Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 });
 export const LabelSelectorRequirement = Type.Object(
   {

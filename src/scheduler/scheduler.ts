@@ -1,5 +1,5 @@
 /**
- * Placement: filter the nodes that can take the VM, then score the rest (seed §2.2.2, ADR 0015).
+ * Placement: filter the nodes that can take the VM, then score the rest (seed §2.2.2, ADR 0016).
  * Pure and synchronous. `schedule(vm, state)` reads an incrementally maintained ClusterState
  * (src/scheduler/state.ts); `place(vm, nodes, placed)` builds one first (the standalone controller's
  * call, one node).
@@ -63,6 +63,8 @@ export interface ScheduleOptions {
   /** Consider only this node (the defrag planner's check that the freed slot is usable). */
   only?: string;
 }
+
+const NONE: readonly never[] = [];
 
 /** Summary categories of rejections (the text of the unschedulable message). */
 export const REJECT = {
@@ -202,7 +204,9 @@ export class Scheduler {
         continue;
       }
       let prefer = 0;
-      for (const t of info.taints ?? []) {
+      const taints = info.taints ?? NONE;
+      for (let ti = 0; ti < taints.length; ti++) {
+        const t = taints[ti]!;
         if (toleratesAll(tols, t)) continue;
         if (t.effect === 'PreferNoSchedule') prefer++;
         else {
@@ -214,7 +218,8 @@ export class Scheduler {
         reject(name, 'capability', 'no usable VMM driver on node');
         continue;
       }
-      for (const [k, v] of capSel) {
+      for (let ci = 0; ci < capSel.length; ci++) {
+        const [k, v] = capSel[ci]!;
         const ok = k === CAPABILITY_LABELS.driver ? info.drivers.includes(v) : k === CAPABILITY_LABELS.kvm ? String(info.accel === 'kvm') === v : info.accel === v;
         if (!ok) {
           const what = k === CAPABILITY_LABELS.driver ? `VMM driver ${v} not available (node has ${info.drivers.join(', ')})` : k === CAPABILITY_LABELS.kvm ? (v === 'true' ? 'node has no working KVM' : 'node has KVM') : `accel ${v} not available (node has ${info.accel})`;
@@ -222,25 +227,28 @@ export class Scheduler {
           continue nodeLoop;
         }
       }
-      for (const [k, v] of labelSel) {
+      for (let li = 0; li < labelSel.length; li++) {
+        const [k, v] = labelSel[li]!;
         if (n.labels[k] !== v) {
           reject(name, 'selector', n.labels[k] === undefined ? `node has no label ${k} (nodeSelector ${k}=${v})` : `node label ${k}=${n.labels[k]} does not match nodeSelector ${k}=${v}`);
           continue nodeLoop;
         }
       }
-      const cap = this.capacity(info);
-      const u = state.usage(name);
+      const capCpu = (info.allocatable?.cpus ?? info.cpus) * this.cpuOvercommit;
+      const capMem = (info.allocatable?.memoryMiB ?? info.memoryMiB) * this.memOvercommit;
+      const u = n.usage;
       const usedCpu = u.vcpu;
       const usedMem = u.memoryMiB + u.count * this.overhead;
-      if (usedCpu + needCpu > cap.vcpu) {
-        reject(name, 'cpu', `insufficient cpu (${usedCpu}+${needCpu} > ${cap.vcpu} vCPU)`);
+      if (usedCpu + needCpu > capCpu) {
+        reject(name, 'cpu', `insufficient cpu (${usedCpu}+${needCpu} > ${capCpu} vCPU)`);
         continue;
       }
-      if (usedMem + needMem > cap.memoryMiB) {
-        reject(name, 'memory', `insufficient memory (${usedMem}+${needMem} MiB > ${cap.memoryMiB} MiB)`);
+      if (usedMem + needMem > capMem) {
+        reject(name, 'memory', `insufficient memory (${usedMem}+${needMem} MiB > ${capMem} MiB)`);
         continue;
       }
-      for (const [i, t] of reqAff.entries()) {
+      for (let i = 0; i < reqAff.length; i++) {
+        const t = reqAff[i]!;
         const d = n.labels[t.key];
         const ok = d !== undefined && ((t.domains.get(d) ?? 0) > 0 || (t.total === 0 && t.selfMatch));
         if (!ok) {
@@ -248,14 +256,16 @@ export class Scheduler {
           continue nodeLoop;
         }
       }
-      for (const [i, t] of reqAnti.entries()) {
+      for (let i = 0; i < reqAnti.length; i++) {
+        const t = reqAnti[i]!;
         const d = n.labels[t.key];
         if (d !== undefined && (t.domains.get(d) ?? 0) > 0) {
           reject(name, 'antiAffinity', `${t.domains.get(d)} matching VM(s) in ${t.key}=${d} (vmAntiAffinity.required[${i}])`);
           continue nodeLoop;
         }
       }
-      for (const c of closed) {
+      for (let ci = 0; ci < closed.length; ci++) {
+        const c = closed[ci]!;
         const d = n.labels[c.key];
         if (d !== undefined && c.domains.has(d)) {
           reject(name, 'existingAnti', `a VM in ${c.key}=${d} has required anti-affinity against this VM's labels`);
@@ -263,15 +273,16 @@ export class Scheduler {
         }
       }
       // Scores.
-      const freeCpu = cap.vcpu - usedCpu;
-      const freeMem = cap.memoryMiB - usedMem;
-      const after = ((freeCpu - needCpu) / cap.vcpu + (freeMem - needMem) / cap.memoryMiB) / 2;
+      const freeCpu = capCpu - usedCpu;
+      const freeMem = capMem - usedMem;
+      const after = ((freeCpu - needCpu) / capCpu + (freeMem - needMem) / capMem) / 2;
       const strat = this.strategy === 'spread' ? 100 * after : 100 * (1 - after);
       const before = Math.floor(Math.min(freeCpu / this.largeSlot.vcpu, freeMem / slotMem));
       const left = Math.floor(Math.min((freeCpu - needCpu) / this.largeSlot.vcpu, (freeMem - needMem) / slotMem));
       const frag = left >= before ? 100 : 0;
       let a = 0;
-      for (const t of preferred) {
+      for (let pi = 0; pi < preferred.length; pi++) {
+        const t = preferred[pi]!;
         const d = n.labels[t.key];
         if (d !== undefined) a += t.weight * (t.domains.get(d) ?? 0);
       }

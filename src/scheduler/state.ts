@@ -41,6 +41,8 @@ export interface NodeEntry {
   info: NodeInfo;
   /** info.labels plus capability labels and kubernetes.io/hostname. */
   labels: Record<string, string>;
+  /** The node's usage (the same object as usage(name)). */
+  usage: NodeUsage;
 }
 
 interface AntiGroup {
@@ -80,12 +82,13 @@ export class ClusterState {
     if (info.drivers[0]) labels[CAPABILITY_LABELS.driver] = info.drivers[0];
     labels[CAPABILITY_LABELS.accel] = info.accel;
     labels[CAPABILITY_LABELS.kvm] = String(info.accel === 'kvm');
-    this.nodeMap.set(info.name, { info, labels });
+    this.nodeMap.set(info.name, { info, labels, usage: this.usageFor(info.name) });
     this.nodeArr = undefined;
   }
 
   removeNode(name: string): void {
     this.nodeMap.delete(name);
+    if (this.usageMap.get(name)?.count === 0) this.usageMap.delete(name);
     this.nodeArr = undefined;
   }
 
@@ -122,13 +125,18 @@ export class ClusterState {
     return u ? [...u.vms].map((id) => this.vms.get(id)!) : [];
   }
 
+  private usageFor(node: string): NodeUsage {
+    let u = this.usageMap.get(node);
+    if (!u) this.usageMap.set(node, (u = { vcpu: 0, memoryMiB: 0, count: 0, vms: new Set() }));
+    return u;
+  }
+
   /** Record that `vm` holds resources on `node` (idempotent; moves it if it was elsewhere). */
   assume(vm: MicroVM, node: string): void {
     if (this.vms.has(vm.id)) this.forget(vm.id);
     const p: PlacedVm = { id: vm.id, name: vm.name, tenant: vm.tenant, node, labels: vm.spec.labels ?? {}, vcpu: vm.spec.vcpu, memoryMiB: memoryMiB(vm.spec), vm };
     this.vms.set(vm.id, p);
-    let u = this.usageMap.get(node);
-    if (!u) this.usageMap.set(node, (u = { vcpu: 0, memoryMiB: 0, count: 0, vms: new Set() }));
+    const u = this.usageFor(node);
     u.vcpu += p.vcpu;
     u.memoryMiB += p.memoryMiB;
     u.count += 1;
@@ -165,7 +173,7 @@ export class ClusterState {
     u.memoryMiB -= p.memoryMiB;
     u.count -= 1;
     u.vms.delete(id);
-    if (u.count === 0) this.usageMap.delete(p.node);
+    if (u.count === 0 && !this.nodeMap.has(p.node)) this.usageMap.delete(p.node);
     const byKey = this.labelIdx.get(p.tenant)!;
     for (const [k, v] of Object.entries(p.labels)) {
       const byVal = byKey.get(k)!;
