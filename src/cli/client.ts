@@ -3,6 +3,7 @@
  * Free of CLI concerns: it is shared by the `mvm` CLI, the tests and the benchmarks.
  */
 import type { CreateMicroVMRequestT, MicroVMT, PhaseT, UpdateMicroVMRequestT, VmMetricsT } from '../core/schema.js';
+import type { CreateVolumeRequestT, VolumeSnapshotT, VolumeT } from '../core/schema.js';
 
 export type MicroVM = MicroVMT;
 export type Phase = PhaseT;
@@ -258,6 +259,28 @@ export class MvmClient {
 
   stop(id: string): Promise<MicroVM> {
     return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/stop`);
+  }
+
+  // ---- volumes (ADR 0018) -----------------------------------------------
+
+  createVolume(req: CreateVolumeRequestT): Promise<VolumeT> {
+    return this.#json<VolumeT>('POST', '/volumes', { body: req });
+  }
+
+  listVolumes(): Promise<{ items: VolumeT[] }> {
+    return this.#json<{ items: VolumeT[] }>('GET', '/volumes');
+  }
+
+  getVolume(id: string): Promise<VolumeT> {
+    return this.#json<VolumeT>('GET', `/volumes/${enc(id)}`);
+  }
+
+  async deleteVolume(id: string): Promise<void> {
+    await this.#json<undefined>('DELETE', `/volumes/${enc(id)}`);
+  }
+
+  snapshotVolume(id: string, name: string): Promise<VolumeSnapshotT> {
+    return this.#json<VolumeSnapshotT>('POST', `/volumes/${enc(id)}/snapshots`, { body: { name } });
   }
 
   metrics(id: string): Promise<VmMetrics> {

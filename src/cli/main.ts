@@ -8,6 +8,7 @@ import { ConfigError, resolveConfig, type ResolvedConfig } from './config.js';
 import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type OutputFormat } from './format.js';
 import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, UsageError } from './parse.js';
 import { Progress } from './progress.js';
+import { parseVolumeFlag, registerVolumeCommands } from './volumes.js';
 
 export interface CliIO {
   stdout: NodeJS.WriteStream;
@@ -177,6 +178,7 @@ interface CreateOpts {
   rootfsSize?: string;
   readOnly?: boolean;
   label?: string[];
+  volume?: string[];
   start: boolean;
   wait?: boolean;
   timeout: string;
@@ -204,6 +206,7 @@ export function buildCreateRequest(name: string | undefined, o: CreateOpts): Cre
   }
   const labels = parseLabels(o.label);
   if (labels) body.labels = { ...((body.labels as Record<string, string> | undefined) ?? {}), ...labels };
+  if (o.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...o.volume.map(parseVolumeFlag)];
   if (o.start === false) body.start = false;
   return body as unknown as CreateRequest;
 }
@@ -242,6 +245,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('--rootfs-size <quantity>', 'root disk size, e.g. 1Gi')
     .option('--read-only', 'attach the root filesystem read-only')
     .option('--label <k=v>', 'label (repeatable)', collect)
+    .option('--volume <name:/path[:ro][:size]>', 'attach a volume of the tenant (created with SIZE when missing; repeatable)', collect)
     .option('--no-start', 'create without starting')
     .option('--wait', 'wait until Running and ready (Stopped with --no-start)')
     .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
@@ -388,6 +392,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       printVm(ctx, await waitForPhase(ctx, id, phase, Boolean(o.ready), timeoutMs));
     });
 
+  registerVolumeCommands(program, sub, (c) => makeCtx(c, io, state));
   return program;
 }
 

@@ -1,5 +1,5 @@
 /**
- * Persistent volumes (issue 6, ADR 15): tenant resources holding an ext4 block device on a
+ * Persistent volumes (issue 6, ADR 0018): tenant resources holding an ext4 block device on a
  * storage backend, attached to microVMs at create time, outliving them.
  *
  * Rules: names are unique per tenant; a foreign volume is NOT_FOUND; one writer at a time (a

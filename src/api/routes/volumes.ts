@@ -1,4 +1,4 @@
-/** /api/v1/volumes — persistent volumes and their snapshots (issue 6, ADR 15). */
+/** /api/v1/volumes — persistent volumes and their snapshots (issue 6, ADR 0018). */
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';

@@ -1,5 +1,5 @@
 /**
- * The volume storage backend port (issue 6, ADR 15): where a persistent volume's bytes live
+ * The volume storage backend port (issue 6, ADR 0018): where a persistent volume's bytes live
  * and how a node turns one into a block device for a VMM.
  *
  * A volume is always a raw block device holding an ext4 filesystem (formatted by `create`), so

@@ -1,0 +1,69 @@
+/** `mvm volume ...` and `mvm create --volume` against the real service (no guest needed). */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI_BIN, destroyDataDir, startService, type TestService } from './support/service.js';
+import { buildCreateRequest } from '../src/cli/main.js';
+
+let svc: TestService;
+const home = mkdtempSync(join(tmpdir(), 'mvm-volcli-home-'));
+
+function mvm(...args: string[]): { code: number; out: string; err: string } {
+  const r = spawnSync(process.execPath, [CLI_BIN, '--server', svc.url, ...args], {
+    encoding: 'utf8',
+    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: join(home, '.config'), MVM_DATA_DIR: svc.dataDir },
+    timeout: 60_000,
+  });
+  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
+}
+
+before(async () => {
+  svc = await startService({ env: { MVM_NETWORK: 'none' } });
+});
+after(async () => {
+  await svc?.stop();
+  if (svc) await destroyDataDir(svc.dataDir);
+  rmSync(home, { recursive: true, force: true });
+});
+
+test('--volume flags become spec.volumes; bad ones are usage errors', () => {
+  const req = buildCreateRequest('a', { start: true, timeout: '1s', volume: ['data:/data', 'logs:/var/log/app:ro', 'new:/new:2Gi'] } as never) as unknown as { volumes: unknown[] };
+  assert.deepEqual(req.volumes, [
+    { name: 'data', mountPath: '/data' },
+    { name: 'logs', mountPath: '/var/log/app', readOnly: true },
+    { name: 'new', mountPath: '/new', size: '2Gi' },
+  ]);
+  assert.throws(() => buildCreateRequest('a', { start: true, timeout: '1s', volume: ['data'] } as never), /expected NAME:\/mount\/path/);
+  assert.throws(() => buildCreateRequest('a', { start: true, timeout: '1s', volume: ['data:/d:fast'] } as never), /neither ro, rw nor a size/);
+});
+
+test('volume create, ls, get, snapshot, create --from-snapshot, rm', () => {
+  const c = mvm('volume', 'create', 'clidata', '--size', '32Mi', '-o', 'json');
+  assert.equal(c.code, 0, c.err);
+  const v = JSON.parse(c.out) as { id: string; status: { phase: string } };
+  assert.equal(v.status.phase, 'Available');
+  const ls = mvm('volume', 'ls');
+  assert.equal(ls.code, 0, ls.err);
+  assert.match(ls.out, /^NAME\s+ID\s+SIZE\s+BACKEND\s+PHASE/);
+  assert.match(ls.out, new RegExp(`clidata\\s+${v.id}\\s+32Mi\\s+local\\s+Available`));
+  assert.equal(mvm('volume', 'get', 'clidata', '-q').out.trim(), v.id);
+  const s = mvm('volume', 'snapshot', 'clidata', 'clisnap');
+  assert.equal(s.code, 0, s.err);
+  assert.match(s.out, /volume snapshot "clisnap" \(vsnap-[0-9a-z]+\) of vol-/);
+  const r = mvm('volume', 'create', 'clicopy', '--from-snapshot', 'clisnap', '-o', 'json');
+  assert.equal(r.code, 0, r.err);
+  const dup = mvm('volume', 'create', 'clidata', '--size', '32Mi');
+  assert.equal(dup.code, 1);
+  assert.match(dup.err, /already has a volume named "clidata"/);
+  const missing = mvm('volume', 'create', 'nosize');
+  assert.equal(missing.code, 1);
+  assert.match(missing.err, /- size: required/);
+  const busy = mvm('volume', 'rm', 'clidata');
+  assert.equal(busy.code, 1, 'a volume with snapshots is not deleted');
+  assert.match(busy.err, /has snapshot\(s\) clisnap/);
+  assert.equal(mvm('volume', 'rm', 'clicopy').code, 0);
+  assert.equal(mvm('volume', 'get', 'clicopy').code, 1);
+});
