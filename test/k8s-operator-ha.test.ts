@@ -1,0 +1,129 @@
+/**
+ * Cluster mode on a real kube-apiserver, the harder paths: two operator replicas (only the Lease
+ * holder acts; kill -9 of the leader mid-reconcile → the other takes over and converges with no
+ * duplicate guest), required anti-affinity across two node agents, and cordon + drain moving a
+ * running VM to the other node (stopped there, started here, nothing left behind).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { startCluster, until, type Proc, type TestCluster } from './support/k8s-operator-cluster.js';
+
+let c: TestCluster;
+before(async () => {
+  c = await startCluster();
+  await Promise.all([c.startAgent('node-a'), c.startAgent('node-b')]);
+  c.cp.kubectlOk(['create', 'namespace', 'demo']);
+});
+after(async () => {
+  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
+  await c?.stop();
+});
+
+const apply = (name: string, spec: Record<string, unknown> = {}): void => {
+  c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'demo' }, spec: { vcpu: 1, memory: '128Mi', ...spec } }));
+};
+const get = (name: string): any => {
+  const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'demo', '-o', 'json']);
+  return r.status === 0 ? JSON.parse(r.stdout) : undefined;
+};
+const idOf = (name: string): string => get(name).metadata.labels['microvm.service/id'];
+const running = (name: string): any => {
+  const o = get(name);
+  return o?.status?.phase === 'Running' && o.status.node ? o : undefined;
+};
+const holder = (): string | undefined => {
+  const r = c.cp.kubectl(['get', 'lease', '-n', 'microvm-system', 'microvm-operator', '-o', 'jsonpath={.spec.holderIdentity}']);
+  return r.status === 0 && r.stdout ? r.stdout : undefined;
+};
+const events = (name: string): string[] => c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', `involvedObject.name=${name}`]).items.map((e: any) => e.reason);
+const removeAll = async (...names: string[]): Promise<void> => {
+  for (const n of names) c.cp.kubectl(['delete', 'mvm', n, '-n', 'demo', '--wait=false', '--ignore-not-found']);
+  await until(c, `${names.join(', ')} deleted`, () => names.every((n) => !get(n)), 120_000);
+};
+/** Log lines of a process about a MicroVM key. */
+const acted = (p: Proc, key: string): number => p.logs().split('\n').filter((l) => l.includes(`"key":"${key}"`)).length;
+
+test('two operator replicas: only the Lease holder acts; kill -9 of the leader mid-reconcile → the other takes over, no duplicate guest', { timeout: 300_000 }, async () => {
+  const ops = [await c.startOperator('op-a'), await c.startOperator('op-b')];
+  const leaderName = await until(c, 'a leader', () => holder(), 30_000);
+  const leader = ops.find((p) => p.name === leaderName)!;
+  const follower = ops.find((p) => p.name !== leaderName)!;
+  await until(c, 'leader started', () => leader.logs().includes('operator started'), 30_000);
+  // Mid-reconcile: kill the leader as soon as it has accepted the VM (finalizer written), before or
+  // while it binds it.
+  apply('ha-1');
+  await until(c, 'ha-1 accepted', () => get('ha-1')?.metadata?.finalizers?.length, 30_000);
+  await leader.kill9();
+  assert.equal(acted(follower, 'demo/ha-1'), 0, 'the follower did nothing while it was not leading');
+  const t0 = Date.now();
+  await until(c, 'the follower takes the Lease over', () => holder() === follower.name && follower.logs().includes('operator started'), 30_000);
+  assert.ok(Date.now() - t0 < 15_000, `takeover took ${Date.now() - t0} ms (lease duration 4 s)`);
+  const o = await until(c, 'ha-1 running after failover', () => running('ha-1'), 180_000);
+  // The new leader's resync reconciled it too (it was either bound already, or bound by the new leader).
+  await until(c, 'new leader reconciled ha-1', () => acted(follower, 'demo/ha-1') > 0 || follower.logs().includes('became leader'), 30_000);
+  const id = idOf('ha-1');
+  // Exactly one guest, on the bound node, and exactly one binding.
+  await until(c, 'one guest', () => c.guests(id).length === 1, 30_000);
+  assert.deepEqual(c.guests(id).map((g) => g.node), [o.status.node]);
+  assert.equal(events('ha-1').filter((r) => r === 'Scheduled').length, 1, events('ha-1').join(','));
+  // The killed replica comes back as a follower: it does not act.
+  const back = await c.startOperator('op-c');
+  await until(c, 'op-c following', () => back.logs().includes('following'), 30_000);
+  assert.ok(!back.logs().includes('became leader'));
+  await removeAll('ha-1');
+  assert.deepEqual(c.guests(id), []);
+  assert.equal(acted(back, 'demo/ha-1'), 0);
+});
+
+test('required anti-affinity puts two VMs on different nodes', { timeout: 300_000 }, async () => {
+  const spec = {
+    labels: { app: 'web' },
+    affinity: { vmAntiAffinity: { required: [{ labelSelector: { matchLabels: { app: 'web' } } }] } },
+  };
+  apply('web-1', spec);
+  apply('web-2', spec);
+  const [a, b] = await until(c, 'web-1 and web-2 running', () => {
+    const x = running('web-1');
+    const y = running('web-2');
+    return x && y ? [x, y] : undefined;
+  }, 240_000);
+  assert.notEqual(a.status.node, b.status.node);
+  assert.deepEqual(c.guests(idOf('web-1')).map((g) => g.node), [a.status.node]);
+  assert.deepEqual(c.guests(idOf('web-2')).map((g) => g.node), [b.status.node]);
+  // A third one fits nowhere: Unschedulable, with the reason per node.
+  apply('web-3', spec);
+  const u = await until(c, 'web-3 unschedulable', () => get('web-3')?.status?.conditions?.find((x: any) => x.type === 'Scheduled' && x.status === 'False'), 30_000);
+  assert.equal(u.reason, 'Unschedulable');
+  assert.match(u.message, /node-a/);
+  assert.equal(get('web-3').status.phase, 'Pending');
+  await removeAll('web-1', 'web-2', 'web-3');
+});
+
+test('cordon + drain (annotation microvm.service/drain) moves a running VM to another node', { timeout: 300_000 }, async () => {
+  apply('mover');
+  const o = await until(c, 'mover running', () => running('mover'), 180_000);
+  const from = o.status.node as string;
+  const id = idOf('mover');
+  const fromAgent = c.agents.find((a) => a.node === from)!;
+  await until(c, 'guest on the first node', () => c.guests(id).length === 1, 30_000);
+  c.cp.kubectlOk(['cordon', from]);
+  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain=true']);
+  const moved = await until(c, 'mover running elsewhere', () => {
+    const x = running('mover');
+    return x && x.status.node !== from ? x : undefined;
+  }, 240_000);
+  assert.notEqual(moved.status.node, from);
+  await until(c, 'old node cleaned up', () => !existsSync(join(fromAgent.dataDir, 'vms', id)), 60_000);
+  assert.deepEqual(c.guests(id).map((g) => g.node), [moved.status.node]);
+  assert.equal(moved.metadata.labels['microvm.service/id'], id, 'the same VM moved');
+  const ev = events('mover');
+  for (const r of ['Evicting', 'Stopped', 'Evicted']) assert.ok(ev.includes(r), `missing ${r} in ${ev.join(',')}`);
+  assert.equal(ev.filter((r) => r === 'Scheduled').length, 2);
+  // Uncordoned, the node takes VMs again.
+  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain-']);
+  c.cp.kubectlOk(['uncordon', from]);
+  await removeAll('mover');
+  assert.deepEqual(c.guests(id), []);
+});
