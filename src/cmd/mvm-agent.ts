@@ -6,6 +6,8 @@
  */
 import { loadConfig } from '../config.js';
 import { startClusterNode, type ClusterNode } from '../agent/cluster-node.js';
+import { agentEndpointEnv } from '../agent/endpoint/config.js';
+import { startAgentEndpoint } from '../agent/endpoint/server.js';
 
 async function main(): Promise<void> {
   let cfg;
@@ -20,6 +22,23 @@ async function main(): Promise<void> {
   });
   const closers: Array<() => Promise<void>> = [];
   // (hook) further node services (the authenticated console/metrics endpoint) register in `closers`.
+  // [API cluster mode, ADR 0015] console/metrics endpoint for the API: TokenReview + SubjectAccessReview.
+  const ep = agentEndpointEnv();
+  const endpoint = await startAgentEndpoint({
+    agent: node.agent,
+    nodeName: node.nodeName,
+    lookup: (id) => node.k8s.getVm(id),
+    namespaceOf: (t) => node.k8s.tn.namespaceOf(t),
+    kubeConfig: node.kubeConfig,
+    host: ep.host,
+    port: ep.port,
+    ...(ep.tls ? { tls: ep.tls } : {}),
+    ...(ep.audiences ? { audiences: ep.audiences } : {}),
+    advertise: ep.advertise,
+    log: node.log.child({ c: 'endpoint' }),
+  });
+  closers.push(() => endpoint.close());
+  // [end API cluster mode]
   let stopping = false;
   const shutdown = (sig: string): void => {
     if (stopping) return;

@@ -38,8 +38,11 @@ export interface AgentEndpointOptions {
   port?: number;
   /** Serve HTTPS with this certificate (PEM); plain HTTP otherwise (the token still travels: use TLS off-host). */
   tls?: { cert: string; key: string };
-  /** Write this URL (default: the listening URL) into the Node's `microvm.service/agent-endpoint` annotation. */
-  advertise?: boolean | string;
+  /**
+   * Publish this URL (true: the listening URL; a function: given the bound port) as the Node's
+   * `microvm.service/agent-endpoint` annotation; retried every 10 s until the Node accepts it.
+   */
+  advertise?: boolean | string | ((port: number) => string);
   /** Audiences the token must carry (TokenReview spec.audiences); default: the API server's. */
   audiences?: string[];
   cacheMs?: number;
@@ -196,20 +199,33 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `${o.tls ? 'https' : 'http'}://${host}:${addr.port}`;
+  let retry: NodeJS.Timeout | undefined;
   if (o.advertise) {
-    const advertised = typeof o.advertise === 'string' ? o.advertise : url;
+    const advertised = typeof o.advertise === 'string' ? o.advertise : typeof o.advertise === 'function' ? o.advertise(addr.port) : url;
     const core = o.kubeConfig.makeApiClient(CoreV1Api);
     // A merge patch of this one annotation: nothing else of the Node is touched.
-    await core.patchNode(
-      { name: o.nodeName, body: { metadata: { annotations: { [ANN_AGENT_ENDPOINT]: advertised } } } },
-      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-    );
+    const publish = (): Promise<unknown> =>
+      core.patchNode({ name: o.nodeName, body: { metadata: { annotations: { [ANN_AGENT_ENDPOINT]: advertised } } } }, setHeaderOptions('Content-Type', PatchStrategy.MergePatch));
+    try {
+      await publish();
+    } catch (e) {
+      // The Node may not exist yet (or RBAC is missing): keep serving, keep trying.
+      o.log?.warn({ err: (e as Error).message, node: o.nodeName }, 'cannot publish the agent endpoint on the Node; retrying');
+      const again = (): void => {
+        retry = setTimeout(() => {
+          publish().then(() => o.log?.info({ node: o.nodeName, url: advertised }, 'agent endpoint published'), again);
+        }, 10_000);
+        retry.unref();
+      };
+      again();
+    }
   }
   o.log?.info({ url, node: o.nodeName }, 'agent endpoint listening');
   return {
     url,
     async close() {
       closing.abort();
+      clearTimeout(retry);
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections?.();
     },
