@@ -230,3 +230,19 @@ test('validateSpec names the field of a malformed toleration or selector', () =>
   assert.equal(field({ affinity: { vmAffinity: { required: [{ labelSelector: { matchExpressions: [{ key: 'a', operator: 'Exists', values: ['x'] }] } }] } } }), 'affinity.vmAffinity.required[0].labelSelector.matchExpressions[0].values');
   assert.equal(field({ tolerations: [{ operator: 'Exists' }], affinity: { vmAffinity: { required: [{ labelSelector: {} }] } } }), 'ok');
 });
+
+test('the constraints are part of the one schema: REST request validation and the generated CRD', async () => {
+  const { Value } = await import('@sinclair/typebox/value');
+  const { CreateMicroVMRequest } = await import('../src/core/schema.js');
+  const { microVmCrd } = await import('../src/k8s/crd.js');
+  const ok = { name: 'a', nodeSelector: { zone: 'a' }, tolerations: [{ key: 'k', operator: 'Exists', effect: 'NoExecute' }], affinity: { vmAntiAffinity: { preferred: [{ weight: 100, vmAffinityTerm: { labelSelector: { matchLabels: { app: 'w' } }, topologyKey: 'zone' } }] } } };
+  assert.ok(Value.Check(CreateMicroVMRequest, ok));
+  assert.ok(!Value.Check(CreateMicroVMRequest, { ...ok, tolerations: [{ key: 'k', effect: 'Never' }] }), 'unknown effect');
+  assert.ok(!Value.Check(CreateMicroVMRequest, { ...ok, affinity: { vmAffinity: { preferred: [{ weight: 101, vmAffinityTerm: { labelSelector: {} } }] } } }), 'weight over 100');
+  assert.ok(!Value.Check(CreateMicroVMRequest, { ...ok, affinity: { podAffinity: {} } }), 'unknown field');
+  const spec = (microVmCrd() as any).spec.versions[0].schema.openAPIV3Schema.properties.spec.properties;
+  assert.deepEqual(spec.tolerations.items.properties.effect.enum, ['NoSchedule', 'PreferNoSchedule', 'NoExecute']);
+  assert.deepEqual(spec.affinity.properties.vmAntiAffinity.properties.required.items.properties.labelSelector.properties.matchExpressions.items.properties.operator.enum, ['In', 'NotIn', 'Exists', 'DoesNotExist']);
+  assert.deepEqual([spec.affinity.properties.vmAffinity.properties.preferred.items.properties.weight.minimum, spec.affinity.properties.vmAffinity.properties.preferred.items.properties.weight.maximum], [1, 100]);
+  assert.equal(spec.nodeSelector.additionalProperties.type, 'string');
+});
