@@ -8,6 +8,10 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FC_FAULTS } from '../src/vmm/firecracker/protocol.js';
+import { buildBootCalls, buildRestoreCalls } from '../src/vmm/firecracker/config.js';
+import { nodeJailFs } from '../src/vmm/firecracker/jailer.js';
+import type { ApiCall } from '../src/vmm/firecracker/api-client.js';
+import type { LaunchSpec } from '../src/core/ports/vmm.js';
 import { memoryNonce, raw, readPeerLog, startPeer, waitFor, type RunningPeer } from './support/firecracker-harness.js';
 
 const root = mkdtempSync(join(tmpdir(), 'fc-peer-test-'));
@@ -202,5 +206,158 @@ describe('firecracker peer: phases', () => {
     assert.equal(r.status, 400);
     assert.match(fault(r), /^Load snapshot error: Failed to restore from snapshot: /);
     assert.equal(await q.exited, 152);
+  });
+});
+
+/**
+ * The peer makes a wrong request fail a test: every request the driver
+ * generates (config.ts, all optional devices on) is accepted as is, and each
+ * mutant of it — one required field removed (the required fields listed here
+ * from Firecracker's swagger, independently of the peer's own tables), or a
+ * post-boot call sent before InstanceStart, or a pre-boot call after it, or a
+ * snapshot load after boot-specific configuration — is answered 400.
+ */
+describe("firecracker peer: the driver's own requests, mutated", () => {
+  const REQUIRED: Record<string, string[]> = {
+    '/machine-config': ['vcpu_count', 'mem_size_mib'],
+    '/boot-source': ['kernel_image_path'],
+    '/drives/{id}': ['drive_id', 'is_root_device', 'path_on_host', 'is_read_only'],
+    '/network-interfaces/{id}': ['iface_id', 'host_dev_name'],
+    '/metrics': ['metrics_path'],
+    '/vsock': ['guest_cid', 'uds_path'],
+    '/mmds/config': ['network_interfaces'],
+    '/balloon': ['amount_mib', 'deflate_on_oom'],
+    '/actions': ['action_type'],
+    '/vm': ['state'],
+    '/snapshot/create': ['snapshot_path', 'mem_file_path'],
+    '/snapshot/load': ['snapshot_path'],
+  };
+  const routeOf = (path: string): string => path.replace(/^\/(drives|network-interfaces)\/.*$/, '/$1/{id}');
+  let calls: ApiCall[];
+  let restore: ApiCall[];
+  let snapDir: string;
+
+  /** Send `seq` to a fresh peer; returns the answers. */
+  async function play(seq: ApiCall[]): Promise<Array<{ status: number; fault?: string }>> {
+    const p = await peer();
+    const out: Array<{ status: number; fault?: string }> = [];
+    for (const c of seq) {
+      const r = await raw(p.sock, c.method, c.path, c.body);
+      out.push({ status: r.status, ...(r.status >= 400 ? { fault: fault(r) } : {}) });
+      if (r.status >= 400) break;
+    }
+    p.proc.kill('SIGKILL');
+    await p.exited;
+    // Firecracker binds the vsock socket at PUT /vsock and refuses an existing file: clear it for the next peer.
+    for (const f of [join(root, 'mut', 'vsock.sock'), join(root, 'mut', 'vsock2.sock')]) rmSync(f, { force: true });
+    return out;
+  }
+
+  before(async () => {
+    const dir = join(root, 'mut');
+    mkdirSync(dir);
+    const files = { logFifo: join(dir, 'log.fifo'), metricsFifo: join(dir, 'metrics.fifo'), vsockUds: join(dir, 'vsock.sock') };
+    for (const f of [files.logFifo, files.metricsFifo]) nodeJailFs.mkfifo(f);
+    const spec: LaunchSpec = {
+      id: 'vm-mut',
+      name: 'vm-mut',
+      vcpu: 2,
+      memoryMiB: 256,
+      kernelPath: kernel,
+      cmdline: 'console=ttyS0 mvm.id=vm-mut',
+      drives: [
+        { id: 'root', path: disk, format: 'raw', readOnly: false, root: true },
+        { id: 'data', path: disk, format: 'raw', readOnly: true, root: false },
+      ],
+      nics: [{ id: 'net-0', tap: 'tap-mut0', mac: '02:fc:00:00:00:42' }],
+      vmDir: dir,
+      cgroupProcs: [],
+    };
+    const bucket = { size: 1000, refill_time: 100 };
+    calls = buildBootCalls(spec, files, {
+      vsock: { guestCid: 3 },
+      mmds: { data: { latest: { 'meta-data': { 'instance-id': 'vm-mut' } } } },
+      balloon: { amountMib: 64, deflateOnOom: true, statsPollingIntervalS: 1 },
+      driveRateLimiter: { bandwidth: bucket },
+      netRxRateLimiter: { ops: bucket },
+      netTxRateLimiter: { bandwidth: bucket },
+    });
+    snapDir = join(dir, 'snap');
+    mkdirSync(snapDir);
+    // A real snapshot to load, taken by a peer the unmutated calls configured.
+    const p = await peer();
+    for (const c of calls) assert.equal((await raw(p.sock, c.method, c.path, c.body)).status, 204, `${c.method} ${c.path}`);
+    assert.equal((await raw(p.sock, 'PATCH', '/vm', { state: 'Paused' })).status, 204);
+    const snap = { snapshot_type: 'Full', snapshot_path: join(snapDir, 'vm.state'), mem_file_path: join(snapDir, 'memory') };
+    assert.equal((await raw(p.sock, 'PUT', '/snapshot/create', snap)).status, 204);
+    p.proc.kill('SIGKILL');
+    await p.exited;
+    rmSync(files.vsockUds, { force: true });
+    restore = buildRestoreCalls({ ...spec, nics: [{ id: 'net-0', tap: 'tap-mut1', mac: '02:fc:00:00:00:43' }] }, { ...files, vsockUds: join(dir, 'vsock2.sock') }, { dir: snapDir, memoryFile: snap.mem_file_path, stateFile: snap.snapshot_path }, { vsock: { guestCid: 3 } });
+  });
+
+  it('accepts the unmutated boot and restore sequences', async () => {
+    assert.deepEqual(
+      calls.map((c) => `${c.method} ${c.path}`),
+      ['PUT /logger', 'PUT /metrics', 'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/root', 'PUT /drives/data', 'PUT /network-interfaces/net_0', 'PUT /vsock', 'PUT /mmds/config', 'PUT /mmds', 'PUT /balloon', 'PUT /actions'],
+    );
+    const boot = await play(calls);
+    assert.ok(boot.length === calls.length && boot.every((r) => r.status === 204), JSON.stringify(boot));
+    const load = await play(restore);
+    assert.ok(load.length === restore.length && load.every((r) => r.status === 204), JSON.stringify(load));
+  });
+
+  it('refuses each request with one required field removed', async () => {
+    let mutants = 0;
+    for (const [seqName, seq] of [['boot', calls], ['restore', restore]] as const) {
+      for (let i = 0; i < seq.length; i++) {
+        const c = seq[i]!;
+        const req = REQUIRED[routeOf(c.path)] ?? [];
+        for (const field of req) {
+          const body = { ...(c.body as Record<string, unknown>) };
+          assert.ok(field in body, `${seqName}: ${c.method} ${c.path} sends its required field ${field}`);
+          delete body[field];
+          const answers = await play([...seq.slice(0, i), { ...c, body }]);
+          const last = answers[answers.length - 1]!;
+          assert.equal(answers.length, i + 1, `${seqName}: the calls before ${c.path} pass`);
+          assert.equal(last.status, 400, `${seqName}: ${c.method} ${c.path} without ${field} must fail`);
+          assert.match(last.fault ?? '', new RegExp(`missing field \`${field}\``), `${c.path} without ${field}: ${last.fault}`);
+          mutants++;
+        }
+      }
+    }
+    assert.ok(mutants >= 18, `${mutants} mutants`);
+  });
+
+  it('refuses post-boot calls before InstanceStart, pre-boot calls after it, and a load after configuration', async () => {
+    const start = calls.length - 1;
+    assert.deepEqual(calls[start]!.body, { action_type: 'InstanceStart' });
+    const postBoot: ApiCall[] = [
+      { method: 'PATCH', path: '/vm', body: { state: 'Paused' } },
+      { method: 'PATCH', path: '/vm', body: { state: 'Resumed' } },
+      { method: 'PUT', path: '/actions', body: { action_type: 'SendCtrlAltDel' } },
+      { method: 'PUT', path: '/actions', body: { action_type: 'FlushMetrics' } },
+      { method: 'PUT', path: '/snapshot/create', body: { snapshot_type: 'Full', snapshot_path: join(snapDir, 'x.state'), mem_file_path: join(snapDir, 'x.mem') } },
+      { method: 'PATCH', path: '/drives/root', body: { drive_id: 'root', path_on_host: disk } },
+      { method: 'PATCH', path: '/balloon', body: { amount_mib: 32 } },
+    ];
+    for (const c of postBoot) {
+      const answers = await play([...calls.slice(0, start), c]);
+      assert.equal(answers.length, start + 1);
+      assert.deepEqual(answers[start], { status: 400, fault: FC_FAULTS.notBeforeBoot }, `${c.method} ${c.path} ${JSON.stringify(c.body)} before boot`);
+    }
+    for (const c of calls.slice(2, start)) {
+      if (c.path === '/mmds') continue; // the data store may be written in any phase
+      const answers = await play([...calls, c]);
+      assert.deepEqual(answers[calls.length], { status: 400, fault: FC_FAULTS.notAfterBoot }, `${c.method} ${c.path} after boot`);
+    }
+    const load = restore[restore.length - 1]!;
+    for (let i = 2; i < start; i++) {
+      const c = calls[i]!;
+      if (c.path === '/mmds') continue;
+      // The configuration up to this call (MMDS config needs its interface), then the load.
+      const answers = await play([...calls.slice(0, i + 1), load]);
+      assert.deepEqual(answers[i + 1], { status: 400, fault: FC_FAULTS.loadNotAllowed }, `snapshot/load after ${c.method} ${c.path}`);
+    }
   });
 });

@@ -84,8 +84,13 @@ export async function startPeer(dir: string, args: string[] = []): Promise<Runni
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
-  for (let i = 0; i < 500 && !existsSync(sock); i++) await sleep(10);
-  if (!existsSync(sock)) throw new Error(`peer did not create ${sock}: ${out}`);
+  // The socket file appears at bind, a moment before the server accepts: wait for an answer.
+  let up = false;
+  for (let i = 0; i < 500 && !up; i++) {
+    if (existsSync(sock)) up = await raw(sock, 'GET', '/version').then(() => true, () => false);
+    if (!up) await sleep(10);
+  }
+  if (!up) throw new Error(`peer did not answer on ${sock}: ${out}`);
   return { proc, sock, log, stdout: () => out, exited };
 }
 
