@@ -36,7 +36,13 @@ before(async () => {
   work = await mkdtemp(join(tmpdir(), 'mvm-img-storage-'));
 });
 after(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
+  if (!work) return;
+  // A failed grow test could leave a FUSE export mounted under work: unmount before removing.
+  for (const line of (await readFile('/proc/mounts', 'utf8')).split('\n')) {
+    const m = line.split(' ')[1];
+    if (m?.startsWith(work)) await execFileP('umount', ['-l', m]).catch(() => undefined);
+  }
+  await rm(work, { recursive: true, force: true });
 });
 
 async function ext4Base(name: string, mib: number): Promise<string> {
@@ -92,6 +98,30 @@ describe('growing root disks on the host', () => {
     assert.equal(await sha(base), before, 'base unchanged');
     assert.deepEqual((await readdir(work)).filter((n) => n.startsWith('q-vm.qcow2.')), [], 'no export file, pid file or temp left');
     console.log(`# qcow2 overlay grown 32 MiB -> 1 GiB in ${ms} ms`);
+  });
+
+  it('a grow interrupted by a killed service (daemon and FUSE export left behind) is cleaned up by the retry', { skip: haveFuse ? false : 'needs /dev/fuse and qemu-storage-daemon' }, async () => {
+    const base = await ext4Base('k-base', 32);
+    const disk = join(work, 'k-vm.qcow2');
+    const tmp = `${disk}.tmp`;
+    // What a service killed mid-grow leaves: the temp overlay, exported by a still-running daemon.
+    await execFileP('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base, tmp, String(256 * 1024 * 1024)]);
+    await writeFile(`${tmp}.fuse`, '');
+    await execFileP('qemu-storage-daemon', [
+      '--blockdev', `driver=file,node-name=f,filename=${tmp}`,
+      '--blockdev', 'driver=qcow2,node-name=q,file=f',
+      '--export', `type=fuse,id=e,node-name=q,mountpoint=${tmp}.fuse,writable=on`,
+      '--pidfile', `${tmp}.qsd.pid`, '--daemonize',
+    ]);
+    const stalePid = Number(await readFile(`${tmp}.qsd.pid`, 'utf8'));
+    await createOverlay({ base, baseFormat: 'raw', path: disk, sizeBytes: 512 * 1024 * 1024 });
+    assert.throws(() => process.kill(stalePid, 0), 'the stale daemon is gone');
+    const flat = join(work, 'k-flat.raw');
+    await execFileP('qemu-img', ['convert', '-O', 'raw', disk, flat]);
+    assert.equal(await ext4Size(flat), 512 * 1024 * 1024);
+    assert.deepEqual((await readdir(work)).filter((n) => n.startsWith('k-vm.qcow2.')), []);
+    const mounts = await readFile('/proc/mounts', 'utf8');
+    assert.ok(!mounts.includes(disk), 'no FUSE mount left');
   });
 
   it('a failed grow leaves no disk behind', async () => {

@@ -53,7 +53,7 @@ export async function withFuseExport<T>(qcow2: string, fn: (rawView: string) => 
   if (!existsSync('/dev/fuse')) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'growing a qcow2 root disk needs /dev/fuse (qemu-storage-daemon FUSE export)');
   const mnt = `${qcow2}.fuse`;
   const pidFile = `${qcow2}.qsd.pid`;
-  rmSync(pidFile, { force: true });
+  await reapStaleExport(qcow2, mnt, pidFile);
   writeFileSync(mnt, '');
   const args = [
     '--blockdev', `driver=file,node-name=file0,filename=${qcow2}`,
@@ -94,6 +94,31 @@ export async function withFuseExport<T>(qcow2: string, fn: (rawView: string) => 
   }
 }
 
+/** A daemon left by a service killed mid-grow still serves the old export: stop it and unmount before reuse. */
+async function reapStaleExport(qcow2: string, mnt: string, pidFile: string): Promise<void> {
+  if (existsSync(pidFile)) {
+    const pid = Number(readFileSync(pidFile, 'utf8').trim());
+    let ours = false;
+    try {
+      ours = pid > 1 && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(qcow2);
+    } catch {
+      /* gone */
+    }
+    if (ours) {
+      process.kill(pid, 'SIGKILL');
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline && alive(pid)) await new Promise((r) => setTimeout(r, 20));
+    }
+    rmSync(pidFile, { force: true });
+  }
+  // A mount whose daemon died answers ENOTCONN (existsSync says false): look in the mount table.
+  const mounted = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === mnt.replace(/ /g, '\\040'));
+  if (mounted) await run('umount', ['-l', mnt]).catch(() => undefined);
+  rmSync(mnt, { force: true });
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -111,6 +136,7 @@ function alive(pid: number): boolean {
 export async function createOverlay(opts: { base: string; baseFormat: 'raw' | 'qcow2'; path: string; sizeBytes?: number; owner?: { uid: number; gid: number } }): Promise<void> {
   if (existsSync(opts.path)) return;
   const tmp = `${opts.path}.tmp`;
+  await reapStaleExport(tmp, `${tmp}.fuse`, `${tmp}.qsd.pid`);
   rmSync(tmp, { force: true });
   const baseSize = opts.sizeBytes ? (await diskInfo(opts.base)).virtualSize : 0;
   const grow = opts.sizeBytes !== undefined && opts.sizeBytes > baseSize;
