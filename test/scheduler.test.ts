@@ -246,3 +246,12 @@ test('the constraints are part of the one schema: REST request validation and th
   assert.deepEqual([spec.affinity.properties.vmAffinity.properties.preferred.items.properties.weight.minimum, spec.affinity.properties.vmAffinity.properties.preferred.items.properties.weight.maximum], [1, 100]);
   assert.equal(spec.nodeSelector.additionalProperties.type, 'string');
 });
+
+test('evictions: VMs on a node with a NoExecute taint they do not tolerate, and only those', () => {
+  const s = new Scheduler();
+  const st = ClusterState.from(
+    [node('n1', { taints: [{ key: 'maintenance', effect: 'NoExecute' }, { key: 'x', effect: 'NoSchedule' }] }), node('n2')],
+    [vm('a', { id: 'a', node: 'n1' }), vm('b', { id: 'b', node: 'n1', tolerations: [{ key: 'maintenance', operator: 'Exists', effect: 'NoExecute' }] }), vm('c', { id: 'c', node: 'n2' })],
+  );
+  assert.deepEqual(s.evictions(st), [{ vm: 'a', node: 'n1', reason: 'untolerated taint maintenance:NoExecute' }]);
+});

@@ -312,6 +312,24 @@ export class Scheduler {
     return { node: feasible[best]!.info.name, reasons, message: summary(nodes.length, feasible.length, kinds), score: bestScore };
   }
 
+  /**
+   * Placed VMs that must leave their node: it carries a NoExecute taint they do not tolerate (a
+   * taint added after placement, e.g. a node going into maintenance). The operator moves them
+   * (re-placement with `schedule`, or a defrag-style stop/start); cordon alone evicts nothing.
+   */
+  evictions(state: ClusterState): Array<{ vm: string; node: string; reason: string }> {
+    const out: Array<{ vm: string; node: string; reason: string }> = [];
+    for (const n of state.nodes()) {
+      const taints = (n.info.taints ?? NONE).filter((t) => t.effect === 'NoExecute');
+      if (taints.length === 0) continue;
+      for (const p of state.vmsOn(n.info.name)) {
+        const t = taints.find((x) => !toleratesAll(p.vm.spec.tolerations, x));
+        if (t) out.push({ vm: p.id, node: n.info.name, reason: `untolerated taint ${taintText(t)}` });
+      }
+    }
+    return out;
+  }
+
   /** Matching VMs of the VM's tenant per topology domain (the VM itself excluded). */
   private countTerm(state: ClusterState, vm: MicroVM, term: VmAffinityTerm, weight: number): TermCounts & { total: number } {
     const key = term.topologyKey ?? HOSTNAME_TOPOLOGY_KEY;
