@@ -37,5 +37,9 @@ bench: deps build images
 bench-storage: deps build images
 	$(NODE) dist/bench/storage.js
 
+# Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
+bench-scheduler: deps build
+	$(NODE) dist/bench/scheduler.js
+
 clean:
 	rm -rf dist
