@@ -5,6 +5,7 @@
  * jailer where the host has one.
  */
 import { after, describe, it } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -34,8 +35,20 @@ import { fakeJailer, memoryNonce, peerBinary, readPeerLog, realFirecracker, real
 
 const root = mkdtempSync(join(tmpdir(), 'fc-jail-'));
 const live: VmmInstance[] = [];
+const netnses: string[] = [];
+
+/** A network namespace of this test (`ip netns add`), or undefined when it cannot make one. */
+function testNetns(tag: string): string | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  const name = `fcjt-${process.pid}-${tag}`;
+  const r = spawnSync('ip', ['netns', 'add', name], { encoding: 'utf8' });
+  if (r.status !== 0) return undefined;
+  netnses.push(name);
+  return `/var/run/netns/${name}`;
+}
 after(async () => {
   for (const i of live) await i.kill().catch(() => undefined);
+  for (const n of netnses) spawnSync('ip', ['netns', 'del', n]);
   rmSync(root, { recursive: true, force: true });
 });
 
@@ -276,7 +289,9 @@ describe('jailer: chroot layout', () => {
 });
 
 describe('jailer: the driver, jailed', () => {
-  it('launches through the jailer with jail paths, snapshots, restores, adopts and cleans up', async () => {
+  it('launches through the jailer with jail paths, snapshots, restores, adopts and cleans up', async (t) => {
+    const netns = testNetns('jd');
+    if (!netns) return t.skip('needs root and `ip netns` (the jailer joins the VM network namespace)');
     const dir = join(root, 'jailed');
     const bin = peerBinary(dir);
     const jailer = fakeJailer(join(dir, 'jbin'));
@@ -289,7 +304,7 @@ describe('jailer: the driver, jailed', () => {
         kvm: { kvmUsable: async () => true },
         env: { FC_PEER_LOG: log, FAKE_JAILER_LOG: jlog },
         jailer: { binary: jailer, chrootBaseDir: base, cgroupRoot: join(dir, 'cg'), cgroupVersion: 2, uidRange: { start: 200_000, size: 100 }, resourceLimits: { 'no-file': 2048 } },
-        netnsFor: (sp) => `/var/run/netns/mvm-${sp.id}`,
+        netnsFor: (sp) => (sp.id === 'vm-jd' ? netns : undefined),
       });
     const d = mk();
     const s = spec({ id: 'vm-jd', vmDir: join(dir, 'vms', 'vm-jd') });
@@ -304,7 +319,8 @@ describe('jailer: the driver, jailed', () => {
     assert.equal(cfg.jail.chrootDir, jp.chrootDir);
     assert.ok(cfg.jail.uid >= 200_000 && cfg.jail.uid < 200_100);
     assert.deepEqual(cfg.args.slice(cfg.args.indexOf('--')), ['--', '--api-sock', JAIL_API_SOCK]);
-    assert.match(readFileSync(jlog, 'utf8'), /--netns \/var\/run\/netns\/mvm-vm-jd\n/);
+    assert.match(readFileSync(jlog, 'utf8'), new RegExp(`--netns ${netns}\n`));
+    assert.equal(statSync(`/proc/${inst.pid}/ns/net`).ino, statSync(netns).ino, 'the jailed VMM runs in the VM netns');
     assert.match(readFileSync(jlog, 'utf8'), /--cgroup memory\.max=/);
     // Firecracker only ever saw jail paths, and accepted them.
     const sent = readPeerLog(log).filter((e) => e.method !== 'GET');
@@ -348,6 +364,28 @@ describe('jailer: the driver, jailed', () => {
     assert.ok(!pidAlive(r.pid));
     assert.ok(!existsSync(jp.jailDir));
     assert.deepEqual(readdirSync(jp.leaseDir), []);
+  });
+
+  it("runs the VMM in the VM's network namespace (spec.netnsPath), jailed and un-jailed; a missing one fails the start", async (t) => {
+    const netns = testNetns('ns');
+    if (!netns) return t.skip('needs root and `ip netns`');
+    const dir = join(root, 'netns');
+    const bin = peerBinary(dir);
+    const jailer = fakeJailer(join(dir, 'jbin'));
+    const jailCfg = { binary: jailer, chrootBaseDir: join(dir, 'srv'), cgroupRoot: join(dir, 'cg'), cgroupVersion: 2 as const, uidRange: { start: 210_000, size: 100 } };
+    for (const [tag, d] of [
+      ['plain', new FirecrackerDriver({ binary: bin, kvm: { kvmUsable: async () => true } })],
+      ['jailed', new FirecrackerDriver({ binary: bin, kvm: { kvmUsable: async () => true }, jailer: jailCfg })],
+    ] as const) {
+      const s = { ...spec({ id: `vm-ns-${tag}`, vmDir: join(dir, 'vms', `vm-ns-${tag}`) }), netnsPath: netns };
+      const inst = await d.launch(s);
+      live.push(inst);
+      assert.equal(statSync(`/proc/${inst.pid}/ns/net`).ino, statSync(netns).ino, `${tag}: the VMM runs in the VM netns`);
+      assert.notEqual(statSync(`/proc/${inst.pid}/ns/net`).ino, statSync('/proc/self/ns/net').ino);
+      await inst.kill();
+      const missing = { ...s, id: `vm-ns-${tag}-x`, vmDir: join(dir, 'vms', `vm-ns-${tag}-x`), netnsPath: '/var/run/netns/mvm-no-such-netns' };
+      await assert.rejects(d.launch(missing), (e: unknown) => e instanceof MvmError && e.code === ErrorCodes.VMM_ERROR && /exited during start-up/.test(e.message));
+    }
   });
 
   it('runs the real jailer when the host has one', async (t) => {

@@ -26,11 +26,12 @@ export function peerBinary(parent?: string): string {
 /**
  * A stand-in for Firecracker's `jailer` (written as a shell script into `dir`):
  * parses the jailer's arguments, checks the required ones, creates the chroot
- * `<base>/<exec-file-name>/<id>/root` owned by uid:gid, and execs the exec file
- * in place (same pid) with `--id=<id>` and the arguments after `--`, telling
- * the peer to resolve absolute paths under the chroot (FC_PEER_ROOT). It does
- * not pivot_root, drop privileges, join cgroups or namespaces; every argument
- * it does not act on is appended to $FAKE_JAILER_LOG.
+ * `<base>/<exec-file-name>/<id>/root` owned by uid:gid, joins the `--netns`
+ * network namespace (nsenter; a missing one fails like the jailer), and execs
+ * the exec file in place (same pid) with `--id=<id>` and the arguments after
+ * `--`, telling the peer to resolve absolute paths under the chroot
+ * (FC_PEER_ROOT). It does not pivot_root, drop privileges or join cgroups;
+ * every argument it does not act on (and --netns) is appended to $FAKE_JAILER_LOG.
  */
 export function fakeJailer(dir: string): string {
   mkdirSync(dir, { recursive: true });
@@ -40,7 +41,7 @@ export function fakeJailer(dir: string): string {
     [
       '#!/bin/sh',
       'set -e',
-      'id=; exec_file=; uid=; gid=; base=/srv/jailer',
+      'id=; exec_file=; uid=; gid=; netns=; base=/srv/jailer',
       'while [ $# -gt 0 ]; do',
       '  case "$1" in',
       '    --id) id=$2; shift 2;;',
@@ -48,7 +49,8 @@ export function fakeJailer(dir: string): string {
       '    --uid) uid=$2; shift 2;;',
       '    --gid) gid=$2; shift 2;;',
       '    --chroot-base-dir) base=$2; shift 2;;',
-      '    --cgroup-version|--cgroup|--parent-cgroup|--netns|--resource-limit) echo "$1 $2" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift 2;;',
+      '    --netns) netns=$2; echo "$1 $2" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift 2;;',
+      '    --cgroup-version|--cgroup|--parent-cgroup|--resource-limit) echo "$1 $2" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift 2;;',
       '    --new-pid-ns|--daemonize) echo "$1" >> "${FAKE_JAILER_LOG:-/dev/null}"; shift;;',
       '    --) shift; break;;',
       '    *) echo "jailer: unknown argument $1" >&2; exit 1;;',
@@ -59,7 +61,9 @@ export function fakeJailer(dir: string): string {
       'chroot="$base/$(basename "$exec_file")/$id/root"',
       'mkdir -p "$chroot"',
       'chown "$uid:$gid" "$chroot"',
-      'exec env FC_PEER_ROOT="$chroot" "$exec_file" --id="$id" --start-time-us=0 --start-time-cpu-us=0 "$@"',
+      '[ -z "$netns" ] || [ -e "$netns" ] || { echo "jailer: cannot open network namespace $netns" >&2; exit 1; }',
+      'enter=; [ -z "$netns" ] || enter="nsenter --net=$netns --"',
+      'exec $enter env FC_PEER_ROOT="$chroot" "$exec_file" --id="$id" --start-time-us=0 --start-time-cpu-us=0 "$@"',
       '',
     ].join('\n'),
   );
