@@ -1,5 +1,5 @@
 /**
- * The node agent in cluster mode (docs/adr/0015). It runs the standalone Controller unchanged over
+ * The node agent in cluster mode (docs/adr/0017). It runs the standalone Controller unchanged over
  * a *node view* of the Kubernetes store (NodeScopedStore) and the same LocalAgent:
  *
  * - the view watches only the MicroVMs bound to this node (field selector status.node=<node>) and

@@ -66,7 +66,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     });
     await network.resync();
   }
-  // Security groups are not resolved on the node yet (ADR 0015): the VM gets its NICs, ports and egress default.
+  // Security groups are not resolved on the node yet (ADR 0017): the VM gets its NICs, ports and egress default.
   const networkSpec = async (vm: MicroVM): Promise<VmNetworkSpec> => ({
     id: vm.id,
     tenant: vm.tenant,

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `mvm-operator`: the operator of cluster mode (deploy/operator, docs/adr/0016). With leader
+ * `mvm-operator`: the operator of cluster mode (deploy/operator, docs/adr/0017). With leader
  * election (default) only the holder of the Lease microvm-system/microvm-operator reconciles;
  * a replica that loses the lease exits (its Deployment restarts it as a candidate), as
  * client-go's leaderelection users do.

@@ -1,5 +1,5 @@
 /**
- * The protocol between the operator and the node agents in cluster mode (docs/adr/0015): names of
+ * The protocol between the operator and the node agents in cluster mode (docs/adr/0017): names of
  * the finalizer, labels, conditions and Leases both sides agree on, and the node view the scheduler
  * gets from a Node object plus the node agent's heartbeat Lease.
  */

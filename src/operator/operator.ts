@@ -1,5 +1,5 @@
 /**
- * The operator (cluster mode, docs/adr/0016): places MicroVMs on nodes and owns their lifecycle
+ * The operator (cluster mode, docs/adr/0017): places MicroVMs on nodes and owns their lifecycle
  * around the node agents, which run them (src/agent/cluster-agent.ts).
  *
  * Informers (list + watch into a cache) on MicroVMs, Nodes and the node agents' heartbeat Leases

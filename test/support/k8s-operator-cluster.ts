@@ -138,6 +138,8 @@ export async function startCluster(): Promise<TestCluster> {
         MVM_RESYNC_SECONDS: '2',
         MVM_HEARTBEAT_SECONDS: '2',
         MVM_K8S_SYSTEM_NAMESPACE: 'microvm-system',
+        // The agent endpoint (console/metrics for the API) on loopback only.
+        MVM_AGENT_LISTEN: '127.0.0.1:0',
       }) as NodeAgentProc;
       p.node = node;
       p.dataDir = dataDir;
