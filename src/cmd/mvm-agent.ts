@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `mvm-agent`: the node agent in cluster mode (the DaemonSet deploy/firecracker, docs/adr/0016).
+ * `mvm-agent`: the node agent in cluster mode (the DaemonSet deploy/firecracker, docs/adr/0017).
  * NODE_NAME (downward API) names its node; it runs the MicroVMs bound to that node and reports
  * their status, and heartbeats the node's capacity into the Lease microvm-system/mvm-node-<node>.
  */
