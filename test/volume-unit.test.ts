@@ -249,3 +249,16 @@ test('the guest mount fragment is in the default image init and the OCI init', (
   assert.ok(OCI_INIT_SCRIPT.includes(VOLUME_MOUNT_SH));
   assert.ok(OCI_INIT_SCRIPT.indexOf(VOLUME_MOUNT_SH) < OCI_INIT_SCRIPT.indexOf('MVM-READY'), 'volumes are mounted before readiness');
 });
+
+test('a size the backend filesystem cannot hold is a validation error on size, leaving nothing', async () => {
+  const d = join(dir, 'efbig');
+  const b = new LocalVolumeBackend({ dir: d });
+  // ext4 (our hosts) caps files at 16 TiB; other filesystems may take it.
+  await b.create('vol-efbig', 17 * 1024 ** 4).then(
+    () => b.delete('vol-efbig'),
+    (e: unknown) => {
+      assert.ok(e instanceof MvmError && e.code === 'VALIDATION_FAILED' && e.violations[0]?.field === 'size', String(e));
+    },
+  );
+  assert.deepEqual(readdirSync(join(d, 'volumes')), []);
+});

@@ -125,7 +125,14 @@ export class FileVolumeBackend implements VolumeBackend {
     try {
       const fd = openSync(tmp, 'wx', 0o600);
       try {
-        ftruncateSync(fd, sizeBytes); // sparse: no blocks until written
+        try {
+          ftruncateSync(fd, sizeBytes); // sparse: no blocks until written
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EFBIG') throw e;
+          throw new MvmError(ErrorCodes.VALIDATION_FAILED, `size: ${sizeBytes} bytes is more than a file on the ${this.name} backend's filesystem can hold`, {
+            violations: [{ field: 'size', message: 'too large for this backend' }],
+          });
+        }
       } finally {
         closeSync(fd);
       }
