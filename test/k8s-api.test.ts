@@ -174,6 +174,12 @@ test('cluster API: wait is driven by the Kubernetes watch; quota, idempotency an
   const q = await call(acme, 'POST', '/microvms', { name: 'third', start: false });
   assert.equal(q.status, 403, q.text);
   assert.equal(q.json.code, 'QUOTA_EXCEEDED');
+  // Concurrent creates never pass the quota together (pending admissions on the namespace, ADR 0015).
+  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'race', quotas: { vms: 3 } })).status, 201);
+  const raceKey = (await call(ADMIN, 'POST', '/apikeys?tenant=race', { name: 'r', role: 'member' })).json.token as string;
+  const results = await Promise.all(Array.from({ length: 8 }, (_, i) => call(raceKey, 'POST', '/microvms', { name: `r${i}`, start: false })));
+  assert.deepEqual(results.map((r) => r.status).sort(), [201, 201, 201, 403, 403, 403, 403, 403], results.map((r) => r.text).join('\n'));
+  assert.equal(kget(['microvms', '-n', 'race']).items.length, 3);
   const u = await call(acme, 'GET', '/tenants/acme/usage');
   assert.equal(u.json.vms.used, 2);
   assert.equal(u.json.vms.limit, 2);

@@ -17,8 +17,9 @@
  *   apiserver's --event-ttl (1 h by default).
  * - watch = this process's own writes at once, plus a Kubernetes watch (list + watch, relist on 410)
  *   for everyone else's; each (id, resourceVersion) is reported once.
- * - Quota admission checks the tenant's usage from a fresh list right before the write. It is not
- *   atomic across concurrent writers (capability atomicAdmission = false); see the ADR.
+ * - Quota admission of creates is atomic across writers: a pending admission is written on the
+ *   tenant's namespace with its resourceVersion before the create (admission.ts, ADR 0015).
+ *   Resizes check a fresh list right before the write (not atomic).
  */
 import { hostname } from 'node:os';
 import { isDeepStrictEqual } from 'node:util';
@@ -28,6 +29,7 @@ import { memoryMiB, type MicroVM } from '../../core/microvm.js';
 import type { ListOptions, Page, Store, StoreChange, VmEvent, WriteOptions } from '../../core/ports/store.js';
 import { checkQuota, emptyUsage, vmResources, type Usage } from '../../core/quota.js';
 import { MICROVM_RESOURCE } from '../../k8s/crd.js';
+import { NamespaceAdmission } from './admission.js';
 import { fromK8sError, httpStatus, k8sStatus } from '../../k8s/errors.js';
 import {
   ANN_DISK_MIB,
@@ -59,8 +61,8 @@ export interface KubernetesStoreOptions {
 export const KUBERNETES_STORE_CAPABILITIES = {
   /** Cursor pages are a snapshot at the first page: later inserts are not in that listing. */
   listSnapshot: true,
-  /** Quota admission is check-then-write, not atomic with the write. */
-  atomicAdmission: false,
+  /** Creates are admitted atomically through the tenant namespace (admission.ts); resizes are check-then-write. */
+  atomicAdmission: true,
 } as const;
 
 const { group, version, plural } = MICROVM_RESOURCE;
@@ -100,7 +102,12 @@ export class KubernetesStore implements Store {
     this.core = this.kc.makeApiClient(CoreV1Api);
     this.component = opts.component ?? MANAGER;
     this.maxRetries = opts.maxRetries ?? 10;
+    this.admission = new NamespaceAdmission({
+      core: this.core,
+      ensureNamespace: (namespace, tenant) => this.ensureNamespace(namespace, tenant),
+    });
   }
+  private readonly admission: NamespaceAdmission;
 
   // ---- microVMs -------------------------------------------------------------------------------
 
@@ -108,7 +115,10 @@ export class KubernetesStore implements Store {
     const namespace = this.tn.namespaceOf(vm.tenant);
     const res = vmResources(vm.spec);
     if (opts.admission?.diskMiB !== undefined) res.diskMiB = opts.admission.diskMiB;
-    if (opts.admission) checkQuota(vm.tenant, opts.admission.limits, await this.usageOf(vm.tenant), { vms: 1, ...res });
+    // Atomic against concurrent creates: a pending admission on the tenant's namespace (admission.ts, ADR 0015).
+    const release = opts.admission
+      ? await this.admission.reserve(namespace, vm.tenant, vm.name, res, opts.admission.limits, (names) => this.usageOf(vm.tenant, names))
+      : undefined;
     const body = toObject(vm, this.tn, opts.admission?.diskMiB);
     let created: MicroVMObject;
     try {
@@ -126,6 +136,8 @@ export class KubernetesStore implements Store {
         });
       }
       throw err;
+    } finally {
+      void release?.().catch(() => undefined);
     }
     this.locations.set(vm.id, { namespace, name: vm.name });
     const rvs = [created.metadata.resourceVersion!];
@@ -505,16 +517,21 @@ export class KubernetesStore implements Store {
     } catch (e) {
       if (httpStatus(e) !== 404 || k8sStatus(e).details?.kind !== 'namespaces') throw e;
     }
+    await this.ensureNamespace(namespace, tenant);
+    return write();
+  }
+
+  /** Create a tenant's namespace (on demand); one that exists is fine. */
+  private async ensureNamespace(namespace: string, tenant: string): Promise<void> {
     try {
       await this.core.createNamespace({ body: { metadata: { name: namespace, labels: this.tn.systemLabels(tenant) } } });
     } catch (e) {
       if (httpStatus(e) !== 409) throw fromK8sError(e, `create namespace ${namespace} of tenant ${tenant}`);
     }
-    return write();
   }
 
   /** Usage of a tenant from a fresh (consistent) list of its namespace. */
-  async usageOf(tenant: string): Promise<Usage> {
+  async usageOf(tenant: string, names?: Set<string>): Promise<Usage> {
     const u = emptyUsage();
     let cont: string | undefined;
     do {
@@ -525,6 +542,7 @@ export class KubernetesStore implements Store {
         throw fromK8sError(e, `usage of tenant ${tenant}`);
       }
       for (const o of page.items) {
+        names?.add(o.metadata.name!);
         const r = vmResources(o.spec);
         const disk = o.metadata.annotations?.[ANN_DISK_MIB];
         u.vms += 1;
