@@ -203,3 +203,47 @@ test('bad input is a clear 400 naming the field, and creates nothing', { skip, t
     assert.deepEqual(left, [], `no temp build dirs in ${sub}`);
   }
 });
+
+test('kill -9 of the service mid image build: no cache entry, and the next build succeeds and sweeps the leftovers', { skip, timeout: 240_000 }, async () => {
+  // A heavier image so the build lasts long enough to be caught.
+  const rootfs = join(work, 'big-rootfs');
+  await mkdir(join(rootfs, 'bin'), { recursive: true });
+  await copyFile('/bin/busybox', join(rootfs, 'bin/busybox'));
+  await writeFile(join(rootfs, 'data.bin'), (await import('node:crypto')).randomBytes(96 * 1024 * 1024));
+  await buildOciImage({ rootfsDir: rootfs, layoutDir: join(work, 'l-big'), tag: 'big', workDir: join(work, 'u-big'), spec: { cmd: ['/bin/busybox', 'sleep', '1000'] } });
+  await pushImage(join(work, 'l-big'), 'big', reg.addr, 'e2e/big:1');
+  const big = `${reg.addr}/e2e/big:1`;
+  const cache2 = join(work, 'cache-kill');
+  const env = { MVM_NETWORK: 'none', MVM_IMAGE_CACHE_DIR: cache2 };
+  let s2 = await startService({ env });
+  const ociDir = join(cache2, 'oci');
+  try {
+    const pending = apiCall(s2, 'POST', '/microvms', { name: 'big', rootfs: { image: big }, start: false }).catch((e: unknown) => e);
+    let tmpName: string | undefined;
+    const deadline = Date.now() + 60_000;
+    while (!tmpName && Date.now() < deadline) {
+      for (const n of (await readdir(ociDir).catch(() => [] as string[])).filter((x) => x.includes('.tmp-'))) {
+        const inside = await readdir(join(ociDir, n)).catch(() => [] as string[]);
+        if (inside.includes('layout') || inside.includes('bundle')) tmpName = n;
+      }
+      if (!tmpName) await sleep(20);
+    }
+    assert.ok(tmpName, 'the build never started');
+    await s2.kill9();
+    await pending;
+    const names = await readdir(ociDir);
+    assert.deepEqual(names.filter((n) => !n.startsWith('.')), [], 'no (half) entry after the kill');
+    s2 = await startService({ dataDir: s2.dataDir, env });
+    assert.equal((await apiCall(s2, 'GET', '/microvms')).json.items.length, 0, 'the killed create left no record');
+    const r = await apiCall(s2, 'POST', '/microvms', { name: 'big', rootfs: { image: big }, start: false });
+    assert.equal(r.status, 201, JSON.stringify(r.json));
+    const after2 = await readdir(ociDir);
+    assert.equal(after2.filter((n) => !n.startsWith('.')).length, 1, 'one complete entry');
+    assert.deepEqual(after2.filter((n) => n.startsWith('.')), [], 'the dead build’s temp dir was swept');
+    await apiCall(s2, 'DELETE', `/microvms/${r.json.id}`);
+    await s2.client.waitDeleted(r.json.id, { timeoutMs: 60_000 });
+  } finally {
+    await s2.stop().catch(() => undefined);
+    await destroyDataDir(s2.dataDir);
+  }
+});
