@@ -62,9 +62,13 @@ export class ClusterState {
   private nodeArr: NodeEntry[] | undefined;
   private readonly usageMap = new Map<string, NodeUsage>();
   private readonly vms = new Map<string, PlacedVm>();
-  /** tenant → label key → value → VM ids. */
-  private readonly labelIdx = new Map<string, Map<string, Map<string, Set<string>>>>();
-  private readonly tenantVms = new Map<string, Set<string>>();
+  /**
+   * tenant → label key → value → VM ids, and tenant → VM ids. Built on the first selector query
+   * (a state that never answers one — a one-off place() of a VM without affinity — never pays for
+   * it), then kept up to date by assume/forget.
+   */
+  private labelIdx: Map<string, Map<string, Map<string, Set<string>>>> | undefined;
+  private tenantVms: Map<string, Set<string>> | undefined;
   /** tenant → term signature → group (symmetric required anti-affinity). */
   private readonly antiGroups = new Map<string, Map<string, AntiGroup>>();
 
@@ -141,18 +145,7 @@ export class ClusterState {
     u.memoryMiB += p.memoryMiB;
     u.count += 1;
     u.vms.add(p.id);
-    let byKey = this.labelIdx.get(p.tenant);
-    if (!byKey) this.labelIdx.set(p.tenant, (byKey = new Map()));
-    for (const [k, v] of Object.entries(p.labels)) {
-      let byVal = byKey.get(k);
-      if (!byVal) byKey.set(k, (byVal = new Map()));
-      let ids = byVal.get(v);
-      if (!ids) byVal.set(v, (ids = new Set()));
-      ids.add(p.id);
-    }
-    let all = this.tenantVms.get(p.tenant);
-    if (!all) this.tenantVms.set(p.tenant, (all = new Set()));
-    all.add(p.id);
+    if (this.labelIdx) this.index(p);
     for (const term of vm.spec.affinity?.vmAntiAffinity?.required ?? []) {
       const sig = termSignature(term);
       let groups = this.antiGroups.get(p.tenant);
@@ -161,6 +154,23 @@ export class ClusterState {
       if (!g) groups.set(sig, (g = { selector: term.labelSelector, topologyKey: term.topologyKey ?? HOSTNAME_TOPOLOGY_KEY, perNode: new Map() }));
       g.perNode.set(node, (g.perNode.get(node) ?? 0) + 1);
     }
+  }
+
+  private index(p: PlacedVm): void {
+    const idx = (this.labelIdx ??= new Map());
+    const tv = (this.tenantVms ??= new Map());
+    let byKey = idx.get(p.tenant);
+    if (!byKey) idx.set(p.tenant, (byKey = new Map()));
+    for (const [k, v] of Object.entries(p.labels)) {
+      let byVal = byKey.get(k);
+      if (!byVal) byKey.set(k, (byVal = new Map()));
+      let ids = byVal.get(v);
+      if (!ids) byVal.set(v, (ids = new Set()));
+      ids.add(p.id);
+    }
+    let all = tv.get(p.tenant);
+    if (!all) tv.set(p.tenant, (all = new Set()));
+    all.add(p.id);
   }
 
   /** The VM no longer holds resources (stopped, deleted, binding failed). Idempotent. */
@@ -174,15 +184,17 @@ export class ClusterState {
     u.count -= 1;
     u.vms.delete(id);
     if (u.count === 0 && !this.nodeMap.has(p.node)) this.usageMap.delete(p.node);
-    const byKey = this.labelIdx.get(p.tenant)!;
-    for (const [k, v] of Object.entries(p.labels)) {
-      const byVal = byKey.get(k)!;
-      const ids = byVal.get(v)!;
-      ids.delete(id);
-      if (ids.size === 0) byVal.delete(v);
-      if (byVal.size === 0) byKey.delete(k);
+    if (this.labelIdx) {
+      const byKey = this.labelIdx.get(p.tenant)!;
+      for (const [k, v] of Object.entries(p.labels)) {
+        const byVal = byKey.get(k)!;
+        const ids = byVal.get(v)!;
+        ids.delete(id);
+        if (ids.size === 0) byVal.delete(v);
+        if (byVal.size === 0) byKey.delete(k);
+      }
+      this.tenantVms!.get(p.tenant)!.delete(id);
     }
-    this.tenantVms.get(p.tenant)!.delete(id);
     for (const term of p.vm.spec.affinity?.vmAntiAffinity?.required ?? []) {
       const groups = this.antiGroups.get(p.tenant)!;
       const sig = termSignature(term);
@@ -199,6 +211,11 @@ export class ClusterState {
    * positive requirement (matchLabels, In, Exists), then checks the whole selector on each candidate.
    */
   *matching(tenant: string, sel: LabelSelector): Generator<PlacedVm> {
+    if (!this.labelIdx) {
+      this.labelIdx = new Map();
+      this.tenantVms = new Map();
+      for (const p of this.vms.values()) this.index(p);
+    }
     const byKey = this.labelIdx.get(tenant);
     if (!byKey) return;
     let best: Array<Set<string>> | undefined;
@@ -217,7 +234,7 @@ export class ClusterState {
       if (e.operator === 'In') consider((e.values ?? []).flatMap((v) => (byVal?.get(v) ? [byVal.get(v)!] : [])));
       else if (e.operator === 'Exists') consider(byVal ? [...byVal.values()] : []);
     }
-    const sources = best ?? [this.tenantVms.get(tenant) ?? new Set<string>()];
+    const sources = best ?? [this.tenantVms!.get(tenant) ?? new Set<string>()];
     for (const ids of sources) {
       for (const id of ids) {
         const p = this.vms.get(id)!;
