@@ -16,6 +16,8 @@ export interface Config {
   logLevel: string;
   /** MVM_DRIVER: qemu (default) | firecracker (needs the firecracker binary and a KVM that boots guests). */
   driver: 'qemu' | 'firecracker';
+  /** MVM_FIRECRACKER_JAILER: Firecracker's `jailer` binary; when set, Firecracker runs jailed (chroot under <dataDir>/jailer, per-VM uid/gid, cgroup, the VM's netns). */
+  firecrackerJailer?: string;
   /** MVM_ACCEL: auto (probe KVM, else TCG) | kvm | tcg. */
   accel: string;
   /** MVM_NODE_NAME, default the host name. */
@@ -70,6 +72,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: env.MVM_LOG_LEVEL ?? 'info',
     accel,
     driver: env.MVM_DRIVER === 'firecracker' ? 'firecracker' : 'qemu',
+    ...(env.MVM_FIRECRACKER_JAILER ? { firecrackerJailer: env.MVM_FIRECRACKER_JAILER } : {}),
     nodeName: env.MVM_NODE_NAME ?? hostname(),
     shutdownPolicy: policy,
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',

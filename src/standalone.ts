@@ -108,6 +108,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
           kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' },
           // The VMM runs in the VM's network namespace (set up by the network manager), where its taps are.
           netnsFor: (spec) => spec.netnsPath,
+          // Jailed: the chroot base on the data filesystem, so the VM's disks are hard-linked, not copied.
+          ...(cfg.firecrackerJailer ? { jailer: { binary: cfg.firecrackerJailer, chrootBaseDir: join(cfg.dataDir, 'jailer') } } : {}),
         })
       : qemu;
   const caps = await driver.capabilities();
