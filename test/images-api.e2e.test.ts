@@ -193,6 +193,12 @@ test('bad input is a clear 400 naming the field, and creates nothing', { skip, t
     assert.ok(r.json.errors?.some((e: any) => e.field === c.field), `${c.body.name}: ${JSON.stringify(r.json)}`);
     assert.match(r.json.detail, c.detail, c.body.name);
   }
+  // Within the node maximum but over the tenant's disk quota: refused at admission too.
+  assert.equal((await api('POST', '/tenants', { id: 'imgq', quotas: { disk: '1Gi' } })).status, 201);
+  const q = await api('POST', '/microvms?tenant=imgq', { name: 'over-quota', rootfs: { image: app, size: '2Gi' } });
+  assert.equal(q.status, 403, JSON.stringify(q.json));
+  assert.equal(q.json.code, 'QUOTA_EXCEEDED');
+  assert.match(q.json.detail, /disk/i);
   assert.equal((await svc.client.list()).items.length, 0, 'no microVM record');
   const items = (await api('GET', '/images')).json.items;
   // Only the valid app image (resolved for the size checks) and no kernel entry from the failures.

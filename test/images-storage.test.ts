@@ -281,6 +281,22 @@ describe('kernels from images and paths; the image manager', { skip: hostKernel 
     assert.deepEqual(await m.list(), []);
   });
 
+  it('manager: the periodic gc removes idle unused images on its own', async () => {
+    const r = await resolver.resolveRootfs(`${reg.addr}/apps/tiny:1`);
+    clearLeases();
+    const logs: string[] = [];
+    const m = new ImageManager(resolver, async () => [], { intervalMs: 50, maxIdleMs: 1, maxBytes: 0 }, (msg) => logs.push(msg));
+    m.start();
+    try {
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline && (await m.list()).some((i) => i.digest === r.digest)) await new Promise((res) => setTimeout(res, 50));
+    } finally {
+      m.stop();
+    }
+    assert.equal((await m.list()).some((i) => i.digest === r.digest), false, 'removed by the timer');
+    assert.ok(logs.includes('image gc'), logs.join(','));
+  });
+
   it('config: durations, sizes and the auth file', async () => {
     const authFile = join(work, 'auth.json');
     await writeFile(authFile, JSON.stringify({ auths: { 'reg.example:5000': { auth: Buffer.from('u:p:w').toString('base64') } } }));
