@@ -45,7 +45,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     backend = new LocalVolumeBackend({ dir: join(dir, 'local') });
     await tenants.createTenant({ id: 'ta', quotas: { disk: '256Mi', volumes: 3, snapshots: 1 }, resourceVersion: '0', createdAt: now, updatedAt: now });
     await tenants.createTenant({ id: 'tb', quotas: {}, resourceVersion: '0', createdAt: now, updatedAt: now });
-    svc = new VolumeService({ resources, store, backends: [backend], tenants });
+    svc = new VolumeService({ resources, store, backends: [backend], tenants, claimGraceMs: 0 });
   });
   after(async () => {
     svc.stop();
@@ -76,7 +76,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     await svc.claim(alice, spec([{ name: 'data', mountPath: '/data' }, { name: 'auto', mountPath: '/auto', size: '16Mi' }]), 'ta', 'vm-1');
     const data = await svc.get(alice, 'data');
     assert.equal(data.spec.phase, 'InUse');
-    assert.deepEqual(data.spec.attachedTo, [{ vmId: 'vm-1', readOnly: false, mountPath: '/data' }]);
+    assert.deepEqual(data.spec.attachedTo.map(({ attachedAt, ...a }) => (assert.ok(Date.parse(attachedAt!) > 0), a)), [{ vmId: 'vm-1', readOnly: false, mountPath: '/data' }]);
     assert.equal((await svc.get(alice, 'auto')).spec.sizeBytes, 16 * 1024 * 1024);
     await assert.rejects(svc.claim(alice, spec([{ name: 'data', mountPath: '/d', readOnly: true }]), 'ta', 'vm-2'), code('CONFLICT', 'volumes[0].name'));
     await assert.rejects(svc.delete(alice, 'data'), (e: unknown) => e instanceof MvmError && e.code === 'CONFLICT' && /attached to microVM/.test(e.message));
@@ -90,7 +90,9 @@ describe('VolumeService (SQLite + local backend)', () => {
     await assert.rejects(svc.claim(alice, spec([{ name: 'data', mountPath: '/d' }]), 'ta', 'vm-4'), code('CONFLICT'));
     const drives = await svc.attachForVm({ id: 'vm-2', tenant: 'ta', spec: spec([{ name: 'data', mountPath: '/d', readOnly: true }]) }, 'n1');
     assert.deepEqual(drives.map((d) => [d.path, d.readOnly, d.mountPath]), [[backend.volumePath(data.id), true, '/d']]);
-    // VMs that no longer exist lose their claims on reconcile.
+    // VMs that no longer exist lose their claims on reconcile, but not while the claim is young (the create writes the VM right after).
+    const young = new VolumeService({ resources, store, backends: [backend], tenants });
+    assert.deepEqual((await young.reconcile()).released, []);
     const r = await svc.reconcile();
     assert.ok(r.released.includes(`${data.id}:vm-2`) && r.released.includes(`${data.id}:vm-3`));
     assert.equal((await svc.get(alice, 'data')).spec.phase, 'Available');
@@ -126,7 +128,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     writeFileSync(backend.volumePath('vol-orphan00000000'), 'no record');
     writeFileSync(join(dir, 'local', 'snapshots', 'vsnap-orphan000000.img.tmp'), 'partial');
     // A restarted process: a new service over the same state.
-    const again = new VolumeService({ resources, store, backends: [backend], tenants });
+    const again = new VolumeService({ resources, store, backends: [backend], tenants, claimGraceMs: 0 });
     await again.start(60_000);
     again.stop();
     assert.equal(await resources.get(VOLUME_KIND, 'vol-halfdone000000'), undefined);

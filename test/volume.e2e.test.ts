@@ -79,7 +79,7 @@ test('volumes: data outlives VMs, one writer, read-only in the guest, snapshot/r
   const w1 = await boot('writer', [{ name: 'data', mountPath: '/data' }]);
   const inUse = (await api('GET', `/volumes/${vol.id}`)).json;
   assert.equal(inUse.status.phase, 'InUse');
-  assert.deepEqual(inUse.status.attachedTo, [{ vmId: w1.id, readOnly: false, mountPath: '/data' }]);
+  assert.deepEqual(inUse.status.attachedTo.map(({ attachedAt: _t, ...a }: any) => a), [{ vmId: w1.id, readOnly: false, mountPath: '/data' }]);
   assert.match(await run(w1, `grep ' /data ' /proc/mounts && echo ${secret} > /data/f.txt && sync && cat /data/f.txt`), new RegExp(`/dev/vdb /data ext4 rw[\\s\\S]*${secret}`));
 
   // Attached: not deletable; a second writer is refused; an unknown volume names the field.

@@ -328,6 +328,7 @@ export const VolumeAttachment = Type.Object({
   vmId: Type.String(),
   readOnly: Type.Boolean(),
   mountPath: Type.String(),
+  attachedAt: Type.Optional(Type.String({ format: 'date-time' })),
 });
 
 export const VolumeResource = Type.Object({

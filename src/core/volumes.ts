@@ -32,7 +32,12 @@ export interface Attachment {
   vmId: string;
   readOnly: boolean;
   mountPath: string;
+  /** When it was claimed: reconcile leaves young claims alone (the VM record is written right after). */
+  attachedAt?: string;
 }
+
+/** A claim whose VM record does not exist is stale only after this long (the create writes the VM right after claiming). */
+const CLAIM_GRACE_MS = 60_000;
 
 export interface VolumeSpec {
   size: string;
@@ -96,6 +101,8 @@ export interface VolumeServiceOptions {
   defaultBackend?: string;
   tenants?: TenantStore;
   log?: (msg: string, fields?: Record<string, unknown>) => void;
+  /** How old a claim of a VM that does not exist must be before reconcile drops it (default 60 s). */
+  claimGraceMs?: number;
 }
 
 export class VolumeService implements VolumeAttacher {
@@ -348,7 +355,8 @@ export class VolumeService implements VolumeAttacher {
               { violations: [{ field: `volumes[${i}].name`, message: 'in use' }], details: { volume: vol!.id, attachedTo: others } },
             );
           }
-          return { ...s, phase: 'InUse', attachedTo: [...others, { vmId, readOnly, mountPath: v.mountPath }] };
+          const mine = s.attachedTo.find((a) => a.vmId === vmId);
+          return { ...s, phase: 'InUse', attachedTo: [...others, { vmId, readOnly, mountPath: v.mountPath, attachedAt: mine?.attachedAt ?? new Date().toISOString() }] };
         });
         claimed.push(vol.id);
       }
@@ -428,6 +436,7 @@ export class VolumeService implements VolumeAttacher {
         continue;
       }
       for (const a of v.spec.attachedTo) {
+        if (a.attachedAt && Date.now() - Date.parse(a.attachedAt) < (this.o.claimGraceMs ?? CLAIM_GRACE_MS)) continue;
         if (!(await this.o.store.getVm(a.vmId))) {
           await this.releaseIds([v.id], a.vmId);
           released.push(`${v.id}:${a.vmId}`);
