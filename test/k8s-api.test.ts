@@ -12,7 +12,9 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
+import { createGrpcClient, unaryCall } from '../src/grpc/client.js';
 import { startAgentEndpoint, type AgentEndpoint } from '../src/agent/endpoint/server.js';
 import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
 import { loadConfig } from '../src/config.js';
@@ -73,7 +75,7 @@ before(async () => {
   tokens.agent = saToken('microvm-system', 'firecracker-runtime');
   cp.kubectlOk(['create', 'serviceaccount', 'nobody', '-n', 'default']);
   tokens.nobody = saToken('default', 'nobody');
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
+  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
   // The API runs as its ServiceAccount: deploy/api/rbac.yaml must be enough for everything below.
   api = await startClusterApi(cfg, { kubeConfig: tokenKubeConfig(tokens.api), agentToken: () => tokens.api! });
 });
@@ -262,6 +264,16 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   assert.equal(pm.status, 200, pm.text);
   assert.equal(pm.json.cpuSeconds, 1.5);
   assert.equal(pm.json.uptimeSeconds, 42);
+  // gRPC: the same proxied console and metrics; another tenant gets NOT_FOUND.
+  const g = createGrpcClient(api.grpcAddress!, acme);
+  const chunks: string[] = [];
+  for await (const c of g.GetConsole({ id: webId, follow: false })) chunks.push((c as { data: Buffer }).data.toString());
+  assert.equal(chunks.join(''), 'boot line 1\nlogin: \n');
+  assert.equal((await unaryCall(g.GetMetrics.bind(g), { id: webId })).memoryRssBytes?.toString(), '12345678');
+  const og = createGrpcClient(api.grpcAddress!, keys.globex!.token);
+  await assert.rejects(unaryCall(og.GetMetrics.bind(og), { id: webId }), (e: { code?: number }) => e.code === grpcStatus.NOT_FOUND);
+  g.close();
+  og.close();
   // Following: new output arrives through both hops; the stream ends when the VM stops.
   const ac = new AbortController();
   const r = await fetch(`${api.url}/api/v1/microvms/${webId}/console?follow=true&tail=0`, { headers: { authorization: `Bearer ${acme}` }, signal: ac.signal });
@@ -291,4 +303,54 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   // A VM bound to another node is not this agent's.
   setStatus('acme', 'web', { node: 'node-b' });
   assert.equal((await get('/console', tokens.api)).status, 404);
+});
+
+test('cluster API: tenant update is conditional on the namespace resourceVersion; delete refuses while VMs exist, cascade deletes the namespace', async () => {
+  const t = await call(ADMIN, 'GET', '/tenants/globex');
+  assert.equal(t.status, 200);
+  assert.equal(t.json.resourceVersion, kget(['namespace', 'globex']).metadata.resourceVersion);
+  const up = await call(ADMIN, 'PUT', '/tenants/globex', { quotas: { vms: 5 } }, { 'if-match': `"${t.json.resourceVersion}"` });
+  assert.equal(up.status, 200, up.text);
+  assert.equal(JSON.parse(kget(['namespace', 'globex']).metadata.annotations['microvm.service/tenant']).quotas.vms, 5);
+  const stale = await call(ADMIN, 'PUT', '/tenants/globex', { quotas: { vms: 6 } }, { 'if-match': `"${t.json.resourceVersion}"` });
+  assert.equal(stale.status, 409, stale.text);
+  assert.equal(stale.json.code, 'CONFLICT');
+  const vm = await call(keys.globex!.token, 'POST', '/microvms', { name: 'left', start: false });
+  assert.equal(vm.status, 201, vm.text);
+  const refused = await call(ADMIN, 'DELETE', '/tenants/globex');
+  assert.equal(refused.status, 409, refused.text);
+  const del = await call(ADMIN, 'DELETE', '/tenants/globex?cascade=true');
+  assert.equal(del.status, 200, del.text);
+  assert.equal(del.json.apiKeys, 1);
+  // The namespace is being deleted (no namespace controller here: it stays Terminating); the tenant is gone.
+  const ns = cp.kubectl(['get', 'namespace', 'globex', '-o', 'json']);
+  assert.ok(ns.status !== 0 || JSON.parse(ns.stdout).metadata.deletionTimestamp, 'namespace deleted');
+  assert.equal((await call(ADMIN, 'GET', '/tenants/globex')).status, 404);
+  assert.equal(kget(['secrets', '-n', 'microvm-system', '-l', 'microvm.service/apikey=true,microvm.service/tenant=globex']).items.length, 0);
+  assert.equal((await call(keys.globex!.token, 'GET', '/whoami')).status, 401);
+});
+
+test('mvm-server with MVM_STORE=kubernetes serves the API in cluster mode and stops on SIGTERM', { timeout: 60_000 }, async () => {
+  const { spawn } = await import('node:child_process');
+  const p = spawn(process.execPath, [join(REPO, 'dist/src/cmd/mvm-server.js')], {
+    env: { ...process.env, MVM_STORE: 'kubernetes', KUBECONFIG: cp.kubeconfig, MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: join(tmp, 'srv'), MVM_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  p.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
+  try {
+    const deadline = Date.now() + 30_000;
+    let url: string | undefined;
+    while (!(url = /cluster mode\) listening on (http:\/\/[0-9.]+:\d+)/.exec(out)?.[1]) && Date.now() < deadline && p.exitCode === null) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(url, `no listening line:\n${out}`);
+    const r = await fetch(`${url}/api/v1/microvms/${webId}`, { headers: { authorization: `Bearer ${keys.acme!.token}` } });
+    assert.equal(r.status, 200);
+    assert.equal(((await r.json()) as MicroVM).name, 'web');
+    p.kill('SIGTERM');
+    assert.equal(await exited, 0, out);
+  } finally {
+    if (p.exitCode === null) p.kill('SIGKILL');
+  }
 });
