@@ -82,3 +82,26 @@ test('kubectl delete stops the guest; the finalizer goes only after the node cle
   const ev = c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', 'involvedObject.name=web']).items.map((e: any) => e.reason);
   assert.ok(ev.includes('Deleted'), ev.join(','));
 });
+
+test('RBAC: the processes above ran as their ServiceAccounts; the agent heartbeat Role is namespaced', () => {
+  const can = (sa: string, args: string[]): boolean =>
+    c.cp.kubectl(['auth', 'can-i', ...args, `--as=system:serviceaccount:microvm-system:${sa}`]).stdout.trim() === 'yes';
+  const checks: Array<[string, string[], boolean]> = [
+    ['firecracker-runtime', ['create', 'leases.coordination.k8s.io', '-n', 'microvm-system'], true],
+    ['firecracker-runtime', ['update', 'leases.coordination.k8s.io', '-n', 'microvm-system'], true],
+    ['firecracker-runtime', ['update', 'leases.coordination.k8s.io', '-n', 'kube-node-lease'], false],
+    ['firecracker-runtime', ['delete', 'leases.coordination.k8s.io', '-n', 'microvm-system'], false],
+    ['firecracker-runtime', ['update', 'microvms.microvm.service', '--subresource=finalizers', '-n', 'demo'], false],
+    ['microvm-operator', ['watch', 'leases.coordination.k8s.io', '-n', 'microvm-system'], true],
+    ['microvm-operator', ['update', 'microvms.microvm.service', '-n', 'demo'], true],
+    ['microvm-operator', ['update', 'nodes'], false],
+  ];
+  const wrong = checks.filter(([sa, args, want]) => can(sa, args) !== want).map(([sa, args, want]) => `${sa} ${args.join(' ')}: expected ${want ? 'yes' : 'no'}`);
+  assert.deepEqual(wrong, []);
+  // The heartbeat the operator schedules with carries the node's report.
+  const lease = c.kubectlJson(['get', 'lease', '-n', 'microvm-system', 'mvm-node-node-a']);
+  const info = JSON.parse(lease.metadata.annotations['microvm.service/node-info']);
+  assert.equal(info.name, 'node-a');
+  assert.ok(info.cpus > 0 && info.memoryMiB > 0 && info.drivers.includes('qemu'), JSON.stringify(info));
+  assert.ok(Date.now() - Date.parse(lease.spec.renewTime) < 30_000, 'renewed recently');
+});

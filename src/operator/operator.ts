@@ -332,7 +332,8 @@ export class Operator {
 
     // 5. Place.
     const cur = fromObject(obj, this.tn);
-    if (cur.status.node || cur.status.phase !== 'Pending') return;
+    // Pending, or Scheduled without a node (a start of a VM that a drain left unbound).
+    if (cur.status.node || (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled')) return;
     if (cur.desiredState === 'Stopped') {
       await this.replaceStatus({ ...obj, status: { ...obj.status!, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
       return;
