@@ -205,6 +205,7 @@ export class KubernetesTenantStore implements TenantStore, ApiKeyStore {
     for (const r of await this.reservations(tenant)) {
       u.diskMiB += r.diskMiB;
       if (r.kind === 'snapshot') u.snapshots += 1;
+      else if (r.kind === 'volume') u.volumes += 1;
     }
     return u;
   }
@@ -219,8 +220,9 @@ export class KubernetesTenantStore implements TenantStore, ApiKeyStore {
       for (const x of list) {
         u.diskMiB += x.diskMiB;
         if (x.kind === 'snapshot') u.snapshots += 1;
+        else if (x.kind === 'volume') u.volumes += 1;
       }
-      checkQuota(tenant, limits, u, { ...(r.kind === 'snapshot' ? { snapshots: 1 } : {}), diskMiB: r.diskMiB });
+      checkQuota(tenant, limits, u, { ...(r.kind === 'snapshot' ? { snapshots: 1 } : { volumes: 1 }), diskMiB: r.diskMiB });
       ns.metadata!.annotations = { ...(ns.metadata!.annotations ?? {}), [ANN_RESERVATIONS]: JSON.stringify([...list, r]) };
       return ns;
     });
