@@ -70,7 +70,7 @@ const ready = (spec: LaunchSpec): Promise<void> =>
 
 function leftovers(spec: LaunchSpec): string[] {
   const f = fcFiles(spec.vmDir);
-  return [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds].filter((p) => existsSync(p));
+  return [f.apiSock, f.logFifo, f.metricsFifo, f.vsockUds, f.consoleIn].filter((p) => existsSync(p));
 }
 
 describe('firecracker driver: capabilities', () => {
@@ -339,7 +339,19 @@ describe('firecracker driver: lifecycle against the peer', () => {
       await c.kill();
       clones.push(other);
     }
-    const loads = readPeerLog(join(root, 'clone.jsonl')).filter((e) => e.path === '/snapshot/load');
+    // A clone whose disk was not prepared: the snapshot's relative drive path opens nothing in its
+    // directory; Firecracker (the peer) refuses the load, its fault reaches the caller, nothing is left.
+    const bare = mkSpec();
+    rmSync(bare.drives[0]!.path);
+    await assert.rejects(launch(d2, { ...bare, restoreFrom: d2.snapshotFiles(snapDir) }), (e: unknown) => {
+      assert.ok(e instanceof MvmError, String(e));
+      assert.equal(e.code, ErrorCodes.VMM_ERROR);
+      assert.equal(e.details.step, 'PUT /snapshot/load');
+      assert.match(e.message, /Cannot open the block device backing file/);
+      return true;
+    });
+    assert.deepEqual(leftovers(bare), []);
+    const loads = readPeerLog(join(root, 'clone.jsonl')).filter((e) => e.path === '/snapshot/load' && e.status === 204);
     assert.deepEqual(loads.map((e) => [e.status, e.body?.network_overrides]), [
       [204, [{ iface_id: 'net_0', host_dev_name: 'tap-clone-1' }]],
       [204, [{ iface_id: 'net_0', host_dev_name: 'tap-clone-2' }]],
