@@ -15,7 +15,9 @@ import { join } from 'node:path';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { KubeConfig } from '@kubernetes/client-node';
 import { createGrpcClient, unaryCall } from '../src/grpc/client.js';
+import { RemoteNodeAgents } from '../src/agent/endpoint/client.js';
 import { startAgentEndpoint, type AgentEndpoint } from '../src/agent/endpoint/server.js';
+import { MvmError } from '../src/core/errors.js';
 import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
 import { loadConfig } from '../src/config.js';
 import type { MicroVM } from '../src/core/microvm.js';
@@ -352,5 +354,40 @@ test('mvm-server with MVM_STORE=kubernetes serves the API in cluster mode and st
     assert.equal(await exited, 0, out);
   } finally {
     if (p.exitCode === null) p.kill('SIGKILL');
+  }
+});
+
+test('agent endpoint over HTTPS: the API trusts only the configured CA', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { readFileSync } = await import('node:fs');
+  const key = join(tmp, 'agent.key');
+  const crt = join(tmp, 'agent.crt');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', crt, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+  const created = await call(ADMIN, 'POST', '/microvms', { name: 'tlsvm', start: false });
+  assert.equal(created.status, 201, created.text);
+  cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-tls' } }));
+  setStatus('default', 'tlsvm', { node: 'node-tls' });
+  const agentKc = tokenKubeConfig(tokens.agent!);
+  const store = new KubernetesStore({ kubeConfig: agentKc, component: 'microvm-node-agent' });
+  const tlsEndpoint = await startAgentEndpoint({
+    agent: { consolePath: () => undefined, metrics: async (vm) => ({ id: vm.id, phase: vm.status.phase, timestamp: new Date().toISOString(), cpuSeconds: 7, memoryRssBytes: 1, guestMemoryBytes: 1, uptimeSeconds: 1, block: [], net: [] }), observe: (id) => ({ id, state: 'running', ready: true }) },
+    nodeName: 'node-tls',
+    lookup: (id) => store.getVm(id),
+    namespaceOf: (t) => store.tn.namespaceOf(t),
+    kubeConfig: agentKc,
+    tls: { cert: readFileSync(crt, 'utf8'), key: readFileSync(key, 'utf8') },
+    advertise: true,
+  });
+  try {
+    assert.match(tlsEndpoint.url, /^https:\/\/127\.0\.0\.1:\d+$/);
+    const vm = (await store.getVm(created.json.id))!;
+    const apiKc = tokenKubeConfig(tokens.api!);
+    const trusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, ca: readFileSync(crt, 'utf8') });
+    assert.equal((await trusting.metrics(vm)).cpuSeconds, 7);
+    const untrusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api! });
+    await assert.rejects(untrusting.metrics(vm), (e: unknown) => e instanceof MvmError && e.code === 'UNAVAILABLE' && /certificate/.test(e.message));
+  } finally {
+    await tlsEndpoint.close();
+    await store.close();
   }
 });
