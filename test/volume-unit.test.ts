@@ -264,3 +264,49 @@ test('a size the backend filesystem cannot hold is a validation error on size, l
   );
   assert.deepEqual(readdirSync(join(d, 'volumes')), []);
 });
+
+describe('volume drives in both VMM drivers', () => {
+  const spec = {
+    id: 'vm-x',
+    name: 'x',
+    vcpu: 1,
+    memoryMiB: 128,
+    kernelPath: '/k/vmlinux',
+    cmdline: 'console=ttyS0 root=/dev/vda mvm.vol=vdb:rw:/data mvm.vol=vdc:ro:/ref',
+    drives: [
+      { id: 'root', path: '/d/root.raw', format: 'raw' as const, readOnly: false, root: true },
+      { id: 'vol0', path: '/v/volumes/vol-a.img', format: 'raw' as const, readOnly: false, root: false },
+      { id: 'vol1', path: '/dev/rbd3', format: 'raw' as const, readOnly: true, root: false },
+    ],
+    nics: [],
+    vmDir: '/d',
+    cgroupProcs: [],
+  };
+
+  test('Firecracker: root first, then the volumes in order, read-only where asked', async () => {
+    const { buildBootCalls } = await import('../src/vmm/firecracker/config.js');
+    const drives = buildBootCalls(spec, { logFifo: '/d/log.fifo', metricsFifo: '/d/metrics.fifo' })
+      .filter((c) => c.path.startsWith('/drives/'))
+      .map((c) => c.body as { drive_id: string; path_on_host: string; is_root_device: boolean; is_read_only: boolean });
+    assert.deepEqual(
+      drives.map((d) => [d.drive_id, d.path_on_host, d.is_root_device, d.is_read_only]),
+      [
+        ['root', '/d/root.raw', true, false],
+        ['vol0', '/v/volumes/vol-a.img', false, false],
+        ['vol1', '/dev/rbd3', false, true],
+      ],
+    );
+  });
+
+  test('QEMU: virtio-blk devices in the same order (vda, vdb, vdc in the guest), read-only=on for readers', async () => {
+    const { buildQemuArgs } = await import('../src/vmm/qemu/qemu-driver.js');
+    const args = buildQemuArgs(spec, { accel: 'tcg', sandbox: false, tbSizeMiB: 32 });
+    const drives = args.filter((_a, i) => args[i - 1] === '-drive');
+    assert.equal(drives.length, 3);
+    assert.match(drives[0]!, /^id=root,file=\/d\/root.raw,format=raw/);
+    assert.match(drives[1]!, /^id=vol0,file=\/v\/volumes\/vol-a.img,format=raw(?!.*read-only)/);
+    assert.match(drives[2]!, /^id=vol1,file=\/dev\/rbd3,format=raw.*read-only=on/);
+    assert.ok(args.indexOf('virtio-blk-device,drive=root') < args.indexOf('virtio-blk-device,drive=vol0'));
+    assert.ok(args.indexOf('virtio-blk-device,drive=vol0') < args.indexOf('virtio-blk-device,drive=vol1'));
+  });
+});
