@@ -19,6 +19,7 @@ import { dirname, join } from 'node:path';
 import type { MicroVM } from '../src/cli/client.js';
 import { destroyDataDir, apiCall, startService, type TestService } from './support/service.js';
 import { fakeJailer, peerBinary, peerRun } from './support/firecracker-harness.js';
+import { listPids, readCmdline, sleep } from '../src/vmm/proc.js';
 
 for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker through the service (${mode})`, () => {
   let svc: TestService | undefined;
@@ -48,6 +49,18 @@ for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker throu
 
   after(async () => {
     await svc?.stop().catch(() => undefined);
+    // Even after a failure: the service leaves guests running on stop, and destroyDataDir only knows
+    // QEMU; every VMM of this test runs our peer binary (jailed ones included).
+    for (const pid of binDir ? listPids() : []) {
+      if (readCmdline(pid)?.some((a) => a.startsWith(binDir))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    }
+    await sleep(200);
     if (svc) await destroyDataDir(svc.dataDir);
     if (binDir) rmSync(binDir, { recursive: true, force: true });
   });
