@@ -451,6 +451,17 @@ export class LocalAgent implements NodeAgent {
     cmds.push(`hostname ${vm.name}`, `echo ${vm.id.replace(/[^a-z0-9]/g, '').padEnd(32, '0').slice(0, 32)} > /etc/machine-id`);
     // The quotes keep the typed line (echoed by the tty) from containing the marker itself.
     const line = `${cmds.join('; ')}; echo "${READY_MARKER}" "id=${vm.id}"\n`;
+    // Firecracker: the console's input is a FIFO (its stdin) instead of a socket.
+    const fifo = join(dir, 'console.in');
+    if (!existsSync(join(dir, 'console.sock')) && existsSync(fifo)) {
+      const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
+      try {
+        writeSync(fd, '\n' + line);
+      } finally {
+        closeSync(fd);
+      }
+      return;
+    }
     await new Promise<void>((resolve, reject) => {
       const sock = createConnection(join(dir, 'console.sock'));
       sock.on('error', reject);
@@ -470,17 +481,6 @@ export class LocalAgent implements NodeAgent {
   resume(id: string): Promise<void> {
     return this.serial(id, async (r) => {
       if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no VMM to resume`);
-    // Firecracker: the console's input is a FIFO (its stdin) instead of a socket.
-    const fifo = join(dir, 'console.in');
-    if (!existsSync(join(dir, 'console.sock')) && existsSync(fifo)) {
-      const fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK);
-      try {
-        writeSync(fd, '\n' + line);
-      } finally {
-        closeSync(fd);
-      }
-      return;
-    }
       if (!r.inst.resume) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${r.inst.driver} cannot resume`);
       await r.inst.resume();
       r.state = 'running';
