@@ -37,6 +37,10 @@ bench: deps build images
 bench-storage: deps build images
 	$(NODE) dist/bench/storage.js
 
+# Cluster mode: MicroVM create → Running through operator + node agent vs standalone (README "Benchmarks").
+bench-k8s: deps build images control-plane
+	$(NODE) dist/bench/k8s-latency.js
+
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
 	$(NODE) dist/bench/scheduler.js
