@@ -98,3 +98,31 @@ test('shutDown releases waiting workers', async () => {
   q.add('x');
   assert.equal(await q.get(), undefined);
 });
+
+test('nodeInfoOf: capacity from the heartbeat Lease, cordon/taints/labels from the Node, ready = fresh heartbeat and no NotReady kubelet', async () => {
+  const { nodeInfoOf, ANN_NODE_INFO } = await import('../src/k8s/cluster.js');
+  const now = Date.parse('2026-01-01T00:01:00Z');
+  const node = { metadata: { name: 'n1', labels: { zone: 'a' } }, spec: { unschedulable: true, taints: [{ key: 'gpu', value: 'no', effect: 'NoSchedule' }] } };
+  const report = { name: 'n1', cpus: 8, memoryMiB: 16384, drivers: ['qemu'], accel: 'tcg', labels: { 'microvm.service/driver': 'qemu' }, ready: true };
+  const lease = (renew: string, dur = 40) => ({ metadata: { annotations: { [ANN_NODE_INFO]: JSON.stringify(report) } }, spec: { renewTime: new Date(renew), leaseDurationSeconds: dur } });
+  const fresh = nodeInfoOf(node as never, lease('2026-01-01T00:00:50Z') as never, now);
+  assert.equal(fresh.ready, true);
+  assert.equal(fresh.cpus, 8);
+  assert.equal(fresh.memoryMiB, 16384);
+  assert.deepEqual(fresh.drivers, ['qemu']);
+  assert.equal(fresh.unschedulable, true);
+  assert.deepEqual(fresh.taints, [{ key: 'gpu', value: 'no', effect: 'NoSchedule' }]);
+  assert.deepEqual(fresh.labels, { 'microvm.service/driver': 'qemu', zone: 'a' });
+  assert.equal(nodeInfoOf(node as never, lease('2026-01-01T00:00:10Z') as never, now).ready, false, 'heartbeat older than its duration');
+  assert.equal(nodeInfoOf(node as never, undefined, now).ready, false, 'no agent on the node');
+  const notReady = { ...node, status: { conditions: [{ type: 'Ready', status: 'False' }] } };
+  assert.equal(nodeInfoOf(notReady as never, lease('2026-01-01T00:00:50Z') as never, now).ready, false, 'kubelet NotReady');
+});
+
+test('microTime: Lease times serialize with 6 fractional digits (the API server refuses milliseconds)', async () => {
+  const { microTime } = await import('../src/k8s/cluster.js');
+  const t = microTime(new Date('2026-01-01T00:00:00.123Z'));
+  assert.equal(t.toISOString(), '2026-01-01T00:00:00.123000Z');
+  assert.equal(JSON.stringify({ t }), '{"t":"2026-01-01T00:00:00.123000Z"}');
+  assert.equal(t.getTime(), Date.parse('2026-01-01T00:00:00.123Z'));
+});
