@@ -4,7 +4,8 @@
  * local agent runs here: the operator places and reconciles MicroVM resources and the node
  * agents run them. Console and live metrics are proxied from the VM's node agent.
  *
- *   microVMs      → MicroVM CRs in the tenant's namespace (KubernetesStore, ADR 0010)
+ *   microVMs      → MicroVM CRs in the tenant's namespace (KubernetesStore, ADR 0010); reads from
+ *                   the informer cache (src/cluster/read-cache.ts)
  *   tenants       → namespaces (KubernetesTenantStore)
  *   API keys      → Secrets in the system namespace (hash only)
  *   audit         → Events in the system namespace (+ structured `audit` log lines)
@@ -26,7 +27,8 @@ import { MicroVMService } from './core/service.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
-import { KubernetesStore } from './store/kubernetes/k8s-store.js';
+import { CachedKubernetesStore } from './cluster/read-cache.js';
+import type { KubernetesStore } from './store/kubernetes/k8s-store.js';
 import { KubernetesTenantStore } from './store/kubernetes/tenant-store.js';
 
 export const VERSION = '0.1.0';
@@ -36,7 +38,7 @@ export const VERSION = '0.1.0';
  * cascade) is then deleted in Kubernetes, so a REST delete and `kubectl delete` take the same
  * path: deletionTimestamp, the operator's node-side cleanup, its finalizer removed, gone.
  */
-export class ApiKubernetesStore extends KubernetesStore {
+export class ApiKubernetesStore extends CachedKubernetesStore {
   override async updateVm(id: string, mutate: (vm: MicroVM) => MicroVM, expectedVersion?: string, opts?: WriteOptions): Promise<MicroVM> {
     const vm = await super.updateVm(id, mutate, expectedVersion, opts);
     if (vm.status.phase === 'Deleting') await this.deleteVm(vm.id);

@@ -112,5 +112,5 @@ test('REST create in cluster mode → real guest Running on the node → console
   assert.equal(d.status, 202, d.text);
   await until(c, 'e2e object gone', () => c.cp.kubectl(['get', 'mvm', 'e2e', '-n', 'acme']).status !== 0, 120_000);
   assert.deepEqual(c.guests(id), []);
-  assert.equal((await call(token, 'GET', `/microvms/${id}`)).status, 404);
+  await until(c, 'the API (informer cache) no longer has it', async () => (await call(token, 'GET', `/microvms/${id}`)).status === 404, 10_000);
 });

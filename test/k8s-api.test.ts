@@ -18,12 +18,13 @@ import { createGrpcClient, unaryCall } from '../src/grpc/client.js';
 import { RemoteNodeAgents } from '../src/agent/endpoint/client.js';
 import { startAgentEndpoint, type AgentEndpoint } from '../src/agent/endpoint/server.js';
 import { MvmError } from '../src/core/errors.js';
-import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
+import { ApiKubernetesStore, startClusterApi, type ClusterApi } from '../src/cluster-api.js';
+import { storeContract } from './contract/store.contract.js';
 import { loadConfig } from '../src/config.js';
 import type { MicroVM } from '../src/core/microvm.js';
 import type { ActualVm } from '../src/core/ports/agent.js';
 import type { VmMetricsT } from '../src/core/schema.js';
-import { KubernetesStore } from '../src/store/kubernetes/k8s-store.js';
+import { KUBERNETES_STORE_CAPABILITIES, KubernetesStore } from '../src/store/kubernetes/k8s-store.js';
 import { REPO, installCrds, startControlPlane, type ControlPlane } from './support/k8s-control-plane.js';
 
 const ADMIN = 'adm_cluster_test_token_0123456789';
@@ -59,6 +60,16 @@ async function call(token: string, method: string, path: string, body?: unknown,
   return { status: r.status, json, text, headers: r.headers };
 }
 
+/** Reads come from the API's informer cache: another writer's change shows up within the watch latency. */
+async function eventually<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
 const kget = (args: string[]): any => JSON.parse(cp.kubectlOk(['get', ...args, '-o', 'json']));
 /** Write status fields as the operator / node agent would (status subresource; phase and conditions are required). */
 function setStatus(ns: string, name: string, fields: Record<string, unknown>): void {
@@ -89,6 +100,14 @@ after(async () => {
   await cp?.stop();
   rmSync(tmp, { recursive: true, force: true });
 });
+
+// The store contract against the API's informer-cache store (reads from memory, writes to the API server).
+let partitions = 0;
+storeContract('kubernetes, API informer cache', async () => {
+  const s = new ApiKubernetesStore({ kubeConfig: cp.kubeConfig(), partition: `cc${partitions++}` });
+  await eventually('cache synced', async () => s.cacheReady);
+  return s;
+}, KUBERNETES_STORE_CAPABILITIES);
 
 const keys: Record<string, { id: string; token: string }> = {};
 let webId = '';
@@ -131,7 +150,10 @@ test('cluster API: REST create/list/get/delete map to MicroVM objects in the ten
   assert.equal(obj.spec.desiredState, 'Running');
   // A write by someone else (kubectl, the operator) is what the API reads.
   setStatus('acme', 'web', { phase: 'Scheduled', node: 'node-x' });
-  const got = await call(acme, 'GET', `/microvms/${webId}`);
+  const got = await eventually('the API sees the status write', async () => {
+    const r = await call(acme, 'GET', `/microvms/${webId}`);
+    return r.json?.status?.node === 'node-x' && r;
+  });
   assert.equal(got.status, 200);
   assert.equal(got.json.status.phase, 'Scheduled');
   assert.equal(got.json.status.node, 'node-x');
@@ -155,7 +177,7 @@ test('cluster API: REST create/list/get/delete map to MicroVM objects in the ten
   const d = await call(globex, 'DELETE', `/microvms/${g.json.id}`);
   assert.equal(d.status, 202, d.text);
   assert.notEqual(cp.kubectl(['get', 'microvm', 'web', '-n', 'globex']).status, 0);
-  assert.equal((await call(globex, 'GET', `/microvms/${g.json.id}`)).status, 404);
+  await eventually('the deleted VM is gone for the API', async () => (await call(globex, 'GET', `/microvms/${g.json.id}`)).status === 404);
 });
 
 test('cluster API: wait is driven by the Kubernetes watch; quota, idempotency and audit live in the cluster', async () => {
@@ -184,6 +206,14 @@ test('cluster API: wait is driven by the Kubernetes watch; quota, idempotency an
   const results = await Promise.all(Array.from({ length: 8 }, (_, i) => call(raceKey, 'POST', '/microvms', { name: `r${i}`, start: false })));
   assert.deepEqual(results.map((r) => r.status).sort(), [201, 201, 201, 403, 403, 403, 403, 403], results.map((r) => r.text).join('\n'));
   assert.equal(kget(['microvms', '-n', 'race']).items.length, 3);
+  // Lists come from the informer cache (its own cursors), paged in namespace/name order.
+  assert.equal(api.store.constructor.name, 'ApiKubernetesStore');
+  const p1 = await call(acme, 'GET', '/microvms?limit=1');
+  assert.equal(p1.status, 200, p1.text);
+  assert.ok(Buffer.from(p1.json.next_cursor, 'base64url').toString().startsWith('cache:'), 'served from the cache');
+  const p2 = await call(acme, 'GET', `/microvms?limit=1&cursor=${p1.json.next_cursor}`);
+  assert.deepEqual([...p1.json.items, ...p2.json.items].map((v: MicroVM) => v.name), ['idem', 'web']);
+  assert.equal(p2.json.next_cursor, undefined);
   const u = await call(acme, 'GET', '/tenants/acme/usage');
   assert.equal(u.json.vms.used, 2);
   assert.equal(u.json.vms.limit, 2);
@@ -222,6 +252,7 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   assert.equal(kget(['node', 'node-a']).metadata.annotations['microvm.service/agent-endpoint'], endpoint.url);
   // Bind the VM to this node, as the operator would.
   setStatus('acme', 'web', { node: 'node-a' });
+  await eventually('the API sees the binding', async () => (await call(keys.acme!.token, 'GET', `/microvms/${webId}`)).json?.status?.node === 'node-a');
   const url = `${endpoint.url}/v1/microvms/${webId}`;
   const get = async (path: string, token?: string): Promise<{ status: number; text: string }> => {
     const r = await fetch(`${url}${path}`, token === undefined ? {} : { headers: { authorization: `Bearer ${token}` } });

@@ -109,6 +109,13 @@ export class KubernetesStore implements Store {
   }
   private readonly admission: NamespaceAdmission;
 
+  /**
+   * Hooks for a read cache (src/cluster/read-cache.ts): every object this store writes or its
+   * watch sees, before watchers are told; `undefined` = deleted. `cacheSynced` after a full list.
+   */
+  protected cacheObject(_id: string, _o: MicroVMObject | undefined): void {}
+  protected cacheSynced(): void {}
+
   // ---- microVMs -------------------------------------------------------------------------------
 
   async createVm(vm: MicroVM, opts: WriteOptions = {}): Promise<MicroVM> {
@@ -154,6 +161,7 @@ export class KubernetesStore implements Store {
       }
       rvs.push(created.metadata.resourceVersion!);
     }
+    this.cacheObject(vm.id, created);
     this.notify(vm.id, rvs, false);
     return fromObject(created, this.tn);
   }
@@ -265,6 +273,7 @@ export class KubernetesStore implements Store {
         if (attempt >= this.maxRetries) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${id}: still conflicting after ${attempt + 1} attempts`);
         continue;
       }
+      this.cacheObject(id, latest);
       this.notify(id, rvs, false);
       return fromObject(latest, this.tn);
     }
@@ -274,7 +283,9 @@ export class KubernetesStore implements Store {
     const obj = await this.locate(id);
     if (obj) {
       try {
-        await this.custom.deleteNamespacedCustomObject({ group, version, plural, namespace: obj.metadata.namespace!, name: obj.metadata.name! });
+        const res = (await this.custom.deleteNamespacedCustomObject({ group, version, plural, namespace: obj.metadata.namespace!, name: obj.metadata.name! })) as MicroVMObject | undefined;
+        // With finalizers it stays (deletionTimestamp set) until they are removed.
+        this.cacheObject(id, res?.metadata?.finalizers?.length ? res : undefined);
       } catch (e) {
         if (httpStatus(e) !== 404) throw fromK8sError(e, `delete microVM ${id}`);
       }
@@ -412,6 +423,7 @@ export class KubernetesStore implements Store {
           for (const o of list.items) {
             const id = fromObject(o, this.tn).id;
             present.add(id);
+            this.cacheObject(id, o);
             // After a relist, whatever changed meanwhile is reported (the first list only primes).
             if (!first && this.watched.get(id) !== o.metadata.resourceVersion) this.notify(id, [o.metadata.resourceVersion!], false);
             this.watched.set(id, o.metadata.resourceVersion!);
@@ -419,8 +431,10 @@ export class KubernetesStore implements Store {
           for (const id of [...this.watched.keys()]) {
             if (present.has(id)) continue;
             this.watched.delete(id);
+            this.cacheObject(id, undefined);
             if (!first) this.notify(id, [], true);
           }
+          this.cacheSynced();
           first = false;
         }
         const err = await new Promise<unknown>((resolve) => {
@@ -439,9 +453,11 @@ export class KubernetesStore implements Store {
               if (type === 'DELETED') {
                 this.watched.delete(id);
                 this.locations.delete(id);
+                this.cacheObject(id, undefined);
                 this.notify(id, [], true);
               } else {
                 this.watched.set(id, o.metadata.resourceVersion!);
+                this.cacheObject(id, o);
                 this.notify(id, [o.metadata.resourceVersion!], false);
               }
             },
