@@ -10,6 +10,7 @@
  *   API keys      → Secrets in the system namespace (hash only)
  *   audit         → Events in the system namespace (+ structured `audit` log lines)
  *   idempotency   → ConfigMaps in the system namespace (create = claim)
+ *   security groups → SecurityGroup objects in the tenant's namespace (KubernetesResourceStore)
  *   console/metrics → the node agent's endpoint (RemoteNodeAgents), SA token + TokenReview/SAR there
  */
 import { readFileSync } from 'node:fs';
@@ -30,6 +31,10 @@ import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store
 import { CachedKubernetesStore } from './cluster/read-cache.js';
 import type { KubernetesStore } from './store/kubernetes/k8s-store.js';
 import { KubernetesTenantStore } from './store/kubernetes/tenant-store.js';
+import { KubernetesResourceStore } from './store/kubernetes/resource-store.js';
+import { SG_KIND, SecurityGroupService } from './core/security-groups.js';
+import { networkAdmission } from './network/admission.js';
+import { validateRules } from './network/sg-rules.js';
 
 export const VERSION = '0.1.0';
 
@@ -80,12 +85,17 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const systemNamespace = cfg.cluster.systemNamespace;
   const store = new ApiKubernetesStore({ kubeConfig: kc, component: 'microvm-api', ...(cfg.cluster.partition ? { partition: cfg.cluster.partition } : {}) });
   const tenantStore = new KubernetesTenantStore({ kubeConfig: kc, vms: store, systemNamespace });
+  // Security groups are SecurityGroup objects in the tenant's namespace.
+  const resources = new KubernetesResourceStore(kc, store.tn);
+  const groups = new SecurityGroupService(resources, store, validateRules);
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
   const gw = await createGatewayStack({
     store,
     config: gatewayConfig,
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
     log: log.child({ c: 'gateway' }),
+    resources,
+    resourceKinds: [SG_KIND],
     adapters: {
       tenantStore,
       auditLog: new KubernetesAuditLog(kc, store.tn, { systemNamespace }),
@@ -98,9 +108,9 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     ...(opts.agentToken ? { token: opts.agentToken } : {}),
     ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
   });
-  // No image resolver (images are resolved on the node) and no security groups / snapshots yet (ADR 0015).
-  const service = new MicroVMService(store, agents, undefined, undefined, { tenants: gw.tenantStore });
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION });
+  // No image resolver (images are resolved on the node) and no snapshots yet (ADR 0015).
+  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;

@@ -338,6 +338,30 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   assert.equal((await get('/console', tokens.api)).status, 404);
 });
 
+test('cluster API: security groups are SecurityGroup objects in the tenant namespace; admission checks references; tenants are isolated', async () => {
+  const ta = await call(ADMIN, 'POST', '/apikeys?tenant=acme', { name: 'netadmin', role: 'tenant-admin' });
+  assert.equal(ta.status, 201, ta.text);
+  const acme = ta.json.token as string;
+  const sg = await call(acme, 'POST', '/securitygroups', { name: 'web-sg', description: 'http', rules: [{ direction: 'ingress', protocol: 'tcp', ports: '80', cidr: '0.0.0.0/0' }] });
+  assert.equal(sg.status, 201, sg.text);
+  const obj = kget(['securitygroup', 'web-sg', '-n', 'acme']);
+  assert.equal(obj.metadata.labels['microvm.service/id'], sg.json.id);
+  assert.equal(obj.spec.rules[0].ports, '80');
+  assert.equal((await call(keys.globex!.token, 'GET', `/securitygroups/${sg.json.id}`)).status, 404);
+  assert.deepEqual((await call(keys.globex!.token, 'GET', '/securitygroups')).json.items, []);
+  const up = await call(acme, 'PUT', `/securitygroups/${sg.json.id}`, { description: 'http only' });
+  assert.equal(up.status, 200, up.text);
+  assert.equal(kget(['securitygroup', 'web-sg', '-n', 'acme']).spec.description, 'http only');
+  // A microVM may reference only groups that exist in its tenant.
+  const bad = await call(acme, 'PUT', `/microvms/${webId}`, { securityGroups: ['nope'] });
+  assert.ok(bad.status === 400 || bad.status === 404 || bad.status === 422, bad.text);
+  const ok = await call(acme, 'PUT', `/microvms/${webId}`, { securityGroups: ['web-sg'] });
+  assert.equal(ok.status, 200, ok.text);
+  assert.deepEqual(kget(['microvm', 'web', '-n', 'acme']).spec.securityGroups, ['web-sg']);
+  // In use: not deleted.
+  assert.equal((await call(acme, 'DELETE', `/securitygroups/${sg.json.id}`)).status, 409);
+});
+
 test('cluster API: tenant update is conditional on the namespace resourceVersion; delete refuses while VMs exist, cascade deletes the namespace', async () => {
   const t = await call(ADMIN, 'GET', '/tenants/globex');
   assert.equal(t.status, 200);
