@@ -81,7 +81,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     dataDir: cfg.dataDir,
     driver,
     images,
-    cgroups: detectCgroups(),
+    // One agent per node in production; several "nodes" sharing one host (tests) need their own parent.
+    cgroups: detectCgroups('/sys/fs/cgroup', process.env.MVM_CGROUP_PARENT ?? 'mvm'),
     log: log.child({ c: 'agent' }),
     ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
     ...(network ? { network, networkSpec } : {}),

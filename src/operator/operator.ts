@@ -72,6 +72,8 @@ export class Operator {
   private workers: Promise<unknown> | undefined;
   private stopped = false;
   private readonly restartTimers = new Set<NodeJS.Timeout>();
+  /** The Node informer has listed once (a Node missing from it is really gone). */
+  private nodesSynced = false;
   /** Reconciles done (tests, metrics). */
   reconciles = 0;
 
@@ -113,6 +115,7 @@ export class Operator {
   /** Start informers and workers (call when leading). */
   async start(): Promise<void> {
     await Promise.all([this.nodes.start(), this.leases.start()]);
+    this.nodesSynced = true;
     await this.vms.start();
     this.workers = runWorkers(this.queue, this.o.workers ?? 4, (k) => this.reconcileKey(k), (k, e, retry) => {
       if (!(e instanceof Requeue)) this.o.log.warn({ key: k, err: asMvmError(e).message, retryInMs: retry }, 'reconcile failed');
@@ -312,7 +315,11 @@ export class Operator {
       const n = this.nodes.get(vm.status.node);
       const draining = n?.spec?.unschedulable === true && n.metadata?.annotations?.[ANN_DRAIN] === 'true';
       const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
-      if (draining && !evicting) {
+      if (!n && this.nodesSynced) {
+        // The Node was removed from the cluster (as the pod GC does): place the VM anew. If that
+        // machine still runs its agent, the agent sees the VM unbound and removes it there.
+        obj = await this.unbind(obj, vm, now, `node ${vm.status.node} no longer exists`);
+      } else if (draining && !evicting) {
         if (['Stopped', 'Failed', 'Pending'].includes(vm.status.phase) && !vm.status.pid) {
           // Nothing runs there: unbind at once (the node removes its files).
           obj = await this.unbind(obj, vm, now, `drained from ${vm.status.node}`);

@@ -6,7 +6,7 @@
  * `stop()` kills everything it started, guests included, even after a failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, stringify } from 'yaml';
@@ -16,6 +16,34 @@ import { destroyDataDir, hostNetnsOf, qemuProcessesUnder } from './service.js';
 
 export const OPERATOR_BIN = join(REPO, 'dist/src/cmd/mvm-operator.js');
 export const AGENT_BIN = join(REPO, 'dist/src/cmd/mvm-agent.js');
+
+const cgroupParentOf = (node: string): string => `mvm-test-${node}`;
+
+/** Remove a (test) cgroup parent and its children, on v2 or v1 (kills what is left in them). */
+function removeCgroupParent(parent: string): void {
+  const roots = ['/sys/fs/cgroup', ...['cpu', 'memory', 'pids'].map((c) => `/sys/fs/cgroup/${c}`)];
+  for (const r of roots) {
+    const p = join(r, parent);
+    if (!existsSync(p)) continue;
+    for (const child of readdirSync(p, { withFileTypes: true }).filter((e) => e.isDirectory())) {
+      try {
+        writeFileSync(join(p, child.name, 'cgroup.kill'), '1');
+      } catch {
+        /* v1, or gone */
+      }
+      try {
+        rmdirSync(join(p, child.name));
+      } catch {
+        /* busy */
+      }
+    }
+    try {
+      rmdirSync(p);
+    } catch {
+      /* busy */
+    }
+  }
+}
 
 export interface Proc {
   name: string;
@@ -140,6 +168,8 @@ export async function startCluster(): Promise<TestCluster> {
         MVM_K8S_SYSTEM_NAMESPACE: 'microvm-system',
         // The agent endpoint (console/metrics for the API) on loopback only.
         MVM_AGENT_LISTEN: '127.0.0.1:0',
+        // The "nodes" share this host's cgroup tree: each its own parent, as each real node has its own.
+        MVM_CGROUP_PARENT: cgroupParentOf(node),
       }) as NodeAgentProc;
       p.node = node;
       p.dataDir = dataDir;
@@ -173,7 +203,10 @@ export async function startCluster(): Promise<TestCluster> {
     async stop() {
       await Promise.allSettled(operators.map((p) => p.kill9()));
       await Promise.allSettled(agents.map((p) => p.kill9()));
-      for (const a of agents) await destroyDataDir(a.dataDir).catch(() => undefined);
+      for (const a of agents) {
+        await destroyDataDir(a.dataDir).catch(() => undefined);
+        removeCgroupParent(cgroupParentOf(a.node));
+      }
       await cp.stop();
       const { rmSync } = await import('node:fs');
       rmSync(dir, { recursive: true, force: true });
