@@ -106,6 +106,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const agents = new RemoteNodeAgents({
     kubeConfig: kc,
     ...(opts.agentToken ? { token: opts.agentToken } : {}),
+    ...(cfg.cluster.agentTokenFile ? { tokenFile: cfg.cluster.agentTokenFile } : {}),
     ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
   });
   // No image resolver (images are resolved on the node) and no snapshots yet (ADR 0015).

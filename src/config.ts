@@ -35,7 +35,7 @@ export interface Config {
   /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
   store: 'sqlite' | 'kubernetes';
   /** Cluster mode: MVM_K8S_PARTITION (namespaces `<partition>-<tenant>`), MVM_K8S_SYSTEM_NAMESPACE (default microvm-system), MVM_AGENT_CA_FILE (CA of agents serving HTTPS). */
-  cluster: { partition?: string; systemNamespace: string; agentCaFile?: string };
+  cluster: { partition?: string; systemNamespace: string; agentCaFile?: string; agentTokenFile?: string };
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
@@ -83,6 +83,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ...(env.MVM_K8S_PARTITION ? { partition: env.MVM_K8S_PARTITION } : {}),
       systemNamespace: env.MVM_K8S_SYSTEM_NAMESPACE ?? 'microvm-system',
       ...(env.MVM_AGENT_CA_FILE ? { agentCaFile: env.MVM_AGENT_CA_FILE } : {}),
+      // MVM_AGENT_TOKEN_FILE: token for the node agents (a projected token of audience microvm-agent); default the pod's SA token.
+      ...(env.MVM_AGENT_TOKEN_FILE ? { agentTokenFile: env.MVM_AGENT_TOKEN_FILE } : {}),
     },
     network: {
       mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',

@@ -43,6 +43,7 @@ async function call(token: string, method: string, path: string, body?: unknown)
 before(async () => {
   // The node agents' endpoints on loopback (they inherit the environment).
   process.env.MVM_AGENT_LISTEN = '127.0.0.1:0';
+  process.env.MVM_AGENT_TOKEN_AUDIENCES = 'microvm-agent';
   c = await startCluster();
   c.cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
   await c.startOperator('op-0');
@@ -52,11 +53,14 @@ before(async () => {
   const kc = new KubeConfig();
   kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
   const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
-  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => apiToken });
+  // As deploy/api does: a token of audience microvm-agent for the agents, the ordinary one for the API server.
+  const agentToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
+  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
 });
 
 after(async () => {
   delete process.env.MVM_AGENT_LISTEN;
+  delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
   if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
   await api?.close().catch(() => undefined);
   await c?.stop();

@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as grpcStatus } from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { createGrpcClient, unaryCall } from '../src/grpc/client.js';
 import { RemoteNodeAgents } from '../src/agent/endpoint/client.js';
 import { startAgentEndpoint, type AgentEndpoint } from '../src/agent/endpoint/server.js';
@@ -42,7 +42,8 @@ function tokenKubeConfig(token: string): KubeConfig {
   kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'sa', token }], contexts: [{ name: 'sa', cluster: cluster.name, user: 'sa' }], currentContext: 'sa' });
   return kc;
 }
-const saToken = (ns: string, sa: string): string => cp.kubectlOk(['create', 'token', sa, '-n', ns, '--duration=2h']).trim();
+const saToken = (ns: string, sa: string, audience?: string): string =>
+  cp.kubectlOk(['create', 'token', sa, '-n', ns, '--duration=2h', ...(audience ? ['--audience', audience] : [])]).trim();
 
 async function call(token: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string; headers: Headers }> {
   const r = await fetch(`${api.url}/api/v1${path}`, {
@@ -85,12 +86,14 @@ before(async () => {
   cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
   cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/firecracker/rbac.yaml')]);
   tokens.api = saToken('microvm-system', 'microvm-api');
+  // What deploy/api projects for the agents: the API's identity, audience microvm-agent only.
+  tokens.apiAgent = cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
+  writeFileSync(join(tmp, 'agent-token'), tokens.apiAgent + '\n');
   tokens.agent = saToken('microvm-system', 'firecracker-runtime');
   cp.kubectlOk(['create', 'serviceaccount', 'nobody', '-n', 'default']);
-  tokens.nobody = saToken('default', 'nobody');
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
+  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn', MVM_AGENT_TOKEN_FILE: join(tmp, 'agent-token') });
   // The API runs as its ServiceAccount: deploy/api/rbac.yaml must be enough for everything below.
-  api = await startClusterApi(cfg, { kubeConfig: tokenKubeConfig(tokens.api), agentToken: () => tokens.api! });
+  api = await startClusterApi(cfg, { kubeConfig: tokenKubeConfig(tokens.api) });
 });
 
 after(async () => {
@@ -247,6 +250,7 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
     lookup: (id) => store.getVm(id),
     namespaceOf: (t) => store.tn.namespaceOf(t),
     kubeConfig: agentKc,
+    audiences: ['microvm-agent'],
     advertise: true,
   });
   assert.equal(kget(['node', 'node-a']).metadata.annotations['microvm.service/agent-endpoint'], endpoint.url);
@@ -265,26 +269,31 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   const forged = `${Buffer.from('{"alg":"RS256","kid":"x"}').toString('base64url')}.${Buffer.from(JSON.stringify({ iss: 'https://kubernetes.default.svc.cluster.local', sub: 'system:serviceaccount:microvm-system:microvm-api', aud: ['https://kubernetes.default.svc.cluster.local'], exp: Math.floor(Date.now() / 1000) + 600 })).toString('base64url')}.c2ln`;
   assert.equal((await get('/console', forged)).status, 401);
   // Authenticated but without the right.
-  const nobody = await get('/console', tokens.nobody);
+  const nobodyAud = saToken('default', 'nobody', 'microvm-agent');
+  const nobody = await get('/console', nobodyAud);
   assert.equal(nobody.status, 403, nobody.text);
   assert.ok(!nobody.text.includes('boot line'));
-  assert.equal((await get('/metrics', tokens.nobody)).status, 403);
+  assert.equal((await get('/metrics', nobodyAud)).status, 403);
   // The node agent's own account may not read consoles either.
-  assert.equal((await get('/console', tokens.agent)).status, 403);
+  assert.equal((await get('/console', saToken('microvm-system', 'firecracker-runtime', 'microvm-agent'))).status, 403);
   // A ServiceAccount allowed only in namespace globex may not read acme's VM.
   cp.kubectlOk(['create', 'serviceaccount', 'globex-reader', '-n', 'globex']);
   cp.kubectlOk(['create', 'role', 'console-reader', '-n', 'globex', '--verb=get', '--resource=microvms.microvm.service/console']);
   cp.kubectlOk(['create', 'rolebinding', 'console-reader', '-n', 'globex', '--role=console-reader', '--serviceaccount=globex:globex-reader']);
-  assert.equal((await get('/console', saToken('globex', 'globex-reader'))).status, 403);
+  assert.equal((await get('/console', saToken('globex', 'globex-reader', 'microvm-agent'))).status, 403);
   // An unknown id: 403 for those without the cluster-wide right, 404 for the API.
-  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${tokens.nobody}` } })).status, 403);
-  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${tokens.api}` } })).status, 404);
-  // The API's token: served.
-  const con = await get('/console', tokens.api);
+  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${nobodyAud}` } })).status, 403);
+  assert.equal((await fetch(`${endpoint.url}/v1/microvms/vm-nope/console`, { headers: { authorization: `Bearer ${tokens.apiAgent}` } })).status, 404);
+  // The API's ordinary token (audience: the API server) is refused: agents take only microvm-agent tokens…
+  assert.equal((await get('/console', tokens.api)).status, 401);
+  // …and such a token is useless against the API server, so an agent cannot replay it there.
+  await assert.rejects(tokenKubeConfig(tokens.apiAgent!).makeApiClient(CoreV1Api).listNamespace(), (e: { code?: number }) => e.code === 401);
+  // The API's agent token: served.
+  const con = await get('/console', tokens.apiAgent);
   assert.equal(con.status, 200, con.text);
   assert.equal(con.text, 'boot line 1\nlogin: \n');
-  assert.equal((await get('/console?tail=8', tokens.api)).text, 'login: \n');
-  const m = await get('/metrics', tokens.api);
+  assert.equal((await get('/console?tail=8', tokens.apiAgent)).text, 'login: \n');
+  const m = await get('/metrics', tokens.apiAgent);
   assert.equal(m.status, 200);
   assert.equal(JSON.parse(m.text).memoryRssBytes, 12345678);
 
@@ -335,7 +344,7 @@ test('agent endpoint: 401 without or with a bad token, 403 without the right, co
   state = 'running';
   // A VM bound to another node is not this agent's.
   setStatus('acme', 'web', { node: 'node-b' });
-  assert.equal((await get('/console', tokens.api)).status, 404);
+  assert.equal((await get('/console', tokens.apiAgent)).status, 404);
 });
 
 test('cluster API: security groups are SecurityGroup objects in the tenant namespace; admission checks references; tenants are isolated', async () => {

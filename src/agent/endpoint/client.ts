@@ -21,8 +21,10 @@ export const SERVICE_ACCOUNT_TOKEN_FILE = '/var/run/secrets/kubernetes.io/servic
 
 export interface RemoteAgentsOptions {
   kubeConfig: KubeConfig;
-  /** The bearer token for the agents (default: the projected service-account token file, re-read every minute). */
+  /** The bearer token for the agents (default: `tokenFile`, re-read every minute). */
   token?: () => Promise<string> | string;
+  /** Default: the pod's service-account token; better a projected token of the agents' audience (ADR 0015). */
+  tokenFile?: string;
   /** CA bundle (PEM) trusted for agents serving HTTPS. */
   ca?: string;
   /** How long a Node's endpoint address is remembered (default 30 s). */
@@ -46,7 +48,7 @@ export class RemoteNodeAgents implements NodeAgent {
   private async token(): Promise<string> {
     if (this.o.token) return this.o.token();
     if (!this.fileToken || this.fileToken.until < Date.now()) {
-      this.fileToken = { value: readFileSync(SERVICE_ACCOUNT_TOKEN_FILE, 'utf8').trim(), until: Date.now() + 60_000 };
+      this.fileToken = { value: readFileSync(this.o.tokenFile ?? SERVICE_ACCOUNT_TOKEN_FILE, 'utf8').trim(), until: Date.now() + 60_000 };
     }
     return this.fileToken.value;
   }
