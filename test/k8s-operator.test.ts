@@ -59,6 +59,22 @@ test('kubectl apply boots a real guest on the chosen node; status, label, finali
   assert.match(row!, new RegExp(`^web\\s+Running\\s+${o.status.ip.replace(/\./g, '\\.')}\\s+${o.status.node}\\s+1\\s+128Mi\\s+True\\s+`));
 });
 
+test('spec.desiredState: Stopped stops the guest on its node, Running starts it again (kubectl patch)', { timeout: 240_000 }, async () => {
+  const o = get('web');
+  assert.ok(ready(o), 'web is running (first test)');
+  const id = o.metadata.labels['microvm.service/id'];
+  c.cp.kubectlOk(['patch', 'mvm', 'web', '-n', 'demo', '--type=merge', '-p', '{"spec":{"desiredState":"Stopped"}}']);
+  const s = await until(c, 'web Stopped', () => (get('web')?.status?.phase === 'Stopped' ? get('web') : undefined), 60_000);
+  assert.equal(s.status.observedGeneration, s.metadata.generation);
+  assert.equal(s.status.node, o.status.node, 'a stopped VM keeps its node (and its disk there)');
+  await until(c, 'no guest', () => c.guests(id).length === 0, 30_000);
+  c.cp.kubectlOk(['patch', 'mvm', 'web', '-n', 'demo', '--type=merge', '-p', '{"spec":{"desiredState":"Running"}}']);
+  const r = await until(c, 'web Running again', () => (ready(get('web')) ? get('web') : undefined), 180_000);
+  assert.equal(r.status.node, o.status.node);
+  assert.deepEqual(c.guests(id).map((g) => g.node), [o.status.node]);
+  assert.ok(c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', 'involvedObject.name=web']).items.some((e: any) => e.reason === 'Restarting'));
+});
+
 test('kubectl delete stops the guest; the finalizer goes only after the node cleaned up', { timeout: 180_000 }, async () => {
   const o = get('web');
   assert.ok(o, 'web exists (previous test)');

@@ -310,6 +310,15 @@ export class Operator {
       return;
     }
 
+    // kubectl's "start": desiredState set back to Running on a Stopped VM (a spec change the node
+    // has not observed yet; a guest that powered off or a stop set desiredState Stopped).
+    if (vm.status.phase === 'Stopped' && vm.desiredState === 'Running' && (vm.status.observedGeneration ?? 0) < vm.generation) {
+      const { reason: _r, message: _m, ...rest } = vm.status;
+      obj = await this.replaceStatus({ ...obj, status: { ...rest, phase: vm.status.node ? 'Scheduled' : 'Pending', observedGeneration: vm.generation } });
+      await this.event(obj, 'Normal', 'Restarting', 'desiredState is Running again: starting the microVM');
+      if (vm.status.node) return; // its node starts it
+    }
+
     // 4. Drain.
     if (vm.status.node) {
       const n = this.nodes.get(vm.status.node);
