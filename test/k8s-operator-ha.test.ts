@@ -131,6 +131,25 @@ test('cordon + drain (annotation microvm.service/drain) moves a running VM to an
   assert.deepEqual(c.guests(id), []);
 });
 
+test('a NoExecute taint moves the VMs that do not tolerate it, and leaves those that do', { timeout: 300_000 }, async () => {
+  apply('keeper', { tolerations: [{ key: 'maintenance', operator: 'Exists', effect: 'NoExecute' }], nodeSelector: { 'kubernetes.io/hostname': 'node-a' } });
+  apply('leaver', { nodeSelector: { 'kubernetes.io/hostname': 'node-a' } });
+  await until(c, 'both running on node-a', () => running('keeper')?.status.node === 'node-a' && running('leaver')?.status.node === 'node-a', 180_000);
+  // leaver may only run on node-a: with the taint it must leave and then has nowhere to go.
+  c.cp.kubectlOk(['taint', 'nodes', 'node-a', 'maintenance=now:NoExecute']);
+  const l = await until(c, 'leaver evicted', () => {
+    const o = get('leaver');
+    return o?.status?.phase === 'Pending' && !o.status.node ? o : undefined;
+  }, 120_000);
+  assert.ok(l.status.conditions.some((x: any) => x.type === 'Scheduled' && x.status === 'False'));
+  await until(c, 'leaver guest gone', () => c.guests(idOf('leaver')).length === 0, 60_000);
+  assert.equal(running('keeper')?.status.node, 'node-a', 'the tolerating VM stays');
+  assert.equal(c.guests(idOf('keeper')).length, 1);
+  c.cp.kubectlOk(['taint', 'nodes', 'node-a', 'maintenance=now:NoExecute-']);
+  await until(c, 'leaver back on node-a', () => running('leaver')?.status.node === 'node-a', 180_000);
+  await removeAll('keeper', 'leaver');
+});
+
 test('a VM whose Node object is deleted is placed on another node; the old node removes it', { timeout: 300_000 }, async () => {
   apply('orphan');
   const o = await until(c, 'orphan running', () => running('orphan'), 180_000);

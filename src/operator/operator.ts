@@ -26,6 +26,7 @@ import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, ListWatch, Watch, type 
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
 import { ConditionTypes, newId, setCondition, type MicroVM } from '../core/microvm.js';
+import { toleratesAll } from '../core/placement.js';
 import type { NodeInfo } from '../core/ports/agent.js';
 import type { ConditionT } from '../core/schema.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
@@ -322,7 +323,10 @@ export class Operator {
     // 4. Drain.
     if (vm.status.node) {
       const n = this.nodes.get(vm.status.node);
-      const draining = n?.spec?.unschedulable === true && n.metadata?.annotations?.[ANN_DRAIN] === 'true';
+      // A drain (cordon + annotation), or a NoExecute taint the VM does not tolerate (as for pods).
+      const noExecute = (n?.spec?.taints ?? []).find((t) => t.effect === 'NoExecute' && !toleratesAll(vm.spec.tolerations, { key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: 'NoExecute' }));
+      const draining = (n?.spec?.unschedulable === true && n.metadata?.annotations?.[ANN_DRAIN] === 'true') || !!noExecute;
+      const why = noExecute ? `node ${vm.status.node} has the taint ${noExecute.key}${noExecute.value ? `=${noExecute.value}` : ''}:NoExecute` : `node ${vm.status.node} is being drained`;
       const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
       if (!n && this.nodesSynced) {
         // The Node was removed from the cluster (as the pod GC does): place the VM anew. If that
@@ -331,13 +335,13 @@ export class Operator {
       } else if (draining && !evicting) {
         if (['Stopped', 'Failed', 'Pending'].includes(vm.status.phase) && !vm.status.pid) {
           // Nothing runs there: unbind at once (the node removes its files).
-          obj = await this.unbind(obj, vm, now, `drained from ${vm.status.node}`);
+          obj = await this.unbind(obj, vm, now, `${why}: unbound`);
         } else {
           obj = await this.replaceStatus({
             ...obj,
-            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: 'NodeDrain', message: `node ${vm.status.node} is being drained` }, now), observedGeneration: vm.generation },
+            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: noExecute ? 'NoExecuteTaint' : 'NodeDrain', message: why }, now), observedGeneration: vm.generation },
           });
-          await this.event(obj, 'Normal', 'Evicting', `node ${vm.status.node} is being drained: stopping the microVM there`);
+          await this.event(obj, 'Normal', 'Evicting', `${why}: stopping the microVM there`);
           return; // the agent stops it; its status write re-queues us
         }
       } else if (evicting) {
