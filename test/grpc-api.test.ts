@@ -182,6 +182,67 @@ describe('gRPC against the real service', () => {
     assert.deepEqual(qemuProcessesUnder(svc.dataDir).filter((p) => p.id === created.id), []);
   });
 
+  test('create with nodeSelector, tolerations and affinity round-trips over gRPC and is the same resource over REST', async () => {
+    await createTenant(svc, 'grpc-sched');
+    const c = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-sched', 'member')).token);
+    try {
+      const spec = {
+        name: 'placed',
+        labels: { app: 'db' },
+        volumes: [{ name: 'data', mountPath: '/data', readOnly: true, size: '1Gi' }],
+        nodeSelector: { 'topology.kubernetes.io/zone': 'z1' },
+        tolerations: [
+          { key: 'dedicated', operator: 'Equal', value: 'vm', effect: 'NoSchedule' },
+          { key: 'maintenance', operator: 'Exists', effect: 'NoExecute' },
+        ],
+        affinity: {
+          vmAffinity: { preferred: [{ weight: 40, vmAffinityTerm: { labelSelector: { matchLabels: { app: 'cache' } }, topologyKey: 'topology.kubernetes.io/zone' } }] },
+          vmAntiAffinity: { required: [{ labelSelector: { matchExpressions: [{ key: 'app', operator: 'In', values: ['db'] }] } }] },
+        },
+      };
+      const created = await unaryCall(c.CreateMicroVM.bind(c), { spec, noStart: true });
+      const expectProto = (s: MicroVM__Output['spec']): void => {
+        assert.deepEqual(s!.nodeSelector, { 'topology.kubernetes.io/zone': 'z1' });
+        assert.deepEqual(s!.tolerations, [
+          { key: 'dedicated', operator: 'Equal', value: 'vm', effect: 'NoSchedule' },
+          { key: 'maintenance', operator: 'Exists', value: '', effect: 'NoExecute' },
+        ]);
+        assert.deepEqual(s!.affinity, {
+          vmAffinity: {
+            required: [],
+            preferred: [{ weight: 40, vmAffinityTerm: { labelSelector: { matchLabels: { app: 'cache' }, matchExpressions: [] }, topologyKey: 'topology.kubernetes.io/zone' } }],
+          },
+          vmAntiAffinity: { required: [{ labelSelector: { matchLabels: {}, matchExpressions: [{ key: 'app', operator: 'In', values: ['db'] }] }, topologyKey: '' }], preferred: [] },
+        });
+        assert.deepEqual(s!.volumes, [{ name: 'data', mountPath: '/data', readOnly: true, size: '1Gi' }]);
+      };
+      expectProto(created.microvm!.spec);
+      const got = await unaryCall(c.GetMicroVM.bind(c), { id: created.id });
+      expectProto(got.spec);
+      expectProto(got.microvm!.spec);
+      expectProto((await unaryCall(c.ListMicroVMs.bind(c), {})).microvms.find((v) => v.id === created.id)!.spec);
+      // REST sees the same placement constraints (one resource, two APIs).
+      const rest = await svc.call('GET', `/microvms/${created.id}`);
+      assert.equal(rest.status, 200, JSON.stringify(rest.json));
+      assert.deepEqual(rest.json.spec.nodeSelector, spec.nodeSelector);
+      assert.deepEqual(rest.json.spec.tolerations, spec.tolerations);
+      assert.deepEqual(rest.json.spec.affinity, spec.affinity);
+      // A bad topology key is INVALID_ARGUMENT naming the proto field.
+      const bad = await rejectsWith(
+        unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'bad-aff', affinity: { vmAntiAffinity: { required: [{ labelSelector: {}, topologyKey: 'not a key!' }] } } }, noStart: true }),
+        grpc.status.INVALID_ARGUMENT,
+        'VALIDATION_FAILED',
+      );
+      assert.ok(
+        (JSON.parse(bad.metadata.get('mvm-field-violations')[0] as string) as Array<{ field: string }>).some((v) => v.field === 'spec.affinity.vm_anti_affinity.required[0].topology_key'),
+        bad.details,
+      );
+      await unaryCall(c.DeleteMicroVM.bind(c), { id: created.id });
+    } finally {
+      c.close();
+    }
+  });
+
   test('another tenant gets NOT_FOUND for every RPC on a foreign VM, exactly like a missing one', async () => {
     const vm = await unaryCall(member.CreateMicroVM.bind(member), { spec: { name: 'private' }, noStart: true });
     const rpcs: Array<[string, (c: MicroVMServiceClient, id: string) => Promise<unknown>]> = [

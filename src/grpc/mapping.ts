@@ -5,12 +5,16 @@
 import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import type { MicroVM } from '../core/microvm.js';
-import { CreateMicroVMRequest, UpdateMicroVMRequest, type CreateMicroVMRequestT, type UpdateMicroVMRequestT, type VmMetricsT } from '../core/schema.js';
+import { CreateMicroVMRequest, UpdateMicroVMRequest, type CreateMicroVMRequestT, type MicroVMSpecT, type UpdateMicroVMRequestT, type VmMetricsT } from '../core/schema.js';
 import { ajvToMvmError } from '../api/problem.js';
 import type { CreateMicroVMRequest__Output } from './generated/microvm/service/v1alpha1/CreateMicroVMRequest.js';
 import type { GetMetricsResponse } from './generated/microvm/service/v1alpha1/GetMetricsResponse.js';
 import type { MicroVM as PbMicroVM } from './generated/microvm/service/v1alpha1/MicroVM.js';
+import type { Affinity as PbAffinity, Affinity__Output as PbAffinityOut } from './generated/microvm/service/v1alpha1/Affinity.js';
+import type { LabelSelector as PbSelector, LabelSelector__Output as PbSelectorOut } from './generated/microvm/service/v1alpha1/LabelSelector.js';
 import type { MicroVMSpec as PbSpec } from './generated/microvm/service/v1alpha1/MicroVMSpec.js';
+import type { Toleration__Output as PbTolerationOut } from './generated/microvm/service/v1alpha1/Toleration.js';
+import type { VmAffinityRules as PbRules, VmAffinityRules__Output as PbRulesOut } from './generated/microvm/service/v1alpha1/VmAffinityRules.js';
 import type { MicroVMStatus as PbStatus } from './generated/microvm/service/v1alpha1/MicroVMStatus.js';
 import type { UpdateMicroVMRequest__Output } from './generated/microvm/service/v1alpha1/UpdateMicroVMRequest.js';
 
@@ -21,8 +25,14 @@ addFormats(ajv);
 const validateCreate = ajv.compile(CreateMicroVMRequest);
 const validateUpdate = ajv.compile(UpdateMicroVMRequest);
 
-/** REST field names → proto field paths, so a violation names the field the gRPC caller sent. */
-const PROTO_FIELD: Record<string, string> = {
+/**
+ * Every field of a create request / spec (src/core/schema.ts) → its proto field path, or null for
+ * a field the gRPC API does not carry (yet), with the reason. Keyed by the schema's own type, so a
+ * new schema field does not compile until it is listed here; test/grpc-mapping.test.ts checks this
+ * table against the TypeBox properties and the proto's MicroVMSpec fields, and that every mapped
+ * field round-trips. Also used to name violations after the field the gRPC caller sent.
+ */
+export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof MicroVMSpecT, 'start' | 'snapshot' | 'source'>, string | null> = {
   name: 'spec.name',
   vcpu: 'spec.vcpu_count',
   memory: 'spec.memory_size',
@@ -32,12 +42,31 @@ const PROTO_FIELD: Record<string, string> = {
   volumes: 'spec.volumes',
   labels: 'spec.labels',
   securityGroups: 'spec.security_groups',
+  nodeSelector: 'spec.node_selector',
+  tolerations: 'spec.tolerations',
+  affinity: 'spec.affinity',
+  // Not in the gRPC API yet: port publishing and the egress policy (REST and the CRD only).
+  ports: null,
+  egress: null,
+};
+/** Request-only fields with their own proto representation (start → no_start) or none (snapshot restore, source). */
+export const NOT_SPEC_FIELDS = ['start', 'snapshot', 'source'] as const;
+const NESTED_SNAKE: Record<string, string> = {
+  readOnly: 'read_only',
+  mountPath: 'mount_path',
+  matchLabels: 'match_labels',
+  matchExpressions: 'match_expressions',
+  labelSelector: 'label_selector',
+  topologyKey: 'topology_key',
+  vmAffinityTerm: 'vm_affinity_term',
+  vmAffinity: 'vm_affinity',
+  vmAntiAffinity: 'vm_anti_affinity',
 };
 const protoField = (f: string, prefix = true): string => {
   const head = f.split(/[.[]/)[0]!;
-  const mapped = PROTO_FIELD[head];
+  const mapped = (PROTO_FIELD as Record<string, string | null | undefined>)[head];
   if (!mapped) return f;
-  const rest = f.slice(head.length).replace(/readOnly/g, 'read_only').replace(/mountPath/g, 'mount_path');
+  const rest = f.slice(head.length).replace(/\b(readOnly|mountPath|matchLabels|matchExpressions|labelSelector|topologyKey|vmAffinityTerm|vmAffinity|vmAntiAffinity)\b/g, (w) => NESTED_SNAKE[w]!);
   return (prefix ? mapped : mapped.replace(/^spec\./, '')) + rest;
 };
 
@@ -60,6 +89,10 @@ export function createRequestFromProto(r: CreateMicroVMRequest__Output): CreateM
     }
     if (Object.keys(s.labels).length) req.labels = { ...s.labels };
     if (s.securityGroups.length) req.securityGroups = [...s.securityGroups];
+    if (Object.keys(s.nodeSelector).length) req.nodeSelector = { ...s.nodeSelector };
+    if (s.tolerations.length) req.tolerations = s.tolerations.map(tolerationFromProto);
+    const affinity = s.affinity ? affinityFromProto(s.affinity) : undefined;
+    if (affinity) req.affinity = affinity;
   }
   if (r.noStart) req.start = false;
   if (!validateCreate(req)) {
@@ -79,6 +112,55 @@ export function updateRequestFromProto(r: UpdateMicroVMRequest__Output): UpdateM
   return req as UpdateMicroVMRequestT;
 }
 
+type AffinityT = NonNullable<MicroVMSpecT['affinity']>;
+type RulesT = NonNullable<AffinityT['vmAffinity']>;
+type SelectorT = RulesT extends { required?: Array<{ labelSelector: infer L }> } ? L : never;
+type TolerationT = NonNullable<MicroVMSpecT['tolerations']>[number];
+
+/** Empty proto strings and lists are "absent" (proto3 has no presence for them). */
+const tolerationFromProto = (t: PbTolerationOut): TolerationT =>
+  JSON.parse(JSON.stringify({ key: str(t.key), operator: str(t.operator), value: str(t.value), effect: str(t.effect) }));
+const selectorFromProto = (l: PbSelectorOut | null): SelectorT => {
+  const out: Record<string, unknown> = {};
+  if (l && Object.keys(l.matchLabels).length) out.matchLabels = { ...l.matchLabels };
+  if (l && l.matchExpressions.length) out.matchExpressions = l.matchExpressions.map((e) => ({ key: e.key, operator: e.operator, ...(e.values.length ? { values: [...e.values] } : {}) }));
+  return out as SelectorT;
+};
+const termFromProto = (t: { labelSelector: PbSelectorOut | null; topologyKey: string } | null) => ({
+  labelSelector: selectorFromProto(t?.labelSelector ?? null),
+  ...(t?.topologyKey ? { topologyKey: t.topologyKey } : {}),
+});
+const rulesFromProto = (r: PbRulesOut | null): RulesT | undefined => {
+  if (!r) return undefined;
+  const out: Record<string, unknown> = {};
+  if (r.required.length) out.required = r.required.map(termFromProto);
+  if (r.preferred.length) out.preferred = r.preferred.map((p) => ({ weight: p.weight, vmAffinityTerm: termFromProto(p.vmAffinityTerm) }));
+  return out as RulesT;
+};
+function affinityFromProto(a: PbAffinityOut): AffinityT | undefined {
+  const out: Record<string, unknown> = {};
+  const aff = rulesFromProto(a.vmAffinity);
+  const anti = rulesFromProto(a.vmAntiAffinity);
+  if (aff) out.vmAffinity = aff;
+  if (anti) out.vmAntiAffinity = anti;
+  return Object.keys(out).length ? (out as AffinityT) : undefined;
+}
+
+const selectorToProto = (l: SelectorT): PbSelector => ({
+  matchLabels: { ...(l.matchLabels ?? {}) },
+  matchExpressions: (l.matchExpressions ?? []).map((e) => ({ key: e.key, operator: e.operator, values: [...(e.values ?? [])] })),
+});
+const termToProto = (t: { labelSelector: SelectorT; topologyKey?: string }) => ({ labelSelector: selectorToProto(t.labelSelector), topologyKey: t.topologyKey ?? '' });
+const rulesToProto = (r: RulesT | undefined): PbRules | null =>
+  r
+    ? {
+        required: (r.required ?? []).map(termToProto),
+        preferred: (r.preferred ?? []).map((p) => ({ weight: p.weight, vmAffinityTerm: termToProto(p.vmAffinityTerm) })),
+      }
+    : null;
+const affinityToProto = (a: AffinityT | undefined): PbAffinity | null =>
+  a ? { vmAffinity: rulesToProto(a.vmAffinity), vmAntiAffinity: rulesToProto(a.vmAntiAffinity) } : null;
+
 function renameViolations<E extends { violations: Array<{ field: string; message: string }>; message: string }>(e: E, prefix = true): E {
   for (const v of e.violations) v.field = protoField(v.field, prefix);
   (e as { message: string }).message = e.violations.map((v) => `${v.field}: ${v.message}`).join('; ');
@@ -96,7 +178,10 @@ export function specToProto(vm: MicroVM): PbSpec {
     networkInterfaces: (s.networkInterfaces ?? []).map((n) => ({ name: n.name, mac: n.mac ?? '', ip: n.ip ?? '' })),
     volumes: (s.volumes ?? []).map((v) => ({ name: v.name, mountPath: v.mountPath, readOnly: v.readOnly ?? false, size: v.size ?? '' })),
     labels: { ...(s.labels ?? {}) },
-    securityGroups: [...((s as { securityGroups?: string[] }).securityGroups ?? [])],
+    securityGroups: [...(s.securityGroups ?? [])],
+    nodeSelector: { ...(s.nodeSelector ?? {}) },
+    tolerations: (s.tolerations ?? []).map((t) => ({ key: t.key ?? '', operator: t.operator ?? '', value: t.value ?? '', effect: t.effect ?? '' })),
+    affinity: affinityToProto(s.affinity),
   };
 }
 

@@ -2,6 +2,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 
+import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from './microvm/service/v1alpha1/Affinity.js';
 import type { BlockMetrics as _microvm_service_v1alpha1_BlockMetrics, BlockMetrics__Output as _microvm_service_v1alpha1_BlockMetrics__Output } from './microvm/service/v1alpha1/BlockMetrics.js';
 import type { Condition as _microvm_service_v1alpha1_Condition, Condition__Output as _microvm_service_v1alpha1_Condition__Output } from './microvm/service/v1alpha1/Condition.js';
 import type { CreateMicroVMRequest as _microvm_service_v1alpha1_CreateMicroVMRequest, CreateMicroVMRequest__Output as _microvm_service_v1alpha1_CreateMicroVMRequest__Output } from './microvm/service/v1alpha1/CreateMicroVMRequest.js';
@@ -15,6 +16,8 @@ import type { GetMetricsResponse as _microvm_service_v1alpha1_GetMetricsResponse
 import type { GetMicroVMRequest as _microvm_service_v1alpha1_GetMicroVMRequest, GetMicroVMRequest__Output as _microvm_service_v1alpha1_GetMicroVMRequest__Output } from './microvm/service/v1alpha1/GetMicroVMRequest.js';
 import type { GetMicroVMResponse as _microvm_service_v1alpha1_GetMicroVMResponse, GetMicroVMResponse__Output as _microvm_service_v1alpha1_GetMicroVMResponse__Output } from './microvm/service/v1alpha1/GetMicroVMResponse.js';
 import type { KernelSpec as _microvm_service_v1alpha1_KernelSpec, KernelSpec__Output as _microvm_service_v1alpha1_KernelSpec__Output } from './microvm/service/v1alpha1/KernelSpec.js';
+import type { LabelSelector as _microvm_service_v1alpha1_LabelSelector, LabelSelector__Output as _microvm_service_v1alpha1_LabelSelector__Output } from './microvm/service/v1alpha1/LabelSelector.js';
+import type { LabelSelectorRequirement as _microvm_service_v1alpha1_LabelSelectorRequirement, LabelSelectorRequirement__Output as _microvm_service_v1alpha1_LabelSelectorRequirement__Output } from './microvm/service/v1alpha1/LabelSelectorRequirement.js';
 import type { Labels as _microvm_service_v1alpha1_Labels, Labels__Output as _microvm_service_v1alpha1_Labels__Output } from './microvm/service/v1alpha1/Labels.js';
 import type { ListMicroVMsRequest as _microvm_service_v1alpha1_ListMicroVMsRequest, ListMicroVMsRequest__Output as _microvm_service_v1alpha1_ListMicroVMsRequest__Output } from './microvm/service/v1alpha1/ListMicroVMsRequest.js';
 import type { ListMicroVMsResponse as _microvm_service_v1alpha1_ListMicroVMsResponse, ListMicroVMsResponse__Output as _microvm_service_v1alpha1_ListMicroVMsResponse__Output } from './microvm/service/v1alpha1/ListMicroVMsResponse.js';
@@ -29,9 +32,13 @@ import type { StartMicroVMRequest as _microvm_service_v1alpha1_StartMicroVMReque
 import type { StartMicroVMResponse as _microvm_service_v1alpha1_StartMicroVMResponse, StartMicroVMResponse__Output as _microvm_service_v1alpha1_StartMicroVMResponse__Output } from './microvm/service/v1alpha1/StartMicroVMResponse.js';
 import type { StopMicroVMRequest as _microvm_service_v1alpha1_StopMicroVMRequest, StopMicroVMRequest__Output as _microvm_service_v1alpha1_StopMicroVMRequest__Output } from './microvm/service/v1alpha1/StopMicroVMRequest.js';
 import type { StopMicroVMResponse as _microvm_service_v1alpha1_StopMicroVMResponse, StopMicroVMResponse__Output as _microvm_service_v1alpha1_StopMicroVMResponse__Output } from './microvm/service/v1alpha1/StopMicroVMResponse.js';
+import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Output as _microvm_service_v1alpha1_Toleration__Output } from './microvm/service/v1alpha1/Toleration.js';
 import type { UpdateMicroVMRequest as _microvm_service_v1alpha1_UpdateMicroVMRequest, UpdateMicroVMRequest__Output as _microvm_service_v1alpha1_UpdateMicroVMRequest__Output } from './microvm/service/v1alpha1/UpdateMicroVMRequest.js';
 import type { UpdateMicroVMResponse as _microvm_service_v1alpha1_UpdateMicroVMResponse, UpdateMicroVMResponse__Output as _microvm_service_v1alpha1_UpdateMicroVMResponse__Output } from './microvm/service/v1alpha1/UpdateMicroVMResponse.js';
+import type { VmAffinityRules as _microvm_service_v1alpha1_VmAffinityRules, VmAffinityRules__Output as _microvm_service_v1alpha1_VmAffinityRules__Output } from './microvm/service/v1alpha1/VmAffinityRules.js';
+import type { VmAffinityTerm as _microvm_service_v1alpha1_VmAffinityTerm, VmAffinityTerm__Output as _microvm_service_v1alpha1_VmAffinityTerm__Output } from './microvm/service/v1alpha1/VmAffinityTerm.js';
 import type { Volume as _microvm_service_v1alpha1_Volume, Volume__Output as _microvm_service_v1alpha1_Volume__Output } from './microvm/service/v1alpha1/Volume.js';
+import type { WeightedVmAffinityTerm as _microvm_service_v1alpha1_WeightedVmAffinityTerm, WeightedVmAffinityTerm__Output as _microvm_service_v1alpha1_WeightedVmAffinityTerm__Output } from './microvm/service/v1alpha1/WeightedVmAffinityTerm.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -41,6 +48,7 @@ export interface ProtoGrpcType {
   microvm: {
     service: {
       v1alpha1: {
+        Affinity: MessageTypeDefinition<_microvm_service_v1alpha1_Affinity, _microvm_service_v1alpha1_Affinity__Output>
         BlockMetrics: MessageTypeDefinition<_microvm_service_v1alpha1_BlockMetrics, _microvm_service_v1alpha1_BlockMetrics__Output>
         Condition: MessageTypeDefinition<_microvm_service_v1alpha1_Condition, _microvm_service_v1alpha1_Condition__Output>
         CreateMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_CreateMicroVMRequest, _microvm_service_v1alpha1_CreateMicroVMRequest__Output>
@@ -54,6 +62,8 @@ export interface ProtoGrpcType {
         GetMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetMicroVMRequest, _microvm_service_v1alpha1_GetMicroVMRequest__Output>
         GetMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_GetMicroVMResponse, _microvm_service_v1alpha1_GetMicroVMResponse__Output>
         KernelSpec: MessageTypeDefinition<_microvm_service_v1alpha1_KernelSpec, _microvm_service_v1alpha1_KernelSpec__Output>
+        LabelSelector: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelector, _microvm_service_v1alpha1_LabelSelector__Output>
+        LabelSelectorRequirement: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelectorRequirement, _microvm_service_v1alpha1_LabelSelectorRequirement__Output>
         Labels: MessageTypeDefinition<_microvm_service_v1alpha1_Labels, _microvm_service_v1alpha1_Labels__Output>
         ListMicroVMsRequest: MessageTypeDefinition<_microvm_service_v1alpha1_ListMicroVMsRequest, _microvm_service_v1alpha1_ListMicroVMsRequest__Output>
         ListMicroVMsResponse: MessageTypeDefinition<_microvm_service_v1alpha1_ListMicroVMsResponse, _microvm_service_v1alpha1_ListMicroVMsResponse__Output>
@@ -68,9 +78,13 @@ export interface ProtoGrpcType {
         StartMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_StartMicroVMResponse, _microvm_service_v1alpha1_StartMicroVMResponse__Output>
         StopMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_StopMicroVMRequest, _microvm_service_v1alpha1_StopMicroVMRequest__Output>
         StopMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_StopMicroVMResponse, _microvm_service_v1alpha1_StopMicroVMResponse__Output>
+        Toleration: MessageTypeDefinition<_microvm_service_v1alpha1_Toleration, _microvm_service_v1alpha1_Toleration__Output>
         UpdateMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMRequest, _microvm_service_v1alpha1_UpdateMicroVMRequest__Output>
         UpdateMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMResponse, _microvm_service_v1alpha1_UpdateMicroVMResponse__Output>
+        VmAffinityRules: MessageTypeDefinition<_microvm_service_v1alpha1_VmAffinityRules, _microvm_service_v1alpha1_VmAffinityRules__Output>
+        VmAffinityTerm: MessageTypeDefinition<_microvm_service_v1alpha1_VmAffinityTerm, _microvm_service_v1alpha1_VmAffinityTerm__Output>
         Volume: MessageTypeDefinition<_microvm_service_v1alpha1_Volume, _microvm_service_v1alpha1_Volume__Output>
+        WeightedVmAffinityTerm: MessageTypeDefinition<_microvm_service_v1alpha1_WeightedVmAffinityTerm, _microvm_service_v1alpha1_WeightedVmAffinityTerm__Output>
       }
     }
   }

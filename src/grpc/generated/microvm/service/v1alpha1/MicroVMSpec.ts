@@ -5,6 +5,8 @@ import type { KernelSpec as _microvm_service_v1alpha1_KernelSpec, KernelSpec__Ou
 import type { RootFSSpec as _microvm_service_v1alpha1_RootFSSpec, RootFSSpec__Output as _microvm_service_v1alpha1_RootFSSpec__Output } from '../../../microvm/service/v1alpha1/RootFSSpec.js';
 import type { NetworkInterface as _microvm_service_v1alpha1_NetworkInterface, NetworkInterface__Output as _microvm_service_v1alpha1_NetworkInterface__Output } from '../../../microvm/service/v1alpha1/NetworkInterface.js';
 import type { Volume as _microvm_service_v1alpha1_Volume, Volume__Output as _microvm_service_v1alpha1_Volume__Output } from '../../../microvm/service/v1alpha1/Volume.js';
+import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Output as _microvm_service_v1alpha1_Toleration__Output } from '../../../microvm/service/v1alpha1/Toleration.js';
+import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from '../../../microvm/service/v1alpha1/Affinity.js';
 
 export interface MicroVMSpec {
   'name'?: (string);
@@ -22,6 +24,18 @@ export interface MicroVMSpec {
    * Security groups (names or ids) of the tenant.
    */
   'securityGroups'?: (string)[];
+  /**
+   * Placement constraints (docs/adr/0016): node labels the VM needs (all must match).
+   */
+  'nodeSelector'?: ({[key: string]: string});
+  /**
+   * Node taints this VM tolerates.
+   */
+  'tolerations'?: (_microvm_service_v1alpha1_Toleration)[];
+  /**
+   * Affinity and anti-affinity to other microVMs of the same tenant.
+   */
+  'affinity'?: (_microvm_service_v1alpha1_Affinity | null);
 }
 
 export interface MicroVMSpec__Output {
@@ -40,4 +54,16 @@ export interface MicroVMSpec__Output {
    * Security groups (names or ids) of the tenant.
    */
   'securityGroups': (string)[];
+  /**
+   * Placement constraints (docs/adr/0016): node labels the VM needs (all must match).
+   */
+  'nodeSelector': ({[key: string]: string});
+  /**
+   * Node taints this VM tolerates.
+   */
+  'tolerations': (_microvm_service_v1alpha1_Toleration__Output)[];
+  /**
+   * Affinity and anti-affinity to other microVMs of the same tenant.
+   */
+  'affinity': (_microvm_service_v1alpha1_Affinity__Output | null);
 }
