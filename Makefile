@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test deps build web images bench clean lint control-plane
+.PHONY: run test deps build web images bench clean lint control-plane container-images
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -44,6 +44,28 @@ bench-k8s: deps build images control-plane
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
 	$(NODE) dist/bench/scheduler.js
+
+## Container images of the cluster components (deploy/images/Dockerfile), tagged as deploy/ names them:
+## <stage>=<image> pairs; test/container-images.test.ts checks them against every `image:` in deploy/.
+IMAGE_REGISTRY   ?= microvm-service
+IMAGE_TAG        ?= 0.1.0
+CONTAINER_IMAGES := api=api operator=operator agent=firecracker-runtime
+CONTAINER_ENGINE ?= $(shell for e in docker podman buildah; do command -v $$e >/dev/null 2>&1 && { echo $$e; break; }; done)
+
+container-images:
+	@if [[ -z "$(CONTAINER_ENGINE)" ]]; then \
+	  echo "container-images: no container engine found: install docker, podman or buildah (or set CONTAINER_ENGINE=<command>)" >&2; \
+	  exit 1; \
+	fi
+	@if ! $(CONTAINER_ENGINE) info >/dev/null 2>&1; then \
+	  echo "container-images: $(CONTAINER_ENGINE) is installed but cannot build here (\`$(CONTAINER_ENGINE) info\` fails: daemon not running or no permission)" >&2; \
+	  exit 1; \
+	fi
+	@set -e; for pair in $(CONTAINER_IMAGES); do \
+	  stage=$${pair%%=*}; image=$(IMAGE_REGISTRY)/$${pair#*=}:$(IMAGE_TAG); \
+	  echo "container-images: $$image (target $$stage) with $(CONTAINER_ENGINE)"; \
+	  $(CONTAINER_ENGINE) build -f deploy/images/Dockerfile --target $$stage -t $$image .; \
+	done
 
 clean:
 	rm -rf dist
