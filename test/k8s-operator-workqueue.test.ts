@@ -119,6 +119,20 @@ test('nodeInfoOf: capacity from the heartbeat Lease, cordon/taints/labels from t
   assert.equal(nodeInfoOf(notReady as never, lease('2026-01-01T00:00:50Z') as never, now).ready, false, 'kubelet NotReady');
 });
 
+test('nodeInfoOf: the Node annotation microvm.service/allocatable caps what the agent reports', async () => {
+  const { nodeInfoOf, ANN_NODE_INFO, ANN_ALLOCATABLE } = await import('../src/k8s/cluster.js');
+  const now = Date.parse('2026-01-01T00:01:00Z');
+  const lease = (report: object) => ({ metadata: { annotations: { [ANN_NODE_INFO]: JSON.stringify(report) } }, spec: { renewTime: new Date('2026-01-01T00:00:50Z'), leaseDurationSeconds: 40 } });
+  const node = (ann?: string) => ({ metadata: { name: 'n1', ...(ann !== undefined ? { annotations: { [ANN_ALLOCATABLE]: ann } } : {}) } });
+  const report = { name: 'n1', cpus: 8, memoryMiB: 16384, drivers: ['qemu'], accel: 'tcg', ready: true };
+  assert.equal(nodeInfoOf(node() as never, lease(report) as never, now).allocatable, undefined);
+  assert.deepEqual(nodeInfoOf(node('{"memoryMiB":400}') as never, lease(report) as never, now).allocatable, { cpus: 8, memoryMiB: 400 });
+  // Never above the agent's own allocatable; nonsense is ignored.
+  assert.deepEqual(nodeInfoOf(node('{"cpus":64,"memoryMiB":1024}') as never, lease({ ...report, allocatable: { cpus: 6, memoryMiB: 12000 } }) as never, now).allocatable, { cpus: 6, memoryMiB: 1024 });
+  assert.equal(nodeInfoOf(node('not json') as never, lease(report) as never, now).allocatable, undefined);
+  assert.equal(nodeInfoOf(node('{"memoryMiB":-1}') as never, lease(report) as never, now).allocatable, undefined);
+});
+
 test('microTime: Lease times serialize with 6 fractional digits (the API server refuses milliseconds)', async () => {
   const { microTime } = await import('../src/k8s/cluster.js');
   const t = microTime(new Date('2026-01-01T00:00:00.123Z'));

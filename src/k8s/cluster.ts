@@ -14,6 +14,11 @@ export const LABEL_NODE = 'microvm.service/node';
 export const ANN_DRAIN = 'microvm.service/drain';
 /** On the node agent's Lease: NodeInfo as JSON (capacity, drivers, accel). */
 export const ANN_NODE_INFO = 'microvm.service/node-info';
+/**
+ * On a Node, set by an admin: `{"cpus":N,"memoryMiB":M}` caps what the scheduler may place there
+ * (below what the agent reports: capacity kept for other uses).
+ */
+export const ANN_ALLOCATABLE = 'microvm.service/allocatable';
 
 /** Condition types of the cluster protocol (beside the controller's Scheduled/VmmRunning/GuestReady). */
 export const ClusterConditions = {
@@ -44,6 +49,20 @@ export function nodeInfoOf(node: V1Node, lease: V1Lease | undefined, now = Date.
   }
   const renew = lease?.spec?.renewTime ? new Date(lease.spec.renewTime).getTime() : 0;
   const fresh = renew + (lease?.spec?.leaseDurationSeconds ?? 40) * 1000 > now;
+  let cap: { cpus?: unknown; memoryMiB?: unknown } = {};
+  try {
+    cap = JSON.parse(node.metadata?.annotations?.[ANN_ALLOCATABLE] ?? '{}') as typeof cap;
+  } catch {
+    cap = {};
+  }
+  const base = reported.allocatable ?? (reported.cpus !== undefined || reported.memoryMiB !== undefined ? { cpus: reported.cpus ?? 0, memoryMiB: reported.memoryMiB ?? 0 } : undefined);
+  const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined);
+  const capCpus = num(cap.cpus);
+  const capMem = num(cap.memoryMiB);
+  const allocatable =
+    capCpus !== undefined || capMem !== undefined
+      ? { cpus: Math.min(base?.cpus ?? 0, capCpus ?? Infinity), memoryMiB: Math.min(base?.memoryMiB ?? 0, capMem ?? Infinity) }
+      : reported.allocatable;
   const kubeletReady = node.status?.conditions?.find((c) => c.type === 'Ready');
   const taints: Taint[] = (node.spec?.taints ?? []).map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect as Taint['effect'] }));
   return {
@@ -56,7 +75,7 @@ export function nodeInfoOf(node: V1Node, lease: V1Lease | undefined, now = Date.
     ready: !!lease && fresh && reported.ready !== false && (!kubeletReady || kubeletReady.status === 'True'),
     unschedulable: node.spec?.unschedulable === true,
     ...(taints.length ? { taints } : {}),
-    ...(reported.allocatable ? { allocatable: reported.allocatable } : {}),
+    ...(allocatable ? { allocatable } : {}),
   };
 }
 

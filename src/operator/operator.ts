@@ -13,23 +13,30 @@
  *  3. the node label mirrors status.node;
  *  4. drain: on a cordoned Node annotated microvm.service/drain=true the VM gets Evicting=True; once
  *     its agent stopped it, it is unbound and placed again (stop there, start elsewhere);
- *  5. Pending → Scheduled: Scheduler.place over the nodes (Node + heartbeat) and the VMs placed;
+ *  5. Pending → Scheduled: Scheduler.schedule over the operator's ClusterState (nodes from the Node
+ *     and heartbeat informers, VMs holding resources from the MicroVM informer plus assumed bindings;
+ *     a VM moved by a defrag only onto its target node);
  *     the binding (status.node, phase Scheduled, condition Scheduled) is one status write
  *     conditioned on the resourceVersion read, so two operators, or a retry after a crash, can
  *     never bind one VM twice.
+ *
+ * A defrag request (ConfigMap microvm-system/microvm-defrag) is planned with planDefrag and, unless
+ * a dry run, carried out one move at a time through the eviction path (reconcileDefrag).
  *
  * Every write goes through the status subresource (status) or the resource (metadata) with the
  * read resourceVersion; a 409 re-queues the key with backoff. Each transition is a Kubernetes Event.
  */
 import { hostname } from 'node:os';
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, ListWatch, Watch, type KubeConfig, type KubernetesObject, type V1Lease, type V1Node } from '@kubernetes/client-node';
+import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, ListWatch, Watch, type KubeConfig, type KubernetesObject, type V1ConfigMap, type V1Lease, type V1Node } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
-import { ConditionTypes, newId, setCondition, type MicroVM } from '../core/microvm.js';
+import { ConditionTypes, newId, parseQuantityMiB, setCondition, type MicroVM } from '../core/microvm.js';
 import { toleratesAll } from '../core/placement.js';
 import type { NodeInfo } from '../core/ports/agent.js';
 import type { ConditionT } from '../core/schema.js';
-import type { Scheduler } from '../scheduler/scheduler.js';
+import { planDefrag, type DefragMove } from '../scheduler/defrag.js';
+import { unschedulableMessage, type Scheduler } from '../scheduler/scheduler.js';
+import { ClusterState, holdsPlacement } from '../scheduler/state.js';
 import { ANN_DRAIN, ClusterConditions, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
 import { MICROVM_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
@@ -52,6 +59,28 @@ export interface OperatorOptions {
   maxDelayMs?: number;
 }
 
+/** The defrag request (docs/adr/0017): a ConfigMap in the system namespace. */
+export const DEFRAG_CONFIGMAP = 'microvm-defrag';
+/** What the operator writes back on it. */
+export const DefragAnnotations = {
+  /** The request handled (its data, canonical): a changed request is planned anew. */
+  request: 'microvm.service/defrag-request',
+  /** Planned (dry run) | Moving | Succeeded | Failed */
+  phase: 'microvm.service/defrag-phase',
+  /** JSON {node, moves: [{vm, name, namespace, from, to, vcpu, memoryMiB}]} */
+  plan: 'microvm.service/defrag-plan',
+  /** Moves done. */
+  done: 'microvm.service/defrag-moves-done',
+  /** The index of the move under way. */
+  started: 'microvm.service/defrag-move-started',
+  message: 'microvm.service/defrag-message',
+} as const;
+/** On a MicroVM being moved by a defrag: the node it is to be placed on. */
+export const ANN_DEFRAG_TARGET = 'microvm.service/defrag-target';
+const DEFRAG_KEY = '@defrag';
+
+type PlannedMove = DefragMove & { namespace: string };
+
 const condTrue = (conds: ConditionT[] | undefined, type: string): boolean => !!conds?.some((c) => c.type === type && c.status === 'True');
 const keyOf = (o: { metadata?: { namespace?: string; name?: string } }): string => `${o.metadata?.namespace}/${o.metadata?.name}`;
 
@@ -66,6 +95,9 @@ export class Operator {
   private readonly vms: ListWatch<VmObj>;
   private readonly nodes: ListWatch<V1Node>;
   private readonly leases: ListWatch<V1Lease>;
+  private readonly defragCms: ListWatch<V1ConfigMap>;
+  /** The scheduler's view, kept by the informers: nodes (Node + heartbeat) and the VMs holding resources. */
+  readonly state = new ClusterState();
   private readonly systemNs: string;
   /** Bindings written but perhaps not yet in the informer's cache (kube-scheduler's "assume"). */
   private readonly assumed = new Map<string, { node: string; until: number }>();
@@ -102,13 +134,27 @@ export class Operator {
       false,
       NODE_LEASE_LABEL,
     );
+    this.defragCms = new ListWatch<V1ConfigMap>(
+      `/api/v1/namespaces/${this.systemNs}/configmaps`,
+      new Watch(kc),
+      () => this.core.listNamespacedConfigMap({ namespace: this.systemNs, fieldSelector: `metadata.name=${DEFRAG_CONFIGMAP}` }),
+      false,
+      undefined,
+      `metadata.name=${DEFRAG_CONFIGMAP}`,
+    );
+    for (const verb of ['add', 'update'] as const) this.vms.on(verb, (obj) => this.syncVm(obj));
+    this.vms.on('delete', (obj) => {
+      this.assumed.delete(fromObject(obj, this.tn).id);
+      this.state.forget(fromObject(obj, this.tn).id);
+    });
     for (const verb of ['add', 'update', 'delete'] as const) {
+      this.defragCms.on(verb, () => this.queue.add(DEFRAG_KEY));
       this.vms.on(verb, (obj) => this.queue.add(keyOf(obj)));
       // A node change (cordon, drain, labels) or heartbeat may unblock VMs: requeue the ones it concerns.
       this.nodes.on(verb, (n) => this.nodeChanged(n.metadata?.name ?? ''));
       this.leases.on(verb, (l) => this.nodeChanged(l.metadata?.labels?.[NODE_LEASE_LABEL] ?? ''));
     }
-    for (const [what, inf] of [['microvms', this.vms], ['nodes', this.nodes], ['leases', this.leases]] as const) {
+    for (const [what, inf] of [['microvms', this.vms], ['nodes', this.nodes], ['leases', this.leases], ['defrag', this.defragCms]] as const) {
       inf.on('error', (e: unknown) => this.restart(what, inf as ListWatch<KubernetesObject>, e));
     }
   }
@@ -118,12 +164,15 @@ export class Operator {
     await Promise.all([this.nodes.start(), this.leases.start()]);
     this.nodesSynced = true;
     await this.vms.start();
+    await this.defragCms.start();
     this.workers = runWorkers(this.queue, this.o.workers ?? 4, (k) => this.reconcileKey(k), (k, e, retry) => {
       if (!(e instanceof Requeue)) this.o.log.warn({ key: k, err: asMvmError(e).message, retryInMs: retry }, 'reconcile failed');
     });
     const tick = (): void => {
       if (this.stopped) return;
+      this.resyncState();
       for (const o of this.vms.list()) this.queue.add(keyOf(o));
+      this.queue.add(DEFRAG_KEY);
       this.resyncTimer = setTimeout(tick, this.o.resyncMs ?? 30_000);
       this.resyncTimer.unref();
     };
@@ -136,7 +185,7 @@ export class Operator {
     clearTimeout(this.resyncTimer);
     for (const t of this.restartTimers) clearTimeout(t);
     this.queue.shutDown();
-    await Promise.allSettled([this.vms.stop(), this.nodes.stop(), this.leases.stop()]);
+    await Promise.allSettled([this.vms.stop(), this.nodes.stop(), this.leases.stop(), this.defragCms.stop()]);
     await this.workers;
   }
 
@@ -152,6 +201,7 @@ export class Operator {
   }
 
   private nodeChanged(node: string): void {
+    if (node) this.syncNode(node, Date.now());
     for (const o of this.vms.list()) {
       const n = o.status?.node;
       if (!n || n === node) this.queue.add(keyOf(o));
@@ -229,22 +279,49 @@ export class Operator {
     return this.nodes.list().map((n) => nodeInfoOf(n, this.leases.get(nodeLeaseName(n.metadata!.name!), this.systemNs), now));
   }
 
-  private placedVms(): MicroVM[] {
+  private syncNode(name: string, now: number): void {
+    const n = this.nodes.get(name);
+    if (n) this.state.setNode(nodeInfoOf(n, this.leases.get(nodeLeaseName(name), this.systemNs), now));
+    else this.state.removeNode(name);
+  }
+
+  /** Readiness is heartbeat freshness, which changes with no event: re-derive the nodes before a decision. */
+  private refreshNodes(): void {
     const now = Date.now();
-    const out: MicroVM[] = [];
-    for (const o of this.vms.list()) {
-      const vm = fromObject(o, this.tn);
-      const a = this.assumed.get(vm.id);
-      if (a && a.until > now && !vm.status.node) {
-        vm.status = { ...vm.status, node: a.node, phase: 'Scheduled' };
-      } else if (a) this.assumed.delete(vm.id);
-      if (vm.status.node) out.push(vm);
+    const names = new Set(this.nodes.list().map((n) => n.metadata!.name!));
+    for (const e of [...this.state.nodes()]) if (!names.has(e.info.name)) this.state.removeNode(e.info.name);
+    for (const name of names) this.syncNode(name, now);
+  }
+
+  /** A MicroVM as the informer sees it: holds resources on its node, or not (stopped, unbound). */
+  private syncVm(o: MicroVMObject): void {
+    const vm = fromObject(o, this.tn);
+    const a = this.assumed.get(vm.id);
+    if (holdsPlacement(vm)) {
+      this.state.assume(vm, vm.status.node!);
+      if (a && a.node === vm.status.node) this.assumed.delete(vm.id);
+      return;
     }
-    return out;
+    // A binding written but not yet seen by the informer (kube-scheduler's "assume"): keep it.
+    if (a && a.until > Date.now() && !vm.status.node) return;
+    if (a) this.assumed.delete(vm.id);
+    this.state.forget(vm.id);
+  }
+
+  /** Periodic: the state agrees with the caches again (a missed delete, an expired assumption). */
+  private resyncState(): void {
+    const seen = new Set<string>();
+    for (const o of this.vms.list()) {
+      this.syncVm(o);
+      seen.add(fromObject(o, this.tn).id);
+    }
+    for (const p of [...this.state.placed()]) if (!seen.has(p.id) && !this.assumed.has(p.id)) this.state.forget(p.id);
+    this.refreshNodes();
   }
 
   async reconcileKey(key: string): Promise<void> {
     this.reconciles++;
+    if (key === DEFRAG_KEY) return this.reconcileDefrag();
     const [namespace, name] = key.split('/') as [string, string];
     let obj = await this.get(namespace, name);
     if (!obj) return;
@@ -288,6 +365,11 @@ export class Operator {
       adopt = true;
     } else if (!node && labels[LABEL_NODE] !== undefined) {
       delete labels[LABEL_NODE];
+      adopt = true;
+    }
+    // A defrag move is over once the VM is bound to its target.
+    if (node && annotations[ANN_DEFRAG_TARGET] === node) {
+      delete annotations[ANN_DEFRAG_TARGET];
       adopt = true;
     }
     const finalizers = obj.metadata.finalizers ?? [];
@@ -358,9 +440,18 @@ export class Operator {
       await this.replaceStatus({ ...obj, status: { ...obj.status!, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
       return;
     }
-    const placement = this.o.scheduler.place(cur, this.nodeInfos(), this.placedVms());
+    this.refreshNodes();
+    // A VM moved by a defrag goes to the node the plan chose (elsewhere if that node refuses it now).
+    const target = obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
+    let placement = target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined;
+    if (target && !placement?.node) {
+      await this.event(obj, 'Warning', 'DefragTargetUnavailable', `defrag target ${target} refuses the microVM now (${placement?.message}): placing it anywhere`);
+      const { [ANN_DEFRAG_TARGET]: _t, ...rest } = obj.metadata.annotations ?? {};
+      obj = await this.replace({ ...obj, metadata: { ...obj.metadata, annotations: rest } });
+    }
+    if (!placement?.node) placement = this.o.scheduler.schedule(cur, this.state);
     if (!placement.node) {
-      const msg = Object.entries(placement.reasons).map(([n, r]) => `${n}: ${r}`).join('; ') || 'no nodes';
+      const msg = unschedulableMessage(placement);
       const conds = setCondition(cur.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
       if (conds !== cur.status.conditions) {
         obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
@@ -370,7 +461,9 @@ export class Operator {
       return;
     }
     // The binding: one status write conditioned on the resourceVersion just read.
+    // Assumed before the write (as kube-scheduler does): a concurrent worker's decision sees it.
     this.assumed.set(cur.id, { node: placement.node, until: Date.now() + 30_000 });
+    this.state.assume({ ...cur, status: { ...cur.status, phase: 'Scheduled', node: placement.node } }, placement.node);
     try {
       obj = await this.replaceStatus({
         ...obj,
@@ -384,8 +477,10 @@ export class Operator {
       });
     } catch (e) {
       this.assumed.delete(cur.id);
+      this.state.forget(cur.id);
       throw e;
     }
+    this.state.assume(fromObject(obj, this.tn), placement.node);
     await this.event(obj, 'Normal', 'Scheduled', `placed on node ${placement.node}`);
     // The node label follows (step 3) on the requeue that this write's watch event brings.
   }
@@ -405,6 +500,133 @@ export class Operator {
     this.assumed.delete(vm.id);
     await this.event(out, 'Normal', 'Evicted', why);
     return out;
+  }
+
+  // ---- defragmentation on request ----------------------------------------------------------
+
+  /**
+   * The ConfigMap microvm-defrag (data: vcpu, memory, dryRun) asks for a slot of that size. A new
+   * request is planned (planDefrag over the operator's state; only Running VMs not being evicted
+   * move) and the plan written back as annotations. Unless dryRun, the moves are then done one at a
+   * time through the eviction path: the VM gets the annotation defrag-target and Evicting=True, its
+   * node stops it, it is unbound and placed on the target (step 5).
+   */
+  private async reconcileDefrag(): Promise<void> {
+    let cm: V1ConfigMap;
+    try {
+      cm = await this.core.readNamespacedConfigMap({ name: DEFRAG_CONFIGMAP, namespace: this.systemNs });
+    } catch (e) {
+      if (httpStatus(e) === 404) return;
+      throw e;
+    }
+    const d = cm.data ?? {};
+    const ann = cm.metadata?.annotations ?? {};
+    const request = JSON.stringify({ vcpu: d.vcpu ?? '1', memory: d.memory ?? '', dryRun: d.dryRun === 'true' });
+    const write = async (upd: Record<string, string>): Promise<void> => {
+      try {
+        await this.core.replaceNamespacedConfigMap({
+          name: DEFRAG_CONFIGMAP,
+          namespace: this.systemNs,
+          body: { ...cm, metadata: { ...cm.metadata, annotations: { ...ann, ...upd } } },
+          fieldManager: 'microvm-operator',
+        });
+      } catch (e) {
+        if (httpStatus(e) === 409 || httpStatus(e) === 404) throw new Requeue('conflict on the defrag ConfigMap');
+        throw e;
+      }
+      if (upd[DefragAnnotations.phase]) this.o.log.info({ defrag: upd[DefragAnnotations.phase], done: upd[DefragAnnotations.done] }, upd[DefragAnnotations.message] ?? 'defrag');
+    };
+
+    if (ann[DefragAnnotations.request] !== request) {
+      const dryRun = d.dryRun === 'true';
+      let slot: { vcpu: number; memoryMiB: number };
+      try {
+        const vcpu = Number(d.vcpu ?? '1');
+        if (!Number.isInteger(vcpu) || vcpu < 1) throw new Error(`vcpu must be a positive integer, got ${JSON.stringify(d.vcpu)}`);
+        slot = { vcpu, memoryMiB: parseQuantityMiB(d.memory ?? '', 'memory') };
+      } catch (e) {
+        await write({ [DefragAnnotations.request]: request, [DefragAnnotations.phase]: 'Failed', [DefragAnnotations.plan]: '', [DefragAnnotations.done]: '0', [DefragAnnotations.message]: `invalid request: ${(e as Error).message}` });
+        return;
+      }
+      this.refreshNodes();
+      const plan = planDefrag(this.state, {
+        targetSlot: slot,
+        scheduler: this.o.scheduler,
+        movable: (p) => p.vm.status.phase === 'Running' && !condTrue(p.vm.status.conditions, ClusterConditions.Evicting),
+      });
+      const nsOf = new Map(this.vms.list().map((o) => [fromObject(o, this.tn).id, o.metadata!.namespace!]));
+      const moves: PlannedMove[] = plan.moves.map((m) => ({ ...m, namespace: nsOf.get(m.vm) ?? this.tn.namespaceOf(m.tenant) }));
+      const phase = !plan.node ? 'Failed' : dryRun ? 'Planned' : moves.length ? 'Moving' : 'Succeeded';
+      await write({
+        [DefragAnnotations.request]: request,
+        [DefragAnnotations.phase]: phase,
+        [DefragAnnotations.plan]: JSON.stringify({ node: plan.node ?? null, moves }),
+        [DefragAnnotations.done]: '0',
+        [DefragAnnotations.message]: `${dryRun ? 'dry run: ' : ''}${plan.message}`,
+      });
+      return; // the ConfigMap's watch event brings us back for the moves
+    }
+    if (ann[DefragAnnotations.phase] !== 'Moving') return;
+
+    const plan = JSON.parse(ann[DefragAnnotations.plan] ?? '{}') as { node?: string; moves?: PlannedMove[] };
+    const moves = plan.moves ?? [];
+    const done = Number(ann[DefragAnnotations.done] ?? '0');
+    const fail = async (why: string, m?: PlannedMove): Promise<void> => {
+      if (m) await this.clearDefragTarget(m);
+      await write({ [DefragAnnotations.phase]: 'Failed', [DefragAnnotations.message]: `move ${done + 1}/${moves.length} failed: ${why}` });
+    };
+    const m = moves[done];
+    if (!m) {
+      await write({ [DefragAnnotations.phase]: 'Succeeded', [DefragAnnotations.message]: `${moves.length} move(s) done: a slot is free on ${plan.node}` });
+      return;
+    }
+    const obj = await this.get(m.namespace, m.name);
+    if (!obj || obj.metadata.deletionTimestamp || fromObject(obj, this.tn).id !== m.vm) {
+      await fail(`microVM ${m.namespace}/${m.name} is gone`);
+      return;
+    }
+    const vm = fromObject(obj, this.tn);
+    const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
+    const targeted = obj.metadata.annotations?.[ANN_DEFRAG_TARGET] === m.to;
+    const started = ann[DefragAnnotations.started] === String(done);
+    if (vm.status.node === m.to && !evicting) {
+      const next = done + 1;
+      await write({
+        [DefragAnnotations.done]: String(next),
+        [DefragAnnotations.message]: `moved ${m.namespace}/${m.name} from ${m.from} to ${m.to} (${next}/${moves.length})`,
+        ...(next === moves.length ? { [DefragAnnotations.phase]: 'Succeeded', [DefragAnnotations.message]: `${moves.length} move(s) done: a slot is free on ${plan.node}` } : {}),
+      });
+      return;
+    }
+    if (vm.status.node === m.from && !evicting) {
+      // Started, yet back on its node without the target: the target refused it (step 5).
+      if (started && !targeted) return fail(`${m.namespace}/${m.name} came back to ${m.from}`);
+      if (vm.status.phase !== 'Running') return fail(`${m.namespace}/${m.name} is ${vm.status.phase}, not Running`, m);
+      // Start the move: the target (VM metadata), the mark (here), then the eviction (VM status).
+      let cur = obj;
+      if (!targeted) cur = await this.replace({ ...cur, metadata: { ...cur.metadata, annotations: { ...(cur.metadata.annotations ?? {}), [ANN_DEFRAG_TARGET]: m.to } } });
+      if (!started) await write({ [DefragAnnotations.started]: String(done) });
+      const now = new Date().toISOString();
+      const why = `defragmentation: moving to ${m.to} to free a slot on ${m.from}`;
+      cur = await this.replaceStatus({
+        ...cur,
+        status: { ...cur.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: 'Defrag', message: why }, now), observedGeneration: vm.generation },
+      });
+      await this.event(cur, 'Normal', 'Evicting', `${why}: stopping the microVM there`);
+    } else if (vm.status.node && vm.status.node !== m.from && vm.status.node !== m.to && !evicting) {
+      return fail(`${m.namespace}/${m.name} was placed on ${vm.status.node}, not ${m.to}`, m);
+    } else if (!started && !evicting) {
+      return fail(`${m.namespace}/${m.name} is not on ${m.from} any more`, m);
+    }
+    // In flight (stopping, unbound, placing): look again shortly (its events requeue us too).
+    this.queue.addAfter(DEFRAG_KEY, 1000);
+  }
+
+  private async clearDefragTarget(m: PlannedMove): Promise<void> {
+    const obj = await this.get(m.namespace, m.name);
+    if (!obj?.metadata.annotations?.[ANN_DEFRAG_TARGET]) return;
+    const { [ANN_DEFRAG_TARGET]: _t, ...rest } = obj.metadata.annotations;
+    await this.replace({ ...obj, metadata: { ...obj.metadata, annotations: rest } }).catch(() => undefined);
   }
 
   /** True when the queue has nothing to do (tests). */

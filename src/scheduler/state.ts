@@ -124,6 +124,11 @@ export class ClusterState {
     return this.vms.get(id);
   }
 
+  /** Every VM held (any node). */
+  placed(): IterableIterator<PlacedVm> {
+    return this.vms.values();
+  }
+
   vmsOn(node: string): PlacedVm[] {
     const u = this.usageMap.get(node);
     return u ? [...u.vms].map((id) => this.vms.get(id)!) : [];
