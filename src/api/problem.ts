@@ -63,6 +63,16 @@ export function toProblem(e: MvmError, instance?: string): ProblemBody {
 export function ajvToMvmError(errors: ErrorObject[], context: string): MvmError {
   const seen = new Set<string>();
   const violations: FieldViolation[] = [];
+  // A union of literals fails as one `const` per branch plus an `anyOf`: name the allowed values
+  // at that field unless a more specific error already names something there.
+  const allowed = new Map<string, unknown[]>();
+  const unions: string[] = [];
+  for (const err of errors) {
+    const field = formatPath(err.instancePath.replace(/^\//, '').split('/').filter(Boolean).map(unescapePointer)) || context;
+    if (err.keyword === 'const') allowed.set(field, [...(allowed.get(field) ?? []), (err.params as { allowedValue: unknown }).allowedValue]);
+    else if (err.keyword === 'enum') allowed.set(field, [...(allowed.get(field) ?? []), ...((err.params as { allowedValues: unknown[] }).allowedValues ?? [])]);
+    else if (err.keyword === 'anyOf' && !unions.includes(field)) unions.push(field);
+  }
   for (const err of errors) {
     let path = err.instancePath.replace(/^\//, '').split('/').filter(Boolean).map(unescapePointer);
     let message = err.message ?? 'is invalid';
@@ -82,6 +92,12 @@ export function ajvToMvmError(errors: ErrorObject[], context: string): MvmError 
     if (seen.has(key)) continue;
     seen.add(key);
     violations.push({ field, message });
+  }
+  for (const field of unions) {
+    const named = violations.some((v) => v.field === field || v.field.startsWith(`${field}.`) || v.field.startsWith(`${field}[`) || (field === context && v.field !== context));
+    if (named) continue;
+    const values = allowed.get(field);
+    violations.push({ field, message: values?.length ? `must be one of ${values.map((v) => JSON.stringify(v)).join(', ')}` : 'is invalid' });
   }
   if (violations.length === 0) violations.push({ field: context, message: 'is invalid' });
   const detail = violations.map((v) => `${v.field}: ${v.message}`).join('; ');
