@@ -26,6 +26,7 @@ import { createOverlay, createRawClone } from '../storage/disks.js';
 import type { CgroupManager } from './cgroups.js';
 import { observability } from '../observability/index.js';
 import { rotateClosed } from '../observability/log-rotation.js';
+import { vmNetCounters } from '../observability/collectors.js';
 
 export const READY_MARKER = 'MVM-READY';
 
@@ -534,8 +535,13 @@ export class LocalAgent implements NodeAgent {
       guestMemoryBytes: memoryMiB(vm.spec) * 1024 * 1024,
       uptimeSeconds: r?.inst && started ? (Date.now() - started) / 1000 : 0,
       block: stats?.block ?? [],
-      net: (await this.o.network?.stats(vm.id).catch(() => [])) ?? [],
+      net: [],
     };
+    // The VMM runs in the VM's netns, so its /proc/<pid>/net/dev holds the taps' counters: one file
+    // read instead of spawning `ip` per VM and sample; the network manager is the fallback.
+    const taps = r?.attachments?.map((n) => n.tap) ?? [];
+    const fromProc = vmNetCounters(r?.inst?.pid, taps);
+    m.net = fromProc.length === taps.length && taps.length > 0 ? fromProc : ((await this.o.network?.stats(vm.id).catch(() => [])) ?? []);
     if (r?.bootMs) m.bootMs = r.bootMs;
     return m;
   }
