@@ -243,6 +243,107 @@ describe('gRPC against the real service', () => {
     }
   });
 
+  test('ports and egress over gRPC are the REST fields; UpdateMicroVM changes scheduling, ports and egress like REST update', async () => {
+    await createTenant(svc, 'grpc-net');
+    const c = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-net', 'member')).token);
+    try {
+      const hostPort = 20000 + (process.pid % 20000);
+      const spec = {
+        name: 'published',
+        ports: [
+          { hostPort, guestPort: 80, protocol: 'tcp', hostIp: '192.0.2.10', nic: 'eth0' },
+          { hostPort: hostPort + 1, guestPort: 53, protocol: 'udp' },
+        ],
+        egress: { default: 'deny', allow: ['10.0.0.0/8'], deny: ['10.1.0.0/16'] },
+      };
+      const created = await unaryCall(c.CreateMicroVM.bind(c), { spec, noStart: true });
+      const protoPorts = [
+        { hostPort, guestPort: 80, protocol: 'tcp', hostIp: '192.0.2.10', nic: 'eth0' },
+        { hostPort: hostPort + 1, guestPort: 53, protocol: 'udp', hostIp: '', nic: '' },
+      ];
+      assert.deepEqual(created.microvm!.spec!.ports, protoPorts);
+      assert.deepEqual(created.microvm!.spec!.egress, spec.egress);
+      const got = await unaryCall(c.GetMicroVM.bind(c), { id: created.id });
+      assert.deepEqual(got.spec!.ports, protoPorts);
+      assert.deepEqual(got.spec!.egress, spec.egress);
+      // REST reads the same fields.
+      const rest = await svc.call('GET', `/microvms/${created.id}`);
+      assert.equal(rest.status, 200, JSON.stringify(rest.json));
+      assert.deepEqual(rest.json.spec.ports, spec.ports);
+      assert.deepEqual(rest.json.spec.egress, spec.egress);
+      // The same admission as REST: a port on a NIC the VM does not have is refused.
+      await rejectsWith(
+        unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'bad-port', ports: [{ hostPort: hostPort + 2, guestPort: 80, nic: 'eth7' }] }, noStart: true }),
+        grpc.status.INVALID_ARGUMENT,
+        'VALIDATION_FAILED',
+      );
+
+      // Update the scheduling fields, ports and egress; absent fields are kept.
+      const upd = await unaryCall(c.UpdateMicroVM.bind(c), {
+        id: created.id,
+        nodeSelector: { values: { disk: 'ssd' } },
+        tolerations: { values: [{ key: 'dedicated', operator: 'Equal', value: 'vm', effect: 'NoSchedule' }] },
+        affinity: { vmAntiAffinity: { required: [{ labelSelector: { matchLabels: { app: 'db' } } }] } },
+        egress: { default: 'allow' },
+        resourceVersion: got.microvm!.resourceVersion,
+      });
+      assert.deepEqual(upd.microvm!.spec!.nodeSelector, { disk: 'ssd' });
+      assert.deepEqual(upd.microvm!.spec!.tolerations, [{ key: 'dedicated', operator: 'Equal', value: 'vm', effect: 'NoSchedule' }]);
+      assert.deepEqual(upd.microvm!.spec!.ports, protoPorts, 'absent ports are kept');
+      const afterUpd = await svc.call('GET', `/microvms/${created.id}`);
+      assert.deepEqual(afterUpd.json.spec.nodeSelector, { disk: 'ssd' });
+      assert.deepEqual(afterUpd.json.spec.tolerations, [{ key: 'dedicated', operator: 'Equal', value: 'vm', effect: 'NoSchedule' }]);
+      assert.deepEqual(afterUpd.json.spec.affinity, { vmAntiAffinity: { required: [{ labelSelector: { matchLabels: { app: 'db' } } }] } });
+      assert.deepEqual(afterUpd.json.spec.egress, { default: 'allow' });
+      assert.deepEqual(afterUpd.json.spec.ports, spec.ports);
+      assert.equal(afterUpd.json.generation, got.microvm!.generation + 1);
+      // Present but empty clears: the ports, the node selector and the tolerations go; affinity stays.
+      const cleared = await unaryCall(c.UpdateMicroVM.bind(c), { id: created.id, ports: { values: [] }, nodeSelector: { values: {} }, tolerations: { values: [] } });
+      assert.deepEqual(cleared.microvm!.spec!.ports, []);
+      const rest2 = await svc.call('GET', `/microvms/${created.id}`);
+      assert.deepEqual(rest2.json.spec.ports ?? [], []);
+      assert.deepEqual(rest2.json.spec.nodeSelector ?? {}, {});
+      assert.deepEqual(rest2.json.spec.tolerations ?? [], []);
+      assert.deepEqual(rest2.json.spec.affinity, { vmAntiAffinity: { required: [{ labelSelector: { matchLabels: { app: 'db' } } }] } });
+      // A bad toleration key names the update request's proto field.
+      const bad = await rejectsWith(
+        unaryCall(c.UpdateMicroVM.bind(c), { id: created.id, tolerations: { values: [{ key: 'not a key!', operator: 'Exists' }] } }),
+        grpc.status.INVALID_ARGUMENT,
+        'VALIDATION_FAILED',
+      );
+      assert.ok((JSON.parse(bad.metadata.get('mvm-field-violations')[0] as string) as Array<{ field: string }>).some((v) => v.field === 'tolerations[0].key'), bad.details);
+      await unaryCall(c.DeleteMicroVM.bind(c), { id: created.id });
+    } finally {
+      c.close();
+    }
+  });
+
+  test('create from a snapshot over gRPC: an unknown snapshot is INVALID_ARGUMENT on `snapshot`; a real one restores a clone', async () => {
+    await createTenant(svc, 'grpc-snap');
+    const c = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-snap', 'member')).token);
+    try {
+      const missing = await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'nope' }, snapshot: 'snap-nope' }), grpc.status.INVALID_ARGUMENT, 'VALIDATION_FAILED');
+      assert.ok((JSON.parse(missing.metadata.get('mvm-field-violations')[0] as string) as Array<{ field: string }>).some((v) => v.field === 'snapshot'), missing.details);
+
+      const origin = await unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'origin', labels: { role: 'origin' } } });
+      await waitFor(c, origin.id, (v) => v.status!.phase === 'Running' && v.status!.ready, BOOT_TIMEOUT);
+      const snap = await svc.call('POST', `/microvms/${origin.id}/snapshots`, { body: { name: 'gsnap' } });
+      assert.equal(snap.status, 201, JSON.stringify(snap.json));
+      assert.equal(snap.json.phase, 'Ready');
+      // vcpu/memory/kernel/rootfs come from the snapshot; a different vcpu count is refused.
+      await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'clash', vcpuCount: 2 }, snapshot: 'gsnap' }), grpc.status.INVALID_ARGUMENT, 'VALIDATION_FAILED');
+      const clone = await unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'clone', labels: { role: 'clone' } }, snapshot: 'gsnap' });
+      assert.notEqual(clone.id, origin.id);
+      const ready = await waitFor(c, clone.id, (v) => v.status!.phase === 'Running' && v.status!.ready, BOOT_TIMEOUT);
+      assert.deepEqual(ready.spec!.labels, { role: 'clone' });
+      const rest = await svc.call('GET', `/microvms/${clone.id}`);
+      assert.deepEqual(rest.json.spec.source, { snapshot: snap.json.id });
+      for (const id of [clone.id, origin.id]) await unaryCall(c.DeleteMicroVM.bind(c), { id });
+    } finally {
+      c.close();
+    }
+  });
+
   test('another tenant gets NOT_FOUND for every RPC on a foreign VM, exactly like a missing one', async () => {
     const vm = await unaryCall(member.CreateMicroVM.bind(member), { spec: { name: 'private' }, noStart: true });
     const rpcs: Array<[string, (c: MicroVMServiceClient, id: string) => Promise<unknown>]> = [

@@ -13,6 +13,8 @@ import type { MicroVM as PbMicroVM } from './generated/microvm/service/v1alpha1/
 import type { Affinity as PbAffinity, Affinity__Output as PbAffinityOut } from './generated/microvm/service/v1alpha1/Affinity.js';
 import type { LabelSelector as PbSelector, LabelSelector__Output as PbSelectorOut } from './generated/microvm/service/v1alpha1/LabelSelector.js';
 import type { MicroVMSpec as PbSpec } from './generated/microvm/service/v1alpha1/MicroVMSpec.js';
+import type { PortMapping as PbPort, PortMapping__Output as PbPortOut } from './generated/microvm/service/v1alpha1/PortMapping.js';
+import type { EgressPolicy as PbEgress, EgressPolicy__Output as PbEgressOut } from './generated/microvm/service/v1alpha1/EgressPolicy.js';
 import type { Toleration__Output as PbTolerationOut } from './generated/microvm/service/v1alpha1/Toleration.js';
 import type { VmAffinityRules as PbRules, VmAffinityRules__Output as PbRulesOut } from './generated/microvm/service/v1alpha1/VmAffinityRules.js';
 import type { MicroVMStatus as PbStatus } from './generated/microvm/service/v1alpha1/MicroVMStatus.js';
@@ -45,11 +47,13 @@ export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof Mic
   nodeSelector: 'spec.node_selector',
   tolerations: 'spec.tolerations',
   affinity: 'spec.affinity',
-  // Not in the gRPC API yet: port publishing and the egress policy (REST and the CRD only).
-  ports: null,
-  egress: null,
+  ports: 'spec.ports',
+  egress: 'spec.egress',
 };
-/** Request-only fields with their own proto representation (start → no_start) or none (snapshot restore, source). */
+/**
+ * Fields outside MicroVMSpec: request-only fields with their own proto field (start → no_start,
+ * snapshot → CreateMicroVMRequest.snapshot), and the read-only `source` (set by a restore).
+ */
 export const NOT_SPEC_FIELDS = ['start', 'snapshot', 'source'] as const;
 const NESTED_SNAKE: Record<string, string> = {
   readOnly: 'read_only',
@@ -61,12 +65,15 @@ const NESTED_SNAKE: Record<string, string> = {
   vmAffinityTerm: 'vm_affinity_term',
   vmAffinity: 'vm_affinity',
   vmAntiAffinity: 'vm_anti_affinity',
+  hostPort: 'host_port',
+  guestPort: 'guest_port',
+  hostIp: 'host_ip',
 };
 const protoField = (f: string, prefix = true): string => {
   const head = f.split(/[.[]/)[0]!;
   const mapped = (PROTO_FIELD as Record<string, string | null | undefined>)[head];
   if (!mapped) return f;
-  const rest = f.slice(head.length).replace(/\b(readOnly|mountPath|matchLabels|matchExpressions|labelSelector|topologyKey|vmAffinityTerm|vmAffinity|vmAntiAffinity)\b/g, (w) => NESTED_SNAKE[w]!);
+  const rest = f.slice(head.length).replace(/\b(readOnly|mountPath|matchLabels|matchExpressions|labelSelector|topologyKey|vmAffinityTerm|vmAffinity|vmAntiAffinity|hostPort|guestPort|hostIp)\b/g, (w) => NESTED_SNAKE[w]!);
   return (prefix ? mapped : mapped.replace(/^spec\./, '')) + rest;
 };
 
@@ -93,8 +100,11 @@ export function createRequestFromProto(r: CreateMicroVMRequest__Output): CreateM
     if (s.tolerations.length) req.tolerations = s.tolerations.map(tolerationFromProto);
     const affinity = s.affinity ? affinityFromProto(s.affinity) : undefined;
     if (affinity) req.affinity = affinity;
+    if (s.ports.length) req.ports = s.ports.map(portFromProto);
+    if (s.egress) req.egress = egressFromProto(s.egress);
   }
   if (r.noStart) req.start = false;
+  if (r.snapshot) req.snapshot = r.snapshot;
   if (!validateCreate(req)) {
     const e = ajvToMvmError(validateCreate.errors ?? [], 'spec');
     throw renameViolations(e);
@@ -108,6 +118,13 @@ export function updateRequestFromProto(r: UpdateMicroVMRequest__Output): UpdateM
   if (r.memorySize !== undefined && r.memorySize !== null) req.memory = r.memorySize;
   if (r.kernel) req.kernel = JSON.parse(JSON.stringify({ image: str(r.kernel.image), cmdline: str(r.kernel.cmdline) }));
   if (r.labels) req.labels = { ...r.labels.values };
+  // Message-typed fields have presence: present replaces (an empty one clears), absent keeps.
+  if (r.securityGroups) req.securityGroups = [...r.securityGroups.values];
+  if (r.ports) req.ports = r.ports.values.map(portFromProto);
+  if (r.egress) req.egress = egressFromProto(r.egress);
+  if (r.nodeSelector) req.nodeSelector = { ...r.nodeSelector.values };
+  if (r.tolerations) req.tolerations = r.tolerations.values.map(tolerationFromProto);
+  if (r.affinity) req.affinity = affinityFromProto(r.affinity) ?? {};
   if (!validateUpdate(req)) throw renameViolations(ajvToMvmError(validateUpdate.errors ?? [], 'request'), false);
   return req as UpdateMicroVMRequestT;
 }
@@ -116,6 +133,16 @@ type AffinityT = NonNullable<MicroVMSpecT['affinity']>;
 type RulesT = NonNullable<AffinityT['vmAffinity']>;
 type SelectorT = RulesT extends { required?: Array<{ labelSelector: infer L }> } ? L : never;
 type TolerationT = NonNullable<MicroVMSpecT['tolerations']>[number];
+type PortT = NonNullable<MicroVMSpecT['ports']>[number];
+type EgressT = NonNullable<MicroVMSpecT['egress']>;
+
+/** Zero values are "absent", so the schema (not the proto) rejects a missing host/guest port. */
+const portFromProto = (p: PbPortOut): PortT =>
+  JSON.parse(JSON.stringify({ hostPort: p.hostPort || undefined, guestPort: p.guestPort || undefined, protocol: str(p.protocol), hostIp: str(p.hostIp), nic: str(p.nic) }));
+const egressFromProto = (e: PbEgressOut): EgressT =>
+  JSON.parse(JSON.stringify({ default: str(e.default), allow: e.allow.length ? [...e.allow] : undefined, deny: e.deny.length ? [...e.deny] : undefined }));
+const portToProto = (p: PortT): PbPort => ({ hostPort: p.hostPort, guestPort: p.guestPort, protocol: p.protocol ?? '', hostIp: p.hostIp ?? '', nic: p.nic ?? '' });
+const egressToProto = (e: EgressT | undefined): PbEgress | null => (e ? { default: e.default ?? '', allow: [...(e.allow ?? [])], deny: [...(e.deny ?? [])] } : null);
 
 /** Empty proto strings and lists are "absent" (proto3 has no presence for them). */
 const tolerationFromProto = (t: PbTolerationOut): TolerationT =>
@@ -182,6 +209,8 @@ export function specToProto(vm: MicroVM): PbSpec {
     nodeSelector: { ...(s.nodeSelector ?? {}) },
     tolerations: (s.tolerations ?? []).map((t) => ({ key: t.key ?? '', operator: t.operator ?? '', value: t.value ?? '', effect: t.effect ?? '' })),
     affinity: affinityToProto(s.affinity),
+    ports: (s.ports ?? []).map(portToProto),
+    egress: egressToProto(s.egress),
   };
 }
 

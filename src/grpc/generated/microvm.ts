@@ -9,6 +9,7 @@ import type { CreateMicroVMRequest as _microvm_service_v1alpha1_CreateMicroVMReq
 import type { CreateMicroVMResponse as _microvm_service_v1alpha1_CreateMicroVMResponse, CreateMicroVMResponse__Output as _microvm_service_v1alpha1_CreateMicroVMResponse__Output } from './microvm/service/v1alpha1/CreateMicroVMResponse.js';
 import type { DeleteMicroVMRequest as _microvm_service_v1alpha1_DeleteMicroVMRequest, DeleteMicroVMRequest__Output as _microvm_service_v1alpha1_DeleteMicroVMRequest__Output } from './microvm/service/v1alpha1/DeleteMicroVMRequest.js';
 import type { DeleteMicroVMResponse as _microvm_service_v1alpha1_DeleteMicroVMResponse, DeleteMicroVMResponse__Output as _microvm_service_v1alpha1_DeleteMicroVMResponse__Output } from './microvm/service/v1alpha1/DeleteMicroVMResponse.js';
+import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from './microvm/service/v1alpha1/EgressPolicy.js';
 import type { GetConsoleRequest as _microvm_service_v1alpha1_GetConsoleRequest, GetConsoleRequest__Output as _microvm_service_v1alpha1_GetConsoleRequest__Output } from './microvm/service/v1alpha1/GetConsoleRequest.js';
 import type { GetConsoleResponse as _microvm_service_v1alpha1_GetConsoleResponse, GetConsoleResponse__Output as _microvm_service_v1alpha1_GetConsoleResponse__Output } from './microvm/service/v1alpha1/GetConsoleResponse.js';
 import type { GetMetricsRequest as _microvm_service_v1alpha1_GetMetricsRequest, GetMetricsRequest__Output as _microvm_service_v1alpha1_GetMetricsRequest__Output } from './microvm/service/v1alpha1/GetMetricsRequest.js';
@@ -27,12 +28,16 @@ import type { MicroVMSpec as _microvm_service_v1alpha1_MicroVMSpec, MicroVMSpec_
 import type { MicroVMStatus as _microvm_service_v1alpha1_MicroVMStatus, MicroVMStatus__Output as _microvm_service_v1alpha1_MicroVMStatus__Output } from './microvm/service/v1alpha1/MicroVMStatus.js';
 import type { NetMetrics as _microvm_service_v1alpha1_NetMetrics, NetMetrics__Output as _microvm_service_v1alpha1_NetMetrics__Output } from './microvm/service/v1alpha1/NetMetrics.js';
 import type { NetworkInterface as _microvm_service_v1alpha1_NetworkInterface, NetworkInterface__Output as _microvm_service_v1alpha1_NetworkInterface__Output } from './microvm/service/v1alpha1/NetworkInterface.js';
+import type { PortMapping as _microvm_service_v1alpha1_PortMapping, PortMapping__Output as _microvm_service_v1alpha1_PortMapping__Output } from './microvm/service/v1alpha1/PortMapping.js';
+import type { PortMappings as _microvm_service_v1alpha1_PortMappings, PortMappings__Output as _microvm_service_v1alpha1_PortMappings__Output } from './microvm/service/v1alpha1/PortMappings.js';
 import type { RootFSSpec as _microvm_service_v1alpha1_RootFSSpec, RootFSSpec__Output as _microvm_service_v1alpha1_RootFSSpec__Output } from './microvm/service/v1alpha1/RootFSSpec.js';
 import type { StartMicroVMRequest as _microvm_service_v1alpha1_StartMicroVMRequest, StartMicroVMRequest__Output as _microvm_service_v1alpha1_StartMicroVMRequest__Output } from './microvm/service/v1alpha1/StartMicroVMRequest.js';
 import type { StartMicroVMResponse as _microvm_service_v1alpha1_StartMicroVMResponse, StartMicroVMResponse__Output as _microvm_service_v1alpha1_StartMicroVMResponse__Output } from './microvm/service/v1alpha1/StartMicroVMResponse.js';
 import type { StopMicroVMRequest as _microvm_service_v1alpha1_StopMicroVMRequest, StopMicroVMRequest__Output as _microvm_service_v1alpha1_StopMicroVMRequest__Output } from './microvm/service/v1alpha1/StopMicroVMRequest.js';
 import type { StopMicroVMResponse as _microvm_service_v1alpha1_StopMicroVMResponse, StopMicroVMResponse__Output as _microvm_service_v1alpha1_StopMicroVMResponse__Output } from './microvm/service/v1alpha1/StopMicroVMResponse.js';
+import type { StringList as _microvm_service_v1alpha1_StringList, StringList__Output as _microvm_service_v1alpha1_StringList__Output } from './microvm/service/v1alpha1/StringList.js';
 import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Output as _microvm_service_v1alpha1_Toleration__Output } from './microvm/service/v1alpha1/Toleration.js';
+import type { Tolerations as _microvm_service_v1alpha1_Tolerations, Tolerations__Output as _microvm_service_v1alpha1_Tolerations__Output } from './microvm/service/v1alpha1/Tolerations.js';
 import type { UpdateMicroVMRequest as _microvm_service_v1alpha1_UpdateMicroVMRequest, UpdateMicroVMRequest__Output as _microvm_service_v1alpha1_UpdateMicroVMRequest__Output } from './microvm/service/v1alpha1/UpdateMicroVMRequest.js';
 import type { UpdateMicroVMResponse as _microvm_service_v1alpha1_UpdateMicroVMResponse, UpdateMicroVMResponse__Output as _microvm_service_v1alpha1_UpdateMicroVMResponse__Output } from './microvm/service/v1alpha1/UpdateMicroVMResponse.js';
 import type { VmAffinityRules as _microvm_service_v1alpha1_VmAffinityRules, VmAffinityRules__Output as _microvm_service_v1alpha1_VmAffinityRules__Output } from './microvm/service/v1alpha1/VmAffinityRules.js';
@@ -55,6 +60,7 @@ export interface ProtoGrpcType {
         CreateMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_CreateMicroVMResponse, _microvm_service_v1alpha1_CreateMicroVMResponse__Output>
         DeleteMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_DeleteMicroVMRequest, _microvm_service_v1alpha1_DeleteMicroVMRequest__Output>
         DeleteMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_DeleteMicroVMResponse, _microvm_service_v1alpha1_DeleteMicroVMResponse__Output>
+        EgressPolicy: MessageTypeDefinition<_microvm_service_v1alpha1_EgressPolicy, _microvm_service_v1alpha1_EgressPolicy__Output>
         GetConsoleRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetConsoleRequest, _microvm_service_v1alpha1_GetConsoleRequest__Output>
         GetConsoleResponse: MessageTypeDefinition<_microvm_service_v1alpha1_GetConsoleResponse, _microvm_service_v1alpha1_GetConsoleResponse__Output>
         GetMetricsRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetMetricsRequest, _microvm_service_v1alpha1_GetMetricsRequest__Output>
@@ -73,12 +79,16 @@ export interface ProtoGrpcType {
         MicroVMStatus: MessageTypeDefinition<_microvm_service_v1alpha1_MicroVMStatus, _microvm_service_v1alpha1_MicroVMStatus__Output>
         NetMetrics: MessageTypeDefinition<_microvm_service_v1alpha1_NetMetrics, _microvm_service_v1alpha1_NetMetrics__Output>
         NetworkInterface: MessageTypeDefinition<_microvm_service_v1alpha1_NetworkInterface, _microvm_service_v1alpha1_NetworkInterface__Output>
+        PortMapping: MessageTypeDefinition<_microvm_service_v1alpha1_PortMapping, _microvm_service_v1alpha1_PortMapping__Output>
+        PortMappings: MessageTypeDefinition<_microvm_service_v1alpha1_PortMappings, _microvm_service_v1alpha1_PortMappings__Output>
         RootFSSpec: MessageTypeDefinition<_microvm_service_v1alpha1_RootFSSpec, _microvm_service_v1alpha1_RootFSSpec__Output>
         StartMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_StartMicroVMRequest, _microvm_service_v1alpha1_StartMicroVMRequest__Output>
         StartMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_StartMicroVMResponse, _microvm_service_v1alpha1_StartMicroVMResponse__Output>
         StopMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_StopMicroVMRequest, _microvm_service_v1alpha1_StopMicroVMRequest__Output>
         StopMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_StopMicroVMResponse, _microvm_service_v1alpha1_StopMicroVMResponse__Output>
+        StringList: MessageTypeDefinition<_microvm_service_v1alpha1_StringList, _microvm_service_v1alpha1_StringList__Output>
         Toleration: MessageTypeDefinition<_microvm_service_v1alpha1_Toleration, _microvm_service_v1alpha1_Toleration__Output>
+        Tolerations: MessageTypeDefinition<_microvm_service_v1alpha1_Tolerations, _microvm_service_v1alpha1_Tolerations__Output>
         UpdateMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMRequest, _microvm_service_v1alpha1_UpdateMicroVMRequest__Output>
         UpdateMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMResponse, _microvm_service_v1alpha1_UpdateMicroVMResponse__Output>
         VmAffinityRules: MessageTypeDefinition<_microvm_service_v1alpha1_VmAffinityRules, _microvm_service_v1alpha1_VmAffinityRules__Output>

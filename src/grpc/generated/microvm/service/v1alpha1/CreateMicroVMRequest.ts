@@ -13,6 +13,11 @@ export interface CreateMicroVMRequest {
    * Admins only: create in this tenant instead of the system tenant.
    */
   'tenant'?: (string);
+  /**
+   * Restore (clone) from this snapshot (id or name); vcpu/memory/kernel/rootfs come from the
+   * snapshot. (REST: "snapshot".)
+   */
+  'snapshot'?: (string);
 }
 
 export interface CreateMicroVMRequest__Output {
@@ -25,4 +30,9 @@ export interface CreateMicroVMRequest__Output {
    * Admins only: create in this tenant instead of the system tenant.
    */
   'tenant': (string);
+  /**
+   * Restore (clone) from this snapshot (id or name); vcpu/memory/kernel/rootfs come from the
+   * snapshot. (REST: "snapshot".)
+   */
+  'snapshot': (string);
 }

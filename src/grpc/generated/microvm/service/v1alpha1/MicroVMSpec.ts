@@ -7,6 +7,8 @@ import type { NetworkInterface as _microvm_service_v1alpha1_NetworkInterface, Ne
 import type { Volume as _microvm_service_v1alpha1_Volume, Volume__Output as _microvm_service_v1alpha1_Volume__Output } from '../../../microvm/service/v1alpha1/Volume.js';
 import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Output as _microvm_service_v1alpha1_Toleration__Output } from '../../../microvm/service/v1alpha1/Toleration.js';
 import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from '../../../microvm/service/v1alpha1/Affinity.js';
+import type { PortMapping as _microvm_service_v1alpha1_PortMapping, PortMapping__Output as _microvm_service_v1alpha1_PortMapping__Output } from '../../../microvm/service/v1alpha1/PortMapping.js';
+import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from '../../../microvm/service/v1alpha1/EgressPolicy.js';
 
 export interface MicroVMSpec {
   'name'?: (string);
@@ -36,6 +38,14 @@ export interface MicroVMSpec {
    * Affinity and anti-affinity to other microVMs of the same tenant.
    */
   'affinity'?: (_microvm_service_v1alpha1_Affinity | null);
+  /**
+   * Guest ports published on host ports.
+   */
+  'ports'?: (_microvm_service_v1alpha1_PortMapping)[];
+  /**
+   * Egress policy of the VM's traffic; absent: the tenant's default.
+   */
+  'egress'?: (_microvm_service_v1alpha1_EgressPolicy | null);
 }
 
 export interface MicroVMSpec__Output {
@@ -66,4 +76,12 @@ export interface MicroVMSpec__Output {
    * Affinity and anti-affinity to other microVMs of the same tenant.
    */
   'affinity': (_microvm_service_v1alpha1_Affinity__Output | null);
+  /**
+   * Guest ports published on host ports.
+   */
+  'ports': (_microvm_service_v1alpha1_PortMapping__Output)[];
+  /**
+   * Egress policy of the VM's traffic; absent: the tenant's default.
+   */
+  'egress': (_microvm_service_v1alpha1_EgressPolicy__Output | null);
 }

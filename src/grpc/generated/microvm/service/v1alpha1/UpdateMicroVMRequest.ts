@@ -3,6 +3,11 @@
 
 import type { KernelSpec as _microvm_service_v1alpha1_KernelSpec, KernelSpec__Output as _microvm_service_v1alpha1_KernelSpec__Output } from '../../../microvm/service/v1alpha1/KernelSpec.js';
 import type { Labels as _microvm_service_v1alpha1_Labels, Labels__Output as _microvm_service_v1alpha1_Labels__Output } from '../../../microvm/service/v1alpha1/Labels.js';
+import type { StringList as _microvm_service_v1alpha1_StringList, StringList__Output as _microvm_service_v1alpha1_StringList__Output } from '../../../microvm/service/v1alpha1/StringList.js';
+import type { PortMappings as _microvm_service_v1alpha1_PortMappings, PortMappings__Output as _microvm_service_v1alpha1_PortMappings__Output } from '../../../microvm/service/v1alpha1/PortMappings.js';
+import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from '../../../microvm/service/v1alpha1/EgressPolicy.js';
+import type { Tolerations as _microvm_service_v1alpha1_Tolerations, Tolerations__Output as _microvm_service_v1alpha1_Tolerations__Output } from '../../../microvm/service/v1alpha1/Tolerations.js';
+import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from '../../../microvm/service/v1alpha1/Affinity.js';
 
 export interface UpdateMicroVMRequest {
   'id'?: (string);
@@ -17,6 +22,31 @@ export interface UpdateMicroVMRequest {
    * If set, the update applies only to this version (else ABORTED).
    */
   'resourceVersion'?: (string);
+  /**
+   * Present: replaces the security groups (an empty list removes them all).
+   */
+  'securityGroups'?: (_microvm_service_v1alpha1_StringList | null);
+  /**
+   * Present: replaces the published ports (an empty list removes them all).
+   */
+  'ports'?: (_microvm_service_v1alpha1_PortMappings | null);
+  /**
+   * Present: replaces the egress policy.
+   */
+  'egress'?: (_microvm_service_v1alpha1_EgressPolicy | null);
+  /**
+   * Present: replaces the node selector (an empty map removes it). Placement constraints apply at
+   * the next placement.
+   */
+  'nodeSelector'?: (_microvm_service_v1alpha1_Labels | null);
+  /**
+   * Present: replaces the tolerations (an empty list removes them all).
+   */
+  'tolerations'?: (_microvm_service_v1alpha1_Tolerations | null);
+  /**
+   * Present: replaces the affinity (an empty message removes it).
+   */
+  'affinity'?: (_microvm_service_v1alpha1_Affinity | null);
   '_vcpuCount'?: "vcpuCount";
   '_memorySize'?: "memorySize";
 }
@@ -34,6 +64,31 @@ export interface UpdateMicroVMRequest__Output {
    * If set, the update applies only to this version (else ABORTED).
    */
   'resourceVersion': (string);
+  /**
+   * Present: replaces the security groups (an empty list removes them all).
+   */
+  'securityGroups': (_microvm_service_v1alpha1_StringList__Output | null);
+  /**
+   * Present: replaces the published ports (an empty list removes them all).
+   */
+  'ports': (_microvm_service_v1alpha1_PortMappings__Output | null);
+  /**
+   * Present: replaces the egress policy.
+   */
+  'egress': (_microvm_service_v1alpha1_EgressPolicy__Output | null);
+  /**
+   * Present: replaces the node selector (an empty map removes it). Placement constraints apply at
+   * the next placement.
+   */
+  'nodeSelector': (_microvm_service_v1alpha1_Labels__Output | null);
+  /**
+   * Present: replaces the tolerations (an empty list removes them all).
+   */
+  'tolerations': (_microvm_service_v1alpha1_Tolerations__Output | null);
+  /**
+   * Present: replaces the affinity (an empty message removes it).
+   */
+  'affinity': (_microvm_service_v1alpha1_Affinity__Output | null);
   '_vcpuCount'?: "vcpuCount";
   '_memorySize'?: "memorySize";
 }
