@@ -10,14 +10,17 @@ import { KubeConfig } from '@kubernetes/client-node';
 import pino, { type Logger } from 'pino';
 import type { Config } from '../config.js';
 import { Controller } from '../controller/controller.js';
+import { NetworkController } from '../controller/network-controller.js';
+import { SecurityGroupService } from '../core/security-groups.js';
 import type { MicroVM } from '../core/microvm.js';
-import type { VmNetworkSpec } from '../core/ports/network.js';
 import type { VmmDriver } from '../core/ports/vmm.js';
 import { CniNetworkManager } from '../network/manager.js';
+import { validateRules } from '../network/sg-rules.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { DefaultImageResolver } from '../storage/default-images.js';
 import { OciImageResolver } from '../storage/oci/index.js';
 import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
+import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
 import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
@@ -66,16 +69,25 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     });
     await network.resync();
   }
-  // Security groups are not resolved on the node yet (ADR 0017): the VM gets its NICs, ports and egress default.
-  const networkSpec = async (vm: MicroVM): Promise<VmNetworkSpec> => ({
-    id: vm.id,
-    tenant: vm.tenant,
-    hostname: vm.name,
-    nics: vm.spec.networkInterfaces?.length ? vm.spec.networkInterfaces.map((n) => ({ name: n.name, ...(n.mac ? { mac: n.mac } : {}), ...(n.ip ? { ip: n.ip } : {}) })) : [{ name: 'eth0' }],
-    securityGroups: [],
-    egress: vm.spec.egress ?? { default: cfg.network.egressDefault },
-    ports: (vm.spec.ports ?? []).map((p) => ({ ...p })),
-  });
+  const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
+  const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
+  await store.start();
+  // Security groups as standalone enforces them (ADR 0017): the same NetworkController and policy
+  // compiler, over the SecurityGroup objects (list+watch, so changes made through the API apply live).
+  let resources: KubernetesResourceStore | undefined;
+  let netController: NetworkController | undefined;
+  if (network) {
+    resources = new KubernetesResourceStore(kc, k8s.tn);
+    await resources.startInformer(log.child({ c: 'securitygroups' }));
+    netController = new NetworkController({
+      network,
+      resources,
+      store,
+      groups: new SecurityGroupService(resources, store, validateRules),
+      log: log.child({ c: 'network' }),
+      defaultEgress: { default: cfg.network.egressDefault },
+    });
+  }
   const agent = new LocalAgent({
     nodeName,
     dataDir: cfg.dataDir,
@@ -85,11 +97,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     cgroups: detectCgroups('/sys/fs/cgroup', process.env.MVM_CGROUP_PARENT ?? 'mvm'),
     log: log.child({ c: 'agent' }),
     ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
-    ...(network ? { network, networkSpec } : {}),
+    ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController!.specFor(vm) } : {}),
   });
-  const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
-  const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
-  await store.start();
   const controller = new Controller({
     store,
     agent,
@@ -100,6 +109,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   });
   const heartbeat = new NodeHeartbeat(kc, { namespace: cfg.cluster?.systemNamespace ?? 'microvm-system', agent, periodMs: o.heartbeatMs ?? 10_000, log });
   await heartbeat.start();
+  await netController?.start();
   await controller.start();
   log.info({ node: nodeName, driver: caps.driver, accel: caps.accel }, 'node agent running');
   let closed = false;
@@ -115,10 +125,12 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
       if (closed) return;
       closed = true;
       heartbeat.stop();
+      netController?.stop();
       await controller.stop();
       if (cfg.shutdownPolicy === 'stop') await agent.stopAll(cfg.stopTimeoutSeconds * 1000);
       await agent.shutdown();
       await store.close();
+      await resources?.close();
       await k8s.close();
     },
   };

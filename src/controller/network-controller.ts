@@ -27,6 +27,8 @@ export class NetworkController {
   private running: Promise<void> = Promise.resolve();
   /** Last network intent applied per VM, so status-only updates cost nothing. */
   private readonly applied = new Map<string, string>();
+  /** Ids of the groups in the catalogue last applied. */
+  private known = new Set<string>();
 
   constructor(private readonly o: NetworkControllerOptions) {}
 
@@ -62,6 +64,7 @@ export class NetworkController {
         rules: g.spec.rules.map((r) => (r.group !== undefined ? { ...r, group: byName.get(`${g.tenant}/${r.group}`) ?? r.group } : r)),
       }));
       await this.o.network.applyPolicy({ securityGroups });
+      this.known = new Set(securityGroups.map((g) => g.id));
     };
     this.running = this.running.then(run, run).catch((e: Error) => this.o.log.error({ err: e.message }, 'network policy sync failed'));
     await this.running;
@@ -70,12 +73,16 @@ export class NetworkController {
   /** What the agent passes to NetworkManager.setup for this VM. */
   async specFor(vm: MicroVM): Promise<VmNetworkSpec> {
     const nics = vm.spec.networkInterfaces?.length ? vm.spec.networkInterfaces.map((n) => ({ name: n.name, ...(n.mac ? { mac: n.mac } : {}), ...(n.ip ? { ip: n.ip } : {}) })) : [{ name: 'eth0' }];
+    const securityGroups = await this.o.groups.resolve(vm.tenant, vm.spec.securityGroups ?? []);
+    // A group created just before the VM (by another process, in cluster mode) may not have been
+    // applied yet: apply the catalogue now rather than fail the VM's network setup.
+    if (securityGroups.some((g) => !this.known.has(g))) await this.syncPolicy();
     return {
       id: vm.id,
       tenant: vm.tenant,
       hostname: vm.name,
       nics,
-      securityGroups: await this.o.groups.resolve(vm.tenant, vm.spec.securityGroups ?? []),
+      securityGroups,
       egress: vm.spec.egress ?? this.o.defaultEgress,
       ports: (vm.spec.ports ?? []).map((p) => ({ ...p })),
     };

@@ -2,10 +2,12 @@
  * Kubernetes adapter of the generic resource port (cluster mode, ADR 0015) for the kinds that have
  * a CRD: a security group is a `SecurityGroup` object in its tenant's namespace, named by its
  * name, its id in the label `microvm.service/id`, its times in annotations. Optimistic concurrency
- * by resourceVersion. `watch` reports this process's writes only (the API needs no more; node
- * agents watch the objects themselves). Other kinds: CAPABILITY_UNSUPPORTED.
+ * by resourceVersion. `watch` reports this process's writes; after `startInformer()` (the node
+ * agent, which enforces the groups) also every change made by other processes (a list+watch of all
+ * SecurityGroup objects of this partition). Other kinds: CAPABILITY_UNSUPPORTED.
  */
-import { CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { CustomObjectsApi, KubeConfig, ListWatch, Watch, type KubernetesObject } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { ResourceStore, StoredResource } from '../../core/ports/resources.js';
 import { SECURITYGROUP_RESOURCE } from '../../k8s/crd.js';
@@ -24,12 +26,55 @@ interface Obj {
 export class KubernetesResourceStore implements ResourceStore {
   private readonly custom: CustomObjectsApi;
   private readonly subs = new Set<(kind: string, id: string) => void>();
+  private informer: ListWatch<Obj & KubernetesObject> | undefined;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private closed = false;
 
   constructor(
-    kubeConfig: KubeConfig,
+    private readonly kubeConfig: KubeConfig,
     private readonly tn: TenantNamespaces,
   ) {
     this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
+  }
+
+  /**
+   * List+watch every SecurityGroup object (of this partition) and report each added, changed or
+   * deleted one to the `watch` subscribers, whoever wrote it. Resolves after the initial list.
+   */
+  async startInformer(log?: Logger): Promise<void> {
+    if (this.informer) return;
+    const { group, version, plural } = SECURITYGROUP_RESOURCE;
+    const sel = [...this.tn.selector(), LABEL_ID].join(',');
+    const informer = new ListWatch<Obj & KubernetesObject>(
+      `/apis/${group}/${version}/${plural}`,
+      new Watch(this.kubeConfig),
+      async () => (await this.custom.listClusterCustomObject({ group, version, plural, labelSelector: sel })) as never,
+      false,
+      sel,
+    );
+    const changed = (o: Obj): void => {
+      const id = o.metadata.labels?.[LABEL_ID];
+      if (id) this.tell('securitygroup', id);
+    };
+    informer.on('add', changed);
+    informer.on('update', changed);
+    informer.on('delete', changed);
+    informer.on('error', (e: unknown) => {
+      if (this.closed) return;
+      log?.warn({ err: (e as Error)?.message }, 'SecurityGroup informer failed; restarting');
+      clearTimeout(this.restartTimer);
+      this.restartTimer = setTimeout(() => void informer.start().catch(() => undefined), 1000);
+      this.restartTimer.unref();
+    });
+    this.informer = informer;
+    await informer.start();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.restartTimer);
+    this.subs.clear();
+    await this.informer?.stop();
   }
 
   private res(kind: string): { group: string; version: string; plural: string; kind: string } {
