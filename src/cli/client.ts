@@ -4,6 +4,8 @@
  */
 import type { CreateMicroVMRequestT, MicroVMT, PhaseT, UpdateMicroVMRequestT, VmMetricsT } from '../core/schema.js';
 import type { CreateVolumeRequestT, VolumeSnapshotT, VolumeT } from '../core/schema.js';
+import type { SecurityGroupRequestT, SecurityGroupT, SecurityGroupUpdateT, SnapshotT } from '../core/schema.js';
+import type { ApiKeyT, AuditEntryT, CreateApiKeyRequestT, CreateTenantRequestT, TenantT, TenantUsageT, UpdateTenantRequestT } from '../core/tenancy-schema.js';
 
 export type MicroVM = MicroVMT;
 export type Phase = PhaseT;
@@ -283,6 +285,116 @@ export class MvmClient {
     return this.#json<VolumeSnapshotT>('POST', `/volumes/${enc(id)}/snapshots`, { body: { name } });
   }
 
+  // ---- pause/resume and snapshots ---------------------------------------
+
+  pause(id: string): Promise<MicroVM> {
+    return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/pause`);
+  }
+
+  resume(id: string): Promise<MicroVM> {
+    return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/resume`);
+  }
+
+  createSnapshot(vm: string, name: string): Promise<SnapshotT> {
+    return this.#json<SnapshotT>('POST', `/microvms/${enc(vm)}/snapshots`, { body: { name } });
+  }
+
+  /** All snapshots, or those of one microVM. */
+  listSnapshots(vm?: string): Promise<{ items: SnapshotT[] }> {
+    return this.#json<{ items: SnapshotT[] }>('GET', vm !== undefined ? `/microvms/${enc(vm)}/snapshots` : '/snapshots');
+  }
+
+  getSnapshot(id: string): Promise<SnapshotT> {
+    return this.#json<SnapshotT>('GET', `/snapshots/${enc(id)}`);
+  }
+
+  async deleteSnapshot(id: string): Promise<void> {
+    await this.#json<undefined>('DELETE', `/snapshots/${enc(id)}`);
+  }
+
+  // ---- security groups ---------------------------------------------------
+
+  createSecurityGroup(req: SecurityGroupRequestT): Promise<SecurityGroupT> {
+    return this.#json<SecurityGroupT>('POST', '/securitygroups', { body: req });
+  }
+
+  listSecurityGroups(): Promise<{ items: SecurityGroupT[] }> {
+    return this.#json<{ items: SecurityGroupT[] }>('GET', '/securitygroups');
+  }
+
+  getSecurityGroup(id: string): Promise<SecurityGroupT> {
+    return this.#json<SecurityGroupT>('GET', `/securitygroups/${enc(id)}`);
+  }
+
+  updateSecurityGroup(id: string, patch: SecurityGroupUpdateT): Promise<SecurityGroupT> {
+    return this.#json<SecurityGroupT>('PUT', `/securitygroups/${enc(id)}`, { body: patch });
+  }
+
+  async deleteSecurityGroup(id: string): Promise<void> {
+    await this.#json<undefined>('DELETE', `/securitygroups/${enc(id)}`);
+  }
+
+  // ---- tenants, API keys, audit (admin) ----------------------------------
+
+  createTenant(req: CreateTenantRequestT): Promise<TenantT> {
+    return this.#json<TenantT>('POST', '/tenants', { body: req });
+  }
+
+  listTenants(params: { limit?: number; cursor?: string } = {}): Promise<{ items: TenantT[]; next_cursor?: string }> {
+    return this.#json('GET', '/tenants', { query: pageQuery(params) });
+  }
+
+  getTenant(id: string): Promise<TenantT> {
+    return this.#json<TenantT>('GET', `/tenants/${enc(id)}`);
+  }
+
+  updateTenant(id: string, patch: UpdateTenantRequestT): Promise<TenantT> {
+    return this.#json<TenantT>('PUT', `/tenants/${enc(id)}`, { body: patch });
+  }
+
+  deleteTenant(id: string, opts: { cascade?: boolean } = {}): Promise<unknown> {
+    return this.#json<unknown>('DELETE', `/tenants/${enc(id)}`, { query: opts.cascade ? new URLSearchParams({ cascade: 'true' }) : undefined });
+  }
+
+  tenantUsage(id: string): Promise<TenantUsageT> {
+    return this.#json<TenantUsageT>('GET', `/tenants/${enc(id)}/usage`);
+  }
+
+  /** The secret `token` is in this answer only. */
+  createApiKey(req: CreateApiKeyRequestT, opts: { tenant?: string } = {}): Promise<ApiKeyT & { token: string }> {
+    return this.#json('POST', '/apikeys', { body: req, query: opts.tenant ? new URLSearchParams({ tenant: opts.tenant }) : undefined });
+  }
+
+  listApiKeys(params: { tenant?: string; limit?: number; cursor?: string } = {}): Promise<{ items: ApiKeyT[]; next_cursor?: string }> {
+    const q = pageQuery(params);
+    if (params.tenant) q.set('tenant', params.tenant);
+    return this.#json('GET', '/apikeys', { query: q });
+  }
+
+  revokeApiKey(id: string): Promise<ApiKeyT> {
+    return this.#json<ApiKeyT>('DELETE', `/apikeys/${enc(id)}`);
+  }
+
+  audit(params: AuditParams = {}): Promise<{ items: AuditEntryT[]; next_cursor?: string }> {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') q.set(k, String(v));
+    return this.#json('GET', '/audit', { query: q });
+  }
+
+  // ---- image cache (admin) -----------------------------------------------
+
+  listImages(): Promise<{ items: CachedImage[] }> {
+    return this.#json<{ items: CachedImage[] }>('GET', '/images');
+  }
+
+  async deleteImage(digest: string): Promise<void> {
+    await this.#json<undefined>('DELETE', `/images/${enc(digest)}`);
+  }
+
+  gcImages(req: { maxIdle?: string; maxBytes?: number } = {}): Promise<ImageGcResult> {
+    return this.#json<ImageGcResult>('POST', '/images/gc', { body: req });
+  }
+
   metrics(id: string): Promise<VmMetrics> {
     return this.#json<VmMetrics>('GET', `/microvms/${enc(id)}/metrics`);
   }
@@ -429,6 +541,45 @@ export class MvmClient {
     if (res.ok) return res;
     throw await problemFrom(res);
   }
+}
+
+export interface AuditParams {
+  tenant?: string;
+  subject?: string;
+  keyId?: string;
+  result?: string;
+  operation?: string;
+  resource?: string;
+  resourceId?: string;
+  since?: string;
+  until?: string;
+  limit?: number;
+  cursor?: string;
+}
+
+export interface CachedImage {
+  kind: 'rootfs' | 'kernel';
+  digest: string;
+  references: string[];
+  sizeBytes: number;
+  imageSizeBytes: number;
+  createdAt: string;
+  lastUsedAt: string;
+  inUse: number;
+}
+
+export interface ImageGcResult {
+  removed: Array<{ kind: string; digest: string; sizeBytes: number }>;
+  freedBytes: number;
+  keptInUse: number;
+  remainingBytes: number;
+}
+
+function pageQuery(p: { limit?: number; cursor?: string }): URLSearchParams {
+  const q = new URLSearchParams();
+  if (p.limit !== undefined) q.set('limit', String(p.limit));
+  if (p.cursor) q.set('cursor', p.cursor);
+  return q;
 }
 
 interface RequestOpts {

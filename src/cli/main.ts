@@ -9,6 +9,7 @@ import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type Ou
 import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, UsageError } from './parse.js';
 import { Progress } from './progress.js';
 import { parseVolumeFlag, registerVolumeCommands } from './volumes.js';
+import { registerMoreCommands } from './more.js';
 
 export interface CliIO {
   stdout: NodeJS.WriteStream;
@@ -35,6 +36,8 @@ interface Ctx {
 /** State shared with the error reporter: which VM the failing command was about. */
 interface RunState {
   subject?: string;
+  /** What `subject` is, for "… not found" (default microVM). */
+  kind?: string;
   cfg?: ResolvedConfig;
 }
 
@@ -183,6 +186,7 @@ interface CreateOpts {
   wait?: boolean;
   timeout: string;
   file?: string;
+  fromSnapshot?: string;
 }
 
 export function buildCreateRequest(name: string | undefined, o: CreateOpts): CreateRequest {
@@ -207,6 +211,7 @@ export function buildCreateRequest(name: string | undefined, o: CreateOpts): Cre
   const labels = parseLabels(o.label);
   if (labels) body.labels = { ...((body.labels as Record<string, string> | undefined) ?? {}), ...labels };
   if (o.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...o.volume.map(parseVolumeFlag)];
+  if (o.fromSnapshot !== undefined) body.snapshot = o.fromSnapshot;
   if (o.start === false) body.start = false;
   return body as unknown as CreateRequest;
 }
@@ -250,6 +255,8 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('--wait', 'wait until Running and ready (Stopped with --no-start)')
     .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
     .option('-f, --file <path>', 'read the request from a JSON or YAML file ("-" for stdin); flags override it')
+    .option('--from-snapshot <snapshot>', 'restore (clone) from this snapshot (id or name); vcpu, memory, kernel and rootfs come from it')
+    .addHelpText('after', '\nExamples:\n  $ mvm create web --vcpu 2 --memory 512Mi --wait\n  $ mvm create web2 --from-snapshot web-before-upgrade --wait\n')
     .action(async (name: string | undefined, o: CreateOpts, cmd: Command) => {
       const body = buildCreateRequest(name, o);
       const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
@@ -330,18 +337,27 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       printVm(ctx, await ctx.client.update(id, patch));
     });
 
+  const WAIT_HELP = { start: 'wait until Running and ready', stop: 'wait until Stopped', pause: 'wait until Paused', resume: 'wait until Running' } as const;
+  const DESC = {
+    start: 'start a microVM',
+    stop: 'stop a microVM',
+    pause: 'pause a running microVM (vCPUs stop, memory stays)',
+    resume: 'resume a paused microVM',
+  } as const;
   for (const [verb, target, ack] of [
     ['start', 'Running', 'start requested'],
     ['stop', 'Stopped', 'stop requested'],
+    ['pause', 'Paused', 'pause requested'],
+    ['resume', 'Running', 'resume requested'],
   ] as const) {
-    sub(`${verb} <id>`, `${verb} a microVM`)
-      .option('--wait', verb === 'start' ? 'wait until Running and ready' : 'wait until Stopped')
+    sub(`${verb} <id>`, DESC[verb])
+      .option('--wait', WAIT_HELP[verb])
       .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
       .action(async (id: string, o: { wait?: boolean; timeout: string }, cmd: Command) => {
         state.subject = id;
         const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
         const ctx = makeCtx(cmd, io, state);
-        const vm = await (verb === 'start' ? ctx.client.start(id) : ctx.client.stop(id));
+        const vm = await ctx.client[verb](id);
         if (!o.wait) return printAck(ctx, vm, ack);
         printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start', timeoutMs));
       });
@@ -393,6 +409,10 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     });
 
   registerVolumeCommands(program, sub, (c) => makeCtx(c, io, state));
+  registerMoreCommands(sub, (c) => makeCtx(c, io, state), (kind, id) => {
+    state.kind = kind;
+    state.subject = id;
+  });
   return program;
 }
 
@@ -456,7 +476,7 @@ export function describeError(e: unknown, state: RunState, debug = false): strin
         lines.push(`  note: the admin token file ${state.cfg.adminTokenPath} exists but is not readable (${state.cfg.adminTokenError})`);
       }
     } else if (e.status === 404 && state.subject !== undefined && (e.code === 'NOT_FOUND' || !e.problem.code)) {
-      lines.push(`error: microVM "${state.subject}" not found`);
+      lines.push(`error: ${state.kind ?? 'microVM'} "${state.subject}" not found`);
     } else if (e.status === 403) {
       lines.push(`error: permission denied: ${e.detail}`);
     } else {
