@@ -16,7 +16,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, lstat, mkdir, open, readdir, readFile, readlink, realpath, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, open, readdir, readFile, readlink, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { isAbsolute, join, posix, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -26,7 +26,9 @@ import {
   cleanStaleBuildDirs,
   defaultCacheDir,
   isLeased,
+  lastUsedOf,
   leaseEntry,
+  publishBuild,
   readReferences,
   recordReference,
   removeEntryDir,
@@ -189,12 +191,6 @@ export class KernelImageCache {
   private async readEntry(dir: string): Promise<KernelCacheEntry | undefined> {
     try {
       const m = JSON.parse(await readFile(join(dir, 'metadata.json'), 'utf8')) as KernelCacheMetadata;
-      let lastUsed: Date;
-      try {
-        lastUsed = (await stat(join(dir, 'last-used'))).mtime;
-      } catch {
-        lastUsed = new Date(m.builtAt);
-      }
       const initrd = join(dir, 'initrd.img');
       const hasInitrd = await stat(initrd).then(() => true, () => false);
       return {
@@ -202,7 +198,7 @@ export class KernelImageCache {
         dir,
         kernelPath: join(dir, 'vmlinux'),
         ...(hasInitrd ? { initrdPath: initrd } : {}),
-        lastUsedAt: lastUsed.toISOString(),
+        lastUsedAt: await lastUsedOf(dir, m.builtAt),
         references: await readReferences(dir, m.reference),
         allocatedBytes: await allocatedDirBytes(dir),
       };
@@ -310,15 +306,8 @@ export class KernelImageCache {
       };
       await writeFile(join(tmp, 'metadata.json'), JSON.stringify(meta, null, 2) + '\n');
       await writeFile(join(tmp, 'last-used'), '');
-      try {
-        await rename(tmp, finalDir);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        const theirs = code === 'ENOTEMPTY' || code === 'EEXIST' ? await this.readEntry(finalDir) : undefined;
-        if (!theirs) throw e;
-        await rm(tmp, { recursive: true, force: true });
-        return theirs;
-      }
+      const theirs = await publishBuild(tmp, finalDir, (d) => this.readEntry(d));
+      if (theirs) return theirs;
       const e = await this.readEntry(finalDir);
       if (!e) throw kernelError(`kernel cache entry ${finalDir} vanished after its build`);
       return e;

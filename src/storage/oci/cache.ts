@@ -182,6 +182,28 @@ export async function readReferences(dir: string, fallback: string): Promise<str
   }
 }
 
+/** When a cache entry was last used: the mtime of its `last-used` file, else its build time. */
+export async function lastUsedOf(dir: string, builtAt: string): Promise<string> {
+  return (await stat(join(dir, 'last-used')).then((s) => s.mtime, () => new Date(builtAt))).toISOString();
+}
+
+/**
+ * Moves a finished build directory into place. When another process published the same entry
+ * first, its entry is returned and ours removed; undefined means ours is now the entry.
+ */
+export async function publishBuild<E>(tmp: string, finalDir: string, readEntry: (dir: string) => Promise<E | undefined>): Promise<E | undefined> {
+  try {
+    await rename(tmp, finalDir);
+    return undefined;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const theirs = code === 'ENOTEMPTY' || code === 'EEXIST' ? await readEntry(finalDir) : undefined;
+    if (!theirs) throw e;
+    await rm(tmp, { recursive: true, force: true });
+    return theirs;
+  }
+}
+
 export class OciImageCache {
   readonly root: string;
   private readonly opts: OciCacheOptions;
@@ -194,17 +216,11 @@ export class OciImageCache {
   private async readEntry(dir: string): Promise<OciCacheEntry | undefined> {
     try {
       const m = JSON.parse(await readFile(join(dir, 'metadata.json'), 'utf8')) as OciCacheMetadata;
-      let lastUsed: Date;
-      try {
-        lastUsed = (await stat(join(dir, 'last-used'))).mtime;
-      } catch {
-        lastUsed = new Date(m.builtAt);
-      }
       return {
         ...m,
         dir,
         rootfsPath: join(dir, 'rootfs.ext4'),
-        lastUsedAt: lastUsed.toISOString(),
+        lastUsedAt: await lastUsedOf(dir, m.builtAt),
         references: await readReferences(dir, m.reference),
         allocatedBytes: await allocatedDirBytes(dir),
       };
@@ -285,15 +301,8 @@ export class OciImageCache {
       };
       await writeFile(join(tmp, 'metadata.json'), JSON.stringify(meta, null, 2) + '\n');
       await writeFile(join(tmp, 'last-used'), '');
-      try {
-        await rename(tmp, finalDir);
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        const theirs = code === 'ENOTEMPTY' || code === 'EEXIST' ? await this.readEntry(finalDir) : undefined;
-        if (!theirs) throw e;
-        await rm(tmp, { recursive: true, force: true });
-        return theirs;
-      }
+      const theirs = await publishBuild(tmp, finalDir, (d) => this.readEntry(d));
+      if (theirs) return theirs;
       log(`built ${finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
       return (await this.readEntry(finalDir)) ?? { ...meta, dir: finalDir, lastUsedAt: meta.builtAt, references: [meta.reference], allocatedBytes: 0 };
     } catch (e) {
