@@ -16,6 +16,7 @@ import { ANN_AGENT_ENDPOINT } from '../src/agent/endpoint/server.js';
 import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
 import { loadConfig } from '../src/config.js';
 import { REPO } from './support/k8s-control-plane.js';
+import { apiCall } from './support/service.js';
 import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
 
 const ADMIN = 'adm_cluster_e2e_token_0123456789';
@@ -24,21 +25,7 @@ let api: ClusterApi | undefined;
 const tmp = mkdtempSync(join(tmpdir(), 'mvm-k8s-api-e2e-'));
 let apiToken = '';
 
-async function call(token: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: any; text: string }> {
-  const r = await fetch(`${api!.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  let json: any;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: r.status, json, text };
-}
+const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
 
 before(async () => {
   // The node agents' endpoints on loopback (they inherit the environment).

@@ -26,6 +26,7 @@ import type { ActualVm } from '../src/core/ports/agent.js';
 import type { VmMetricsT } from '../src/core/schema.js';
 import { KUBERNETES_STORE_CAPABILITIES, KubernetesStore } from '../src/store/kubernetes/k8s-store.js';
 import { REPO, installCrds, startControlPlane, type ControlPlane } from './support/k8s-control-plane.js';
+import { apiCall } from './support/service.js';
 
 const ADMIN = 'adm_cluster_test_token_0123456789';
 let cp: ControlPlane;
@@ -45,21 +46,7 @@ function tokenKubeConfig(token: string): KubeConfig {
 const saToken = (ns: string, sa: string, audience?: string): string =>
   cp.kubectlOk(['create', 'token', sa, '-n', ns, '--duration=2h', ...(audience ? ['--audience', audience] : [])]).trim();
 
-async function call(token: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any; text: string; headers: Headers }> {
-  const r = await fetch(`${api.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  let json: any;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: r.status, json, text, headers: r.headers };
-}
+const call = (token: string, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): ReturnType<typeof apiCall> => apiCall({ url: api.url, token }, method, path, body, headers);
 
 /** Reads come from the API's informer cache: another writer's change shows up within the watch latency. */
 async function eventually<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 10_000): Promise<T> {

@@ -19,7 +19,7 @@ import { sleep } from '../src/vmm/proc.js';
 import { guestRun } from './support/console.js';
 import { REPO } from './support/k8s-control-plane.js';
 import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
-import { hostNetnsOf } from './support/service.js';
+import { apiCall, hostNetnsOf } from './support/service.js';
 
 const ADMIN = 'adm_cluster_sg_token_0123456789ab';
 let c: TestCluster | undefined;
@@ -31,21 +31,7 @@ let hostNs = '';
 
 const ip = (...a: string[]): string => execFileSync('ip', a, { encoding: 'utf8' });
 
-async function call(token: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: any; text: string }> {
-  const r = await fetch(`${api!.url}/api/v1${path}`, {
-    method,
-    headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  let json: any;
-  try {
-    json = text ? JSON.parse(text) : undefined;
-  } catch {
-    json = undefined;
-  }
-  return { status: r.status, json, text };
-}
+const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
 
 /** TCP from the peer namespace (HTTP/1.0 with busybox nc); true when the guest's page came back. */
 function reach(addr: string, port: number): boolean {

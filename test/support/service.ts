@@ -151,12 +151,24 @@ export async function destroyDataDir(dataDir: string): Promise<void> {
 }
 
 /** A raw JSON call to the service's REST API with its admin token: status and parsed body. */
-export async function apiCall(svc: Pick<TestService, 'url' | 'token'>, method: string, path: string, body?: unknown): Promise<{ status: number; json: any }> {
+export async function apiCall(
+  svc: Pick<TestService, 'url' | 'token'>,
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; json: any; text: string; headers: Headers }> {
   const r = await fetch(`${svc.url}/api/v1${path}`, {
     method,
-    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+    headers: { authorization: `Bearer ${svc.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers },
     ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
   });
   const text = await r.text();
-  return { status: r.status, json: text ? JSON.parse(text) : undefined };
+  let json: any;
+  try {
+    json = text ? JSON.parse(text) : undefined;
+  } catch {
+    json = undefined; // not JSON: the caller asserts on status and text
+  }
+  return { status: r.status, json, text, headers: r.headers };
 }
