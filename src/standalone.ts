@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
+import { createNetworkManager, createVmmDriver } from './agent/node-runtime.js';
 import { detectCgroups } from './agent/cgroups.js';
 import { createGatewayStack } from './api/compose.js';
 import { loadGatewayConfig } from './api/gateway-config.js';
@@ -23,10 +24,6 @@ import { ImageManager, loadImageConfig, OciImageResolver, setResolveLeaseMs } fr
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
 import { passwdIds } from './vmm/proc.js';
-import { FirecrackerDriver } from './vmm/firecracker/firecracker-driver.js';
-import type { VmmDriver } from './core/ports/vmm.js';
-import { createHash } from 'node:crypto';
-import { CniNetworkManager } from './network/manager.js';
 import { validateRules } from './network/sg-rules.js';
 import { networkAdmission } from './network/admission.js';
 import { SqliteResourceStore } from './store/sqlite/resources.js';
@@ -101,17 +98,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     runAs: cfg.vmmUser,
     ...(kernel ? { probeKernelPath: kernel.kernelPath } : {}),
   });
-  // Firecracker runs only where KVM really boots a guest: the same probe decides.
-  const driver: VmmDriver =
-    cfg.driver === 'firecracker'
-      ? new FirecrackerDriver({
-          kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' },
-          // The VMM runs in the VM's network namespace (set up by the network manager), where its taps are.
-          netnsFor: (spec) => spec.netnsPath,
-          // Jailed: the chroot base on the data filesystem, so the VM's disks are hard-linked, not copied.
-          ...(cfg.firecrackerJailer ? { jailer: { binary: cfg.firecrackerJailer, chrootBaseDir: join(cfg.dataDir, 'jailer') } } : {}),
-        })
-      : qemu;
+  const driver = createVmmDriver(cfg, qemu);
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this host');
   log.info({ driver: caps.driver, accel: caps.accel, version: caps.version, available: caps.available }, 'VMM driver ready');
@@ -119,18 +106,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const resources = new SqliteResourceStore(store.database);
   const groups = new SecurityGroupService(resources, store, validateRules);
   let netController: NetworkController | undefined;
-  let network: CniNetworkManager | undefined;
-  if (cfg.network.mode === 'cni') {
-    // VM namespaces are host-global: a prefix per data directory keeps side-by-side instances apart.
-    const tag = createHash('sha256').update(cfg.dataDir).digest('hex').slice(0, 4);
-    network = new CniNetworkManager({
-      dataDir: cfg.dataDir,
-      networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
-      netnsPrefix: `mvm${tag}-`,
-      ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
-      log: log.child({ c: 'network' }),
-    });
-    await network.resync();
+  const network = await createNetworkManager(cfg, log);
+  if (network) {
     netController = new NetworkController({
       network,
       resources,

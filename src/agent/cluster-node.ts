@@ -4,7 +4,6 @@
  * store (src/agent/cluster-agent.ts), plus the heartbeat Lease. No API here: the cluster API and
  * the operator are other processes; console and metrics go through the agent endpoint.
  */
-import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import pino, { type Logger } from 'pino';
@@ -13,18 +12,16 @@ import { Controller } from '../controller/controller.js';
 import { NetworkController } from '../controller/network-controller.js';
 import { SecurityGroupService } from '../core/security-groups.js';
 import type { MicroVM } from '../core/microvm.js';
-import type { VmmDriver } from '../core/ports/vmm.js';
-import { CniNetworkManager } from '../network/manager.js';
 import { validateRules } from '../network/sg-rules.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { DefaultImageResolver } from '../storage/default-images.js';
 import { OciImageResolver } from '../storage/oci/index.js';
 import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
 import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
-import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 import { LocalAgent } from './agent.js';
+import { createNetworkManager, createVmmDriver } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
 
@@ -53,22 +50,10 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     return undefined;
   });
   const qemu = new QemuDriver({ cacheDir: cfg.cacheDir, accel: cfg.accel, runAs: cfg.vmmUser, ...(kernel ? { probeKernelPath: kernel.kernelPath } : {}) });
-  const driver: VmmDriver =
-    cfg.driver === 'firecracker' ? new FirecrackerDriver({ kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' } }) : qemu;
+  const driver = createVmmDriver(cfg, qemu);
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this node');
-  let network: CniNetworkManager | undefined;
-  if (cfg.network.mode === 'cni') {
-    const tag = createHash('sha256').update(cfg.dataDir).digest('hex').slice(0, 4);
-    network = new CniNetworkManager({
-      dataDir: cfg.dataDir,
-      networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
-      netnsPrefix: `mvm${tag}-`,
-      ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
-      log: log.child({ c: 'network' }),
-    });
-    await network.resync();
-  }
+  const network = await createNetworkManager(cfg, log);
   const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
   const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
   await store.start();
