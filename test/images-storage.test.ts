@@ -289,7 +289,8 @@ describe('kernels from images and paths; the image manager', { skip: hostKernel 
     m.start();
     try {
       const deadline = Date.now() + 10_000;
-      while (Date.now() < deadline && (await m.list()).some((i) => i.digest === r.digest)) await new Promise((res) => setTimeout(res, 50));
+      // The gc logs once its whole pass is done, after the removal the list shows: wait for both.
+      while (Date.now() < deadline && ((await m.list()).some((i) => i.digest === r.digest) || !logs.includes('image gc'))) await new Promise((res) => setTimeout(res, 50));
     } finally {
       m.stop();
     }
