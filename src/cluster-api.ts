@@ -12,6 +12,9 @@
  *   idempotency   → ConfigMaps in the system namespace (create = claim)
  *   security groups → SecurityGroup objects in the tenant's namespace (KubernetesResourceStore)
  *   console/metrics → the node agent's endpoint (RemoteNodeAgents), SA token + TokenReview/SAR there
+ *   snapshots     → Snapshot objects in the tenant's namespace (the same SnapshotService and routes
+ *                   as standalone); the files are taken/deleted by the agent of the VM's node through
+ *                   its endpoint; pause/resume = desiredState, acted on by the VM's node agent
  */
 import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -33,6 +36,7 @@ import type { KubernetesStore } from './store/kubernetes/k8s-store.js';
 import { KubernetesTenantStore } from './store/kubernetes/tenant-store.js';
 import { KubernetesResourceStore } from './store/kubernetes/resource-store.js';
 import { SG_KIND, SecurityGroupService } from './core/security-groups.js';
+import { SNAPSHOT_KIND, SnapshotService, type SnapshotSpec } from './core/snapshots.js';
 import { networkAdmission } from './network/admission.js';
 import { validateRules } from './network/sg-rules.js';
 
@@ -108,13 +112,22 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     ...(opts.agentToken ? { token: opts.agentToken } : {}),
     ...(cfg.cluster.agentTokenFile ? { tokenFile: cfg.cluster.agentTokenFile } : {}),
     ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
+    // Snapshots are taken on the VM's node and deleted on the node that holds them.
+    vmOf: (id) => store.getVm(id),
+    snapshotNodeOf: async (id) => (await resources.get<SnapshotSpec>(SNAPSHOT_KIND, id))?.spec.node || undefined,
   });
-  // No image resolver (images are resolved on the node) and no snapshots yet (ADR 0015).
+  // No image resolver (images are resolved on the node).
   const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore });
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups });
+  // Snapshots and restores as in standalone (ADR 0009): records are Snapshot objects, quota
+  // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
+  const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
+  service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
+  // A snapshot left "Creating" by a crashed replica (another replica's may be in progress: only old ones).
+  await snapshots.recover({ olderThanMs: 15 * 60_000 }).catch((e: Error) => log.warn({ err: e.message }, 'snapshot recovery failed'));
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
   let closed = false;

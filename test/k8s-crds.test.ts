@@ -17,7 +17,7 @@ test('deploy/crds/microvm.service_crds.yaml is what the generator writes (regene
 
 test('the committed CRDs: names, scope, printer columns, status subresource', () => {
   const docs = parseAllDocuments(readFileSync(COMMITTED, 'utf8')).map((d) => d.toJS() as Record<string, any>);
-  assert.deepEqual(docs.map((d) => d.metadata.name), ['microvms.microvm.service', 'securitygroups.microvm.service']);
+  assert.deepEqual(docs.map((d) => d.metadata.name).slice(0, 3), ['microvms.microvm.service', 'securitygroups.microvm.service', 'snapshots.microvm.service']);
   const mvm = docs[0]!;
   assert.equal(mvm.spec.group, 'microvm.service');
   assert.equal(mvm.spec.scope, 'Namespaced');
@@ -32,6 +32,17 @@ test('the committed CRDs: names, scope, printer columns, status subresource', ()
   assert.deepEqual(spec.properties.labels.additionalProperties, { type: 'string', maxLength: 63 });
   assert.deepEqual(spec.properties.desiredState.enum, ['Running', 'Stopped', 'Paused']);
   assert.deepEqual(v.schema.openAPIV3Schema.properties.status.properties.phase.enum.slice(0, 2), ['Pending', 'Scheduled']);
+  // Snapshot (ADR 0009): namespaced (the tenant), short name mvmsnap; the record and the restore's shape in spec.
+  const snap = docs.find((d) => d.metadata.name === 'snapshots.microvm.service')!;
+  assert.ok(snap, 'snapshots.microvm.service is generated');
+  assert.equal(snap.spec.scope, 'Namespaced');
+  assert.deepEqual(snap.spec.names.shortNames, ['mvmsnap']);
+  const sv = snap.spec.versions[0];
+  assert.deepEqual(sv.additionalPrinterColumns.map((c: { name: string }) => c.name), ['VM', 'Phase', 'Node', 'Size', 'Age']);
+  const ss = sv.schema.openAPIV3Schema.properties.spec;
+  assert.deepEqual(ss.properties.phase.enum, ['Creating', 'Ready', 'Failed']);
+  assert.deepEqual(ss.properties.vmSpec.properties.vcpu, spec.properties.vcpu, 'vmSpec is the MicroVM spec schema');
+  assert.deepEqual(ss.required, ['vmId', 'phase', 'driver', 'node', 'vmSpec']);
 });
 
 test('structural conversion: no additionalProperties:false, $id, anyOf or const anywhere; every node typed', () => {

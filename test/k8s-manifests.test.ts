@@ -23,7 +23,7 @@ const docsOf = (dir: string): Array<Record<string, any>> =>
 test('CRDs apply for real and are served', () => {
   installCrds(cp);
   const names = cp.kubectlOk(['get', 'crd', '-o', 'name']).trim().split('\n').sort();
-  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service']);
+  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/snapshots.microvm.service']);
   assert.match(cp.kubectlOk(['api-resources', '--api-group=microvm.service']), /microvms\s+mvm\s+microvm\.service\/v1alpha1\s+true\s+MicroVM/);
 });
 
@@ -98,6 +98,16 @@ test('RBAC: each service account can do what its component needs, and no more', 
     ['microvm-api', ['update', 'microvms.microvm.service', '--subresource=finalizers', '-n', 'tenant-a'], false],
     ['microvm-api', ['get', 'microvms.microvm.service', '--subresource=console', '-n', 'tenant-a'], true],
     ['microvm-api', ['get', 'microvms.microvm.service', '--subresource=metrics', '-n', 'tenant-a'], true],
+    // Snapshots (ADR 0009): the API keeps the records, the operator reads a restore's node, the agent reads none.
+    ['microvm-api', ['create', 'snapshots.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-api', ['delete', 'snapshots.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-api', ['patch', 'snapshots.microvm.service', '-n', 'tenant-a'], false],
+    ['microvm-api', ['create', 'microvms.microvm.service', '--subresource=snapshot', '-n', 'tenant-a'], true],
+    ['microvm-api', ['delete', 'snapshots.microvm.service', '--subresource=files'], true],
+    ['microvm-operator', ['list', 'snapshots.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-operator', ['update', 'snapshots.microvm.service', '-n', 'tenant-a'], false],
+    ['firecracker-runtime', ['get', 'snapshots.microvm.service', '-n', 'tenant-a'], false],
+    ['firecracker-runtime', ['create', 'microvms.microvm.service', '--subresource=snapshot', '-n', 'tenant-a'], false],
     ['microvm-api', ['create', 'namespaces'], true],
     ['microvm-api', ['delete', 'namespaces'], true],
     ['microvm-api', ['get', 'nodes'], true],

@@ -53,10 +53,15 @@ export class SnapshotService {
     private readonly tenants?: TenantStore,
   ) {}
 
-  /** After a crash mid-snapshot: a snapshot still "Creating" never completed; remove it and its files. */
-  async recover(): Promise<void> {
+  /**
+   * After a crash mid-snapshot: a snapshot still "Creating" never completed; remove it and its files.
+   * With several API replicas (cluster mode) only those older than `olderThanMs`: a younger one may
+   * be another replica's snapshot in progress.
+   */
+  async recover(o: { olderThanMs?: number } = {}): Promise<void> {
+    const before = Date.now() - (o.olderThanMs ?? 0);
     for (const s of await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND)) {
-      if (s.spec.phase === 'Creating') {
+      if (s.spec.phase === 'Creating' && (o.olderThanMs === undefined || Date.parse(s.createdAt) < before)) {
         await this.agent.deleteSnapshot(s.id);
         await this.resources.delete(SNAPSHOT_KIND, s.id);
         await this.tenants?.release(s.tenant, 'snapshot', s.id);

@@ -16,7 +16,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB } from '../core/microvm.js';
-import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, toJsonSchema } from '../core/schema.js';
+import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, Snapshot, toJsonSchema } from '../core/schema.js';
 
 export const GROUP = 'microvm.service';
 export const VERSION = 'v1alpha1';
@@ -230,16 +230,56 @@ export function securityGroupCrd(): Json {
 }
 
 /**
+ * Snapshot: a memory snapshot of a MicroVM (ADR 0009), stored by the API's SnapshotService through
+ * the resource port: spec = the service's record (SnapshotSpec in src/core/snapshots.ts) — the fields
+ * of the REST `Snapshot` other than identity and times, with the VM's spec as `vmSpec`. `node` is
+ * where its files are: a MicroVM restored from it runs only there.
+ */
+export function snapshotCrd(): Json {
+  const all = toStructural(Snapshot, 'Snapshot');
+  const p = all.properties as Json;
+  const spec: Json = {
+    type: 'object',
+    required: ['vmId', 'phase', 'driver', 'node', 'vmSpec'],
+    properties: {
+      vmId: p.vmId,
+      phase: p.phase,
+      message: p.message,
+      driver: p.driver,
+      node: { ...(p.node as Json), description: 'the node holding its files (a restore runs there)' },
+      vmSpec: { ...(p.spec as Json), description: 'the spec of the microVM it was taken of (a restore takes its shape)' },
+      sizeBytes: p.sizeBytes,
+      durationMs: p.durationMs,
+    },
+  };
+  return crd({
+    kind: 'Snapshot',
+    plural: 'snapshots',
+    singular: 'snapshot',
+    shortNames: ['mvmsnap'],
+    description: 'A memory snapshot of a microVM (memory, devices, copy-on-write disks) on one node. The tenant is the namespace.',
+    spec,
+    columns: [
+      { name: 'VM', type: 'string', jsonPath: '.spec.vmId' },
+      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
+      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+      { name: 'Size', type: 'integer', jsonPath: '.spec.sizeBytes', description: 'bytes on the node' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+  });
+}
+
+/**
  * Every CRD of the group, in apply order. Later additions go here, each from its schema:
- *   - snapshots.microvm.service  (from Snapshot / SnapshotRequest; status: phase, sizeBytes)
  *   - volumes.microvm.service    (persistent volumes; PVC-backed block devices)
  *   - tenantquotas.microvm.service (TenantQuotas; status.used updated with optimistic concurrency,
  *                                  which makes quota admission atomic in cluster mode)
  */
-export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd];
+export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd, snapshotCrd];
 
 export const MICROVM_RESOURCE = { group: GROUP, version: VERSION, plural: 'microvms', kind: 'MicroVM' } as const;
 export const SECURITYGROUP_RESOURCE = { group: GROUP, version: VERSION, plural: 'securitygroups', kind: 'SecurityGroup' } as const;
+export const SNAPSHOT_RESOURCE = { group: GROUP, version: VERSION, plural: 'snapshots', kind: 'Snapshot' } as const;
 
 /** The multi-document YAML of deploy/crds/microvm.service_crds.yaml. */
 export function crdsYaml(): string {

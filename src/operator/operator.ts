@@ -35,10 +35,10 @@ import { toleratesAll } from '../core/placement.js';
 import type { NodeInfo } from '../core/ports/agent.js';
 import type { ConditionT } from '../core/schema.js';
 import { planDefrag, type DefragMove } from '../scheduler/defrag.js';
-import { unschedulableMessage, type Scheduler } from '../scheduler/scheduler.js';
+import { unschedulableMessage, type Placement, type Scheduler } from '../scheduler/scheduler.js';
 import { ClusterState, holdsPlacement } from '../scheduler/state.js';
 import { ANN_DRAIN, ClusterConditions, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
-import { MICROVM_RESOURCE } from '../k8s/crd.js';
+import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
 import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, TenantNamespaces, fromObject, isLabelValue, type MicroVMObject } from '../k8s/microvm-object.js';
 import { RateLimitingQueue, runWorkers } from './workqueue.js';
@@ -441,17 +441,20 @@ export class Operator {
       return;
     }
     this.refreshNodes();
+    // A VM restored from a snapshot runs only on the node holding the snapshot's files (ADR 0009):
+    // its first boot restores them, its disk stays backed by them. No fallback, no defrag move.
+    const pinned = cur.spec.source?.snapshot ? await this.snapshotPlacement(namespace, cur) : undefined;
     // A VM moved by a defrag goes to the node the plan chose (elsewhere if that node refuses it now).
-    const target = obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
-    let placement = target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined;
+    const target = pinned ? undefined : obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
+    let placement = pinned ?? (target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined);
     if (target && !placement?.node) {
       await this.event(obj, 'Warning', 'DefragTargetUnavailable', `defrag target ${target} refuses the microVM now (${placement?.message}): placing it anywhere`);
       const { [ANN_DEFRAG_TARGET]: _t, ...rest } = obj.metadata.annotations ?? {};
       obj = await this.replace({ ...obj, metadata: { ...obj.metadata, annotations: rest } });
     }
-    if (!placement?.node) placement = this.o.scheduler.schedule(cur, this.state);
-    if (!placement.node) {
-      const msg = unschedulableMessage(placement);
+    if (!placement?.node && !pinned) placement = this.o.scheduler.schedule(cur, this.state);
+    if (!placement?.node) {
+      const msg = placement ? unschedulableMessage(placement) : 'no placement';
       const conds = setCondition(cur.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
       if (conds !== cur.status.conditions) {
         obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
@@ -483,6 +486,29 @@ export class Operator {
     this.state.assume(fromObject(obj, this.tn), placement.node);
     await this.event(obj, 'Normal', 'Scheduled', `placed on node ${placement.node}`);
     // The node label follows (step 3) on the requeue that this write's watch event brings.
+  }
+
+  /**
+   * Placement of a VM restored from a snapshot: only the node of the Snapshot object (`spec.node`,
+   * where its files are). A missing or unready snapshot, or that node refusing the VM, is
+   * Unschedulable with a message saying so.
+   */
+  private async snapshotPlacement(namespace: string, vm: MicroVM): Promise<Placement> {
+    const snap = vm.spec.source!.snapshot;
+    const refuse = (message: string): Placement => ({ reasons: {}, message });
+    if (!isLabelValue(snap)) return refuse(`restored from snapshot ${JSON.stringify(snap)}, which is not a snapshot id`);
+    const r = SNAPSHOT_RESOURCE;
+    const list = (await this.custom.listNamespacedCustomObject({ group: r.group, version: r.version, plural: r.plural, namespace, labelSelector: `${LABEL_ID}=${snap}` })) as {
+      items: Array<{ spec?: { node?: string; phase?: string } }>;
+    };
+    const s = list.items[0]?.spec;
+    if (!s) return refuse(`restored from snapshot ${snap}, which does not exist in namespace ${namespace}`);
+    if (!s.node) return refuse(`restored from snapshot ${snap}, which has no node`);
+    if (s.phase !== 'Ready') return refuse(`restored from snapshot ${snap}, which is ${s.phase ?? 'not Ready'}`);
+    const why = `restored from snapshot ${snap}: only node ${s.node} (which holds its files) can run it`;
+    if (!this.state.node(s.node)) return refuse(`${why}, and it has no ready node agent (no heartbeat) or is not in the cluster`);
+    const p = this.o.scheduler.schedule(vm, this.state, { only: s.node });
+    return p.node ? p : { ...p, message: `${why}: ${p.message}` };
   }
 
   /** Clear the binding of a VM stopped (or never run) on its node; Pending again if it should run. */

@@ -2,7 +2,9 @@
  * The API's side of the node agents' endpoint in cluster mode (ADR 0015): a NodeAgent whose
  * console and metrics come from the agent of the VM's node (status.node → the Node's
  * `microvm.service/agent-endpoint` annotation, written by that agent), authenticated with the
- * API's service-account token. Everything else a NodeAgent does (boot, stop, snapshot) is the
+ * API's service-account token. Snapshots (ADR 0009) are taken and deleted by the agent of the
+ * node that runs the VM / holds the files (the VM's `status.node`, the Snapshot's `spec.node`), for
+ * the API's SnapshotService. Everything else a NodeAgent does (boot, stop, pause) is the
  * operator's and the node agents' work through the MicroVM resources, never the API's:
  * those methods refuse with CAPABILITY_UNSUPPORTED.
  */
@@ -10,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { ErrorCodes, MvmError } from '../../core/errors.js';
+import { ErrorCodes, MvmError, notFound, type ErrorCode } from '../../core/errors.js';
 import { memoryMiB, type MicroVM } from '../../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../../core/ports/agent.js';
 import type { VmMetricsT } from '../../core/schema.js';
@@ -30,6 +32,12 @@ export interface RemoteAgentsOptions {
   /** How long a Node's endpoint address is remembered (default 30 s). */
   endpointCacheMs?: number;
   timeoutMs?: number;
+  /** A VM by id (snapshots: its `status.node` runs it). */
+  vmOf?: (id: string) => Promise<MicroVM | undefined>;
+  /** The node holding a snapshot's files (the Snapshot's `spec.node`); undefined when unknown. */
+  snapshotNodeOf?: (snapshotId: string) => Promise<string | undefined>;
+  /** Timeout of a snapshot request (memory is written to disk meanwhile; default 10 min). */
+  snapshotTimeoutMs?: number;
 }
 
 const unsupported = (what: string): MvmError =>
@@ -61,7 +69,7 @@ export class RemoteNodeAgents implements NodeAgent {
     try {
       url = (await this.core.readNode({ name: node })).metadata?.annotations?.[ANN_AGENT_ENDPOINT];
     } catch (e) {
-      if (httpStatus(e) === 404) throw new MvmError(ErrorCodes.UNAVAILABLE, `node ${node} of the microVM no longer exists`);
+      if (httpStatus(e) === 404) throw new MvmError(ErrorCodes.UNAVAILABLE, `node ${node} of the microVM no longer exists`, { details: { nodeGone: true } });
       throw fromK8sError(e, `read node ${node}`);
     }
     if (!url) throw new MvmError(ErrorCodes.UNAVAILABLE, `the agent of node ${node} has not published its endpoint (annotation ${ANN_AGENT_ENDPOINT})`);
@@ -69,24 +77,29 @@ export class RemoteNodeAgents implements NodeAgent {
     return url;
   }
 
-  private async get(vm: MicroVM, path: string, signal?: AbortSignal): Promise<IncomingMessage> {
-    const node = vm.status.node!;
+  /** One request to a node's agent; any answer is returned (the caller maps the status). */
+  private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000): Promise<IncomingMessage> {
     const base = await this.endpointOf(node);
     const url = new URL(path, base);
     const token = await this.token();
-    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+    return new Promise<IncomingMessage>((resolve, reject) => {
       const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
         url,
-        { method: 'GET', headers: { authorization: `Bearer ${token}` }, ...(this.o.ca ? { ca: this.o.ca } : {}), ...(signal ? { signal } : {}) },
+        { method, headers: { authorization: `Bearer ${token}` }, ...(this.o.ca ? { ca: this.o.ca } : {}), ...(signal ? { signal } : {}) },
         resolve,
       );
-      req.setTimeout(this.o.timeoutMs ?? 10_000, () => req.destroy(new Error('timed out connecting to the node agent')));
+      req.setTimeout(timeoutMs, () => req.destroy(new Error('timed out talking to the node agent')));
       req.on('error', (e) => {
         this.endpoints.delete(node);
         reject(new MvmError(ErrorCodes.UNAVAILABLE, `the agent of node ${node} cannot be reached: ${e.message}`, { cause: e }));
       });
       req.end();
     });
+  }
+
+  private async get(vm: MicroVM, path: string, signal?: AbortSignal): Promise<IncomingMessage> {
+    const node = vm.status.node!;
+    const res = await this.request(node, 'GET', path, signal);
     if (res.statusCode === 200) {
       res.socket?.setTimeout(0);
       return res;
@@ -128,6 +141,36 @@ export class RemoteNodeAgents implements NodeAgent {
     }
   }
 
+  /** Snapshot a VM on its node (the node's LocalAgent writes the files there). */
+  async snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }> {
+    const vm = await this.o.vmOf?.(id);
+    if (!vm) throw notFound('microVM', id);
+    const node = vm.status.node;
+    if (!node) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is not running on a node`);
+    const res = await this.request(node, 'POST', `/v1/microvms/${encodeURIComponent(id)}/snapshots/${encodeURIComponent(snapshotId)}`, undefined, this.o.snapshotTimeoutMs ?? 600_000);
+    if (res.statusCode === 200) return JSON.parse(await text(res)) as { sizeBytes: number; driver: string; durationMs: number };
+    throw await agentError(node, res, `snapshot of microVM ${id}`);
+  }
+
+  /** Remove a snapshot's files from the node holding them. Idempotent; nothing to do when no node holds them or that Node is gone. */
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    const node = await this.o.snapshotNodeOf?.(snapshotId);
+    if (!node) return;
+    let res: IncomingMessage;
+    try {
+      res = await this.request(node, 'DELETE', `/v1/snapshots/${encodeURIComponent(snapshotId)}`);
+    } catch (e) {
+      // A Node removed from the cluster took its disks (and the files) with it.
+      if (e instanceof MvmError && (e.details as { nodeGone?: boolean } | undefined)?.nodeGone) return;
+      throw e;
+    }
+    if (res.statusCode === 204 || res.statusCode === 200) {
+      res.resume();
+      return;
+    }
+    throw await agentError(node, res, `deleting snapshot ${snapshotId}`);
+  }
+
   // ---- what the API never does in cluster mode --------------------------------------------
 
   async info(): Promise<NodeInfo> {
@@ -158,12 +201,6 @@ export class RemoteNodeAgents implements NodeAgent {
   async resume(): Promise<void> {
     throw unsupported('resuming a microVM');
   }
-  async snapshot(): Promise<{ sizeBytes: number; driver: string; durationMs: number }> {
-    throw unsupported('snapshots');
-  }
-  async deleteSnapshot(): Promise<void> {
-    throw unsupported('snapshots');
-  }
   onEvent(_cb: (e: AgentEvent) => void): () => void {
     return () => undefined;
   }
@@ -181,6 +218,26 @@ const idleMetrics = (vm: MicroVM): VmMetricsT => ({
   block: [],
   net: [],
 });
+
+const CODES = new Set<string>(Object.values(ErrorCodes));
+
+/**
+ * A failed snapshot request: the node agent's own typed error (header x-mvm-code) is raised again
+ * as it is (ILLEGAL_TRANSITION, CAPABILITY_UNSUPPORTED, ...); anything else — 401/403 (this
+ * installation's RBAC), a VM no longer there — is UNAVAILABLE for the caller.
+ */
+async function agentError(node: string, res: IncomingMessage, what: string): Promise<MvmError> {
+  const body = await text(res);
+  let msg = body;
+  try {
+    msg = (JSON.parse(body) as { message?: string }).message ?? body;
+  } catch {
+    // plain text
+  }
+  const code = res.headers['x-mvm-code'];
+  if (typeof code === 'string' && CODES.has(code)) return new MvmError(code as ErrorCode, msg);
+  return new MvmError(ErrorCodes.UNAVAILABLE, `${what}: the agent of node ${node} answered ${res.statusCode}: ${msg}`, { details: { agentStatus: res.statusCode } });
+}
 
 async function text(res: IncomingMessage): Promise<string> {
   const parts: Buffer[] = [];

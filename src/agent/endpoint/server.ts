@@ -12,6 +12,11 @@
  *
  * Routes: GET /v1/microvms/{id}/console?tail=<bytes>&follow=1 (text, chunked while following),
  *         GET /v1/microvms/{id}/metrics (JSON), GET /healthz (unauthenticated liveness only).
+ * Snapshots (ADR 0009; the files live on this node, the API's SnapshotService drives them):
+ *         POST /v1/microvms/{id}/snapshots/{snapshotId} — SAR `create microvms/snapshot` on the VM;
+ *         DELETE /v1/snapshots/{snapshotId} — SAR `delete snapshots/files` (cluster-wide: the files
+ *         are named by the id alone; this agent reads no Snapshot objects).
+ *         Errors of the node's agent are answered as {status, code, message} with the error's code.
  */
 import { createHash } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -20,6 +25,8 @@ import type { AddressInfo } from 'node:net';
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { followConsole, readConsoleTail } from '../../api/console-stream.js';
+import { HTTP_STATUS } from '../../api/problem.js';
+import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
 import type { NodeAgent } from '../../core/ports/agent.js';
 
@@ -27,7 +34,7 @@ export const ANN_AGENT_ENDPOINT = 'microvm.service/agent-endpoint';
 export const AGENT_RESOURCE = { group: 'microvm.service', resource: 'microvms' } as const;
 
 export interface AgentEndpointOptions {
-  agent: Pick<NodeAgent, 'consolePath' | 'metrics' | 'observe'>;
+  agent: Pick<NodeAgent, 'consolePath' | 'metrics' | 'observe'> & Partial<Pick<NodeAgent, 'snapshot' | 'deleteSnapshot'>>;
   nodeName: string;
   /** The VM by id (the agent's store); undefined when unknown. */
   lookup: (id: string) => Promise<MicroVM | undefined>;
@@ -62,6 +69,8 @@ interface Reviewed {
 }
 
 const ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/(console|metrics)$/;
+const SNAPSHOT_ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/snapshots\/([a-z0-9][-a-z0-9]{0,62})$/;
+const SNAPSHOT_FILES_ROUTE = /^\/v1\/snapshots\/([a-z0-9][-a-z0-9]{0,62})$/;
 
 export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<AgentEndpoint> {
   const authn = o.kubeConfig.makeApiClient(AuthenticationV1Api);
@@ -83,8 +92,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     return who;
   };
 
-  const allowed = async (who: Reviewed, sub: string, vm: { namespace: string; name: string } | undefined): Promise<boolean> => {
-    const key = JSON.stringify([who.user, who.groups, sub, vm?.namespace, vm?.name]);
+  const allowed = async (who: Reviewed, sub: string, vm: { namespace: string; name: string } | undefined, verb = 'get', resource: string = AGENT_RESOURCE.resource): Promise<boolean> => {
+    const key = JSON.stringify([who.user, who.groups, verb, resource, sub, vm?.namespace, vm?.name]);
     const hit = decisions.get(key);
     if (hit && hit.until > Date.now()) return hit.allowed;
     const r = await authz.createSubjectAccessReview({
@@ -94,7 +103,7 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
           groups: who.groups,
           ...(who.uid ? { uid: who.uid } : {}),
           ...(who.extra ? { extra: who.extra } : {}),
-          resourceAttributes: { group: AGENT_RESOURCE.group, resource: AGENT_RESOURCE.resource, subresource: sub, verb: 'get', ...(vm ? { namespace: vm.namespace, name: vm.name } : {}) },
+          resourceAttributes: { group: AGENT_RESOURCE.group, resource, subresource: sub, verb, ...(vm ? { namespace: vm.namespace, name: vm.name } : {}) },
         },
       },
     });
@@ -131,6 +140,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
       return fail(res, 503, 'cannot review the token with the API server');
     }
     if (!who) return fail(res, 401, 'the token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' });
+    const snapRoute = req.method === 'POST' ? SNAPSHOT_ROUTE.exec(url.pathname) : req.method === 'DELETE' ? SNAPSHOT_FILES_ROUTE.exec(url.pathname) : null;
+    if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
     const route = ROUTE.exec(url.pathname);
     if (!route || req.method !== 'GET') return fail(res, 404, 'no such route');
     const [, id, what] = route as unknown as [string, string, 'console' | 'metrics'];
@@ -183,6 +194,42 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
       closing.signal.removeEventListener('abort', abort);
     }
     res.end();
+  };
+
+  /** Take a snapshot of a VM bound here, or delete a snapshot's files (the node's LocalAgent does both). */
+  const handleSnapshot = async (r: { vmId?: string; snapshotId: string }, who: Reviewed, res: ServerResponse): Promise<void> => {
+    let vm: MicroVM | undefined;
+    try {
+      if (r.vmId) {
+        vm = await o.lookup(r.vmId);
+        const target = vm ? { namespace: o.namespaceOf(vm.tenant), name: vm.name } : undefined;
+        if (!(await allowed(who, 'snapshot', target, 'create'))) return fail(res, 403, `${who.user} may not create microvms/snapshot${target ? ` of ${target.namespace}/${target.name}` : ''}`);
+      } else if (!(await allowed(who, 'files', undefined, 'delete', 'snapshots'))) {
+        return fail(res, 403, `${who.user} may not delete snapshots/files`);
+      }
+    } catch (e) {
+      o.log?.warn({ err: (e as Error).message }, 'agent endpoint: authorisation failed');
+      return fail(res, 503, 'cannot authorise the request with the API server');
+    }
+    if (!o.agent.snapshot || !o.agent.deleteSnapshot) return fail(res, 501, 'this agent does not serve snapshots');
+    try {
+      if (r.vmId) {
+        if (!vm || vm.status.node !== o.nodeName) return fail(res, 404, `microVM ${r.vmId} is not on node ${o.nodeName}`);
+        const out = await o.agent.snapshot(vm.id, r.snapshotId);
+        o.log?.info({ vm: vm.id, snapshot: r.snapshotId, user: who.user, ...out }, 'snapshot taken');
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(out));
+        return;
+      }
+      await o.agent.deleteSnapshot(r.snapshotId);
+      o.log?.info({ snapshot: r.snapshotId, user: who.user }, 'snapshot files deleted');
+      res.writeHead(204);
+      res.end();
+    } catch (e) {
+      // The agent's typed error travels with its code (the API raises it again as it is).
+      const err = asMvmError(e);
+      return fail(res, HTTP_STATUS[err.code] ?? 500, err.message, { 'x-mvm-code': err.code });
+    }
   };
 
   const listener = (req: IncomingMessage, res: ServerResponse): void => {

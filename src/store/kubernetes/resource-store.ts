@@ -1,6 +1,6 @@
 /**
  * Kubernetes adapter of the generic resource port (cluster mode, ADR 0015) for the kinds that have
- * a CRD: a security group is a `SecurityGroup` object in its tenant's namespace, named by its
+ * a CRD: a security group is a `SecurityGroup` object (a snapshot a `Snapshot` object) in its tenant's namespace, named by its
  * name, its id in the label `microvm.service/id`, its times in annotations. Optimistic concurrency
  * by resourceVersion. `watch` reports this process's writes; after `startInformer()` (the node
  * agent, which enforces the groups) also every change made by other processes (a list+watch of all
@@ -10,11 +10,15 @@ import { CustomObjectsApi, KubeConfig, ListWatch, Watch, type KubernetesObject }
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { ResourceStore, StoredResource } from '../../core/ports/resources.js';
-import { SECURITYGROUP_RESOURCE } from '../../k8s/crd.js';
+import { SECURITYGROUP_RESOURCE, SNAPSHOT_RESOURCE } from '../../k8s/crd.js';
 import { fromK8sError, httpStatus } from '../../k8s/errors.js';
 import { ANN_CREATED_AT, ANN_UPDATED_AT, LABEL_ID, TenantNamespaces, isLabelValue } from '../../k8s/microvm-object.js';
 
-const RESOURCES: Record<string, { group: string; version: string; plural: string; kind: string }> = { securitygroup: SECURITYGROUP_RESOURCE };
+const RESOURCES: Record<string, { group: string; version: string; plural: string; kind: string }> = {
+  securitygroup: SECURITYGROUP_RESOURCE,
+  // SNAPSHOT_KIND (src/core/snapshots.ts): the SnapshotService's records, Snapshot objects.
+  snapshot: SNAPSHOT_RESOURCE,
+};
 
 interface Obj {
   apiVersion: string;
