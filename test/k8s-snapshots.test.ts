@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KubeConfig } from '@kubernetes/client-node';
 import { sleep } from '../src/vmm/proc.js';
+import { ANN_AGENT_ENDPOINT } from '../src/agent/endpoint/server.js';
 import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
 import { loadConfig } from '../src/config.js';
 import { REPO } from './support/k8s-control-plane.js';
@@ -127,6 +128,17 @@ test('cluster mode: pause/resume, snapshot → Snapshot object on the node, rest
   assert.equal(over.status, 403, over.text);
   assert.equal(over.json.code, 'QUOTA_EXCEEDED');
   assert.equal(c.cp.kubectl(['get', 'mvmsnap', 'snap2', '-n', 'acme']).status, 1, 'nothing left behind');
+
+  // The node agent's snapshot routes serve only callers the cluster authorises: none → 401, a
+  // ServiceAccount without the RBAC rights (microvms/snapshot, snapshots/files) → 403.
+  const ep = c.kubectlJson(['get', 'node', node]).metadata.annotations[ANN_AGENT_ENDPOINT] as string;
+  assert.equal((await fetch(`${ep}/v1/microvms/${id}/snapshots/snap-x`, { method: 'POST' })).status, 401);
+  c.cp.kubectlOk(['create', 'serviceaccount', 'nosy', '-n', 'acme']);
+  const nosy = c.cp.kubectlOk(['create', 'token', 'nosy', '-n', 'acme', '--audience', 'microvm-agent']).trim();
+  const auth = { authorization: `Bearer ${nosy}` };
+  assert.equal((await fetch(`${ep}/v1/microvms/${id}/snapshots/snap-x`, { method: 'POST', headers: auth })).status, 403);
+  assert.equal((await fetch(`${ep}/v1/snapshots/${snapId}`, { method: 'DELETE', headers: auth })).status, 403);
+  assert.ok(existsSync(snapDir), 'a refused delete removes nothing');
 
   // Another tenant sees nothing of it.
   assert.equal((await call(other, 'GET', `/snapshots/${snapId}`)).status, 404);
