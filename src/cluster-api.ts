@@ -15,6 +15,10 @@
  *   snapshots     → Snapshot objects in the tenant's namespace (the same SnapshotService and routes
  *                   as standalone); the files are taken/deleted by the agent of the VM's node through
  *                   its endpoint; pause/resume = desiredState, acted on by the VM's node agent
+ *   volumes       → Volume/VolumeSnapshot objects in the tenant's namespace (the same VolumeService
+ *                   and routes as standalone); the bytes are created, snapshotted, restored and
+ *                   deleted by a node agent through its endpoint (RemoteVolumes): a node-local
+ *                   volume's on its node (placed at create, recorded on the Volume), a shared one's on any
  */
 import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -38,6 +42,8 @@ import { KubernetesResourceStore } from './store/kubernetes/resource-store.js';
 import { SG_KIND, SecurityGroupService } from './core/security-groups.js';
 import { SNAPSHOT_KIND, SnapshotService, type SnapshotSpec } from './core/snapshots.js';
 import { networkAdmission } from './network/admission.js';
+import { RemoteVolumes } from './agent/endpoint/volumes.js';
+import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { validateRules } from './network/sg-rules.js';
 
 export const VERSION = '0.1.0';
@@ -99,7 +105,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     ...(cfg.adminToken ? { adminToken: cfg.adminToken } : {}),
     log: log.child({ c: 'gateway' }),
     resources,
-    resourceKinds: [SG_KIND],
+    resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND],
     adapters: {
       tenantStore,
       auditLog: new KubernetesAuditLog(kc, store.tn, { systemNamespace }),
@@ -116,18 +122,35 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     vmOf: (id) => store.getVm(id),
     snapshotNodeOf: async (id) => (await resources.get<SnapshotSpec>(SNAPSHOT_KIND, id))?.spec.node || undefined,
   });
+  // Volumes (ADR 0018, "Cluster mode"): the backends the nodes offer (MVM_VOLUME_BACKENDS, `local` always), reached through the agents.
+  const remoteVolumes = new RemoteVolumes({ kubeConfig: kc, call: (node, method, path, timeoutMs) => agents.call(node, method, path, timeoutMs), resources });
+  const volumes = new VolumeService({
+    resources,
+    store,
+    backends: remoteVolumes.backends(['local', ...(process.env.MVM_VOLUME_BACKENDS ?? '').split(',').map((b) => b.trim()).filter(Boolean)]),
+    ...(process.env.MVM_VOLUME_DEFAULT_BACKEND ? { defaultBackend: process.env.MVM_VOLUME_DEFAULT_BACKEND } : {}),
+    tenants: gw.tenantStore,
+    placeVolume: (o) => remoteVolumes.placeVolume(o),
+    backendOn: remoteVolumes.backendOn,
+    // Several replicas: none undoes another's create in progress; the bytes are the nodes' own.
+    staleAfterMs: 15 * 60_000,
+    sweepLocal: false,
+    log: (msg, fields) => log.child({ c: 'volumes' }).info(fields ?? {}, msg),
+  });
   // No image resolver (images are resolved on the node).
-  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore });
+  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes });
   // Snapshots and restores as in standalone (ADR 0009): records are Snapshot objects, quota
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   // A snapshot left "Creating" by a crashed replica (another replica's may be in progress: only old ones).
   await snapshots.recover({ olderThanMs: 15 * 60_000 }).catch((e: Error) => log.warn({ err: e.message }, 'snapshot recovery failed'));
+  // Claims of deleted VMs are released (store watch + periodic reconcile), as in standalone.
+  await volumes.start(cfg.resyncSeconds * 1000 * 15).catch((e: Error) => log.warn({ err: e.message }, 'volume reconcile failed'));
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   const url = address.replace('[::1]', '127.0.0.1');
   let closed = false;
@@ -143,6 +166,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       closed = true;
       await grpcServer?.close();
       await app.close();
+      volumes.stop();
       await store.close();
     },
   };

@@ -23,7 +23,7 @@ const docsOf = (dir: string): Array<Record<string, any>> =>
 test('CRDs apply for real and are served', () => {
   installCrds(cp);
   const names = cp.kubectlOk(['get', 'crd', '-o', 'name']).trim().split('\n').sort();
-  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/snapshots.microvm.service']);
+  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/snapshots.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumes.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumesnapshots.microvm.service']);
   assert.match(cp.kubectlOk(['api-resources', '--api-group=microvm.service']), /microvms\s+mvm\s+microvm\.service\/v1alpha1\s+true\s+MicroVM/);
 });
 
@@ -108,6 +108,17 @@ test('RBAC: each service account can do what its component needs, and no more', 
     ['microvm-operator', ['update', 'snapshots.microvm.service', '-n', 'tenant-a'], false],
     ['firecracker-runtime', ['get', 'snapshots.microvm.service', '-n', 'tenant-a'], false],
     ['firecracker-runtime', ['create', 'microvms.microvm.service', '--subresource=snapshot', '-n', 'tenant-a'], false],
+    // Volumes (ADR 0018): the API keeps the records and asks the agents for the bytes; the operator reads a volume's node; the agent reads.
+    ['microvm-api', ['create', 'volumes.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-api', ['update', 'volumesnapshots.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-api', ['patch', 'volumes.microvm.service', '-n', 'tenant-a'], false],
+    ['microvm-api', ['update', 'volumes.microvm.service', '--subresource=storage'], true],
+    ['microvm-api', ['list', 'nodes'], true],
+    ['microvm-operator', ['get', 'volumes.microvm.service', '-n', 'tenant-a'], true],
+    ['microvm-operator', ['update', 'volumes.microvm.service', '-n', 'tenant-a'], false],
+    ['firecracker-runtime', ['list', 'volumes.microvm.service', '-A'], true],
+    ['firecracker-runtime', ['update', 'volumes.microvm.service', '-n', 'tenant-a'], false],
+    ['firecracker-runtime', ['update', 'volumes.microvm.service', '--subresource=storage'], false],
     ['microvm-api', ['create', 'namespaces'], true],
     ['microvm-api', ['delete', 'namespaces'], true],
     ['microvm-api', ['get', 'nodes'], true],

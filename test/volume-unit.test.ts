@@ -156,6 +156,47 @@ describe('VolumeService (SQLite + local backend)', () => {
   });
 });
 
+describe('VolumeService with node-local volumes on several nodes (cluster mode wiring, fakes of the placement)', () => {
+  test('placed at create, recorded; snapshot/restore/delete run on that node; attach elsewhere is refused', async () => {
+    const store = new SqliteStore(join(dir, 'nodes.db'));
+    const resources = new SqliteResourceStore(store.database);
+    // Two "nodes", each its own directory: what the agents' endpoints front in cluster mode.
+    const perNode = new Map(['n1', 'n2'].map((n) => [n, new LocalVolumeBackend({ dir: join(dir, `node-${n}`) })]));
+    const calls: string[] = [];
+    const svc = new VolumeService({
+      resources,
+      store,
+      backends: [new LocalVolumeBackend({ dir: join(dir, 'node-none') })],
+      placeVolume: async () => 'n2',
+      backendOn: (_b, node) => {
+        calls.push(node);
+        return perNode.get(node)!;
+      },
+    });
+    try {
+      const v = await svc.create(alice, { name: 'pinned', size: '16Mi' });
+      assert.equal(v.spec.node, 'n2');
+      assert.ok(existsSync(perNode.get('n2')!.volumePath(v.id)) && !existsSync(perNode.get('n1')!.volumePath(v.id)));
+      const s = await svc.snapshot(alice, 'pinned', 's');
+      assert.equal(s.spec.node, 'n2');
+      const r = await svc.create(alice, { name: 'copy', fromSnapshot: 's' });
+      assert.equal(r.spec.node, 'n2', 'a restore lives where its snapshot is');
+      assert.ok(existsSync(perNode.get('n2')!.volumePath(r.id)));
+      const vm = { id: 'vm-p', tenant: 'ta', spec: { vcpu: 1, memory: '128Mi', labels: {}, volumes: [{ name: 'pinned', mountPath: '/p' }] } };
+      await svc.claim(alice, vm.spec as never, 'ta', vm.id);
+      await assert.rejects(svc.attachForVm(vm, 'n1'), (e: unknown) => e instanceof MvmError && e.code === 'CONFLICT' && /lives on node n2/.test(e.message));
+      // On n2 the node agent's own VolumeService (its local backend) maps it (test/k8s-volumes.test.ts).
+      await svc.releaseVm(vm.id);
+      await svc.deleteSnapshot(alice, 's');
+      for (const n of ['copy', 'pinned']) await svc.delete(alice, n);
+      assert.deepEqual(readdirSync(join(dir, 'node-n2', 'volumes')), []);
+      assert.ok(calls.length >= 5 && calls.every((n) => n === 'n2'));
+    } finally {
+      await store.close();
+    }
+  });
+});
+
 describe('nfs backend semantics', () => {
   test('refuses a directory that is not an NFS mount, naming what it is', async () => {
     const b = new NfsVolumeBackend({ dir: join(dir, 'not-nfs') });

@@ -24,6 +24,9 @@ import { LocalAgent } from './agent.js';
 import { createNetworkManager, createVmmDriver } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
+import type { VolumeBackend } from '../core/ports/volumes.js';
+import { VolumeService } from '../core/volumes.js';
+import { volumeBackendsFromEnv } from '../storage/volumes/index.js';
 
 export interface ClusterNode {
   nodeName: string;
@@ -33,6 +36,9 @@ export interface ClusterNode {
   agent: LocalAgent;
   controller: Controller;
   log: Logger;
+  /** This node's volume backends (the endpoint runs the API's volume operations on them) and the Volume records. */
+  volumeBackends: VolumeBackend[];
+  volumeRecords: KubernetesResourceStore;
   close(): Promise<void>;
 }
 
@@ -73,7 +79,13 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
       defaultEgress: { default: cfg.network.egressDefault },
     });
   }
+  // Volumes (ADR 0018, cluster mode): the VM's volumes are mapped from this node's backends when it
+  // starts (the same VolumeService.attachForVm as standalone, over the Volume objects; read only).
+  const volumeRecords = new KubernetesResourceStore(kc, k8s.tn);
+  const { backends: volumeBackends } = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: nodeName, ...(passwdIds(cfg.vmmUser) ? { owner: passwdIds(cfg.vmmUser)! } : {}) });
+  const volumes = new VolumeService({ resources: volumeRecords, store, backends: volumeBackends });
   const agent = new LocalAgent({
+    volumes,
     nodeName,
     dataDir: cfg.dataDir,
     driver,
@@ -106,6 +118,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     agent,
     controller,
     log,
+    volumeBackends,
+    volumeRecords,
     async close() {
       if (closed) return;
       closed = true;
@@ -116,6 +130,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
       await agent.shutdown();
       await store.close();
       await resources?.close();
+      await volumeRecords.close();
       await k8s.close();
     },
   };

@@ -8,6 +8,7 @@ import { loadConfig } from '../config.js';
 import { startClusterNode, type ClusterNode } from '../agent/cluster-node.js';
 import { agentEndpointEnv } from '../agent/endpoint/config.js';
 import { startAgentEndpoint } from '../agent/endpoint/server.js';
+import { volumeRoutes } from '../agent/endpoint/volumes.js';
 
 async function main(): Promise<void> {
   let cfg;
@@ -36,6 +37,7 @@ async function main(): Promise<void> {
     ...(ep.audiences ? { audiences: ep.audiences } : {}),
     advertise: ep.advertise,
     log: node.log.child({ c: 'endpoint' }),
+    volumes: volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
   });
   closers.push(() => endpoint.close());
   // [end API cluster mode]

@@ -345,6 +345,7 @@ export const VolumeResource = Type.Object({
     phase: VolumePhase,
     message: Type.Optional(Type.String()),
     attachedTo: Type.Array(VolumeAttachment),
+    node: Type.Optional(Type.String({ description: 'The node holding a node-local volume (cluster mode); its VMs run there' })),
   }),
   resourceVersion: Type.String(),
   createdAt: Type.String({ format: 'date-time' }),
@@ -365,6 +366,7 @@ export const VolumeSnapshotResource = Type.Object({
   sizeBytes: Type.Integer({ description: 'size of the volume at the time' }),
   phase: Type.Union([Type.Literal('Creating'), Type.Literal('Ready'), Type.Literal('Failed')]),
   copyOnWrite: Type.Boolean({ description: 'whether the backend shared blocks (reflink / RBD snapshot) instead of copying' }),
+  node: Type.Optional(Type.String({ description: 'The node holding it (a node-local backend in cluster mode)' })),
   createdAt: Type.String({ format: 'date-time' }),
 });
 

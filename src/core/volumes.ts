@@ -49,6 +49,8 @@ export interface VolumeSpec {
   phase: VolumeT['status']['phase'];
   message?: string;
   attachedTo: Attachment[];
+  /** The node holding a volume of a node-local backend, when volumes live on several nodes (cluster mode). */
+  node?: string;
 }
 
 export interface VolumeSnapshotSpec {
@@ -57,6 +59,8 @@ export interface VolumeSnapshotSpec {
   sizeBytes: number;
   phase: VolumeSnapshotT['phase'];
   copyOnWrite: boolean;
+  /** The node holding it (its volume's node), for a node-local backend in cluster mode. */
+  node?: string;
 }
 
 export function toVolume(r: StoredResource<VolumeSpec>): VolumeT {
@@ -71,7 +75,7 @@ export function toVolume(r: StoredResource<VolumeSpec>): VolumeT {
     readOnly: s.readOnly,
     ...(s.labels ? { labels: s.labels } : {}),
     ...(s.fromSnapshot ? { fromSnapshot: s.fromSnapshot } : {}),
-    status: { phase: s.phase, ...(s.message ? { message: s.message } : {}), attachedTo: s.attachedTo },
+    status: { phase: s.phase, ...(s.message ? { message: s.message } : {}), attachedTo: s.attachedTo, ...(s.node ? { node: s.node } : {}) },
     resourceVersion: r.resourceVersion,
     createdAt: r.createdAt,
     updatedAt: r.updatedAt,
@@ -88,6 +92,7 @@ export function toVolumeSnapshot(r: StoredResource<VolumeSnapshotSpec>): VolumeS
     sizeBytes: r.spec.sizeBytes,
     phase: r.spec.phase,
     copyOnWrite: r.spec.copyOnWrite,
+    ...(r.spec.node ? { node: r.spec.node } : {}),
     createdAt: r.createdAt,
   };
 }
@@ -103,6 +108,20 @@ export interface VolumeServiceOptions {
   log?: (msg: string, fields?: Record<string, unknown>) => void;
   /** How old a claim of a VM that does not exist must be before reconcile drops it (default 60 s). */
   claimGraceMs?: number;
+  /**
+   * Volumes on several nodes (cluster mode, ADR 0018): the node a new volume of a node-local
+   * backend (capabilities().shared false) is created on. Without it volumes record no node.
+   */
+  placeVolume?: (o: { backend: string; tenant: string; sizeBytes: number }) => Promise<string>;
+  /** The backend as it runs on `node` (cluster mode: through that node's agent); default: the backend itself. */
+  backendOn?: (backend: VolumeBackend, node: string) => VolumeBackend;
+  /**
+   * How old a Creating/Deleting record must be before reconcile undoes it (default 0: this is the
+   * only process). Several API replicas: long enough that none undoes another's work in progress.
+   */
+  staleAfterMs?: number;
+  /** Sweep node-local backends for bytes without a record (default true; false where the bytes are on other nodes). */
+  sweepLocal?: boolean;
 }
 
 export class VolumeService implements VolumeAttacher {
@@ -122,6 +141,11 @@ export class VolumeService implements VolumeAttacher {
     const b = this.backends.get(name);
     if (!b) throw validationError(field, `unknown volume backend ${JSON.stringify(name)} (configured: ${[...this.backends.keys()].join(', ') || 'none'})`);
     return b;
+  }
+
+  /** The backend of a record, where its bytes are (its node, if it has one). */
+  private at(backend: VolumeBackend, node: string | undefined): VolumeBackend {
+    return node && this.o.backendOn ? this.o.backendOn(backend, node) : backend;
   }
 
   private log(msg: string, fields: Record<string, unknown> = {}): void {
@@ -175,6 +199,8 @@ export class VolumeService implements VolumeAttacher {
     }
     const caps = await backend.capabilities();
     if (!caps.available) throw new MvmError(ErrorCodes.UNAVAILABLE, `volume backend ${backendName} is not available: ${caps.reason ?? 'unknown reason'}`);
+    // A node-local volume lives on one node: a restore where its snapshot is, a new one where placed.
+    const node = caps.shared ? undefined : (source?.spec.node ?? (this.o.placeVolume ? await this.o.placeVolume({ backend: backendName, tenant, sizeBytes: sizeMiB * MiB }) : undefined));
     const id = newId('vol');
     const t = this.o.tenants ? await this.o.tenants.getTenant(tenant) : undefined;
     if (this.o.tenants && !t) throw notFound('tenant', tenant);
@@ -195,6 +221,7 @@ export class VolumeService implements VolumeAttacher {
           ...(source ? { fromSnapshot: source.id } : {}),
           phase: 'Creating',
           attachedTo: [],
+          ...(node ? { node } : {}),
         },
       })
       .catch(async (e: unknown) => {
@@ -205,13 +232,14 @@ export class VolumeService implements VolumeAttacher {
         throw e;
       });
     this.inflight.add(id);
+    const where = this.at(backend, node);
     try {
-      if (source) await backend.cloneFromSnapshot(source.spec.volumeId, source.id, id, sizeMiB * MiB);
-      else await backend.create(id, sizeMiB * MiB);
+      if (source) await where.cloneFromSnapshot(source.spec.volumeId, source.id, id, sizeMiB * MiB);
+      else await where.create(id, sizeMiB * MiB);
       return await this.o.resources.update<VolumeSpec>(VOLUME_KIND, id, (s) => ({ ...s, phase: 'Available' }));
     } catch (e) {
       // Nothing half-done: no record, no bytes, no reservation.
-      await backend.delete(id).catch(() => undefined);
+      await where.delete(id).catch(() => undefined);
       await this.o.resources.delete(VOLUME_KIND, id);
       await this.o.tenants?.release(tenant, 'volume', id);
       throw e instanceof MvmError ? e : new MvmError(ErrorCodes.INTERNAL, `creating volume ${rec.name} on ${backendName} failed: ${(e as Error).message}`, { cause: e });
@@ -246,7 +274,7 @@ export class VolumeService implements VolumeAttacher {
   private async finishDelete(v: StoredResource<VolumeSpec>): Promise<void> {
     const b = this.backends.get(v.spec.backend);
     if (!b) throw new MvmError(ErrorCodes.UNAVAILABLE, `volume backend ${v.spec.backend} of volume ${v.name} is not configured`);
-    await b.delete(v.id);
+    await this.at(b, v.spec.node).delete(v.id);
     await this.o.resources.delete(VOLUME_KIND, v.id);
     await this.o.tenants?.release(v.tenant, 'volume', v.id);
   }
@@ -286,17 +314,24 @@ export class VolumeService implements VolumeAttacher {
     const t = this.o.tenants ? await this.o.tenants.getTenant(v.tenant) : undefined;
     if (this.o.tenants && t) await this.o.tenants.reserve(v.tenant, { kind: 'snapshot', id, diskMiB: v.spec.sizeBytes / MiB }, limitsOf(t));
     await this.o.resources
-      .create<VolumeSnapshotSpec>({ kind: VOLUME_SNAPSHOT_KIND, id, tenant: v.tenant, name, spec: { volumeId: v.id, backend: v.spec.backend, sizeBytes: v.spec.sizeBytes, phase: 'Creating', copyOnWrite: false } })
+      .create<VolumeSnapshotSpec>({
+        kind: VOLUME_SNAPSHOT_KIND,
+        id,
+        tenant: v.tenant,
+        name,
+        spec: { volumeId: v.id, backend: v.spec.backend, sizeBytes: v.spec.sizeBytes, phase: 'Creating', copyOnWrite: false, ...(v.spec.node ? { node: v.spec.node } : {}) },
+      })
       .catch(async (e: unknown) => {
         await this.o.tenants?.release(v.tenant, 'snapshot', id);
         throw e;
       });
     this.inflight.add(id);
+    const where = this.at(backend, v.spec.node);
     try {
-      const r = await backend.snapshot(v.id, id);
+      const r = await where.snapshot(v.id, id);
       return await this.o.resources.update<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND, id, (s) => ({ ...s, phase: 'Ready', copyOnWrite: r.copyOnWrite }));
     } catch (e) {
-      await backend.deleteSnapshot(v.id, id).catch(() => undefined);
+      await where.deleteSnapshot(v.id, id).catch(() => undefined);
       await this.o.resources.delete(VOLUME_SNAPSHOT_KIND, id);
       await this.o.tenants?.release(v.tenant, 'snapshot', id);
       throw e;
@@ -307,7 +342,7 @@ export class VolumeService implements VolumeAttacher {
 
   async deleteSnapshot(p: Principal, idOrName: string): Promise<void> {
     const s = await this.getSnapshot(p, idOrName);
-    await this.backend(s.spec.backend).deleteSnapshot(s.spec.volumeId, s.id);
+    await this.at(this.backend(s.spec.backend), s.spec.node).deleteSnapshot(s.spec.volumeId, s.id);
     await this.o.resources.delete(VOLUME_SNAPSHOT_KIND, s.id);
     await this.o.tenants?.release(s.tenant, 'snapshot', s.id);
   }
@@ -397,6 +432,7 @@ export class VolumeService implements VolumeAttacher {
         const vol = await this.o.resources.getByName<VolumeSpec>(VOLUME_KIND, vm.tenant, v.name);
         const att = vol?.spec.attachedTo.find((a) => a.vmId === vm.id);
         if (!vol || !att) throw new MvmError(ErrorCodes.CONFLICT, `volumes[${i}]: volume ${v.name} is not attached to microVM ${vm.id} (deleted or never claimed)`);
+        if (vol.spec.node && vol.spec.node !== node) throw new MvmError(ErrorCodes.CONFLICT, `volumes[${i}]: volume ${v.name} lives on node ${vol.spec.node}, not on ${node}`);
         const info = await this.backend(vol.spec.backend).attach(vol.id, node, { readOnly: att.readOnly, holder: vm.id });
         out.push({ name: v.name, volumeId: vol.id, path: info.path, readOnly: att.readOnly, mountPath: att.mountPath });
       }
@@ -428,7 +464,7 @@ export class VolumeService implements VolumeAttacher {
     const vols = await this.o.resources.list<VolumeSpec>(VOLUME_KIND);
     for (const v of vols) {
       if (this.inflight.has(v.id)) continue;
-      if (v.spec.phase === 'Creating' || v.spec.phase === 'Deleting') {
+      if ((v.spec.phase === 'Creating' || v.spec.phase === 'Deleting') && this.stale(v)) {
         await this.finishDelete(v).then(
           () => removed.push(v.id),
           (e: Error) => this.log('volume cleanup failed', { volume: v.id, err: e.message }),
@@ -444,15 +480,16 @@ export class VolumeService implements VolumeAttacher {
       }
     }
     const snaps = await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND);
-    for (const s of snaps.filter((x) => x.spec.phase === 'Creating' && !this.inflight.has(x.id))) {
-      await this.backends.get(s.spec.backend)?.deleteSnapshot(s.spec.volumeId, s.id).catch(() => undefined);
+    for (const s of snaps.filter((x) => x.spec.phase === 'Creating' && !this.inflight.has(x.id) && this.stale(x))) {
+      const b = this.backends.get(s.spec.backend);
+      if (b) await this.at(b, s.spec.node).deleteSnapshot(s.spec.volumeId, s.id).catch(() => undefined);
       await this.o.resources.delete(VOLUME_SNAPSHOT_KIND, s.id);
       await this.o.tenants?.release(s.tenant, 'snapshot', s.id);
       removed.push(s.id);
     }
     const knownVols = new Set((await this.o.resources.list<VolumeSpec>(VOLUME_KIND)).map((v) => v.id));
     const knownSnaps = new Set((await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND)).map((s) => s.id));
-    for (const b of this.backends.values()) {
+    for (const b of this.o.sweepLocal === false ? [] : this.backends.values()) {
       const caps = await b.capabilities().catch(() => undefined);
       // A shared backend (NFS, Ceph) may hold other services' volumes: only node-local ones are swept.
       if (!caps?.available || caps.shared) continue;
@@ -477,6 +514,10 @@ export class VolumeService implements VolumeAttacher {
     }
     if (removed.length || released.length) this.log('volume reconcile', { removed, released });
     return { removed, released };
+  }
+
+  private stale(r: { updatedAt: string }): boolean {
+    return !this.o.staleAfterMs || Date.now() - Date.parse(r.updatedAt) > this.o.staleAfterMs;
   }
 
   /** Reconcile now, again every `resyncMs`, and release a VM's volumes as soon as its record is deleted. */

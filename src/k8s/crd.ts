@@ -16,7 +16,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB } from '../core/microvm.js';
-import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, Snapshot, toJsonSchema } from '../core/schema.js';
+import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, Snapshot, VolumeResource, VolumeSnapshotResource, toJsonSchema } from '../core/schema.js';
 
 export const GROUP = 'microvm.service';
 export const VERSION = 'v1alpha1';
@@ -270,16 +270,87 @@ export function snapshotCrd(): Json {
 }
 
 /**
+ * Volume: a persistent volume (ADR 0018), stored by the API's VolumeService through the resource
+ * port: spec = the service's record (VolumeSpec in src/core/volumes.ts), i.e. the REST `Volume`'s
+ * fields and its status fields (phase, attachedTo, node) side by side. `node` is where a node-local
+ * volume's bytes are: the MicroVMs using it run only there.
+ */
+export function volumeCrd(): Json {
+  const all = toStructural(VolumeResource, 'Volume');
+  const p = all.properties as Json;
+  const st = (p.status as Json).properties as Json;
+  const spec: Json = {
+    type: 'object',
+    required: ['size', 'sizeBytes', 'backend', 'readOnly', 'phase', 'attachedTo'],
+    properties: {
+      size: p.size,
+      sizeBytes: p.sizeBytes,
+      backend: p.backend,
+      readOnly: p.readOnly,
+      labels: p.labels,
+      fromSnapshot: p.fromSnapshot,
+      phase: st.phase,
+      message: st.message,
+      attachedTo: st.attachedTo,
+      node: st.node,
+    },
+  };
+  return crd({
+    kind: 'Volume',
+    plural: 'volumes',
+    singular: 'volume',
+    shortNames: ['mvmvol'],
+    description: 'A persistent volume (ext4 on a block device of a storage backend) that MicroVMs of the tenant (namespace) attach.',
+    spec,
+    columns: [
+      { name: 'Size', type: 'string', jsonPath: '.spec.size' },
+      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
+      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+      { name: 'Backend', type: 'string', jsonPath: '.spec.backend' },
+      { name: 'AttachedTo', type: 'string', jsonPath: '.spec.attachedTo[*].vmId' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+  });
+}
+
+/** VolumeSnapshot: a point-in-time copy of a Volume (the VolumeService's record, VolumeSnapshotSpec). */
+export function volumeSnapshotCrd(): Json {
+  const p = toStructural(VolumeSnapshotResource, 'VolumeSnapshot').properties as Json;
+  const spec: Json = {
+    type: 'object',
+    required: ['volumeId', 'backend', 'sizeBytes', 'phase', 'copyOnWrite'],
+    properties: { volumeId: p.volumeId, backend: p.backend, sizeBytes: p.sizeBytes, phase: p.phase, copyOnWrite: p.copyOnWrite, node: p.node },
+  };
+  return crd({
+    kind: 'VolumeSnapshot',
+    plural: 'volumesnapshots',
+    singular: 'volumesnapshot',
+    shortNames: ['mvmvolsnap'],
+    description: 'A snapshot of a Volume of the tenant (namespace); a new Volume can be restored from it.',
+    spec,
+    columns: [
+      { name: 'Volume', type: 'string', jsonPath: '.spec.volumeId' },
+      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
+      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+      { name: 'Backend', type: 'string', jsonPath: '.spec.backend' },
+      { name: 'Size', type: 'integer', jsonPath: '.spec.sizeBytes', description: 'bytes of the volume when taken' },
+      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+    ],
+  });
+}
+
+/**
  * Every CRD of the group, in apply order. Later additions go here, each from its schema:
- *   - volumes.microvm.service    (persistent volumes; PVC-backed block devices)
  *   - tenantquotas.microvm.service (TenantQuotas; status.used updated with optimistic concurrency,
  *                                  which makes quota admission atomic in cluster mode)
  */
-export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd, snapshotCrd];
+export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd, snapshotCrd, volumeCrd, volumeSnapshotCrd];
 
 export const MICROVM_RESOURCE = { group: GROUP, version: VERSION, plural: 'microvms', kind: 'MicroVM' } as const;
 export const SECURITYGROUP_RESOURCE = { group: GROUP, version: VERSION, plural: 'securitygroups', kind: 'SecurityGroup' } as const;
 export const SNAPSHOT_RESOURCE = { group: GROUP, version: VERSION, plural: 'snapshots', kind: 'Snapshot' } as const;
+export const VOLUME_RESOURCE = { group: GROUP, version: VERSION, plural: 'volumes', kind: 'Volume' } as const;
+export const VOLUME_SNAPSHOT_RESOURCE = { group: GROUP, version: VERSION, plural: 'volumesnapshots', kind: 'VolumeSnapshot' } as const;
 
 /** The multi-document YAML of deploy/crds/microvm.service_crds.yaml. */
 export function crdsYaml(): string {

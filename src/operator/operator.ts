@@ -38,7 +38,7 @@ import { planDefrag, type DefragMove } from '../scheduler/defrag.js';
 import { unschedulableMessage, type Placement, type Scheduler } from '../scheduler/scheduler.js';
 import { ClusterState, holdsPlacement } from '../scheduler/state.js';
 import { ANN_DRAIN, ClusterConditions, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
-import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE } from '../k8s/crd.js';
+import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
 import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, TenantNamespaces, fromObject, isLabelValue, type MicroVMObject } from '../k8s/microvm-object.js';
 import { RateLimitingQueue, runWorkers } from './workqueue.js';
@@ -443,7 +443,10 @@ export class Operator {
     this.refreshNodes();
     // A VM restored from a snapshot runs only on the node holding the snapshot's files (ADR 0009):
     // its first boot restores them, its disk stays backed by them. No fallback, no defrag move.
-    const pinned = cur.spec.source?.snapshot ? await this.snapshotPlacement(namespace, cur) : undefined;
+    const pinned =
+      (cur.spec.source?.snapshot ? await this.snapshotPlacement(namespace, cur) : undefined) ??
+      // A VM using a node-local volume runs only on that volume's node (ADR 0018, "Cluster mode").
+      (cur.spec.volumes?.length ? await this.volumePlacement(namespace, cur) : undefined);
     // A VM moved by a defrag goes to the node the plan chose (elsewhere if that node refuses it now).
     const target = pinned ? undefined : obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
     let placement = pinned ?? (target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined);
@@ -508,6 +511,31 @@ export class Operator {
     const why = `restored from snapshot ${snap}: only node ${s.node} (which holds its files) can run it`;
     if (!this.state.node(s.node)) return refuse(`${why}, and it has no ready node agent (no heartbeat) or is not in the cluster`);
     const p = this.o.scheduler.schedule(vm, this.state, { only: s.node });
+    return p.node ? p : { ...p, message: `${why}: ${p.message}` };
+  }
+
+  /**
+   * The placement of a VM with a node-local volume (a Volume with `spec.node`): only that node, or
+   * a refusal saying why; undefined when none of its volumes is pinned (shared backends, or none yet).
+   */
+  private async volumePlacement(namespace: string, vm: MicroVM): Promise<Placement | undefined> {
+    const r = VOLUME_RESOURCE;
+    const pins = new Map<string, string>();
+    for (const v of vm.spec.volumes ?? []) {
+      try {
+        const o = (await this.custom.getNamespacedCustomObject({ group: r.group, version: r.version, plural: r.plural, namespace, name: v.name })) as { spec?: { node?: string } };
+        if (o.spec?.node) pins.set(v.name, o.spec.node);
+      } catch (e) {
+        if (httpStatus(e) !== 404) throw e; // a missing volume fails the node's attach, with that message
+      }
+    }
+    const nodes = [...new Set(pins.values())];
+    if (nodes.length === 0) return undefined;
+    if (nodes.length > 1) return { reasons: {}, message: `its volumes live on different nodes (${[...pins].map(([v, n]) => `${v} on ${n}`).join(', ')}); no node can attach them all` };
+    const node = nodes[0]!;
+    const why = `volume ${[...pins.keys()].join(', ')} lives on node ${node}: only that node can run it`;
+    if (!this.state.node(node)) return { reasons: {}, message: `${why}, and it has no ready node agent (no heartbeat) or is not in the cluster` };
+    const p = this.o.scheduler.schedule(vm, this.state, { only: node });
     return p.node ? p : { ...p, message: `${why}: ${p.message}` };
   }
 

@@ -97,6 +97,11 @@ export class RemoteNodeAgents implements NodeAgent {
     });
   }
 
+  /** One authenticated request to a node's agent, any answer returned (volumes: src/agent/endpoint/volumes.ts). */
+  call(node: string, method: string, path: string, timeoutMs?: number): Promise<IncomingMessage> {
+    return this.request(node, method, path, undefined, timeoutMs);
+  }
+
   private async get(vm: MicroVM, path: string, signal?: AbortSignal): Promise<IncomingMessage> {
     const node = vm.status.node!;
     const res = await this.request(node, 'GET', path, signal);

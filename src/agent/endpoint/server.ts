@@ -29,6 +29,7 @@ import { HTTP_STATUS } from '../../api/problem.js';
 import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
 import type { NodeAgent } from '../../core/ports/agent.js';
+import type { VolumeRoutes } from './volumes.js';
 
 export const ANN_AGENT_ENDPOINT = 'microvm.service/agent-endpoint';
 export const AGENT_RESOURCE = { group: 'microvm.service', resource: 'microvms' } as const;
@@ -54,6 +55,8 @@ export interface AgentEndpointOptions {
   audiences?: string[];
   cacheMs?: number;
   log?: Logger;
+  /** Volume operations of this node's backends for the API (src/agent/endpoint/volumes.ts; SAR on `volumes/storage`). */
+  volumes?: VolumeRoutes;
 }
 
 export interface AgentEndpoint {
@@ -142,6 +145,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     if (!who) return fail(res, 401, 'the token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' });
     const snapRoute = req.method === 'POST' ? SNAPSHOT_ROUTE.exec(url.pathname) : req.method === 'DELETE' ? SNAPSHOT_FILES_ROUTE.exec(url.pathname) : null;
     if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
+    // Volumes (ADR 0018, cluster mode): cluster-wide right on volumes/storage; the op checks the volume is placed here.
+    if (o.volumes && (await o.volumes(req, url, (verb) => allowed(who, 'storage', undefined, verb, 'volumes'), res))) return;
     const route = ROUTE.exec(url.pathname);
     if (!route || req.method !== 'GET') return fail(res, 404, 'no such route');
     const [, id, what] = route as unknown as [string, string, 'console' | 'metrics'];

@@ -10,7 +10,7 @@ import { CustomObjectsApi, KubeConfig, ListWatch, Watch, type KubernetesObject }
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { ResourceStore, StoredResource } from '../../core/ports/resources.js';
-import { SECURITYGROUP_RESOURCE, SNAPSHOT_RESOURCE } from '../../k8s/crd.js';
+import { SECURITYGROUP_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE, VOLUME_SNAPSHOT_RESOURCE } from '../../k8s/crd.js';
 import { fromK8sError, httpStatus } from '../../k8s/errors.js';
 import { ANN_CREATED_AT, ANN_UPDATED_AT, LABEL_ID, TenantNamespaces, isLabelValue } from '../../k8s/microvm-object.js';
 
@@ -18,6 +18,9 @@ const RESOURCES: Record<string, { group: string; version: string; plural: string
   securitygroup: SECURITYGROUP_RESOURCE,
   // SNAPSHOT_KIND (src/core/snapshots.ts): the SnapshotService's records, Snapshot objects.
   snapshot: SNAPSHOT_RESOURCE,
+  // VOLUME_KIND, VOLUME_SNAPSHOT_KIND (src/core/volumes.ts): the VolumeService's records.
+  volume: VOLUME_RESOURCE,
+  volumesnapshot: VOLUME_SNAPSHOT_RESOURCE,
 };
 
 interface Obj {
