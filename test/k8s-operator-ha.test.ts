@@ -1,8 +1,9 @@
 /**
  * Cluster mode on a real kube-apiserver, the harder paths: two operator replicas (only the Lease
  * holder acts; kill -9 of the leader mid-reconcile → the other takes over and converges with no
- * duplicate guest), required anti-affinity across two node agents, and cordon + drain moving a
- * running VM to the other node (stopped there, started here, nothing left behind).
+ * duplicate guest), required anti-affinity across two node agents, `kubectl drain` moving a
+ * running VM to the other node (stopped there, started here, nothing left behind), and the
+ * tenant quota holding for MicroVMs created with kubectl (the operator's admission).
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -104,15 +105,25 @@ test('required anti-affinity puts two VMs on different nodes', { timeout: 300_00
   await removeAll('web-1', 'web-2', 'web-3');
 });
 
-test('cordon + drain (annotation microvm.service/drain) moves a running VM to another node', { timeout: 300_000 }, async () => {
+test('kubectl drain moves a running VM to another node; a node annotated drain=false keeps its VMs when cordoned', { timeout: 300_000 }, async () => {
   apply('mover');
   const o = await until(c, 'mover running', () => running('mover'), 180_000);
   const from = o.status.node as string;
   const id = idOf('mover');
   const fromAgent = c.agents.find((a) => a.node === from)!;
   await until(c, 'guest on the first node', () => c.guests(id).length === 1, 30_000);
+  // Opted out: cordoned, yet the VM stays (no new VMs only).
+  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain=false']);
   c.cp.kubectlOk(['cordon', from]);
-  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain=true']);
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal(running('mover')?.status.node, from, 'a cordoned node annotated drain=false keeps its VMs');
+  assert.ok(!get('mover').status.conditions.some((x: any) => x.type === 'Evicting' && x.status === 'True'));
+  c.cp.kubectlOk(['uncordon', from]);
+  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain-']);
+  // The real `kubectl drain` (it cordons the node; MicroVMs are not pods, the operator moves them).
+  const out = c.cp.kubectlOk(['drain', from, '--ignore-daemonsets', '--timeout=60s']);
+  assert.match(out, new RegExp(`node/${from} (cordoned|drained)`));
+  assert.equal(c.kubectlJson(['get', 'node', from]).spec.unschedulable, true);
   const moved = await until(c, 'mover running elsewhere', () => {
     const x = running('mover');
     return x && x.status.node !== from ? x : undefined;
@@ -125,7 +136,6 @@ test('cordon + drain (annotation microvm.service/drain) moves a running VM to an
   for (const r of ['Evicting', 'Stopped', 'Evicted']) assert.ok(ev.includes(r), `missing ${r} in ${ev.join(',')}`);
   assert.equal(ev.filter((r) => r === 'Scheduled').length, 2);
   // Uncordoned, the node takes VMs again.
-  c.cp.kubectlOk(['annotate', 'node', from, 'microvm.service/drain-']);
   c.cp.kubectlOk(['uncordon', from]);
   await removeAll('mover');
   assert.deepEqual(c.guests(id), []);
@@ -173,4 +183,38 @@ test('a VM whose Node object is deleted is placed on another node; the old node 
   assert.ok(events('orphan').includes('Evicted'));
   await removeAll('orphan');
   assert.deepEqual(c.guests(id), []);
+});
+
+test('quota holds for kubectl-created MicroVMs: the operator admits the oldest that fit, the rest wait (Admitted=False, QuotaExceeded) until there is room', { timeout: 120_000 }, async () => {
+  // A tenant namespace as the API's tenant store writes it: label + the tenant document with quotas.
+  c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({
+    apiVersion: 'v1',
+    kind: 'Namespace',
+    metadata: { name: 'quota-t', labels: { 'microvm.service/tenant-record': 'true' }, annotations: { 'microvm.service/tenant': JSON.stringify({ quotas: { vms: 2, vcpu: 3 } }) } },
+  }));
+  const mk = (name: string, vcpu: number): string =>
+    JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'quota-t' }, spec: { vcpu, memory: '128Mi', desiredState: 'Stopped' } });
+  const q = (name: string): any => {
+    const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'quota-t', '-o', 'json']);
+    return r.status === 0 ? JSON.parse(r.stdout) : undefined;
+  };
+  const admitted = (name: string): any => q(name)?.status?.conditions?.find((x: any) => x.type === 'Admitted');
+  c.cp.kubectlOk(['apply', '-f', '-'], mk('q1', 2));
+  await until(c, 'q1 admitted and Stopped', () => admitted('q1')?.status === 'True' && q('q1').status.phase === 'Stopped', 60_000);
+  // q2 (2 vCPU) would make 4 > 3; q3 (1 vCPU), created after it, fits.
+  c.cp.kubectlOk(['apply', '-f', '-'], mk('q2', 2));
+  const refused = await until(c, 'q2 refused', () => (admitted('q2')?.status === 'False' ? admitted('q2') : undefined), 60_000);
+  assert.equal(refused.reason, 'QuotaExceeded');
+  assert.match(refused.message, /vcpu would be 4, limit 3/);
+  assert.equal(q('q2').status.phase, 'Pending');
+  assert.equal(q('q2').status.node, undefined);
+  const ev = c.kubectlJson(['get', 'events', '-n', 'quota-t', '--field-selector', 'involvedObject.name=q2']).items.map((e: any) => e.reason);
+  assert.ok(ev.includes('QuotaExceeded'), ev.join(','));
+  c.cp.kubectlOk(['apply', '-f', '-'], mk('q3', 1));
+  await until(c, 'q3 admitted', () => admitted('q3')?.status === 'True', 60_000);
+  // Now 2 VMs (the vms limit) and 3 vCPU: q2 still waits. Deleting q1 makes room for it.
+  assert.equal(admitted('q2')?.status, 'False');
+  c.cp.kubectlOk(['delete', 'mvm', 'q1', '-n', 'quota-t', '--wait=false']);
+  await until(c, 'q2 admitted once q1 is gone', () => admitted('q2')?.status === 'True' && q('q2').status.phase === 'Stopped', 60_000);
+  c.cp.kubectl(['delete', 'namespace', 'quota-t', '--wait=false']);
 });

@@ -140,3 +140,20 @@ test('microTime: Lease times serialize with 6 fractional digits (the API server 
   assert.equal(JSON.stringify({ t }), '{"t":"2026-01-01T00:00:00.123000Z"}');
   assert.equal(t.getTime(), Date.parse('2026-01-01T00:00:00.123Z'));
 });
+
+test('evictionReason: a cordon drains unless the node opts out (drain=false) or the operator default is off; NoExecute taints evict what does not tolerate them', async () => {
+  const { evictionReason, ANN_DRAIN } = await import('../src/k8s/cluster.js');
+  const none = (): boolean => false;
+  const node = (unschedulable: boolean, ann?: string, taints: Array<{ key: string; value?: string; effect: string }> = []) =>
+    ({ metadata: { name: 'n1', annotations: ann === undefined ? {} : { [ANN_DRAIN]: ann } }, spec: { unschedulable, taints } }) as never;
+  assert.equal(evictionReason(undefined, none, true), undefined);
+  assert.equal(evictionReason(node(false), none, true), undefined, 'schedulable: stays');
+  assert.deepEqual(evictionReason(node(true), none, true), { reason: 'NodeDrain', message: 'node n1 is being drained' });
+  assert.equal(evictionReason(node(true, 'false'), none, true), undefined, 'opted out: a cordon keeps the VMs');
+  assert.equal(evictionReason(node(true), none, false), undefined, 'default off: a cordon keeps the VMs');
+  assert.equal(evictionReason(node(true, 'true'), none, false)?.reason, 'NodeDrain', 'drain=true drains with the default off');
+  assert.equal(evictionReason(node(false, 'true'), none, true), undefined, 'the annotation alone (not cordoned) does nothing');
+  const tainted = node(false, undefined, [{ key: 'maint', value: 'now', effect: 'NoExecute' }, { key: 'x', effect: 'NoSchedule' }]);
+  assert.deepEqual(evictionReason(tainted, none, true), { reason: 'NoExecuteTaint', message: 'node n1 has the taint maint=now:NoExecute' });
+  assert.equal(evictionReason(tainted, (t) => t.key === 'maint', true), undefined, 'tolerated');
+});

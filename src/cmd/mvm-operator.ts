@@ -32,6 +32,8 @@ async function main(): Promise<void> {
     ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}),
     systemNamespace: namespace,
     resyncMs: cfg.resyncSeconds * 1000,
+    // A cordon (kubectl cordon / kubectl drain) moves the node's VMs elsewhere unless "false".
+    drainOnCordon: env.MVM_DRAIN_ON_CORDON !== 'false',
   });
   let leading = false;
   let started = false;

@@ -10,7 +10,11 @@ import type { NodeInfo, Taint } from '../core/ports/agent.js';
 export const FINALIZER = 'microvm.service/finalizer';
 /** The binding, for people and label selectors (agents select by the field status.node). */
 export const LABEL_NODE = 'microvm.service/node';
-/** On a Node: `true` = move every MicroVM off it (with the node cordoned: spec.unschedulable). */
+/**
+ * On a Node, with the node cordoned (spec.unschedulable, as `kubectl cordon` and `kubectl drain`
+ * leave it): `true` = move every MicroVM off it; `false` = keep them (cordon = no new VMs only).
+ * Absent: the operator's default (MVM_DRAIN_ON_CORDON, on by default: a cordon drains).
+ */
 export const ANN_DRAIN = 'microvm.service/drain';
 /** On the node agent's Lease: NodeInfo as JSON (capacity, drivers, accel). */
 export const ANN_NODE_INFO = 'microvm.service/node-info';
@@ -26,6 +30,11 @@ export const ClusterConditions = {
   NodeCleanedUp: 'NodeCleanedUp',
   /** Written by the operator: the VM must leave its node (drain); the agent stops it there. */
   Evicting: 'Evicting',
+  /**
+   * Written by the operator: the VM fits its tenant's quota (checked once, before its first
+   * placement; a `kubectl apply`d VM gets no other check). False (reason QuotaExceeded) = it waits.
+   */
+  Admitted: 'Admitted',
 } as const;
 
 export const SYSTEM_NAMESPACE = 'microvm-system';
@@ -89,4 +98,20 @@ export function microTime(d: Date = new Date()): Date {
   Object.defineProperty(t, 'toISOString', { value: iso });
   Object.defineProperty(t, 'toJSON', { value: iso });
   return t;
+}
+
+/** Why a VM bound to `node` must leave it, or undefined (docs/adr/0017, "Drain"). */
+export function evictionReason(
+  node: Pick<V1Node, 'spec' | 'metadata'> | undefined,
+  tolerates: (t: Taint) => boolean,
+  drainOnCordon: boolean,
+): { reason: 'NodeDrain' | 'NoExecuteTaint'; message: string } | undefined {
+  if (!node) return undefined;
+  const name = node.metadata?.name ?? '';
+  const noExecute = (node.spec?.taints ?? []).find((t) => t.effect === 'NoExecute' && !tolerates({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: 'NoExecute' }));
+  if (noExecute) return { reason: 'NoExecuteTaint', message: `node ${name} has the taint ${noExecute.key}${noExecute.value ? `=${noExecute.value}` : ''}:NoExecute` };
+  if (node.spec?.unschedulable !== true) return undefined;
+  const ann = node.metadata?.annotations?.[ANN_DRAIN];
+  if (ann === 'true' || (ann !== 'false' && drainOnCordon)) return { reason: 'NodeDrain', message: `node ${name} is being drained` };
+  return undefined;
 }

@@ -15,6 +15,7 @@
 import { createHash } from 'node:crypto';
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import type { MicroVM } from '../core/microvm.js';
+import { vmResources, type VmResources } from '../core/quota.js';
 import type { MicroVMSpecT, MicroVMStatusT } from '../core/schema.js';
 import { API_VERSION } from './crd.js';
 
@@ -27,6 +28,13 @@ export const ANN_CREATED_AT = 'microvm.service/created-at';
 export const ANN_UPDATED_AT = 'microvm.service/updated-at';
 export const ANN_DISK_MIB = 'microvm.service/disk-mib';
 export const ANN_EVENT_TIME = 'microvm.service/time';
+
+/** What a MicroVM object holds against its tenant's quota (the API records the disk it admitted). */
+export function resourcesOfObject(o: { spec: MicroVMSpecT; metadata: { annotations?: Record<string, string> } }): VmResources {
+  const r = vmResources(o.spec);
+  const disk = o.metadata.annotations?.[ANN_DISK_MIB];
+  return disk !== undefined && Number.isFinite(Number(disk)) ? { ...r, diskMiB: Number(disk) } : r;
+}
 
 export interface ObjectMeta {
   name?: string;

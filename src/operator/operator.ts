@@ -11,8 +11,12 @@
  *     or the VM was never bound, or its Node no longer exists;
  *  2. adopted: finalizer, id/tenant labels (a `kubectl apply`d object has none);
  *  3. the node label mirrors status.node;
- *  4. drain: on a cordoned Node annotated microvm.service/drain=true the VM gets Evicting=True; once
- *     its agent stopped it, it is unbound and placed again (stop there, start elsewhere);
+ *  4. drain: on a cordoned Node (`kubectl drain`/`kubectl cordon`; unless annotated
+ *     microvm.service/drain=false or drainOnCordon is off) or a NoExecute taint the VM does not
+ *     tolerate, the VM gets Evicting=True; once its agent stopped it, it is unbound and placed
+ *     again (stop there, start elsewhere);
+ *  4b. quota: a VM never admitted (a `kubectl apply`d one bypasses the API's admission) must fit
+ *     its tenant's quota first (condition Admitted; refused ones wait, reason QuotaExceeded);
  *  5. Pending → Scheduled: Scheduler.schedule over the operator's ClusterState (nodes from the Node
  *     and heartbeat informers, VMs holding resources from the MicroVM informer plus assumed bindings;
  *     a VM moved by a defrag only onto its target node);
@@ -30,6 +34,9 @@ import { hostname } from 'node:os';
 import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, ListWatch, Watch, type KubeConfig, type KubernetesObject, type V1ConfigMap, type V1Lease, type V1Node } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
+import { checkQuota, emptyUsage, vmResources, type Quotas, type VmResources } from '../core/quota.js';
+import type { Tenant } from '../core/ports/tenants.js';
+import { limitsOf } from '../core/tenancy.js';
 import { ConditionTypes, newId, parseQuantityMiB, setCondition, type MicroVM } from '../core/microvm.js';
 import { toleratesAll } from '../core/placement.js';
 import type { NodeInfo } from '../core/ports/agent.js';
@@ -37,10 +44,11 @@ import type { ConditionT } from '../core/schema.js';
 import { planDefrag, type DefragMove } from '../scheduler/defrag.js';
 import { unschedulableMessage, type Placement, type Scheduler } from '../scheduler/scheduler.js';
 import { ClusterState, holdsPlacement } from '../scheduler/state.js';
-import { ANN_DRAIN, ClusterConditions, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
+import { ClusterConditions, evictionReason, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
 import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
-import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, TenantNamespaces, fromObject, isLabelValue, type MicroVMObject } from '../k8s/microvm-object.js';
+import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, TenantNamespaces, fromObject, isLabelValue, resourcesOfObject, type MicroVMObject } from '../k8s/microvm-object.js';
+import { ANN_TENANT, LABEL_TENANT_RECORD } from '../store/kubernetes/tenant-store.js';
 import { RateLimitingQueue, runWorkers } from './workqueue.js';
 
 const { group, version, plural } = MICROVM_RESOURCE;
@@ -54,6 +62,12 @@ export interface OperatorOptions {
   systemNamespace?: string;
   resyncMs?: number;
   workers?: number;
+  /**
+   * A cordoned node (spec.unschedulable: `kubectl cordon`, `kubectl drain`) is drained: its VMs
+   * move elsewhere. Default true; a Node annotated microvm.service/drain=false opts out (and
+   * =true drains even when this is false).
+   */
+  drainOnCordon?: boolean;
   /** Backoff of failed keys. */
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -146,6 +160,10 @@ export class Operator {
     this.vms.on('delete', (obj) => {
       this.assumed.delete(fromObject(obj, this.tn).id);
       this.state.forget(fromObject(obj, this.tn).id);
+      // Room in the tenant's quota: the VMs waiting for it look again.
+      for (const o of this.vms.list(obj.metadata?.namespace)) {
+        if (o.status?.conditions?.some((x) => x.type === ClusterConditions.Admitted && x.status === 'False')) this.queue.add(keyOf(o));
+      }
     });
     for (const verb of ['add', 'update', 'delete'] as const) {
       this.defragCms.on(verb, () => this.queue.add(DEFRAG_KEY));
@@ -405,10 +423,11 @@ export class Operator {
     // 4. Drain.
     if (vm.status.node) {
       const n = this.nodes.get(vm.status.node);
-      // A drain (cordon + annotation), or a NoExecute taint the VM does not tolerate (as for pods).
-      const noExecute = (n?.spec?.taints ?? []).find((t) => t.effect === 'NoExecute' && !toleratesAll(vm.spec.tolerations, { key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: 'NoExecute' }));
-      const draining = (n?.spec?.unschedulable === true && n.metadata?.annotations?.[ANN_DRAIN] === 'true') || !!noExecute;
-      const why = noExecute ? `node ${vm.status.node} has the taint ${noExecute.key}${noExecute.value ? `=${noExecute.value}` : ''}:NoExecute` : `node ${vm.status.node} is being drained`;
+      // A drain (a cordon: `kubectl drain` / `kubectl cordon`, unless the node opts out), or a
+      // NoExecute taint the VM does not tolerate (as for pods).
+      const eviction = evictionReason(n, (t) => toleratesAll(vm.spec.tolerations, t), this.o.drainOnCordon ?? true);
+      const draining = !!eviction;
+      const why = eviction?.message ?? '';
       const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
       if (!n && this.nodesSynced) {
         // The Node was removed from the cluster (as the pod GC does): place the VM anew. If that
@@ -421,7 +440,7 @@ export class Operator {
         } else {
           obj = await this.replaceStatus({
             ...obj,
-            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: noExecute ? 'NoExecuteTaint' : 'NodeDrain', message: why }, now), observedGeneration: vm.generation },
+            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: eviction!.reason, message: why }, now), observedGeneration: vm.generation },
           });
           await this.event(obj, 'Normal', 'Evicting', `${why}: stopping the microVM there`);
           return; // the agent stops it; its status write re-queues us
@@ -436,6 +455,23 @@ export class Operator {
     const cur = fromObject(obj, this.tn);
     // Pending, or Scheduled without a node (a start of a VM that a drain left unbound).
     if (cur.status.node || (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled')) return;
+    // 4b. Quota, once per VM (before it first holds anything).
+    if (!condTrue(cur.status.conditions, ClusterConditions.Admitted)) {
+      const refusal = await this.quotaRefusal(namespace, cur);
+      const conds = refusal
+        ? setCondition(cur.status.conditions, { type: ClusterConditions.Admitted, status: 'False', reason: 'QuotaExceeded', message: refusal }, now)
+        : setCondition(cur.status.conditions, { type: ClusterConditions.Admitted, status: 'True', reason: 'WithinQuota', message: 'fits the tenant quota' }, now);
+      if (refusal) {
+        if (conds !== cur.status.conditions) {
+          obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
+          await this.event(obj, 'Warning', 'QuotaExceeded', `${refusal}: waiting until the tenant has room`);
+        }
+        this.queue.addAfter(key, 10_000); // deletes requeue us sooner (MicroVM informer)
+        return;
+      }
+      obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
+      cur.status.conditions = conds;
+    }
     if (cur.desiredState === 'Stopped') {
       await this.replaceStatus({ ...obj, status: { ...obj.status!, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
       return;
@@ -489,6 +525,66 @@ export class Operator {
     this.state.assume(fromObject(obj, this.tn), placement.node);
     await this.event(obj, 'Normal', 'Scheduled', `placed on node ${placement.node}`);
     // The node label follows (step 3) on the requeue that this write's watch event brings.
+  }
+
+  /**
+   * Why `vm` does not fit its tenant's quota (the namespace's tenant record), or undefined.
+   * Counted, from the informer's cache: every other VM of the namespace already admitted (or bound,
+   * or made before this check existed), then the not-yet-admitted ones older than `vm` that fit, in
+   * creation order (greedy), so concurrent workers and operator restarts reach the same verdict
+   * and the oldest waiting VMs go first. API-created VMs were admitted atomically by the API
+   * (src/store/kubernetes/admission.ts) and pass here by the same arithmetic.
+   */
+  private async quotaRefusal(namespace: string, vm: MicroVM): Promise<string | undefined> {
+    let ns;
+    try {
+      ns = await this.core.readNamespace({ name: namespace });
+    } catch (e) {
+      if (httpStatus(e) === 404) return undefined;
+      throw e;
+    }
+    if (ns.metadata?.labels?.[LABEL_TENANT_RECORD] !== 'true') return undefined; // not a tenant: no quotas
+    let limits: Quotas;
+    try {
+      limits = limitsOf(JSON.parse(ns.metadata.annotations?.[ANN_TENANT] ?? '{}') as Pick<Tenant, 'quotas'>);
+    } catch {
+      return undefined;
+    }
+    if (limits.vms === undefined && limits.vcpu === undefined && limits.memoryMiB === undefined && limits.diskMiB === undefined) return undefined;
+    const tenant = this.tn.tenantOf(namespace);
+    const used = emptyUsage();
+    const add = (r: VmResources): void => {
+      used.vms += 1;
+      used.vcpu += r.vcpu;
+      used.memoryMiB += r.memoryMiB;
+      used.diskMiB += r.diskMiB;
+    };
+    const ageOf = (o: VmObj): string => `${o.metadata?.creationTimestamp ? new Date(o.metadata.creationTimestamp).toISOString() : ''}/${o.metadata?.name}`;
+    const me = this.vms.get(vm.name, namespace);
+    const myAge = me ? ageOf(me) : `${new Date().toISOString()}/${vm.name}`;
+    const waiting: VmObj[] = [];
+    for (const o of this.vms.list(namespace)) {
+      const other = fromObject(o, this.tn);
+      if (other.id === vm.id || o.metadata?.name === vm.name) continue;
+      const conds = other.status.conditions;
+      const held = condTrue(conds, ClusterConditions.Admitted) || !!other.status.node || (!conds.some((c) => c.type === ClusterConditions.Admitted) && other.status.phase !== 'Pending');
+      if (held) add(resourcesOfObject(o));
+      else if (ageOf(o) < myAge) waiting.push(o);
+    }
+    for (const o of waiting.sort((a, b) => (ageOf(a) < ageOf(b) ? -1 : 1))) {
+      try {
+        checkQuota(tenant, limits, used, { vms: 1, ...resourcesOfObject(o) });
+        add(resourcesOfObject(o));
+      } catch {
+        // it waits too; it does not count ahead of this one
+      }
+    }
+    try {
+      checkQuota(tenant, limits, used, { vms: 1, ...(me ? resourcesOfObject(me) : vmResources(vm.spec)) });
+      return undefined;
+    } catch (e) {
+      return asMvmError(e).message;
+    }
   }
 
   /**

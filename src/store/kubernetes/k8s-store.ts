@@ -32,7 +32,6 @@ import { MICROVM_RESOURCE } from '../../k8s/crd.js';
 import { NamespaceAdmission } from './admission.js';
 import { fromK8sError, httpStatus, k8sStatus } from '../../k8s/errors.js';
 import {
-  ANN_DISK_MIB,
   ANN_EVENT_TIME,
   LABEL_ID,
   MANAGER,
@@ -41,6 +40,7 @@ import {
   isInitialStatus,
   isLabelValue,
   mirrorLabels,
+  resourcesOfObject,
   toObject,
   withSpec,
   type MicroVMObject,
@@ -559,12 +559,11 @@ export class KubernetesStore implements Store {
       }
       for (const o of page.items) {
         names?.add(o.metadata.name!);
-        const r = vmResources(o.spec);
-        const disk = o.metadata.annotations?.[ANN_DISK_MIB];
+        const r = resourcesOfObject(o);
         u.vms += 1;
         u.vcpu += r.vcpu;
         u.memoryMiB += r.memoryMiB;
-        u.diskMiB += disk !== undefined ? Number(disk) : r.diskMiB;
+        u.diskMiB += r.diskMiB;
       }
       cont = page.metadata?.continue;
     } while (cont);
