@@ -19,6 +19,8 @@
  *                   and routes as standalone); the bytes are created, snapshotted, restored and
  *                   deleted by a node agent through its endpoint (RemoteVolumes): a node-local
  *                   volume's on its node (placed at create, recorded on the Volume), a shared one's on any
+ *   images        → each node agent's image cache (RemoteImages): listed with the node, deleted from
+ *                   every node holding it, gc per node; a node not answering is a `warnings` entry
  */
 import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
@@ -43,6 +45,7 @@ import { SG_KIND, SecurityGroupService } from './core/security-groups.js';
 import { SNAPSHOT_KIND, SnapshotService, type SnapshotSpec } from './core/snapshots.js';
 import { networkAdmission } from './network/admission.js';
 import { RemoteVolumes } from './agent/endpoint/volumes.js';
+import { RemoteImages } from './agent/endpoint/images.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { validateRules } from './network/sg-rules.js';
 
@@ -143,7 +146,9 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes });
+  // The images API (ADR 0019, cluster mode): the same routes over every node agent's image cache.
+  const images = new RemoteImages({ kubeConfig: kc, call: (node, method, path, timeoutMs) => agents.call(node, method, path, timeoutMs), systemNamespace });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
-import { createNetworkManager, createVmmDriver } from './agent/node-runtime.js';
+import { createImageManager, createImageResolver, createNetworkManager, createVmmDriver } from './agent/node-runtime.js';
 import { detectCgroups } from './agent/cgroups.js';
 import { createGatewayStack } from './api/compose.js';
 import { loadGatewayConfig } from './api/gateway-config.js';
@@ -19,8 +19,6 @@ import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
-import { DefaultImageResolver } from './storage/default-images.js';
-import { ImageManager, loadImageConfig, OciImageResolver, setResolveLeaseMs } from './storage/oci/index.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
 import { passwdIds } from './vmm/proc.js';
@@ -80,14 +78,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
-  const imageCfg = loadImageConfig();
-  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), {
-    cacheDir: imageCfg.cacheDir ?? cfg.cacheDir,
-    kernelDirs: imageCfg.kernelDirs,
-    insecureRegistries: imageCfg.insecureRegistries,
-    ...(imageCfg.credentials ? { credentials: imageCfg.credentials } : {}),
-  });
-  setResolveLeaseMs(imageCfg.leaseMs);
+  const { images, imageCfg } = createImageResolver(cfg, log);
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
@@ -152,21 +143,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   volumeDeps.tenants = gw.tenantStore;
   const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes });
   // Image cache management: in use = named by any microVM record (every phase).
-  const imageManager = new ImageManager(
-    images,
-    async () => {
-      const users = [];
-      let cursor: string | undefined;
-      do {
-        const page = await store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
-        for (const v of page.items) users.push({ id: v.id, ...(v.spec.rootfs?.image ? { rootfs: v.spec.rootfs.image } : {}), ...(v.spec.kernel?.image ? { kernel: v.spec.kernel.image } : {}) });
-        cursor = page.nextCursor;
-      } while (cursor);
-      return users;
-    },
-    imageCfg.gc,
-    (m, d) => log.info(d ?? {}, m),
-  );
+  const imageManager = createImageManager(images, store, imageCfg, log);
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
   const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes });

@@ -116,6 +116,9 @@ test('RBAC: each service account can do what its component needs, and no more', 
     ['microvm-api', ['patch', 'volumes.microvm.service', '-n', 'tenant-a'], false],
     ['microvm-api', ['update', 'volumes.microvm.service', '--subresource=storage'], true],
     ['microvm-api', ['list', 'nodes'], true],
+    ['microvm-api', ['list', 'leases.coordination.k8s.io', '-n', 'microvm-system'], true],
+    ['microvm-api', ['update', 'leases.coordination.k8s.io', '-n', 'microvm-system'], false],
+    ['microvm-api', ['list', 'leases.coordination.k8s.io', '-n', 'kube-system'], false],
     ['microvm-operator', ['get', 'volumes.microvm.service', '-n', 'tenant-a'], true],
     ['microvm-operator', ['update', 'volumes.microvm.service', '-n', 'tenant-a'], false],
     ['firecracker-runtime', ['list', 'volumes.microvm.service', '-A'], true],
@@ -133,6 +136,23 @@ test('RBAC: each service account can do what its component needs, and no more', 
   ];
   const wrong = checks.filter(([sa, args, want]) => can(sa, args) !== want).map(([sa, args, want]) => `${sa} ${args.join(' ')}: expected ${want ? 'yes' : 'no'}`);
   assert.deepEqual(wrong, []);
+  // images/cache has no served resource, so `kubectl auth can-i` cannot name its group: ask a
+  // SubjectAccessReview, as the node agent's endpoint does.
+  const sar = (sa: string, verb: string): boolean =>
+    JSON.parse(
+      cp.kubectlOk(
+        ['create', '-f', '-', '-o', 'json'],
+        JSON.stringify({
+          apiVersion: 'authorization.k8s.io/v1',
+          kind: 'SubjectAccessReview',
+          spec: { user: `system:serviceaccount:microvm-system:${sa}`, groups: ['system:serviceaccounts', 'system:serviceaccounts:microvm-system'], resourceAttributes: { group: 'microvm.service', resource: 'images', subresource: 'cache', verb } },
+        }),
+      ),
+    ).status.allowed === true;
+  assert.deepEqual(
+    ['get', 'delete', 'update'].map((v) => [v, sar('microvm-api', v), sar('microvm-operator', v)]),
+    [['get', true, false], ['delete', true, false], ['update', false, false]],
+  );
 });
 
 test('kubectl get mvm shows the printer columns; the CRD schema refuses a bad MicroVM, naming the fields', () => {

@@ -49,6 +49,8 @@ export interface AgentOptions {
   networkSpec?: (vm: MicroVM) => Promise<VmNetworkSpec>;
   /** Persistent volumes: mapped on start (extra virtio-blk drives vdb, vdc, ... in spec order), unmapped on stop. */
   volumes?: VolumeAttacher;
+  /** Largest `rootfs.size` this node grows a root disk to (MVM_ROOTFS_MAX_SIZE; cluster mode, where the API does not resolve images). */
+  maxRootfsBytes?: number;
 }
 
 interface Runtime {
@@ -207,6 +209,9 @@ export class LocalAgent implements NodeAgent {
         const procs = this.o.cgroups.ensure(vm.id, { vcpu: vm.spec.vcpu, memoryBytes: (mem + VMM_OVERHEAD_MIB) * 1024 * 1024, pidsMax: 512 });
         step.name = 'root-disk';
         const readOnly = vm.spec.rootfs?.readOnly === true;
+        if (vm.spec.rootfs?.size && this.o.maxRootfsBytes !== undefined && parseSize(vm.spec.rootfs.size) > this.o.maxRootfsBytes) {
+          throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.size ${vm.spec.rootfs.size} exceeds node ${this.nodeName}'s maximum root disk size of ${Math.floor(this.o.maxRootfsBytes / (1024 * 1024))}Mi`);
+        }
         let root: DriveSpec;
         // First boot of a VM created from a snapshot restores it; later boots are cold boots of its own disk.
         const restore = vm.spec.source?.snapshot && !existsSync(join(dir, 'root.qcow2')) && !existsSync(join(dir, 'root.raw')) ? this.snapDir(vm.spec.source.snapshot) : undefined;

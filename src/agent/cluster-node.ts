@@ -14,14 +14,13 @@ import { SecurityGroupService } from '../core/security-groups.js';
 import type { MicroVM } from '../core/microvm.js';
 import { validateRules } from '../network/sg-rules.js';
 import { Scheduler } from '../scheduler/scheduler.js';
-import { DefaultImageResolver } from '../storage/default-images.js';
-import { OciImageResolver } from '../storage/oci/index.js';
+import type { ImageManager } from '../storage/oci/index.js';
 import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
 import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 import { LocalAgent } from './agent.js';
-import { createNetworkManager, createVmmDriver } from './node-runtime.js';
+import { createImageManager, createImageResolver, createNetworkManager, createVmmDriver } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
 import type { VolumeBackend } from '../core/ports/volumes.js';
@@ -39,6 +38,8 @@ export interface ClusterNode {
   /** This node's volume backends (the endpoint runs the API's volume operations on them) and the Volume records. */
   volumeBackends: VolumeBackend[];
   volumeRecords: KubernetesResourceStore;
+  /** This node's image cache (the endpoint serves it to the API's images routes); its periodic gc runs here. */
+  images: ImageManager;
   close(): Promise<void>;
 }
 
@@ -50,7 +51,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   if (!o.kubeConfig) kc.loadFromDefault();
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
-  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), { cacheDir: cfg.cacheDir });
+  // The same image settings as standalone (credentials, kernel dirs, cache dir, lease, gc policy, max root disk).
+  const { images, imageCfg } = createImageResolver(cfg, log);
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
@@ -90,6 +92,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     dataDir: cfg.dataDir,
     driver,
     images,
+    maxRootfsBytes: imageCfg.maxRootfsBytes,
     // One agent per node in production; several "nodes" sharing one host (tests) need their own parent.
     cgroups: detectCgroups('/sys/fs/cgroup', process.env.MVM_CGROUP_PARENT ?? 'mvm'),
     log: log.child({ c: 'agent' }),
@@ -104,10 +107,14 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     resyncMs: cfg.resyncSeconds * 1000,
     stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
   });
+  // Image cache management as standalone (ADR 0019): in use = named by a MicroVM bound to this node
+  // (every phase) or leased by a resolve in progress; periodic gc by the same policy.
+  const imageManager = createImageManager(images, store, imageCfg, log.child({ c: 'images' }));
   const heartbeat = new NodeHeartbeat(kc, { namespace: cfg.cluster?.systemNamespace ?? 'microvm-system', agent, periodMs: o.heartbeatMs ?? 10_000, log });
   await heartbeat.start();
   await netController?.start();
   await controller.start();
+  imageManager.start();
   log.info({ node: nodeName, driver: caps.driver, accel: caps.accel }, 'node agent running');
   let closed = false;
   return {
@@ -120,10 +127,12 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     log,
     volumeBackends,
     volumeRecords,
+    images: imageManager,
     async close() {
       if (closed) return;
       closed = true;
       heartbeat.stop();
+      imageManager.stop();
       netController?.stop();
       await controller.stop();
       if (cfg.shutdownPolicy === 'stop') await agent.stopAll(cfg.stopTimeoutSeconds * 1000);

@@ -1,13 +1,17 @@
 /**
  * What a node needs to run VMs, built the same way by the standalone service and the cluster
- * node agent: the VMM driver the configuration names and the CNI network manager.
+ * node agent: the VMM driver the configuration names, the CNI network manager, and the image
+ * resolver with its configuration (MVM_IMAGE_*, registry credentials, kernel dirs) and cache manager.
  */
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
+import type { Store } from '../core/ports/store.js';
 import type { VmmDriver } from '../core/ports/vmm.js';
 import { CniNetworkManager } from '../network/manager.js';
+import { DefaultImageResolver } from '../storage/default-images.js';
+import { ImageManager, loadImageConfig, OciImageResolver, setResolveLeaseMs, type ImageConfig, type ImageUser } from '../storage/oci/index.js';
 import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
 import type { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 
@@ -37,4 +41,37 @@ export async function createNetworkManager(cfg: Config, log: Logger): Promise<Cn
   });
   await network.resync();
   return network;
+}
+
+/**
+ * The node's images: default images for `default`/omitted references, OCI images (pulled, built,
+ * cached by digest) otherwise, with the image settings of the environment (README "Images").
+ */
+export function createImageResolver(cfg: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): { images: OciImageResolver; imageCfg: ImageConfig } {
+  const imageCfg = loadImageConfig(env);
+  const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), {
+    cacheDir: imageCfg.cacheDir ?? cfg.cacheDir,
+    kernelDirs: imageCfg.kernelDirs,
+    insecureRegistries: imageCfg.insecureRegistries,
+    ...(imageCfg.credentials ? { credentials: imageCfg.credentials } : {}),
+  });
+  setResolveLeaseMs(imageCfg.leaseMs);
+  return { images, imageCfg };
+}
+
+/** What the microVMs of `store` name (every phase): the standalone store, or a node agent's view of the VMs bound to it. */
+export async function imageUsersOf(store: Pick<Store, 'listVms'>): Promise<ImageUser[]> {
+  const users: ImageUser[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+    for (const v of page.items) users.push({ id: v.id, ...(v.spec.rootfs?.image ? { rootfs: v.spec.rootfs.image } : {}), ...(v.spec.kernel?.image ? { kernel: v.spec.kernel.image } : {}) });
+    cursor = page.nextCursor;
+  } while (cursor);
+  return users;
+}
+
+/** The image cache manager (list, delete, gc; periodic gc once started): in use = named by a microVM of `store`, or leased by a resolve. */
+export function createImageManager(images: OciImageResolver, store: Pick<Store, 'listVms'>, imageCfg: ImageConfig, log: Logger): ImageManager {
+  return new ImageManager(images, () => imageUsersOf(store), imageCfg.gc, (m, d) => log.info(d ?? {}, m));
 }

@@ -8,6 +8,7 @@ import { loadConfig } from '../config.js';
 import { startClusterNode, type ClusterNode } from '../agent/cluster-node.js';
 import { agentEndpointEnv } from '../agent/endpoint/config.js';
 import { startAgentEndpoint } from '../agent/endpoint/server.js';
+import { imageRoutes } from '../agent/endpoint/images.js';
 import { volumeRoutes } from '../agent/endpoint/volumes.js';
 
 async function main(): Promise<void> {
@@ -38,6 +39,7 @@ async function main(): Promise<void> {
     advertise: ep.advertise,
     log: node.log.child({ c: 'endpoint' }),
     volumes: volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
+    images: imageRoutes({ nodeName: node.nodeName, images: node.images, log: node.log.child({ c: 'images' }) }),
   });
   closers.push(() => endpoint.close());
   // [end API cluster mode]

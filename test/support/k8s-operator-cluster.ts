@@ -64,7 +64,7 @@ export interface TestCluster {
   operators: Proc[];
   agents: NodeAgentProc[];
   startOperator(name: string, env?: Record<string, string>): Promise<Proc>;
-  startAgent(node: string, opts?: { labels?: Record<string, string>; dataDir?: string }): Promise<NodeAgentProc>;
+  startAgent(node: string, opts?: { labels?: Record<string, string>; dataDir?: string; env?: Record<string, string> }): Promise<NodeAgentProc>;
   kubectlJson(args: string[]): any;
   /** Guests (QEMU processes) of a VM id on each node. */
   guests(id: string): Array<{ node: string; pid: number }>;
@@ -170,6 +170,7 @@ export async function startCluster(): Promise<TestCluster> {
         MVM_AGENT_LISTEN: '127.0.0.1:0',
         // The "nodes" share this host's cgroup tree: each its own parent, as each real node has its own.
         MVM_CGROUP_PARENT: cgroupParentOf(node),
+        ...(opts.env ?? {}),
       }) as NodeAgentProc;
       p.node = node;
       p.dataDir = dataDir;

@@ -17,6 +17,8 @@
  *         DELETE /v1/snapshots/{snapshotId} — SAR `delete snapshots/files` (cluster-wide: the files
  *         are named by the id alone; this agent reads no Snapshot objects).
  *         Errors of the node's agent are answered as {status, code, message} with the error's code.
+ * Volumes (src/agent/endpoint/volumes.ts, SAR on `volumes/storage`) and the image cache
+ * (src/agent/endpoint/images.ts, SAR `get`/`delete` on `images/cache`) plug in as route handlers.
  */
 import { createHash } from 'node:crypto';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -29,6 +31,7 @@ import { HTTP_STATUS } from '../../api/problem.js';
 import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
 import type { NodeAgent } from '../../core/ports/agent.js';
+import type { ImageRoutes } from './images.js';
 import type { VolumeRoutes } from './volumes.js';
 
 export const ANN_AGENT_ENDPOINT = 'microvm.service/agent-endpoint';
@@ -57,6 +60,8 @@ export interface AgentEndpointOptions {
   log?: Logger;
   /** Volume operations of this node's backends for the API (src/agent/endpoint/volumes.ts; SAR on `volumes/storage`). */
   volumes?: VolumeRoutes;
+  /** This node's image cache for the API's images routes (src/agent/endpoint/images.ts; SAR on `images/cache`). */
+  images?: ImageRoutes;
 }
 
 export interface AgentEndpoint {
@@ -147,6 +152,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
     // Volumes (ADR 0018, cluster mode): cluster-wide right on volumes/storage; the op checks the volume is placed here.
     if (o.volumes && (await o.volumes(req, url, (verb) => allowed(who, 'storage', undefined, verb, 'volumes'), res))) return;
+    // The image cache (ADR 0019, cluster mode): cluster-wide right on images/cache (get: list; delete: delete, gc).
+    if (o.images && (await o.images(req, url, (verb) => allowed(who, 'cache', undefined, verb, 'images'), res))) return;
     const route = ROUTE.exec(url.pathname);
     if (!route || req.method !== 'GET') return fail(res, 404, 'no such route');
     const [, id, what] = route as unknown as [string, string, 'console' | 'metrics'];

@@ -131,7 +131,7 @@ async function body(res: IncomingMessage): Promise<string> {
 }
 
 /** The agent's answer: JSON on 200; its typed error (x-mvm-code) raised again as it is; else UNAVAILABLE. */
-async function result<T>(node: string, res: IncomingMessage, what: string): Promise<T> {
+export async function result<T>(node: string, res: IncomingMessage, what: string): Promise<T> {
   const text = await body(res);
   if (res.statusCode === 200) return (text ? JSON.parse(text) : {}) as T;
   let msg = text;

@@ -13,7 +13,13 @@ const CachedImage = Type.Object({
   createdAt: Type.String(),
   lastUsedAt: Type.String(),
   inUse: Type.Integer({ description: 'microVMs naming it' }),
+  node: Type.Optional(Type.String({ description: 'cluster mode: the node whose cache holds it (listed once per node)' })),
 });
+
+/** Cluster mode: a node not asked (no fresh heartbeat) or not answering; the result is partial. */
+const Warnings = Type.Optional(
+  Type.Array(Type.Object({ node: Type.String(), message: Type.String() }), { description: 'cluster mode: nodes whose agent did not answer (the result is partial)' }),
+);
 
 const GcRequest = Type.Object(
   {
@@ -23,11 +29,18 @@ const GcRequest = Type.Object(
   { additionalProperties: false },
 );
 
+const Removed = Type.Array(Type.Object({ kind: Type.String(), digest: Type.String(), sizeBytes: Type.Integer(), node: Type.Optional(Type.String()) }));
 const GcResult = Type.Object({
-  removed: Type.Array(Type.Object({ kind: Type.String(), digest: Type.String(), sizeBytes: Type.Integer() })),
+  removed: Removed,
   freedBytes: Type.Integer(),
   keptInUse: Type.Integer(),
   remainingBytes: Type.Integer(),
+  nodes: Type.Optional(
+    Type.Array(Type.Object({ node: Type.String(), removed: Removed, freedBytes: Type.Integer(), keptInUse: Type.Integer(), remainingBytes: Type.Integer() }), {
+      description: 'cluster mode: each node\'s result (the totals are their sums)',
+    }),
+  ),
+  warnings: Warnings,
 });
 
 const ms = (d: string): number => {
@@ -37,14 +50,27 @@ const ms = (d: string): number => {
 };
 
 export async function registerImageRoutes(app: FastifyInstance, images: ImageCatalog): Promise<void> {
-  app.get('/images', { schema: { summary: 'Cached images on this node (OCI root filesystems and kernels) with in-use counts', response: { 200: Type.Object({ items: Type.Array(CachedImage) }) } } }, async () => ({
-    items: await images.list(),
-  }));
+  app.get(
+    '/images',
+    { schema: { summary: 'Cached images on this node, or on every node in cluster mode (OCI root filesystems and kernels) with in-use counts', response: { 200: Type.Object({ items: Type.Array(CachedImage), warnings: Warnings }) } } },
+    async () => {
+      const list = await images.list();
+      return { items: [...list], ...(list.warnings?.length ? { warnings: list.warnings } : {}) };
+    },
+  );
   app.delete(
     '/images/:digest',
-    { schema: { summary: 'Delete a cached image by digest (refused with 409 while a microVM uses it)', params: Type.Object({ digest: Type.String({ minLength: 1, maxLength: 200 }) }) } },
+    {
+      schema: {
+        summary: 'Delete a cached image by digest (from every node holding it in cluster mode; refused with 409 while a microVM uses it)',
+        params: Type.Object({ digest: Type.String({ minLength: 1, maxLength: 200 }) }),
+        response: { 200: Type.Object({ removed: Type.Array(CachedImage), warnings: Warnings }, { description: 'cluster mode, partial: some node did not answer' }), 204: Type.Null({ description: 'deleted' }) },
+      },
+    },
     async (req, reply) => {
-      await images.delete((req.params as { digest: string }).digest);
+      const removed = await images.delete((req.params as { digest: string }).digest);
+      // Partial (a node did not answer): say so in a body rather than a bare 204.
+      if (removed.warnings?.length) return reply.status(200).send({ removed: [...removed], warnings: removed.warnings });
       return reply.status(204).send();
     },
   );

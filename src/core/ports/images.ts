@@ -41,18 +41,32 @@ export interface CachedImage {
   lastUsedAt: string;
   /** MicroVMs whose spec names it (any phase, so a VM being created counts). */
   inUse: number;
+  /** Cluster mode: the node whose cache holds it (an image cached on several nodes is listed once per node). */
+  node?: string;
 }
 
+/** Cluster mode: a node whose agent was not asked or did not answer, so the result is partial. */
+export interface NodeWarning {
+  node: string;
+  message: string;
+}
+
+/** A list or delete result; cluster mode adds `warnings` when some node did not answer. */
+export type ImageList = CachedImage[] & { warnings?: NodeWarning[] };
+
 export interface ImageGcResult {
-  removed: Array<{ kind: 'rootfs' | 'kernel'; digest: string; sizeBytes: number }>;
+  removed: Array<{ kind: 'rootfs' | 'kernel'; digest: string; sizeBytes: number; node?: string }>;
   freedBytes: number;
   keptInUse: number;
   remainingBytes: number;
+  /** Cluster mode: each node's own result (the totals above are their sums). */
+  nodes?: Array<{ node: string; removed: ImageGcResult['removed']; freedBytes: number; keptInUse: number; remainingBytes: number }>;
+  warnings?: NodeWarning[];
 }
 
 /** The image cache as an administrator sees it: list, delete (refused while used), garbage-collect. */
 export interface ImageCatalog {
-  list(): Promise<CachedImage[]>;
-  delete(digest: string): Promise<CachedImage[]>;
+  list(): Promise<ImageList>;
+  delete(digest: string): Promise<ImageList>;
   gc(o?: { maxIdleMs?: number; maxBytes?: number }): Promise<ImageGcResult>;
 }

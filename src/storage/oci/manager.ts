@@ -54,7 +54,14 @@ interface Group {
   lastUsedAt: string;
 }
 
-const normDigest = (d: string): string => d.replace(/^([a-z0-9]+)-([0-9a-f]+)$/, '$1:$2');
+/** The digest of a DELETE (`sha256:<hex>`, or `sha256-<hex>` as in a path), normalised; VALIDATION_FAILED otherwise. */
+export function parseImageDigest(param: string): string {
+  const digest = param.replace(/^([a-z0-9]+)-([0-9a-f]+)$/, '$1:$2');
+  if (!/^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/.test(digest)) {
+    throw new MvmError(ErrorCodes.VALIDATION_FAILED, `digest: ${JSON.stringify(param)} is not sha256:<64 hex>`, { violations: [{ field: 'digest', message: 'must be sha256:<64 lower-case hex>' }] });
+  }
+  return digest;
+}
 
 export class ImageManager implements ImageCatalog {
   private timer: NodeJS.Timeout | undefined;
@@ -149,10 +156,7 @@ export class ImageManager implements ImageCatalog {
 
   /** Delete every cached image with this digest (rootfs and/or kernel); refused while a microVM names it. */
   async delete(digestParam: string): Promise<CachedImage[]> {
-    const digest = normDigest(digestParam);
-    if (!/^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/.test(digest)) {
-      throw new MvmError(ErrorCodes.VALIDATION_FAILED, `digest: ${JSON.stringify(digestParam)} is not sha256:<64 hex>`, { violations: [{ field: 'digest', message: 'must be sha256:<64 lower-case hex>' }] });
-    }
+    const digest = parseImageDigest(digestParam);
     const groups = (await this.groups()).filter((g) => g.digest === digest);
     if (groups.length === 0) throw notFound('image', digest);
     const use = await this.usage(groups);
