@@ -169,6 +169,14 @@ test('cluster mode: the images API lists each node cache with its node, refuses 
   }, 120_000);
   assert.equal((await call(tenant, 'DELETE', `/microvms/${big.json.id}`)).status, 202);
   await until(c, 'the refused VM gone', () => c.cp.kubectl(['get', 'mvm', 'toobig', '-n', 'acme']).status !== 0, 120_000);
+  // Its node had pulled the image before refusing the disk; now unused, the gc removes it there (after the resolve lease).
+  const swept = await until(c, 'gc removes the unused image', async () => {
+    const r = await call(ADMIN, 'POST', '/images/gc', { maxIdle: '0s' });
+    return r.json?.removed?.some((x: any) => x.digest === img.digest) ? r : undefined;
+  }, 30_000);
+  const where = swept.json.removed.find((x: any) => x.digest === img.digest).node as string;
+  assert.ok(swept.json.nodes.find((n: any) => n.node === where).removed.some((x: any) => x.digest === img.digest), swept.text);
+  assert.deepEqual(cached(where), [], 'removed from that node cache directory');
 
   // A node whose agent does not answer: a partial result with a warning naming it, not an omission.
   await c.agents.find((a) => a.node === other)!.kill9();
