@@ -14,22 +14,17 @@ import { existsSync, readdirSync } from 'node:fs';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
 import { ANN_AGENT_ENDPOINT } from '../src/agent/endpoint/server.js';
-import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
-import { loadConfig } from '../src/config.js';
 import { findHostKernel } from '../src/storage/default-images.js';
-import { REPO } from './support/k8s-control-plane.js';
-import { apiCall } from './support/service.js';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+import { until } from './support/k8s-operator-cluster.js';
+import { startClusterApiHarness, type ClusterApiHarness } from './support/k8s-cluster-api.js';
 import { buildOciImage, pushImage, startRegistry, type TestRegistry } from './support/registry.js';
 
 const hostKernel = await findHostKernel().catch(() => undefined);
 const skip = hostKernel ? false : 'linux-image-cloud-amd64 not installed (make deps)';
 
 const ADMIN = 'adm_cluster_images_token_0123456789';
-let c: TestCluster;
-let api: ClusterApi | undefined;
+let k: ClusterApiHarness | undefined;
 let reg: TestRegistry | undefined;
 let work: string;
 let ref: string;
@@ -39,8 +34,6 @@ const cached = (node: string): string[] => {
   const dir = join(cacheOf(node), 'oci');
   return existsSync(dir) ? readdirSync(dir).filter((n) => !n.startsWith('.')) : [];
 };
-
-const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
 
 before(async () => {
   if (skip) return;
@@ -56,49 +49,31 @@ before(async () => {
   await pushImage(join(work, 'layout'), 'app', reg.addr, 'k8simg/app:1');
   ref = `${reg.addr}/k8simg/app:1`;
 
-  process.env.MVM_AGENT_LISTEN = '127.0.0.1:0';
-  process.env.MVM_AGENT_TOKEN_AUDIENCES = 'microvm-agent';
-  c = await startCluster();
-  c.cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
-  await c.startOperator('op-0');
-  // Each node its own image cache; a short resolve lease so a delete right after the VM is gone is not "being created".
-  for (const node of ['node-a', 'node-b']) await c.startAgent(node, { env: { MVM_IMAGE_CACHE_DIR: cacheOf(node), MVM_IMAGE_LEASE: '2s', MVM_ROOTFS_MAX_SIZE: '1Gi' } });
-  const apiToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--duration=2h']).trim();
-  const cluster = c.cp.kubeConfig().getCurrentCluster()!;
-  const kc = new KubeConfig();
-  kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: join(work, 'api'), MVM_LOG_LEVEL: 'warn' });
-  const agentToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
-  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
+  k = await startClusterApiHarness({
+    admin: ADMIN,
+    nodes: ['node-a', 'node-b'],
+    // Each node its own image cache; a short resolve lease so a delete right after the VM is gone is not "being created".
+    agentEnv: (node) => ({ MVM_IMAGE_CACHE_DIR: cacheOf(node), MVM_IMAGE_LEASE: '2s', MVM_ROOTFS_MAX_SIZE: '1Gi' }),
+    dataDir: join(work, 'api'),
+  });
 });
 
 after(async () => {
-  delete process.env.MVM_AGENT_LISTEN;
-  delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
-  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
-  await api?.close().catch(() => undefined);
-  await c?.stop();
+  await k?.stop();
   await reg?.stop();
   if (work) await rm(work, { recursive: true, force: true });
 });
 
 test('cluster mode: the images API lists each node cache with its node, refuses deleting an image a VM uses (naming the node), deletes it from the node once unused; admin only; the agent endpoint checks the caller; a silent node is a warning', { skip, timeout: 600_000 }, async () => {
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'acme' })).status, 201);
-  const k = await call(ADMIN, 'POST', '/apikeys?tenant=acme', { name: 'k', role: 'tenant-admin' });
-  assert.equal(k.status, 201, k.text);
-  const tenant = k.json.token as string;
+  const { c, call, waitPhase } = k!;
+  await k!.tenant('acme');
+  const tenant = await k!.apiKey('acme', 'tenant-admin', 'k');
 
   // A VM booted from the OCI image on some node: the image is in that node's cache only.
   const created = await call(tenant, 'POST', '/microvms', { name: 'img', vcpu: 1, memory: '128Mi', rootfs: { image: ref } });
   assert.equal(created.status, 201, created.text);
   const id = created.json.id as string;
-  let vm: any;
-  for (let i = 0; i < 2 && !vm; i++) {
-    const w = await call(tenant, 'GET', `/microvms/${id}/wait?phase=Running&ready=true&timeout=200s`);
-    if (w.status === 200) vm = w.json;
-    else assert.equal(w.status, 408, `${w.status} ${w.text}\n${c.dump()}`);
-  }
-  assert.ok(vm, `the VM never ran\n${c.dump()}`);
+  const vm = await waitPhase(tenant, id, 'Running', true);
   const node = vm.status.node as string;
   const other = node === 'node-a' ? 'node-b' : 'node-a';
   assert.equal(cached(node).length, 1, 'the image is in the cache of the VM node');

@@ -8,30 +8,21 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
-import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
-import { loadConfig } from '../src/config.js';
 import { nftNames } from '../src/network/policy.js';
 import { sleep } from '../src/vmm/proc.js';
 import { guestRun } from './support/console.js';
-import { REPO } from './support/k8s-control-plane.js';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
-import { apiCall, hostNetnsOf } from './support/service.js';
+import { startClusterApiHarness, type ClusterApiHarness } from './support/k8s-cluster-api.js';
+import { until } from './support/k8s-operator-cluster.js';
+import { hostNetnsOf } from './support/service.js';
 
 const ADMIN = 'adm_cluster_sg_token_0123456789ab';
-let c: TestCluster | undefined;
-let api: ClusterApi | undefined;
-const tmp = mkdtempSync(join(tmpdir(), 'mvm-k8s-sg-'));
+let k: ClusterApiHarness | undefined;
 const peer = `mvmsgp-${process.pid}`;
 const tag = String(process.pid % 100000);
 let hostNs = '';
 
 const ip = (...a: string[]): string => execFileSync('ip', a, { encoding: 'utf8' });
-
-const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
 
 /** TCP from the peer namespace (HTTP/1.0 with busybox nc); true when the guest's page came back. */
 function reach(addr: string, port: number): boolean {
@@ -58,13 +49,8 @@ function sgPorts(id: string): number[] {
 }
 
 before(async () => {
-  process.env.MVM_AGENT_LISTEN = '127.0.0.1:0';
-  process.env.MVM_AGENT_TOKEN_AUDIENCES = 'microvm-agent';
-  c = await startCluster();
-  c.cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
-  await c.startOperator('op-0');
-  const agent = await c.startAgent('node-a');
-  hostNs = hostNetnsOf(agent.dataDir);
+  k = await startClusterApiHarness({ admin: ADMIN, nodes: ['node-a'] });
+  hostNs = hostNetnsOf(k.c.agents[0]!.dataDir);
   // A peer outside the node, linked to its host namespace (TEST-NET-2), as test/network.e2e does.
   ip('netns', 'add', peer);
   ip('-n', peer, 'link', 'set', 'lo', 'up');
@@ -75,31 +61,17 @@ before(async () => {
   ip('-n', hostNs, 'link', 'set', `sgh${tag}`, 'up');
   ip('-n', peer, 'route', 'add', '10.100.0.0/16', 'via', '198.51.100.1');
   execFileSync('ip', ['netns', 'exec', hostNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-  const apiToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--duration=2h']).trim();
-  const cluster = c.cp.kubeConfig().getCurrentCluster()!;
-  const kc = new KubeConfig();
-  kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
-  const agentToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
-  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
 });
 
 after(async () => {
-  delete process.env.MVM_AGENT_LISTEN;
-  delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
-  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
-  await api?.close().catch(() => undefined);
   spawnSync('ip', ['netns', 'del', peer]);
-  await c?.stop();
-  rmSync(tmp, { recursive: true, force: true });
+  await k?.stop();
 });
 
 test('cluster mode: the node enforces a security group from the API and applies a rule change to the running VM', { timeout: 300_000 }, async () => {
-  const cl = c!;
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'acme' })).status, 201);
-  const key = await call(ADMIN, 'POST', '/apikeys?tenant=acme', { name: 'sg', role: 'tenant-admin' });
-  assert.equal(key.status, 201, key.text);
-  const token = key.json.token as string;
+  const { c: cl, call, waitPhase } = k!;
+  await k!.tenant('acme');
+  const token = await k!.apiKey('acme', 'tenant-admin', 'sg');
   const sg = await call(token, 'POST', '/securitygroups', { name: 'web', rules: [{ direction: 'ingress', protocol: 'tcp', ports: '8080', cidr: '198.51.100.0/24' }] });
   assert.equal(sg.status, 201, sg.text);
   const sgId = sg.json.id as string;
@@ -108,13 +80,7 @@ test('cluster mode: the node enforces a security group from the API and applies 
   const created = await call(token, 'POST', '/microvms', { name: 'sg-a', vcpu: 1, memory: '128Mi', securityGroups: ['web'] });
   assert.equal(created.status, 201, created.text);
   const id = created.json.id as string;
-  let vm: any;
-  for (let i = 0; i < 2 && !vm; i++) {
-    const w = await call(token, 'GET', `/microvms/${id}/wait?phase=Running&ready=true&timeout=150s`);
-    if (w.status === 200) vm = w.json;
-    else assert.equal(w.status, 408, `${w.status} ${w.text}\n${cl.dump()}`);
-  }
-  assert.ok(vm, `the guest did not become Running and ready\n${cl.dump()}`);
+  const vm = await waitPhase(token, id, 'Running', true, '150s');
   assert.match(vm.status.ip, /^10\.100\./);
   const addr = vm.status.ip as string;
   const pids = cl.guests(id).map((g) => g.pid);

@@ -9,74 +9,34 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
 import { sleep } from '../src/vmm/proc.js';
 import { ANN_AGENT_ENDPOINT } from '../src/agent/endpoint/server.js';
-import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
-import { loadConfig } from '../src/config.js';
-import { REPO } from './support/k8s-control-plane.js';
 import { guestRun } from './support/console.js';
-import { apiCall } from './support/service.js';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+import { until } from './support/k8s-operator-cluster.js';
+import { startClusterApiHarness, type ClusterApiHarness } from './support/k8s-cluster-api.js';
 
 const ADMIN = 'adm_cluster_snap_token_0123456789';
-let c: TestCluster;
-let api: ClusterApi | undefined;
-const tmp = mkdtempSync(join(tmpdir(), 'mvm-k8s-snap-'));
-
-const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
+let k: ClusterApiHarness;
 
 /** Run a command on a guest's serial console (on the node's data directory, as the standalone test does). */
-const run = (node: string, id: string, cmd: string): Promise<string> => guestRun(join(c.agents.find((a) => a.node === node)!.dataDir, 'vms', id), cmd, 30_000);
+const run = (node: string, id: string, cmd: string): Promise<string> => guestRun(join(k.c.agents.find((a) => a.node === node)!.dataDir, 'vms', id), cmd, 30_000);
 
 before(async () => {
-  process.env.MVM_AGENT_LISTEN = '127.0.0.1:0';
-  process.env.MVM_AGENT_TOKEN_AUDIENCES = 'microvm-agent';
-  c = await startCluster();
-  c.cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
-  await c.startOperator('op-0');
-  await c.startAgent('node-a');
-  await c.startAgent('node-b');
-  const apiToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--duration=2h']).trim();
-  const cluster = c.cp.kubeConfig().getCurrentCluster()!;
-  const kc = new KubeConfig();
-  kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
-  const agentToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
-  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
+  k = await startClusterApiHarness({ admin: ADMIN, nodes: ['node-a', 'node-b'] });
 });
 
 after(async () => {
-  delete process.env.MVM_AGENT_LISTEN;
-  delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
-  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
-  await api?.close().catch(() => undefined);
-  await c?.stop();
-  rmSync(tmp, { recursive: true, force: true });
+  await k?.stop();
 });
 
-async function waitPhase(token: string, id: string, phase: string, ready = false): Promise<any> {
-  for (let i = 0; i < 2; i++) {
-    const w = await call(token, 'GET', `/microvms/${id}/wait?phase=${phase}${ready ? '&ready=true' : ''}&timeout=200s`);
-    if (w.status === 200) return w.json;
-    assert.equal(w.status, 408, `${w.status} ${w.text}\n${c.dump()}`);
-  }
-  assert.fail(`microVM ${id} did not reach ${phase}\n${c.dump()}`);
-}
-
 test('cluster mode: pause/resume, snapshot → Snapshot object on the node, restore pinned to that node with memory intact, isolation, delete conflicts', { timeout: 600_000 }, async () => {
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'acme' })).status, 201);
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'globex' })).status, 201);
-  const key = async (tenant: string): Promise<string> => {
-    const k = await call(ADMIN, 'POST', `/apikeys?tenant=${tenant}`, { name: 'k', role: 'member' });
-    assert.equal(k.status, 201, k.text);
-    return k.json.token as string;
-  };
-  const token = await key('acme');
-  const other = await key('globex');
+  const { c, call, waitPhase } = k;
+  await k.tenant('acme');
+  await k.tenant('globex');
+  const token = await k.apiKey('acme', 'member');
+  const other = await k.apiKey('globex', 'member');
 
   const created = await call(token, 'POST', '/microvms', { name: 'origin', vcpu: 1, memory: '128Mi' });
   assert.equal(created.status, 201, created.text);

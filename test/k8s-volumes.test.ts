@@ -10,54 +10,26 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
 import { ANN_AGENT_ENDPOINT } from '../src/agent/endpoint/server.js';
-import { startClusterApi, type ClusterApi } from '../src/cluster-api.js';
-import { loadConfig } from '../src/config.js';
-import { REPO } from './support/k8s-control-plane.js';
 import { guestRun } from './support/console.js';
-import { apiCall } from './support/service.js';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+import { until } from './support/k8s-operator-cluster.js';
+import { startClusterApiHarness, type ClusterApiHarness } from './support/k8s-cluster-api.js';
 
 const ADMIN = 'adm_cluster_volumes_token_0123456789';
-let c: TestCluster;
-let api: ClusterApi | undefined;
-const tmp = mkdtempSync(join(tmpdir(), 'mvm-k8s-vol-'));
-
-const call = (token: string, method: string, path: string, body?: unknown): ReturnType<typeof apiCall> => apiCall({ url: api!.url, token }, method, path, body);
+let k: ClusterApiHarness;
 
 before(async () => {
-  process.env.MVM_AGENT_LISTEN = '127.0.0.1:0';
-  process.env.MVM_AGENT_TOKEN_AUDIENCES = 'microvm-agent';
-  c = await startCluster();
-  c.cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/api/rbac.yaml')]);
-  await c.startOperator('op-0');
-  await c.startAgent('node-a');
-  await c.startAgent('node-b');
-  const apiToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--duration=2h']).trim();
-  const cluster = c.cp.kubeConfig().getCurrentCluster()!;
-  const kc = new KubeConfig();
-  kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
-  const cfg = loadConfig({ MVM_STORE: 'kubernetes', MVM_LISTEN: '127.0.0.1:0', MVM_GRPC_LISTEN: '127.0.0.1:0', MVM_ADMIN_TOKEN: ADMIN, MVM_DATA_DIR: tmp, MVM_LOG_LEVEL: 'warn' });
-  const agentToken = c.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
-  api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
-  for (const n of ['node-a', 'node-b']) await until(c, `agent endpoint of ${n}`, () => c.kubectlJson(['get', 'node', n]).metadata.annotations?.[ANN_AGENT_ENDPOINT]);
+  k = await startClusterApiHarness({ admin: ADMIN, nodes: ['node-a', 'node-b'], grpc: true, waitAgentEndpoints: true });
 });
 
 after(async () => {
-  delete process.env.MVM_AGENT_LISTEN;
-  delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
-  if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
-  await api?.close().catch(() => undefined);
-  await c?.stop();
-  rmSync(tmp, { recursive: true, force: true });
+  await k?.stop();
 });
 
 const volumeFiles = (node: string): string[] => {
-  const a = c.agents.find((x) => x.node === node)!;
+  const a = k.c.agents.find((x) => x.node === node)!;
   return ['volumes', 'snapshots'].flatMap((d) => {
     const p = join(a.dataDir, 'volumes', d);
     return existsSync(p) ? readdirSync(p) : [];
@@ -65,11 +37,10 @@ const volumeFiles = (node: string): string[] => {
 };
 
 test('volumes in cluster mode: placed on a node, the VM follows, data outlives VMs, snapshot/restore on the node, one writer, quotas, tenancy', { timeout: 600_000 }, async () => {
+  const { c, call, waitPhase } = k;
   const t0 = Date.now();
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'acme', quotas: { volumes: 4 } })).status, 201);
-  const key = await call(ADMIN, 'POST', '/apikeys?tenant=acme', { name: 'vol', role: 'member' });
-  assert.equal(key.status, 201, key.text);
-  const token = key.json.token as string;
+  await k.tenant('acme', { quotas: { volumes: 4 } });
+  const token = await k.apiKey('acme', 'member', 'vol');
 
   // Two volumes: spread over the nodes (fewest volumes first, then by name): scratch → node-a, data → node-b.
   const scratch = await call(token, 'POST', '/volumes', { name: 'scratch', size: '32Mi' });
@@ -99,14 +70,7 @@ test('volumes in cluster mode: placed on a node, the VM follows, data outlives V
   const boot = async (name: string, volumes: unknown[]): Promise<any> => {
     const r = await call(token, 'POST', '/microvms', { name, vcpu: 1, memory: '128Mi', volumes });
     assert.equal(r.status, 201, r.text);
-    let vm: any;
-    for (let i = 0; i < 2 && !vm; i++) {
-      const w = await call(token, 'GET', `/microvms/${r.json.id}/wait?phase=Running&ready=true&timeout=200s`);
-      if (w.status === 200) vm = w.json;
-      else assert.equal(w.status, 408, `${w.status} ${w.text}\n${c.dump()}`);
-    }
-    assert.ok(vm, `${name} did not become Running and ready\n${c.dump()}`);
-    return vm;
+    return waitPhase(token, r.json.id as string, 'Running', true);
   };
   const run = (vm: any, cmd: string): Promise<string> => guestRun(join(c.agents.find((a) => a.node === vm.status.node)!.dataDir, 'vms', vm.id), cmd, 30_000);
   const remove = async (vm: any): Promise<void> => {
@@ -133,8 +97,8 @@ test('volumes in cluster mode: placed on a node, the VM follows, data outlives V
   assert.equal(del.json.code, 'CONFLICT');
 
   // Another tenant sees none of it.
-  assert.equal((await call(ADMIN, 'POST', '/tenants', { id: 'globex' })).status, 201);
-  const other = (await call(ADMIN, 'POST', '/apikeys?tenant=globex', { name: 'x', role: 'member' })).json.token as string;
+  await k.tenant('globex');
+  const other = await k.apiKey('globex', 'member', 'x');
   assert.equal((await call(other, 'GET', `/volumes/${vol.id}`)).status, 404);
   assert.equal((await call(other, 'DELETE', `/volumes/${vol.id}`)).status, 404);
   assert.equal((await call(other, 'POST', `/volumes/${vol.id}/snapshots`, { name: 'steal' })).status, 404);
