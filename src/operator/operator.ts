@@ -426,21 +426,20 @@ export class Operator {
       // A drain (a cordon: `kubectl drain` / `kubectl cordon`, unless the node opts out), or a
       // NoExecute taint the VM does not tolerate (as for pods).
       const eviction = evictionReason(n, (t) => toleratesAll(vm.spec.tolerations, t), this.o.drainOnCordon ?? true);
-      const draining = !!eviction;
       const why = eviction?.message ?? '';
       const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
       if (!n && this.nodesSynced) {
         // The Node was removed from the cluster (as the pod GC does): place the VM anew. If that
         // machine still runs its agent, the agent sees the VM unbound and removes it there.
         obj = await this.unbind(obj, vm, now, `node ${vm.status.node} no longer exists`);
-      } else if (draining && !evicting) {
+      } else if (eviction && !evicting) {
         if (['Stopped', 'Failed', 'Pending'].includes(vm.status.phase) && !vm.status.pid) {
           // Nothing runs there: unbind at once (the node removes its files).
           obj = await this.unbind(obj, vm, now, `${why}: unbound`);
         } else {
           obj = await this.replaceStatus({
             ...obj,
-            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: eviction!.reason, message: why }, now), observedGeneration: vm.generation },
+            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: eviction.reason, message: why }, now), observedGeneration: vm.generation },
           });
           await this.event(obj, 'Normal', 'Evicting', `${why}: stopping the microVM there`);
           return; // the agent stops it; its status write re-queues us
@@ -469,20 +468,18 @@ export class Operator {
         this.queue.addAfter(key, 10_000); // deletes requeue us sooner (MicroVM informer)
         return;
       }
-      obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
+      // Admitted=True is written with the next status write (Stopped, Unschedulable or the binding).
       cur.status.conditions = conds;
     }
     if (cur.desiredState === 'Stopped') {
-      await this.replaceStatus({ ...obj, status: { ...obj.status!, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
+      await this.replaceStatus({ ...obj, status: { ...cur.status, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
       return;
     }
     this.refreshNodes();
     // A VM restored from a snapshot runs only on the node holding the snapshot's files (ADR 0009):
     // its first boot restores them, its disk stays backed by them. No fallback, no defrag move.
-    const pinned =
-      (cur.spec.source?.snapshot ? await this.snapshotPlacement(namespace, cur) : undefined) ??
-      // A VM using a node-local volume runs only on that volume's node (ADR 0018, "Cluster mode").
-      (cur.spec.volumes?.length ? await this.volumePlacement(namespace, cur) : undefined);
+    // A VM using a node-local volume runs only on that volume's node (ADR 0018, "Cluster mode").
+    const pinned = await this.pinnedPlacement(namespace, cur);
     // A VM moved by a defrag goes to the node the plan chose (elsewhere if that node refuses it now).
     const target = pinned ? undefined : obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
     let placement = pinned ?? (target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined);
@@ -588,49 +585,50 @@ export class Operator {
   }
 
   /**
-   * Placement of a VM restored from a snapshot: only the node of the Snapshot object (`spec.node`,
-   * where its files are). A missing or unready snapshot, or that node refusing the VM, is
-   * Unschedulable with a message saying so.
+   * Where a VM must run because node-local data it needs lives there: the Snapshot it is restored
+   * from (`spec.node`) and its Volumes with a `spec.node`. Only that node (a placement, or a
+   * refusal saying why); undefined when nothing pins it (no snapshot, shared or no volumes).
    */
-  private async snapshotPlacement(namespace: string, vm: MicroVM): Promise<Placement> {
-    const snap = vm.spec.source!.snapshot;
+  private async pinnedPlacement(namespace: string, vm: MicroVM): Promise<Placement | undefined> {
     const refuse = (message: string): Placement => ({ reasons: {}, message });
-    if (!isLabelValue(snap)) return refuse(`restored from snapshot ${JSON.stringify(snap)}, which is not a snapshot id`);
-    const r = SNAPSHOT_RESOURCE;
-    const list = (await this.custom.listNamespacedCustomObject({ group: r.group, version: r.version, plural: r.plural, namespace, labelSelector: `${LABEL_ID}=${snap}` })) as {
-      items: Array<{ spec?: { node?: string; phase?: string } }>;
-    };
-    const s = list.items[0]?.spec;
-    if (!s) return refuse(`restored from snapshot ${snap}, which does not exist in namespace ${namespace}`);
-    if (!s.node) return refuse(`restored from snapshot ${snap}, which has no node`);
-    if (s.phase !== 'Ready') return refuse(`restored from snapshot ${snap}, which is ${s.phase ?? 'not Ready'}`);
-    const why = `restored from snapshot ${snap}: only node ${s.node} (which holds its files) can run it`;
-    if (!this.state.node(s.node)) return refuse(`${why}, and it has no ready node agent (no heartbeat) or is not in the cluster`);
-    const p = this.o.scheduler.schedule(vm, this.state, { only: s.node });
-    return p.node ? p : { ...p, message: `${why}: ${p.message}` };
-  }
-
-  /**
-   * The placement of a VM with a node-local volume (a Volume with `spec.node`): only that node, or
-   * a refusal saying why; undefined when none of its volumes is pinned (shared backends, or none yet).
-   */
-  private async volumePlacement(namespace: string, vm: MicroVM): Promise<Placement | undefined> {
-    const r = VOLUME_RESOURCE;
-    const pins = new Map<string, string>();
+    /** What pins the VM, by node: the reason shown for each. */
+    const pins: Array<{ node: string; why: string; what: string }> = [];
+    const snap = vm.spec.source?.snapshot;
+    if (snap !== undefined) {
+      if (!isLabelValue(snap)) return refuse(`restored from snapshot ${JSON.stringify(snap)}, which is not a snapshot id`);
+      const r = SNAPSHOT_RESOURCE;
+      const list = (await this.custom.listNamespacedCustomObject({ group: r.group, version: r.version, plural: r.plural, namespace, labelSelector: `${LABEL_ID}=${snap}` })) as {
+        items: Array<{ spec?: { node?: string; phase?: string } }>;
+      };
+      const s = list.items[0]?.spec;
+      if (!s) return refuse(`restored from snapshot ${snap}, which does not exist in namespace ${namespace}`);
+      if (!s.node) return refuse(`restored from snapshot ${snap}, which has no node`);
+      if (s.phase !== 'Ready') return refuse(`restored from snapshot ${snap}, which is ${s.phase ?? 'not Ready'}`);
+      pins.push({ node: s.node, what: `snapshot ${snap}`, why: `restored from snapshot ${snap}: only node ${s.node} (which holds its files) can run it` });
+    }
+    const vols: Array<{ name: string; node: string }> = [];
     for (const v of vm.spec.volumes ?? []) {
+      const r = VOLUME_RESOURCE;
       try {
         const o = (await this.custom.getNamespacedCustomObject({ group: r.group, version: r.version, plural: r.plural, namespace, name: v.name })) as { spec?: { node?: string } };
-        if (o.spec?.node) pins.set(v.name, o.spec.node);
+        if (o.spec?.node) vols.push({ name: v.name, node: o.spec.node });
       } catch (e) {
         if (httpStatus(e) !== 404) throw e; // a missing volume fails the node's attach, with that message
       }
     }
-    const nodes = [...new Set(pins.values())];
-    if (nodes.length === 0) return undefined;
-    if (nodes.length > 1) return { reasons: {}, message: `its volumes live on different nodes (${[...pins].map(([v, n]) => `${v} on ${n}`).join(', ')}); no node can attach them all` };
-    const node = nodes[0]!;
-    const why = `volume ${[...pins.keys()].join(', ')} lives on node ${node}: only that node can run it`;
-    if (!this.state.node(node)) return { reasons: {}, message: `${why}, and it has no ready node agent (no heartbeat) or is not in the cluster` };
+    for (const node of new Set(vols.map((v) => v.node))) {
+      const names = vols.filter((v) => v.node === node).map((v) => v.name).join(', ');
+      pins.push({ node, what: `volume ${names}`, why: `volume ${names} lives on node ${node}: only that node can run it` });
+    }
+    if (pins.length === 0) return undefined;
+    const nodes = new Set(pins.map((p) => p.node));
+    if (nodes.size > 1) {
+      const on = pins.map((p) => `${p.what} on ${p.node}`).join(', ');
+      return refuse(snap === undefined ? `its volumes live on different nodes (${vols.map((v) => `${v.name} on ${v.node}`).join(', ')}); no node can attach them all` : `what it needs lives on different nodes (${on}); no node has it all`);
+    }
+    const node = pins[0]!.node;
+    const why = pins.map((p) => p.why).join('; ');
+    if (!this.state.node(node)) return refuse(`${why}, and it has no ready node agent (no heartbeat) or is not in the cluster`);
     const p = this.o.scheduler.schedule(vm, this.state, { only: node });
     return p.node ? p : { ...p, message: `${why}: ${p.message}` };
   }
