@@ -200,7 +200,7 @@ export class VolumeService implements VolumeAttacher {
     const caps = await backend.capabilities();
     if (!caps.available) throw new MvmError(ErrorCodes.UNAVAILABLE, `volume backend ${backendName} is not available: ${caps.reason ?? 'unknown reason'}`);
     // A node-local volume lives on one node: a restore where its snapshot is, a new one where placed.
-    const node = caps.shared ? undefined : (source?.spec.node ?? (this.o.placeVolume ? await this.o.placeVolume({ backend: backendName, tenant, sizeBytes: sizeMiB * MiB }) : undefined));
+    const node = caps.shared ? undefined : (source?.spec.node ?? (await this.o.placeVolume?.({ backend: backendName, tenant, sizeBytes: sizeMiB * MiB })));
     const id = newId('vol');
     const t = this.o.tenants ? await this.o.tenants.getTenant(tenant) : undefined;
     if (this.o.tenants && !t) throw notFound('tenant', tenant);

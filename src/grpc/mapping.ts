@@ -69,11 +69,12 @@ const NESTED_SNAKE: Record<string, string> = {
   guestPort: 'guest_port',
   hostIp: 'host_ip',
 };
+const NESTED_NAME = new RegExp(`\\b(${Object.keys(NESTED_SNAKE).join('|')})\\b`, 'g');
 const protoField = (f: string, prefix = true): string => {
   const head = f.split(/[.[]/)[0]!;
   const mapped = (PROTO_FIELD as Record<string, string | null | undefined>)[head];
   if (!mapped) return f;
-  const rest = f.slice(head.length).replace(/\b(readOnly|mountPath|matchLabels|matchExpressions|labelSelector|topologyKey|vmAffinityTerm|vmAffinity|vmAntiAffinity|hostPort|guestPort|hostIp)\b/g, (w) => NESTED_SNAKE[w]!);
+  const rest = f.slice(head.length).replace(NESTED_NAME, (w) => NESTED_SNAKE[w]!);
   return (prefix ? mapped : mapped.replace(/^spec\./, '')) + rest;
 };
 

@@ -167,6 +167,16 @@ function crd(c: CrdInput): Json {
   };
 }
 
+/** A spec schema of the given properties (records stored through the resource port keep all in the spec). */
+const specOf = (required: string[], properties: Json): Json => ({ type: 'object', required, properties });
+/** The named properties of a structural schema's `properties`, in the order named. */
+const pick = (props: Json, keys: string[]): Json => Object.fromEntries(keys.map((k) => [k, props[k]]));
+
+const AGE_COLUMN: PrinterColumn = { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' };
+const PHASE_COLUMN: PrinterColumn = { name: 'Phase', type: 'string', jsonPath: '.spec.phase' };
+const NODE_COLUMN: PrinterColumn = { name: 'Node', type: 'string', jsonPath: '.spec.node' };
+const BACKEND_COLUMN: PrinterColumn = { name: 'Backend', type: 'string', jsonPath: '.spec.backend' };
+
 /** MicroVM: spec = MicroVMSpec + desiredState (the API's start/stop intent), status = MicroVMStatus. */
 export function microVmCrd(): Json {
   const spec = toStructural(MicroVMSpec, 'MicroVM.spec');
@@ -203,7 +213,7 @@ export function microVmCrd(): Json {
       { name: 'vCPU', type: 'integer', jsonPath: '.spec.vcpu' },
       { name: 'Memory', type: 'string', jsonPath: '.spec.memory' },
       { name: 'Ready', type: 'string', jsonPath: '.status.conditions[?(@.type=="GuestReady")].status' },
-      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      AGE_COLUMN,
     ],
     // Field selectors the store and the operator list by (GA since Kubernetes 1.32).
     selectableFields: ['.status.phase', '.status.node', '.spec.desiredState'],
@@ -224,7 +234,7 @@ export function securityGroupCrd(): Json {
     spec,
     columns: [
       { name: 'Description', type: 'string', jsonPath: '.spec.description' },
-      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      AGE_COLUMN,
     ],
   });
 }
@@ -236,12 +246,14 @@ export function securityGroupCrd(): Json {
  * where its files are: a MicroVM restored from it runs only there.
  */
 export function snapshotCrd(): Json {
-  const all = toStructural(Snapshot, 'Snapshot');
-  const p = all.properties as Json;
-  const spec: Json = {
-    type: 'object',
-    required: ['vmId', 'phase', 'driver', 'node', 'vmSpec'],
-    properties: {
+  const p = toStructural(Snapshot, 'Snapshot').properties as Json;
+  return crd({
+    kind: 'Snapshot',
+    plural: 'snapshots',
+    singular: 'snapshot',
+    shortNames: ['mvmsnap'],
+    description: 'A memory snapshot of a microVM (memory, devices, copy-on-write disks) on one node. The tenant is the namespace.',
+    spec: specOf(['vmId', 'phase', 'driver', 'node', 'vmSpec'], {
       vmId: p.vmId,
       phase: p.phase,
       message: p.message,
@@ -250,21 +262,13 @@ export function snapshotCrd(): Json {
       vmSpec: { ...(p.spec as Json), description: 'the spec of the microVM it was taken of (a restore takes its shape)' },
       sizeBytes: p.sizeBytes,
       durationMs: p.durationMs,
-    },
-  };
-  return crd({
-    kind: 'Snapshot',
-    plural: 'snapshots',
-    singular: 'snapshot',
-    shortNames: ['mvmsnap'],
-    description: 'A memory snapshot of a microVM (memory, devices, copy-on-write disks) on one node. The tenant is the namespace.',
-    spec,
+    }),
     columns: [
       { name: 'VM', type: 'string', jsonPath: '.spec.vmId' },
-      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
-      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
+      PHASE_COLUMN,
+      NODE_COLUMN,
       { name: 'Size', type: 'integer', jsonPath: '.spec.sizeBytes', description: 'bytes on the node' },
-      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      AGE_COLUMN,
     ],
   });
 }
@@ -276,39 +280,25 @@ export function snapshotCrd(): Json {
  * volume's bytes are: the MicroVMs using it run only there.
  */
 export function volumeCrd(): Json {
-  const all = toStructural(VolumeResource, 'Volume');
-  const p = all.properties as Json;
+  const p = toStructural(VolumeResource, 'Volume').properties as Json;
   const st = (p.status as Json).properties as Json;
-  const spec: Json = {
-    type: 'object',
-    required: ['size', 'sizeBytes', 'backend', 'readOnly', 'phase', 'attachedTo'],
-    properties: {
-      size: p.size,
-      sizeBytes: p.sizeBytes,
-      backend: p.backend,
-      readOnly: p.readOnly,
-      labels: p.labels,
-      fromSnapshot: p.fromSnapshot,
-      phase: st.phase,
-      message: st.message,
-      attachedTo: st.attachedTo,
-      node: st.node,
-    },
-  };
   return crd({
     kind: 'Volume',
     plural: 'volumes',
     singular: 'volume',
     shortNames: ['mvmvol'],
     description: 'A persistent volume (ext4 on a block device of a storage backend) that MicroVMs of the tenant (namespace) attach.',
-    spec,
+    spec: specOf(['size', 'sizeBytes', 'backend', 'readOnly', 'phase', 'attachedTo'], {
+      ...pick(p, ['size', 'sizeBytes', 'backend', 'readOnly', 'labels', 'fromSnapshot']),
+      ...pick(st, ['phase', 'message', 'attachedTo', 'node']),
+    }),
     columns: [
       { name: 'Size', type: 'string', jsonPath: '.spec.size' },
-      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
-      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
-      { name: 'Backend', type: 'string', jsonPath: '.spec.backend' },
+      PHASE_COLUMN,
+      NODE_COLUMN,
+      BACKEND_COLUMN,
       { name: 'AttachedTo', type: 'string', jsonPath: '.spec.attachedTo[*].vmId' },
-      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      AGE_COLUMN,
     ],
   });
 }
@@ -316,25 +306,21 @@ export function volumeCrd(): Json {
 /** VolumeSnapshot: a point-in-time copy of a Volume (the VolumeService's record, VolumeSnapshotSpec). */
 export function volumeSnapshotCrd(): Json {
   const p = toStructural(VolumeSnapshotResource, 'VolumeSnapshot').properties as Json;
-  const spec: Json = {
-    type: 'object',
-    required: ['volumeId', 'backend', 'sizeBytes', 'phase', 'copyOnWrite'],
-    properties: { volumeId: p.volumeId, backend: p.backend, sizeBytes: p.sizeBytes, phase: p.phase, copyOnWrite: p.copyOnWrite, node: p.node },
-  };
+  const required = ['volumeId', 'backend', 'sizeBytes', 'phase', 'copyOnWrite'];
   return crd({
     kind: 'VolumeSnapshot',
     plural: 'volumesnapshots',
     singular: 'volumesnapshot',
     shortNames: ['mvmvolsnap'],
     description: 'A snapshot of a Volume of the tenant (namespace); a new Volume can be restored from it.',
-    spec,
+    spec: specOf(required, pick(p, [...required, 'node'])),
     columns: [
       { name: 'Volume', type: 'string', jsonPath: '.spec.volumeId' },
-      { name: 'Phase', type: 'string', jsonPath: '.spec.phase' },
-      { name: 'Node', type: 'string', jsonPath: '.spec.node' },
-      { name: 'Backend', type: 'string', jsonPath: '.spec.backend' },
+      PHASE_COLUMN,
+      NODE_COLUMN,
+      BACKEND_COLUMN,
       { name: 'Size', type: 'integer', jsonPath: '.spec.sizeBytes', description: 'bytes of the volume when taken' },
-      { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' },
+      AGE_COLUMN,
     ],
   });
 }

@@ -10,17 +10,21 @@ import { CustomObjectsApi, KubeConfig, ListWatch, Watch, type KubernetesObject }
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { ResourceStore, StoredResource } from '../../core/ports/resources.js';
+import { SG_KIND } from '../../core/security-groups.js';
+import { SNAPSHOT_KIND } from '../../core/snapshots.js';
+import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND } from '../../core/volumes.js';
 import { SECURITYGROUP_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE, VOLUME_SNAPSHOT_RESOURCE } from '../../k8s/crd.js';
 import { fromK8sError, httpStatus } from '../../k8s/errors.js';
 import { ANN_CREATED_AT, ANN_UPDATED_AT, LABEL_ID, TenantNamespaces, isLabelValue } from '../../k8s/microvm-object.js';
 
-const RESOURCES: Record<string, { group: string; version: string; plural: string; kind: string }> = {
-  securitygroup: SECURITYGROUP_RESOURCE,
-  // SNAPSHOT_KIND (src/core/snapshots.ts): the SnapshotService's records, Snapshot objects.
-  snapshot: SNAPSHOT_RESOURCE,
-  // VOLUME_KIND, VOLUME_SNAPSHOT_KIND (src/core/volumes.ts): the VolumeService's records.
-  volume: VOLUME_RESOURCE,
-  volumesnapshot: VOLUME_SNAPSHOT_RESOURCE,
+type Resource = { group: string; version: string; plural: string; kind: string };
+
+/** The resource port's kinds (as the services name them) that have a CRD. */
+const RESOURCES: Record<string, Resource> = {
+  [SG_KIND]: SECURITYGROUP_RESOURCE,
+  [SNAPSHOT_KIND]: SNAPSHOT_RESOURCE,
+  [VOLUME_KIND]: VOLUME_RESOURCE,
+  [VOLUME_SNAPSHOT_KIND]: VOLUME_SNAPSHOT_RESOURCE,
 };
 
 interface Obj {
@@ -61,7 +65,7 @@ export class KubernetesResourceStore implements ResourceStore {
     );
     const changed = (o: Obj): void => {
       const id = o.metadata.labels?.[LABEL_ID];
-      if (id) this.tell('securitygroup', id);
+      if (id) this.tell(SG_KIND, id);
     };
     informer.on('add', changed);
     informer.on('update', changed);
@@ -84,7 +88,7 @@ export class KubernetesResourceStore implements ResourceStore {
     await this.informer?.stop();
   }
 
-  private res(kind: string): { group: string; version: string; plural: string; kind: string } {
+  private res(kind: string): Resource {
     const r = RESOURCES[kind];
     if (!r) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `${kind} resources are not available in cluster mode yet`);
     return r;
