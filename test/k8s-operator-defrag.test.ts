@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+import { microVMs, startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
 
 let c: TestCluster;
 before(async () => {
@@ -25,17 +25,9 @@ after(async () => {
   await c?.stop();
 });
 
-const apply = (name: string, spec: Record<string, unknown> = {}): void => {
-  c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'demo' }, spec: { vcpu: 1, memory: '128Mi', ...spec } }));
-};
-const get = (name: string): any => {
-  const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'demo', '-o', 'json']);
-  return r.status === 0 ? JSON.parse(r.stdout) : undefined;
-};
-const running = (name: string): any => {
-  const o = get(name);
-  return o?.status?.phase === 'Running' && o.status.node ? o : undefined;
-};
+const apply = (name: string, spec: Record<string, unknown> = {}): void => microVMs(c).apply(name, spec);
+const get = (name: string): any => microVMs(c).get(name);
+const running = (name: string): any => microVMs(c).running(name);
 const defrag = (data: Record<string, string>): void => {
   c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'microvm-defrag', namespace: 'microvm-system' }, data }));
 };
@@ -52,7 +44,7 @@ const requests = {
   dry: { vcpu: '1', memory: '256Mi', dryRun: 'true' },
   real: { vcpu: '1', memory: '256Mi', dryRun: 'false' },
 };
-const events = (name: string): string[] => c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', `involvedObject.name=${name}`]).items.map((e: any) => e.reason);
+const events = (name: string): string[] => microVMs(c).events(name);
 
 test('defrag on request: dry run plans, then the planned VM moves and a 256Mi slot is free', { timeout: 600_000 }, async () => {
   apply('small-1');

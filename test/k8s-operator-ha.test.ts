@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCluster, until, type Proc, type TestCluster } from './support/k8s-operator-cluster.js';
+import { microVMs, startCluster, until, type Proc, type TestCluster } from './support/k8s-operator-cluster.js';
 
 let c: TestCluster;
 before(async () => {
@@ -22,23 +22,15 @@ after(async () => {
   await c?.stop();
 });
 
-const apply = (name: string, spec: Record<string, unknown> = {}): void => {
-  c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'demo' }, spec: { vcpu: 1, memory: '128Mi', ...spec } }));
-};
-const get = (name: string): any => {
-  const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'demo', '-o', 'json']);
-  return r.status === 0 ? JSON.parse(r.stdout) : undefined;
-};
-const idOf = (name: string): string => get(name).metadata.labels['microvm.service/id'];
-const running = (name: string): any => {
-  const o = get(name);
-  return o?.status?.phase === 'Running' && o.status.node ? o : undefined;
-};
+const apply = (name: string, spec: Record<string, unknown> = {}): void => microVMs(c).apply(name, spec);
+const get = (name: string): any => microVMs(c).get(name);
+const idOf = (name: string): string => microVMs(c).idOf(name);
+const running = (name: string): any => microVMs(c).running(name);
 const holder = (): string | undefined => {
   const r = c.cp.kubectl(['get', 'lease', '-n', 'microvm-system', 'microvm-operator', '-o', 'jsonpath={.spec.holderIdentity}']);
   return r.status === 0 && r.stdout ? r.stdout : undefined;
 };
-const events = (name: string): string[] => c.kubectlJson(['get', 'events', '-n', 'demo', '--field-selector', `involvedObject.name=${name}`]).items.map((e: any) => e.reason);
+const events = (name: string): string[] => microVMs(c).events(name);
 const removeAll = async (...names: string[]): Promise<void> => {
   for (const n of names) c.cp.kubectl(['delete', 'mvm', n, '-n', 'demo', '--wait=false', '--ignore-not-found']);
   await until(c, `${names.join(', ')} deleted`, () => names.every((n) => !get(n)), 120_000);
@@ -192,12 +184,9 @@ test('quota holds for kubectl-created MicroVMs: the operator admits the oldest t
     kind: 'Namespace',
     metadata: { name: 'quota-t', labels: { 'microvm.service/tenant-record': 'true' }, annotations: { 'microvm.service/tenant': JSON.stringify({ quotas: { vms: 2, vcpu: 3 } }) } },
   }));
-  const mk = (name: string, vcpu: number): string =>
-    JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'quota-t' }, spec: { vcpu, memory: '128Mi', desiredState: 'Stopped' } });
-  const q = (name: string): any => {
-    const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'quota-t', '-o', 'json']);
-    return r.status === 0 ? JSON.parse(r.stdout) : undefined;
-  };
+  const vms = microVMs(c, 'quota-t');
+  const mk = (name: string, vcpu: number): string => vms.manifest(name, { vcpu, desiredState: 'Stopped' });
+  const q = vms.get;
   const admitted = (name: string): any => q(name)?.status?.conditions?.find((x: any) => x.type === 'Admitted');
   c.cp.kubectlOk(['apply', '-f', '-'], mk('q1', 2));
   await until(c, 'q1 admitted and Stopped', () => admitted('q1')?.status === 'True' && q('q1').status.phase === 'Stopped', 60_000);

@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
+import { microVMs, startCluster, until, type TestCluster } from './support/k8s-operator-cluster.js';
 
 let c: TestCluster;
 before(async () => {
@@ -22,12 +22,8 @@ after(async () => {
   await c?.stop();
 });
 
-const vmManifest = (name: string, extra: Record<string, unknown> = {}): string =>
-  JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace: 'demo' }, spec: { vcpu: 1, memory: '128Mi', ...extra } });
-const get = (name: string): any => {
-  const r = c.cp.kubectl(['get', 'mvm', name, '-n', 'demo', '-o', 'json']);
-  return r.status === 0 ? JSON.parse(r.stdout) : undefined;
-};
+const vmManifest = (name: string, extra: Record<string, unknown> = {}): string => microVMs(c).manifest(name, extra);
+const get = (name: string): any => microVMs(c).get(name);
 const ready = (o: any): boolean => o?.status?.phase === 'Running' && o.status.conditions?.some((x: any) => x.type === 'GuestReady' && x.status === 'True');
 
 test('kubectl apply boots a real guest on the chosen node; status, label, finalizer, events, printer columns', { timeout: 240_000 }, async () => {

@@ -231,3 +231,27 @@ export async function until<T>(c: TestCluster, what: string, fn: () => T | undef
     await sleep(250);
   }
 }
+
+/** kubectl helpers over the MicroVMs of one namespace (the operator tests' vocabulary). */
+export function microVMs(c: TestCluster, namespace = 'demo') {
+  const manifest = (name: string, spec: Record<string, unknown> = {}): string =>
+    JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name, namespace }, spec: { vcpu: 1, memory: '128Mi', ...spec } });
+  const get = (name: string): any => {
+    const r = c.cp.kubectl(['get', 'mvm', name, '-n', namespace, '-o', 'json']);
+    return r.status === 0 ? JSON.parse(r.stdout) : undefined;
+  };
+  return {
+    manifest,
+    /** kubectl apply of a MicroVM: 1 vCPU, 128Mi, then `spec`. */
+    apply: (name: string, spec: Record<string, unknown> = {}): void => void c.cp.kubectlOk(['apply', '-f', '-'], manifest(name, spec)),
+    get,
+    idOf: (name: string): string => get(name).metadata.labels['microvm.service/id'],
+    /** The object once it is Running on a node. */
+    running: (name: string): any => {
+      const o = get(name);
+      return o?.status?.phase === 'Running' && o.status.node ? o : undefined;
+    },
+    /** Reasons of the object's Events, oldest first. */
+    events: (name: string): string[] => c.kubectlJson(['get', 'events', '-n', namespace, '--field-selector', `involvedObject.name=${name}`]).items.map((e: any) => e.reason),
+  };
+}
