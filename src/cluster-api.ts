@@ -126,7 +126,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     snapshotNodeOf: async (id) => (await resources.get<SnapshotSpec>(SNAPSHOT_KIND, id))?.spec.node || undefined,
   });
   // Volumes (ADR 0018, "Cluster mode"): the backends the nodes offer (MVM_VOLUME_BACKENDS, `local` always), reached through the agents.
-  const remoteVolumes = new RemoteVolumes({ kubeConfig: kc, call: (node, method, path, timeoutMs) => agents.call(node, method, path, timeoutMs), resources });
+  const remoteVolumes = new RemoteVolumes({ kubeConfig: kc, call: agents.call, resources });
   const volumes = new VolumeService({
     resources,
     store,
@@ -147,7 +147,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
   // The images API (ADR 0019, cluster mode): the same routes over every node agent's image cache.
-  const images = new RemoteImages({ kubeConfig: kc, call: (node, method, path, timeoutMs) => agents.call(node, method, path, timeoutMs), systemNamespace });
+  const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });
   const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })

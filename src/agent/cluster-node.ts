@@ -84,7 +84,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   // Volumes (ADR 0018, cluster mode): the VM's volumes are mapped from this node's backends when it
   // starts (the same VolumeService.attachForVm as standalone, over the Volume objects; read only).
   const volumeRecords = new KubernetesResourceStore(kc, k8s.tn);
-  const { backends: volumeBackends } = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: nodeName, ...(passwdIds(cfg.vmmUser) ? { owner: passwdIds(cfg.vmmUser)! } : {}) });
+  const vmmOwner = passwdIds(cfg.vmmUser);
+  const { backends: volumeBackends } = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: nodeName, ...(vmmOwner ? { owner: vmmOwner } : {}) });
   const volumes = new VolumeService({ resources: volumeRecords, store, backends: volumeBackends });
   const agent = new LocalAgent({
     volumes,
@@ -96,7 +97,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     // One agent per node in production; several "nodes" sharing one host (tests) need their own parent.
     cgroups: detectCgroups('/sys/fs/cgroup', process.env.MVM_CGROUP_PARENT ?? 'mvm'),
     log: log.child({ c: 'agent' }),
-    ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
+    ...(vmmOwner ? { vmmOwner } : {}),
     ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController!.specFor(vm) } : {}),
   });
   const controller = new Controller({

@@ -97,10 +97,8 @@ export class RemoteNodeAgents implements NodeAgent {
     });
   }
 
-  /** One authenticated request to a node's agent, any answer returned (volumes: src/agent/endpoint/volumes.ts). */
-  call(node: string, method: string, path: string, timeoutMs?: number): Promise<IncomingMessage> {
-    return this.request(node, method, path, undefined, timeoutMs);
-  }
+  /** One authenticated request to a node's agent, any answer returned (volumes.ts, images.ts: read it with agentResult). */
+  call: AgentCall = (node, method, path, timeoutMs) => this.request(node, method, path, undefined, timeoutMs);
 
   private async get(vm: MicroVM, path: string, signal?: AbortSignal): Promise<IncomingMessage> {
     const node = vm.status.node!;
@@ -153,8 +151,7 @@ export class RemoteNodeAgents implements NodeAgent {
     const node = vm.status.node;
     if (!node) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is not running on a node`);
     const res = await this.request(node, 'POST', `/v1/microvms/${encodeURIComponent(id)}/snapshots/${encodeURIComponent(snapshotId)}`, undefined, this.o.snapshotTimeoutMs ?? 600_000);
-    if (res.statusCode === 200) return JSON.parse(await text(res)) as { sizeBytes: number; driver: string; durationMs: number };
-    throw await agentError(node, res, `snapshot of microVM ${id}`);
+    return agentResult(node, res, `snapshot of microVM ${id}`);
   }
 
   /** Remove a snapshot's files from the node holding them. Idempotent; nothing to do when no node holds them or that Node is gone. */
@@ -226,12 +223,15 @@ const idleMetrics = (vm: MicroVM): VmMetricsT => ({
 
 const CODES = new Set<string>(Object.values(ErrorCodes));
 
+/** An authenticated request to a node's agent, any answer returned (RemoteNodeAgents.call). */
+export type AgentCall = (node: string, method: string, path: string, timeoutMs?: number) => Promise<IncomingMessage>;
+
 /**
- * A failed snapshot request: the node agent's own typed error (header x-mvm-code) is raised again
- * as it is (ILLEGAL_TRANSITION, CAPABILITY_UNSUPPORTED, ...); anything else — 401/403 (this
- * installation's RBAC), a VM no longer there — is UNAVAILABLE for the caller.
+ * A node agent's failed answer: its own typed error (header x-mvm-code) is raised again as it is
+ * (ILLEGAL_TRANSITION, CAPABILITY_UNSUPPORTED, ...); anything else — 401/403 (this installation's
+ * RBAC or tokens, not the caller's fault), a VM no longer there — is UNAVAILABLE for the caller.
  */
-async function agentError(node: string, res: IncomingMessage, what: string): Promise<MvmError> {
+export async function agentError(node: string, res: IncomingMessage, what: string): Promise<MvmError> {
   const body = await text(res);
   let msg = body;
   try {
@@ -242,6 +242,13 @@ async function agentError(node: string, res: IncomingMessage, what: string): Pro
   const code = res.headers['x-mvm-code'];
   if (typeof code === 'string' && CODES.has(code)) return new MvmError(code as ErrorCode, msg);
   return new MvmError(ErrorCodes.UNAVAILABLE, `${what}: the agent of node ${node} answered ${res.statusCode}: ${msg}`, { details: { agentStatus: res.statusCode } });
+}
+
+/** A node agent's answer: its JSON on 200 (`{}` when empty), else its error (agentError) raised. */
+export async function agentResult<T>(node: string, res: IncomingMessage, what: string): Promise<T> {
+  if (res.statusCode !== 200) throw await agentError(node, res, what);
+  const body = await text(res);
+  return (body ? JSON.parse(body) : {}) as T;
 }
 
 async function text(res: IncomingMessage): Promise<string> {

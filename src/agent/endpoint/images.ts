@@ -13,55 +13,42 @@
  *
  * `images/cache` is not a served resource: RBAC matches it as a string (like microvms/console).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CoordinationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { HTTP_STATUS } from '../../api/problem.js';
 import { asMvmError, ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { CachedImage, ImageCatalog, ImageGcResult, ImageList, NodeWarning } from '../../core/ports/images.js';
 import { NODE_LEASE_LABEL } from '../../k8s/cluster.js';
 import { fromK8sError } from '../../k8s/errors.js';
 import { parseImageDigest } from '../../storage/oci/manager.js';
-import { ANN_AGENT_ENDPOINT } from './server.js';
-import { result, type AgentCall } from './volumes.js';
+import { agentResult, type AgentCall } from './client.js';
+import { ANN_AGENT_ENDPOINT, answerError, answerJson, type EndpointRoutes } from './server.js';
 
 const DIGEST_ROUTE = /^\/v1\/images\/([a-z0-9][-:a-z0-9]{0,199})$/;
 
-/** Who may do what on the node's image cache (the endpoint's SubjectAccessReview, resource `images/cache`). */
-export type ImageAccess = (verb: 'get' | 'delete') => Promise<boolean>;
-export type ImageRoutes = (req: IncomingMessage, url: URL, access: ImageAccess, res: ServerResponse) => Promise<boolean>;
+/** What the endpoint's SubjectAccessReview checks on the node's image cache (resource `images/cache`). */
+export type ImageVerb = 'get' | 'delete';
 
 /** The node side. Returns false when the path is not an image route. */
-export function imageRoutes(o: { nodeName: string; images: ImageCatalog; log?: Logger }): ImageRoutes {
-  const answer = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void => {
-    res.writeHead(status, { 'content-type': 'application/json', ...headers });
-    res.end(JSON.stringify(body));
-  };
-  return async (req, url, access, res) => {
-    const list = req.method === 'GET' && url.pathname === '/v1/images';
-    const gc = req.method === 'POST' && url.pathname === '/v1/images/gc';
-    let path = url.pathname;
-    try {
-      path = decodeURIComponent(path); // sha256%3A… as well as sha256:…
-    } catch {
-      // not percent-encoded as it should be: no route matches it
-    }
-    const del = req.method === 'DELETE' ? DIGEST_ROUTE.exec(path) : null;
+export function imageRoutes(o: { nodeName: string; images: ImageCatalog; log?: Logger }): EndpointRoutes<ImageVerb> {
+  return async (req, access, res) => {
+    const list = req.method === 'GET' && req.path === '/v1/images';
+    const gc = req.method === 'POST' && req.path === '/v1/images/gc';
+    const del = req.method === 'DELETE' ? DIGEST_ROUTE.exec(req.path) : null; // the endpoint decoded sha256%3A…
     if (!list && !gc && !del) return false;
     const verb = list ? 'get' : 'delete';
     if (!(await access(verb))) {
-      answer(res, 403, { status: 403, message: `may not ${verb} images/cache` });
+      answerJson(res, 403, { status: 403, message: `may not ${verb} images/cache` });
       return true;
     }
     try {
-      if (list) answer(res, 200, { items: await o.images.list() });
+      if (list) answerJson(res, 200, { items: await o.images.list() });
       else if (del) {
         const removed = await o.images.delete(del[1]!);
         o.log?.info({ digest: del[1], node: o.nodeName }, 'image deleted for the API');
-        answer(res, 200, { removed });
+        answerJson(res, 200, { removed });
       } else {
         const n = (k: string): number | undefined => {
-          const v = url.searchParams.get(k);
+          const v = req.query.get(k);
           if (v === null) return undefined;
           const x = Number(v);
           if (!Number.isSafeInteger(x) || x < 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `${k} must be a non-negative integer`);
@@ -69,11 +56,10 @@ export function imageRoutes(o: { nodeName: string; images: ImageCatalog; log?: L
         };
         const maxIdleMs = n('maxIdleMs');
         const maxBytes = n('maxBytes');
-        answer(res, 200, await o.images.gc({ ...(maxIdleMs !== undefined ? { maxIdleMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}) }));
+        answerJson(res, 200, await o.images.gc({ ...(maxIdleMs !== undefined ? { maxIdleMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}) }));
       }
     } catch (e) {
-      const err = asMvmError(e);
-      answer(res, HTTP_STATUS[err.code] ?? 500, { status: HTTP_STATUS[err.code] ?? 500, code: err.code, message: err.message }, { 'x-mvm-code': err.code });
+      answerError(res, e);
     }
     return true;
   };
@@ -135,19 +121,19 @@ export class RemoteImages implements ImageCatalog {
     return { nodes: nodes.sort(), warnings };
   }
 
+  /** Ask one node; its failure is returned, not raised. */
+  private async ask<T>(node: string, method: string, path: string, timeoutMs: number, what: string): Promise<NodeResult<T>> {
+    try {
+      return { node, ok: true, value: await agentResult<T>(node, await this.o.call(node, method, path, timeoutMs), `${what} on node ${node}`) };
+    } catch (e) {
+      return { node, ok: false, error: asMvmError(e) };
+    }
+  }
+
   /** Ask every node; failures are returned per node (the caller decides which become warnings). */
   private async fanOut<T>(method: string, path: string, timeoutMs: number, what: string): Promise<{ results: Array<NodeResult<T>>; warnings: NodeWarning[] }> {
     const { nodes, warnings } = await this.nodes();
-    const results = await Promise.all(
-      nodes.map(async (node): Promise<NodeResult<T>> => {
-        try {
-          return { node, ok: true, value: await result<T>(node, await this.o.call(node, method, path, timeoutMs), `${what} on node ${node}`) };
-        } catch (e) {
-          return { node, ok: false, error: asMvmError(e) };
-        }
-      }),
-    );
-    return { results, warnings };
+    return { results: await Promise.all(nodes.map((node) => this.ask<T>(node, method, path, timeoutMs, what))), warnings };
   }
 
   private static unanswered(r: { node: string; error: MvmError }): NodeWarning {
@@ -191,16 +177,7 @@ export class RemoteImages implements ImageCatalog {
         details: { digest, nodes: used },
       });
     }
-    const results = await Promise.all(
-      holders.map(async (node): Promise<NodeResult<{ removed: CachedImage[] }>> => {
-        try {
-          const res = await this.o.call(node, 'DELETE', `/v1/images/${encodeURIComponent(digest)}`, 120_000);
-          return { node, ok: true, value: await result<{ removed: CachedImage[] }>(node, res, `deleting image ${digest} on node ${node}`) };
-        } catch (e) {
-          return { node, ok: false, error: asMvmError(e) };
-        }
-      }),
-    );
+    const results = await Promise.all(holders.map((node) => this.ask<{ removed: CachedImage[] }>(node, 'DELETE', `/v1/images/${encodeURIComponent(digest)}`, 120_000, `deleting image ${digest}`)));
     const removed: CachedImage[] = [];
     const conflicts: string[] = [];
     for (const r of results) {

@@ -16,24 +16,24 @@
  *
  * `storage` is not a served subresource: RBAC matches it as a string (like microvms/console).
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { HTTP_STATUS } from '../../api/problem.js';
-import { asMvmError, ErrorCodes, MvmError, type ErrorCode } from '../../core/errors.js';
+import { asMvmError, ErrorCodes, MvmError } from '../../core/errors.js';
 import type { ResourceStore } from '../../core/ports/resources.js';
 import type { VolumeAttachInfo, VolumeBackend, VolumeBackendCapabilities } from '../../core/ports/volumes.js';
 import { VOLUME_KIND, type VolumeSpec } from '../../core/volumes.js';
 import { fromK8sError } from '../../k8s/errors.js';
-import { ANN_AGENT_ENDPOINT } from './server.js';
+import { agentResult, type AgentCall } from './client.js';
+import { ANN_AGENT_ENDPOINT, answerError, answerJson, type EndpointRoutes } from './server.js';
 
 const ID = '[a-z0-9][-a-z0-9]{0,62}';
 const CAPS_ROUTE = new RegExp(`^/v1/volume-backends/(${ID})$`);
 const OP_ROUTE = new RegExp(`^/v1/volumes/(${ID})/(create|delete|snapshot|delete-snapshot|clone)$`);
-const isId = (s: string | null): s is string => !!s && new RegExp(`^${ID}$`).test(s);
+const ID_ONLY = new RegExp(`^${ID}$`);
+const isId = (s: string | null): s is string => !!s && ID_ONLY.test(s);
 
-/** Who may do what on the node's volumes (the endpoint's SubjectAccessReview, resource `volumes/storage`). */
-export type VolumeAccess = (verb: 'get' | 'update') => Promise<boolean>;
+/** What the endpoint's SubjectAccessReview checks on the node's volumes (resource `volumes/storage`). */
+export type VolumeVerb = 'get' | 'update';
 
 export interface VolumeRoutesOptions {
   nodeName: string;
@@ -43,50 +43,40 @@ export interface VolumeRoutesOptions {
   log?: Logger;
 }
 
-export type VolumeRoutes = (req: IncomingMessage, url: URL, access: VolumeAccess, res: ServerResponse) => Promise<boolean>;
-
 /** The node side. Returns false when the path is not a volume route. */
-export function volumeRoutes(o: VolumeRoutesOptions): VolumeRoutes {
+export function volumeRoutes(o: VolumeRoutesOptions): EndpointRoutes<VolumeVerb> {
   const backends = new Map(o.backends.map((b) => [b.name, b]));
-  const answer = (res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void => {
-    res.writeHead(status, { 'content-type': 'application/json', ...headers });
-    res.end(JSON.stringify(body));
-  };
-  const failWith = (res: ServerResponse, e: unknown): void => {
-    const err = asMvmError(e);
-    answer(res, HTTP_STATUS[err.code] ?? 500, { status: HTTP_STATUS[err.code] ?? 500, code: err.code, message: err.message }, { 'x-mvm-code': err.code });
-  };
   /** The volume must exist and, when placed, be placed here. */
   const placedHere = async (id: string): Promise<void> => {
     const v = await o.resources.get<VolumeSpec>(VOLUME_KIND, id);
     if (!v) throw new MvmError(ErrorCodes.NOT_FOUND, `volume ${id} does not exist`);
     if (v.spec.node && v.spec.node !== o.nodeName) throw new MvmError(ErrorCodes.CONFLICT, `volume ${id} lives on node ${v.spec.node}, not on ${o.nodeName}`);
   };
-  return async (req, url, access, res) => {
-    const caps = req.method === 'GET' ? CAPS_ROUTE.exec(url.pathname) : null;
-    const op = req.method === 'POST' ? OP_ROUTE.exec(url.pathname) : null;
+  return async (req, access, res) => {
+    const caps = req.method === 'GET' ? CAPS_ROUTE.exec(req.path) : null;
+    const op = req.method === 'POST' ? OP_ROUTE.exec(req.path) : null;
     if (!caps && !op) return false;
     if (!(await access(caps ? 'get' : 'update'))) {
-      answer(res, 403, { status: 403, message: `may not ${caps ? 'get' : 'update'} volumes/storage` });
+      answerJson(res, 403, { status: 403, message: `may not ${caps ? 'get' : 'update'} volumes/storage` });
       return true;
     }
     try {
-      const name = caps ? caps[1]! : (url.searchParams.get('backend') ?? '');
+      const name = caps ? caps[1]! : (req.query.get('backend') ?? '');
       const b = backends.get(name);
       if (!b) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `node ${o.nodeName} has no volume backend ${JSON.stringify(name)} (has: ${[...backends.keys()].join(', ')})`);
       if (caps) {
-        answer(res, 200, await b.capabilities());
+        answerJson(res, 200, await b.capabilities());
         return true;
       }
       const id = op![1]!;
       const what = op![2]!;
       const q = (k: string): string => {
-        const v = url.searchParams.get(k);
+        const v = req.query.get(k);
         if (!isId(v)) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `query parameter ${k} is missing or not an id`);
         return v;
       };
       const bytes = (): number => {
-        const n = Number(url.searchParams.get('sizeBytes'));
+        const n = Number(req.query.get('sizeBytes'));
         if (!Number.isSafeInteger(n) || n <= 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, 'sizeBytes must be a positive integer');
         return n;
       };
@@ -108,43 +98,16 @@ export function volumeRoutes(o: VolumeRoutesOptions): VolumeRoutes {
         out = await b.cloneFromSnapshot(id, q('snapshotId'), newId, bytes());
       }
       o.log?.info({ volume: id, op: what, backend: name }, 'volume operation done');
-      answer(res, 200, out);
+      answerJson(res, 200, out);
     } catch (e) {
-      o.log?.warn({ err: (e as Error).message, path: url.pathname }, 'volume operation failed');
-      failWith(res, e);
+      o.log?.warn({ err: (e as Error).message, path: req.path }, 'volume operation failed');
+      answerError(res, e);
     }
     return true;
   };
 }
 
 // ---- the API side ---------------------------------------------------------------------------
-
-/** An authenticated request to a node's agent (RemoteNodeAgents.call). */
-export type AgentCall = (node: string, method: string, path: string, timeoutMs?: number) => Promise<IncomingMessage>;
-
-const CODES = new Set<string>(Object.values(ErrorCodes));
-
-async function body(res: IncomingMessage): Promise<string> {
-  const parts: Buffer[] = [];
-  for await (const c of res) parts.push(c as Buffer);
-  return Buffer.concat(parts).toString('utf8');
-}
-
-/** The agent's answer: JSON on 200; its typed error (x-mvm-code) raised again as it is; else UNAVAILABLE. */
-export async function result<T>(node: string, res: IncomingMessage, what: string): Promise<T> {
-  const text = await body(res);
-  if (res.statusCode === 200) return (text ? JSON.parse(text) : {}) as T;
-  let msg = text;
-  try {
-    msg = (JSON.parse(text) as { message?: string }).message ?? text;
-  } catch {
-    // plain text
-  }
-  const code = res.headers['x-mvm-code'];
-  if (typeof code === 'string' && CODES.has(code)) return Promise.reject(new MvmError(code as ErrorCode, msg));
-  // 401/403: this installation's RBAC or tokens, not the caller's fault.
-  return Promise.reject(new MvmError(ErrorCodes.UNAVAILABLE, `${what}: the agent of node ${node} answered ${res.statusCode}: ${msg}`, { details: { agentStatus: res.statusCode } }));
-}
 
 const apiOnly = (what: string): MvmError => new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `${what} is the node agent's work in cluster mode, not the API's`);
 
@@ -168,7 +131,7 @@ export class RemoteVolumeBackend implements VolumeBackend {
     const node = await this.where();
     const q = new URLSearchParams({ backend: this.name, ...Object.fromEntries(Object.entries(params).map(([k, v]) => [k, String(v)])) });
     const res = await this.remote.call(node, 'POST', `/v1/volumes/${encodeURIComponent(id)}/${what}?${q}`, 600_000);
-    return result<T>(node, res, `volume ${what} of ${id}`);
+    return agentResult<T>(node, res, `volume ${what} of ${id}`);
   }
 
   capabilities(): Promise<VolumeBackendCapabilities> {
@@ -224,9 +187,7 @@ export class RemoteVolumes {
     return [...new Set(names)].map((n) => new RemoteVolumeBackend(n, this));
   }
 
-  call(node: string, method: string, path: string, timeoutMs?: number): Promise<IncomingMessage> {
-    return this.o.call(node, method, path, timeoutMs);
-  }
+  call: AgentCall = (node, method, path, timeoutMs) => this.o.call(node, method, path, timeoutMs);
 
   /** Nodes whose agent serves (endpoint published) and that take new work (not cordoned, not NotReady). */
   async nodes(): Promise<string[]> {
@@ -256,7 +217,7 @@ export class RemoteVolumes {
     let caps: VolumeBackendCapabilities;
     try {
       const n = node ?? (await this.anyNode());
-      caps = await result<VolumeBackendCapabilities>(n, await this.o.call(n, 'GET', `/v1/volume-backends/${encodeURIComponent(backend)}`), `capabilities of volume backend ${backend}`);
+      caps = await agentResult<VolumeBackendCapabilities>(n, await this.o.call(n, 'GET', `/v1/volume-backends/${encodeURIComponent(backend)}`), `capabilities of volume backend ${backend}`);
     } catch (e) {
       const err = asMvmError(e);
       return { backend, available: false, reason: err.message, copyOnWrite: false, atomicSnapshots: false, shared: false };
