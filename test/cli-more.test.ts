@@ -5,12 +5,12 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { CLI_BIN, apiCall, destroyDataDir, startService, type TestService } from './support/service.js';
+import { apiCall, destroyDataDir, startService, type TestService } from './support/service.js';
+import { cliRunner, type CliResult } from './support/cli.js';
 import { formatRule, parseQuotas, parseRule, parseSince } from '../src/cli/more.js';
 import { buildCreateRequest } from '../src/cli/main.js';
 
@@ -18,21 +18,14 @@ let svc: TestService;
 const home = mkdtempSync(join(tmpdir(), 'mvm-clion-home-'));
 const imageCache = mkdtempSync(join(tmpdir(), 'mvm-clion-images-'));
 
-function mvm(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CLI_BIN, '--server', svc.url, ...args], {
-    encoding: 'utf8',
-    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: join(home, '.config'), MVM_DATA_DIR: svc.dataDir },
-    timeout: 60_000,
-  });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
+const mvm = cliRunner(() => svc, home);
 
-function ok(r: { code: number; out: string; err: string }): string {
+function ok(r: CliResult): string {
   assert.equal(r.code, 0, `expected success, got ${r.code}: ${r.err}`);
   return r.out;
 }
 
-function fails(r: { code: number; out: string; err: string }, re: RegExp): void {
+function fails(r: CliResult, re: RegExp): void {
   assert.equal(r.code, 1, `expected failure, got ${r.code}: ${r.out}${r.err}`);
   assert.match(r.err, re);
   assert.doesNotMatch(r.err, /\n\s+at /, 'no stack trace');

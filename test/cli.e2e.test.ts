@@ -6,19 +6,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI_BIN, destroyDataDir, qemuProcessesUnder, startService, type TestService } from './support/service.js';
+import { cliRunner } from './support/cli.js';
 
 let svc: TestService;
 const home = mkdtempSync(join(tmpdir(), 'mvm-cli-home-'));
 
-function mvm(...args: string[]): { code: number; out: string; err: string } {
-  // No --token: on the service's host the CLI finds the admin token in MVM_DATA_DIR by itself.
-  const r = spawnSync(process.execPath, [CLI_BIN, '--server', svc.url, ...args], {
-    encoding: 'utf8',
-    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: join(home, '.config'), MVM_DATA_DIR: svc.dataDir },
-    timeout: 180_000,
-  });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
+const mvm = cliRunner(() => svc, home, 180_000);
 
 before(async () => {
   svc = await startService();

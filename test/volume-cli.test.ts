@@ -4,25 +4,18 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI_BIN, apiCall, destroyDataDir, startService, type TestService } from './support/service.js';
+import { apiCall, destroyDataDir, startService, type TestService } from './support/service.js';
+import { cliRunner } from './support/cli.js';
 import { sleep } from '../src/vmm/proc.js';
 import { buildCreateRequest } from '../src/cli/main.js';
 
 let svc: TestService;
 const home = mkdtempSync(join(tmpdir(), 'mvm-volcli-home-'));
 
-function mvm(...args: string[]): { code: number; out: string; err: string } {
-  const r = spawnSync(process.execPath, [CLI_BIN, '--server', svc.url, ...args], {
-    encoding: 'utf8',
-    env: { PATH: process.env.PATH, HOME: home, XDG_CONFIG_HOME: join(home, '.config'), MVM_DATA_DIR: svc.dataDir },
-    timeout: 60_000,
-  });
-  return { code: r.status ?? -1, out: r.stdout, err: r.stderr };
-}
+const mvm = cliRunner(() => svc, home);
 
 before(async () => {
   svc = await startService({ env: { MVM_NETWORK: 'none' } });

@@ -6,6 +6,8 @@ import type { CreateMicroVMRequestT, MicroVMT, PhaseT, UpdateMicroVMRequestT, Vm
 import type { CreateVolumeRequestT, VolumeSnapshotT, VolumeT } from '../core/schema.js';
 import type { SecurityGroupRequestT, SecurityGroupT, SecurityGroupUpdateT, SnapshotT } from '../core/schema.js';
 import type { ApiKeyT, AuditEntryT, CreateApiKeyRequestT, CreateTenantRequestT, TenantT, TenantUsageT, UpdateTenantRequestT } from '../core/tenancy-schema.js';
+import type { AuditQuery } from '../core/ports/audit.js';
+import type { CachedImage, ImageGcResult } from '../core/ports/images.js';
 
 export type MicroVM = MicroVMT;
 export type Phase = PhaseT;
@@ -222,9 +224,7 @@ export class MvmClient {
   }
 
   list(params: ListParams = {}): Promise<MicroVMList> {
-    const q = new URLSearchParams();
-    if (params.limit !== undefined) q.set('limit', String(params.limit));
-    if (params.cursor) q.set('cursor', params.cursor);
+    const q = pageQuery(params);
     if (params.phase) q.set('phase', params.phase);
     for (const l of params.labels ?? []) q.append('label', l);
     return this.#json<MicroVMList>('GET', '/microvms', { query: q });
@@ -375,7 +375,7 @@ export class MvmClient {
     return this.#json<ApiKeyT>('DELETE', `/apikeys/${enc(id)}`);
   }
 
-  audit(params: AuditParams = {}): Promise<{ items: AuditEntryT[]; next_cursor?: string }> {
+  audit(params: AuditQuery = {}): Promise<{ items: AuditEntryT[]; next_cursor?: string }> {
     const q = new URLSearchParams();
     for (const [k, v] of Object.entries(params)) if (v !== undefined && v !== '') q.set(k, String(v));
     return this.#json('GET', '/audit', { query: q });
@@ -541,38 +541,6 @@ export class MvmClient {
     if (res.ok) return res;
     throw await problemFrom(res);
   }
-}
-
-export interface AuditParams {
-  tenant?: string;
-  subject?: string;
-  keyId?: string;
-  result?: string;
-  operation?: string;
-  resource?: string;
-  resourceId?: string;
-  since?: string;
-  until?: string;
-  limit?: number;
-  cursor?: string;
-}
-
-export interface CachedImage {
-  kind: 'rootfs' | 'kernel';
-  digest: string;
-  references: string[];
-  sizeBytes: number;
-  imageSizeBytes: number;
-  createdAt: string;
-  lastUsedAt: string;
-  inUse: number;
-}
-
-export interface ImageGcResult {
-  removed: Array<{ kind: string; digest: string; sizeBytes: number }>;
-  freedBytes: number;
-  keptInUse: number;
-  remainingBytes: number;
 }
 
 function pageQuery(p: { limit?: number; cursor?: string }): URLSearchParams {

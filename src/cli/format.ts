@@ -82,7 +82,8 @@ export function renderList(items: MicroVM[], now = Date.now()): string {
   return renderTable(LIST_HEADERS, rows);
 }
 
-function kv(pairs: Array<[string, string]>): string {
+/** `key:  value` lines, values aligned. */
+export function kv(pairs: Array<[string, string]>): string {
   const w = Math.max(...pairs.map(([k]) => k.length)) + 1;
   return pairs.map(([k, v]) => `${(k + ':').padEnd(w)}  ${v}`.trimEnd()).join('\n') + '\n';
 }

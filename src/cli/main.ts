@@ -1,12 +1,11 @@
 /** The `mvm` command line: argument parsing, commands, output and error reporting. */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
-import { parse as parseYaml } from 'yaml';
 import { ApiError, ConnectionError, MvmClient, WaitTimeoutError, formatMs, isReady } from './client.js';
 import type { CreateRequest, MicroVM, UpdateRequest } from './client.js';
 import { ConfigError, resolveConfig, type ResolvedConfig } from './config.js';
 import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type OutputFormat } from './format.js';
-import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, UsageError } from './parse.js';
+import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, readDoc, UsageError } from './parse.js';
 import { Progress } from './progress.js';
 import { parseVolumeFlag, registerVolumeCommands } from './volumes.js';
 import { registerMoreCommands } from './more.js';
@@ -148,20 +147,7 @@ async function waitGone(ctx: Ctx, id: string, timeoutMs: number): Promise<void> 
 }
 
 function readSpecFile(path: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = path === '-' ? readFileSync(0, 'utf8') : readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text); // YAML is a superset of JSON
-  } catch (e) {
-    throw new UsageError(`cannot parse ${path}: ${(e as Error).message.split('\n')[0]}`);
-  }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`${path} must contain an object`);
-  const o = { ...(doc as Record<string, unknown>) };
+  const o = readDoc(path);
   // Accept a full MicroVM resource too: { name, spec: {...} } → flat create request.
   if (o.spec && typeof o.spec === 'object' && !Array.isArray(o.spec)) {
     const flat: Record<string, unknown> = { ...(o.spec as Record<string, unknown>) };

@@ -2,21 +2,16 @@
  * `mvm snapshot|sg|tenant|key|audit|image`: each subcommand is a thin mapping to one REST call
  * of /api/v1 (snapshots, securitygroups, tenants, apikeys, audit, images).
  */
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { parse as parseYaml } from 'yaml';
 import type { MvmClient } from './client.js';
+import type { VolumeCtx } from './volumes.js';
 import type { SecurityGroupT, SnapshotT } from '../core/schema.js';
 import type { ApiKeyT, TenantQuotasT, TenantT, TenantUsageT } from '../core/tenancy-schema.js';
-import { age, bytes, renderTable, serialize, type OutputFormat } from './format.js';
-import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, UsageError } from './parse.js';
+import { age, bytes, kv, renderTable, serialize } from './format.js';
+import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, readDoc, UsageError } from './parse.js';
 
-export interface MoreCtx {
-  client: MvmClient;
-  output: OutputFormat;
-  quiet: boolean;
-  io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
-}
+/** The same context as the volume commands': client, output format, --quiet, streams. */
+export type MoreCtx = VolumeCtx;
 
 /** Tells the error reporter what the command is about ("security group \"web\" not found"). */
 export type About = (kind: string, id: string) => void;
@@ -51,31 +46,9 @@ function printList<T>(ctx: MoreCtx, items: T[], next: string | undefined, what: 
   }
 }
 
+/** As printOne; a DELETE that answers nothing is shown as `{id, deleted: true}`. */
 function printDeleted(ctx: MoreCtx, obj: unknown, text: string, id: string): void {
-  if (ctx.output !== 'table') ctx.io.stdout.write(serialize(obj ?? { id, deleted: true }, ctx.output));
-  else ctx.io.stdout.write(ctx.quiet ? `${id}\n` : text);
-}
-
-function kv(pairs: Array<[string, string]>): string {
-  const w = Math.max(...pairs.map(([k]) => k.length)) + 1;
-  return pairs.map(([k, v]) => `${(k + ':').padEnd(w)}  ${v}`.trimEnd()).join('\n') + '\n';
-}
-
-function readDoc(path: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = path === '-' ? readFileSync(0, 'utf8') : readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text);
-  } catch (e) {
-    throw new UsageError(`cannot parse ${path}: ${(e as Error).message.split('\n')[0]}`);
-  }
-  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`${path} must contain an object`);
-  return { ...(doc as Record<string, unknown>) };
+  printOne(ctx, obj ?? { id, deleted: true }, text, id);
 }
 
 /** Every page of a cursor-paged list, or one page of at most `limit`. */
@@ -230,6 +203,8 @@ export function parseSince(s: string, what: string, now = Date.now()): string {
   return new Date(t).toISOString();
 }
 
+const AUDIT_RESULTS = ['allowed', 'denied', 'failed'] as const;
+
 const snapRow = (s: SnapshotT): string[] => [s.id, s.name, s.vmId, s.phase, s.sizeBytes !== undefined ? bytes(s.sizeBytes) : '-', s.node, age(s.createdAt)];
 const SNAP_HEADERS = ['ID', 'NAME', 'VM', 'PHASE', 'SIZE', 'NODE', 'AGE'];
 const keyRow = (k: ApiKeyT): string[] => [k.id, k.name, k.tenant, k.role, k.state, dash(k.expiresAt), age(k.createdAt)];
@@ -242,6 +217,18 @@ function defaultSnapshotName(vm: string, now = new Date()): string {
 }
 
 export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx, about: About): void {
+  /** `rm <id>` (alias delete) of a resource whose DELETE answers nothing: prints `done(id)`, or the id with -q. */
+  const rm = (parent: Command, name: string, desc: string, kind: string, del: (client: MvmClient, id: string) => Promise<void>, done: (id: string) => string): void => {
+    child(parent, name, desc)
+      .alias('delete')
+      .action(async (id: string, _o: unknown, c: Command) => {
+        about(kind, id);
+        const ctx = ctxOf(c);
+        await del(ctx.client, id);
+        printDeleted(ctx, undefined, done(id), id);
+      });
+  };
+
   // ---- snapshots --------------------------------------------------------
   const snap = group(sub, 'snapshot', 'manage microVM snapshots (memory, devices and disks)', [
     'mvm snapshot create web --name web-before-upgrade',
@@ -281,14 +268,7 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
     pairs.push(['driver', s.driver], ['node', s.node], ['vcpu', dash(s.spec?.vcpu)], ['memory', dash(s.spec?.memory)], ['size', s.sizeBytes !== undefined ? bytes(s.sizeBytes) : '-'], ['created', s.createdAt]);
     printOne(ctx, s, kv(pairs), s.id);
   });
-  child(snap, 'rm <id>', 'delete a snapshot (refused while microVMs restored from it exist)')
-    .alias('delete')
-    .action(async (id: string, _o: unknown, c: Command) => {
-      about('snapshot', id);
-      const ctx = ctxOf(c);
-      await ctx.client.deleteSnapshot(id);
-      printDeleted(ctx, undefined, `snapshot "${id}" deleted\n`, id);
-    });
+  rm(snap, 'rm <id>', 'delete a snapshot (refused while microVMs restored from it exist)', 'snapshot', (client, id) => client.deleteSnapshot(id), (id) => `snapshot "${id}" deleted\n`);
 
   // ---- security groups --------------------------------------------------
   const sg = group(sub, 'sg', 'manage security groups (firewall rules of microVMs)', [
@@ -360,14 +340,7 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
       const g = await ctx.client.updateSecurityGroup(id, body as never);
       printOne(ctx, g, renderSg(g), g.id);
     });
-  child(sg, 'rm <id>', 'delete a security group (refused while microVMs use it)')
-    .alias('delete')
-    .action(async (id: string, _o: unknown, c: Command) => {
-      about('security group', id);
-      const ctx = ctxOf(c);
-      await ctx.client.deleteSecurityGroup(id);
-      printDeleted(ctx, undefined, `security group "${id}" deleted\n`, id);
-    });
+  rm(sg, 'rm <id>', 'delete a security group (refused while microVMs use it)', 'security group', (client, id) => client.deleteSecurityGroup(id), (id) => `security group "${id}" deleted\n`);
 
   // ---- tenants (admin) ---------------------------------------------------
   const tenant = group(sub, 'tenant', 'manage tenants and their quotas (admins)', [
@@ -395,7 +368,7 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
     .action(async (o: { limit?: string }, c: Command) => {
       const limit = o.limit !== undefined ? parseIntArg(o.limit, '--limit', 1) : undefined;
       const ctx = ctxOf(c);
-      const { items, next } = await pages(limit, (cursor) => ctx.client.listTenants({ ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }));
+      const { items, next } = await pages(limit, (cursor) => ctx.client.listTenants({ limit, cursor }));
       printList(ctx, items, next, 'tenants', ['ID', 'DISPLAY NAME', 'QUOTAS', 'AGE'], (t) => [t.id, dash(t.displayName), quotasText(t.quotas), age(t.createdAt)], (t) => t.id);
     });
   child(tenant, 'get <id>', 'show a tenant').action(async (id: string, _o: unknown, c: Command) => {
@@ -477,7 +450,7 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
     .action(async (o: { tenant?: string; limit?: string }, c: Command) => {
       const limit = o.limit !== undefined ? parseIntArg(o.limit, '--limit', 1) : undefined;
       const ctx = ctxOf(c);
-      const { items, next } = await pages(limit, (cursor) => ctx.client.listApiKeys({ ...(o.tenant ? { tenant: o.tenant } : {}), ...(limit ? { limit } : {}), ...(cursor ? { cursor } : {}) }));
+      const { items, next } = await pages(limit, (cursor) => ctx.client.listApiKeys({ tenant: o.tenant, limit, cursor }));
       printList(ctx, items, next, 'API keys', KEY_HEADERS, keyRow, (k) => k.id);
     });
   child(key, 'rm <id>', 'revoke an API key (at once)')
@@ -506,13 +479,14 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
     .option('--until <time>', 'entries before: RFC 3339 time or a duration ago')
     .option('--limit <n>', 'at most N entries (one page)', '100')
     .action(async (o: Record<string, string | undefined>, c: Command) => {
-      if (o.result !== undefined && !['allowed', 'denied', 'failed'].includes(o.result)) throw new UsageError(`invalid --result ${JSON.stringify(o.result)} (one of allowed, denied, failed)`);
+      const result = AUDIT_RESULTS.find((x) => x === o.result);
+      if (o.result !== undefined && !result) throw new UsageError(`invalid --result ${JSON.stringify(o.result)} (one of allowed, denied, failed)`);
       const limit = parseIntArg(o.limit ?? '100', '--limit', 1);
       const q = {
         tenant: o.tenant,
         subject: o.subject,
         keyId: o.keyId,
-        result: o.result,
+        result,
         operation: o.operation,
         resource: o.resource,
         resourceId: o.resourceId,
@@ -550,14 +524,7 @@ export function registerMoreCommands(sub: Sub, ctxOf: (cmd: Command) => MoreCtx,
         (i) => i.digest,
       );
     });
-  child(image, 'rm <digest>', 'delete a cached image (refused while a microVM uses it)')
-    .alias('delete')
-    .action(async (digest: string, _o: unknown, c: Command) => {
-      about('image', digest);
-      const ctx = ctxOf(c);
-      await ctx.client.deleteImage(digest);
-      printDeleted(ctx, undefined, `image ${digest} deleted\n`, digest);
-    });
+  rm(image, 'rm <digest>', 'delete a cached image (refused while a microVM uses it)', 'image', (client, digest) => client.deleteImage(digest), (digest) => `image ${digest} deleted\n`);
   child(image, 'gc', 'garbage-collect unused cached images now')
     .option('--max-idle <duration>', 'remove unused images idle longer, e.g. 10m, 7d (default: the node policy)')
     .option('--max-bytes <n>', 'then remove least recently used unused images until the cache fits')

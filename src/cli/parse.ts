@@ -1,4 +1,6 @@
 /** Parsers of CLI argument values. They throw UsageError with a message fit for `error: …`. */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -64,4 +66,22 @@ export function parsePhase(s: string): string {
 
 export function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
+}
+
+/** A JSON or YAML file ("-": stdin) holding one object; a shallow copy of it. */
+export function readDoc(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = path === '-' ? readFileSync(0, 'utf8') : readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text); // YAML is a superset of JSON
+  } catch (e) {
+    throw new UsageError(`cannot parse ${path}: ${(e as Error).message.split('\n')[0]}`);
+  }
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`${path} must contain an object`);
+  return { ...(doc as Record<string, unknown>) };
 }
