@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test deps build web images bench clean lint control-plane container-images
+.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -13,13 +13,19 @@ run: deps build web images
 test: deps build web images control-plane
 	$(NODE) scripts/run-tests.mjs
 
+## The unit tests alone (test/unit): no root, no guests, no control plane; under a minute.
+test-unit: deps build
+	$(NODE) scripts/run-tests.mjs --layer unit
+
 control-plane:
 	@scripts/k8s/ensure-control-plane.sh >/dev/null
 
 deps:
 	@scripts/setup.sh
 
+## dist/ is rebuilt from scratch, so nothing compiled from a deleted source survives (dist/web is the dashboard's).
 build: deps
+	@rm -rf dist/src dist/test dist/bench
 	@npx tsc -p tsconfig.json
 
 ## The dashboard (React + Vite) into dist/web, served at / by the API process.
@@ -46,7 +52,7 @@ bench-scheduler: deps build
 	$(NODE) dist/bench/scheduler.js
 
 ## Container images of the cluster components (deploy/images/Dockerfile), tagged as deploy/ names them:
-## <stage>=<image> pairs; test/container-images.test.ts checks them against every `image:` in deploy/.
+## <stage>=<image> pairs; test/integration/container-images.test.ts checks them against every `image:` in deploy/.
 IMAGE_REGISTRY   ?= microvm-service
 IMAGE_TAG        ?= 0.1.0
 CONTAINER_IMAGES := api=api operator=operator agent=firecracker-runtime

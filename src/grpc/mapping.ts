@@ -30,7 +30,7 @@ const validateUpdate = ajv.compile(UpdateMicroVMRequest);
 /**
  * Every field of a create request / spec (src/core/schema.ts) → its proto field path, or null for
  * a field the gRPC API does not carry (yet), with the reason. Keyed by the schema's own type, so a
- * new schema field does not compile until it is listed here; test/grpc-mapping.test.ts checks this
+ * new schema field does not compile until it is listed here; test/unit/grpc-mapping.test.ts checks this
  * table against the TypeBox properties and the proto's MicroVMSpec fields, and that every mapped
  * field round-trips. Also used to name violations after the field the gRPC caller sent.
  */

@@ -11,7 +11,7 @@
  * label keys) are added as CEL `x-kubernetes-validations`.
  *
  * `node dist/src/cmd/mvm-crds.js > deploy/crds/microvm.service_crds.yaml` writes them;
- * test/k8s-crds.test.ts fails when that file and this generator drift apart.
+ * test/integration/k8s-crds.test.ts fails when that file and this generator drift apart.
  */
 import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';

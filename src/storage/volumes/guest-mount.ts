@@ -1,6 +1,6 @@
 /**
  * The guest side of volumes: a POSIX sh fragment for PID 1 (the default image's
- * images/guest/rootfs-init carries the same text, checked by test/volume-unit.test.ts, and the
+ * images/guest/rootfs-init carries the same text, checked by test/unit/volumes.test.ts, and the
  * OCI init embeds it). The node agent passes one kernel parameter per volume:
  *
  *   mvm.vol=<device>:<ro|rw>:<mountPath>      e.g. mvm.vol=vdb:rw:/data

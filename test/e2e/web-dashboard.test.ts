@@ -1,0 +1,185 @@
+/**
+ * The dashboard end to end in a real browser (Debian's chromium, driven by
+ * playwright-core; no browser is downloaded) against the real service with a
+ * real guest: sign in, validation, create, watch it reach Running and ready,
+ * read its console, charts and events, API errors shown, stop, delete.
+ * Screenshots go to test-artifacts/ (MVM_UPDATE_DOCS_SCREENSHOT=1 also writes
+ * docs/dashboard.png).
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { REPO, destroyDataDir, startService, type TestService } from '../support/service.js';
+
+const CHROMIUM = process.env.MVM_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+const WEB_INDEX = join(REPO, 'dist/web/index.html');
+const ARTIFACTS = join(REPO, 'test-artifacts');
+const BOOT_TIMEOUT = 150_000;
+
+let svc: TestService;
+let browser: Browser;
+let page: Page;
+const consoleErrors: string[] = [];
+
+const shot = async (name: string): Promise<void> => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: join(ARTIFACTS, `dashboard-${name}.png`), fullPage: true });
+};
+
+before(async () => {
+  assert.ok(CHROMIUM, 'chromium is not installed (apt-get install chromium; scripts/setup.sh installs it)');
+  assert.ok(existsSync(WEB_INDEX), `the dashboard is not built (${WEB_INDEX}): run make build`);
+  svc = await startService({ env: { MVM_METRICS_SAMPLE_SECONDS: '2' } });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
+  const ctx = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  page = await ctx.newPage();
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource: the server responded with a status of 4\d\d/.test(m.text())) consoleErrors.push(m.text()); // expected API errors
+  });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+});
+
+after(async () => {
+  await browser?.close().catch(() => undefined);
+  await svc?.stop().catch(() => undefined);
+  if (svc) await destroyDataDir(svc.dataDir);
+});
+
+test('the dashboard is served with safe headers', async () => {
+  const res = await fetch(`${svc.url}/`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /text\/html/);
+  assert.match(res.headers.get('content-security-policy') ?? '', /default-src 'self'/);
+  const html = await res.text();
+  const asset = /src="(\/assets\/[^"]+\.js)"/.exec(html)?.[1];
+  assert.ok(asset, html);
+  const js = await fetch(`${svc.url}${asset}`);
+  assert.equal(js.status, 200);
+  assert.match(js.headers.get('cache-control') ?? '', /immutable/);
+  // Unknown API paths stay problem+json, not the SPA.
+  const nf = await fetch(`${svc.url}/api/v1/nope`, { headers: { authorization: `Bearer ${svc.token}` } });
+  assert.equal(nf.status, 404);
+  assert.match(nf.headers.get('content-type') ?? '', /problem\+json/);
+});
+
+test('sign in, create with validation, watch it run, console, charts, events, errors, stop, delete', { timeout: 400_000 }, async () => {
+  await page.goto(svc.url);
+  // --- sign in: a wrong token is refused with the API's reason.
+  await page.getByLabel('API token').fill('wrong-token');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  const alert = page.getByRole('alert');
+  await alert.waitFor();
+  assert.match(await alert.innerText(), /401 · UNAUTHENTICATED/);
+  assert.match(await alert.innerText(), /invalid token/);
+  await shot('signin-error');
+  await page.getByLabel('API token').fill(svc.token);
+  await page.keyboard.press('Enter'); // keyboard submits the form
+  await page.getByRole('heading', { name: 'MicroVMs' }).waitFor();
+  await page.getByText('No microVMs yet.').waitFor();
+  await page.locator('.top .live.on').waitFor(); // the event stream is connected
+  // Tenant usage degrades gracefully while the server has no usage endpoint.
+  const usage = await fetch(`${svc.url}/api/v1/tenants/default/usage`, { headers: { authorization: `Bearer ${svc.token}` } });
+  if (usage.status === 404) await page.getByTestId('usage-unavailable').waitFor();
+
+  // --- accessibility basics: every form control has a label; the skip link comes first.
+  await page.goto(`${svc.url}/#/create`);
+  await page.getByRole('heading', { name: 'Create a microVM' }).waitFor();
+  // (page functions are strings: this file compiles without the DOM library)
+  const unlabelled = await page.evaluate<string[]>(
+    `[...document.querySelectorAll('input, select, textarea')].filter((el) => el.labels.length === 0 && !el.getAttribute('aria-label')).map((el) => el.outerHTML)`,
+  );
+  assert.deepEqual(unlabelled, []);
+  await page.reload();
+  await page.getByRole('heading', { name: 'Create a microVM' }).waitFor();
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate<string>('document.activeElement.textContent'), 'Skip to content');
+
+  // --- client-side validation mirrors the API schema (no request is sent).
+  await page.getByLabel('Name', { exact: true }).fill('Bad_Name');
+  await page.getByLabel('Memory').fill('64Mi');
+  await page.getByLabel('vCPUs').fill('9');
+  await page.getByRole('button', { name: 'Create', exact: true }).click();
+  await page.locator('#c-name-error').waitFor();
+  assert.match(await page.locator('#c-name-error').innerText(), /lowercase/);
+  assert.match(await page.locator('#c-memory-error').innerText(), /128Mi and 8Gi/);
+  assert.match(await page.locator('#c-vcpu-error').innerText(), /8/);
+  assert.equal(await page.getByLabel('Name', { exact: true }).getAttribute('aria-invalid'), 'true');
+  assert.equal((await svc.client.list()).items.length, 0);
+  await shot('create-validation');
+
+  // --- create a real guest.
+  await page.getByLabel('Name', { exact: true }).fill('web1');
+  await page.getByLabel('Memory').fill('128Mi');
+  await page.getByLabel('vCPUs').fill('1');
+  await page.getByLabel('Labels').fill('app=demo, tier=web');
+  await page.getByRole('button', { name: 'Create', exact: true }).click();
+  await page.getByRole('heading', { name: /web1/ }).waitFor();
+  const vm = (await svc.client.list()).items.find((v) => v.name === 'web1');
+  assert.ok(vm);
+  assert.deepEqual(vm.spec.labels, { app: 'demo', tier: 'web' });
+
+  // --- it reaches Running and the guest becomes ready: the page updates by itself.
+  await page.locator('h1 .badge[data-phase="Running"]').waitFor({ timeout: BOOT_TIMEOUT });
+  await page.locator('.facts dd', { hasText: /^ready$/ }).waitFor({ timeout: BOOT_TIMEOUT });
+  // --- console: streamed, with the guest's readiness line.
+  await page.getByTestId('console').filter({ hasText: `MVM-READY id=${vm.id}` }).waitFor({ timeout: 60_000 });
+  const consoleText = await page.getByTestId('console').innerText();
+  assert.match(consoleText, /Linux version/);
+  // --- events and live metrics.
+  await page.getByTestId('events').getByText('GuestReady').waitFor({ timeout: 30_000 });
+  await page.getByTestId('metrics-now').waitFor({ timeout: 30_000 });
+  // A locator wait, not waitForFunction(string): the page's CSP forbids eval, which a string predicate needs.
+  await page.locator('.chart polyline').nth(2).waitFor({ state: 'attached', timeout: 30_000 });
+  // Pause/resume/snapshot are enabled only when the served OpenAPI has them.
+  const doc = (await (await fetch(`${svc.url}/api/v1/openapi.json`)).json()) as { paths: Record<string, unknown> };
+  for (const a of ['Pause', 'Snapshot']) {
+    const has = !!doc.paths[`/api/v1/microvms/{id}/${a.toLowerCase()}`];
+    assert.equal(await page.getByRole('button', { name: a, exact: true }).isEnabled(), has, `${a} enabled=${has}`);
+  }
+  assert.equal(await page.getByRole('button', { name: 'Start', exact: true }).isEnabled(), false);
+  await page.waitForTimeout(6000); // a few more samples on the charts
+  await shot('detail-running');
+  if (process.env.MVM_UPDATE_DOCS_SCREENSHOT) copyFileSync(join(ARTIFACTS, 'dashboard-detail-running.png'), join(REPO, 'docs/dashboard.png'));
+
+  // --- the list shows it live with IP, node and uptime.
+  await page.goto(`${svc.url}/#/`);
+  const row = page.locator('tr[data-vm="web1"]');
+  await row.waitFor();
+  assert.match(await row.innerText(), /Running/);
+  assert.match(await row.innerText(), /\d+s|\d+m/);
+  await page.getByLabel('Phase').selectOption('Stopped');
+  await page.getByText('No microVM matches these filters.').waitFor();
+  await page.getByLabel('Phase').selectOption('');
+  await row.waitFor();
+  await shot('list');
+
+  // --- an API error is shown as problem+json says it (duplicate name).
+  await page.goto(`${svc.url}/#/create`);
+  await page.getByLabel('Name', { exact: true }).fill('web1');
+  await page.getByRole('button', { name: 'Create', exact: true }).click();
+  const dup = page.getByTestId('problem');
+  await dup.waitFor();
+  assert.match(await dup.innerText(), /409 · ALREADY_EXISTS/);
+  await shot('create-conflict');
+
+  // --- stop, then delete with confirmation.
+  await page.goto(`${svc.url}/#/vms/${vm.id}`);
+  await page.getByRole('button', { name: 'Stop', exact: true }).click();
+  await page.locator('h1 .badge[data-phase="Stopped"]').waitFor({ timeout: 60_000 });
+  await page.getByTestId('events').getByText('StopRequested').waitFor({ timeout: 15_000 });
+  await shot('detail-stopped');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  const dialog = page.getByRole('dialog', { name: 'Delete web1?' });
+  await dialog.waitFor();
+  await page.keyboard.press('Escape'); // cancel keeps it
+  await dialog.waitFor({ state: 'hidden' });
+  assert.ok(await svc.client.get(vm.id));
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await dialog.getByRole('button', { name: 'Delete' }).click();
+  await page.getByRole('heading', { name: 'MicroVMs' }).waitFor({ timeout: 60_000 });
+  await page.getByText('No microVMs yet.').waitFor({ timeout: 60_000 });
+  await shot('deleted');
+  assert.deepEqual(consoleErrors, []);
+});
