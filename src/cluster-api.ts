@@ -5,7 +5,7 @@
  * agents run them. Console and live metrics are proxied from the VM's node agent.
  *
  *   microVMs      → MicroVM CRs in the tenant's namespace (KubernetesStore, ADR 0010); reads from
- *                   the informer cache (src/cluster/read-cache.ts)
+ *                   the informer cache (src/store/kubernetes/read-cache.ts)
  *   tenants       → namespaces (KubernetesTenantStore)
  *   API keys      → Secrets in the system namespace (hash only)
  *   audit         → Events in the system namespace (+ structured `audit` log lines)
@@ -27,8 +27,8 @@ import { KubeConfig } from '@kubernetes/client-node';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { RemoteNodeAgents } from './agent/endpoint/client.js';
-import { createGatewayStack } from './api/compose.js';
-import { loadGatewayConfig } from './api/gateway-config.js';
+import { createGatewayStack } from './gateway/stack.js';
+import { loadGatewayConfig } from './gateway/config.js';
 import { buildApi } from './api/server.js';
 import type { Config } from './config.js';
 import type { MicroVM } from './core/microvm.js';
@@ -37,7 +37,7 @@ import { MicroVMService } from './core/service.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
-import { CachedKubernetesStore } from './cluster/read-cache.js';
+import { CachedKubernetesStore } from './store/kubernetes/read-cache.js';
 import type { KubernetesStore } from './store/kubernetes/k8s-store.js';
 import { KubernetesTenantStore } from './store/kubernetes/tenant-store.js';
 import { KubernetesResourceStore } from './store/kubernetes/resource-store.js';

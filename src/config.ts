@@ -1,7 +1,7 @@
 /** Configuration by environment, with documented defaults (README "Configuration"). */
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { loadGatewayConfig, type GatewayConfig } from './api/gateway-config.js';
+import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
 
 export interface Config {
   /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
@@ -30,7 +30,7 @@ export interface Config {
   resyncSeconds: number;
   /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
   stopTimeoutSeconds: number;
-  /** JWT/OIDC, rate limits, gRPC listener (src/api/gateway-config.ts). */
+  /** JWT/OIDC, rate limits, gRPC listener (src/gateway/config.ts). */
   gateway?: GatewayConfig;
   /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
   store: 'sqlite' | 'kubernetes';

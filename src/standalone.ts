@@ -10,8 +10,8 @@ import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
 import { createImageManager, createImageResolver, createNetworkManager, createVmmDriver } from './agent/node-runtime.js';
 import { detectCgroups } from './agent/cgroups.js';
-import { createGatewayStack } from './api/compose.js';
-import { loadGatewayConfig } from './api/gateway-config.js';
+import { createGatewayStack } from './gateway/stack.js';
+import { loadGatewayConfig } from './gateway/config.js';
 import { buildApi } from './api/server.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { SG_KIND } from './core/security-groups.js';
@@ -20,6 +20,9 @@ import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { SqliteStore } from './store/sqlite/sqlite-store.js';
+import { SqliteAuditLog } from './store/sqlite/audit-log.js';
+import { SqliteIdempotencyStore } from './store/sqlite/idempotency-store.js';
+import { SqliteTenantStore } from './store/sqlite/tenant-store.js';
 import { QemuDriver } from './vmm/qemu/qemu-driver.js';
 import { passwdIds } from './vmm/proc.js';
 import { validateRules } from './network/sg-rules.js';
@@ -139,7 +142,15 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const { token, file } = ensureAdminToken(cfg);
   // Gateway: tenants, API keys, JWT/OIDC, rate limits, idempotency, audit — shared by REST and gRPC.
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
-  const gw = await createGatewayStack({ store, config: gatewayConfig, adminToken: token, log: log.child({ c: 'gateway' }), resources, resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND] });
+  const gw = await createGatewayStack({
+    store,
+    adapters: { tenantStore: new SqliteTenantStore(store), auditLog: new SqliteAuditLog(store), idempotency: new SqliteIdempotencyStore(store) },
+    config: gatewayConfig,
+    adminToken: token,
+    log: log.child({ c: 'gateway' }),
+    resources,
+    resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND],
+  });
   volumeDeps.tenants = gw.tenantStore;
   const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes });
   // Image cache management: in use = named by any microVM record (every phase).

@@ -3,7 +3,7 @@ import { ErrorCodes, MvmError } from '../core/errors.js';
 import type { Principal } from '../core/authz.js';
 import type { ApiKeyRecord, ApiKeyStore } from '../core/ports/apikeys.js';
 import { API_KEY_PREFIX, keyState, parseApiKeyToken, secretMatches } from '../core/tenancy.js';
-import type { Authenticator } from '../api/auth.js';
+import type { Authenticator } from '../core/ports/auth.js';
 
 const unauth = (reason: string, code: string): MvmError => new MvmError(ErrorCodes.UNAUTHENTICATED, reason, { details: { reason: code } });
 

@@ -11,7 +11,7 @@
 import { createRemoteJWKSet, decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import { ROLE_RANK, SYSTEM_TENANT, isRole, type Principal, type Role } from '../core/authz.js';
-import type { Authenticator } from '../api/auth.js';
+import type { Authenticator } from '../core/ports/auth.js';
 
 export interface JwtOptions {
   /** JWT_SECRET: enables HS256. */

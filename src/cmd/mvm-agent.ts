@@ -38,8 +38,10 @@ async function main(): Promise<void> {
     ...(ep.audiences ? { audiences: ep.audiences } : {}),
     advertise: ep.advertise,
     log: node.log.child({ c: 'endpoint' }),
-    volumes: volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
-    images: imageRoutes({ nodeName: node.nodeName, images: node.images, log: node.log.child({ c: 'images' }) }),
+    routes: [
+      volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
+      imageRoutes({ nodeName: node.nodeName, images: node.images, log: node.log.child({ c: 'images' }) }),
+    ],
   });
   closers.push(() => endpoint.close());
   // [end API cluster mode]

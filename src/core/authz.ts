@@ -1,6 +1,6 @@
 /**
  * Roles and permissions: the one table of who may do what. Every REST route and
- * every gRPC method declares the permission it needs (src/api/operations.ts);
+ * every gRPC method declares the permission it needs (src/gateway/operations.ts);
  * the gateway checks it with `assertCan` before any use case runs. Tenancy
  * (which tenant's objects a principal sees) is enforced by the use cases.
  */

@@ -1,6 +1,6 @@
 /**
  * Typed errors with stable codes. The core throws these; each edge (REST, gRPC,
- * Kubernetes conditions, CLI) maps them exactly once (see src/api/problem.ts).
+ * Kubernetes conditions, CLI) maps them exactly once (see src/gateway/problem.ts).
  */
 export const ErrorCodes = {
   VALIDATION_FAILED: 'VALIDATION_FAILED',

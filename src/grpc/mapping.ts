@@ -6,7 +6,7 @@ import AjvModule from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import type { MicroVM } from '../core/microvm.js';
 import { CreateMicroVMRequest, UpdateMicroVMRequest, type CreateMicroVMRequestT, type MicroVMSpecT, type UpdateMicroVMRequestT, type VmMetricsT } from '../core/schema.js';
-import { ajvToMvmError } from '../api/problem.js';
+import { ajvToMvmError } from '../gateway/problem.js';
 import type { CreateMicroVMRequest__Output } from './generated/microvm/service/v1alpha1/CreateMicroVMRequest.js';
 import type { GetMetricsResponse } from './generated/microvm/service/v1alpha1/GetMetricsResponse.js';
 import type { MicroVM as PbMicroVM } from './generated/microvm/service/v1alpha1/MicroVM.js';

@@ -12,9 +12,9 @@ import { ErrorCodes, MvmError, asMvmError, validationError } from '../core/error
 import type { Principal } from '../core/authz.js';
 import type { MicroVMService } from '../core/service.js';
 import type { PhaseT } from '../core/schema.js';
-import { collectConsole, followConsole, readConsoleTail } from '../api/console-stream.js';
-import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../api/gateway.js';
-import { operationForRpc } from '../api/operations.js';
+import { collectConsole, followConsole, readConsoleTail } from '../gateway/console-stream.js';
+import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
+import { operationForRpc } from '../gateway/operations.js';
 import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha1/MicroVMService.js';
 import { loadProto, SERVICE_PATH } from './loader.js';
 import { createRequestFromProto, metricsToProto, specToProto, statusToProto, updateRequestFromProto, vmToProto } from './mapping.js';

@@ -1,4 +1,4 @@
-/** The one mapping of error codes to gRPC status codes (REST has its own in src/api/problem.ts). */
+/** The one mapping of error codes to gRPC status codes (REST has its own in src/gateway/problem.ts). */
 import { status as Status } from '@grpc/grpc-js';
 import type { ErrorCode } from '../core/errors.js';
 

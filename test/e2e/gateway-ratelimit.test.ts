@@ -6,8 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { MemoryRateLimitStore } from '../../src/api/ratelimit/memory-store.js';
-import { bucketsFor, parsePolicy } from '../../src/api/ratelimit/policy.js';
+import { MemoryRateLimitStore } from '../../src/gateway/ratelimit/memory-store.js';
+import { bucketsFor, parsePolicy } from '../../src/gateway/ratelimit/policy.js';
 import { createGrpcClient, unaryCall } from '../../src/grpc/client.js';
 import { sleep } from '../../src/vmm/proc.js';
 import { destroyDataDir } from '../support/service.js';

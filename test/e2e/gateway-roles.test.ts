@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { REPO, destroyDataDir } from '../support/service.js';
 import { createKey, createTenant, hsToken, startGatewayService, type GatewayService } from '../support/gateway.js';
-import { OPERATIONS, renderPermissionsDoc } from '../../src/api/operations.js';
+import { OPERATIONS, renderPermissionsDoc } from '../../src/gateway/operations.js';
 
 let svc: GatewayService;
 const tok: Record<string, string> = {};
@@ -182,6 +182,6 @@ describe('declarations', () => {
   });
 
   test('docs/permissions.md is generated from the table', () => {
-    assert.equal(readFileSync(`${REPO}/docs/permissions.md`, 'utf8'), renderPermissionsDoc(), 'regenerate: node -e "import(\'./dist/src/api/operations.js\').then(m=>process.stdout.write(m.renderPermissionsDoc()))" > docs/permissions.md');
+    assert.equal(readFileSync(`${REPO}/docs/permissions.md`, 'utf8'), renderPermissionsDoc(), 'regenerate: node -e "import(\'./dist/src/gateway/operations.js\').then(m=>process.stdout.write(m.renderPermissionsDoc()))" > docs/permissions.md');
   });
 });

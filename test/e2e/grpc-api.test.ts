@@ -12,7 +12,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { ErrorCodes } from '../../src/core/errors.js';
-import { HTTP_STATUS } from '../../src/api/problem.js';
+import { HTTP_STATUS } from '../../src/gateway/problem.js';
 import { createGrpcClient, unaryCall, type MicroVMServiceClient } from '../../src/grpc/client.js';
 import { GRPC_STATUS } from '../../src/grpc/status.js';
 import type { MicroVM__Output } from '../../src/grpc/generated/microvm/service/v1alpha1/MicroVM.js';

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ACTION_PHASES, TRANSITIONS, assertAction, assertTransition, canTransition, parseQuantityMiB, validateSpec } from '../../src/core/microvm.js';
 import { ErrorCodes, MvmError } from '../../src/core/errors.js';
-import { HTTP_STATUS, toProblem } from '../../src/api/problem.js';
+import { HTTP_STATUS, toProblem } from '../../src/gateway/problem.js';
 import { parseDuration } from '../../src/core/service.js';
 import { vmFixture } from '../contract/store.contract.js';
 

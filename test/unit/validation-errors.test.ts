@@ -5,7 +5,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import AjvModule from 'ajv';
-import { ajvToMvmError } from '../../src/api/problem.js';
+import { ajvToMvmError } from '../../src/gateway/problem.js';
 import { CreateMicroVMRequest } from '../../src/core/schema.js';
 
 const Ajv = AjvModule.default ?? AjvModule;

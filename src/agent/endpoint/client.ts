@@ -17,7 +17,9 @@ import { memoryMiB, type MicroVM } from '../../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../../core/ports/agent.js';
 import type { VmMetricsT } from '../../core/schema.js';
 import { fromK8sError, httpStatus } from '../../k8s/errors.js';
-import { ANN_AGENT_ENDPOINT } from './server.js';
+import { ANN_AGENT_ENDPOINT, agentError, agentResult, readText, type AgentCall } from './http.js';
+
+export { agentError, agentResult, type AgentCall } from './http.js';
 
 export const SERVICE_ACCOUNT_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
@@ -107,7 +109,7 @@ export class RemoteNodeAgents implements NodeAgent {
       res.socket?.setTimeout(0);
       return res;
     }
-    const body = await text(res);
+    const body = await readText(res);
     let msg = body;
     try {
       msg = (JSON.parse(body) as { message?: string }).message ?? body;
@@ -122,7 +124,7 @@ export class RemoteNodeAgents implements NodeAgent {
   async metrics(vm: MicroVM): Promise<VmMetricsT> {
     if (!vm.status.node) return idleMetrics(vm);
     const res = await this.get(vm, `/v1/microvms/${encodeURIComponent(vm.id)}/metrics`);
-    return JSON.parse(await text(res)) as VmMetricsT;
+    return JSON.parse(await readText(res)) as VmMetricsT;
   }
 
   /** The console from the VM's node: `tail` bytes, then (follow) every new byte until the VM stops or `signal` aborts. */
@@ -221,38 +223,7 @@ const idleMetrics = (vm: MicroVM): VmMetricsT => ({
   net: [],
 });
 
-const CODES = new Set<string>(Object.values(ErrorCodes));
 
-/** An authenticated request to a node's agent, any answer returned (RemoteNodeAgents.call). */
-export type AgentCall = (node: string, method: string, path: string, timeoutMs?: number) => Promise<IncomingMessage>;
 
-/**
- * A node agent's failed answer: its own typed error (header x-mvm-code) is raised again as it is
- * (ILLEGAL_TRANSITION, CAPABILITY_UNSUPPORTED, ...); anything else — 401/403 (this installation's
- * RBAC or tokens, not the caller's fault), a VM no longer there — is UNAVAILABLE for the caller.
- */
-export async function agentError(node: string, res: IncomingMessage, what: string): Promise<MvmError> {
-  const body = await text(res);
-  let msg = body;
-  try {
-    msg = (JSON.parse(body) as { message?: string }).message ?? body;
-  } catch {
-    // plain text
-  }
-  const code = res.headers['x-mvm-code'];
-  if (typeof code === 'string' && CODES.has(code)) return new MvmError(code as ErrorCode, msg);
-  return new MvmError(ErrorCodes.UNAVAILABLE, `${what}: the agent of node ${node} answered ${res.statusCode}: ${msg}`, { details: { agentStatus: res.statusCode } });
-}
 
-/** A node agent's answer: its JSON on 200 (`{}` when empty), else its error (agentError) raised. */
-export async function agentResult<T>(node: string, res: IncomingMessage, what: string): Promise<T> {
-  if (res.statusCode !== 200) throw await agentError(node, res, what);
-  const body = await text(res);
-  return (body ? JSON.parse(body) : {}) as T;
-}
 
-async function text(res: IncomingMessage): Promise<string> {
-  const parts: Buffer[] = [];
-  for await (const c of res) parts.push(c as Buffer);
-  return Buffer.concat(parts).toString('utf8');
-}

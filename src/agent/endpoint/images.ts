@@ -20,8 +20,7 @@ import type { CachedImage, ImageCatalog, ImageGcResult, ImageList, NodeWarning }
 import { NODE_LEASE_LABEL } from '../../k8s/cluster.js';
 import { fromK8sError } from '../../k8s/errors.js';
 import { parseImageDigest } from '../../storage/oci/manager.js';
-import { agentResult, type AgentCall } from './client.js';
-import { ANN_AGENT_ENDPOINT, answerError, answerJson, type EndpointRoutes } from './server.js';
+import { ANN_AGENT_ENDPOINT, agentResult, answerError, answerJson, type AgentCall, type EndpointRouteGroup } from './http.js';
 
 const DIGEST_ROUTE = /^\/v1\/images\/([a-z0-9][-:a-z0-9]{0,199})$/;
 
@@ -29,39 +28,43 @@ const DIGEST_ROUTE = /^\/v1\/images\/([a-z0-9][-:a-z0-9]{0,199})$/;
 export type ImageVerb = 'get' | 'delete';
 
 /** The node side. Returns false when the path is not an image route. */
-export function imageRoutes(o: { nodeName: string; images: ImageCatalog; log?: Logger }): EndpointRoutes<ImageVerb> {
-  return async (req, access, res) => {
-    const list = req.method === 'GET' && req.path === '/v1/images';
-    const gc = req.method === 'POST' && req.path === '/v1/images/gc';
-    const del = req.method === 'DELETE' ? DIGEST_ROUTE.exec(req.path) : null; // the endpoint decoded sha256%3A…
-    if (!list && !gc && !del) return false;
-    const verb = list ? 'get' : 'delete';
-    if (!(await access(verb))) {
-      answerJson(res, 403, { status: 403, message: `may not ${verb} images/cache` });
-      return true;
-    }
-    try {
-      if (list) answerJson(res, 200, { items: await o.images.list() });
-      else if (del) {
-        const removed = await o.images.delete(del[1]!);
-        o.log?.info({ digest: del[1], node: o.nodeName }, 'image deleted for the API');
-        answerJson(res, 200, { removed });
-      } else {
-        const n = (k: string): number | undefined => {
-          const v = req.query.get(k);
-          if (v === null) return undefined;
-          const x = Number(v);
-          if (!Number.isSafeInteger(x) || x < 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `${k} must be a non-negative integer`);
-          return x;
-        };
-        const maxIdleMs = n('maxIdleMs');
-        const maxBytes = n('maxBytes');
-        answerJson(res, 200, await o.images.gc({ ...(maxIdleMs !== undefined ? { maxIdleMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}) }));
+export function imageRoutes(o: { nodeName: string; images: ImageCatalog; log?: Logger }): EndpointRouteGroup<ImageVerb> {
+  return {
+    resource: 'images',
+    subresource: 'cache',
+    handle: async (req, access, res) => {
+      const list = req.method === 'GET' && req.path === '/v1/images';
+      const gc = req.method === 'POST' && req.path === '/v1/images/gc';
+      const del = req.method === 'DELETE' ? DIGEST_ROUTE.exec(req.path) : null; // the endpoint decoded sha256%3A…
+      if (!list && !gc && !del) return false;
+      const verb = list ? 'get' : 'delete';
+      if (!(await access(verb))) {
+        answerJson(res, 403, { status: 403, message: `may not ${verb} images/cache` });
+        return true;
       }
-    } catch (e) {
-      answerError(res, e);
-    }
-    return true;
+      try {
+        if (list) answerJson(res, 200, { items: await o.images.list() });
+        else if (del) {
+          const removed = await o.images.delete(del[1]!);
+          o.log?.info({ digest: del[1], node: o.nodeName }, 'image deleted for the API');
+          answerJson(res, 200, { removed });
+        } else {
+          const n = (k: string): number | undefined => {
+            const v = req.query.get(k);
+            if (v === null) return undefined;
+            const x = Number(v);
+            if (!Number.isSafeInteger(x) || x < 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `${k} must be a non-negative integer`);
+            return x;
+          };
+          const maxIdleMs = n('maxIdleMs');
+          const maxBytes = n('maxBytes');
+          answerJson(res, 200, await o.images.gc({ ...(maxIdleMs !== undefined ? { maxIdleMs } : {}), ...(maxBytes !== undefined ? { maxBytes } : {}) }));
+        }
+      } catch (e) {
+        answerError(res, e);
+      }
+      return true;
+    },
   };
 }
 

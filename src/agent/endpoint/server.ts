@@ -26,43 +26,20 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { followConsole, readConsoleTail } from '../../api/console-stream.js';
-import { HTTP_STATUS } from '../../api/problem.js';
+import { followConsole, readConsoleTail } from '../../gateway/console-stream.js';
+import { HTTP_STATUS } from '../../gateway/problem.js';
 import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
 import type { NodeAgent } from '../../core/ports/agent.js';
-import type { ImageVerb } from './images.js';
-import type { VolumeVerb } from './volumes.js';
+import { ANN_AGENT_ENDPOINT, type EndpointRequest, type EndpointRouteGroup } from './http.js';
 
-export const ANN_AGENT_ENDPOINT = 'microvm.service/agent-endpoint';
+export { ANN_AGENT_ENDPOINT } from './http.js';
+
 export const AGENT_RESOURCE = { group: 'microvm.service', resource: 'microvms' } as const;
 
-/** A request as the endpoint's routes see it: the path percent-decoded once (sha256%3A… as sha256:…). */
-export interface EndpointRequest {
-  method: string;
-  path: string;
-  query: URLSearchParams;
-}
 
-/**
- * A group of routes plugged into the endpoint (volumes.ts, images.ts), called after the token is
- * reviewed; `access(verb)` is the SubjectAccessReview of its cluster-wide resource. Returns false
- * when the request is not one of its routes.
- */
-export type EndpointRoutes<Verb extends string> = (req: EndpointRequest, access: (verb: Verb) => Promise<boolean>, res: ServerResponse) => Promise<boolean>;
 
-/** A JSON answer. */
-export function answerJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
-  res.end(JSON.stringify(body));
-}
 
-/** A typed error as {status, code, message}, the code also in x-mvm-code (the API raises it again as it is: agentError). */
-export function answerError(res: ServerResponse, e: unknown): void {
-  const err = asMvmError(e);
-  const status = HTTP_STATUS[err.code] ?? 500;
-  answerJson(res, status, { status, code: err.code, message: err.message }, { 'x-mvm-code': err.code });
-}
 
 /** The path decoded once; kept as it is when not validly encoded or when an escape would add a segment (%2F). */
 function decodePath(raw: string): string {
@@ -95,10 +72,12 @@ export interface AgentEndpointOptions {
   audiences?: string[];
   cacheMs?: number;
   log?: Logger;
-  /** Volume operations of this node's backends for the API (src/agent/endpoint/volumes.ts; SAR on `volumes/storage`). */
-  volumes?: EndpointRoutes<VolumeVerb>;
-  /** This node's image cache for the API's images routes (src/agent/endpoint/images.ts; SAR on `images/cache`). */
-  images?: EndpointRoutes<ImageVerb>;
+  /**
+   * Route groups plugged in after the token review, each authorised by a SubjectAccessReview of its
+   * cluster-wide resource: volume operations of this node's backends (volumes.ts, `volumes/storage`),
+   * this node's image cache (images.ts, `images/cache`).
+   */
+  routes?: EndpointRouteGroup[];
 }
 
 export interface AgentEndpoint {
@@ -188,11 +167,11 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     if (!who) return fail(res, 401, 'the token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' });
     const snapRoute = req.method === 'POST' ? SNAPSHOT_ROUTE.exec(path) : req.method === 'DELETE' ? SNAPSHOT_FILES_ROUTE.exec(path) : null;
     if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
-    // Volumes (ADR 0018, cluster mode): cluster-wide right on volumes/storage; the op checks the volume is placed here.
+    // Plugged-in groups (volumes: ADR 0018, the image cache: ADR 0019), each behind its cluster-wide right.
     const r: EndpointRequest = { method: req.method ?? 'GET', path, query: url.searchParams };
-    if (o.volumes && (await o.volumes(r, (verb) => allowed(who, 'storage', undefined, verb, 'volumes'), res))) return;
-    // The image cache (ADR 0019, cluster mode): cluster-wide right on images/cache (get: list; delete: delete, gc).
-    if (o.images && (await o.images(r, (verb) => allowed(who, 'cache', undefined, verb, 'images'), res))) return;
+    for (const g of o.routes ?? []) {
+      if (await g.handle(r, (verb) => allowed(who, g.subresource, undefined, verb, g.resource), res)) return;
+    }
     const route = ROUTE.exec(path);
     if (!route || req.method !== 'GET') return fail(res, 404, 'no such route');
     const [, id, what] = route as unknown as [string, string, 'console' | 'metrics'];

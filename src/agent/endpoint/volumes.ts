@@ -23,8 +23,7 @@ import type { ResourceStore } from '../../core/ports/resources.js';
 import type { VolumeAttachInfo, VolumeBackend, VolumeBackendCapabilities } from '../../core/ports/volumes.js';
 import { VOLUME_KIND, type VolumeSpec } from '../../core/volumes.js';
 import { fromK8sError } from '../../k8s/errors.js';
-import { agentResult, type AgentCall } from './client.js';
-import { ANN_AGENT_ENDPOINT, answerError, answerJson, type EndpointRoutes } from './server.js';
+import { ANN_AGENT_ENDPOINT, agentResult, answerError, answerJson, type AgentCall, type EndpointRouteGroup } from './http.js';
 
 const ID = '[a-z0-9][-a-z0-9]{0,62}';
 const CAPS_ROUTE = new RegExp(`^/v1/volume-backends/(${ID})$`);
@@ -44,7 +43,7 @@ export interface VolumeRoutesOptions {
 }
 
 /** The node side. Returns false when the path is not a volume route. */
-export function volumeRoutes(o: VolumeRoutesOptions): EndpointRoutes<VolumeVerb> {
+export function volumeRoutes(o: VolumeRoutesOptions): EndpointRouteGroup<VolumeVerb> {
   const backends = new Map(o.backends.map((b) => [b.name, b]));
   /** The volume must exist and, when placed, be placed here. */
   const placedHere = async (id: string): Promise<void> => {
@@ -52,58 +51,62 @@ export function volumeRoutes(o: VolumeRoutesOptions): EndpointRoutes<VolumeVerb>
     if (!v) throw new MvmError(ErrorCodes.NOT_FOUND, `volume ${id} does not exist`);
     if (v.spec.node && v.spec.node !== o.nodeName) throw new MvmError(ErrorCodes.CONFLICT, `volume ${id} lives on node ${v.spec.node}, not on ${o.nodeName}`);
   };
-  return async (req, access, res) => {
-    const caps = req.method === 'GET' ? CAPS_ROUTE.exec(req.path) : null;
-    const op = req.method === 'POST' ? OP_ROUTE.exec(req.path) : null;
-    if (!caps && !op) return false;
-    if (!(await access(caps ? 'get' : 'update'))) {
-      answerJson(res, 403, { status: 403, message: `may not ${caps ? 'get' : 'update'} volumes/storage` });
-      return true;
-    }
-    try {
-      const name = caps ? caps[1]! : (req.query.get('backend') ?? '');
-      const b = backends.get(name);
-      if (!b) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `node ${o.nodeName} has no volume backend ${JSON.stringify(name)} (has: ${[...backends.keys()].join(', ')})`);
-      if (caps) {
-        answerJson(res, 200, await b.capabilities());
+  return {
+    resource: 'volumes',
+    subresource: 'storage',
+    handle: async (req, access, res) => {
+      const caps = req.method === 'GET' ? CAPS_ROUTE.exec(req.path) : null;
+      const op = req.method === 'POST' ? OP_ROUTE.exec(req.path) : null;
+      if (!caps && !op) return false;
+      if (!(await access(caps ? 'get' : 'update'))) {
+        answerJson(res, 403, { status: 403, message: `may not ${caps ? 'get' : 'update'} volumes/storage` });
         return true;
       }
-      const id = op![1]!;
-      const what = op![2]!;
-      const q = (k: string): string => {
-        const v = req.query.get(k);
-        if (!isId(v)) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `query parameter ${k} is missing or not an id`);
-        return v;
-      };
-      const bytes = (): number => {
-        const n = Number(req.query.get('sizeBytes'));
-        if (!Number.isSafeInteger(n) || n <= 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, 'sizeBytes must be a positive integer');
-        return n;
-      };
-      let out: unknown = {};
-      if (what === 'create') {
-        await placedHere(id);
-        await b.create(id, bytes());
-      } else if (what === 'delete') {
-        await placedHere(id);
-        await b.delete(id);
-      } else if (what === 'snapshot') {
-        await placedHere(id);
-        out = await b.snapshot(id, q('snapshotId'));
-      } else if (what === 'delete-snapshot') {
-        await b.deleteSnapshot(id, q('snapshotId'));
-      } else {
-        const newId = q('newId');
-        await placedHere(newId);
-        out = await b.cloneFromSnapshot(id, q('snapshotId'), newId, bytes());
+      try {
+        const name = caps ? caps[1]! : (req.query.get('backend') ?? '');
+        const b = backends.get(name);
+        if (!b) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `node ${o.nodeName} has no volume backend ${JSON.stringify(name)} (has: ${[...backends.keys()].join(', ')})`);
+        if (caps) {
+          answerJson(res, 200, await b.capabilities());
+          return true;
+        }
+        const id = op![1]!;
+        const what = op![2]!;
+        const q = (k: string): string => {
+          const v = req.query.get(k);
+          if (!isId(v)) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `query parameter ${k} is missing or not an id`);
+          return v;
+        };
+        const bytes = (): number => {
+          const n = Number(req.query.get('sizeBytes'));
+          if (!Number.isSafeInteger(n) || n <= 0) throw new MvmError(ErrorCodes.VALIDATION_FAILED, 'sizeBytes must be a positive integer');
+          return n;
+        };
+        let out: unknown = {};
+        if (what === 'create') {
+          await placedHere(id);
+          await b.create(id, bytes());
+        } else if (what === 'delete') {
+          await placedHere(id);
+          await b.delete(id);
+        } else if (what === 'snapshot') {
+          await placedHere(id);
+          out = await b.snapshot(id, q('snapshotId'));
+        } else if (what === 'delete-snapshot') {
+          await b.deleteSnapshot(id, q('snapshotId'));
+        } else {
+          const newId = q('newId');
+          await placedHere(newId);
+          out = await b.cloneFromSnapshot(id, q('snapshotId'), newId, bytes());
+        }
+        o.log?.info({ volume: id, op: what, backend: name }, 'volume operation done');
+        answerJson(res, 200, out);
+      } catch (e) {
+        o.log?.warn({ err: (e as Error).message, path: req.path }, 'volume operation failed');
+        answerError(res, e);
       }
-      o.log?.info({ volume: id, op: what, backend: name }, 'volume operation done');
-      answerJson(res, 200, out);
-    } catch (e) {
-      o.log?.warn({ err: (e as Error).message, path: req.path }, 'volume operation failed');
-      answerError(res, e);
-    }
-    return true;
+      return true;
+    },
   };
 }
 

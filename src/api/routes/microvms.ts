@@ -15,7 +15,7 @@ import {
   type PhaseT,
   type UpdateMicroVMRequestT,
 } from '../../core/schema.js';
-import { collectConsole, streamConsole, readConsoleTail } from '../console-stream.js';
+import { collectConsole, streamConsole, readConsoleTail } from '../../gateway/console-stream.js';
 import { etagOf, ifMatch, principal, withEtag } from '../http.js';
 
 const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'Admins: act in this tenant' })) }, { additionalProperties: false });

@@ -1,6 +1,6 @@
 /**
  * The rate limiter's store: token buckets keyed by tenant, API key / subject, or client IP.
- * Standalone: in memory (src/api/ratelimit/memory-store.ts). Cluster mode, where several API
+ * Standalone: in memory (src/gateway/ratelimit/memory-store.ts). Cluster mode, where several API
  * replicas must share buckets: the same contract over Redis (one Lua script doing the
  * refill-and-take of all keys atomically, `PEXPIRE` to drop idle buckets).
  */

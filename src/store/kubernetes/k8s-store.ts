@@ -110,7 +110,7 @@ export class KubernetesStore implements Store {
   private readonly admission: NamespaceAdmission;
 
   /**
-   * Hooks for a read cache (src/cluster/read-cache.ts): every object this store writes or its
+   * Hooks for a read cache (src/store/kubernetes/read-cache.ts): every object this store writes or its
    * watch sees, before watchers are told; `undefined` = deleted. `cacheSynced` after a full list.
    */
   protected cacheObject(_id: string, _o: MicroVMObject | undefined): void {}

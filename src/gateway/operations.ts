@@ -109,7 +109,7 @@ export function undeclaredOperation(method: string, pattern: string): Operation 
 export function renderPermissionsDoc(): string {
   const lines: string[] = [];
   lines.push('# Permissions', '');
-  lines.push('Generated from `src/api/operations.ts` and `src/core/authz.ts` (a test checks that this file is current).', '');
+  lines.push('Generated from `src/gateway/operations.ts` and `src/core/authz.ts` (a test checks that this file is current).', '');
   lines.push('## Roles', '');
   lines.push(`| permission | meaning | ${ROLES.join(' | ')} |`);
   lines.push(`|---|---|${ROLES.map(() => '---').join('|')}|`);

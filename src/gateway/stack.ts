@@ -1,7 +1,7 @@
 /**
- * Wiring of the gateway for the standalone mode: SQLite-backed tenants, API keys, audit and
- * idempotency; in-memory rate-limit buckets; the authenticator chain (admin token, API keys,
- * JWT/OIDC). Cluster mode swaps the adapters, not this shape.
+ * The gateway's stack: tenants, API keys, audit, idempotency over the adapters a composition root
+ * hands in (SQLite in src/standalone.ts, Kubernetes objects in src/cluster-api.ts); in-memory
+ * rate-limit buckets; the authenticator chain (API keys, JWT/OIDC, admin token).
  */
 import type { Logger } from 'pino';
 import { AuditService } from '../core/audit.js';
@@ -14,16 +14,13 @@ import type { TenantStore } from '../core/ports/tenants.js';
 import { TenantService } from '../core/tenancy.js';
 import { ApiKeyAuthenticator } from '../auth/apikey.js';
 import { JwtAuthenticator } from '../auth/jwt.js';
-import { SqliteAuditLog } from '../store/sqlite/audit-log.js';
-import { SqliteIdempotencyStore } from '../store/sqlite/idempotency-store.js';
-import type { SqliteStore } from '../store/sqlite/sqlite-store.js';
-import { SqliteTenantStore } from '../store/sqlite/tenant-store.js';
-import { StaticTokenAuthenticator, type Authenticator } from './auth.js';
+import { StaticTokenAuthenticator } from '../auth/static-token.js';
+import type { Authenticator } from '../core/ports/auth.js';
 import { Gateway } from './gateway.js';
-import type { GatewayConfig } from './gateway-config.js';
+import type { GatewayConfig } from './config.js';
 import { MemoryRateLimitStore } from './ratelimit/memory-store.js';
 
-/** The gateway's storage adapters; SQLite in the standalone mode, Kubernetes objects in cluster mode (src/cluster-api.ts). */
+/** The gateway's storage adapters: SQLite in the standalone mode, Kubernetes objects in cluster mode. */
 export interface GatewayAdapters {
   tenantStore: TenantStore & ApiKeyStore;
   auditLog: AuditLog;
@@ -42,13 +39,12 @@ export async function createGatewayStack(o: {
   config: GatewayConfig;
   /** Optional in cluster mode (JWT/OIDC and API keys only). */
   adminToken?: string;
-  /** Default: the SQLite adapters over `store` (which must then be a SqliteStore). */
-  adapters?: GatewayAdapters;
+  adapters: GatewayAdapters;
   log: Logger;
   resources?: ResourceStore;
   resourceKinds?: string[];
 }): Promise<GatewayStack> {
-  const tenantStore = o.adapters?.tenantStore ?? new SqliteTenantStore(o.store as SqliteStore);
+  const tenantStore = o.adapters.tenantStore;
   const keyAuth = new ApiKeyAuthenticator(tenantStore);
   const tenants = new TenantService(o.store, tenantStore, tenantStore, {
     ...(o.resources ? { resources: o.resources } : {}),
@@ -58,7 +54,7 @@ export async function createGatewayStack(o: {
   await tenants.ensureSystemTenant();
   const auditLog = o.log.child({ c: 'audit' });
   const audit = new AuditService(
-    o.adapters?.auditLog ?? new SqliteAuditLog(o.store as SqliteStore),
+    o.adapters.auditLog,
     (e) => auditLog.info({ audit: e }, `audit ${e.result} ${e.operation}`),
     (err, e) => auditLog.error({ err: (err as Error).message, audit: e }, 'audit entry could not be stored'),
   );
@@ -85,7 +81,7 @@ export async function createGatewayStack(o: {
     limiter: new MemoryRateLimitStore(),
     policy: c.rateLimits,
     audit,
-    idempotency: o.adapters?.idempotency ?? new SqliteIdempotencyStore(o.store as SqliteStore),
+    idempotency: o.adapters.idempotency,
     log: o.log,
   });
   return { gateway, tenantStore, tenants, audit };

@@ -8,11 +8,11 @@
  * not issue, reads go to the API server. Quota admission still counts from the API server.
  * Reads may lag other writers by the watch latency, as with any informer.
  */
-import { ErrorCodes, MvmError } from '../core/errors.js';
-import type { MicroVM } from '../core/microvm.js';
-import type { ListOptions, Page } from '../core/ports/store.js';
-import { LABEL_ID, fromObject, type MicroVMObject } from '../k8s/microvm-object.js';
-import { KubernetesStore, type KubernetesStoreOptions } from '../store/kubernetes/k8s-store.js';
+import { ErrorCodes, MvmError } from '../../core/errors.js';
+import type { MicroVM } from '../../core/microvm.js';
+import type { ListOptions, Page } from '../../core/ports/store.js';
+import { LABEL_ID, fromObject, type MicroVMObject } from '../../k8s/microvm-object.js';
+import { KubernetesStore, type KubernetesStoreOptions } from './k8s-store.js';
 
 const CURSOR_PREFIX = 'cache:';
 const rvNum = (o: MicroVMObject): number => Number(o.metadata.resourceVersion ?? 0);
