@@ -9,7 +9,7 @@
  * what tells `start()`/`ensureAbsent()` there is something to clean up.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
@@ -17,58 +17,20 @@ import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
 import { memoryMiB, type MicroVM } from '../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../core/ports/agent.js';
-import type { ImageResolver } from '../core/ports/images.js';
-import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
-import type { DriveSpec, LaunchSpec, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
+import type { NicAttachment } from '../core/ports/network.js';
+import type { VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
-import type { VolumeAttacher } from '../core/ports/volumes.js';
-import { createOverlay, createRawClone } from '../storage/disks.js';
-import type { CgroupManager } from './cgroups.js';
+import { failedStep, runSteps } from '../core/steps.js';
+import { bootSteps, restoreSteps, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime } from './launch-steps.js';
 import { observability } from '../observability/index.js';
-import { rotateClosed } from '../observability/log-rotation.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
 export const READY_MARKER = 'MVM-READY';
 
-/** Headroom above guest RAM for the VMM itself (TCG translation cache, device state). */
-const VMM_OVERHEAD_MIB = 384;
-
-export interface AgentOptions {
-  nodeName: string;
+export interface AgentOptions extends LaunchEnv {
   dataDir: string;
-  driver: VmmDriver;
-  images: ImageResolver;
-  cgroups: CgroupManager;
   log: Logger;
   labels?: Record<string, string>;
-  /** Owner of per-VM writable disks: the unprivileged user the VMM drops to. */
-  vmmOwner?: { uid: number; gid: number };
-  /** Networking (CNI + nftables); without it VMs get no NIC. */
-  network?: NetworkManager;
-  /** The network intent of a VM (groups resolved to ids, egress default applied). */
-  networkSpec?: (vm: MicroVM) => Promise<VmNetworkSpec>;
-  /** Persistent volumes: mapped on start (extra virtio-blk drives vdb, vdc, ... in spec order), unmapped on stop. */
-  volumes?: VolumeAttacher;
-  /** Largest `rootfs.size` this node grows a root disk to (MVM_ROOTFS_MAX_SIZE; cluster mode, where the API does not resolve images). */
-  maxRootfsBytes?: number;
-}
-
-interface Runtime {
-  id: string;
-  inst?: VmmInstance;
-  state: ActualVm['state'];
-  ready: boolean;
-  stopping: boolean;
-  launchedAt?: number;
-  startedAt?: string;
-  readyAt?: string;
-  bootMs?: { vmm: number; guestReady: number };
-  reason?: string;
-  message?: string;
-  attachments?: NicAttachment[];
-  stopWatch?: () => void;
-  /** Serialises lifecycle operations on one VM. */
-  lock: Promise<unknown>;
 }
 
 export class LocalAgent implements NodeAgent {
@@ -186,149 +148,43 @@ export class LocalAgent implements NodeAgent {
     return a;
   }
 
+  /**
+   * Boot (or, for a VM made from a snapshot, restore) the VM through its launch pipeline
+   * (launch-steps.ts); a failure leaves the VM `failed` with the step that failed, and nothing running.
+   */
   ensureRunning(vm: MicroVM): Promise<ActualVm> {
     return this.serial(vm.id, async (r) => {
       if (r.inst && (r.state === 'running' || r.state === 'starting' || r.state === 'paused')) return this.observe(vm.id);
-      const step = { name: 'prepare' };
+      const dir = this.vmDir(vm.id);
+      const steps = wantsRestore(vm, dir) ? restoreSteps(this.launchDeps) : bootSteps(this.launchDeps);
+      const launch = { vm, runtime: r, dir } as Launch;
       try {
-        r.stopping = false;
-        r.ready = false;
-        r.reason = undefined;
-        r.message = undefined;
-        r.readyAt = undefined;
-        r.bootMs = undefined;
-        r.state = 'starting';
-        const dir = this.vmDir(vm.id);
-        mkdirSync(dir, { recursive: true });
-        writeFileSync(join(dir, 'vm.json'), JSON.stringify({ id: vm.id, name: vm.name, tenant: vm.tenant, spec: vm.spec }, null, 2));
-        step.name = 'resolve-images';
-        const kernel = await this.o.images.resolveKernel(vm.spec.kernel?.image);
-        const rootfs = await this.o.images.resolveRootfs(vm.spec.rootfs?.image);
-        step.name = 'cgroup';
-        const mem = memoryMiB(vm.spec);
-        const procs = this.o.cgroups.ensure(vm.id, { vcpu: vm.spec.vcpu, memoryBytes: (mem + VMM_OVERHEAD_MIB) * 1024 * 1024, pidsMax: 512 });
-        step.name = 'root-disk';
-        const readOnly = vm.spec.rootfs?.readOnly === true;
-        if (vm.spec.rootfs?.size && this.o.maxRootfsBytes !== undefined && parseSize(vm.spec.rootfs.size) > this.o.maxRootfsBytes) {
-          throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.size ${vm.spec.rootfs.size} exceeds node ${this.nodeName}'s maximum root disk size of ${Math.floor(this.o.maxRootfsBytes / (1024 * 1024))}Mi`);
-        }
-        let root: DriveSpec;
-        // First boot of a VM created from a snapshot restores it; later boots are cold boots of its own disk.
-        const restore = vm.spec.source?.snapshot && !existsSync(join(dir, 'root.qcow2')) && !existsSync(join(dir, 'root.raw')) ? this.snapDir(vm.spec.source.snapshot) : undefined;
-        let restoreFrom: LaunchSpec['restoreFrom'];
-        if (restore) {
-          step.name = 'restore-disk';
-          if (!existsSync(restore)) throw new MvmError(ErrorCodes.IMAGE_ERROR, `snapshot ${vm.spec.source!.snapshot} has no files on node ${this.nodeName}`);
-          if (!this.o.driver.prepareRestoreDisk || !this.o.driver.snapshotFiles) {
-            throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${this.o.driver.name} cannot restore snapshots`);
-          }
-          root = await this.o.driver.prepareRestoreDisk(restore, dir);
-          restoreFrom = this.o.driver.snapshotFiles(restore);
-        } else if (readOnly) {
-          root = { id: 'root', path: rootfs.path, format: rootfs.format, readOnly: true, root: true };
-        } else if ((await this.o.driver.capabilities()).diskFormats.includes('qcow2')) {
-          const overlay = join(dir, 'root.qcow2');
-          const size = vm.spec.rootfs?.size ? Math.max(parseSize(vm.spec.rootfs.size), rootfs.sizeBytes) : undefined;
-          await createOverlay({ base: rootfs.path, baseFormat: rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}), ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
-          root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
-        } else {
-          // Raw-only VMMs (Firecracker): a reflink/sparse clone of the base (ADR 5), never a write to it.
-          const disk = join(dir, 'root.raw');
-          const size = vm.spec.rootfs?.size ? Math.max(parseSize(vm.spec.rootfs.size), rootfs.sizeBytes) : undefined;
-          await createRawClone({ base: rootfs.path, path: disk, ...(size ? { sizeBytes: size } : {}), ...(this.o.vmmOwner ? { owner: this.o.vmmOwner } : {}) });
-          root = { id: 'root', path: disk, format: 'raw', readOnly: false, root: true };
-        }
-        let nics: LaunchSpec['nics'] = [];
-        let netMs: number | undefined;
-        let netArgs = '';
-        let netnsPath: string | undefined;
-        if (this.o.network && this.o.networkSpec) {
-          step.name = 'network';
-          const tNet = Date.now();
-          const atts = await this.o.network.setup(await this.o.networkSpec(vm)).catch((e: unknown) => {
-            throw renameNicFields(e);
-          });
-          r.attachments = atts;
-          nics = atts.map((a) => ({ id: a.name, tap: a.tap, mac: a.mac }));
-          netArgs = kernelIpArgs(atts, { hostname: vm.name });
-          netnsPath = atts[0]?.netnsPath;
-          netMs = Date.now() - tNet;
-        }
-        // Volumes: extra drives after the root (vdb, vdc, ... in spec order), mounted by the guest init from `mvm.vol=`.
-        const volumeDrives: DriveSpec[] = [];
-        const volArgs: string[] = [];
-        if (vm.spec.volumes?.length) {
-          step.name = 'volumes';
-          if (!this.o.volumes) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'this node has no volume backends');
-          const vols = await this.o.volumes.attachForVm(vm, this.nodeName);
-          vols.forEach((v, i) => {
-            volumeDrives.push({ id: `vol${i}`, path: v.path, format: 'raw', readOnly: v.readOnly, root: false });
-            volArgs.push(`mvm.vol=vd${String.fromCharCode(98 + i)}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPath}`);
-          });
-        }
-        step.name = 'console';
-        rotateConsole(join(dir, 'console.log'));
-        const cmdline = [
-          'console=ttyS0',
-          'reboot=k',
-          'panic=-1',
-          'root=/dev/vda',
-          readOnly ? 'ro' : 'rw',
-          `mvm.id=${vm.id}`,
-          `mvm.name=${vm.name}`,
-          rootfs.init ? `init=${rootfs.init}` : '',
-          netArgs,
-          ...volArgs,
-          vm.spec.kernel?.cmdline ?? '',
-        ]
-          .filter(Boolean)
-          .join(' ');
-        const spec: LaunchSpec = {
-          id: vm.id,
-          name: vm.name,
-          vcpu: vm.spec.vcpu,
-          memoryMiB: mem,
-          kernelPath: kernel.kernelPath,
-          ...(kernel.initrdPath ? { initrdPath: kernel.initrdPath } : {}),
-          cmdline,
-          drives: [root, ...volumeDrives],
-          nics,
-          vmDir: dir,
-          cgroupProcs: procs,
-          ...(netnsPath ? { netnsPath } : {}),
-          ...(restoreFrom ? { restoreFrom } : {}),
-        };
-        step.name = 'vmm-start';
-        const t0 = Date.now();
-        r.launchedAt = t0;
-        const inst = await this.o.driver.launch(spec);
-        r.inst = inst;
-        r.state = 'running';
-        r.startedAt = new Date().toISOString();
-        r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(netMs !== undefined ? { network: netMs } : {}) };
-        this.watch(r, inst, t0);
-        if (restoreFrom) {
-          // The restored guest still carries the source's identity in memory: give it this VM's
-          // MAC, address, hostname and machine id, then let it announce readiness.
-          step.name = 'reidentify';
-          await this.reidentify(vm, dir, r.attachments ?? []);
-        }
-        this.emit({ id: vm.id, kind: 'started', message: `VMM ${restoreFrom ? 'restored' : 'started'} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` });
-        return this.observe(vm.id);
+        await runSteps(`start of ${vm.id}`, steps, launch, {
+          onUndoError: (step, err) => this.o.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a launch step failed'),
+        });
       } catch (e) {
         const err = asMvmError(e, ErrorCodes.VMM_ERROR);
+        const step = (failedStep(err) ?? 'unknown').split('.')[0]!;
+        const cause = asMvmError(err.cause ?? err, err.code);
+        r.inst = undefined;
         r.state = 'failed';
         r.reason = 'StartFailed';
-        r.message = `step ${step.name}: ${err.message}`;
-        this.o.log.error({ vm: vm.id, step: step.name, err: err.message }, 'start failed');
-        // Leave nothing running; the directory and disk stay for a retry or for delete.
-        if (r.inst) await r.inst.kill().catch(() => undefined);
-        r.inst = undefined;
-        await this.o.cgroups.remove(vm.id).catch(() => undefined);
-        await this.o.volumes?.detachForVm(vm.id, this.nodeName).catch(() => undefined);
-        throw new MvmError(err.code, r.message, { cause: e, details: { step: step.name } });
+        r.message = `step ${step}: ${cause.message}`;
+        this.o.log.error({ vm: vm.id, step, err: cause.message }, 'start failed');
+        throw new MvmError(err.code, r.message, { cause: e, details: { ...cause.details, step } });
       }
+      return this.observe(vm.id);
     });
+  }
+
+  private get launchDeps(): LaunchDeps {
+    return {
+      o: this.o,
+      snapshotDir: (id) => this.snapDir(id),
+      watch: (r, inst, t0) => this.watch(r, inst, t0),
+      reidentify: (vm, dir, atts) => this.reidentify(vm, dir, atts),
+      started: (vm, inst, how) => this.emit({ id: vm.id, kind: 'started', message: `VMM ${how} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` }),
+    };
   }
 
   /** Watch the console for the readiness marker and the VMM for its exit. */
@@ -572,12 +428,6 @@ export class LocalAgent implements NodeAgent {
   }
 }
 
-/** The network adapter names NICs `nics[i]`; the API calls them `networkInterfaces[i]`. */
-function renameNicFields(e: unknown): unknown {
-  if (!(e instanceof MvmError)) return e;
-  const violations = e.violations.map((v) => ({ ...v, field: v.field.replace(/^nics\[/, 'networkInterfaces[') }));
-  return new MvmError(e.code, e.message.replace(/\bnics\[/g, 'networkInterfaces['), { violations, details: e.details, cause: e });
-}
 
 function dirSize(dir: string): number {
   let total = 0;
@@ -588,13 +438,4 @@ function dirSize(dir: string): number {
   return total;
 }
 
-function parseSize(q: string): number {
-  const m = /^([1-9][0-9]*)(Mi|Gi)$/.exec(q);
-  if (!m) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `bad size ${q}`);
-  return Number(m[1]) * (m[2] === 'Gi' ? 1024 ** 3 : 1024 ** 2);
-}
 
-/** Keep the previous boot's console as console.log.1 (older ones shift, bounded), start each boot with a fresh log. */
-function rotateConsole(path: string): void {
-  rotateClosed(path);
-}

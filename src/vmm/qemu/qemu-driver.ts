@@ -5,16 +5,16 @@
  * service (own session and process group) inside the VM's cgroup, so a crash of
  * the service does not take guests with it; `adopt` re-attaches afterwards.
  */
-import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ErrorCodes, MvmError } from '../../core/errors.js';
+import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
+import { runSteps, type Step } from '../../core/steps.js';
 import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { describeExit, listPids, passwdIds, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
+import { safeTail, spawnVmm, type VmmProcess } from '../spawn.js';
 import { SNAPSHOT_RECORD_FILE, checkRestoreCompatible, prepareRestoreDrives, readSnapshotRecord, restoreIncoming, takeSnapshot } from './snapshot.js';
-import { wrapInNetns } from '../../core/ports/network.js';
 
 export interface QemuDriverOptions {
   binary?: string;
@@ -203,6 +203,39 @@ class QemuInstance implements VmmInstance {
 }
 
 
+/** What one QEMU launch builds up, step by step. */
+interface QemuLaunch {
+  spec: LaunchSpec;
+  files: ReturnType<typeof qemuFiles>;
+  cmd: { binary: string; args: string[]; accel: Accel };
+  proc?: VmmProcess;
+  inst?: QemuInstance;
+}
+
+/** Until QMP answers `query-status`; fails when QEMU exits first or `timeoutMs` pass. */
+async function waitForQmp(files: ReturnType<typeof qemuFiles>, exited: () => VmmExit | undefined, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const exit = exited();
+    if (exit) throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited during start-up: ${exit.reason}`);
+    if (existsSync(files.qmp)) {
+      try {
+        const c = await QmpClient.connect(files.qmp, 2000);
+        try {
+          await c.execute('query-status');
+        } finally {
+          c.close();
+        }
+        return;
+      } catch (e) {
+        if (Date.now() > deadline) throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU QMP did not come up: ${(e as Error).message}`);
+      }
+    }
+    if (Date.now() > deadline) throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU did not create its QMP socket within ${timeoutMs / 1000} s`);
+    await sleep(20);
+  }
+}
+
 export class QemuDriver implements VmmDriver {
   readonly name = 'qemu';
   private readonly binary: string;
@@ -249,79 +282,65 @@ export class QemuDriver implements VmmDriver {
     return { binary: this.binary, args: buildQemuArgs(spec, { accel, sandbox: this.sandbox, runAs: this.runAs, tbSizeMiB: this.tbSizeMiB }), accel };
   }
 
+  /**
+   * The start of QEMU as named steps (src/core/steps.ts): command → spawn → qmp, and for a restore
+   * the incoming migration stream (the snapshot's state, then `cont`). A failure names its step
+   * and kills what was started.
+   */
   async launch(spec: LaunchSpec): Promise<VmmInstance> {
-    const f = qemuFiles(spec.vmDir);
-    for (const p of [f.qmp, f.consoleSock, f.pid]) rmSync(p, { force: true });
-    const { binary, args, accel } = await this.commandFor(spec);
-    // Restore: an incompatible snapshot is refused before anything starts.
-    if (spec.restoreFrom) checkRestoreCompatible(spec.restoreFrom, { qemuVersion: (this.version ??= await qemuVersion(this.binary)), args });
-    const log = openSync(f.vmmLog, 'a');
-    // The wrapper joins the VM's cgroups before exec, so QEMU never allocates outside them.
-    const wrapper = 'for f in $MVM_CGROUP_PROCS; do echo $$ > "$f" || { echo "cannot join cgroup $f" >&2; exit 125; }; done; exec "$@"';
-    const argv = ['/bin/sh', '-c', wrapper, 'mvm-vmm', binary, ...args];
-    // Taps live in the VM's network namespace: nsenter switches only the netns and execs (same pid).
-    const full = spec.netnsPath ? wrapInNetns(spec.netnsPath, argv) : argv;
-    const child = spawn(full[0]!, full.slice(1), {
-      detached: true,
-      stdio: ['ignore', log, log],
-      cwd: spec.vmDir,
-      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', MVM_CGROUP_PROCS: spec.cgroupProcs.join(' ') },
+    const c = { spec, files: qemuFiles(spec.vmDir) } as QemuLaunch;
+    await runSteps(`QEMU start of ${spec.id}`, this.launchSteps(), c).catch((e: unknown) => {
+      // The VMM's own last words explain most failures (bad arguments, an incompatible stream).
+      const tail = safeTail(c.files.vmmLog, 1000);
+      const err = asMvmError(e, ErrorCodes.VMM_ERROR);
+      throw new MvmError(err.code, `${err.message}${tail && !err.message.includes(tail) ? `: ${tail}` : ''}`, { details: err.details, violations: err.violations, cause: e });
     });
-    closeSync(log);
-    const pid = child.pid;
-    if (pid === undefined) {
-      throw new MvmError(ErrorCodes.VMM_ERROR, `cannot start ${binary}: spawn failed`);
-    }
-    const exited = new Promise<VmmExit>((resolve) => {
-      child.on('exit', (code, signal) => resolve(describeExit(pid, code, signal)));
-      child.on('error', (e) => resolve({ code: null, signal: null, reason: `cannot start VMM: ${e.message}` }));
-    });
-    child.unref();
-    const rec: LaunchRecord = { id: spec.id, pid, accel, args: [binary, ...args], startedAt: new Date().toISOString() };
-    writeFileSync(f.launch, JSON.stringify(rec, null, 2));
-    const inst = new QemuInstance(spec.id, pid, accel, spec.vmDir, { binary, args, accel }, exited);
-    // Wait for QMP: proves QEMU parsed its command line and created the machine.
-    const deadline = Date.now() + 15000;
-    let exitInfo: VmmExit | undefined;
-    void exited.then((e) => (exitInfo = e));
-    for (;;) {
-      if (exitInfo) {
-        const tail = safeTail(f.vmmLog, 2000);
-        throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited during start-up: ${exitInfo.reason}${tail ? `: ${tail}` : ''}`, { details: { step: 'vmm-start' } });
-      }
-      if (existsSync(f.qmp)) {
-        try {
-          const c = await QmpClient.connect(f.qmp, 2000);
+    return c.inst!;
+  }
+
+  private launchSteps(): Array<Step<QemuLaunch>> {
+    return [
+      {
+        name: 'command',
+        run: async (c) => {
+          for (const p of [c.files.qmp, c.files.consoleSock, c.files.pid]) rmSync(p, { force: true });
+          c.cmd = await this.commandFor(c.spec);
+          // Restore: an incompatible snapshot is refused before anything starts.
+          if (c.spec.restoreFrom) checkRestoreCompatible(c.spec.restoreFrom, { qemuVersion: (this.version ??= await qemuVersion(this.binary)), args: c.cmd.args });
+        },
+      },
+      {
+        name: 'spawn',
+        run: (c) => {
+          const { spec, cmd } = c;
+          const log = openSync(c.files.vmmLog, 'a');
           try {
-            await c.execute('query-status');
+            c.proc = spawnVmm({ command: cmd.binary, args: cmd.args, cwd: spec.vmDir, cgroupProcs: spec.cgroupProcs, ...(spec.netnsPath ? { netnsPath: spec.netnsPath } : {}), stdio: ['ignore', log, log] });
           } finally {
-            c.close();
+            closeSync(log);
           }
-          break;
-        } catch (e) {
-          if (Date.now() > deadline) {
-            await inst.kill();
-            throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU QMP did not come up: ${(e as Error).message}`, { details: { step: 'vmm-start' } });
-          }
-        }
-      }
-      if (Date.now() > deadline) {
-        await inst.kill();
-        throw new MvmError(ErrorCodes.VMM_ERROR, 'QEMU did not create its QMP socket within 15 s', { details: { step: 'vmm-start' } });
-      }
-      await sleep(20);
-    }
-    if (spec.restoreFrom) {
-      // Our process serves the snapshot file on a one-shot socket; QEMU (-incoming defer) loads it, then `cont`.
-      try {
-        await restoreIncoming({ id: spec.id, qmpPath: f.qmp, args, snapshot: spec.restoreFrom, alive: () => !exitInfo && pidAlive(pid) });
-      } catch (e) {
-        await inst.kill();
-        const tail = safeTail(f.vmmLog, 1000);
-        throw new MvmError(e instanceof MvmError ? e.code : ErrorCodes.VMM_ERROR, `QEMU restore of ${spec.id} failed: ${(e as Error).message}${tail ? `: ${tail}` : ''}`, { details: { step: 'restore' }, cause: e });
-      }
-    }
-    return inst;
+          const rec: LaunchRecord = { id: spec.id, pid: c.proc.pid, accel: cmd.accel, args: [cmd.binary, ...cmd.args], startedAt: new Date().toISOString() };
+          writeFileSync(c.files.launch, JSON.stringify(rec, null, 2));
+          c.inst = new QemuInstance(spec.id, c.proc.pid, cmd.accel, spec.vmDir, { binary: cmd.binary, args: cmd.args, accel: cmd.accel }, c.proc.exited);
+        },
+        undo: async (c) => {
+          await c.inst?.kill();
+        },
+      },
+      {
+        // QMP answering proves QEMU parsed its command line and created the machine.
+        name: 'qmp',
+        run: (c) => waitForQmp(c.files, () => c.proc!.exitInfo(), 15_000),
+      },
+      {
+        // Our process serves the snapshot file on a one-shot socket; QEMU (-incoming defer) loads it, then `cont`.
+        name: 'restore',
+        when: (c) => c.spec.restoreFrom !== undefined,
+        run: async (c) => {
+          await restoreIncoming({ id: c.spec.id, qmpPath: c.files.qmp, args: c.cmd.args, snapshot: c.spec.restoreFrom!, alive: () => !c.proc!.exitInfo() && pidAlive(c.proc!.pid) });
+        },
+      },
+    ];
   }
 
   async adopt(id: string, vmDir: string): Promise<VmmInstance | null> {
@@ -368,14 +387,5 @@ export class QemuDriver implements VmmDriver {
       out.push({ pid, id: m[1]!, vmDir: q[1]! });
     }
     return out;
-  }
-}
-
-function safeTail(path: string, n: number): string {
-  try {
-    const s = readFileSync(path, 'utf8');
-    return s.slice(-n).trim();
-  } catch {
-    return '';
   }
 }

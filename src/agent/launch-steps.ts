@@ -1,0 +1,310 @@
+/**
+ * The node agent's launch of a VM as named steps (src/core/steps.ts, ADR 0020):
+ *
+ *   cold boot:  prepare → resolve-images → cgroup → root-disk → network → volumes → console → vmm-start → announce
+ *   restore:    root-disk swapped for restore-disk; reidentify and restore-done after vmm-start
+ *
+ * A failure names its step in the VM's status (`step network: …`, shown in the StartFailed
+ * condition and event) and undoes what the completed steps did: the VMM is killed, volumes are
+ * unmapped, the network is torn down (tap, netns, address), the cgroup removed. The VM directory
+ * and its disk stay, for a retry or for delete.
+ */
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ErrorCodes, MvmError } from '../core/errors.js';
+import { memoryMiB, parseQuantityMiB, type MicroVM } from '../core/microvm.js';
+import type { ActualVm } from '../core/ports/agent.js';
+import type { ImageResolver, KernelImage, RootfsImage } from '../core/ports/images.js';
+import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
+import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmDriver, VmmInstance } from '../core/ports/vmm.js';
+import type { VolumeAttacher } from '../core/ports/volumes.js';
+import { insertAfter, swapSteps, type Step } from '../core/steps.js';
+import { rotateClosed } from '../observability/log-rotation.js';
+import { createOverlay, createRawClone } from '../storage/disks.js';
+import type { CgroupManager } from './cgroups.js';
+
+/** Headroom above guest RAM for the VMM itself (TCG translation cache, device state). */
+export const VMM_OVERHEAD_MIB = 384;
+
+/**
+ * Present in the directory of a VM made from a snapshot until a restore of it has succeeded: while
+ * it is there every start restores (a failed restore is retried, never turned into a cold boot of
+ * the snapshot's disk copy); once gone, starts cold-boot the VM's own disk.
+ */
+export const RESTORE_PENDING = 'restore.pending';
+
+/** What the agent keeps about one VM on this node. */
+export interface Runtime {
+  id: string;
+  inst?: VmmInstance;
+  state: ActualVm['state'];
+  ready: boolean;
+  stopping: boolean;
+  launchedAt?: number;
+  startedAt?: string;
+  readyAt?: string;
+  bootMs?: { vmm: number; guestReady: number; network?: number };
+  reason?: string;
+  message?: string;
+  attachments?: NicAttachment[];
+  stopWatch?: () => void;
+  /** Serialises lifecycle operations on one VM. */
+  lock: Promise<unknown>;
+}
+
+/** What one launch builds up, step by step. */
+export interface Launch {
+  readonly vm: MicroVM;
+  readonly runtime: Runtime;
+  readonly dir: string;
+  kernel: KernelImage;
+  rootfs: RootfsImage;
+  cgroupProcs: string[];
+  root: DriveSpec;
+  restoreFrom?: SnapshotFiles;
+  nics: LaunchSpec['nics'];
+  netArgs: string;
+  netnsPath?: string;
+  netMs?: number;
+  volumeDrives: DriveSpec[];
+  volumeArgs: string[];
+  spec: LaunchSpec;
+  inst: VmmInstance;
+}
+
+/** The node's parts a launch uses (the agent's options). */
+export interface LaunchEnv {
+  nodeName: string;
+  driver: VmmDriver;
+  images: ImageResolver;
+  cgroups: CgroupManager;
+  /** Owner of per-VM writable disks: the unprivileged user the VMM drops to. */
+  vmmOwner?: { uid: number; gid: number };
+  /** Networking (CNI + nftables); without it VMs get no NIC. */
+  network?: NetworkManager;
+  /** The network intent of a VM (groups resolved to ids, egress default applied). */
+  networkSpec?: (vm: MicroVM) => Promise<VmNetworkSpec>;
+  /** Persistent volumes: mapped on start (extra virtio-blk drives vdb, vdc, ... in spec order), unmapped on stop. */
+  volumes?: VolumeAttacher;
+  /** Largest `rootfs.size` this node grows a root disk to (MVM_ROOTFS_MAX_SIZE; cluster mode, where the API does not resolve images). */
+  maxRootfsBytes?: number;
+}
+
+/** What the steps need from the agent. */
+export interface LaunchDeps {
+  o: LaunchEnv;
+  /** The directory of a snapshot's files on this node. */
+  snapshotDir(snapshotId: string): string;
+  /** Start watching a launched VMM (readiness, exit). */
+  watch(r: Runtime, inst: VmmInstance, t0: number): void;
+  /** Give a restored guest this VM's identity, then let it announce readiness. */
+  reidentify(vm: MicroVM, dir: string, atts: NicAttachment[]): Promise<void>;
+  started(vm: MicroVM, inst: VmmInstance, how: 'started' | 'restored'): void;
+}
+
+const MiB = 1024 * 1024;
+const bytesOf = (q: string, field: string): number => parseQuantityMiB(q, field) * MiB;
+
+/** The cold-boot pipeline. */
+export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
+  const o = d.o;
+  return [
+    {
+      name: 'prepare',
+      run: (c) => {
+        const r = c.runtime;
+        Object.assign(r, { stopping: false, ready: false, reason: undefined, message: undefined, readyAt: undefined, bootMs: undefined, state: 'starting' });
+        mkdirSync(c.dir, { recursive: true });
+        writeFileSync(join(c.dir, 'vm.json'), JSON.stringify({ id: c.vm.id, name: c.vm.name, tenant: c.vm.tenant, spec: c.vm.spec }, null, 2));
+        c.volumeDrives = [];
+        c.volumeArgs = [];
+        c.nics = [];
+        c.netArgs = '';
+      },
+    },
+    {
+      name: 'resolve-images',
+      run: async (c) => {
+        c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image);
+        c.rootfs = await o.images.resolveRootfs(c.vm.spec.rootfs?.image);
+      },
+    },
+    {
+      name: 'cgroup',
+      run: (c) => {
+        const mem = memoryMiB(c.vm.spec);
+        c.cgroupProcs = o.cgroups.ensure(c.vm.id, { vcpu: c.vm.spec.vcpu, memoryBytes: (mem + VMM_OVERHEAD_MIB) * MiB, pidsMax: 512 });
+      },
+      undo: (c) => o.cgroups.remove(c.vm.id),
+    },
+    {
+      name: 'root-disk',
+      run: async (c) => {
+        const spec = c.vm.spec;
+        const requested = spec.rootfs?.size ? bytesOf(spec.rootfs.size, 'rootfs.size') : undefined;
+        if (requested !== undefined && o.maxRootfsBytes !== undefined && requested > o.maxRootfsBytes) {
+          throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.size ${spec.rootfs!.size} exceeds node ${o.nodeName}'s maximum root disk size of ${Math.floor(o.maxRootfsBytes / MiB)}Mi`);
+        }
+        const size = requested !== undefined ? Math.max(requested, c.rootfs.sizeBytes) : undefined;
+        const owner = o.vmmOwner ? { owner: o.vmmOwner } : {};
+        if (spec.rootfs?.readOnly === true) {
+          c.root = { id: 'root', path: c.rootfs.path, format: c.rootfs.format, readOnly: true, root: true };
+        } else if ((await o.driver.capabilities()).diskFormats.includes('qcow2')) {
+          const overlay = join(c.dir, 'root.qcow2');
+          await createOverlay({ base: c.rootfs.path, baseFormat: c.rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}), ...owner });
+          c.root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
+        } else {
+          // Raw-only VMMs (Firecracker): a reflink/sparse clone of the base (ADR 5), never a write to it.
+          const disk = join(c.dir, 'root.raw');
+          await createRawClone({ base: c.rootfs.path, path: disk, ...(size ? { sizeBytes: size } : {}), ...owner });
+          c.root = { id: 'root', path: disk, format: 'raw', readOnly: false, root: true };
+        }
+      },
+    },
+    {
+      name: 'network',
+      when: () => o.network !== undefined && o.networkSpec !== undefined,
+      run: async (c) => {
+        const t0 = Date.now();
+        const atts = await o.network!.setup(await o.networkSpec!(c.vm)).catch((e: unknown) => {
+          throw renameNicFields(e);
+        });
+        c.runtime.attachments = atts;
+        c.nics = atts.map((a) => ({ id: a.name, tap: a.tap, mac: a.mac }));
+        c.netArgs = kernelIpArgs(atts, { hostname: c.vm.name });
+        const ns = atts[0]?.netnsPath;
+        if (ns) c.netnsPath = ns;
+        c.netMs = Date.now() - t0;
+      },
+      undo: async (c) => {
+        await o.network!.teardown(c.vm.id);
+        c.runtime.attachments = undefined;
+      },
+    },
+    {
+      // Extra drives after the root (vdb, vdc, ... in spec order), mounted by the guest init from `mvm.vol=`.
+      name: 'volumes',
+      when: (c) => (c.vm.spec.volumes?.length ?? 0) > 0,
+      run: async (c) => {
+        if (!o.volumes) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'this node has no volume backends');
+        const vols = await o.volumes.attachForVm(c.vm, o.nodeName);
+        vols.forEach((v, i) => {
+          c.volumeDrives.push({ id: `vol${i}`, path: v.path, format: 'raw', readOnly: v.readOnly, root: false });
+          c.volumeArgs.push(`mvm.vol=vd${String.fromCharCode(98 + i)}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPath}`);
+        });
+      },
+      undo: (c) => o.volumes?.detachForVm(c.vm.id, o.nodeName),
+    },
+    {
+      // Keep the previous boot's console as console.log.1 (older ones shift, bounded); each boot starts a fresh log.
+      name: 'console',
+      run: (c) => rotateClosed(join(c.dir, 'console.log')),
+    },
+    {
+      name: 'vmm-start',
+      run: async (c) => {
+        c.spec = launchSpec(c);
+        const t0 = Date.now();
+        const r = c.runtime;
+        r.launchedAt = t0;
+        c.inst = await o.driver.launch(c.spec);
+        r.inst = c.inst;
+        r.state = 'running';
+        r.startedAt = new Date().toISOString();
+        r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(c.netMs !== undefined ? { network: c.netMs } : {}) };
+        d.watch(r, c.inst, t0);
+      },
+      undo: async (c) => {
+        await c.inst?.kill().catch(() => undefined);
+        c.runtime.inst = undefined;
+      },
+    },
+    {
+      name: 'announce',
+      run: (c) => d.started(c.vm, c.inst, c.restoreFrom ? 'restored' : 'started'),
+    },
+  ];
+}
+
+/** The first start of a VM made from a snapshot: the snapshot's memory and disk instead of a cold boot. */
+export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
+  const o = d.o;
+  const restoreDisk: Step<Launch> = {
+    name: 'restore-disk',
+    run: async (c) => {
+      const snapshotId = c.vm.spec.source!.snapshot!;
+      const dir = d.snapshotDir(snapshotId);
+      if (!existsSync(dir)) throw new MvmError(ErrorCodes.IMAGE_ERROR, `snapshot ${snapshotId} has no files on node ${o.nodeName}`);
+      if (!o.driver.prepareRestoreDisk || !o.driver.snapshotFiles) {
+        throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${o.driver.name} cannot restore snapshots`);
+      }
+      // Marked before the disk exists: until a restore succeeds, every start restores.
+      writeFileSync(join(c.dir, RESTORE_PENDING), `${snapshotId}\n`);
+      c.root = await o.driver.prepareRestoreDisk(dir, c.dir);
+      c.restoreFrom = o.driver.snapshotFiles(dir);
+    },
+  };
+  const reidentify: Step<Launch> = {
+    // The restored guest still carries the source's identity in memory: give it this VM's
+    // MAC, address, hostname and machine id, then let it announce readiness.
+    name: 'reidentify',
+    run: (c) => d.reidentify(c.vm, c.dir, c.runtime.attachments ?? []),
+  };
+  const restored: Step<Launch> = {
+    name: 'restore-done',
+    run: (c) => rmSync(join(c.dir, RESTORE_PENDING), { force: true }),
+  };
+  return insertAfter(swapSteps(bootSteps(d), { 'root-disk': restoreDisk }), 'vmm-start', reidentify, restored);
+}
+
+/**
+ * Restore or cold boot: a VM made from a snapshot restores until one restore has succeeded (the
+ * marker RESTORE_PENDING is there, or its disk does not exist yet); later starts boot its own disk.
+ */
+export function wantsRestore(vm: MicroVM, dir: string): boolean {
+  if (!vm.spec.source?.snapshot) return false;
+  if (existsSync(join(dir, RESTORE_PENDING))) return true;
+  return !existsSync(join(dir, 'root.qcow2')) && !existsSync(join(dir, 'root.raw'));
+}
+
+function launchSpec(c: Launch): LaunchSpec {
+  const { vm, rootfs } = c;
+  const readOnly = vm.spec.rootfs?.readOnly === true;
+  const cmdline = [
+    'console=ttyS0',
+    'reboot=k',
+    'panic=-1',
+    'root=/dev/vda',
+    readOnly ? 'ro' : 'rw',
+    `mvm.id=${vm.id}`,
+    `mvm.name=${vm.name}`,
+    rootfs.init ? `init=${rootfs.init}` : '',
+    c.netArgs,
+    ...c.volumeArgs,
+    vm.spec.kernel?.cmdline ?? '',
+  ]
+    .filter(Boolean)
+    .join(' ');
+  return {
+    id: vm.id,
+    name: vm.name,
+    vcpu: vm.spec.vcpu,
+    memoryMiB: memoryMiB(vm.spec),
+    kernelPath: c.kernel.kernelPath,
+    ...(c.kernel.initrdPath ? { initrdPath: c.kernel.initrdPath } : {}),
+    cmdline,
+    drives: [c.root, ...c.volumeDrives],
+    nics: c.nics,
+    vmDir: c.dir,
+    cgroupProcs: c.cgroupProcs,
+    ...(c.netnsPath ? { netnsPath: c.netnsPath } : {}),
+    ...(c.restoreFrom ? { restoreFrom: c.restoreFrom } : {}),
+  };
+}
+
+/** The network adapter names NICs `nics[i]`; the API calls them `networkInterfaces[i]`. */
+function renameNicFields(e: unknown): unknown {
+  if (!(e instanceof MvmError)) return e;
+  const violations = e.violations.map((v) => ({ ...v, field: v.field.replace(/^nics\[/, 'networkInterfaces[') }));
+  return new MvmError(e.code, e.message.replace(/\bnics\[/g, 'networkInterfaces['), { violations, details: e.details, cause: e });
+}
