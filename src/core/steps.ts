@@ -9,7 +9,7 @@
 import { ErrorCodes, MvmError, asMvmError } from './errors.js';
 
 /** Returned by a step's `run` to end the pipeline here with success (nothing left to do this pass). */
-export const DONE = Symbol('pipeline-done');
+export const DONE: Readonly<{ pipeline: 'done' }> = Object.freeze({ pipeline: 'done' as const });
 
 export interface Step<C> {
   /** Stable, kebab-case: shown in errors, conditions, events, logs and timings. */

@@ -5,24 +5,11 @@
  * Informers (list + watch into a cache) on MicroVMs, Nodes and the node agents' heartbeat Leases
  * feed a rate-limited work queue keyed by namespace/name (src/operator/workqueue.ts); a periodic
  * resync re-queues everything; an informer that fails is restarted. Each key is reconciled from a
- * fresh read, one idempotent step after another:
- *
- *  1. deleted (deletionTimestamp): the finalizer is removed once the node reported NodeCleanedUp,
- *     or the VM was never bound, or its Node no longer exists;
- *  2. adopted: finalizer, id/tenant labels (a `kubectl apply`d object has none);
- *  3. the node label mirrors status.node;
- *  4. drain: on a cordoned Node (`kubectl drain`/`kubectl cordon`; unless annotated
- *     microvm.service/drain=false or drainOnCordon is off) or a NoExecute taint the VM does not
- *     tolerate, the VM gets Evicting=True; once its agent stopped it, it is unbound and placed
- *     again (stop there, start elsewhere);
- *  4b. quota: a VM never admitted (a `kubectl apply`d one bypasses the API's admission) must fit
- *     its tenant's quota first (condition Admitted; refused ones wait, reason QuotaExceeded);
- *  5. Pending → Scheduled: Scheduler.schedule over the operator's ClusterState (nodes from the Node
- *     and heartbeat informers, VMs holding resources from the MicroVM informer plus assumed bindings;
- *     a VM moved by a defrag only onto its target node);
- *     the binding (status.node, phase Scheduled, condition Scheduled) is one status write
- *     conditioned on the resourceVersion read, so two operators, or a retry after a crash, can
- *     never bind one VM twice.
+ * fresh read by the named, idempotent steps of reconcile-steps.ts (finalize, adopt, delete-request,
+ * restart, drain, unplaced, admit, stay-stopped, place); a step that fails is named in a
+ * ReconcileFailed event on the MicroVM (once per distinct failure) and the key is retried with
+ * backoff. The binding is one status write conditioned on the resourceVersion read, so two
+ * operators, or a retry after a crash, can never bind one VM twice.
  *
  * A defrag request (ConfigMap microvm-system/microvm-defrag) is planned with planDefrag and, unless
  * a dry run, carried out one move at a time through the eviction path (reconcileDefrag).
@@ -37,19 +24,21 @@ import { asMvmError } from '../core/errors.js';
 import { checkQuota, emptyUsage, vmResources, type Quotas, type VmResources } from '../core/quota.js';
 import type { Tenant } from '../core/ports/tenants.js';
 import { limitsOf } from '../core/tenancy.js';
-import { ConditionTypes, newId, parseQuantityMiB, setCondition, type MicroVM } from '../core/microvm.js';
-import { toleratesAll } from '../core/placement.js';
+import { ConditionTypes, parseQuantityMiB, setCondition, type MicroVM } from '../core/microvm.js';
 import type { NodeInfo } from '../core/ports/agent.js';
-import type { ConditionT } from '../core/schema.js';
 import { planDefrag, type DefragMove } from '../scheduler/defrag.js';
-import { unschedulableMessage, type Placement, type Scheduler } from '../scheduler/scheduler.js';
+import type { Placement, Scheduler } from '../scheduler/scheduler.js';
 import { ClusterState, holdsPlacement } from '../scheduler/state.js';
-import { ClusterConditions, evictionReason, FINALIZER, LABEL_NODE, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
+import { ClusterConditions, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
 import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
-import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, TenantNamespaces, fromObject, isLabelValue, resourcesOfObject, type MicroVMObject } from '../k8s/microvm-object.js';
+import { ANN_EVENT_TIME, LABEL_ID, TenantNamespaces, fromObject, isLabelValue, resourcesOfObject, type MicroVMObject } from '../k8s/microvm-object.js';
 import { ANN_TENANT, LABEL_TENANT_RECORD } from '../store/kubernetes/tenant-store.js';
 import { RateLimitingQueue, runWorkers } from './workqueue.js';
+import { ANN_DEFRAG_TARGET, condTrue, reconcileSteps, type Reconcile } from './reconcile-steps.js';
+import { failedStep, runSteps, type Step } from '../core/steps.js';
+
+export { ANN_DEFRAG_TARGET } from './reconcile-steps.js';
 
 const { group, version, plural } = MICROVM_RESOURCE;
 type VmObj = MicroVMObject & KubernetesObject;
@@ -89,13 +78,10 @@ export const DefragAnnotations = {
   started: 'microvm.service/defrag-move-started',
   message: 'microvm.service/defrag-message',
 } as const;
-/** On a MicroVM being moved by a defrag: the node it is to be placed on. */
-export const ANN_DEFRAG_TARGET = 'microvm.service/defrag-target';
 const DEFRAG_KEY = '@defrag';
 
 type PlannedMove = DefragMove & { namespace: string };
 
-const condTrue = (conds: ConditionT[] | undefined, type: string): boolean => !!conds?.some((c) => c.type === type && c.status === 'True');
 const keyOf = (o: { metadata?: { namespace?: string; name?: string } }): string => `${o.metadata?.namespace}/${o.metadata?.name}`;
 
 /** Thrown to re-queue a key with backoff without logging it as a failure. */
@@ -123,6 +109,9 @@ export class Operator {
   private nodesSynced = false;
   /** Reconciles done (tests, metrics). */
   reconciles = 0;
+  /** The last failure said per key (ReconcileFailed events are written once per distinct failure). */
+  private readonly failedSteps = new Map<string, string>();
+  private readonly steps: Array<Step<Reconcile>>;
 
   constructor(private readonly o: OperatorOptions) {
     const kc = o.kubeConfig;
@@ -175,6 +164,36 @@ export class Operator {
     for (const [what, inf] of [['microvms', this.vms], ['nodes', this.nodes], ['leases', this.leases], ['defrag', this.defragCms]] as const) {
       inf.on('error', (e: unknown) => this.restart(what, inf as ListWatch<KubernetesObject>, e));
     }
+    this.steps = reconcileSteps({
+      namespaces: this.tn,
+      drainOnCordon: o.drainOnCordon ?? true,
+      nodesSynced: () => this.nodesSynced,
+      node: (name) => this.nodes.get(name),
+      replace: (obj) => this.replace(obj),
+      replaceStatus: (obj) => this.replaceStatus(obj),
+      deleteObject: async (namespace, name) => {
+        try {
+          await this.custom.deleteNamespacedCustomObject({ group, version, plural, namespace, name });
+        } catch (e) {
+          if (httpStatus(e) !== 404) throw e;
+        }
+      },
+      event: (obj, type, reason, message) => this.event(obj, type, reason, message),
+      unbind: (obj, vm, now, why) => this.unbind(obj, vm, now, why),
+      quotaRefusal: (namespace, vm) => this.quotaRefusal(namespace, vm),
+      pinnedPlacement: (namespace, vm) => this.pinnedPlacement(namespace, vm),
+      refreshNodes: () => this.refreshNodes(),
+      schedule: (vm, only) => this.o.scheduler.schedule(vm, this.state, only ? { only } : undefined),
+      assume: (vm, node) => {
+        this.assumed.set(vm.id, { node, until: Date.now() + 30_000 });
+        this.state.assume(vm, node);
+      },
+      release: (id) => {
+        this.assumed.delete(id);
+        this.state.forget(id);
+      },
+      requeueAfter: (key, ms) => this.queue.addAfter(key, ms),
+    });
   }
 
   /** Start informers and workers (call when leading). */
@@ -337,191 +356,28 @@ export class Operator {
     this.refreshNodes();
   }
 
+  /** One pass over one key: a fresh read, then the reconcile steps (reconcile-steps.ts). */
   async reconcileKey(key: string): Promise<void> {
     this.reconciles++;
     if (key === DEFRAG_KEY) return this.reconcileDefrag();
     const [namespace, name] = key.split('/') as [string, string];
-    let obj = await this.get(namespace, name);
+    const obj = await this.get(namespace, name);
     if (!obj) return;
-    const st = obj.status;
-    const node = st?.node;
-
-    // 1. Deletion: the finalizer goes only when the node side is clean.
-    if (obj.metadata.deletionTimestamp) {
-      if (!obj.metadata.finalizers?.includes(FINALIZER)) return;
-      const cleaned = condTrue(st?.conditions, ClusterConditions.NodeCleanedUp);
-      const nodeGone = !!node && !this.nodes.get(node);
-      if (!node || cleaned || nodeGone) {
-        await this.replace({ ...obj, metadata: { ...obj.metadata, finalizers: obj.metadata.finalizers.filter((f) => f !== FINALIZER) } });
-        await this.event(obj, 'Normal', 'Deleted', !node ? 'never placed: finalizer removed' : cleaned ? `node ${node} removed the microVM: finalizer removed` : `node ${node} no longer exists: finalizer removed`);
-      }
-      // Otherwise the agent's status write (NodeCleanedUp) re-queues us.
-      return;
-    }
-
-    // 2. Adopt: finalizer, id and tenant labels.
-    const labels = { ...(obj.metadata.labels ?? {}) };
-    const annotations = { ...(obj.metadata.annotations ?? {}) };
-    let adopt = false;
-    if (!labels[LABEL_ID]) {
-      labels[LABEL_ID] = newId('vm');
-      adopt = true;
-    }
-    if (!labels[LABEL_TENANT]) {
-      labels[LABEL_TENANT] = this.tn.tenantOf(namespace);
-      adopt = true;
-    }
-    if (!labels[LABEL_MANAGED_BY]) labels[LABEL_MANAGED_BY] = MANAGER;
-    const created = obj.metadata.creationTimestamp ? new Date(obj.metadata.creationTimestamp).toISOString() : new Date().toISOString();
-    if (!annotations[ANN_CREATED_AT]) {
-      annotations[ANN_CREATED_AT] = created;
-      annotations[ANN_UPDATED_AT] = created;
-    }
-    // 3. The node label mirrors the binding.
-    if (node && labels[LABEL_NODE] !== node) {
-      labels[LABEL_NODE] = node;
-      adopt = true;
-    } else if (!node && labels[LABEL_NODE] !== undefined) {
-      delete labels[LABEL_NODE];
-      adopt = true;
-    }
-    // A defrag move is over once the VM is bound to its target.
-    if (node && annotations[ANN_DEFRAG_TARGET] === node) {
-      delete annotations[ANN_DEFRAG_TARGET];
-      adopt = true;
-    }
-    const finalizers = obj.metadata.finalizers ?? [];
-    if (!finalizers.includes(FINALIZER)) adopt = true;
-    if (adopt) {
-      const first = !finalizers.includes(FINALIZER);
-      obj = await this.replace({ ...obj, metadata: { ...obj.metadata, labels, annotations, finalizers: first ? [...finalizers, FINALIZER] : finalizers } });
-      if (first) await this.event(obj, 'Normal', 'Accepted', `microVM ${labels[LABEL_ID]} accepted (finalizer ${FINALIZER})`);
-    }
-
-    const vm = fromObject(obj, this.tn);
-    const now = new Date().toISOString();
-
-    // The API in cluster mode marks a delete as phase Deleting: turn it into a Kubernetes delete.
-    if (vm.status.phase === 'Deleting') {
-      try {
-        await this.custom.deleteNamespacedCustomObject({ group, version, plural, namespace, name });
-      } catch (e) {
-        if (httpStatus(e) !== 404) throw e;
-      }
-      return;
-    }
-
-    // kubectl's "start": desiredState set back to Running on a Stopped VM (a spec change the node
-    // has not observed yet; a guest that powered off or a stop set desiredState Stopped).
-    if (vm.status.phase === 'Stopped' && vm.desiredState === 'Running' && (vm.status.observedGeneration ?? 0) < vm.generation) {
-      const { reason: _r, message: _m, ...rest } = vm.status;
-      obj = await this.replaceStatus({ ...obj, status: { ...rest, phase: vm.status.node ? 'Scheduled' : 'Pending', observedGeneration: vm.generation } });
-      await this.event(obj, 'Normal', 'Restarting', 'desiredState is Running again: starting the microVM');
-      if (vm.status.node) return; // its node starts it
-    }
-
-    // 4. Drain.
-    if (vm.status.node) {
-      const n = this.nodes.get(vm.status.node);
-      // A drain (a cordon: `kubectl drain` / `kubectl cordon`, unless the node opts out), or a
-      // NoExecute taint the VM does not tolerate (as for pods).
-      const eviction = evictionReason(n, (t) => toleratesAll(vm.spec.tolerations, t), this.o.drainOnCordon ?? true);
-      const why = eviction?.message ?? '';
-      const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
-      if (!n && this.nodesSynced) {
-        // The Node was removed from the cluster (as the pod GC does): place the VM anew. If that
-        // machine still runs its agent, the agent sees the VM unbound and removes it there.
-        obj = await this.unbind(obj, vm, now, `node ${vm.status.node} no longer exists`);
-      } else if (eviction && !evicting) {
-        if (['Stopped', 'Failed', 'Pending'].includes(vm.status.phase) && !vm.status.pid) {
-          // Nothing runs there: unbind at once (the node removes its files).
-          obj = await this.unbind(obj, vm, now, `${why}: unbound`);
-        } else {
-          obj = await this.replaceStatus({
-            ...obj,
-            status: { ...obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: eviction.reason, message: why }, now), observedGeneration: vm.generation },
-          });
-          await this.event(obj, 'Normal', 'Evicting', `${why}: stopping the microVM there`);
-          return; // the agent stops it; its status write re-queues us
-        }
-      } else if (evicting) {
-        if (!['Stopped', 'Failed'].includes(vm.status.phase)) return; // still stopping on the old node
-        obj = await this.unbind(obj, vm, now, `moved off ${vm.status.node}`);
-      } else return;
-    }
-
-    // 5. Place.
-    const cur = fromObject(obj, this.tn);
-    // Pending, or Scheduled without a node (a start of a VM that a drain left unbound).
-    if (cur.status.node || (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled')) return;
-    // 4b. Quota, once per VM (before it first holds anything).
-    if (!condTrue(cur.status.conditions, ClusterConditions.Admitted)) {
-      const refusal = await this.quotaRefusal(namespace, cur);
-      const conds = refusal
-        ? setCondition(cur.status.conditions, { type: ClusterConditions.Admitted, status: 'False', reason: 'QuotaExceeded', message: refusal }, now)
-        : setCondition(cur.status.conditions, { type: ClusterConditions.Admitted, status: 'True', reason: 'WithinQuota', message: 'fits the tenant quota' }, now);
-      if (refusal) {
-        if (conds !== cur.status.conditions) {
-          obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
-          await this.event(obj, 'Warning', 'QuotaExceeded', `${refusal}: waiting until the tenant has room`);
-        }
-        this.queue.addAfter(key, 10_000); // deletes requeue us sooner (MicroVM informer)
-        return;
-      }
-      // Admitted=True is written with the next status write (Stopped, Unschedulable or the binding).
-      cur.status.conditions = conds;
-    }
-    if (cur.desiredState === 'Stopped') {
-      await this.replaceStatus({ ...obj, status: { ...cur.status, phase: 'Stopped', stoppedAt: now, observedGeneration: cur.generation } });
-      return;
-    }
-    this.refreshNodes();
-    // A VM restored from a snapshot runs only on the node holding the snapshot's files (ADR 0009):
-    // its first boot restores them, its disk stays backed by them. No fallback, no defrag move.
-    // A VM using a node-local volume runs only on that volume's node (ADR 0018, "Cluster mode").
-    const pinned = await this.pinnedPlacement(namespace, cur);
-    // A VM moved by a defrag goes to the node the plan chose (elsewhere if that node refuses it now).
-    const target = pinned ? undefined : obj.metadata.annotations?.[ANN_DEFRAG_TARGET];
-    let placement = pinned ?? (target ? this.o.scheduler.schedule(cur, this.state, { only: target }) : undefined);
-    if (target && !placement?.node) {
-      await this.event(obj, 'Warning', 'DefragTargetUnavailable', `defrag target ${target} refuses the microVM now (${placement?.message}): placing it anywhere`);
-      const { [ANN_DEFRAG_TARGET]: _t, ...rest } = obj.metadata.annotations ?? {};
-      obj = await this.replace({ ...obj, metadata: { ...obj.metadata, annotations: rest } });
-    }
-    if (!placement?.node && !pinned) placement = this.o.scheduler.schedule(cur, this.state);
-    if (!placement?.node) {
-      const msg = placement ? unschedulableMessage(placement) : 'no placement';
-      const conds = setCondition(cur.status.conditions, { type: ConditionTypes.Scheduled, status: 'False', reason: 'Unschedulable', message: msg }, now);
-      if (conds !== cur.status.conditions) {
-        obj = await this.replaceStatus({ ...obj, status: { ...cur.status, conditions: conds, observedGeneration: cur.generation } });
-        await this.event(obj, 'Warning', 'Unschedulable', msg);
-      }
-      this.queue.addAfter(key, 10_000); // nodes may come back or free up
-      return;
-    }
-    // The binding: one status write conditioned on the resourceVersion just read.
-    // Assumed before the write (as kube-scheduler does): a concurrent worker's decision sees it.
-    this.assumed.set(cur.id, { node: placement.node, until: Date.now() + 30_000 });
-    this.state.assume({ ...cur, status: { ...cur.status, phase: 'Scheduled', node: placement.node } }, placement.node);
+    const pass: Reconcile = { key, namespace, name, obj, vm: fromObject(obj, this.tn), now: new Date().toISOString() };
     try {
-      obj = await this.replaceStatus({
-        ...obj,
-        status: {
-          ...cur.status,
-          phase: 'Scheduled',
-          node: placement.node,
-          conditions: setCondition(cur.status.conditions, { type: ConditionTypes.Scheduled, status: 'True', reason: 'Placed', message: `placed on ${placement.node}` }, now),
-          observedGeneration: cur.generation,
-        },
-      });
+      await runSteps(`reconcile of ${key}`, this.steps, pass, { passThrough: (e) => e instanceof Requeue });
+      this.failedSteps.delete(key);
     } catch (e) {
-      this.assumed.delete(cur.id);
-      this.state.forget(cur.id);
+      if (e instanceof Requeue) throw e;
+      // Say which step failed on the MicroVM, once per distinct failure (retries back off quietly).
+      const err = asMvmError(e);
+      const said = `step ${failedStep(err) ?? 'unknown'}: ${asMvmError(err.cause ?? err).message}`;
+      if (this.failedSteps.get(key) !== said) {
+        this.failedSteps.set(key, said);
+        await this.event(pass.obj, 'Warning', 'ReconcileFailed', said);
+      }
       throw e;
     }
-    this.state.assume(fromObject(obj, this.tn), placement.node);
-    await this.event(obj, 'Normal', 'Scheduled', `placed on node ${placement.node}`);
-    // The node label follows (step 3) on the requeue that this write's watch event brings.
   }
 
   /**

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
-import { ErrorCodes, MvmError, notFound, type ErrorCode } from '../../core/errors.js';
+import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import { memoryMiB, type MicroVM } from '../../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../../core/ports/agent.js';
 import type { VmMetricsT } from '../../core/schema.js';
