@@ -39,9 +39,9 @@ export class LocalAgent implements NodeAgent {
   private readonly events = new EventEmitter();
   private readonly vmsRoot: string;
 
-  constructor(private readonly o: AgentOptions) {
-    this.nodeName = o.nodeName;
-    this.vmsRoot = join(o.dataDir, 'vms');
+  constructor(private readonly options: AgentOptions) {
+    this.nodeName = options.nodeName;
+    this.vmsRoot = join(options.dataDir, 'vms');
     mkdirSync(this.vmsRoot, { recursive: true });
     this.events.setMaxListeners(0);
   }
@@ -51,19 +51,19 @@ export class LocalAgent implements NodeAgent {
   }
 
   async info(): Promise<NodeInfo> {
-    const caps = await this.o.driver.capabilities();
+    const caps = await this.options.driver.capabilities();
     return {
       name: this.nodeName,
       cpus: cpus().length,
       memoryMiB: Math.floor(totalmem() / 1024 / 1024),
       drivers: caps.available ? [caps.driver] : [],
       accel: caps.accel,
-      labels: { ...(this.o.labels ?? {}), 'microvm.service/driver': caps.driver, 'microvm.service/accel': caps.accel },
+      labels: { ...(this.options.labels ?? {}), 'microvm.service/driver': caps.driver, 'microvm.service/accel': caps.accel },
       ready: caps.available,
     };
   }
 
-  private rt(id: string): Runtime {
+  private runtimeOf(id: string): Runtime {
     let r = this.vms.get(id);
     if (!r) {
       r = { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false, stopping: false, lock: Promise.resolve() };
@@ -74,34 +74,34 @@ export class LocalAgent implements NodeAgent {
 
   /** Run `fn` after every earlier operation on the same VM. */
   private serial<T>(id: string, fn: (r: Runtime) => Promise<T>): Promise<T> {
-    const r = this.rt(id);
+    const r = this.runtimeOf(id);
     const next = r.lock.then(() => fn(r));
     r.lock = next.catch(() => undefined);
     return next;
   }
 
   async start(): Promise<void> {
-    observability.attachAgent(this, { vmsRoot: this.vmsRoot, log: this.o.log });
+    observability.attachAgent(this, { vmsRoot: this.vmsRoot, log: this.options.log });
     // 1. Re-adopt VMMs that outlived an earlier service process.
     for (const id of this.dirIds()) {
-      const inst = await this.o.driver.adopt(id, this.vmDir(id));
-      const r = this.rt(id);
-      const atts = await this.o.network?.get(id).catch(() => undefined);
+      const inst = await this.options.driver.adopt(id, this.vmDir(id));
+      const r = this.runtimeOf(id);
+      const atts = await this.options.network?.get(id).catch(() => undefined);
       if (atts) r.attachments = atts;
       if (inst) {
         r.inst = inst;
         r.state = (await inst.state()) === 'paused' ? 'paused' : 'running';
         r.startedAt = new Date(Date.now()).toISOString();
         this.watch(r, inst, 0);
-        this.o.log.info({ vm: id, pid: inst.pid }, 're-adopted running VMM');
+        this.options.log.info({ vm: id, pid: inst.pid }, 're-adopted running VMM');
       } else {
         r.state = 'stopped';
       }
     }
     // 2. Kill VMM processes of ours whose directory is gone (crash between teardown steps).
-    for (const p of await this.o.driver.findProcesses(this.vmsRoot)) {
+    for (const p of await this.options.driver.findProcesses(this.vmsRoot)) {
       if (!existsSync(p.vmDir) || !this.vms.get(p.id)?.inst) {
-        this.o.log.warn({ vm: p.id, pid: p.pid }, 'killing orphaned VMM process');
+        this.options.log.warn({ vm: p.id, pid: p.pid }, 'killing orphaned VMM process');
         try {
           process.kill(p.pid, 'SIGKILL');
         } catch {
@@ -121,8 +121,8 @@ export class LocalAgent implements NodeAgent {
   async known(): Promise<string[]> {
     const ids = new Set(this.dirIds());
     for (const [id, r] of this.vms) if (r.inst || r.state !== 'absent') ids.add(id);
-    for (const p of await this.o.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
-    for (const id of (await this.o.network?.list()) ?? []) ids.add(id);
+    for (const p of await this.options.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
+    for (const id of (await this.options.network?.list()) ?? []) ids.add(id);
     return [...ids];
   }
 
@@ -160,7 +160,7 @@ export class LocalAgent implements NodeAgent {
       const launch = { vm, runtime: r, dir } as Launch;
       try {
         await runSteps(`start of ${vm.id}`, steps, launch, {
-          onUndoError: (step, err) => this.o.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a launch step failed'),
+          onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a launch step failed'),
         });
       } catch (e) {
         const err = asMvmError(e, ErrorCodes.VMM_ERROR);
@@ -170,7 +170,7 @@ export class LocalAgent implements NodeAgent {
         r.state = 'failed';
         r.reason = 'StartFailed';
         r.message = `step ${step}: ${cause.message}`;
-        this.o.log.error({ vm: vm.id, step, err: cause.message }, 'start failed');
+        this.options.log.error({ vm: vm.id, step, err: cause.message }, 'start failed');
         throw new MvmError(err.code, r.message, { cause: e, details: { ...cause.details, step } });
       }
       return this.observe(vm.id);
@@ -179,7 +179,7 @@ export class LocalAgent implements NodeAgent {
 
   private get launchDeps(): LaunchDeps {
     return {
-      o: this.o,
+      env: this.options,
       snapshotDir: (id) => this.snapDir(id),
       watch: (r, inst, t0) => this.watch(r, inst, t0),
       reidentify: (vm, dir, atts) => this.reidentify(vm, dir, atts),
@@ -250,7 +250,7 @@ export class LocalAgent implements NodeAgent {
         r.message = exit.reason;
         this.emit({ id: r.id, kind: 'exited', message: exit.reason });
       }
-      void this.o.cgroups.remove(r.id).catch(() => undefined);
+      void this.options.cgroups.remove(r.id).catch(() => undefined);
     });
   }
 
@@ -263,7 +263,7 @@ export class LocalAgent implements NodeAgent {
         await inst.exited;
       } else {
         // Maybe a VMM we do not hold (e.g. adoption failed): find it by directory.
-        for (const p of await this.o.driver.findProcesses(this.vmsRoot)) {
+        for (const p of await this.options.driver.findProcesses(this.vmsRoot)) {
           if (p.id === id) {
             try {
               process.kill(p.pid, 'SIGKILL');
@@ -276,11 +276,11 @@ export class LocalAgent implements NodeAgent {
       r.stopWatch?.();
       r.inst = undefined;
       r.ready = false;
-      await this.o.cgroups.remove(id);
+      await this.options.cgroups.remove(id);
       // Unmap its volumes on this node (they stay claimed by the VM until it is deleted).
-      await this.o.volumes?.detachForVm(id, this.nodeName);
+      await this.options.volumes?.detachForVm(id, this.nodeName);
       // CNI DEL on stop: a stopped VM holds no tap, namespace or address (it gets one again on start).
-      await this.o.network?.teardown(id);
+      await this.options.network?.teardown(id);
       r.attachments = undefined;
       for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
       r.state = existsSync(this.vmDir(id)) ? 'stopped' : 'absent';
@@ -290,7 +290,7 @@ export class LocalAgent implements NodeAgent {
   async ensureAbsent(id: string): Promise<void> {
     await this.ensureStopped(id, 3000);
     await this.serial(id, async (r) => {
-      await this.o.network?.teardown(id);
+      await this.options.network?.teardown(id);
       r.attachments = undefined;
       rmSync(this.vmDir(id), { recursive: true, force: true });
       r.state = 'absent';
@@ -299,7 +299,7 @@ export class LocalAgent implements NodeAgent {
   }
 
   private snapDir(snapshotId: string): string {
-    return join(this.o.dataDir, 'snapshots', snapshotId);
+    return join(this.options.dataDir, 'snapshots', snapshotId);
   }
 
   /** Type the new identity into the restored guest's serial shell. */
@@ -402,7 +402,7 @@ export class LocalAgent implements NodeAgent {
     // read instead of spawning `ip` per VM and sample; the network manager is the fallback.
     const taps = r?.attachments?.map((n) => n.tap) ?? [];
     const fromProc = vmNetCounters(r?.inst?.pid, taps);
-    m.net = fromProc.length === taps.length && taps.length > 0 ? fromProc : ((await this.o.network?.stats(vm.id).catch(() => [])) ?? []);
+    m.net = fromProc.length === taps.length && taps.length > 0 ? fromProc : ((await this.options.network?.stats(vm.id).catch(() => [])) ?? []);
     if (r?.bootMs) m.bootMs = r.bootMs;
     return m;
   }

@@ -92,7 +92,7 @@ export interface LaunchEnv {
 
 /** What the steps need from the agent. */
 export interface LaunchDeps {
-  o: LaunchEnv;
+  env: LaunchEnv;
   /** The directory of a snapshot's files on this node. */
   snapshotDir(snapshotId: string): string;
   /** Start watching a launched VMM (readiness, exit). */
@@ -107,7 +107,7 @@ const bytesOf = (q: string, field: string): number => parseQuantityMiB(q, field)
 
 /** The cold-boot pipeline. */
 export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
-  const o = d.o;
+  const o = d.env;
   return [
     {
       name: 'prepare',
@@ -228,7 +228,7 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
 
 /** The first start of a VM made from a snapshot: the snapshot's memory and disk instead of a cold boot. */
 export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
-  const o = d.o;
+  const o = d.env;
   const restoreDisk: Step<Launch> = {
     name: 'restore-disk',
     run: async (c) => {

@@ -90,7 +90,7 @@ class Requeue extends Error {}
 export class Operator {
   private readonly custom: CustomObjectsApi;
   private readonly core: CoreV1Api;
-  private readonly tn: TenantNamespaces;
+  private readonly namespaces: TenantNamespaces;
   readonly queue: RateLimitingQueue;
   private readonly vms: ListWatch<VmObj>;
   private readonly nodes: ListWatch<V1Node>;
@@ -113,15 +113,15 @@ export class Operator {
   private readonly failedSteps = new Map<string, string>();
   private readonly steps: Array<Step<Reconcile>>;
 
-  constructor(private readonly o: OperatorOptions) {
-    const kc = o.kubeConfig;
+  constructor(private readonly options: OperatorOptions) {
+    const kc = options.kubeConfig;
     this.custom = kc.makeApiClient(CustomObjectsApi);
     this.core = kc.makeApiClient(CoreV1Api);
     const coord = kc.makeApiClient(CoordinationV1Api);
-    this.tn = new TenantNamespaces(o.partition);
-    this.systemNs = o.systemNamespace ?? SYSTEM_NAMESPACE;
-    this.queue = new RateLimitingQueue({ baseDelayMs: o.baseDelayMs ?? 250, maxDelayMs: o.maxDelayMs ?? 30_000 });
-    const sel = this.tn.selector().join(',');
+    this.namespaces = new TenantNamespaces(options.partition);
+    this.systemNs = options.systemNamespace ?? SYSTEM_NAMESPACE;
+    this.queue = new RateLimitingQueue({ baseDelayMs: options.baseDelayMs ?? 250, maxDelayMs: options.maxDelayMs ?? 30_000 });
+    const sel = this.namespaces.selector().join(',');
     this.vms = new ListWatch<VmObj>(
       `/apis/${group}/${version}/${plural}`,
       new Watch(kc),
@@ -147,8 +147,8 @@ export class Operator {
     );
     for (const verb of ['add', 'update'] as const) this.vms.on(verb, (obj) => this.syncVm(obj));
     this.vms.on('delete', (obj) => {
-      this.assumed.delete(fromObject(obj, this.tn).id);
-      this.state.forget(fromObject(obj, this.tn).id);
+      this.assumed.delete(fromObject(obj, this.namespaces).id);
+      this.state.forget(fromObject(obj, this.namespaces).id);
       // Room in the tenant's quota: the VMs waiting for it look again.
       for (const o of this.vms.list(obj.metadata?.namespace)) {
         if (o.status?.conditions?.some((x) => x.type === ClusterConditions.Admitted && x.status === 'False')) this.queue.add(keyOf(o));
@@ -165,8 +165,8 @@ export class Operator {
       inf.on('error', (e: unknown) => this.restart(what, inf as ListWatch<KubernetesObject>, e));
     }
     this.steps = reconcileSteps({
-      namespaces: this.tn,
-      drainOnCordon: o.drainOnCordon ?? true,
+      namespaces: this.namespaces,
+      drainOnCordon: options.drainOnCordon ?? true,
       nodesSynced: () => this.nodesSynced,
       node: (name) => this.nodes.get(name),
       replace: (obj) => this.replace(obj),
@@ -183,7 +183,7 @@ export class Operator {
       quotaRefusal: (namespace, vm) => this.quotaRefusal(namespace, vm),
       pinnedPlacement: (namespace, vm) => this.pinnedPlacement(namespace, vm),
       refreshNodes: () => this.refreshNodes(),
-      schedule: (vm, only) => this.o.scheduler.schedule(vm, this.state, only ? { only } : undefined),
+      schedule: (vm, only) => this.options.scheduler.schedule(vm, this.state, only ? { only } : undefined),
       assume: (vm, node) => {
         this.assumed.set(vm.id, { node, until: Date.now() + 30_000 });
         this.state.assume(vm, node);
@@ -202,19 +202,19 @@ export class Operator {
     this.nodesSynced = true;
     await this.vms.start();
     await this.defragCms.start();
-    this.workers = runWorkers(this.queue, this.o.workers ?? 4, (k) => this.reconcileKey(k), (k, e, retry) => {
-      if (!(e instanceof Requeue)) this.o.log.warn({ key: k, err: asMvmError(e).message, retryInMs: retry }, 'reconcile failed');
+    this.workers = runWorkers(this.queue, this.options.workers ?? 4, (k) => this.reconcileKey(k), (k, e, retry) => {
+      if (!(e instanceof Requeue)) this.options.log.warn({ key: k, err: asMvmError(e).message, retryInMs: retry }, 'reconcile failed');
     });
     const tick = (): void => {
       if (this.stopped) return;
       this.resyncState();
       for (const o of this.vms.list()) this.queue.add(keyOf(o));
       this.queue.add(DEFRAG_KEY);
-      this.resyncTimer = setTimeout(tick, this.o.resyncMs ?? 30_000);
+      this.resyncTimer = setTimeout(tick, this.options.resyncMs ?? 30_000);
       this.resyncTimer.unref();
     };
     tick();
-    this.o.log.info('operator started');
+    this.options.log.info('operator started');
   }
 
   async stop(): Promise<void> {
@@ -228,7 +228,7 @@ export class Operator {
 
   private restart(what: string, inf: ListWatch<KubernetesObject>, e: unknown): void {
     if (this.stopped) return;
-    this.o.log.warn({ informer: what, err: (e as Error)?.message }, 'informer failed; restarting');
+    this.options.log.warn({ informer: what, err: (e as Error)?.message }, 'informer failed; restarting');
     const t = setTimeout(() => {
       this.restartTimers.delete(t);
       if (!this.stopped) void inf.start().catch(() => undefined);
@@ -291,7 +291,7 @@ export class Operator {
           metadata: {
             generateName: `${obj.metadata.name!.slice(0, 200)}.`,
             namespace,
-            labels: { ...this.tn.systemLabels(this.tn.tenantOf(namespace)), ...(id && isLabelValue(id) ? { [LABEL_ID]: id } : {}) },
+            labels: { ...this.namespaces.systemLabels(this.namespaces.tenantOf(namespace)), ...(id && isLabelValue(id) ? { [LABEL_ID]: id } : {}) },
             annotations: { [ANN_EVENT_TIME]: now.toISOString() },
           },
           involvedObject: { apiVersion: `${group}/${version}`, kind: 'MicroVM', name: obj.metadata.name!, namespace, uid: obj.metadata.uid!, resourceVersion: obj.metadata.resourceVersion! },
@@ -305,9 +305,9 @@ export class Operator {
         },
       });
     } catch (e) {
-      this.o.log.warn({ key: keyOf(obj), reason, err: (e as Error).message }, 'could not record event');
+      this.options.log.warn({ key: keyOf(obj), reason, err: (e as Error).message }, 'could not record event');
     }
-    this.o.log.info({ key: keyOf(obj), reason, type }, message);
+    this.options.log.info({ key: keyOf(obj), reason, type }, message);
   }
 
   /** The scheduler's view: ready = fresh heartbeat; capacity from the agent's report. */
@@ -332,7 +332,7 @@ export class Operator {
 
   /** A MicroVM as the informer sees it: holds resources on its node, or not (stopped, unbound). */
   private syncVm(o: MicroVMObject): void {
-    const vm = fromObject(o, this.tn);
+    const vm = fromObject(o, this.namespaces);
     const a = this.assumed.get(vm.id);
     if (holdsPlacement(vm)) {
       this.state.assume(vm, vm.status.node!);
@@ -350,7 +350,7 @@ export class Operator {
     const seen = new Set<string>();
     for (const o of this.vms.list()) {
       this.syncVm(o);
-      seen.add(fromObject(o, this.tn).id);
+      seen.add(fromObject(o, this.namespaces).id);
     }
     for (const p of [...this.state.placed()]) if (!seen.has(p.id) && !this.assumed.has(p.id)) this.state.forget(p.id);
     this.refreshNodes();
@@ -363,7 +363,7 @@ export class Operator {
     const [namespace, name] = key.split('/') as [string, string];
     const obj = await this.get(namespace, name);
     if (!obj) return;
-    const pass: Reconcile = { key, namespace, name, obj, vm: fromObject(obj, this.tn), now: new Date().toISOString() };
+    const pass: Reconcile = { key, namespace, name, obj, vm: fromObject(obj, this.namespaces), now: new Date().toISOString() };
     try {
       await runSteps(`reconcile of ${key}`, this.steps, pass, { passThrough: (e) => e instanceof Requeue });
       this.failedSteps.delete(key);
@@ -404,7 +404,7 @@ export class Operator {
       return undefined;
     }
     if (limits.vms === undefined && limits.vcpu === undefined && limits.memoryMiB === undefined && limits.diskMiB === undefined) return undefined;
-    const tenant = this.tn.tenantOf(namespace);
+    const tenant = this.namespaces.tenantOf(namespace);
     const used = emptyUsage();
     const add = (r: VmResources): void => {
       used.vms += 1;
@@ -417,7 +417,7 @@ export class Operator {
     const myAge = me ? ageOf(me) : `${new Date().toISOString()}/${vm.name}`;
     const waiting: VmObj[] = [];
     for (const o of this.vms.list(namespace)) {
-      const other = fromObject(o, this.tn);
+      const other = fromObject(o, this.namespaces);
       if (other.id === vm.id || o.metadata?.name === vm.name) continue;
       const conds = other.status.conditions;
       const held = condTrue(conds, ClusterConditions.Admitted) || !!other.status.node || (!conds.some((c) => c.type === ClusterConditions.Admitted) && other.status.phase !== 'Pending');
@@ -485,7 +485,7 @@ export class Operator {
     const node = pins[0]!.node;
     const why = pins.map((p) => p.why).join('; ');
     if (!this.state.node(node)) return refuse(`${why}, and it has no ready node agent (no heartbeat) or is not in the cluster`);
-    const p = this.o.scheduler.schedule(vm, this.state, { only: node });
+    const p = this.options.scheduler.schedule(vm, this.state, { only: node });
     return p.node ? p : { ...p, message: `${why}: ${p.message}` };
   }
 
@@ -538,7 +538,7 @@ export class Operator {
         if (httpStatus(e) === 409 || httpStatus(e) === 404) throw new Requeue('conflict on the defrag ConfigMap');
         throw e;
       }
-      if (upd[DefragAnnotations.phase]) this.o.log.info({ defrag: upd[DefragAnnotations.phase], done: upd[DefragAnnotations.done] }, upd[DefragAnnotations.message] ?? 'defrag');
+      if (upd[DefragAnnotations.phase]) this.options.log.info({ defrag: upd[DefragAnnotations.phase], done: upd[DefragAnnotations.done] }, upd[DefragAnnotations.message] ?? 'defrag');
     };
 
     if (ann[DefragAnnotations.request] !== request) {
@@ -555,11 +555,11 @@ export class Operator {
       this.refreshNodes();
       const plan = planDefrag(this.state, {
         targetSlot: slot,
-        scheduler: this.o.scheduler,
+        scheduler: this.options.scheduler,
         movable: (p) => p.vm.status.phase === 'Running' && !condTrue(p.vm.status.conditions, ClusterConditions.Evicting),
       });
-      const nsOf = new Map(this.vms.list().map((o) => [fromObject(o, this.tn).id, o.metadata!.namespace!]));
-      const moves: PlannedMove[] = plan.moves.map((m) => ({ ...m, namespace: nsOf.get(m.vm) ?? this.tn.namespaceOf(m.tenant) }));
+      const nsOf = new Map(this.vms.list().map((o) => [fromObject(o, this.namespaces).id, o.metadata!.namespace!]));
+      const moves: PlannedMove[] = plan.moves.map((m) => ({ ...m, namespace: nsOf.get(m.vm) ?? this.namespaces.namespaceOf(m.tenant) }));
       const phase = !plan.node ? 'Failed' : dryRun ? 'Planned' : moves.length ? 'Moving' : 'Succeeded';
       await write({
         [DefragAnnotations.request]: request,
@@ -585,11 +585,11 @@ export class Operator {
       return;
     }
     const obj = await this.get(m.namespace, m.name);
-    if (!obj || obj.metadata.deletionTimestamp || fromObject(obj, this.tn).id !== m.vm) {
+    if (!obj || obj.metadata.deletionTimestamp || fromObject(obj, this.namespaces).id !== m.vm) {
       await fail(`microVM ${m.namespace}/${m.name} is gone`);
       return;
     }
-    const vm = fromObject(obj, this.tn);
+    const vm = fromObject(obj, this.namespaces);
     const evicting = condTrue(vm.status.conditions, ClusterConditions.Evicting);
     const targeted = obj.metadata.annotations?.[ANN_DEFRAG_TARGET] === m.to;
     const started = ann[DefragAnnotations.started] === String(done);
