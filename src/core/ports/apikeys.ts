@@ -22,12 +22,18 @@ export interface ApiKeyRecord {
 }
 
 export interface ApiKeyStore {
-  /** ALREADY_EXISTS when the tenant already has a key of that name. */
+  /**
+   * ALREADY_EXISTS when the id is taken, or when the tenant already has an active key of that name
+   * (revoking a key frees its name; expiry does not: an expired key stays until it is revoked).
+   * The store keeps expired and revoked keys as they are; their state is the caller's to judge.
+   */
   createKey(k: ApiKeyRecord): Promise<ApiKeyRecord>;
   getKey(id: string): Promise<ApiKeyRecord | undefined>;
   listKeys(opts: { tenant?: string; limit?: number; cursor?: string }): Promise<Page<ApiKeyRecord>>;
   /** Sets revokedAt once (revoking twice keeps the first time). NOT_FOUND when missing. */
   revokeKey(id: string, at: string): Promise<ApiKeyRecord>;
+  /** Records `at` as lastUsedAt. Best effort: an unknown key is no error (and nothing is created). */
   touchKey(id: string, at: string): Promise<void>;
+  /** Deletes every key of the tenant, revoked ones too; returns how many. */
   deleteKeysOfTenant(tenant: string): Promise<number>;
 }

@@ -22,6 +22,12 @@ export interface ResourceStore {
   list<T>(kind: string, opts?: { tenant?: string }): Promise<Array<StoredResource<T>>>;
   /** Read-modify-write; CONFLICT when expectedVersion does not match; NOT_FOUND when missing. */
   update<T>(kind: string, id: string, mutate: (spec: T) => T, expectedVersion?: string): Promise<StoredResource<T>>;
+  /** true when it deleted the resource, false when there was none. */
   delete(kind: string, id: string): Promise<boolean>;
+  /**
+   * `cb` is told of every create, update and delete this store makes (before the write returns;
+   * adapters may report other writers' changes too). Refused writes tell nothing. A subscriber's
+   * failure is its own: it never fails the write or keeps the other subscribers from being told.
+   */
   watch(cb: (kind: string, id: string) => void): () => void;
 }

@@ -1,6 +1,5 @@
 /** SQLite adapter of the generic resource store, sharing the service's database file. */
 import type Database from 'better-sqlite3';
-import { EventEmitter } from 'node:events';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { ResourceStore, StoredResource } from '../../core/ports/resources.js';
 
@@ -27,14 +26,24 @@ const toResource = <T>(r: Row): StoredResource<T> => ({
 });
 
 export class SqliteResourceStore implements ResourceStore {
-  private readonly emitter = new EventEmitter();
+  private readonly subs = new Set<(kind: string, id: string) => void>();
 
   constructor(private readonly db: Database.Database) {
     db.exec(`CREATE TABLE IF NOT EXISTS resources (
       kind TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL,
       rv INTEGER NOT NULL, doc TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
       PRIMARY KEY (kind, id), UNIQUE (kind, tenant, name))`);
-    this.emitter.setMaxListeners(0);
+  }
+
+  /** Tell every subscriber; a subscriber's failure is its own (the write is committed already). */
+  private tell(kind: string, id: string): void {
+    for (const cb of [...this.subs]) {
+      try {
+        cb(kind, id);
+      } catch {
+        // not the writer's failure
+      }
+    }
   }
 
   async create<T>(r: Omit<StoredResource<T>, 'resourceVersion' | 'createdAt' | 'updatedAt'>): Promise<StoredResource<T>> {
@@ -49,7 +58,7 @@ export class SqliteResourceStore implements ResourceStore {
       }
       throw e;
     }
-    this.emitter.emit('change', r.kind, r.id);
+    this.tell(r.kind, r.id);
     return { ...r, resourceVersion: '1', createdAt: now, updatedAt: now };
   }
 
@@ -85,18 +94,20 @@ export class SqliteResourceStore implements ResourceStore {
       return toResource<T>({ ...row, doc: JSON.stringify(spec), rv: row.rv + 1, updated_at: now });
     });
     const out = tx();
-    this.emitter.emit('change', kind, id);
+    this.tell(kind, id);
     return out;
   }
 
   async delete(kind: string, id: string): Promise<boolean> {
     const r = this.db.prepare('DELETE FROM resources WHERE kind = ? AND id = ?').run(kind, id);
-    if (r.changes) this.emitter.emit('change', kind, id);
+    if (r.changes) this.tell(kind, id);
     return r.changes > 0;
   }
 
   watch(cb: (kind: string, id: string) => void): () => void {
-    this.emitter.on('change', cb);
-    return () => this.emitter.off('change', cb);
+    // A wrapper per subscription: the same callback may subscribe twice and unsubscribe once.
+    const sub = (kind: string, id: string): void => cb(kind, id);
+    this.subs.add(sub);
+    return () => this.subs.delete(sub);
   }
 }

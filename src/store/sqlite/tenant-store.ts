@@ -131,6 +131,9 @@ export class SqliteTenantStore implements TenantStore, ApiKeyStore {
 
   async createKey(k: ApiKeyRecord): Promise<ApiKeyRecord> {
     return this.db.transaction(() => {
+      if (this.s.stmt('SELECT 1 FROM api_keys WHERE id = ?').get(k.id)) {
+        throw new MvmError(ErrorCodes.ALREADY_EXISTS, `API key ${JSON.stringify(k.id)} already exists`, { violations: [{ field: 'id', message: 'already in use' }] });
+      }
       if (this.s.stmt('SELECT 1 FROM api_keys WHERE tenant = ? AND name = ? AND revoked_at IS NULL').get(k.tenant, k.name)) {
         throw new MvmError(ErrorCodes.ALREADY_EXISTS, `tenant ${k.tenant} already has an active API key named ${JSON.stringify(k.name)}`, {
           violations: [{ field: 'name', message: 'already in use' }],
