@@ -107,11 +107,16 @@ export class KubernetesIdempotencyStore implements IdempotencyStore {
     }
   }
 
+  /** Deletes a pending claim only (a completed response stays for its retries), with the read resourceVersion. */
   async abandon(scope: string): Promise<void> {
+    const name = this.name(scope);
+    const cur = await this.read(name);
+    if (!cur || cur.claim.state !== 'pending') return;
     try {
-      await this.core.deleteNamespacedConfigMap({ name: this.name(scope), namespace: this.namespace });
+      await this.core.deleteNamespacedConfigMap({ name, namespace: this.namespace, body: { preconditions: { resourceVersion: cur.cm.metadata!.resourceVersion! } } });
     } catch (e) {
-      if (httpStatus(e) !== 404) throw fromK8sError(e, 'abandon idempotency key');
+      // 404: gone already; 409: completed (or taken over) meanwhile, so no longer the claim to forget.
+      if (httpStatus(e) !== 404 && httpStatus(e) !== 409) throw fromK8sError(e, 'abandon idempotency key');
     }
   }
 

@@ -350,8 +350,13 @@ export class KubernetesTenantStore implements TenantStore, ApiKeyStore {
     return this.keyRmw(id, (k) => (k.revokedAt ? k : { ...k, revokedAt: at }));
   }
 
+  /** Best effort (ApiKeyStore): a key deleted meanwhile is no error. */
   async touchKey(id: string, at: string): Promise<void> {
-    await this.keyRmw(id, (k) => ({ ...k, lastUsedAt: at }), 1);
+    try {
+      await this.keyRmw(id, (k) => ({ ...k, lastUsedAt: at }), 1);
+    } catch (e) {
+      if (!(e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND)) throw e;
+    }
   }
 
   async deleteKeysOfTenant(tenant: string): Promise<number> {
