@@ -16,8 +16,20 @@ export interface Config {
   logLevel: string;
   /** MVM_DRIVER: qemu (default) | firecracker (needs the firecracker binary and a KVM that boots guests). */
   driver: 'qemu' | 'firecracker';
+  /** MVM_FIRECRACKER_BIN: the firecracker binary (a path, or a name looked up on PATH; default `firecracker`). v1.8 or later. */
+  firecrackerBinary?: string;
   /** MVM_FIRECRACKER_JAILER: Firecracker's `jailer` binary; when set, Firecracker runs jailed (chroot under <dataDir>/jailer, per-VM uid/gid, cgroup, the VM's netns). */
   firecrackerJailer?: string;
+  /** MVM_CGROUP_PARENT: the cgroup (relative to each hierarchy's root) under which every VM's cgroup is made, jailed or not; default `mvm`. Give side-by-side services different ones. */
+  cgroupParent: string;
+  /**
+   * MVM_BOOT_TIMEOUT_SECONDS: how long a started guest may take to become ready (its readiness
+   * marker or agent) before the VM goes Failed with reason BootTimeout; 0 disables. Default 300
+   * (TCG boots of many guests at once are slow). A VM's `lifecycle.bootTimeout` overrides it.
+   * MVM_BOOT_TIMEOUT_ACTION: fail (default: stop the VMM, phase Failed) | keep (only say so: condition and event).
+   */
+  bootTimeoutSeconds: number;
+  bootTimeoutAction: 'fail' | 'keep';
   /** MVM_ACCEL: auto (probe KVM, else TCG) | kvm | tcg. */
   accel: string;
   /** MVM_NODE_NAME, default the host name. */
@@ -72,7 +84,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: env.MVM_LOG_LEVEL ?? 'info',
     accel,
     driver: env.MVM_DRIVER === 'firecracker' ? 'firecracker' : 'qemu',
+    ...(env.MVM_FIRECRACKER_BIN ? { firecrackerBinary: env.MVM_FIRECRACKER_BIN } : {}),
     ...(env.MVM_FIRECRACKER_JAILER ? { firecrackerJailer: env.MVM_FIRECRACKER_JAILER } : {}),
+    cgroupParent: env.MVM_CGROUP_PARENT ?? 'mvm',
+    bootTimeoutSeconds: Number(env.MVM_BOOT_TIMEOUT_SECONDS ?? 300),
+    bootTimeoutAction: env.MVM_BOOT_TIMEOUT_ACTION === 'keep' ? 'keep' : 'fail',
     nodeName: env.MVM_NODE_NAME ?? hostname(),
     shutdownPolicy: policy,
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
@@ -98,6 +114,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
+  if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(cfg.cgroupParent) || cfg.cgroupParent.split('/').some((p) => p === '..' || p === '.')) {
+    throw new Error(`MVM_CGROUP_PARENT must be a relative cgroup path like mvm or mvm/instance-a, got ${JSON.stringify(cfg.cgroupParent)}`);
+  }
+  if (!Number.isInteger(cfg.bootTimeoutSeconds) || cfg.bootTimeoutSeconds < 0) throw new Error(`MVM_BOOT_TIMEOUT_SECONDS must be a whole number of seconds (0 disables), got ${env.MVM_BOOT_TIMEOUT_SECONDS}`);
+  if (env.MVM_BOOT_TIMEOUT_ACTION && !['fail', 'keep'].includes(env.MVM_BOOT_TIMEOUT_ACTION)) throw new Error(`MVM_BOOT_TIMEOUT_ACTION must be fail or keep, got ${env.MVM_BOOT_TIMEOUT_ACTION}`);
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
   if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
   cfg.gateway = loadGatewayConfig(env);

@@ -96,7 +96,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this host');
   log.info({ driver: caps.driver, accel: caps.accel, version: caps.version, available: caps.available }, 'VMM driver ready');
-  const cgroups = detectCgroups();
+  const cgroups = detectCgroups('/sys/fs/cgroup', cfg.cgroupParent);
   const resources = new SqliteResourceStore(store.database);
   const groups = new SecurityGroupService(resources, store, validateRules);
   let netController: NetworkController | undefined;
@@ -129,6 +129,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     cgroups,
     log: log.child({ c: 'agent' }),
     ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
+    bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
+    bootTimeoutAction: cfg.bootTimeoutAction,
     ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),
   });
   const controller = new Controller({

@@ -9,7 +9,7 @@
  * what tells `start()`/`ensureAbsent()` there is something to clean up.
  */
 import { EventEmitter } from 'node:events';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
@@ -141,6 +141,7 @@ export class LocalAgent implements NodeAgent {
     if (r.bootMs) a.bootMs = r.bootMs;
     if (r.reason) a.reason = r.reason;
     if (r.message) a.message = r.message;
+    if (r.bootTimedOut && !r.ready) a.bootTimedOut = r.bootTimedOut.message;
     if (r.attachments?.length) {
       a.ip = r.attachments[0]!.ip;
       a.interfaces = r.attachments.map((n) => ({ name: n.name, ip: n.ip, prefix: n.prefix, gateway: n.gateway, mac: n.mac, tap: n.tap }));
@@ -181,16 +182,18 @@ export class LocalAgent implements NodeAgent {
     return {
       env: this.options,
       snapshotDir: (id) => this.snapDir(id),
-      watch: (r, inst, t0) => this.watch(r, inst, t0),
+      watch: (r, inst, t0, deadlineMs) => this.watch(r, inst, t0, deadlineMs),
       reidentify: (vm, dir, atts) => this.reidentify(vm, dir, atts),
       started: (vm, inst, how) => this.emit({ id: vm.id, kind: 'started', message: `VMM ${how} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` }),
     };
   }
 
   /** Watch the console for the readiness marker and the VMM for its exit. */
-  private watch(r: Runtime, inst: VmmInstance, t0: number): void {
+  private watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number): void {
     r.stopWatch?.();
+    r.bootTimedOut = undefined;
     let stopped = false;
+    let deadline: NodeJS.Timeout | undefined;
     const consolePath = inst.consolePath;
     let offset = 0;
     let carry = '';
@@ -211,6 +214,8 @@ export class LocalAgent implements NodeAgent {
               r.ready = true;
               r.readyAt = new Date().toISOString();
               if (r.bootMs && t0) r.bootMs.guestReady = Date.now() - t0;
+              clearTimeout(deadline);
+              r.bootTimedOut = undefined;
               this.emit({ id: r.id, kind: 'ready', message: `guest ready${r.bootMs?.guestReady ? ` after ${r.bootMs.guestReady} ms` : ''}` });
               return;
             }
@@ -225,9 +230,25 @@ export class LocalAgent implements NodeAgent {
       timer = setTimeout(poll, 25);
     };
     let timer = setTimeout(poll, 25);
+    // The boot deadline: a guest that never becomes ready must not hold its resources forever.
+    const checkDeadline = (): void => {
+      if (stopped || r.ready || r.inst !== inst) return;
+      // A paused guest makes no progress: look again once it runs.
+      if (r.state === 'paused') {
+        deadline = setTimeout(checkDeadline, 5000);
+        deadline.unref();
+        return;
+      }
+      this.bootDeadlinePassed(r, inst, deadlineMs!);
+    };
+    if (deadlineMs && deadlineMs > 0) {
+      deadline = setTimeout(checkDeadline, Math.max(0, deadlineMs - (t0 ? Date.now() - t0 : 0)));
+      deadline.unref();
+    }
     r.stopWatch = () => {
       stopped = true;
       clearTimeout(timer);
+      clearTimeout(deadline);
     };
     void inst.exited.then((exit) => {
       if (r.inst !== inst) return;
@@ -236,6 +257,12 @@ export class LocalAgent implements NodeAgent {
       r.ready = false;
       if (r.stopping) {
         r.state = 'stopped';
+        return;
+      }
+      if (r.bootTimedOut?.killed) {
+        // Killed by the boot deadline: the reason is that, not the kill.
+        r.state = 'failed';
+        void this.options.cgroups.remove(r.id).catch(() => undefined);
         return;
       }
       // Not asked to stop: a guest power-off is a clean stop, anything else a failure.
@@ -252,6 +279,21 @@ export class LocalAgent implements NodeAgent {
       }
       void this.options.cgroups.remove(r.id).catch(() => undefined);
     });
+  }
+
+  /** The guest did not become ready in time: fail the VM (kill its VMM) or, by setting, only say so. */
+  private bootDeadlinePassed(r: Runtime, inst: VmmInstance, deadlineMs: number): void {
+    const tail = consoleTail(inst.consolePath, 800);
+    const message = `guest not ready ${Math.round(deadlineMs / 1000)} s after its VMM started (boot deadline)${tail ? `; console tail: ${tail}` : '; the console is empty'}`;
+    const kill = (this.options.bootTimeoutAction ?? 'fail') === 'fail';
+    r.bootTimedOut = { message, killed: kill };
+    this.options.log.warn({ vm: r.id, deadlineMs, action: kill ? 'fail' : 'keep' }, 'boot deadline passed');
+    if (kill) {
+      r.reason = 'BootTimeout';
+      r.message = message;
+      void inst.kill().catch(() => undefined);
+    }
+    this.emit({ id: r.id, kind: 'boot-timeout', message });
   }
 
   ensureStopped(id: string, timeoutMs = 10000): Promise<void> {
@@ -374,6 +416,19 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
+  async restoreRefusal(snapshotId: string): Promise<string | undefined> {
+    const dir = this.snapDir(snapshotId);
+    if (!existsSync(dir)) return `its files are not on node ${this.nodeName}`;
+    let driver: string | undefined;
+    try {
+      driver = (JSON.parse(readFileSync(join(dir, 'snapshot.json'), 'utf8')) as { driver?: string }).driver;
+    } catch {
+      return `its record ${join(dir, 'snapshot.json')} is missing or unreadable`;
+    }
+    if (driver && driver !== this.options.driver.name) return `it was taken with the ${driver} driver and this node runs ${this.options.driver.name}`;
+    return this.options.driver.restoreRefusal?.(dir);
+  }
+
   async deleteSnapshot(snapshotId: string): Promise<void> {
     rmSync(this.snapDir(snapshotId), { recursive: true, force: true });
   }
@@ -438,4 +493,22 @@ function dirSize(dir: string): number {
   return total;
 }
 
-
+/** The last `n` characters of the guest console, control sequences and blank lines dropped, on one line. */
+function consoleTail(path: string, n: number): string {
+  try {
+    const st = statSync(path);
+    const len = Math.min(st.size, n * 4);
+    const buf = Buffer.alloc(len);
+    const fd = openSync(path, 'r');
+    try {
+      readSync(fd, buf, 0, len, st.size - len);
+    } finally {
+      closeSync(fd);
+    }
+    // eslint-disable-next-line no-control-regex
+    const text = buf.toString('utf8').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/[\x00-\x08\x0b-\x1f\x7f]/g, '');
+    return text.split('\n').map((l) => l.trim()).filter(Boolean).join(' | ').slice(-n);
+  } catch {
+    return '';
+  }
+}

@@ -94,8 +94,10 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     driver,
     images,
     maxRootfsBytes: imageCfg.maxRootfsBytes,
+    bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
+    bootTimeoutAction: cfg.bootTimeoutAction,
     // One agent per node in production; several "nodes" sharing one host (tests) need their own parent.
-    cgroups: detectCgroups('/sys/fs/cgroup', process.env.MVM_CGROUP_PARENT ?? 'mvm'),
+    cgroups: detectCgroups('/sys/fs/cgroup', cfg.cgroupParent),
     log: log.child({ c: 'agent' }),
     ...(vmmOwner ? { vmmOwner } : {}),
     ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController!.specFor(vm) } : {}),

@@ -12,7 +12,7 @@
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../core/errors.js';
-import { memoryMiB, parseQuantityMiB, type MicroVM } from '../core/microvm.js';
+import { memoryMiB, parseDurationMs, parseQuantityMiB, type MicroVM } from '../core/microvm.js';
 import type { ActualVm } from '../core/ports/agent.js';
 import type { ImageResolver, KernelImage, RootfsImage } from '../core/ports/images.js';
 import { kernelIpArgs, type NetworkManager, type NicAttachment, type VmNetworkSpec } from '../core/ports/network.js';
@@ -50,6 +50,8 @@ export interface Runtime {
   stopWatch?: () => void;
   /** Serialises lifecycle operations on one VM. */
   lock: Promise<unknown>;
+  /** The boot deadline passed before the guest was ready (killed: the VMM was killed for it). */
+  bootTimedOut?: { message: string; killed: boolean };
 }
 
 /** What one launch builds up, step by step. */
@@ -88,6 +90,10 @@ export interface LaunchEnv {
   volumes?: VolumeAttacher;
   /** Largest `rootfs.size` this node grows a root disk to (MVM_ROOTFS_MAX_SIZE; cluster mode, where the API does not resolve images). */
   maxRootfsBytes?: number;
+  /** Boot deadline (MVM_BOOT_TIMEOUT_SECONDS; a VM's lifecycle.bootTimeout overrides it); 0 or absent: none. */
+  bootTimeoutMs?: number;
+  /** What a passed boot deadline does: fail (kill the VMM; the VM goes Failed) or keep (only say so). */
+  bootTimeoutAction?: 'fail' | 'keep';
 }
 
 /** What the steps need from the agent. */
@@ -95,8 +101,8 @@ export interface LaunchDeps {
   env: LaunchEnv;
   /** The directory of a snapshot's files on this node. */
   snapshotDir(snapshotId: string): string;
-  /** Start watching a launched VMM (readiness, exit). */
-  watch(r: Runtime, inst: VmmInstance, t0: number): void;
+  /** Start watching a launched VMM (readiness, exit, the boot deadline). */
+  watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number): void;
   /** Give a restored guest this VM's identity, then let it announce readiness. */
   reidentify(vm: MicroVM, dir: string, atts: NicAttachment[]): Promise<void>;
   started(vm: MicroVM, inst: VmmInstance, how: 'started' | 'restored'): void;
@@ -212,7 +218,8 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
         r.state = 'running';
         r.startedAt = new Date().toISOString();
         r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(c.netMs !== undefined ? { network: c.netMs } : {}) };
-        d.watch(r, c.inst, t0);
+        const own = c.vm.spec.lifecycle?.bootTimeout;
+        d.watch(r, c.inst, t0, own ? parseDurationMs(own, 'lifecycle.bootTimeout') : o.bootTimeoutMs);
       },
       undo: async (c) => {
         await c.inst?.kill().catch(() => undefined);

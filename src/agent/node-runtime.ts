@@ -19,11 +19,12 @@ import type { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 export function createVmmDriver(cfg: Config, qemu: QemuDriver): VmmDriver {
   if (cfg.driver !== 'firecracker') return qemu;
   return new FirecrackerDriver({
+    ...(cfg.firecrackerBinary ? { binary: cfg.firecrackerBinary } : {}),
     kvm: { kvmUsable: async () => (await qemu.accel()) === 'kvm' },
     // The VMM runs in the VM's network namespace (set up by the network manager), where its taps are.
     netnsFor: (spec) => spec.netnsPath,
     // Jailed: the chroot base on the data filesystem, so the VM's disks are hard-linked, not copied.
-    ...(cfg.firecrackerJailer ? { jailer: { binary: cfg.firecrackerJailer, chrootBaseDir: join(cfg.dataDir, 'jailer') } } : {}),
+    ...(cfg.firecrackerJailer ? { jailer: { binary: cfg.firecrackerJailer, chrootBaseDir: join(cfg.dataDir, 'jailer'), parentCgroup: cfg.cgroupParent } } : {}),
   });
 }
 

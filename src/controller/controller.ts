@@ -337,8 +337,14 @@ export class Controller {
   private async syncRunning(vm: MicroVM, a: ActualVm): Promise<void> {
     const wasReady = vm.status.conditions.find((c) => c.type === ConditionTypes.GuestReady)?.status === 'True';
     const now = new Date().toISOString();
+    const timedOutBefore = vm.status.conditions.find((c) => c.type === ConditionTypes.GuestReady)?.reason === 'BootTimeout';
+    const timedOut = !a.ready && a.bootTimedOut !== undefined;
     const needs =
-      wasReady !== a.ready || vm.status.pid !== a.pid || (a.bootMs && vm.status.bootMs?.guestReady !== a.bootMs.guestReady) || vm.status.accel !== a.accel;
+      wasReady !== a.ready ||
+      vm.status.pid !== a.pid ||
+      (a.bootMs && vm.status.bootMs?.guestReady !== a.bootMs.guestReady) ||
+      vm.status.accel !== a.accel ||
+      timedOut !== timedOutBefore;
     if (!needs) return;
     const v = await this.o.store.updateVm(vm.id, (x) => {
       if (x.status.phase !== 'Running' && x.status.phase !== 'Paused') return x;
@@ -346,6 +352,7 @@ export class Controller {
       return x;
     });
     if (!wasReady && a.ready) await this.event(v, 'Normal', 'GuestReady', `guest reached init${a.bootMs?.guestReady ? ` (${a.bootMs.guestReady} ms after VMM start)` : ''}`);
+    if (timedOut && !timedOutBefore) await this.event(v, 'Warning', 'BootTimeout', `${a.bootTimedOut} (kept running: MVM_BOOT_TIMEOUT_ACTION=keep)`);
   }
 }
 
@@ -363,7 +370,11 @@ function applyActual(x: MicroVM, a: ActualVm, now: string): void {
   x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'True', reason: 'Started', message: `pid ${a.pid}` }, now);
   x.status.conditions = setCondition(
     x.status.conditions,
-    a.ready ? { type: ConditionTypes.GuestReady, status: 'True', reason: 'MarkerSeen' } : { type: ConditionTypes.GuestReady, status: 'False', reason: 'Booting' },
+    a.ready
+      ? { type: ConditionTypes.GuestReady, status: 'True', reason: 'MarkerSeen' }
+      : a.bootTimedOut
+        ? { type: ConditionTypes.GuestReady, status: 'False', reason: 'BootTimeout', message: a.bootTimedOut }
+        : { type: ConditionTypes.GuestReady, status: 'False', reason: 'Booting' },
     now,
   );
 }

@@ -169,6 +169,17 @@ export const Toleration = Type.Object(
 );
 
 /** Fields of the spec, shared by the resource, the create and the update request. */
+/** A duration like 90s, 5m or 1h. */
+export const DURATION_PATTERN = '^[1-9][0-9]*(s|m|h)$';
+const Lifecycle = Type.Object(
+  {
+    bootTimeout: Type.Optional(
+      Type.String({ pattern: DURATION_PATTERN, description: 'How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service\'s MVM_BOOT_TIMEOUT_SECONDS' }),
+    ),
+  },
+  { additionalProperties: false, description: 'Lifetimes of the microVM' },
+);
+
 const specFields = {
   vcpu: Type.Integer({ minimum: 1, maximum: 8, description: 'Number of vCPUs (1-8)' }),
   memory: Type.String({ pattern: QUANTITY_PATTERN, description: 'Guest memory, 128Mi to 8Gi' }),
@@ -183,6 +194,7 @@ const specFields = {
   nodeSelector: Type.Record(LabelKey, Type.String({ maxLength: 63 }), { maxProperties: 32, description: 'node labels the VM needs (all must match)' }),
   tolerations: Type.Array(Toleration, { maxItems: 32, description: 'node taints this VM tolerates' }),
   affinity: Affinity,
+  lifecycle: Lifecycle,
 };
 
 export const MicroVMSpec = Type.Object(
@@ -200,6 +212,7 @@ export const MicroVMSpec = Type.Object(
     nodeSelector: Type.Optional(specFields.nodeSelector),
     tolerations: Type.Optional(specFields.tolerations),
     affinity: Type.Optional(specFields.affinity),
+    lifecycle: Type.Optional(specFields.lifecycle),
     source: Type.Optional(
       Type.Object({ snapshot: Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' }) }, { additionalProperties: false }),
     ),
@@ -223,6 +236,7 @@ export const CreateMicroVMRequest = Type.Object(
     nodeSelector: Type.Optional(specFields.nodeSelector),
     tolerations: Type.Optional(specFields.tolerations),
     affinity: Type.Optional(specFields.affinity),
+    lifecycle: Type.Optional(specFields.lifecycle),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
   },
@@ -244,6 +258,7 @@ export const UpdateMicroVMRequest = Type.Object(
     nodeSelector: Type.Optional(specFields.nodeSelector),
     tolerations: Type.Optional(specFields.tolerations),
     affinity: Type.Optional(specFields.affinity),
+    lifecycle: Type.Optional(specFields.lifecycle),
   },
   { additionalProperties: false, minProperties: 1 },
 );

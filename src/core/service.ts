@@ -117,6 +117,7 @@ export class MicroVMService {
       ...(req.nodeSelector ? { nodeSelector: req.nodeSelector } : {}),
       ...(req.tolerations ? { tolerations: req.tolerations } : {}),
       ...(req.affinity ? { affinity: req.affinity } : {}),
+      ...(req.lifecycle ? { lifecycle: req.lifecycle } : {}),
       // Set by SnapshotService.restoreRequest: the first boot restores this snapshot.
       ...(sourceOf(req) ? { source: sourceOf(req)! } : {}),
     };
@@ -210,6 +211,8 @@ export class MicroVMService {
         if (req.nodeSelector !== undefined) spec.nodeSelector = req.nodeSelector;
         if (req.tolerations !== undefined) spec.tolerations = req.tolerations;
         if (req.affinity !== undefined) spec.affinity = req.affinity;
+        // A new boot deadline applies from the next start.
+        if (req.lifecycle !== undefined) spec.lifecycle = req.lifecycle;
         validateSpec(spec);
         if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
         cur.spec = spec;

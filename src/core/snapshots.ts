@@ -160,6 +160,9 @@ export class SnapshotService {
       throw e;
     });
     if (s.spec.phase !== 'Ready') throw validationError('snapshot', `snapshot ${s.name} is ${s.spec.phase}, not Ready`);
+    // What no VM can change (the files, VMM version, jailing): refused now, not after the VM was made.
+    const refusal = await this.agent.restoreRefusal?.(s.id);
+    if (refusal) throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} cannot be restored here: ${refusal}`, { details: { snapshot: s.id, reason: refusal } });
     const src = s.spec.vmSpec;
     for (const f of ['vcpu', 'memory', 'kernel', 'rootfs', 'networkInterfaces', 'volumes'] as const) {
       if (req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(src[f])) {

@@ -49,6 +49,7 @@ export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof Mic
   affinity: 'spec.affinity',
   ports: 'spec.ports',
   egress: 'spec.egress',
+  lifecycle: 'spec.lifecycle',
 };
 /**
  * Fields outside MicroVMSpec: request-only fields with their own proto field (start → no_start,
@@ -68,6 +69,7 @@ const NESTED_SNAKE: Record<string, string> = {
   hostPort: 'host_port',
   guestPort: 'guest_port',
   hostIp: 'host_ip',
+  bootTimeout: 'boot_timeout',
 };
 const NESTED_NAME = new RegExp(`\\b(${Object.keys(NESTED_SNAKE).join('|')})\\b`, 'g');
 const protoField = (f: string, prefix = true): string => {
@@ -103,6 +105,7 @@ export function createRequestFromProto(r: CreateMicroVMRequest__Output): CreateM
     if (affinity) req.affinity = affinity;
     if (s.ports.length) req.ports = s.ports.map(portFromProto);
     if (s.egress) req.egress = egressFromProto(s.egress);
+    if (s.lifecycle) req.lifecycle = lifecycleFromProto(s.lifecycle);
   }
   if (r.noStart) req.start = false;
   if (r.snapshot) req.snapshot = r.snapshot;
@@ -126,6 +129,7 @@ export function updateRequestFromProto(r: UpdateMicroVMRequest__Output): UpdateM
   if (r.nodeSelector) req.nodeSelector = { ...r.nodeSelector.values };
   if (r.tolerations) req.tolerations = r.tolerations.values.map(tolerationFromProto);
   if (r.affinity) req.affinity = affinityFromProto(r.affinity) ?? {};
+  if (r.lifecycle) req.lifecycle = lifecycleFromProto(r.lifecycle);
   if (!validateUpdate(req)) throw renameViolations(ajvToMvmError(validateUpdate.errors ?? [], 'request'), false);
   return req as UpdateMicroVMRequestT;
 }
@@ -135,6 +139,8 @@ type RulesT = NonNullable<AffinityT['vmAffinity']>;
 type SelectorT = RulesT extends { required?: Array<{ labelSelector: infer L }> } ? L : never;
 type TolerationT = NonNullable<MicroVMSpecT['tolerations']>[number];
 type PortT = NonNullable<MicroVMSpecT['ports']>[number];
+type LifecycleT = NonNullable<MicroVMSpecT['lifecycle']>;
+const lifecycleFromProto = (l: { bootTimeout: string }): LifecycleT => (l.bootTimeout ? { bootTimeout: l.bootTimeout } : {});
 type EgressT = NonNullable<MicroVMSpecT['egress']>;
 
 /** Zero values are "absent", so the schema (not the proto) rejects a missing host/guest port. */
@@ -212,6 +218,7 @@ export function specToProto(vm: MicroVM): PbSpec {
     affinity: affinityToProto(s.affinity),
     ports: (s.ports ?? []).map(portToProto),
     egress: egressToProto(s.egress),
+    lifecycle: s.lifecycle ? { bootTimeout: s.lifecycle.bootTimeout ?? '' } : null,
   };
 }
 

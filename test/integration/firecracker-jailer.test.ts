@@ -7,9 +7,9 @@
 import { after, describe, it } from 'node:test';
 import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { ErrorCodes, MvmError } from '../../src/core/errors.js';
 import type { LaunchSpec, VmmInstance } from '../../src/core/ports/vmm.js';
 import { pidAlive } from '../../src/vmm/proc.js';
@@ -25,6 +25,7 @@ import {
   jailCalls,
   jailCgroupDirs,
   jailPaths,
+  jailSinks,
   nodeJailFs,
   prepareChroot,
   releaseUid,
@@ -167,11 +168,11 @@ describe('jailer: path rewriting', () => {
       else if (v && typeof v === 'object') for (const [k, x] of Object.entries(v)) walk(x, k);
     };
     for (const c of calls) walk(c.body);
-    assert.deepEqual(paths.sort(), ['/boot/initrd', '/boot/kernel', '/drives/base_img', '/drives/root', '/fc-log.fifo', '/fc-metrics.fifo', '/vsock.sock'].sort());
+    assert.deepEqual(paths.sort(), ['/boot/initrd', '/boot/kernel', '/drives/base_img', '/drives/root', '/vsock.sock'].sort());
     assert.ok(!JSON.stringify(calls).includes(root), 'no host path left');
     assert.deepEqual(
       files.map((x) => `${x.kind} ${x.jail} ${x.writable ? 'rw' : 'ro'}`),
-      ['fifo /fc-log.fifo rw', 'fifo /fc-metrics.fifo rw', 'input /boot/kernel ro', 'input /boot/initrd ro', 'input /drives/root rw', 'input /drives/base_img ro', 'socket /vsock.sock rw'],
+      ['input /boot/kernel ro', 'input /boot/initrd ro', 'input /drives/root rw', 'input /drives/base_img ro', 'socket /vsock.sock rw'],
     );
     assert.equal(files.find((x) => x.jail === '/drives/root')!.host, s.drives[0]!.path);
     // The non-path bodies are untouched.
@@ -212,7 +213,10 @@ describe('jailer: chroot layout', () => {
     chmodSync(secret, 0o600);
     const calls = buildBootCalls({ ...s, initrdPath: secret }, { logFifo: f.logFifo, metricsFifo: f.metricsFifo });
     const { files } = jailCalls(calls);
-    const done = prepareChroot(chroot, files, uid, uid);
+    // The logger and metrics FIFOs are named on the command line; jailSinks makes them in the jail.
+    const sinks = jailSinks({ logFifo: f.logFifo, metricsFifo: f.metricsFifo });
+    assert.deepEqual(sinks.sinks, { logFifo: '/fc-log.fifo', metricsFifo: '/fc-metrics.fifo' });
+    const done = prepareChroot(chroot, [...sinks.files, ...files], uid, uid);
     const how = Object.fromEntries(done.map((d) => [d.file.jail, d.how]));
     assert.equal(how['/boot/kernel'], 'linked');
     assert.equal(how['/drives/root'], 'linked');
@@ -312,13 +316,14 @@ describe('jailer: the driver, jailed', () => {
     assert.equal(caps.available, true, caps.unavailableReason);
     const inst = await d.launch(s);
     live.push(inst);
-    const jp = jailPaths(base, 'firecracker', s.id);
+    // The jail is named after the binary the jailer really runs: here the peer behind the `firecracker` symlink.
+    const jp = jailPaths(base, basename(realpathSync(bin)), s.id);
     const cfg = inst.config as { binary: string; args: string[]; jailed: boolean; jail: { uid: number; chrootDir: string }; calls: ApiCall[] };
     assert.equal(cfg.binary, jailer);
     assert.equal(cfg.jailed, true);
     assert.equal(cfg.jail.chrootDir, jp.chrootDir);
     assert.ok(cfg.jail.uid >= 200_000 && cfg.jail.uid < 200_100);
-    assert.deepEqual(cfg.args.slice(cfg.args.indexOf('--')), ['--', '--api-sock', JAIL_API_SOCK]);
+    assert.deepEqual(cfg.args.slice(cfg.args.indexOf('--')), ['--', '--api-sock', JAIL_API_SOCK, '--log-path', '/fc-log.fifo', '--level', 'Info', '--show-level', '--metrics-path', '/fc-metrics.fifo']);
     assert.match(readFileSync(jlog, 'utf8'), new RegExp(`--netns ${netns}\n`));
     assert.equal(statSync(`/proc/${inst.pid}/ns/net`).ino, statSync(netns).ino, 'the jailed VMM runs in the VM netns');
     assert.match(readFileSync(jlog, 'utf8'), /--cgroup memory\.max=/);

@@ -62,6 +62,10 @@ const MEMORY_MAGIC = 'MVMFCPEERMEM1\n';
 interface Cli {
   apiSock: string;
   id: string;
+  /** `--log-path` / `--level` / `--show-level` and `--metrics-path`: sinks configured before anything is printed. */
+  logPath?: string;
+  showLevel: boolean;
+  metricsPath?: string;
 }
 
 function parseCli(argv: string[]): Cli {
@@ -90,7 +94,13 @@ function parseCli(argv: string[]): Cli {
   }
   const id = vals['--id'] ?? 'anonymous-instance';
   if (!FC_INSTANCE_ID_RE.test(id)) fatalCli(`Invalid instance ID: ${id}`);
-  return { apiSock: vals['--api-sock'] ?? '/run/firecracker.socket', id };
+  return {
+    apiSock: vals['--api-sock'] ?? '/run/firecracker.socket',
+    id,
+    ...(vals['--log-path'] ? { logPath: vals['--log-path'] } : {}),
+    showLevel: vals['--show-level'] === 'true',
+    ...(vals['--metrics-path'] ? { metricsPath: vals['--metrics-path'] } : {}),
+  };
 }
 
 function fatalCli(msg: string): never {
@@ -298,8 +308,12 @@ class Peer {
   }
 
   log(level: string, msg: string): void {
-    if (!this.logger) return;
     const ts = new Date().toISOString();
+    // As Firecracker does: without a logger, its own lines go to stdout (which is the guest console).
+    if (!this.logger) {
+      process.stdout.write(`${ts} [${this.cli.id}:fc_api] ${msg}\n`);
+      return;
+    }
     const line = `${ts} [${this.cli.id}:fc_api${this.logger.showLevel ? `:${level}` : ''}] ${msg}\n`;
     try {
       writeSync(this.logger.fd, line);
@@ -999,6 +1013,18 @@ function record(entry: Obj): void {
 function main(): void {
   const cli = parseCli(process.argv.slice(2));
   const peer = new Peer(cli);
+  // Sinks named on the command line are opened at start (a failure exits, as Firecracker does).
+  try {
+    if (cli.logPath) peer.logger = { path: cli.logPath, fd: openSink(cli.logPath), showLevel: cli.showLevel };
+    if (cli.metricsPath) {
+      peer.metrics = { path: cli.metricsPath, fd: openSink(cli.metricsPath) };
+      setInterval(() => peer.flushMetrics(), 60_000).unref();
+    }
+  } catch (e) {
+    process.stderr.write(`Failed to open target file: ${errText(e)}\n`);
+    process.exit(1);
+  }
+  peer.log('INFO', `Running Firecracker v${VERSION}`);
   serveConsoleInput(peer);
   const sock = hostPath(cli.apiSock);
   if (existsSync(sock)) {

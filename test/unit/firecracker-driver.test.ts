@@ -115,13 +115,16 @@ describe('firecracker driver: lifecycle against the peer', () => {
     const calls = (inst.config.calls as Array<{ method: string; path: string; body: Record<string, unknown> }>);
     assert.deepEqual(
       calls.map((c) => `${c.method} ${c.path}`),
-      ['PUT /logger', 'PUT /metrics', 'PUT /machine-config', 'PUT /boot-source', 'PUT /drives/root', 'PUT /network-interfaces/net_0', 'PUT /actions'],
+      ['PUT /machine-config', 'PUT /boot-source', 'PUT /drives/root', 'PUT /network-interfaces/net_0', 'PUT /actions'],
     );
-    assert.deepEqual(calls[2]!.body, { vcpu_count: 2, mem_size_mib: 256, smt: false, track_dirty_pages: false });
+    // The logger and metrics sinks are command-line flags: set before Firecracker prints anything.
+    const args = inst.config.args as string[];
+    assert.deepEqual(args.slice(args.indexOf('--log-path')), ['--log-path', f.logFifo, '--level', 'Info', '--show-level', '--metrics-path', f.metricsFifo]);
+    assert.deepEqual(calls[0]!.body, { vcpu_count: 2, mem_size_mib: 256, smt: false, track_dirty_pages: false });
     // The VM's own disk by a path relative to the VM directory (Firecracker's cwd), so clones reopen their own disk.
-    assert.deepEqual(calls[4]!.body, { drive_id: 'root', path_on_host: 'root.raw', is_root_device: true, is_read_only: false });
+    assert.deepEqual(calls[2]!.body, { drive_id: 'root', path_on_host: 'root.raw', is_root_device: true, is_read_only: false });
     assert.equal(join(spec.vmDir, 'root.raw'), spec.drives[0]!.path);
-    assert.deepEqual(calls[5]!.body, { iface_id: 'net_0', host_dev_name: spec.nics[0]!.tap, guest_mac: '02:fc:00:00:00:01' });
+    assert.deepEqual(calls[3]!.body, { iface_id: 'net_0', host_dev_name: spec.nics[0]!.tap, guest_mac: '02:fc:00:00:00:01' });
     // What the peer received: the probe, then exactly the config calls, all accepted.
     const got = readPeerLog(log);
     assert.equal(`${got[0]!.method} ${got[0]!.path}`, 'GET /');
@@ -130,6 +133,9 @@ describe('firecracker driver: lifecycle against the peer', () => {
     assert.ok(sent.every((e) => e.status === 204));
     await ready(spec);
     assert.equal(await inst.state(), 'running');
+    // Firecracker's own lines went to its logger, none to the guest console (its stdout).
+    assert.doesNotMatch(readFileSync(inst.consolePath, 'utf8'), /Running Firecracker|API server received/);
+    assert.match(readFileSync(f.fcLog, 'utf8'), /Running Firecracker/);
     assert.ok(statSync(f.logFifo).isFIFO() && statSync(f.metricsFifo).isFIFO());
     const rec = JSON.parse(readFileSync(f.launch, 'utf8')) as { pid: number; apiSock: string };
     assert.equal(rec.pid, inst.pid);
@@ -200,7 +206,8 @@ describe('firecracker driver: lifecycle against the peer', () => {
     const inst = await launch(d, spec);
     const call = seen.find((x) => x.command === '/bin/sh')!;
     assert.equal(call.detached, true);
-    assert.deepEqual(call.args.slice(3), [bin, '--api-sock', fcFiles(spec.vmDir).apiSock, '--id', spec.id]);
+    const f = fcFiles(spec.vmDir);
+    assert.deepEqual(call.args.slice(3), [bin, '--api-sock', f.apiSock, '--id', spec.id, '--log-path', f.logFifo, '--level', 'Info', '--show-level', '--metrics-path', f.metricsFifo]);
     await inst.kill();
   });
 
@@ -208,7 +215,7 @@ describe('firecracker driver: lifecycle against the peer', () => {
     const dir = join(root, 'dying');
     mkdirSync(dir);
     const dying = join(dir, 'firecracker');
-    writeFileSync(dying, '#!/bin/sh\necho "Error creating the vmm: KVM is not usable here" >&2\nexit 1\n');
+    writeFileSync(dying, '#!/bin/sh\n[ "$1" = --version ] && { echo "Firecracker v1.10.1"; exit 0; }\necho "Error creating the vmm: KVM is not usable here" >&2\nexit 1\n');
     chmodSync(dying, 0o755);
     const spec = mkSpec();
     await assert.rejects(new FirecrackerDriver({ binary: dying, kvm: { kvmUsable: async () => true } }).launch(spec), (e: unknown) => {
@@ -239,7 +246,7 @@ describe('firecracker driver: lifecycle against the peer', () => {
     const sent = readPeerLog(log).filter((e) => e.method !== 'GET');
     assert.deepEqual(
       sent.map((e) => `${e.path} ${e.status}`),
-      ['/logger 204', '/metrics 204', '/machine-config 204', '/boot-source 204', '/drives/root 204', '/network-interfaces/net_0 204', '/vsock 204', '/mmds/config 204', '/mmds 204', '/balloon 204', '/actions 204'],
+      ['/machine-config 204', '/boot-source 204', '/drives/root 204', '/network-interfaces/net_0 204', '/vsock 204', '/mmds/config 204', '/mmds 204', '/balloon 204', '/actions 204'],
     );
     assert.deepEqual(sent.find((e) => e.path === '/vsock')!.body, { guest_cid: 3, uds_path: fcFiles(spec.vmDir).vsockUds });
     assert.deepEqual(sent.find((e) => e.path === '/mmds/config')!.body, { network_interfaces: ['net_0'], version: 'V2' });
@@ -303,8 +310,8 @@ describe('firecracker driver: lifecycle against the peer', () => {
     const b = await launch(mkDriver(log2), { ...spec, restoreFrom: files });
     assert.equal(b.config.mode, 'restore');
     const sent = readPeerLog(log2).filter((e) => e.method !== 'GET');
-    assert.deepEqual(sent.map((e) => `${e.method} ${e.path} ${e.status}`), ['PUT /logger 204', 'PUT /metrics 204', 'PUT /snapshot/load 204']);
-    assert.deepEqual(sent[2]!.body, {
+    assert.deepEqual(sent.map((e) => `${e.method} ${e.path} ${e.status}`), ['PUT /snapshot/load 204']);
+    assert.deepEqual(sent[0]!.body, {
       snapshot_path: files.stateFile,
       mem_backend: { backend_type: 'File', backend_path: files.memoryFile },
       track_dirty_pages: false,
@@ -454,7 +461,7 @@ describe('firecracker driver: lifecycle against the peer', () => {
     live.push(inst);
     assert.equal(inst.pid, pid);
     assert.equal(await inst.state(), 'running');
-    assert.equal((inst.config.calls as unknown[]).length, 7);
+    assert.equal((inst.config.calls as unknown[]).length, 5);
     const st = await inst.stats();
     assert.equal(st.block.find((b) => b.device === 'root')?.readBytes, 4 * 1024 * 1024);
     await inst.pause!();

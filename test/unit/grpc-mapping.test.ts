@@ -64,6 +64,7 @@ const fullSpec: MicroVMSpec__Output = {
     { hostPort: 5353, guestPort: 53, protocol: 'udp', hostIp: '', nic: '' },
   ],
   egress: { default: 'deny', allow: ['10.0.0.0/8', '192.168.1.0/24'], deny: ['10.1.0.0/16'] },
+  lifecycle: { bootTimeout: '90s' },
 };
 
 describe('gRPC mapping covers the one schema', () => {
@@ -102,7 +103,7 @@ describe('gRPC mapping covers the one schema', () => {
   });
 
   test('an empty spec maps to no optional fields, and back to proto defaults', () => {
-    const empty: MicroVMSpec__Output = { name: 'e', vcpuCount: 0, memorySize: '', kernel: null, rootfs: null, networkInterfaces: [], volumes: [], labels: {}, securityGroups: [], nodeSelector: {}, tolerations: [], affinity: null, ports: [], egress: null };
+    const empty: MicroVMSpec__Output = { name: 'e', vcpuCount: 0, memorySize: '', kernel: null, rootfs: null, networkInterfaces: [], volumes: [], labels: {}, securityGroups: [], nodeSelector: {}, tolerations: [], affinity: null, ports: [], egress: null, lifecycle: null };
     const req = createRequestFromProto({ spec: empty, noStart: false, tenant: '' } as CreateMicroVMRequest__Output);
     assert.deepEqual(req, { name: 'e' });
     assert.deepEqual(specToProto({ name: 'e', spec: { vcpu: 1, memory: '128Mi' } } as unknown as MicroVM), { ...empty, vcpuCount: 1, memorySize: '128Mi' });
@@ -155,7 +156,7 @@ describe('gRPC mapping covers the one schema', () => {
   });
 
   test('update: every field REST update can change is carried; message presence decides replace vs keep', () => {
-    const none = { id: 'vm-1', vcpuCount: null, memorySize: null, kernel: null, labels: null, resourceVersion: '', securityGroups: null, ports: null, egress: null, nodeSelector: null, tolerations: null, affinity: null };
+    const none = { id: 'vm-1', vcpuCount: null, memorySize: null, kernel: null, labels: null, resourceVersion: '', securityGroups: null, ports: null, egress: null, nodeSelector: null, tolerations: null, affinity: null, lifecycle: null };
     // Only absent fields: nothing to change, which the schema (minProperties: 1) rejects, as REST does.
     assert.throws(() => updateRequestFromProto(none as unknown as UpdateMicroVMRequest__Output), MvmError);
     const full = updateRequestFromProto({
@@ -166,6 +167,7 @@ describe('gRPC mapping covers the one schema', () => {
       nodeSelector: { values: { disk: 'ssd' } },
       tolerations: { values: [{ key: 'dedicated', operator: 'Exists', value: '', effect: 'NoSchedule' }] },
       affinity: fullSpec.affinity,
+      lifecycle: { bootTimeout: '2m' },
     } as unknown as UpdateMicroVMRequest__Output);
     const all = updateRequestFromProto({ ...none, vcpuCount: 2, memorySize: '256Mi', kernel: { image: 'default', cmdline: '' }, labels: { values: {} } } as unknown as UpdateMicroVMRequest__Output);
     // REST update's schema minus the fields that are immutable after creation (service.update
@@ -182,6 +184,7 @@ describe('gRPC mapping covers the one schema', () => {
       egress: { default: 'deny', allow: ['10.0.0.0/8'] },
       nodeSelector: { disk: 'ssd' },
       tolerations: [{ key: 'dedicated', operator: 'Exists', effect: 'NoSchedule' }],
+      lifecycle: { bootTimeout: '2m' },
       affinity: createRequestFromProto({ spec: fullSpec, noStart: true, tenant: '' } as CreateMicroVMRequest__Output).affinity,
     });
     // Present but empty: clears the field.

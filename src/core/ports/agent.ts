@@ -25,6 +25,8 @@ export interface ActualVm {
   startedAt?: string;
   readyAt?: string;
   bootMs?: { vmm: number; guestReady: number; network?: number };
+  /** The boot deadline passed and the guest is still not ready (the service keeps such VMs by setting). */
+  bootTimedOut?: string;
   /** Why the VM failed (state=failed). */
   reason?: string;
   message?: string;
@@ -49,7 +51,7 @@ export interface NodeInfo {
 
 export interface AgentEvent {
   id: string;
-  kind: 'ready' | 'exited' | 'started' | 'stopped';
+  kind: 'ready' | 'exited' | 'started' | 'stopped' | 'boot-timeout';
   message: string;
 }
 
@@ -82,6 +84,8 @@ export interface NodeAgent {
    * store under `snapshotId`. The VM ends in the state it was in (running or paused).
    */
   snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }>;
+  /** Why this node cannot restore the snapshot (its files, driver, VMM version, jailing), or undefined. */
+  restoreRefusal?(snapshotId: string): Promise<string | undefined>;
   /** Remove a snapshot's files from this node. Idempotent. */
   deleteSnapshot(snapshotId: string): Promise<void>;
   metrics(vm: MicroVM): Promise<VmMetricsT>;

@@ -125,6 +125,12 @@ export interface VmmDriver {
   prepareRestoreDisk?(snapshotDir: string, vmDir: string): Promise<DriveSpec>;
   /** The SnapshotFiles of a snapshot directory written by `VmmInstance.snapshot`. */
   snapshotFiles?(snapshotDir: string): SnapshotFiles;
+  /**
+   * Why this host cannot restore the snapshot in `snapshotDir` whatever the VM (another VMM
+   * version, CPU, acceleration, jailed vs un-jailed), or undefined: checked at admission, so an
+   * incompatible restore is refused before a VM is created.
+   */
+  restoreRefusal?(snapshotDir: string): Promise<string | undefined>;
   /** Pids of live VMM processes of this driver whose VM directory lies under `root`. */
   findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>>;
 }

@@ -20,6 +20,7 @@ import type { KernelSpec as _microvm_service_v1alpha1_KernelSpec, KernelSpec__Ou
 import type { LabelSelector as _microvm_service_v1alpha1_LabelSelector, LabelSelector__Output as _microvm_service_v1alpha1_LabelSelector__Output } from './microvm/service/v1alpha1/LabelSelector.js';
 import type { LabelSelectorRequirement as _microvm_service_v1alpha1_LabelSelectorRequirement, LabelSelectorRequirement__Output as _microvm_service_v1alpha1_LabelSelectorRequirement__Output } from './microvm/service/v1alpha1/LabelSelectorRequirement.js';
 import type { Labels as _microvm_service_v1alpha1_Labels, Labels__Output as _microvm_service_v1alpha1_Labels__Output } from './microvm/service/v1alpha1/Labels.js';
+import type { Lifecycle as _microvm_service_v1alpha1_Lifecycle, Lifecycle__Output as _microvm_service_v1alpha1_Lifecycle__Output } from './microvm/service/v1alpha1/Lifecycle.js';
 import type { ListMicroVMsRequest as _microvm_service_v1alpha1_ListMicroVMsRequest, ListMicroVMsRequest__Output as _microvm_service_v1alpha1_ListMicroVMsRequest__Output } from './microvm/service/v1alpha1/ListMicroVMsRequest.js';
 import type { ListMicroVMsResponse as _microvm_service_v1alpha1_ListMicroVMsResponse, ListMicroVMsResponse__Output as _microvm_service_v1alpha1_ListMicroVMsResponse__Output } from './microvm/service/v1alpha1/ListMicroVMsResponse.js';
 import type { MicroVM as _microvm_service_v1alpha1_MicroVM, MicroVM__Output as _microvm_service_v1alpha1_MicroVM__Output } from './microvm/service/v1alpha1/MicroVM.js';
@@ -71,6 +72,7 @@ export interface ProtoGrpcType {
         LabelSelector: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelector, _microvm_service_v1alpha1_LabelSelector__Output>
         LabelSelectorRequirement: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelectorRequirement, _microvm_service_v1alpha1_LabelSelectorRequirement__Output>
         Labels: MessageTypeDefinition<_microvm_service_v1alpha1_Labels, _microvm_service_v1alpha1_Labels__Output>
+        Lifecycle: MessageTypeDefinition<_microvm_service_v1alpha1_Lifecycle, _microvm_service_v1alpha1_Lifecycle__Output>
         ListMicroVMsRequest: MessageTypeDefinition<_microvm_service_v1alpha1_ListMicroVMsRequest, _microvm_service_v1alpha1_ListMicroVMsRequest__Output>
         ListMicroVMsResponse: MessageTypeDefinition<_microvm_service_v1alpha1_ListMicroVMsResponse, _microvm_service_v1alpha1_ListMicroVMsResponse__Output>
         MicroVM: MessageTypeDefinition<_microvm_service_v1alpha1_MicroVM, _microvm_service_v1alpha1_MicroVM__Output>

@@ -105,20 +105,23 @@ export function driveIdMap(spec: LaunchSpec): Record<string, string> {
   return Object.fromEntries(spec.drives.map((d) => [fcResourceId(d.id), d.id]));
 }
 
-function loggingCalls(files: FcConfigFiles, extras: FcConfigExtras): ApiCall[] {
-  return [
-    { method: 'PUT', path: '/logger', body: { log_path: files.logFifo, level: extras.logLevel ?? 'Info', show_level: true, show_log_origin: false } },
-    { method: 'PUT', path: '/metrics', body: { metrics_path: files.metricsFifo } },
-  ];
+/**
+ * The logger and metrics sinks as command-line flags, so they are set before Firecracker writes a
+ * line: configured through the API instead, its first lines ("Running Firecracker", the request
+ * log of `PUT /logger` with its body) went to stdout, which is the guest console log.
+ */
+export function loggingArgs(files: FcConfigFiles, extras: FcConfigExtras = {}): string[] {
+  return ['--log-path', files.logFifo, '--level', extras.logLevel ?? 'Info', '--show-level', '--metrics-path', files.metricsFifo];
 }
 
 /**
- * The cold-boot pipeline: logger, metrics, machine, boot source, drives (root
- * first), network interfaces, vsock, MMDS, balloon, then InstanceStart.
+ * The cold-boot calls: machine, boot source, drives (root first), network
+ * interfaces, vsock, MMDS, balloon, then InstanceStart (logger and metrics are
+ * command-line flags: loggingArgs).
  */
 export function buildBootCalls(spec: LaunchSpec, files: FcConfigFiles, extras: FcConfigExtras = {}): ApiCall[] {
   validateForFirecracker(spec, extras);
-  const calls: ApiCall[] = loggingCalls(files, extras);
+  const calls: ApiCall[] = [];
   const machine: MachineConfig = {
     vcpu_count: spec.vcpu,
     mem_size_mib: spec.memoryMiB,
@@ -192,7 +195,7 @@ export function buildRestoreCalls(spec: LaunchSpec, files: FcConfigFiles, snap: 
   };
   if (spec.nics.length > 0) load.network_overrides = spec.nics.map((n) => ({ iface_id: fcResourceId(n.id), host_dev_name: n.tap }));
   if (extras.vsock && files.vsockUds) load.vsock_override = { uds_path: files.vsockUds };
-  return [...loggingCalls(files, extras), { method: 'PUT', path: '/snapshot/load', body: load }];
+  return [{ method: 'PUT', path: '/snapshot/load', body: load }];
 }
 
 /** What `snapshot()` records next to the snapshot files (`snapshot.json`; see snapshot.ts). */

@@ -12,7 +12,7 @@
  * service re-adopt the process.
  */
 import { spawn as nodeSpawn } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, realpathSync } from 'node:fs';
 import { delimiter, dirname, isAbsolute, join, resolve, basename } from 'node:path';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmInstance } from '../../core/ports/vmm.js';
@@ -24,7 +24,7 @@ import { FirecrackerInstance, cleanupAfter, type FcLaunchRecord } from './instan
 import { JAIL_API_SOCK, defaultJailerConfig, execFileName, jailPaths, type JailerConfig } from './jailer.js';
 import { launchFirecracker } from './launch.js';
 import { MetricsSink, drainLogFifo, type FifoReader } from './metrics.js';
-import { prepareRestoreDrives, snapshotFilesOf } from './snapshot.js';
+import { hostCpuModel, prepareRestoreDrives, readFcSnapshotMeta, snapshotFilesOf } from './snapshot.js';
 
 export type { SpawnFn } from '../spawn.js';
 export type { FcLaunchRecord } from './instance.js';
@@ -117,6 +117,38 @@ export function firecrackerVersion(binary: string, spawnFn: SpawnFn = nodeSpawn)
   });
 }
 
+/**
+ * The oldest Firecracker the service runs: Debian's guest kernel finds virtio-mmio devices only
+ * through ACPI, which Firecracker offers since v1.8 (older ones pass them on the command line).
+ */
+export const MIN_FIRECRACKER_VERSION = [1, 8, 0] as const;
+
+/** Why this version cannot be used (undefined when it can). */
+export function versionRefusal(version: string, binary: string): string | undefined {
+  const min = `v${MIN_FIRECRACKER_VERSION.join('.')}`;
+  const m = /^v?(\d+)\.(\d+)\.(\d+)/.exec(version);
+  if (!m) return `cannot tell the version of ${binary} (\`--version\` printed no Firecracker version); the service needs Firecracker ${min} or later`;
+  const got = [Number(m[1]), Number(m[2]), Number(m[3])];
+  for (let i = 0; i < 3; i++) {
+    if (got[i]! > MIN_FIRECRACKER_VERSION[i]!) return undefined;
+    if (got[i]! < MIN_FIRECRACKER_VERSION[i]!) {
+      return `${binary} is Firecracker ${version}, older than ${min}: the guest kernel finds its virtio-mmio devices only through ACPI, which Firecracker offers since v1.8; install ${min} or later and point MVM_FIRECRACKER_BIN at it`;
+    }
+  }
+  return undefined;
+}
+
+/** The binary resolved on PATH, through its symlinks. */
+export function realBinary(name: string): string | undefined {
+  const bin = resolveBinary(name);
+  if (!bin) return undefined;
+  try {
+    return realpathSync(bin);
+  } catch {
+    return bin;
+  }
+}
+
 export class FirecrackerDriver implements VmmDriver {
   readonly name = 'firecracker';
   private readonly binary: string;
@@ -140,7 +172,9 @@ export class FirecrackerDriver implements VmmDriver {
   jailerConfig(): JailerConfig | undefined {
     const j = this.opts.jailer;
     if (!j) return undefined;
-    const fc = resolveBinary(this.binary) ?? this.binary;
+    // The jailer names the jail after the exec file it really runs: a release download on PATH is
+    // often a symlink `firecracker` -> `firecracker-v1.17.0-x86_64`, so the real path, not the link.
+    const fc = realBinary(this.binary) ?? this.binary;
     const { binary, ...rest } = j;
     return defaultJailerConfig({ ...rest, jailerBinary: binary, firecrackerBinary: fc });
   }
@@ -153,6 +187,8 @@ export class FirecrackerDriver implements VmmDriver {
       return no(this.binary.includes('/') ? `no firecracker binary at ${this.binary}` : `no firecracker binary: ${this.binary} is not on PATH (${process.env.PATH ?? ''})`);
     }
     this.version ??= await firecrackerVersion(bin, this.spawnFn);
+    const old = versionRefusal(this.version, bin);
+    if (old) return no(old, this.version);
     if (this.opts.jailer && !resolveBinary(this.opts.jailer.binary)) return no(`no jailer binary: ${this.opts.jailer.binary} not found`, this.version);
     if (!(await this.kvm.kvmUsable())) {
       const why = !existsSync('/dev/kvm')
@@ -172,6 +208,7 @@ export class FirecrackerDriver implements VmmDriver {
         binaryName: this.binary,
         jailerConfig: () => this.jailerConfig(),
         version: async (bin) => (this.version ??= await firecrackerVersion(bin, this.spawnFn)),
+        versionRefusal,
         ...(this.opts.extras ? { extras: this.opts.extras } : {}),
         ...(this.opts.netnsFor ? { netnsFor: this.opts.netnsFor } : {}),
         liveJailed: async (id) => (await this.findProcesses('/')).some((p) => p.id === id),
@@ -232,6 +269,29 @@ export class FirecrackerDriver implements VmmDriver {
   /** All drives of a restore (root first), for callers that attach more than the root. */
   prepareRestoreDrives(snapshotDir: string, vmDir: string): Promise<DriveSpec[]> {
     return prepareRestoreDrives(snapshotDir, vmDir);
+  }
+
+  async restoreRefusal(snapshotDir: string): Promise<string | undefined> {
+    let meta;
+    try {
+      meta = readFcSnapshotMeta(snapshotDir);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    const jailed = this.jailerConfig() !== undefined;
+    if (meta.jailed !== jailed) {
+      return meta.jailed
+        ? 'it was taken under the jailer (drives at /drives/<id> in the chroot) and this service runs Firecracker un-jailed'
+        : 'it was taken without the jailer (drives relative to the VM directory) and this service runs Firecracker jailed';
+    }
+    const bin = resolveBinary(this.binary);
+    const version = bin ? (this.version ??= await firecrackerVersion(bin, this.spawnFn)) : 'unknown';
+    if (meta.vmmVersion && meta.vmmVersion !== 'unknown' && version !== 'unknown' && meta.vmmVersion !== version) {
+      return `it was taken by Firecracker ${meta.vmmVersion} and this node runs ${version}`;
+    }
+    const cpu = hostCpuModel();
+    if (meta.cpuModel && meta.cpuModel !== 'unknown' && cpu !== 'unknown' && meta.cpuModel !== cpu) return `it was taken on a ${meta.cpuModel} CPU and this node has a ${cpu}`;
+    return undefined;
   }
 
   snapshotFiles(snapshotDir: string): SnapshotFiles {

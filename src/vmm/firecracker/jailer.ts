@@ -237,6 +237,21 @@ export interface JailFile {
  * handled; any other field holding a path would escape the jail, so a call we
  * do not know is refused.
  */
+/**
+ * The logger and metrics FIFOs in the jail: the files to create (owned by the jailed user) and the
+ * jail paths Firecracker is given on its command line (config.ts `loggingArgs`).
+ */
+export function jailSinks(host: { logFifo: string; metricsFifo: string }): { files: JailFile[]; sinks: { logFifo: string; metricsFifo: string } } {
+  const sinks = { logFifo: `/${basename(host.logFifo)}`, metricsFifo: `/${basename(host.metricsFifo)}` };
+  return {
+    sinks,
+    files: [
+      { kind: 'fifo', host: host.logFifo, jail: sinks.logFifo, writable: true },
+      { kind: 'fifo', host: host.metricsFifo, jail: sinks.metricsFifo, writable: true },
+    ],
+  };
+}
+
 export function jailCalls(calls: ApiCall[]): { calls: ApiCall[]; files: JailFile[] } {
   const files: JailFile[] = [];
   const seen = new Map<string, string>();

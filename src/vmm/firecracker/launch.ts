@@ -25,6 +25,7 @@ import {
   driveIdMap,
   fcFiles,
   fcResourceId,
+  loggingArgs,
   pruneRestoreOverrides,
   validateForFirecracker,
   type FcConfigExtras,
@@ -42,6 +43,7 @@ import {
   jailCgroupDirs,
   jailHostPath,
   jailPaths,
+  jailSinks,
   nodeJailFs,
   prepareChroot,
   type JailerConfig,
@@ -57,6 +59,8 @@ export interface FcLauncher {
   readonly binaryName: string;
   jailerConfig(): JailerConfig | undefined;
   version(bin: string): Promise<string>;
+  /** Why a version cannot be used (undefined when it can). */
+  versionRefusal(version: string, bin: string): string | undefined;
   extras?: (spec: LaunchSpec) => FcConfigExtras;
   netnsFor?: (spec: LaunchSpec) => string | undefined;
   /** Is a jailed Firecracker of this VM still running? (a stale jail may be removed, a live one never) */
@@ -99,12 +103,14 @@ function planSteps(l: FcLauncher): Array<Step<FcLaunch>> {
   return [
     {
       name: 'validate',
-      run: (c) => {
+      run: async (c) => {
         c.extras = l.extras?.(c.spec) ?? {};
         validateForFirecracker(c.spec, c.extras);
         const bin = l.binary();
         if (!bin) throw new MvmError(ErrorCodes.VMM_ERROR, `no firecracker binary: ${l.binaryName} not found`);
         c.bin = bin;
+        const old = l.versionRefusal(await l.version(bin), bin);
+        if (old) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, old);
         c.jcfg = l.jailerConfig();
         c.hostFiles = { logFifo: c.files.logFifo, metricsFifo: c.files.metricsFifo, ...(c.extras.vsock ? { vsockUds: c.files.vsockUds } : {}) };
       },
@@ -185,12 +191,13 @@ const launchSteps = (l: FcLauncher): Array<Step<FcLaunch>> => [
       c.calls = jailed.calls;
       // A restore reopens the drives at their jail paths: link them in too.
       const restoreDrives = spec.restoreFrom ? jailCalls(buildBootCalls(spec, c.hostFiles, c.extras)).files.filter((x) => x.jail.startsWith('/drives/')) : [];
-      prepareChroot(jp.chrootDir, [...jailed.files, ...restoreDrives], uid, uid, nodeJailFs);
+      // The logger and metrics FIFOs, named on Firecracker's command line by their jail paths.
+      const { sinks, files: fifos } = jailSinks(c.files);
+      prepareChroot(jp.chrootDir, [...fifos, ...jailed.files, ...restoreDrives], uid, uid, nodeJailFs);
       c.apiSock = jp.apiSock;
       c.apiSockArg = JAIL_API_SOCK;
-      const fifo = (host: string): string => jailHostPath(jp.chrootDir, jailed.files.find((x) => x.host === host)!.jail);
-      c.logFifo = fifo(c.files.logFifo);
-      c.metricsFifo = fifo(c.files.metricsFifo);
+      c.logFifo = jailHostPath(jp.chrootDir, sinks.logFifo);
+      c.metricsFifo = jailHostPath(jp.chrootDir, sinks.metricsFifo);
       if (c.vsockUds) c.vsockUds = jailHostPath(jp.chrootDir, '/vsock.sock');
       c.command = jcfg.jailerBinary;
       c.args = buildJailerArgs({
@@ -204,6 +211,7 @@ const launchSteps = (l: FcLauncher): Array<Step<FcLaunch>> => [
         parentCgroup: jcfg.parentCgroup,
         ...(c.netns ? { netns: c.netns } : {}),
         ...(jcfg.resourceLimits ? { resourceLimits: jcfg.resourceLimits } : {}),
+        firecrackerArgs: loggingArgs(sinks, c.extras),
       });
     },
     undo: async (c) => {
@@ -219,7 +227,7 @@ const launchSteps = (l: FcLauncher): Array<Step<FcLaunch>> => [
       // Firecracker reopens the same relative paths from the snapshot, i.e. its own disks.
       c.calls = relativizeDrives(c.calls, c.spec.vmDir);
       c.command = c.bin;
-      c.args = ['--api-sock', c.files.apiSock, '--id', c.spec.id];
+      c.args = ['--api-sock', c.files.apiSock, '--id', c.spec.id, ...loggingArgs(c.files, c.extras)];
     },
   },
   {

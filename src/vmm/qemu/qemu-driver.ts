@@ -367,6 +367,20 @@ export class QemuDriver implements VmmDriver {
     return root;
   }
 
+  async restoreRefusal(snapshotDir: string): Promise<string | undefined> {
+    let rec;
+    try {
+      rec = readSnapshotRecord(snapshotDir);
+    } catch (e) {
+      return (e as Error).message;
+    }
+    const version = (this.version ??= await qemuVersion(this.binary));
+    if (rec.qemuVersion !== version) return `it was taken by QEMU ${rec.qemuVersion} and this node runs QEMU ${version}`;
+    const accel = await this.accel();
+    if (rec.machine.accel !== accel) return `it was taken with ${rec.machine.accel} acceleration and this node uses ${accel}`;
+    return undefined;
+  }
+
   snapshotFiles(snapshotDir: string): SnapshotFiles {
     const rec = readSnapshotRecord(snapshotDir);
     return { dir: snapshotDir, memoryFile: join(snapshotDir, rec.stateFile), stateFile: join(snapshotDir, SNAPSHOT_RECORD_FILE) };

@@ -9,6 +9,7 @@ import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Ou
 import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from '../../../microvm/service/v1alpha1/Affinity.js';
 import type { PortMapping as _microvm_service_v1alpha1_PortMapping, PortMapping__Output as _microvm_service_v1alpha1_PortMapping__Output } from '../../../microvm/service/v1alpha1/PortMapping.js';
 import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from '../../../microvm/service/v1alpha1/EgressPolicy.js';
+import type { Lifecycle as _microvm_service_v1alpha1_Lifecycle, Lifecycle__Output as _microvm_service_v1alpha1_Lifecycle__Output } from '../../../microvm/service/v1alpha1/Lifecycle.js';
 
 export interface MicroVMSpec {
   'name'?: (string);
@@ -46,6 +47,10 @@ export interface MicroVMSpec {
    * Egress policy of the VM's traffic; absent: the tenant's default.
    */
   'egress'?: (_microvm_service_v1alpha1_EgressPolicy | null);
+  /**
+   * Lifetimes (boot deadline); absent: the service's defaults.
+   */
+  'lifecycle'?: (_microvm_service_v1alpha1_Lifecycle | null);
 }
 
 export interface MicroVMSpec__Output {
@@ -84,4 +89,8 @@ export interface MicroVMSpec__Output {
    * Egress policy of the VM's traffic; absent: the tenant's default.
    */
   'egress': (_microvm_service_v1alpha1_EgressPolicy__Output | null);
+  /**
+   * Lifetimes (boot deadline); absent: the service's defaults.
+   */
+  'lifecycle': (_microvm_service_v1alpha1_Lifecycle__Output | null);
 }

@@ -8,6 +8,7 @@ import type { PortMappings as _microvm_service_v1alpha1_PortMappings, PortMappin
 import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from '../../../microvm/service/v1alpha1/EgressPolicy.js';
 import type { Tolerations as _microvm_service_v1alpha1_Tolerations, Tolerations__Output as _microvm_service_v1alpha1_Tolerations__Output } from '../../../microvm/service/v1alpha1/Tolerations.js';
 import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output as _microvm_service_v1alpha1_Affinity__Output } from '../../../microvm/service/v1alpha1/Affinity.js';
+import type { Lifecycle as _microvm_service_v1alpha1_Lifecycle, Lifecycle__Output as _microvm_service_v1alpha1_Lifecycle__Output } from '../../../microvm/service/v1alpha1/Lifecycle.js';
 
 export interface UpdateMicroVMRequest {
   'id'?: (string);
@@ -47,6 +48,10 @@ export interface UpdateMicroVMRequest {
    * Present: replaces the affinity (an empty message removes it).
    */
   'affinity'?: (_microvm_service_v1alpha1_Affinity | null);
+  /**
+   * Present: replaces the lifetimes (an empty message removes them).
+   */
+  'lifecycle'?: (_microvm_service_v1alpha1_Lifecycle | null);
   '_vcpuCount'?: "vcpuCount";
   '_memorySize'?: "memorySize";
 }
@@ -89,6 +94,10 @@ export interface UpdateMicroVMRequest__Output {
    * Present: replaces the affinity (an empty message removes it).
    */
   'affinity': (_microvm_service_v1alpha1_Affinity__Output | null);
+  /**
+   * Present: replaces the lifetimes (an empty message removes them).
+   */
+  'lifecycle': (_microvm_service_v1alpha1_Lifecycle__Output | null);
   '_vcpuCount'?: "vcpuCount";
   '_memorySize'?: "memorySize";
 }
