@@ -82,15 +82,31 @@ need_curl() { # curl, unzip and CA certificates, installed from Debian when miss
   fi
 }
 
-# --- which version -----------------------------------------------------------------------------
+# --- which version, and the go on PATH ------------------------------------------------------------
+have='' goroot=''
+if command -v go >/dev/null; then
+  # GOTOOLCHAIN=local: the version of this binary, not one it would switch to.
+  if have=$(cd / && GOTOOLCHAIN=local GOFLAGS='' go env GOVERSION 2>/dev/null) && valid_version "$have"; then
+    goroot=$(cd / && GOTOOLCHAIN=local GOFLAGS='' go env GOROOT)
+  else
+    log "ignoring the go on PATH ($(command -v go)): \`go env GOVERSION\` says '${have:-nothing}'"
+    have=
+  fi
+fi
+use_local() { echo "$goroot/bin"; exit 0; }
+
 if [[ -n ${MVM_GO_VERSION:-} ]]; then
   WANT=$MVM_GO_VERSION
   valid_version "$WANT" || die "bad MVM_GO_VERSION '$WANT' (want e.g. go1.26.0)"
+  WHY="MVM_GO_VERSION asks for"
 else
   case "$KUBE_VERSION" in v1.[0-9]*.[0-9]*) ;; *) die "bad MVM_KUBE_VERSION '$KUBE_VERSION' (want v1.N.M)" ;; esac
   NEEDS=$ROOT/kube-$KUBE_VERSION.needs # module versions are immutable, so this never goes stale
+  WHY="k8s.io/kubernetes@$KUBE_VERSION needs"
   WANT=$(cat "$NEEDS" 2>/dev/null || true)
-  if ! valid_version "$WANT"; then
+  valid_version "$WANT" || WANT=
+  # Read the go.mod (curl is needed, and installed, only when there is no Go >= 1.21 to fall back on).
+  if [[ -z $WANT ]] && { command -v curl >/dev/null || [[ -z $have ]] || ! version_ge "$have" go1.21.0; }; then
     need_curl
     if gomod=$(curl -fsSL --retry 2 --max-time 60 "$PROXY/k8s.io/kubernetes/@v/$KUBE_VERSION.mod" 2>/dev/null); then
       golang=$(sed -n 's/^go \([0-9][0-9a-z.]*\)[[:space:]]*$/\1/p' <<<"$gomod" | head -1)
@@ -101,32 +117,21 @@ else
       valid_version "$WANT" || die "cannot use the go version '$WANT' of k8s.io/kubernetes@$KUBE_VERSION's go.mod"
       mkdir -p "$ROOT"
       echo "$WANT" >"$NEEDS.$$" && mv -f "$NEEDS.$$" "$NEEDS"
-    else
-      WANT=
     fi
   fi
 fi
 
-# --- a go on PATH that is new enough ---------------------------------------------------------
-if command -v go >/dev/null; then
-  # GOTOOLCHAIN=local: the version of this binary, not one it would switch to.
-  if have=$(cd / && GOTOOLCHAIN=local GOFLAGS='' go env GOVERSION 2>/dev/null) && valid_version "$have"; then
-    goroot=$(cd / && GOTOOLCHAIN=local GOFLAGS='' go env GOROOT)
-    if [[ -n $WANT ]] && version_ge "$have" "$WANT"; then
-      log "using $have from $goroot/bin (needs >= $WANT)"
-      echo "$goroot/bin"
-      exit 0
-    elif [[ -z $WANT ]] && version_ge "$have" go1.21.0; then
-      # The proxy is unreachable, so we cannot fetch anyway; a Go >= 1.21 switches to the
-      # toolchain the module needs by itself (GOTOOLCHAIN=auto), if it can reach the proxy later.
-      log "cannot read k8s.io/kubernetes@$KUBE_VERSION's go.mod from $PROXY; using $have from $goroot/bin"
-      echo "$goroot/bin"
-      exit 0
-    fi
-    log "$have on PATH ($goroot/bin) is older than the $WANT k8s.io/kubernetes@$KUBE_VERSION needs"
-  fi
+if [[ -n $have && -n $WANT ]] && version_ge "$have" "$WANT"; then
+  log "using $have from $goroot/bin ($WHY >= $WANT)"
+  use_local
+elif [[ -n $have && -z $WANT ]] && version_ge "$have" go1.21.0; then
+  # We cannot tell which version is needed, so we could not fetch it anyway; a Go >= 1.21
+  # switches to the toolchain the module needs by itself (GOTOOLCHAIN=auto) when it can.
+  log "did not read k8s.io/kubernetes@$KUBE_VERSION's go.mod ($(command -v curl >/dev/null && echo "$PROXY did not serve it" || echo "no curl")); using $have from $goroot/bin"
+  use_local
 fi
-[[ -n $WANT ]] || die "no Go on PATH, and cannot read k8s.io/kubernetes@$KUBE_VERSION's go.mod from $PROXY to know which to fetch (set MVM_GO_VERSION, or install Go)"
+[[ -n $WANT ]] || die "no usable Go on PATH, and cannot read k8s.io/kubernetes@$KUBE_VERSION's go.mod from $PROXY to know which Go to fetch (set MVM_GO_VERSION, or install Go)"
+[[ -z $have ]] || log "$have on PATH ($goroot/bin) is older than the $WANT $WHY: fetching $WANT"
 
 # --- the cache -----------------------------------------------------------------------------------
 case $(uname -m) in

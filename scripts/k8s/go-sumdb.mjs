@@ -159,12 +159,19 @@ function escapePath(p) {
 function lookup(proxy, mod, version) {
   const v = verifier(SUMDB_KEY);
   let base = `${proxy.replace(/\/+$/, '')}/sumdb/${v.name}`;
+  let viaProxy = '';
   try {
     curl(`${base}/supported`);
-  } catch {
+  } catch (e) {
+    viaProxy = ` (and not through the proxy: ${e.message})`;
     base = `https://${v.name}`;
   }
-  const resp = curl(`${base}/lookup/${escapePath(mod)}@${escapePath(version)}`);
+  let resp;
+  try {
+    resp = curl(`${base}/lookup/${escapePath(mod)}@${escapePath(version)}`);
+  } catch (e) {
+    throw new Error(`${e.message}${viaProxy}`);
+  }
   // id\nrecord text\n\nsigned tree note
   const s = resp.toString('utf8');
   const nl = s.indexOf('\n');
