@@ -2,6 +2,33 @@
 # Installs what the project needs on a fresh Debian (bookworm) machine, as root.
 # Idempotent and quiet: packages are installed only when missing.
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Node.js and npm first: every make target needs them. Node: package.json's engines.node;
+# npm: package-lock.json is lockfileVersion 3, which npm < 7 cannot read.
+need_node=$(sed -n 's/^ *"node": *">= *\([0-9][0-9]*\).*/\1/p' package.json | head -1)
+need_node=${need_node:-20}
+need_npm=7
+node_hint="install Node.js ${need_node} LTS or newer (it brings npm): Debian bookworm's nodejs package is 18, so use NodeSource's node_${need_node}.x apt repository or the linux-x64 tarball from nodejs.org, and make sure its bin dir comes first on PATH"
+if ! command -v node >/dev/null; then
+  echo "setup: Node.js >= ${need_node} is required and there is no node on PATH: ${node_hint}" >&2
+  exit 1
+fi
+node_version=$(node --version 2>/dev/null || true)
+node_major=${node_version#v}; node_major=${node_major%%.*}
+if ! [[ $node_major =~ ^[0-9]+$ ]] || ((node_major < need_node)); then
+  echo "setup: Node.js >= ${need_node} is required, $(command -v node) is ${node_version:-unknown}: ${node_hint}" >&2
+  exit 1
+fi
+if ! command -v npm >/dev/null; then
+  echo "setup: npm >= ${need_npm} is required and there is no npm on PATH (Node ${node_version} from $(command -v node) came without it): ${node_hint}" >&2
+  exit 1
+fi
+npm_version=$(npm --version 2>/dev/null || true)
+if ! [[ ${npm_version%%.*} =~ ^[0-9]+$ ]] || ((${npm_version%%.*} < need_npm)); then
+  echo "setup: npm >= ${need_npm} is required for package-lock.json (lockfileVersion $(sed -n 's/^ *"lockfileVersion": *\([0-9]*\).*/\1/p' package-lock.json | head -1)), $(command -v npm) is ${npm_version:-unknown}: run \`npm install -g npm@10\`, or ${node_hint}" >&2
+  exit 1
+fi
 
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils busybox-static e2fsprogs lz4 cpio kmod

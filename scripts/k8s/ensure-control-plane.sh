@@ -9,6 +9,8 @@
 # An entry that exists is complete (it is built in a temp dir and renamed into
 # place), so a present entry is used as is ("cached") and nothing is rebuilt.
 #
+# Go: scripts/k8s/ensure-go.sh (a new enough `go` on PATH, else the toolchain the kubernetes
+# go.mod asks for, fetched from the module proxy and checked against sum.golang.org).
 # kube-apiserver and kubectl are built from the Go module proxy: a throwaway Go
 # module requires k8s.io/kubernetes@<version> and pins every k8s.io/* staging
 # module (which k8s.io/kubernetes replaces with ./staging/... paths that are
@@ -70,8 +72,6 @@ if [[ -e $ENTRY ]]; then
   rm -rf "$ENTRY"
 fi
 
-command -v go >/dev/null || { log "needs the Go toolchain (go >= 1.21; the module pins its own go version)"; exit 1; }
-
 apt_ready=
 apt_install() { # apt_install pkg... — installs the missing ones, quietly
   local missing=() p
@@ -83,6 +83,12 @@ apt_install() { # apt_install pkg... — installs the missing ones, quietly
 }
 # openssl is what start-control-plane.sh uses for certificates.
 apt_install ca-certificates openssl util-linux
+
+# The Go toolchain: the `go` on PATH if it is new enough for this kubernetes version, else the one
+# ensure-go.sh fetched from the module proxy (verified, cached in $MVM_CACHE_DIR/go/<version>).
+GO_BIN=$("$(dirname "${BASH_SOURCE[0]}")/ensure-go.sh") || { log "no usable Go toolchain (see above)"; exit 1; }
+export PATH="$GO_BIN:$PATH"
+unset GOROOT
 
 TMP=$(mktemp -d "$CACHE_ROOT/.tmp-$KEY.XXXXXX")
 CHILD=
