@@ -8,6 +8,7 @@ import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, op
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { sleep } from '../../src/vmm/proc.js';
 import { resolveBinary } from '../../src/vmm/firecracker/firecracker-driver.js';
 
@@ -190,5 +191,20 @@ export async function peerRun(vmDir: string, cmd: string, timeoutMs = 10_000): P
 }
 
 /** Real binaries on this host, if any. */
-export const realFirecracker = (): string | undefined => resolveBinary('firecracker');
-export const realJailer = (): string | undefined => resolveBinary('jailer');
+/**
+ * Where the real Firecracker and jailer for tests are: MVM_TEST_FIRECRACKER_DIR, else the
+ * workspace's shared build (<repo>/../shared/firecracker), else undefined (then PATH is searched).
+ */
+export function realFirecrackerDir(): string | undefined {
+  const repo = fileURLToPath(new URL('../../..', import.meta.url));
+  for (const d of [process.env.MVM_TEST_FIRECRACKER_DIR, join(repo, '..', 'shared', 'firecracker')]) {
+    if (d && existsSync(join(d, 'firecracker'))) return d;
+  }
+  return undefined;
+}
+const realIn = (name: string): string | undefined => {
+  const dir = realFirecrackerDir();
+  return dir && existsSync(join(dir, name)) ? join(dir, name) : resolveBinary(name);
+};
+export const realFirecracker = (): string | undefined => realIn('firecracker');
+export const realJailer = (): string | undefined => realIn('jailer');
