@@ -10,8 +10,11 @@ export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
 export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
 
+/** The lifecycle phases of a microVM, in lifecycle order: the one list every edge (CLI, gRPC, metrics, dashboard) uses. */
+export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
+
 export const Phase = Type.Union(
-  ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'].map((p) => Type.Literal(p)),
+  PHASES.map((p) => Type.Literal(p)),
   { description: 'Lifecycle phase' },
 );
 

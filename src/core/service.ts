@@ -4,7 +4,7 @@
  * store (the acknowledgement point) and leave the doing to the controller.
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
-import { DEFAULT_SPEC, assertAction, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { ACTION_PHASES, DEFAULT_SPEC, assertAction, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageResolver } from './ports/images.js';
@@ -191,7 +191,7 @@ export class MicroVMService {
     return this.store.updateVm(
       vm.id,
       (cur) => {
-        if (changesSpec.length > 0 && !['Stopped', 'Failed'].includes(cur.status.phase)) {
+        if (changesSpec.length > 0 && !ACTION_PHASES.update.includes(cur.status.phase)) {
           throw new MvmError(
             ErrorCodes.ILLEGAL_TRANSITION,
             `${changesSpec.join(', ')} can only be changed while the microVM is Stopped (it is ${cur.status.phase}); stop it first`,
