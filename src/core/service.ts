@@ -4,7 +4,7 @@
  * store (the acknowledgement point) and leave the doing to the controller.
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
-import { ACTION_PHASES, DEFAULT_SPEC, assertAction, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageResolver } from './ports/images.js';
@@ -325,6 +325,18 @@ export class MicroVMService {
   remoteConsole(vm: MicroVM): ((o: { tail: number; follow: boolean; signal?: AbortSignal }) => AsyncIterable<Buffer>) | undefined {
     const a = this.agent;
     return a.streamConsole ? (o) => a.streamConsole!(vm, o) : undefined;
+  }
+
+  /**
+   * What following the local console log of an (already authorised) VM polls: the log's current
+   * path (a restart rotates it) and whether the VM can still write to it — while it holds a node;
+   * no longer once it is gone or out of `p`'s sight. Shared by REST and gRPC.
+   */
+  localConsole(p: Principal, vm: MicroVM): { path: () => Promise<string | undefined>; alive: () => Promise<boolean> } {
+    return {
+      path: () => this.consolePath(p, vm.id).then((r) => r.path, () => undefined),
+      alive: () => this.get(p, vm.id).then((cur) => holdsNode(cur.status.phase), () => false),
+    };
   }
 
   async metrics(p: Principal, idOrName: string): Promise<VmMetricsT> {

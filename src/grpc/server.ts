@@ -187,19 +187,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
           }
           const chunks = remote
             ? remote({ tail, follow: true, signal: ac.signal })
-            : followConsole({
-                tail,
-                signal: ac.signal,
-                path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
-                alive: async () => {
-                  try {
-                    const cur = await svc.get(p, vm.id);
-                    return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
-                  } catch {
-                    return false;
-                  }
-                },
-              });
+            : followConsole({ tail, signal: ac.signal, ...svc.localConsole(p, vm) });
           for await (const chunk of chunks) {
             if (ac.signal.aborted) break;
             call.write({ data: chunk });
