@@ -12,7 +12,7 @@ import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js'
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
-import { SYSTEM_TENANT, type Principal } from './authz.js';
+import type { Principal } from './authz.js';
 
 export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
 
