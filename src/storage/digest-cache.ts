@@ -211,8 +211,8 @@ export type DigestCacheEntry<M extends DigestCacheMetadata, F> = M & F & DigestC
 export class DigestCache<M extends DigestCacheMetadata, F> {
   readonly root: string;
 
-  constructor(private readonly o: DigestCacheOptions<M, F>) {
-    this.root = o.root;
+  constructor(private readonly options: DigestCacheOptions<M, F>) {
+    this.root = options.root;
   }
 
   /** The complete entry in `dir`, or undefined (absent, half-written or unreadable). */
@@ -222,7 +222,7 @@ export class DigestCache<M extends DigestCacheMetadata, F> {
       return {
         ...meta,
         dir,
-        ...(await this.o.files(dir, meta)),
+        ...(await this.options.files(dir, meta)),
         lastUsedAt: await lastUsedOf(dir, meta.builtAt),
         references: await readReferences(dir, meta.reference),
         allocatedBytes: await allocatedDirBytes(dir),
@@ -232,47 +232,47 @@ export class DigestCache<M extends DigestCacheMetadata, F> {
     }
   }
 
-  /** The entry `b.name`, built when absent; concurrent calls in this process share one build. */
-  async resolve(b: DigestCacheBuild<M>): Promise<DigestCacheEntry<M, F> & { cacheHit: boolean }> {
-    const finalDir = join(this.root, b.name);
+  /** The entry `request.name`, built when absent; concurrent calls in this process share one build. */
+  async resolve(request: DigestCacheBuild<M>): Promise<DigestCacheEntry<M, F> & { cacheHit: boolean }> {
+    const finalDir = join(this.root, request.name);
     leaseEntry(finalDir);
     const existing = await this.read(finalDir);
     if (existing) {
       await touch(finalDir);
-      await recordReference(finalDir, b.reference).catch(() => undefined);
+      await recordReference(finalDir, request.reference).catch(() => undefined);
       return { ...existing, cacheHit: true };
     }
-    let p = inflight.get(finalDir) as Promise<DigestCacheEntry<M, F>> | undefined;
-    if (!p) {
-      p = this.build(b, finalDir).finally(() => inflight.delete(finalDir));
-      inflight.set(finalDir, p);
+    let building = inflight.get(finalDir) as Promise<DigestCacheEntry<M, F>> | undefined;
+    if (!building) {
+      building = this.build(request, finalDir).finally(() => inflight.delete(finalDir));
+      inflight.set(finalDir, building);
     }
-    const built = await p;
+    const built = await building;
     leaseEntry(finalDir);
-    await recordReference(finalDir, b.reference).catch(() => undefined);
-    return { ...built, references: built.references.includes(b.reference) ? built.references : [...built.references, b.reference], cacheHit: false };
+    await recordReference(finalDir, request.reference).catch(() => undefined);
+    return { ...built, references: built.references.includes(request.reference) ? built.references : [...built.references, request.reference], cacheHit: false };
   }
 
-  private async build(b: DigestCacheBuild<M>, finalDir: string): Promise<DigestCacheEntry<M, F>> {
+  private async build(request: DigestCacheBuild<M>, finalDir: string): Promise<DigestCacheEntry<M, F>> {
     await mkdir(this.root, { recursive: true });
     await this.cleanStaleBuilds();
-    const tmp = join(this.root, `.${b.name}.tmp-${process.pid}-${randomSuffix()}`);
+    const tmp = join(this.root, `.${request.name}.tmp-${process.pid}-${randomSuffix()}`);
     await mkdir(tmp);
     const started = Date.now();
     try {
-      const meta = { ...(await b.build(tmp, finalDir)), builtAt: new Date().toISOString(), buildMs: Date.now() - started };
+      const meta = { ...(await request.build(tmp, finalDir)), builtAt: new Date().toISOString(), buildMs: Date.now() - started };
       await writeFile(join(tmp, 'metadata.json'), JSON.stringify(meta, null, 2) + '\n');
       await writeFile(join(tmp, 'last-used'), '');
       const theirs = await publishBuild(tmp, finalDir, (d) => this.read(d));
       if (theirs) return theirs;
-      this.o.log?.(`built ${finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-      const e = await this.read(finalDir);
-      if (!e) throw new MvmError(ErrorCodes.IMAGE_ERROR, `cache entry ${finalDir} vanished after its build`);
-      return e;
+      this.options.log?.(`built ${finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      const entry = await this.read(finalDir);
+      if (!entry) throw new MvmError(ErrorCodes.IMAGE_ERROR, `cache entry ${finalDir} vanished after its build`);
+      return entry;
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
       if (e instanceof MvmError) throw e;
-      throw new MvmError(ErrorCodes.IMAGE_ERROR, `${b.failure} of ${b.reference} failed: ${(e as Error).message}`, { cause: e });
+      throw new MvmError(ErrorCodes.IMAGE_ERROR, `${request.failure} of ${request.reference} failed: ${(e as Error).message}`, { cause: e });
     }
   }
 
@@ -287,8 +287,8 @@ export class DigestCache<M extends DigestCacheMetadata, F> {
     const out: DigestCacheEntry<M, F>[] = [];
     for (const n of names) {
       if (n.startsWith('.')) continue;
-      const e = await this.read(join(this.root, n));
-      if (e) out.push(e);
+      const entry = await this.read(join(this.root, n));
+      if (entry) out.push(entry);
     }
     return out.sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt));
   }

@@ -210,21 +210,21 @@ export class KernelImageCache {
           throw kernelError(`umoci unpack of ${parsed.canonical} failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().slice(-300)}`, e);
         }
         const rootfs = join(bundle, 'rootfs');
-        const k = await findIn(rootfs, pulled.labels[KERNEL_LABEL], ['boot', '.'], ['vmlinuz', 'vmlinux', 'bzImage']);
-        if (!k) {
+        const kernel = await findIn(rootfs, pulled.labels[KERNEL_LABEL], ['boot', '.'], ['vmlinuz', 'vmlinux', 'bzImage']);
+        if (!kernel) {
           throw kernelError(
             pulled.labels[KERNEL_LABEL]
               ? `image ${parsed.canonical} has no file ${pulled.labels[KERNEL_LABEL]} (named by its ${KERNEL_LABEL} label)`
               : `image ${parsed.canonical} holds no kernel: looked for /boot/vmlinuz*, /boot/vmlinux*, /vmlinuz, /vmlinux (or name one with the ${KERNEL_LABEL} label)`,
           );
         }
-        const info = await installKernel(k.path, join(tmp, 'vmlinux'), `${k.rel} in ${parsed.canonical}`);
-        const i = await findIn(rootfs, pulled.labels[INITRD_LABEL], ['boot', '.'], ['initrd.img', 'initrd', 'initramfs']);
-        if (pulled.labels[INITRD_LABEL] && !i) throw kernelError(`image ${parsed.canonical} has no file ${pulled.labels[INITRD_LABEL]} (named by its ${INITRD_LABEL} label)`);
-        if (i) await copyFile(i.path, join(tmp, 'initrd.img'));
+        const info = await installKernel(kernel.path, join(tmp, 'vmlinux'), `${kernel.rel} in ${parsed.canonical}`);
+        const initrd = await findIn(rootfs, pulled.labels[INITRD_LABEL], ['boot', '.'], ['initrd.img', 'initrd', 'initramfs']);
+        if (pulled.labels[INITRD_LABEL] && !initrd) throw kernelError(`image ${parsed.canonical} has no file ${pulled.labels[INITRD_LABEL]} (named by its ${INITRD_LABEL} label)`);
+        if (initrd) await copyFile(initrd.path, join(tmp, 'initrd.img'));
         await rm(join(tmp, 'layout'), { recursive: true, force: true });
         await rm(bundle, { recursive: true, force: true });
-        return { source: k.rel, ...(i ? { initrdSource: i.rel } : {}), ...info };
+        return { source: kernel.rel, ...(initrd ? { initrdSource: initrd.rel } : {}), ...info };
       };
     }
     return this.entries.resolve({
@@ -244,13 +244,13 @@ export class KernelImageCache {
     return this.entries.list();
   }
 
-  async remove(e: KernelCacheEntry): Promise<void> {
-    await this.entries.remove(e.dir);
+  async remove(entry: KernelCacheEntry): Promise<void> {
+    await this.entries.remove(entry.dir);
   }
 
   /** Being built, or resolved recently for a microVM being created. */
-  busy(e: KernelCacheEntry): boolean {
-    return this.entries.busy(e.dir);
+  busy(entry: KernelCacheEntry): boolean {
+    return this.entries.busy(entry.dir);
   }
 
   cleanStaleBuilds(): Promise<string[]> {

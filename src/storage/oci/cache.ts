@@ -73,14 +73,14 @@ export class OciImageCache {
    * it when absent. A tag costs one manifest request when cached; a digest
    * reference none.
    */
-  async resolve(reference: string | ImageReference, o: { sizeBytes?: number } = {}): Promise<ResolvedOciRootfs> {
+  async resolve(reference: string | ImageReference, options: { sizeBytes?: number } = {}): Promise<ResolvedOciRootfs> {
     const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
     const digest = await resolveDigest(ref, this.opts);
     return this.entries.resolve({
-      name: entryName(digest, o.sizeBytes !== undefined ? `-s${o.sizeBytes}` : ''),
+      name: entryName(digest, options.sizeBytes !== undefined ? `-s${options.sizeBytes}` : ''),
       reference: ref.canonical,
       failure: 'building the root filesystem',
-      build: (tmp, finalDir) => this.build(ref, digest, tmp, finalDir, o.sizeBytes),
+      build: (tmp, finalDir) => this.build(ref, digest, tmp, finalDir, options.sizeBytes),
     });
   }
 
@@ -127,18 +127,18 @@ export class OciImageCache {
   /** Delete every entry (all sizes) of a digest; returns the removed dirs. */
   async delete(digest: string): Promise<string[]> {
     const removed: string[] = [];
-    for (const e of await this.list()) {
-      if (e.digest === digest) {
-        await this.entries.remove(e.dir);
-        removed.push(e.dir);
+    for (const entry of await this.list()) {
+      if (entry.digest === digest) {
+        await this.entries.remove(entry.dir);
+        removed.push(entry.dir);
       }
     }
     return removed;
   }
 
   /** Being built, or resolved recently for a microVM being created. */
-  busy(e: OciCacheEntry): boolean {
-    return this.entries.busy(e.dir);
+  busy(entry: OciCacheEntry): boolean {
+    return this.entries.busy(entry.dir);
   }
 
   /**
@@ -146,19 +146,19 @@ export class OciImageCache {
    * whose disks are based on them); only entries unused for `minIdleMs`
    * (default 0) go. Also removes stale temp dirs.
    */
-  async gc(o: { inUse?: Iterable<string>; minIdleMs?: number } = {}): Promise<{ removed: string[]; kept: string[] }> {
+  async gc(options: { inUse?: Iterable<string>; minIdleMs?: number } = {}): Promise<{ removed: string[]; kept: string[] }> {
     await this.cleanStaleBuilds();
-    const inUse = new Set(o.inUse ?? []);
+    const inUse = new Set(options.inUse ?? []);
     const removed: string[] = [];
     const kept: string[] = [];
     const now = Date.now();
-    for (const e of await this.list()) {
-      const idle = now - Date.parse(e.lastUsedAt);
-      if (inUse.has(e.digest) || inUse.has(e.rootfsPath) || inUse.has(e.dir) || idle < (o.minIdleMs ?? 0) || this.busy(e)) {
-        kept.push(e.dir);
+    for (const entry of await this.list()) {
+      const idle = now - Date.parse(entry.lastUsedAt);
+      if (inUse.has(entry.digest) || inUse.has(entry.rootfsPath) || inUse.has(entry.dir) || idle < (options.minIdleMs ?? 0) || this.busy(entry)) {
+        kept.push(entry.dir);
       } else {
-        await this.entries.remove(e.dir);
-        removed.push(e.dir);
+        await this.entries.remove(entry.dir);
+        removed.push(entry.dir);
       }
     }
     return { removed, kept };
