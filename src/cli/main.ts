@@ -7,8 +7,8 @@ import { ConfigError, resolveConfig, type ResolvedConfig } from './config.js';
 import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type OutputFormat } from './format.js';
 import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, readDoc, UsageError } from './parse.js';
 import { Progress } from './progress.js';
-import { parseVolumeFlag, registerVolumeCommands } from './volumes.js';
-import { registerMoreCommands } from './more.js';
+import { registerCommandGroups } from './commands/index.js';
+import { parseVolumeFlag } from './commands/volume.js';
 
 export interface CliIO {
   stdout: NodeJS.WriteStream;
@@ -52,15 +52,15 @@ function version(): string {
 }
 
 function makeCtx(cmd: Command, io: CliIO, state: RunState): Ctx {
-  const g = cmd.optsWithGlobals<GlobalOpts>();
-  const output = (g.output ?? 'table').toLowerCase();
+  const globals = cmd.optsWithGlobals<GlobalOpts>();
+  const output = (globals.output ?? 'table').toLowerCase();
   if (!(OUTPUT_FORMATS as readonly string[]).includes(output)) {
-    throw new UsageError(`invalid --output ${JSON.stringify(g.output)} (one of ${OUTPUT_FORMATS.join(', ')})`);
+    throw new UsageError(`invalid --output ${JSON.stringify(globals.output)} (one of ${OUTPUT_FORMATS.join(', ')})`);
   }
-  const cfg = resolveConfig({ server: g.server, token: g.token, config: g.config }, io.env);
+  const cfg = resolveConfig({ server: globals.server, token: globals.token, config: globals.config }, io.env);
   state.cfg = cfg;
   const client = new MvmClient({ baseUrl: cfg.server, token: cfg.token, userAgent: `mvm/${version()}` });
-  return { client, cfg, output: output as OutputFormat, quiet: Boolean(g.quiet), io };
+  return { client, cfg, output: output as OutputFormat, quiet: Boolean(globals.quiet), io };
 }
 
 function printVm(ctx: Ctx, vm: MicroVM): void {
@@ -82,12 +82,12 @@ function describeTarget(name: string, phase: string, ready: boolean): string {
 
 /** Install a SIGINT handler that stops the spinner before exiting 130; returns the uninstaller. */
 function onInterrupt(fn: () => void): () => void {
-  const h = (): void => {
+  const handler = (): void => {
     fn();
     process.exit(130);
   };
-  process.once('SIGINT', h);
-  return () => process.removeListener('SIGINT', h);
+  process.once('SIGINT', handler);
+  return () => process.removeListener('SIGINT', handler);
 }
 
 async function waitForPhase(ctx: Ctx, id: string, phase: string, ready: boolean, timeoutMs: number): Promise<MicroVM> {
@@ -147,15 +147,15 @@ async function waitGone(ctx: Ctx, id: string, timeoutMs: number): Promise<void> 
 }
 
 function readSpecFile(path: string): Record<string, unknown> {
-  const o = readDoc(path);
+  const opts = readDoc(path);
   // Accept a full MicroVM resource too: { name, spec: {...} } → flat create request.
-  if (o.spec && typeof o.spec === 'object' && !Array.isArray(o.spec)) {
-    const flat: Record<string, unknown> = { ...(o.spec as Record<string, unknown>) };
-    if (o.name !== undefined) flat.name = o.name;
-    if (o.start !== undefined) flat.start = o.start;
+  if (opts.spec && typeof opts.spec === 'object' && !Array.isArray(opts.spec)) {
+    const flat: Record<string, unknown> = { ...(opts.spec as Record<string, unknown>) };
+    if (opts.name !== undefined) flat.name = opts.name;
+    if (opts.start !== undefined) flat.start = opts.start;
     return flat;
   }
-  return o;
+  return opts;
 }
 
 interface CreateOpts {
@@ -175,30 +175,30 @@ interface CreateOpts {
   fromSnapshot?: string;
 }
 
-export function buildCreateRequest(name: string | undefined, o: CreateOpts): CreateRequest {
-  const body: Record<string, unknown> = o.file ? readSpecFile(o.file) : {};
+export function buildCreateRequest(name: string | undefined, opts: CreateOpts): CreateRequest {
+  const body: Record<string, unknown> = opts.file ? readSpecFile(opts.file) : {};
   if (name) body.name = name;
   if (!body.name) throw new UsageError('a name is required: mvm create NAME (or "name" in the -f file)');
-  if (o.vcpu !== undefined) body.vcpu = parseIntArg(o.vcpu, '--vcpu', 1);
-  if (o.memory !== undefined) body.memory = o.memory;
-  if (o.kernel !== undefined || o.kernelCmdline !== undefined) {
-    const k = { ...((body.kernel as Record<string, unknown> | undefined) ?? {}) };
-    if (o.kernel !== undefined) k.image = o.kernel;
-    if (o.kernelCmdline !== undefined) k.cmdline = o.kernelCmdline;
-    body.kernel = k;
+  if (opts.vcpu !== undefined) body.vcpu = parseIntArg(opts.vcpu, '--vcpu', 1);
+  if (opts.memory !== undefined) body.memory = opts.memory;
+  if (opts.kernel !== undefined || opts.kernelCmdline !== undefined) {
+    const kernel = { ...((body.kernel as Record<string, unknown> | undefined) ?? {}) };
+    if (opts.kernel !== undefined) kernel.image = opts.kernel;
+    if (opts.kernelCmdline !== undefined) kernel.cmdline = opts.kernelCmdline;
+    body.kernel = kernel;
   }
-  if (o.rootfs !== undefined || o.rootfsSize !== undefined || o.readOnly) {
-    const r = { ...((body.rootfs as Record<string, unknown> | undefined) ?? {}) };
-    if (o.rootfs !== undefined) r.image = o.rootfs;
-    if (o.rootfsSize !== undefined) r.size = o.rootfsSize;
-    if (o.readOnly) r.readOnly = true;
-    body.rootfs = r;
+  if (opts.rootfs !== undefined || opts.rootfsSize !== undefined || opts.readOnly) {
+    const rootfs = { ...((body.rootfs as Record<string, unknown> | undefined) ?? {}) };
+    if (opts.rootfs !== undefined) rootfs.image = opts.rootfs;
+    if (opts.rootfsSize !== undefined) rootfs.size = opts.rootfsSize;
+    if (opts.readOnly) rootfs.readOnly = true;
+    body.rootfs = rootfs;
   }
-  const labels = parseLabels(o.label);
+  const labels = parseLabels(opts.label);
   if (labels) body.labels = { ...((body.labels as Record<string, string> | undefined) ?? {}), ...labels };
-  if (o.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...o.volume.map(parseVolumeFlag)];
-  if (o.fromSnapshot !== undefined) body.snapshot = o.fromSnapshot;
-  if (o.start === false) body.start = false;
+  if (opts.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...opts.volume.map(parseVolumeFlag)];
+  if (opts.fromSnapshot !== undefined) body.snapshot = opts.fromSnapshot;
+  if (opts.start === false) body.start = false;
   return body as unknown as CreateRequest;
 }
 
@@ -219,7 +219,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       writeErr: (s) => io.stderr.write(s),
     });
 
-  const sub = (name: string, desc: string): Command =>
+  const addCommand = (name: string, desc: string): Command =>
     program
       .command(name)
       .description(desc)
@@ -227,7 +227,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       .configureOutput({ writeOut: (s) => io.stdout.write(s), writeErr: (s) => io.stderr.write(s) })
       .showHelpAfterError('(run with --help for usage)');
 
-  sub('create [name]', 'create a microVM (and start it unless --no-start)')
+  addCommand('create [name]', 'create a microVM (and start it unless --no-start)')
     .option('--vcpu <n>', 'number of vCPUs (1-8)')
     .option('--memory <quantity>', 'guest memory, e.g. 128Mi, 1Gi')
     .option('--kernel <image>', 'kernel image reference')
@@ -243,29 +243,29 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('-f, --file <path>', 'read the request from a JSON or YAML file ("-" for stdin); flags override it')
     .option('--from-snapshot <snapshot>', 'restore (clone) from this snapshot (id or name); vcpu, memory, kernel and rootfs come from it')
     .addHelpText('after', '\nExamples:\n  $ mvm create web --vcpu 2 --memory 512Mi --wait\n  $ mvm create web2 --from-snapshot web-before-upgrade --wait\n')
-    .action(async (name: string | undefined, o: CreateOpts, cmd: Command) => {
-      const body = buildCreateRequest(name, o);
-      const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+    .action(async (name: string | undefined, opts: CreateOpts, cmd: Command) => {
+      const body = buildCreateRequest(name, opts);
+      const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
       const ctx = makeCtx(cmd, io, state);
       state.subject = body.name;
       let vm = await ctx.client.create(body);
-      if (o.wait) {
+      if (opts.wait) {
         const started = body.start !== false;
         vm = await waitForPhase(ctx, vm.id, started ? 'Running' : 'Stopped', started, timeoutMs);
       }
       printVm(ctx, vm);
     });
 
-  sub('list', 'list microVMs')
+  addCommand('list', 'list microVMs')
     .alias('ls')
     .option('--phase <phase>', 'only VMs in this phase')
     .option('--label <k=v>', 'only VMs with this label (repeatable)', collect)
     .option('--limit <n>', 'at most N VMs (one page); default: all')
-    .action(async (o: { phase?: string; label?: string[]; limit?: string }, cmd: Command) => {
-      const phase = o.phase !== undefined ? parsePhase(o.phase) : undefined;
-      const labels = o.label ?? [];
+    .action(async (opts: { phase?: string; label?: string[]; limit?: string }, cmd: Command) => {
+      const phase = opts.phase !== undefined ? parsePhase(opts.phase) : undefined;
+      const labels = opts.label ?? [];
       parseLabels(labels);
-      const limit = o.limit !== undefined ? parseIntArg(o.limit, '--limit', 1) : undefined;
+      const limit = opts.limit !== undefined ? parseIntArg(opts.limit, '--limit', 1) : undefined;
       const ctx = makeCtx(cmd, io, state);
       let items: MicroVM[];
       let next: string | undefined;
@@ -289,36 +289,36 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       }
     });
 
-  sub('get <id>', 'show a microVM (by id or name)').action(async (id: string, _o: unknown, cmd: Command) => {
+  addCommand('get <id>', 'show a microVM (by id or name)').action(async (id: string, _opts: unknown, cmd: Command) => {
     state.subject = id;
     const ctx = makeCtx(cmd, io, state);
     printVm(ctx, await ctx.client.get(id));
   });
 
-  sub('update <id>', 'change the spec of a microVM')
+  addCommand('update <id>', 'change the spec of a microVM')
     .option('--vcpu <n>', 'number of vCPUs')
     .option('--memory <quantity>', 'guest memory, e.g. 256Mi')
     .option('--label <k=v>', 'set a label, or remove one with k- (repeatable)', collect)
     .option('--kernel-cmdline <str>', 'extra kernel command line')
-    .action(async (id: string, o: { vcpu?: string; memory?: string; label?: string[]; kernelCmdline?: string }, cmd: Command) => {
+    .action(async (id: string, opts: { vcpu?: string; memory?: string; label?: string[]; kernelCmdline?: string }, cmd: Command) => {
       state.subject = id;
       const patch: UpdateRequest = {};
-      if (o.vcpu !== undefined) patch.vcpu = parseIntArg(o.vcpu, '--vcpu', 1);
-      if (o.memory !== undefined) patch.memory = o.memory;
-      const edits = o.label ? parseLabelEdits(o.label) : undefined;
-      if (Object.keys(patch).length === 0 && !edits && o.kernelCmdline === undefined) {
+      if (opts.vcpu !== undefined) patch.vcpu = parseIntArg(opts.vcpu, '--vcpu', 1);
+      if (opts.memory !== undefined) patch.memory = opts.memory;
+      const edits = opts.label ? parseLabelEdits(opts.label) : undefined;
+      if (Object.keys(patch).length === 0 && !edits && opts.kernelCmdline === undefined) {
         throw new UsageError('nothing to update: pass --vcpu, --memory, --label or --kernel-cmdline');
       }
       const ctx = makeCtx(cmd, io, state);
-      if (edits || o.kernelCmdline !== undefined) {
+      if (edits || opts.kernelCmdline !== undefined) {
         // Labels and kernel are replaced as a whole by PUT: merge with the current values.
         const cur = await ctx.client.get(id);
         if (edits) {
           const labels = { ...(cur.spec?.labels ?? {}), ...edits.set };
-          for (const k of edits.remove) delete labels[k];
+          for (const key of edits.remove) delete labels[key];
           patch.labels = labels;
         }
-        if (o.kernelCmdline !== undefined) patch.kernel = { ...(cur.spec?.kernel ?? {}), cmdline: o.kernelCmdline };
+        if (opts.kernelCmdline !== undefined) patch.kernel = { ...(cur.spec?.kernel ?? {}), cmdline: opts.kernelCmdline };
       }
       printVm(ctx, await ctx.client.update(id, patch));
     });
@@ -336,68 +336,71 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     ['pause', 'Paused', 'pause requested'],
     ['resume', 'Running', 'resume requested'],
   ] as const) {
-    sub(`${verb} <id>`, DESC[verb])
+    addCommand(`${verb} <id>`, DESC[verb])
       .option('--wait', WAIT_HELP[verb])
       .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
-      .action(async (id: string, o: { wait?: boolean; timeout: string }, cmd: Command) => {
+      .action(async (id: string, opts: { wait?: boolean; timeout: string }, cmd: Command) => {
         state.subject = id;
-        const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+        const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
         const ctx = makeCtx(cmd, io, state);
         const vm = await ctx.client[verb](id);
-        if (!o.wait) return printAck(ctx, vm, ack);
+        if (!opts.wait) return printAck(ctx, vm, ack);
         printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start', timeoutMs));
       });
   }
 
-  sub('delete <id>', 'delete a microVM')
+  addCommand('delete <id>', 'delete a microVM')
     .alias('rm')
     .option('--wait', 'wait until the microVM is gone')
     .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
-    .action(async (id: string, o: { wait?: boolean; timeout: string }, cmd: Command) => {
+    .action(async (id: string, opts: { wait?: boolean; timeout: string }, cmd: Command) => {
       state.subject = id;
-      const timeoutMs = o.wait ? parseDuration(o.timeout, '--timeout') : 0;
+      const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
       const ctx = makeCtx(cmd, io, state);
       const vm = await ctx.client.delete(id);
-      if (!o.wait) return printAck(ctx, vm, 'deletion requested');
+      if (!opts.wait) return printAck(ctx, vm, 'deletion requested');
       await waitGone(ctx, vm.id, timeoutMs);
       if (ctx.output !== 'table') ctx.io.stdout.write(serialize(vm, ctx.output));
       else if (ctx.quiet) ctx.io.stdout.write(vm.id + '\n');
       else ctx.io.stdout.write(`microVM "${vm.name}" (${vm.id}) deleted\n`);
     });
 
-  sub('console <id>', 'print the serial console of a microVM')
+  addCommand('console <id>', 'print the serial console of a microVM')
     .option('--follow', 'keep streaming new output until Ctrl-C')
     .option('--tail <bytes>', 'only the last BYTES bytes')
-    .action(async (id: string, o: { follow?: boolean; tail?: string }, cmd: Command) => {
+    .action(async (id: string, opts: { follow?: boolean; tail?: string }, cmd: Command) => {
       state.subject = id;
-      const tail = o.tail !== undefined ? parseIntArg(o.tail, '--tail', 0) : undefined;
+      const tail = opts.tail !== undefined ? parseIntArg(opts.tail, '--tail', 0) : undefined;
       const ctx = makeCtx(cmd, io, state);
-      await streamConsole(ctx, id, Boolean(o.follow), tail);
+      await streamConsole(ctx, id, Boolean(opts.follow), tail);
     });
 
-  sub('metrics <id>', 'show resource usage of a microVM').action(async (id: string, _o: unknown, cmd: Command) => {
+  addCommand('metrics <id>', 'show resource usage of a microVM').action(async (id: string, _opts: unknown, cmd: Command) => {
     state.subject = id;
     const ctx = makeCtx(cmd, io, state);
-    const m = await ctx.client.metrics(id);
-    ctx.io.stdout.write(ctx.output === 'table' ? renderMetrics(m) : serialize(m, ctx.output));
+    const metrics = await ctx.client.metrics(id);
+    ctx.io.stdout.write(ctx.output === 'table' ? renderMetrics(metrics) : serialize(metrics, ctx.output));
   });
 
-  sub('wait <id>', 'wait until a microVM reaches a phase')
+  addCommand('wait <id>', 'wait until a microVM reaches a phase')
     .option('--for <phase>', 'phase to wait for', 'Running')
     .option('--ready', 'also wait for the guest to be ready (GuestReady=True)')
     .option('--timeout <duration>', 'how long to wait', DEFAULT_TIMEOUT)
-    .action(async (id: string, o: { for: string; ready?: boolean; timeout: string }, cmd: Command) => {
+    .action(async (id: string, opts: { for: string; ready?: boolean; timeout: string }, cmd: Command) => {
       state.subject = id;
-      const phase = parsePhase(o.for);
-      const timeoutMs = parseDuration(o.timeout, '--timeout');
+      const phase = parsePhase(opts.for);
+      const timeoutMs = parseDuration(opts.timeout, '--timeout');
       const ctx = makeCtx(cmd, io, state);
-      printVm(ctx, await waitForPhase(ctx, id, phase, Boolean(o.ready), timeoutMs));
+      printVm(ctx, await waitForPhase(ctx, id, phase, Boolean(opts.ready), timeoutMs));
     });
 
-  registerVolumeCommands(program, sub, (c) => makeCtx(c, io, state));
-  registerMoreCommands(sub, (c) => makeCtx(c, io, state), (kind, id) => {
-    state.kind = kind;
-    state.subject = id;
+  registerCommandGroups({
+    addCommand: addCommand,
+    contextOf: (command) => makeCtx(command, io, state),
+    about: (kind, id) => {
+      state.kind = kind;
+      state.subject = id;
+    },
   });
   return program;
 }

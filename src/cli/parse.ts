@@ -1,12 +1,11 @@
 /** Parsers of CLI argument values. They throw UsageError with a message fit for `error: …`. */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
+import { PHASES } from '../core/microvm.js';
 
 export class UsageError extends Error {
   override name = 'UsageError';
 }
-
-export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
 
 /** `120s`, `2m`, `1h`, `500ms`, `1.5s` or a bare number of seconds → milliseconds. */
 export function parseDuration(s: string, what = 'duration'): number {

@@ -9,17 +9,19 @@ import { createServer } from 'node:http';
 import { hostname } from 'node:os';
 import { KubeConfig } from '@kubernetes/client-node';
 import pino from 'pino';
-import { loadConfig } from '../config.js';
 import { OPERATOR_LEASE, SYSTEM_NAMESPACE } from '../k8s/cluster.js';
 import { LeaderElector } from '../operator/leader.js';
 import { Operator } from '../operator/operator.js';
 import { Scheduler } from '../scheduler/scheduler.js';
+import { configOrExit, runMain, shutdownOnSignals } from './lifecycle.js';
+
+const BINARY = 'mvm-operator';
 
 const num = (v: string | undefined, d: number): number => (v !== undefined && v !== '' && Number.isFinite(Number(v)) ? Number(v) : d);
 
 async function main(): Promise<void> {
   const env = process.env;
-  const cfg = loadConfig();
+  const cfg = configOrExit(BINARY);
   const identity = env.POD_NAME ?? `${hostname()}-${process.pid}`;
   const log = pino({ level: cfg.logLevel, base: { svc: 'mvm-operator', id: identity } });
   const kc = new KubeConfig();
@@ -75,22 +77,8 @@ async function main(): Promise<void> {
     started = true; // a follower is healthy and ready (readiness is not leadership)
     elector.start();
   }
-  let stopping = false;
-  const shutdown = (sig: string): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal: sig, leading }, 'shutting down');
-    void (async () => {
-      await operator.stop().catch(() => undefined);
-      await elector?.stop();
-      process.exit(0);
-    })();
-  };
-  process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  // The operator starts on election, after the elector: it stops first.
+  shutdownOnSignals({ binary: BINARY, log, closers: [async () => elector?.stop(), () => operator.stop()], fields: () => ({ leading }) });
 }
 
-main().catch((e: Error) => {
-  process.stderr.write(`mvm-operator: ${e.stack ?? e.message}\n`);
-  process.exit(1);
-});
+runMain(BINARY, main);

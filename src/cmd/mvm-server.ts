@@ -1,61 +1,29 @@
 #!/usr/bin/env node
 /** `mvm-server`: the standalone MicroVM service (API + controller + scheduler + local agent). */
-import { loadConfig, type Config } from '../config.js';
+import type { Config } from '../config.js';
 import { startClusterApi } from '../cluster-api.js';
 import { startStandalone } from '../standalone.js';
+import { configOrExit, runMain, shutdownOnSignals } from './lifecycle.js';
+
+const BINARY = 'mvm-server';
 
 async function main(): Promise<void> {
-  let cfg;
-  try {
-    cfg = loadConfig();
-  } catch (e) {
-    process.stderr.write(`mvm-server: ${(e as Error).message}\n`);
-    process.exit(2);
-  }
+  const cfg = configOrExit(BINARY);
   if (cfg.store === 'kubernetes') return runClusterApi(cfg);
-  const s = await startStandalone(cfg);
-  const tokenHint = s.adminTokenFile ? `admin token in ${s.adminTokenFile}` : 'admin token from MVM_ADMIN_TOKEN';
+  const server = await startStandalone(cfg);
+  const tokenHint = server.adminTokenFile ? `admin token in ${server.adminTokenFile}` : 'admin token from MVM_ADMIN_TOKEN';
   process.stderr.write(
-    `\nMicroVM service listening on ${s.url} (data: ${cfg.dataDir}; ${tokenHint})\n` +
+    `\nMicroVM service listening on ${server.url} (data: ${cfg.dataDir}; ${tokenHint})\n` +
       `Try:  node dist/src/cmd/mvm.js create demo --wait   (or: npx mvm create demo --wait)\n\n`,
   );
-  let stopping = false;
-  const shutdown = (sig: string): void => {
-    if (stopping) return;
-    stopping = true;
-    s.log.info({ signal: sig, policy: cfg.shutdownPolicy }, 'shutting down');
-    s.close()
-      .then(() => process.exit(0))
-      .catch((e: Error) => {
-        process.stderr.write(`mvm-server: shutdown failed: ${e.message}\n`);
-        process.exit(1);
-      });
-  };
-  process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  shutdownOnSignals({ binary: BINARY, log: server.log, closers: [() => server.close()], fields: () => ({ policy: cfg.shutdownPolicy }) });
 }
 
 /** MVM_STORE=kubernetes: the API in cluster mode (src/cluster-api.ts, ADR 0015), stateless over the cluster's objects. */
 async function runClusterApi(cfg: Config): Promise<void> {
-  const s = await startClusterApi(cfg);
-  process.stderr.write(`\nMicroVM API (cluster mode) listening on ${s.url}${s.grpcAddress ? `, gRPC on ${s.grpcAddress}` : ''}\n\n`);
-  let stopping = false;
-  const shutdown = (sig: string): void => {
-    if (stopping) return;
-    stopping = true;
-    s.log.info({ signal: sig }, 'shutting down');
-    s.close()
-      .then(() => process.exit(0))
-      .catch((e: Error) => {
-        process.stderr.write(`mvm-server: shutdown failed: ${e.message}\n`);
-        process.exit(1);
-      });
-  };
-  process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  const api = await startClusterApi(cfg);
+  process.stderr.write(`\nMicroVM API (cluster mode) listening on ${api.url}${api.grpcAddress ? `, gRPC on ${api.grpcAddress}` : ''}\n\n`);
+  shutdownOnSignals({ binary: BINARY, log: api.log, closers: [() => api.close()] });
 }
 
-main().catch((e: Error) => {
-  process.stderr.write(`mvm-server: ${e.stack ?? e.message}\n`);
-  process.exit(1);
-});
+runMain(BINARY, main);

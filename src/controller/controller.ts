@@ -10,6 +10,7 @@ import { ConditionTypes, assertTransition, setCondition, type MicroVM, type Phas
 import type { ActualVm, NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
 import { unschedulableMessage, type Scheduler } from '../scheduler/scheduler.js';
+import { holdsPlacement } from '../scheduler/state.js';
 import { observability } from '../observability/index.js';
 
 export interface ControllerOptions {
@@ -205,7 +206,7 @@ export class Controller {
         let cursor: string | undefined;
         do {
           const page = await this.o.store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
-          placed.push(...page.items.filter((v) => v.status.node && !['Stopped', 'Failed', 'Deleting'].includes(v.status.phase)));
+          placed.push(...page.items.filter(holdsPlacement));
           cursor = page.nextCursor;
         } while (cursor);
         const placement = this.o.scheduler.place(vm, [info], placed);

@@ -1,9 +1,12 @@
-/** Domain model of a microVM: quantities, defaults, the phase state machine. */
-import { randomBytes } from 'node:crypto';
+/**
+ * Domain model of a microVM: quantities, defaults, the phase state machine.
+ * The dashboard imports this module too: no Node-only imports here (src/web's typecheck has no Node types).
+ */
 import { ErrorCodes, MvmError, validationError } from './errors.js';
 import { validatePlacement } from './placement.js';
-import type { ConditionT, MicroVMSpecT, MicroVMT, PhaseT } from './schema.js';
+import { PHASES, type ConditionT, type MicroVMSpecT, type MicroVMT, type PhaseT } from './schema.js';
 
+export { PHASES };
 export type Phase = PhaseT;
 export type MicroVM = MicroVMT;
 export type MicroVMSpec = MicroVMSpecT;
@@ -58,7 +61,7 @@ export function memoryMiB(spec: MicroVMSpec): number {
 const ID_ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
 /** A short, sortable-enough, URL-safe id: `vm-` + 14 base32 chars. */
 export function newId(prefix = 'vm'): string {
-  const bytes = randomBytes(14);
+  const bytes = crypto.getRandomValues(new Uint8Array(14));
   let s = '';
   for (const b of bytes) s += ID_ALPHABET[b & 31];
   return `${prefix}-${s}`;
@@ -91,12 +94,21 @@ export function assertTransition(from: Phase, to: Phase): void {
   }
 }
 
+/**
+ * Whether a VM in this phase holds (or is being given) a node: every phase but Stopped, Failed
+ * and Deleting. Such a VM counts against its node's capacity once placed, and its console can
+ * still grow.
+ */
+export function holdsNode(phase: Phase): boolean {
+  return phase !== 'Stopped' && phase !== 'Failed' && phase !== 'Deleting';
+}
+
 /** User actions and the phases they are legal in. */
 export type Action = 'start' | 'stop' | 'delete' | 'update' | 'pause' | 'resume' | 'snapshot';
 export const ACTION_PHASES: Record<Action, readonly Phase[]> = {
   start: ['Stopped', 'Failed'],
   stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'],
-  delete: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'],
+  delete: PHASES,
   update: ['Stopped', 'Failed'],
   pause: ['Running'],
   resume: ['Paused'],

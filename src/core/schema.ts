@@ -10,8 +10,11 @@ export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
 export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
 
+/** The lifecycle phases of a microVM, in lifecycle order: the one list every edge (CLI, gRPC, metrics, dashboard) uses. */
+export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
+
 export const Phase = Type.Union(
-  ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'].map((p) => Type.Literal(p)),
+  PHASES.map((p) => Type.Literal(p)),
   { description: 'Lifecycle phase' },
 );
 
@@ -416,6 +419,43 @@ export const VmMetrics = Type.Object({
   bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number() })),
 });
 
+/** An event of a microVM (Kubernetes-style), as the API sends it; `seq` orders the feed and resumes it. */
+export const VmEvent = Type.Object({
+  seq: Type.Integer(),
+  vmId: Type.String(),
+  tenant: Type.String(),
+  time: Type.String({ format: 'date-time' }),
+  type: Type.Union([Type.Literal('Normal'), Type.Literal('Warning')]),
+  reason: Type.String(),
+  message: Type.String(),
+});
+
+const PerSecond = Type.Union([Type.Number(), Type.Null()], { description: 'per second since the previous sample; null without one' });
+
+/** One sample of a microVM's metrics history (the dashboard's charts). */
+export const MetricsHistoryPoint = Type.Object({
+  t: Type.Integer({ description: 'sample time, ms since the epoch' }),
+  phase: Type.String(),
+  cpuPercent: Type.Union([Type.Number(), Type.Null()], { description: 'CPU of the VMM process in percent of one host CPU since the previous sample' }),
+  memoryRssBytes: Type.Integer(),
+  guestMemoryBytes: Type.Integer(),
+  cgroupMemoryBytes: Type.Union([Type.Integer(), Type.Null()]),
+  netRxBytesPerSec: PerSecond,
+  netTxBytesPerSec: PerSecond,
+  blockReadBytesPerSec: PerSecond,
+  blockWriteBytesPerSec: PerSecond,
+  uptimeSeconds: Type.Number(),
+});
+
+/** `GET /microvms/{id}/metrics/history`: the current metrics and the recent samples. */
+export const VmMetricsHistory = Type.Object({
+  id: Type.String(),
+  intervalSeconds: Type.Number(),
+  windowSeconds: Type.Number(),
+  current: VmMetrics,
+  points: Type.Array(MetricsHistoryPoint),
+});
+
 export type MicroVMSpecT = Static<typeof MicroVMSpec>;
 export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
 export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
@@ -431,6 +471,10 @@ export type PhaseT = Static<typeof Phase>;
 export type CreateVolumeRequestT = Static<typeof CreateVolumeRequest>;
 export type VolumeT = Static<typeof VolumeResource>;
 export type VolumeSnapshotT = Static<typeof VolumeSnapshotResource>;
+export type ProblemT = Static<typeof Problem>;
+export type VmEventT = Static<typeof VmEvent>;
+export type MetricsHistoryPointT = Static<typeof MetricsHistoryPoint>;
+export type VmMetricsHistoryT = Static<typeof VmMetricsHistory>;
 
 /** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */
 export function toJsonSchema(schema: TSchema): Record<string, unknown> {

@@ -4,7 +4,7 @@
  * store (the acknowledgement point) and leave the doing to the controller.
  */
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
-import { DEFAULT_SPEC, assertAction, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageResolver } from './ports/images.js';
@@ -12,7 +12,7 @@ import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js'
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
-import { SYSTEM_TENANT, type Principal } from './authz.js';
+import type { Principal } from './authz.js';
 
 export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
 
@@ -191,7 +191,7 @@ export class MicroVMService {
     return this.store.updateVm(
       vm.id,
       (cur) => {
-        if (changesSpec.length > 0 && !['Stopped', 'Failed'].includes(cur.status.phase)) {
+        if (changesSpec.length > 0 && !ACTION_PHASES.update.includes(cur.status.phase)) {
           throw new MvmError(
             ErrorCodes.ILLEGAL_TRANSITION,
             `${changesSpec.join(', ')} can only be changed while the microVM is Stopped (it is ${cur.status.phase}); stop it first`,
@@ -325,6 +325,18 @@ export class MicroVMService {
   remoteConsole(vm: MicroVM): ((o: { tail: number; follow: boolean; signal?: AbortSignal }) => AsyncIterable<Buffer>) | undefined {
     const a = this.agent;
     return a.streamConsole ? (o) => a.streamConsole!(vm, o) : undefined;
+  }
+
+  /**
+   * What following the local console log of an (already authorised) VM polls: the log's current
+   * path (a restart rotates it) and whether the VM can still write to it — while it holds a node;
+   * no longer once it is gone or out of `p`'s sight. Shared by REST and gRPC.
+   */
+  localConsole(p: Principal, vm: MicroVM): { path: () => Promise<string | undefined>; alive: () => Promise<boolean> } {
+    return {
+      path: () => this.consolePath(p, vm.id).then((r) => r.path, () => undefined),
+      alive: () => this.get(p, vm.id).then((cur) => holdsNode(cur.status.phase), () => false),
+    };
   }
 
   async metrics(p: Principal, idOrName: string): Promise<VmMetricsT> {

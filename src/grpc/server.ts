@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError, validationError } from '../core/errors.js';
 import type { Principal } from '../core/authz.js';
 import type { MicroVMService } from '../core/service.js';
-import type { PhaseT } from '../core/schema.js';
+import { PHASES, type Phase } from '../core/microvm.js';
 import { collectConsole, followConsole, readConsoleTail } from '../gateway/console-stream.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
 import { operationForRpc } from '../gateway/operations.js';
@@ -34,8 +34,6 @@ export interface GrpcServer {
   port: number;
   close(): Promise<void>;
 }
-
-const PHASES = new Set(['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting']);
 
 export function toGrpcError(e: MvmError, extra: Record<string, string> = {}): grpc.ServiceError {
   const md = new grpc.Metadata();
@@ -149,12 +147,12 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
       return { res: { spec: specToProto(vm), status: statusToProto(vm), microvm: vmToProto(vm) } };
     }, (r) => r.id),
     ListMicroVMs: unary('ListMicroVMs', async (p, req) => {
-      if (req.phase && !PHASES.has(req.phase)) throw validationError('phase', `unknown phase ${JSON.stringify(req.phase)}`);
+      if (req.phase && !(PHASES as readonly string[]).includes(req.phase)) throw validationError('phase', `unknown phase ${JSON.stringify(req.phase)}`);
       if (req.pageSize < 0 || req.pageSize > 1000) throw validationError('page_size', 'must be 0..1000');
       const page = await svc.list(p, {
         ...(req.pageSize ? { limit: req.pageSize } : {}),
         ...(req.pageToken ? { cursor: req.pageToken } : {}),
-        ...(req.phase ? { phase: req.phase as PhaseT } : {}),
+        ...(req.phase ? { phase: req.phase as Phase } : {}),
         ...(Object.keys(req.labelSelector).length ? { labels: { ...req.labelSelector } } : {}),
         ...(req.tenant ? { tenant: req.tenant } : {}),
       });
@@ -189,19 +187,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
           }
           const chunks = remote
             ? remote({ tail, follow: true, signal: ac.signal })
-            : followConsole({
-                tail,
-                signal: ac.signal,
-                path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
-                alive: async () => {
-                  try {
-                    const cur = await svc.get(p, vm.id);
-                    return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
-                  } catch {
-                    return false;
-                  }
-                },
-              });
+            : followConsole({ tail, signal: ac.signal, ...svc.localConsole(p, vm) });
           for await (const chunk of chunks) {
             if (ac.signal.aborted) break;
             call.write({ data: chunk });

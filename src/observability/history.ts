@@ -4,23 +4,10 @@
  * and turned into rates between consecutive samples; a counter that went down
  * (the VMM restarted) starts a new series instead of yielding a negative rate.
  */
-import type { VmMetricsT } from '../core/schema.js';
+import type { MetricsHistoryPointT, VmMetricsT } from '../core/schema.js';
 
-export interface HistoryPoint {
-  /** Sample time, ms since the epoch. */
-  t: number;
-  phase: string;
-  /** CPU of the VMM process in percent of one host CPU since the previous sample. */
-  cpuPercent: number | null;
-  memoryRssBytes: number;
-  guestMemoryBytes: number;
-  cgroupMemoryBytes: number | null;
-  netRxBytesPerSec: number | null;
-  netTxBytesPerSec: number | null;
-  blockReadBytesPerSec: number | null;
-  blockWriteBytesPerSec: number | null;
-  uptimeSeconds: number;
-}
+/** One sample as the charts get it: counters turned into rates (core/schema.ts MetricsHistoryPoint). */
+export type HistoryPoint = MetricsHistoryPointT;
 
 interface Raw {
   t: number;

@@ -11,7 +11,7 @@
  */
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
-import type { MicroVM } from '../core/microvm.js';
+import { PHASES, type MicroVM } from '../core/microvm.js';
 import type { NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
 import { EventTailer } from './events.js';
@@ -39,8 +39,6 @@ export interface AttachAgentOptions {
   /** Address of the metrics-only listener (cluster node agents: `:9100`); default MVM_METRICS_LISTEN, unset = none. */
   metricsListen?: string;
 }
-
-const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'];
 
 export class Observability {
   readonly metrics: ServiceMetrics;

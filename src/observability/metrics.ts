@@ -6,6 +6,7 @@
  * (`_total` counters, `_seconds`/`_bytes` units); see docs/adr/0012-observability.md.
  */
 import client, { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { PHASES } from '../core/microvm.js';
 import type { VmSample } from './vm-sampler.js';
 
 export const SERVICE_PREFIX = 'microvm_service_';
@@ -50,7 +51,7 @@ export class ServiceMetrics {
         const counts = await o.countByPhase().catch(() => undefined);
         if (!counts) return;
         this.reset();
-        for (const p of ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting']) {
+        for (const p of PHASES) {
           this.set({ status: p }, counts[p] ?? 0);
         }
       },

@@ -8,7 +8,7 @@
  * each binding (before the write is confirmed, so the next decision already sees it), `forget(id)`
  * when a VM stops, is deleted or the binding write failed.
  */
-import { memoryMiB, type MicroVM } from '../core/microvm.js';
+import { holdsNode, memoryMiB, type MicroVM } from '../core/microvm.js';
 import type { NodeInfo } from '../core/ports/agent.js';
 import { HOSTNAME_TOPOLOGY_KEY, matchesSelector, type LabelSelector, type VmAffinityTerm } from '../core/placement.js';
 
@@ -52,9 +52,9 @@ interface AntiGroup {
   perNode: Map<string, number>;
 }
 
-/** Does this VM hold node resources? (Placed and not Stopped/Failed/Deleting.) */
+/** Does this VM hold node resources? (Placed, in a phase that holds its node.) */
 export function holdsPlacement(vm: MicroVM): boolean {
-  return !!vm.status.node && !['Stopped', 'Failed', 'Deleting'].includes(vm.status.phase);
+  return !!vm.status.node && holdsNode(vm.status.phase);
 }
 
 export class ClusterState {

@@ -12,8 +12,8 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, copyFile, mkdir, readdir, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -21,7 +21,10 @@ import { gzipSync } from 'node:zlib';
 
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import type { ImageResolver, KernelImage, RootfsImage } from '../core/ports/images.js';
+import { cleanStaleBuildDirs, defaultCacheDir, publishBuild, sha256File } from './digest-cache.js';
 import { extractVmlinux } from './kernel/extract-vmlinux.js';
+
+export { defaultCacheDir };
 
 const execFileP = promisify(execFile);
 
@@ -74,10 +77,6 @@ export interface BuildDefaultImagesOptions {
   modulesRoot?: string;
   /** Static busybox binary (default /bin/busybox). */
   busyboxPath?: string;
-}
-
-export function defaultCacheDir(): string {
-  return process.env['MVM_CACHE_DIR'] ?? '/var/cache/mvm';
 }
 
 const imageError = (message: string, cause?: unknown): MvmError =>
@@ -366,45 +365,6 @@ async function buildRootfs(opts: {
   }
 }
 
-async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest('hex');
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Remove temp build dirs left by dead builders (or older than 6 h). */
-async function cleanStaleBuilds(imagesDir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await readdir(imagesDir);
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const m = /^\.default-.*\.tmp-(\d+)-[0-9a-f]+$/.exec(n);
-    if (!m) continue;
-    const pid = Number(m[1]);
-    let old = false;
-    try {
-      old = Date.now() - (await stat(join(imagesDir, n))).mtimeMs > 6 * 3600_000;
-    } catch {
-      continue;
-    }
-    if (old || (pid !== process.pid && !processAlive(pid))) {
-      await rm(join(imagesDir, n), { recursive: true, force: true });
-    }
-  }
-}
-
 function entryFromManifest(dir: string, m: DefaultImagesManifest): DefaultImages {
   // paths are recomputed from the entry dir in case the cache moved
   return {
@@ -478,7 +438,7 @@ async function doBuild(o: {
   const { log, kernel } = o;
   const busybox = o.busyboxPath ?? '/bin/busybox';
   await mkdir(o.imagesDir, { recursive: true });
-  await cleanStaleBuilds(o.imagesDir);
+  await cleanStaleBuildDirs(o.imagesDir);
   const tmp = join(o.imagesDir, `.${o.name}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(tmp);
   const started = Date.now();
@@ -531,16 +491,9 @@ async function doBuild(o: {
       builtAt: new Date().toISOString(),
     };
     await writeFile(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-    try {
-      await rename(tmp, o.finalDir);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      // another process finished the same entry first: use theirs
-      const theirs = code === 'ENOTEMPTY' || code === 'EEXIST' ? await readEntry(o.finalDir) : undefined;
-      if (!theirs) throw e;
-      await rm(tmp, { recursive: true, force: true });
-      return theirs;
-    }
+    // another process finished the same entry first: use theirs
+    const theirs = await publishBuild(tmp, o.finalDir, readEntry);
+    if (theirs) return theirs;
     log(`built ${o.finalDir} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
     return entryFromManifest(o.finalDir, manifest);
   } catch (e) {

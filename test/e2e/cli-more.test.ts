@@ -11,7 +11,9 @@ import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { apiCall, destroyDataDir, startService, type TestService } from '../support/service.js';
 import { cliRunner, type CliResult } from '../support/cli.js';
-import { formatRule, parseQuotas, parseRule, parseSince } from '../../src/cli/more.js';
+import { parseSince } from '../../src/cli/commands/audit.js';
+import { formatRule, parseRule } from '../../src/cli/commands/security-group.js';
+import { parseQuotas } from '../../src/cli/commands/tenant.js';
 import { buildCreateRequest } from '../../src/cli/main.js';
 
 let svc: TestService;

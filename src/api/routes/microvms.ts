@@ -217,15 +217,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         headers: Object.fromEntries(Object.entries(reply.getHeaders()).map(([k, v]) => [k, String(v)])),
         tail: q.tail ?? 1024 * 1024,
         ...(remote ? { source: (signal: AbortSignal) => remote({ tail: q.tail ?? 1024 * 1024, follow: true, signal }) } : {}),
-        path: () => svc.consolePath(p, vm.id).then((r) => r.path).catch(() => undefined),
-        alive: async () => {
-          try {
-            const cur = await svc.get(p, vm.id);
-            return !['Stopped', 'Failed', 'Deleting'].includes(cur.status.phase);
-          } catch {
-            return false;
-          }
-        },
+        ...svc.localConsole(p, vm),
       });
       return reply;
     },

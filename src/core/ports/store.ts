@@ -5,6 +5,7 @@
  */
 import type { MicroVM, Phase } from '../microvm.js';
 import type { Quotas } from '../quota.js';
+import type { VmEventT } from '../schema.js';
 
 /**
  * Quota admission done by the store in the same atomic step as the write, so concurrent
@@ -36,15 +37,8 @@ export interface Page<T> {
   nextCursor?: string;
 }
 
-export interface VmEvent {
-  seq?: number;
-  vmId: string;
-  tenant: string;
-  time: string;
-  type: 'Normal' | 'Warning';
-  reason: string;
-  message: string;
-}
+/** An event as written and read; the store assigns `seq` (core/schema.ts VmEvent is the wire form). */
+export type VmEvent = Omit<VmEventT, 'seq'> & { seq?: number };
 
 /** A microVM as its stored JSON text, plus the fields needed to authorise and tag it. */
 export interface RawVm {

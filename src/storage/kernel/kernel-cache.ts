@@ -10,30 +10,17 @@
  * label `io.mvm.initrd` or /boot/initrd.img*. A bzImage is turned into the
  * ELF vmlinux both VMMs boot (extract-vmlinux.ts); an ELF is used as is.
  * A host path (allowed directories only, default /boot) is keyed by the
- * sha256 of its content. Same build discipline as the rootfs cache: built in a
- * temp dir and renamed, complete or absent.
+ * sha256 of its content. Built, published, deduplicated and tracked by the
+ * digest cache (../digest-cache.ts), like the rootfs cache.
  */
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { copyFile, lstat, mkdir, open, readdir, readFile, readlink, realpath, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, open, readdir, readlink, realpath, rm, stat } from 'node:fs/promises';
 import { isAbsolute, join, posix, resolve } from 'node:path';
 import { promisify } from 'node:util';
 
 import { ErrorCodes, MvmError } from '../../core/errors.js';
-import {
-  allocatedDirBytes,
-  cleanStaleBuildDirs,
-  defaultCacheDir,
-  isLeased,
-  lastUsedOf,
-  leaseEntry,
-  publishBuild,
-  readReferences,
-  recordReference,
-  removeEntryDir,
-} from '../oci/cache.js';
-import { type PullOptions, pullImage, randomSuffix, resolveDigest } from '../oci/pull.js';
+import { DigestCache, defaultCacheDir, entryName, sha256File, type DigestCacheEntryFields } from '../digest-cache.js';
+import { type PullOptions, pullImage, resolveDigest } from '../oci/pull.js';
 import { parseImageReference } from '../oci/reference.js';
 import { extractVmlinux } from './extract-vmlinux.js';
 
@@ -59,14 +46,16 @@ export interface KernelCacheMetadata {
   buildMs: number;
 }
 
-export interface KernelCacheEntry extends KernelCacheMetadata {
-  dir: string;
+/** The files of an entry. */
+interface KernelFiles {
   kernelPath: string;
   initrdPath?: string;
-  lastUsedAt: string;
-  references: string[];
-  allocatedBytes: number;
 }
+
+export interface KernelCacheEntry extends KernelCacheMetadata, KernelFiles, DigestCacheEntryFields {}
+
+/** What extracting a kernel finds out; the rest of the metadata is the cache's. */
+type KernelInfo = Omit<KernelCacheMetadata, 'kind' | 'digest' | 'reference' | 'builderVersion' | 'builtAt' | 'buildMs' | 'sizeBytes'>;
 
 export interface KernelCacheOptions extends PullOptions {
   cacheDir?: string;
@@ -115,12 +104,6 @@ async function installKernel(src: string, out: string, what: string): Promise<{ 
     throw kernelError(`${what} is not a bootable x86 kernel (neither ELF vmlinux nor bzImage): ${(e as Error).message}`, e);
   }
   return version ? { version } : {};
-}
-
-async function sha256File(path: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer);
-  return h.digest('hex');
 }
 
 /** Resolve `rel` inside `root` following symlinks the way the guest would (no escape above root). */
@@ -177,34 +160,21 @@ async function findIn(root: string, explicit: string | undefined, dirs: string[]
   return undefined;
 }
 
-const inflight = new Map<string, Promise<KernelCacheEntry>>();
+async function kernelFiles(dir: string): Promise<KernelFiles> {
+  const initrd = join(dir, 'initrd.img');
+  const hasInitrd = await stat(initrd).then(() => true, () => false);
+  return { kernelPath: join(dir, 'vmlinux'), ...(hasInitrd ? { initrdPath: initrd } : {}) };
+}
 
 export class KernelImageCache {
   readonly root: string;
   private readonly opts: KernelCacheOptions;
+  private readonly entries: DigestCache<KernelCacheMetadata, KernelFiles>;
 
   constructor(opts: KernelCacheOptions = {}) {
     this.opts = opts;
     this.root = join(resolve(opts.cacheDir ?? defaultCacheDir()), 'oci-kernels');
-  }
-
-  private async readEntry(dir: string): Promise<KernelCacheEntry | undefined> {
-    try {
-      const m = JSON.parse(await readFile(join(dir, 'metadata.json'), 'utf8')) as KernelCacheMetadata;
-      const initrd = join(dir, 'initrd.img');
-      const hasInitrd = await stat(initrd).then(() => true, () => false);
-      return {
-        ...m,
-        dir,
-        kernelPath: join(dir, 'vmlinux'),
-        ...(hasInitrd ? { initrdPath: initrd } : {}),
-        lastUsedAt: await lastUsedOf(dir, m.builtAt),
-        references: await readReferences(dir, m.reference),
-        allocatedBytes: await allocatedDirBytes(dir),
-      };
-    } catch {
-      return undefined;
-    }
+    this.entries = new DigestCache({ root: this.root, files: kernelFiles, ...(opts.log ? { log: opts.log } : {}) });
   }
 
   /** `kernel.image` is a host path (absolute) rather than an OCI reference. */
@@ -216,7 +186,7 @@ export class KernelImageCache {
   async resolve(ref: string): Promise<KernelCacheEntry & { cacheHit: boolean }> {
     let digest: string;
     let reference: string;
-    let build: (tmp: string) => Promise<Omit<KernelCacheMetadata, 'kind' | 'digest' | 'reference' | 'builderVersion' | 'builtAt' | 'buildMs' | 'sizeBytes'>>;
+    let extract: (tmp: string) => Promise<KernelInfo>;
     if (KernelImageCache.isPath(ref)) {
       const real = await realpath(ref).catch(() => undefined);
       const dirs = await Promise.all((this.opts.kernelDirs ?? DEFAULT_KERNEL_DIRS).map((d) => realpath(d).catch(() => resolve(d))));
@@ -226,12 +196,12 @@ export class KernelImageCache {
       if (!(await stat(real)).isFile()) throw kernelError(`kernel ${JSON.stringify(ref)} is not a regular file`);
       digest = `sha256:${await sha256File(real)}`;
       reference = real;
-      build = async (tmp) => ({ source: real, ...(await installKernel(real, join(tmp, 'vmlinux'), `kernel file ${real}`)) });
+      extract = async (tmp) => ({ source: real, ...(await installKernel(real, join(tmp, 'vmlinux'), `kernel file ${real}`)) });
     } else {
       const parsed = parseImageReference(ref);
       digest = await resolveDigest(parsed, this.opts);
       reference = parsed.canonical;
-      build = async (tmp) => {
+      extract = async (tmp) => {
         const pulled = await pullImage(parsed, join(tmp, 'layout'), { ...this.opts, digest });
         const bundle = join(tmp, 'bundle');
         try {
@@ -240,109 +210,50 @@ export class KernelImageCache {
           throw kernelError(`umoci unpack of ${parsed.canonical} failed: ${((e as { stderr?: string }).stderr ?? (e as Error).message).trim().slice(-300)}`, e);
         }
         const rootfs = join(bundle, 'rootfs');
-        const k = await findIn(rootfs, pulled.labels[KERNEL_LABEL], ['boot', '.'], ['vmlinuz', 'vmlinux', 'bzImage']);
-        if (!k) {
+        const kernel = await findIn(rootfs, pulled.labels[KERNEL_LABEL], ['boot', '.'], ['vmlinuz', 'vmlinux', 'bzImage']);
+        if (!kernel) {
           throw kernelError(
             pulled.labels[KERNEL_LABEL]
               ? `image ${parsed.canonical} has no file ${pulled.labels[KERNEL_LABEL]} (named by its ${KERNEL_LABEL} label)`
               : `image ${parsed.canonical} holds no kernel: looked for /boot/vmlinuz*, /boot/vmlinux*, /vmlinuz, /vmlinux (or name one with the ${KERNEL_LABEL} label)`,
           );
         }
-        const info = await installKernel(k.path, join(tmp, 'vmlinux'), `${k.rel} in ${parsed.canonical}`);
-        const i = await findIn(rootfs, pulled.labels[INITRD_LABEL], ['boot', '.'], ['initrd.img', 'initrd', 'initramfs']);
-        if (pulled.labels[INITRD_LABEL] && !i) throw kernelError(`image ${parsed.canonical} has no file ${pulled.labels[INITRD_LABEL]} (named by its ${INITRD_LABEL} label)`);
-        if (i) await copyFile(i.path, join(tmp, 'initrd.img'));
+        const info = await installKernel(kernel.path, join(tmp, 'vmlinux'), `${kernel.rel} in ${parsed.canonical}`);
+        const initrd = await findIn(rootfs, pulled.labels[INITRD_LABEL], ['boot', '.'], ['initrd.img', 'initrd', 'initramfs']);
+        if (pulled.labels[INITRD_LABEL] && !initrd) throw kernelError(`image ${parsed.canonical} has no file ${pulled.labels[INITRD_LABEL]} (named by its ${INITRD_LABEL} label)`);
+        if (initrd) await copyFile(initrd.path, join(tmp, 'initrd.img'));
         await rm(join(tmp, 'layout'), { recursive: true, force: true });
         await rm(bundle, { recursive: true, force: true });
-        return { source: k.rel, ...(i ? { initrdSource: i.rel } : {}), ...info };
+        return { source: kernel.rel, ...(initrd ? { initrdSource: initrd.rel } : {}), ...info };
       };
     }
-    const [alg, hex] = digest.split(':');
-    const name = `${alg}-${hex}`;
-    const finalDir = join(this.root, name);
-    leaseEntry(finalDir);
-    const existing = await this.readEntry(finalDir);
-    if (existing) {
-      const now = new Date();
-      await utimes(join(finalDir, 'last-used'), now, now).catch(() => undefined);
-      await recordReference(finalDir, reference).catch(() => undefined);
-      return { ...existing, cacheHit: true };
-    }
-    let p = inflight.get(finalDir);
-    if (!p) {
-      p = this.build(digest, reference, name, finalDir, build).finally(() => inflight.delete(finalDir));
-      inflight.set(finalDir, p);
-    }
-    const e = await p;
-    leaseEntry(finalDir);
-    await recordReference(finalDir, reference).catch(() => undefined);
-    return { ...e, cacheHit: false };
+    return this.entries.resolve({
+      name: entryName(digest),
+      reference,
+      failure: 'extracting the kernel',
+      build: async (tmp) => {
+        const info = await extract(tmp);
+        const sizeBytes = (await stat(join(tmp, 'vmlinux'))).size;
+        return { kind: 'kernel', digest, reference, ...info, sizeBytes, builderVersion: KERNEL_BUILDER_VERSION };
+      },
+    });
   }
 
-  private async build(
-    digest: string,
-    reference: string,
-    name: string,
-    finalDir: string,
-    fn: (tmp: string) => Promise<Omit<KernelCacheMetadata, 'kind' | 'digest' | 'reference' | 'builderVersion' | 'builtAt' | 'buildMs' | 'sizeBytes'>>,
-  ): Promise<KernelCacheEntry> {
-    await mkdir(this.root, { recursive: true });
-    await cleanStaleBuildDirs(this.root);
-    const tmp = join(this.root, `.${name}.tmp-${process.pid}-${randomSuffix()}`);
-    await mkdir(tmp);
-    const started = Date.now();
-    try {
-      const info = await fn(tmp);
-      const sizeBytes = (await stat(join(tmp, 'vmlinux'))).size;
-      const meta: KernelCacheMetadata = {
-        kind: 'kernel',
-        digest,
-        reference,
-        ...info,
-        sizeBytes,
-        builderVersion: KERNEL_BUILDER_VERSION,
-        builtAt: new Date().toISOString(),
-        buildMs: Date.now() - started,
-      };
-      await writeFile(join(tmp, 'metadata.json'), JSON.stringify(meta, null, 2) + '\n');
-      await writeFile(join(tmp, 'last-used'), '');
-      const theirs = await publishBuild(tmp, finalDir, (d) => this.readEntry(d));
-      if (theirs) return theirs;
-      const e = await this.readEntry(finalDir);
-      if (!e) throw kernelError(`kernel cache entry ${finalDir} vanished after its build`);
-      return e;
-    } catch (e) {
-      await rm(tmp, { recursive: true, force: true });
-      if (e instanceof MvmError) throw e;
-      throw kernelError(`extracting the kernel of ${reference} failed: ${(e as Error).message}`, e);
-    }
+  /** Complete entries, most recently used first. */
+  list(): Promise<KernelCacheEntry[]> {
+    return this.entries.list();
   }
 
-  async list(): Promise<KernelCacheEntry[]> {
-    let names: string[];
-    try {
-      names = await readdir(this.root);
-    } catch {
-      return [];
-    }
-    const out: KernelCacheEntry[] = [];
-    for (const n of names) {
-      if (n.startsWith('.')) continue;
-      const e = await this.readEntry(join(this.root, n));
-      if (e) out.push(e);
-    }
-    return out.sort((a, b) => b.lastUsedAt.localeCompare(a.lastUsedAt));
+  async remove(entry: KernelCacheEntry): Promise<void> {
+    await this.entries.remove(entry.dir);
   }
 
-  async remove(e: KernelCacheEntry): Promise<void> {
-    await removeEntryDir(this.root, e.dir);
-  }
-
-  busy(e: KernelCacheEntry): boolean {
-    return inflight.has(e.dir) || isLeased(e.dir);
+  /** Being built, or resolved recently for a microVM being created. */
+  busy(entry: KernelCacheEntry): boolean {
+    return this.entries.busy(entry.dir);
   }
 
   cleanStaleBuilds(): Promise<string[]> {
-    return cleanStaleBuildDirs(this.root);
+    return this.entries.cleanStaleBuilds();
   }
 }

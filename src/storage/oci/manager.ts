@@ -16,7 +16,7 @@ import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import type { CachedImage, ImageCatalog, ImageGcResult } from '../../core/ports/images.js';
 import type { KernelCacheEntry } from '../kernel/kernel-cache.js';
 import { KernelImageCache } from '../kernel/kernel-cache.js';
-import { isLeased, type OciCacheEntry } from './cache.js';
+import type { OciCacheEntry } from './cache.js';
 import type { RegistryCredentials } from './pull.js';
 import { isOciReference, parseImageReference } from './reference.js';
 import type { OciImageResolver } from './resolver.js';
@@ -125,7 +125,7 @@ export class ImageManager implements ImageCatalog {
   }
 
   private busy(g: Group): boolean {
-    return g.entries.some((x) => (x.kind === 'kernel' ? this.images.kernels.busy(x.e) : isLeased(x.e.dir)));
+    return g.entries.some((x) => (x.kind === 'kernel' ? this.images.kernels.busy(x.e) : this.images.cache.busy(x.e)));
   }
 
   private view(g: Group, users: string[]): CachedImage {

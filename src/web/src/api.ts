@@ -1,17 +1,13 @@
 /** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE). */
-import type { MicroVMT, VmMetricsT } from '../../core/schema';
+import type { MetricsHistoryPointT, MicroVMT, ProblemT, VmEventT, VmMetricsHistoryT, VmMetricsT } from '../../core/schema';
 
 export type MicroVM = MicroVMT;
 export type VmMetrics = VmMetricsT;
-
-export interface Problem {
-  type?: string;
-  title: string;
-  status: number;
-  code: string;
-  detail: string;
-  errors?: Array<{ field: string; message: string }>;
-}
+export type VmEvent = VmEventT;
+export type HistoryPoint = MetricsHistoryPointT;
+export type MetricsHistory = VmMetricsHistoryT;
+/** A problem+json error; the dashboard makes some itself (a network error), without a type URI. */
+export type Problem = Omit<ProblemT, 'type'> & Partial<Pick<ProblemT, 'type'>>;
 
 export class ApiError extends Error {
   constructor(readonly problem: Problem) {
@@ -20,38 +16,6 @@ export class ApiError extends Error {
   get status(): number {
     return this.problem.status;
   }
-}
-
-export interface VmEvent {
-  seq: number;
-  vmId: string;
-  tenant: string;
-  time: string;
-  type: 'Normal' | 'Warning';
-  reason: string;
-  message: string;
-}
-
-export interface HistoryPoint {
-  t: number;
-  phase: string;
-  cpuPercent: number | null;
-  memoryRssBytes: number;
-  guestMemoryBytes: number;
-  cgroupMemoryBytes: number | null;
-  netRxBytesPerSec: number | null;
-  netTxBytesPerSec: number | null;
-  blockReadBytesPerSec: number | null;
-  blockWriteBytesPerSec: number | null;
-  uptimeSeconds: number;
-}
-
-export interface MetricsHistory {
-  id: string;
-  intervalSeconds: number;
-  windowSeconds: number;
-  current: VmMetrics;
-  points: HistoryPoint[];
 }
 
 async function problemOf(res: Response): Promise<Problem> {

@@ -1,4 +1,5 @@
 import { useCallback, useEffect, useState } from 'react';
+import { ACTION_PHASES, type Action as VmAction } from '../../../core/microvm';
 import { ApiError, type Api, type MetricsHistory, type MicroVM, type VmEvent } from '../api';
 import { bytes, duration, isReady, rate, time, uptimeOf } from '../format';
 import { Chart } from './Chart';
@@ -6,19 +7,18 @@ import { ConfirmDialog, PhaseBadge, ProblemAlert, useNow } from './common';
 import { Console } from './Console';
 
 interface Action {
-  name: string;
+  /** The action, whose legal phases are ACTION_PHASES[name] (the server decides in the end). */
+  name: VmAction;
   label: string;
   path: string;
-  /** Phases in which the action is legal (the server decides in the end). */
-  phases: string[];
 }
 
 const ACTIONS: Action[] = [
-  { name: 'start', label: 'Start', path: 'start', phases: ['Stopped', 'Failed'] },
-  { name: 'stop', label: 'Stop', path: 'stop', phases: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'] },
-  { name: 'pause', label: 'Pause', path: 'pause', phases: ['Running'] },
-  { name: 'resume', label: 'Resume', path: 'resume', phases: ['Paused'] },
-  { name: 'snapshot', label: 'Snapshot', path: 'snapshot', phases: ['Running', 'Paused'] },
+  { name: 'start', label: 'Start', path: 'start' },
+  { name: 'stop', label: 'Stop', path: 'stop' },
+  { name: 'pause', label: 'Pause', path: 'pause' },
+  { name: 'resume', label: 'Resume', path: 'resume' },
+  { name: 'snapshot', label: 'Snapshot', path: 'snapshot' },
 ];
 
 export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: string; caps: Set<string>; changes: number; onDeleted: () => void }) {
@@ -123,7 +123,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
         <div className="toolbar" role="toolbar" aria-label="Actions">
           {ACTIONS.map((a) => {
             const supported = caps.has(`POST /api/v1/microvms/{id}/${a.path}`);
-            const legal = a.phases.includes(vm.status.phase);
+            const legal = ACTION_PHASES[a.name].includes(vm.status.phase);
             return (
               <button
                 key={a.name}

@@ -1,9 +1,11 @@
 import { useCallback, useEffect, useState } from 'react';
+import { PHASES } from '../../../core/microvm';
 import type { Api, MicroVM } from '../api';
 import { duration, isReady, uptimeOf } from '../format';
 import { PhaseBadge, ProblemAlert, useNow } from './common';
 
-const PHASES = ['', 'Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'];
+/** The phase filter's choices: any, or one phase. */
+const PHASE_CHOICES = ['', ...PHASES];
 
 export function VmList({ api, changes }: { api: Api; changes: number }) {
   const [items, setItems] = useState<MicroVM[] | undefined>();
@@ -53,7 +55,7 @@ export function VmList({ api, changes }: { api: Api; changes: number }) {
         <div>
           <label htmlFor="f-phase">Phase</label>
           <select id="f-phase" value={phase} onChange={(e) => setPhase(e.target.value)}>
-            {PHASES.map((p) => (
+            {PHASE_CHOICES.map((p) => (
               <option key={p} value={p}>
                 {p || 'Any'}
               </option>

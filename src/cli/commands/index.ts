@@ -1,0 +1,21 @@
+/** The command groups of `mvm` beyond the microVM verbs of main.ts, one file each, in help order. */
+import type { CommandGroupDeps } from './common.js';
+import { registerApiKeyCommands } from './api-key.js';
+import { registerAuditCommand } from './audit.js';
+import { registerImageCommands } from './image.js';
+import { registerSecurityGroupCommands } from './security-group.js';
+import { registerSnapshotCommands } from './snapshot.js';
+import { registerTenantCommands } from './tenant.js';
+import { registerVolumeCommands } from './volume.js';
+
+export type { About, CommandContext, CommandGroupDeps } from './common.js';
+
+export function registerCommandGroups(deps: CommandGroupDeps): void {
+  registerVolumeCommands(deps);
+  registerSnapshotCommands(deps);
+  registerSecurityGroupCommands(deps);
+  registerTenantCommands(deps);
+  registerApiKeyCommands(deps);
+  registerAuditCommand(deps);
+  registerImageCommands(deps);
+}
