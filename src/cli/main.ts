@@ -173,6 +173,7 @@ interface CreateOpts {
   timeout: string;
   file?: string;
   fromSnapshot?: string;
+  bootTimeout?: string;
 }
 
 export function buildCreateRequest(name: string | undefined, opts: CreateOpts): CreateRequest {
@@ -198,6 +199,7 @@ export function buildCreateRequest(name: string | undefined, opts: CreateOpts): 
   if (labels) body.labels = { ...((body.labels as Record<string, string> | undefined) ?? {}), ...labels };
   if (opts.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...opts.volume.map(parseVolumeFlag)];
   if (opts.fromSnapshot !== undefined) body.snapshot = opts.fromSnapshot;
+  if (opts.bootTimeout !== undefined) body.lifecycle = { ...((body.lifecycle as Record<string, unknown> | undefined) ?? {}), bootTimeout: opts.bootTimeout };
   if (opts.start === false) body.start = false;
   return body as unknown as CreateRequest;
 }
@@ -237,6 +239,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('--read-only', 'attach the root filesystem read-only')
     .option('--label <k=v>', 'label (repeatable)', collect)
     .option('--volume <name:/path[:ro][:size]>', 'attach a volume of the tenant (created with SIZE when missing; repeatable)', collect)
+    .option('--boot-timeout <duration>', 'fail the VM when its guest is not ready this long after its VMM started, e.g. 90s (default: the service\'s)')
     .option('--no-start', 'create without starting')
     .option('--wait', 'wait until Running and ready (Stopped with --no-start)')
     .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
