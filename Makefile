@@ -47,6 +47,10 @@ bench-storage: deps build images
 bench-k8s: deps build images control-plane
 	$(NODE) dist/bench/k8s-latency.js
 
+# The real Firecracker vs QEMU through the same service: create → Running, snapshot, restore (README "Benchmarks").
+bench-firecracker: deps build images
+	$(NODE) dist/bench/firecracker.js
+
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
 	$(NODE) dist/bench/scheduler.js
