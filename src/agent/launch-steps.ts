@@ -306,6 +306,7 @@ function launchSpec(c: Launch): LaunchSpec {
     cgroupProcs: c.cgroupProcs,
     ...(c.netnsPath ? { netnsPath: c.netnsPath } : {}),
     ...(c.restoreFrom ? { restoreFrom: c.restoreFrom } : {}),
+    guestAgent: true,
   };
 }
 

@@ -21,6 +21,7 @@ import { gzipSync } from 'node:zlib';
 
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import type { ImageResolver, KernelImage, RootfsImage } from '../core/ports/images.js';
+import { GUEST_AGENT_PATH, guestAgentBinary } from './guest-agent.js';
 import { cleanStaleBuildDirs, defaultCacheDir, publishBuild, sha256File } from './digest-cache.js';
 import { extractVmlinux } from './kernel/extract-vmlinux.js';
 
@@ -45,7 +46,8 @@ export const REQUIRED_MODULES = [
   'button', // ACPI power button (QMP system_powerdown via the microvm GED)
   'evdev', // /dev/input/event* for busybox acpid
 ] as const;
-const OPTIONAL_MODULES = ['virtio-rng'] as const;
+/** Loaded when the kernel has them: entropy, and the guest agent's channels (virtio-serial, vsock). */
+const OPTIONAL_MODULES = ['virtio-rng', 'virtio_console', 'vsock', 'vmw_vsock_virtio_transport_common', 'vmw_vsock_virtio_transport'] as const;
 
 export interface DefaultImagesManifest {
   kernelVersion: string;
@@ -77,6 +79,8 @@ export interface BuildDefaultImagesOptions {
   modulesRoot?: string;
   /** Static busybox binary (default /bin/busybox). */
   busyboxPath?: string;
+  /** The guest agent to put at /.mvm/mvm-agent (default: guestAgentBinary(); `null`: none). */
+  guestAgent?: string | null;
 }
 
 const imageError = (message: string, cause?: unknown): MvmError =>
@@ -321,6 +325,7 @@ async function buildRootfs(opts: {
   busybox: string;
   applets: string[];
   sizeBytes: number;
+  agentPath?: string;
 }): Promise<void> {
   const s = opts.staging;
   const dirs: [string, number][] = [
@@ -344,6 +349,11 @@ async function buildRootfs(opts: {
   }
   await writeFile(join(s, 'sbin/init'), opts.initScript);
   await chmod(join(s, 'sbin/init'), 0o755);
+  if (opts.agentPath) {
+    await mkdir(join(s, dirname(GUEST_AGENT_PATH.slice(1))), { recursive: true });
+    await copyFile(opts.agentPath, join(s, GUEST_AGENT_PATH.slice(1)));
+    await chmod(join(s, GUEST_AGENT_PATH.slice(1)), 0o755);
+  }
   for (const [rel, f] of Object.entries(ROOTFS_FILES)) {
     await mkdir(join(s, dirname(rel)), { recursive: true });
     await writeFile(join(s, rel), f.text);
@@ -402,11 +412,15 @@ export async function buildDefaultImages(opts: BuildDefaultImagesOptions = {}): 
     throw imageError(`cannot read the guest init scripts in ${guestDir}`, e);
   });
   const kernel = await findHostKernel(opts.bootDir, opts.modulesRoot);
+  const agent = opts.guestAgent === null ? undefined : opts.guestAgent ? { path: opts.guestAgent, digest: `sha256:${await sha256File(opts.guestAgent)}` } : guestAgentBinary({ cacheDir });
+  if (agent && 'missing' in agent) log(`warning: no guest agent in the default images: ${agent.missing}`);
+  const agentFile = agent && 'path' in agent ? agent : undefined;
   const key = createHash('sha256')
     .update(`mvm-default-images/${BUILDER_VERSION}\0`)
     .update(initramfsInit)
     .update('\0')
     .update(rootfsInit)
+    .update(`\0${OPTIONAL_MODULES.join(',')}\0${agentFile?.digest ?? 'no-agent'}`)
     .digest('hex')
     .slice(0, 12);
   const imagesDir = join(cacheDir, 'images');
@@ -418,7 +432,7 @@ export async function buildDefaultImages(opts: BuildDefaultImagesOptions = {}): 
 
   const running = inflight.get(finalDir);
   if (running) return running;
-  const p = doBuild({ ...opts, log, imagesDir, name, finalDir, kernel, initramfsInit, rootfsInit }).finally(() =>
+  const p = doBuild({ ...opts, log, imagesDir, name, finalDir, kernel, initramfsInit, rootfsInit, ...(agentFile ? { agentPath: agentFile.path } : {}) }).finally(() =>
     inflight.delete(finalDir),
   );
   inflight.set(finalDir, p);
@@ -434,6 +448,7 @@ async function doBuild(o: {
   kernel: HostKernel;
   initramfsInit: Buffer;
   rootfsInit: Buffer;
+  agentPath?: string;
 }): Promise<DefaultImages> {
   const { log, kernel } = o;
   const busybox = o.busyboxPath ?? '/bin/busybox';
@@ -475,6 +490,7 @@ async function doBuild(o: {
       busybox,
       applets,
       sizeBytes: DEFAULT_ROOTFS_SIZE_BYTES,
+      ...(o.agentPath ? { agentPath: o.agentPath } : {}),
     });
     await rm(staging, { recursive: true, force: true });
     const digest = `sha256:${await sha256File(join(tmp, 'rootfs.ext4'))}`;

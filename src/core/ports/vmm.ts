@@ -60,7 +60,20 @@ export interface LaunchSpec {
   netnsPath?: string;
   /** Restore from this snapshot instead of a cold boot. */
   restoreFrom?: SnapshotFiles;
+  /**
+   * Attach the guest agent's channel (docs/guest-agent-protocol.md): a virtio-serial port under
+   * QEMU, a vsock device under Firecracker. A restore follows its snapshot (the devices are part of
+   * the saved machine), whatever this says.
+   */
+  guestAgent?: boolean;
 }
+
+/** How the host reaches a VM's guest agent. */
+export type GuestChannel =
+  /** A Unix socket whose other end is the guest's virtio-serial port (QEMU chardev). */
+  | { kind: 'unix'; path: string }
+  /** Firecracker's hybrid vsock: connect to `path`, write `CONNECT <port>\n`, read `OK <port>\n`. */
+  | { kind: 'firecracker-vsock'; path: string; port: number };
 
 export interface SnapshotFiles {
   /** Directory holding the snapshot's files. */
@@ -93,6 +106,8 @@ export interface VmmInstance {
   readonly driver: string;
   /** The file the guest's serial console is written to. */
   readonly consolePath: string;
+  /** The guest agent's channel, when the VM has one. */
+  readonly guestChannel?: GuestChannel;
   /** Effective VMM configuration (QEMU argv, or the Firecracker API calls), for inspection. */
   readonly config: Record<string, unknown>;
   state(): Promise<VmmState>;

@@ -151,6 +151,8 @@ export async function buildRootfs(opts: {
   outPath: string;
   sizeBytes?: number;
   busyboxPath?: string;
+  /** The guest agent binary, put at /.mvm/mvm-agent (the init starts it). */
+  agentPath?: string;
   log?: (msg: string) => void;
 }): Promise<BuildRootfsResult> {
   const bundle = join(opts.workDir, 'bundle');
@@ -184,6 +186,10 @@ export async function buildRootfs(opts: {
   await copyFile(busybox, join(mvm, 'busybox'));
   await chmod(join(mvm, 'busybox'), 0o755);
   for (const a of await busyboxApplets(busybox)) await symlink('/.mvm/busybox', join(mvm, 'bin', a));
+  if (opts.agentPath) {
+    await copyFile(opts.agentPath, join(mvm, 'mvm-agent'));
+    await chmod(join(mvm, 'mvm-agent'), 0o755);
+  }
   const files: [string, string, number][] = [
     ['init', OCI_INIT_SCRIPT, 0o755],
     ['run', runScript(spec), 0o755],

@@ -7,12 +7,15 @@
  * (`-s<bytes>` only for an explicitly requested size). Built, published,
  * deduplicated and tracked by the digest cache (../digest-cache.ts).
  */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { DigestCache, defaultCacheDir, entryName, type DigestCacheEntryFields } from '../digest-cache.js';
 import { buildRootfs, type GuestProcessSpec } from './build.js';
-import { OCI_INIT_PATH } from './init-script.js';
+import { OCI_INIT_PATH, OCI_INIT_SCRIPT } from './init-script.js';
+import { guestAgentBinary } from '../guest-agent.js';
 import { type ImageProcessConfig, type PullOptions, pullImage, resolveDigest } from './pull.js';
 import { type ImageReference, parseImageReference } from './reference.js';
 
@@ -55,6 +58,13 @@ export interface ResolvedOciRootfs extends OciCacheEntry {
 export interface OciCacheOptions extends PullOptions {
   cacheDir?: string;
   busyboxPath?: string;
+  /** The guest agent to put at /.mvm/mvm-agent (default: guestAgentBinary(); `null`: none). */
+  guestAgent?: string | null;
+}
+
+/** A short hash of what a root filesystem build adds to an image: the builder version, the init, the guest agent. */
+function builtInKey(agent: { digest: string } | undefined): string {
+  return createHash('sha256').update(`${OCI_BUILDER_VERSION}\0${OCI_INIT_SCRIPT}\0${agent?.digest ?? 'no-agent'}`).digest('hex').slice(0, 8);
 }
 
 export class OciImageCache {
@@ -76,8 +86,10 @@ export class OciImageCache {
   async resolve(reference: string | ImageReference, options: { sizeBytes?: number } = {}): Promise<ResolvedOciRootfs> {
     const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
     const digest = await resolveDigest(ref, this.opts);
+    const agent = this.agent();
     return this.entries.resolve({
-      name: entryName(digest, options.sizeBytes !== undefined ? `-s${options.sizeBytes}` : ''),
+      // What is built in (the init, the guest agent) is part of the name: a new one builds anew.
+      name: entryName(digest, `${options.sizeBytes !== undefined ? `-s${options.sizeBytes}` : ''}-b${builtInKey(agent)}`),
       reference: ref.canonical,
       failure: 'building the root filesystem',
       build: (tmp, finalDir) => this.build(ref, digest, tmp, finalDir, options.sizeBytes),
@@ -92,6 +104,7 @@ export class OciImageCache {
       outPath: join(tmp, 'rootfs.ext4'),
       ...(sizeBytes !== undefined ? { sizeBytes } : {}),
       ...(this.opts.busyboxPath ? { busyboxPath: this.opts.busyboxPath } : {}),
+      ...(this.agent() ? { agentPath: this.agent()!.path } : {}),
       log: this.opts.log ?? (() => undefined),
     });
     await rm(join(tmp, 'layout'), { recursive: true, force: true });
@@ -113,6 +126,19 @@ export class OciImageCache {
       builderVersion: OCI_BUILDER_VERSION,
     };
   }
+
+  /** The guest agent put into every root filesystem built here (undefined: none could be built; logged once). */
+  private agent(): { path: string; digest: string } | undefined {
+    if (this.opts.guestAgent === null) return undefined;
+    const a = this.opts.guestAgent ? { path: this.opts.guestAgent, digest: `sha256:${createHash('sha256').update(readFileSync(this.opts.guestAgent)).digest('hex')}` } : guestAgentBinary({ cacheDir: this.opts.cacheDir ?? defaultCacheDir() });
+    if ('missing' in a) {
+      if (!this.warnedNoAgent) this.opts.log?.(`warning: OCI root filesystems are built without the guest agent: ${a.missing}`);
+      this.warnedNoAgent = true;
+      return undefined;
+    }
+    return a;
+  }
+  private warnedNoAgent = false;
 
   /** Remove temp build dirs left by dead builders (or older than 6 h). */
   cleanStaleBuilds(): Promise<string[]> {

@@ -6,7 +6,10 @@
 import { copyFileSync, mkdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
-import type { SnapshotFiles, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import type { GuestChannel, SnapshotFiles, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+
+/** The vsock port the guest agent listens on. */
+export const GUEST_AGENT_VSOCK_PORT = 1024;
 import { pidAlive, procUsage } from '../proc.js';
 import { killPid, raceTimeout } from '../spawn.js';
 import { FirecrackerApiClient, type ApiCall, type Drive, type NetworkInterface, type Vsock } from './api-client.js';
@@ -100,6 +103,10 @@ export class FirecrackerInstance implements VmmInstance {
   }
   get consolePath(): string {
     return fcFiles(this.vmDir).consoleLog;
+  }
+  /** The guest agent listens on vsock port 1024 (docs/guest-agent-protocol.md), reached through Firecracker's hybrid vsock socket. */
+  get guestChannel(): GuestChannel | undefined {
+    return this.rec.vsockUds ? { kind: 'firecracker-vsock', path: this.rec.vsockUds, port: GUEST_AGENT_VSOCK_PORT } : undefined;
   }
   get config(): Record<string, unknown> {
     return {

@@ -51,6 +51,9 @@ import {
 import { MetricsSink, drainLogFifo, type FifoReader } from './metrics.js';
 import { checkRestoreCompatible, drivePathSeen, hostCpuModel, relativizeDrives } from './snapshot.js';
 
+/** The guest's vsock context id (each VM has its own vsock device; the host side is a Unix socket). */
+export const GUEST_CID = 3;
+
 /** What the launch needs from the driver. */
 export interface FcLauncher {
   /** The resolved firecracker binary, or undefined. */
@@ -112,7 +115,6 @@ function planSteps(l: FcLauncher): Array<Step<FcLaunch>> {
         const old = l.versionRefusal(await l.version(bin), bin);
         if (old) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, old);
         c.jcfg = l.jailerConfig();
-        c.hostFiles = { logFifo: c.files.logFifo, metricsFifo: c.files.metricsFifo, ...(c.extras.vsock ? { vsockUds: c.files.vsockUds } : {}) };
       },
     },
     {
@@ -127,6 +129,14 @@ function planSteps(l: FcLauncher): Array<Step<FcLaunch>> {
       name: 'plan-calls',
       run: (c) => {
         const { spec } = c;
+        // The guest agent's channel is a vsock device; a restore has one exactly when its snapshot had.
+        const agent = spec.restoreFrom ? c.meta?.vsockUds !== undefined : spec.guestAgent === true;
+        if (agent && !c.extras.vsock) c.extras = { ...c.extras, vsock: { guestCid: GUEST_CID } };
+        if (!agent && spec.restoreFrom && c.extras.vsock) {
+          const { vsock: _v, ...rest } = c.extras;
+          c.extras = rest;
+        }
+        c.hostFiles = { logFifo: c.files.logFifo, metricsFifo: c.files.metricsFifo, ...(c.extras.vsock ? { vsockUds: c.files.vsockUds } : {}) };
         c.calls = spec.restoreFrom ? buildRestoreCalls(spec, c.hostFiles, spec.restoreFrom, c.extras) : buildBootCalls(spec, c.hostFiles, c.extras);
         const netns = l.netnsFor?.(spec) ?? spec.netnsPath ?? c.jcfg?.netns;
         if (netns) c.netns = netns;

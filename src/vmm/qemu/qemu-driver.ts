@@ -9,7 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
 import { runSteps, type Step } from '../../core/steps.js';
-import type { DriveSpec, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import type { DriveSpec, GuestChannel, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { describeExit, listPids, passwdIds, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
@@ -39,7 +39,12 @@ export const qemuFiles = (vmDir: string) => ({
   pid: join(vmDir, 'vmm.pid'),
   vmmLog: join(vmDir, 'vmm.log'),
   launch: join(vmDir, 'launch.json'),
+  /** The guest agent's virtio-serial port, as a Unix socket (QEMU listens). */
+  agentSock: join(vmDir, 'agent.sock'),
 });
+
+/** The name of the guest agent's virtio-serial port (the guest finds it in /sys/class/virtio-ports). */
+export const AGENT_PORT_NAME = 'org.mvm.agent.0';
 
 /** The QEMU command line for a launch spec. Exported so the benchmark boots exactly what the driver boots. */
 export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: boolean; runAs?: string; tbSizeMiB: number }): string[] {
@@ -73,6 +78,14 @@ export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: bool
   }
   for (const n of spec.nics) {
     args.push('-netdev', `tap,id=${n.id},ifname=${n.tap},script=no,downscript=no`, '-device', `virtio-net-device,netdev=${n.id},mac=${n.mac}`);
+  }
+  if (spec.guestAgent) {
+    // The guest agent's channel: virtio-serial over virtio-mmio (no vhost-vsock on this host).
+    args.push(
+      '-device', 'virtio-serial-device,id=vser0,max_ports=2',
+      '-chardev', `socket,id=agent0,path=${f.agentSock},server=on,wait=off`,
+      '-device', `virtserialport,bus=vser0.0,nr=1,chardev=agent0,id=agent0,name=${AGENT_PORT_NAME}`,
+    );
   }
   args.push(
     '-chardev', `socket,id=ser0,path=${f.consoleSock},server=on,wait=off,logfile=${f.consoleLog},logappend=on`,
@@ -115,13 +128,18 @@ class QemuInstance implements VmmInstance {
     this.files = qemuFiles(vmDir);
     this.exited = exited.then((e) => {
       // QEMU removes its sockets only on a clean exit.
-      for (const p of [this.files.qmp, this.files.consoleSock, this.files.pid]) rmSync(p, { force: true });
+      for (const p of [this.files.qmp, this.files.consoleSock, this.files.pid, this.files.agentSock]) rmSync(p, { force: true });
       return (this.exitInfo = e);
     });
   }
 
   get consolePath(): string {
     return this.files.consoleLog;
+  }
+
+  get guestChannel(): GuestChannel | undefined {
+    const args = (this.config.args as string[] | undefined) ?? [];
+    return args.some((a) => a.includes(`name=${AGENT_PORT_NAME}`)) ? { kind: 'unix', path: this.files.agentSock } : undefined;
   }
 
   async state(): Promise<VmmState> {
@@ -303,7 +321,9 @@ export class QemuDriver implements VmmDriver {
       {
         name: 'command',
         run: async (c) => {
-          for (const p of [c.files.qmp, c.files.consoleSock, c.files.pid]) rmSync(p, { force: true });
+          for (const p of [c.files.qmp, c.files.consoleSock, c.files.pid, c.files.agentSock]) rmSync(p, { force: true });
+          // A restore recreates the machine its snapshot saved: the agent's port is there or not as it was.
+          if (c.spec.restoreFrom) c.spec = { ...c.spec, guestAgent: readSnapshotRecord(c.spec.restoreFrom.dir).machine.devices.some((d) => d.type === 'virtserialport') };
           c.cmd = await this.commandFor(c.spec);
           // Restore: an incompatible snapshot is refused before anything starts.
           if (c.spec.restoreFrom) checkRestoreCompatible(c.spec.restoreFrom, { qemuVersion: (this.version ??= await qemuVersion(this.binary)), args: c.cmd.args });
