@@ -61,6 +61,13 @@ export interface LaunchSpec {
   /** Restore from this snapshot instead of a cold boot. */
   restoreFrom?: SnapshotFiles;
   /**
+   * Guest RAM in a file (on tmpfs): `shared` — the VM's RAM is the file (a template being built, a VM
+   * that may be forked: its memory can be snapshotted without copying it through a stream);
+   * private — a copy-on-write view of the file (a clone of a template). A restore takes this from
+   * its snapshot.
+   */
+  memoryFile?: { path: string; shared: boolean };
+  /**
    * Attach the guest agent's channel (docs/guest-agent-protocol.md): a virtio-serial port under
    * QEMU, a vsock device under Firecracker. A restore follows its snapshot (the devices are part of
    * the saved machine), whatever this says.
@@ -78,6 +85,11 @@ export type GuestChannel =
 export interface SnapshotFiles {
   /** Directory holding the snapshot's files. */
   dir: string;
+  /**
+   * The guest RAM is not in the snapshot's stream but in this file (a template's or a fork's
+   * frozen memory): a restore maps it copy-on-write instead of reading it.
+   */
+  sharedMemoryFile?: string;
   /** Driver-specific files (memory/state). */
   memoryFile: string;
   stateFile?: string;
@@ -119,8 +131,13 @@ export interface VmmInstance {
   stats(): Promise<VmmStats>;
   pause?(): Promise<void>;
   resume?(): Promise<void>;
-  /** Write memory + device state into `dir`; the VM is left paused. */
-  snapshot?(dir: string): Promise<SnapshotFiles>;
+  /**
+   * Write memory + device state into `dir`; the VM is left paused. A VM whose RAM is a shared file
+   * (LaunchSpec.memoryFile) writes only its device state when `memoryTo` is given: its RAM file is
+   * copied to `memoryTo` while paused (a fork), or, with `memoryTo` equal to its own RAM file, left
+   * where it is (a template whose VM is discarded afterwards).
+   */
+  snapshot?(dir: string, opts?: { memoryTo?: string }): Promise<SnapshotFiles>;
 }
 
 export interface VmmDriver {

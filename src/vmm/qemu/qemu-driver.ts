@@ -43,19 +43,25 @@ export const qemuFiles = (vmDir: string) => ({
   agentSock: join(vmDir, 'agent.sock'),
 });
 
+/** The id of the file memory backend (LaunchSpec.memoryFile). */
+export const MEMORY_BACKEND_ID = 'mvm-ram';
+
 /** The name of the guest agent's virtio-serial port (the guest finds it in /sys/class/virtio-ports). */
 export const AGENT_PORT_NAME = 'org.mvm.agent.0';
 
 /** The QEMU command line for a launch spec. Exported so the benchmark boots exactly what the driver boots. */
 export function buildQemuArgs(spec: LaunchSpec, o: { accel: Accel; sandbox: boolean; runAs?: string; tbSizeMiB: number }): string[] {
   const f = qemuFiles(spec.vmDir);
+  const mem = spec.memoryFile;
   const args: string[] = [
     '-name', `mvm.${spec.id}`,
-    '-M', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
+    '-M', `microvm,x-option-roms=off,isa-serial=on,rtc=on${mem ? `,memory-backend=${MEMORY_BACKEND_ID}` : ''}`,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-m', String(spec.memoryMiB),
     '-smp', String(spec.vcpu),
   ];
+  // Guest RAM as a file: shared (the VM writes it), or a private copy-on-write mapping of it.
+  if (mem) args.push('-object', `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${mem.path},share=${mem.shared ? 'on' : 'off'}`);
   if (o.accel === 'kvm') {
     args.push('-accel', 'kvm', '-cpu', 'host');
   } else {
@@ -206,9 +212,9 @@ class QemuInstance implements VmmInstance {
   }
 
   /** Pause, migrate the machine state into `dir` (our process receives the stream), copy writable disks; left paused. See snapshot.ts. */
-  async snapshot(dir: string): Promise<SnapshotFiles> {
+  async snapshot(dir: string, opts: { memoryTo?: string } = {}): Promise<SnapshotFiles> {
     if (this.exitInfo) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `cannot snapshot ${this.id}: its VMM has exited (${this.exitInfo.reason})`, { details: { id: this.id } });
-    return takeSnapshot({ id: this.id, pid: this.pid, qmpPath: this.files.qmp, args: (this.config.args as string[] | undefined) ?? [], dir });
+    return takeSnapshot({ id: this.id, pid: this.pid, qmpPath: this.files.qmp, args: (this.config.args as string[] | undefined) ?? [], dir, ...(opts.memoryTo ? { memoryTo: opts.memoryTo } : {}) });
   }
 
   private async qmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
@@ -323,7 +329,16 @@ export class QemuDriver implements VmmDriver {
         run: async (c) => {
           for (const p of [c.files.qmp, c.files.consoleSock, c.files.pid, c.files.agentSock]) rmSync(p, { force: true });
           // A restore recreates the machine its snapshot saved: the agent's port is there or not as it was.
-          if (c.spec.restoreFrom) c.spec = { ...c.spec, guestAgent: readSnapshotRecord(c.spec.restoreFrom.dir).machine.devices.some((d) => d.type === 'virtserialport') };
+          if (c.spec.restoreFrom) {
+            const rec = readSnapshotRecord(c.spec.restoreFrom.dir);
+            const { memoryFile: _m, ...rest } = c.spec;
+            c.spec = {
+              ...rest,
+              guestAgent: rec.machine.devices.some((d) => d.type === 'virtserialport'),
+              // A snapshot of shared-file RAM is restored as a private copy-on-write view of its frozen file.
+              ...(rec.memory?.kind === 'shared-file' ? { memoryFile: { path: rec.memory.path, shared: false } } : {}),
+            };
+          }
           c.cmd = await this.commandFor(c.spec);
           // Restore: an incompatible snapshot is refused before anything starts.
           if (c.spec.restoreFrom) checkRestoreCompatible(c.spec.restoreFrom, { qemuVersion: (this.version ??= await qemuVersion(this.binary)), args: c.cmd.args });
@@ -403,7 +418,12 @@ export class QemuDriver implements VmmDriver {
 
   snapshotFiles(snapshotDir: string): SnapshotFiles {
     const rec = readSnapshotRecord(snapshotDir);
-    return { dir: snapshotDir, memoryFile: join(snapshotDir, rec.stateFile), stateFile: join(snapshotDir, SNAPSHOT_RECORD_FILE) };
+    return {
+      dir: snapshotDir,
+      memoryFile: join(snapshotDir, rec.stateFile),
+      stateFile: join(snapshotDir, SNAPSHOT_RECORD_FILE),
+      ...(rec.memory?.kind === 'shared-file' ? { sharedMemoryFile: rec.memory.path } : {}),
+    };
   }
 
   async findProcesses(root: string): Promise<Array<{ pid: number; id: string; vmDir: string }>> {

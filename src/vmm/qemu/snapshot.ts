@@ -69,6 +69,11 @@ export interface QemuSnapshotRecord {
   stateBytes: number;
   /** Writable drives copied into the snapshot; read-only drives are used in place. */
   disks: Array<{ id: string; file: string; format: 'qcow2' | 'raw'; sourcePath: string }>;
+  /**
+   * Where the guest RAM is: in the stream (absent, the default), or in a frozen file the stream
+   * skipped (`x-ignore-shared`): a template's or a fork's memory, mapped copy-on-write by restores.
+   */
+  memory?: { kind: 'shared-file'; path: string; sizeBytes: number };
   timingsMs: { pause: number; migrate: number; diskCopy: number; total: number };
 }
 
@@ -388,6 +393,21 @@ export interface TakeSnapshotOptions {
   args: string[];
   dir: string;
   timeoutMs?: number;
+  /**
+   * The VM's RAM is a shared file: snapshot only the device state (x-ignore-shared) and put the RAM
+   * in `memoryTo` — a copy taken while paused, or the RAM file itself when `memoryTo` names it (the
+   * caller then keeps the file frozen: a template whose VM is discarded).
+   */
+  memoryTo?: string;
+}
+
+/** The shared RAM file of a QEMU command line (memory-backend-file with share=on), if any. */
+export function sharedMemoryFileOf(args: string[]): string | undefined {
+  for (const o of optValues(args, '-object')) {
+    const m = qemuOpts(o);
+    if (m.get('') === 'memory-backend-file' && m.get('share') === 'on') return m.get('mem-path');
+  }
+  return undefined;
 }
 
 /**
@@ -427,6 +447,10 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
       stoppedByUs = true;
     }
     const tPaused = Date.now();
+    const sharedRam = o.memoryTo ? sharedMemoryFileOf(o.args) : undefined;
+    if (o.memoryTo && !sharedRam) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `cannot snapshot ${o.id} without its RAM: its memory is not a shared file`);
+    // Device state only when the RAM is a shared file; otherwise RAM and devices in one stream.
+    await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: !!sharedRam }] });
     // The guest is stopped: one pass, as fast as the file takes it.
     await c.execute('migrate-set-parameters', { 'max-bandwidth': 16 * 1024 * 1024 * 1024 });
     rmSync(tmpState, { force: true });
@@ -437,6 +461,16 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
     if (stateBytes === undefined) throw new MvmError(ErrorCodes.TIMEOUT, `snapshot of ${o.id}: the migration stream did not end`);
     fsyncFile(tmpState);
     renameSync(tmpState, stateFile);
+    // A fork's frozen RAM: a copy of the shared file taken while the guest is still paused.
+    let memory: QemuSnapshotRecord['memory'];
+    if (sharedRam && o.memoryTo) {
+      if (resolve(o.memoryTo) !== resolve(sharedRam)) {
+        rmSync(o.memoryTo, { force: true });
+        await run('cp', ['--reflink=auto', '--sparse=always', sharedRam, `${o.memoryTo}.tmp`]);
+        renameSync(`${o.memoryTo}.tmp`, o.memoryTo);
+      }
+      memory = { kind: 'shared-file', path: resolve(o.memoryTo), sizeBytes: statSync(o.memoryTo).size };
+    }
     const tMigrated = Date.now();
     // Migration completion flushed and inactivated the disks: copy them now.
     const machine = machineRecordFromArgs(o.args);
@@ -458,9 +492,14 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
       disks.push({ id: d.id, file, format, sourcePath: d.path });
     }
     const tCopied = Date.now();
-    // Back to plain `paused` (re-activates the disks) without letting the guest run.
-    await c.execute('cont');
-    await c.execute('stop');
+    // Back to plain `paused` (re-activates the disks) without letting the guest run... almost: `cont`
+    // lets it run for an instant, which would change a RAM file kept as the snapshot's memory. A
+    // template's VM (memoryTo is its own RAM) stays as it is, in postmigrate, to be discarded.
+    const keepsRamFile = memory !== undefined && sharedRam !== undefined && resolve(memory.path) === resolve(sharedRam);
+    if (!keepsRamFile) {
+      await c.execute('cont');
+      await c.execute('stop');
+    }
     const v = await c.execute<{ qemu: { major: number; minor: number; micro: number } }>('query-version');
     const rec: QemuSnapshotRecord = {
       format: SNAPSHOT_FORMAT,
@@ -472,6 +511,7 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
       stateFile: SNAPSHOT_STATE_FILE,
       stateBytes,
       disks,
+      ...(memory ? { memory } : {}),
       timingsMs: { pause: tPaused - t0, migrate: tMigrated - tPaused, diskCopy: tCopied - tMigrated, total: Date.now() - t0 },
     };
     writeFileSync(join(dir, `${SNAPSHOT_RECORD_FILE}.tmp`), JSON.stringify(rec, null, 2));
@@ -507,6 +547,10 @@ export async function restoreIncoming(o: { id: string; qmpPath: string; args: st
   let c: QmpClient | undefined;
   try {
     c = await QmpClient.connect(o.qmpPath, 5000);
+    // A stream without RAM (its RAM is a frozen file the VM maps): both sides skip the shared block.
+    if (readSnapshotRecord(o.snapshot.dir).memory?.kind === 'shared-file') {
+      await c.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    }
     // QEMU listens (the incoming side is the server); we connect and stream the file.
     await c.execute('migrate-incoming', { uri: `unix:${sock.path}` });
     let sendError: Error | undefined;
