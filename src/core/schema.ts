@@ -171,6 +171,21 @@ export const Toleration = Type.Object(
   { additionalProperties: false },
 );
 
+/** A file the guest agent writes before anything else runs in the guest (as Fly's `files`). */
+export const GuestFile = Type.Object(
+  {
+    path: Type.String({ pattern: '^/[^\\0]*$', minLength: 2, maxLength: 4096, description: 'absolute path in the guest; parents are created' }),
+    content: Type.String({ maxLength: 1024 * 1024, description: 'the file content (UTF-8 text, or base64 with encoding: base64)' }),
+    encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'default utf8' })),
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777, description: 'permission bits, default 0644 (420)' })),
+  },
+  { additionalProperties: false },
+);
+export const GuestEnv = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128 }), Type.String({ maxLength: 32 * 1024 }), {
+  maxProperties: 128,
+  description: 'environment of every command the guest agent runs (exec, template commands)',
+});
+
 /** Fields of the spec, shared by the resource, the create and the update request. */
 /** A duration like 90s, 5m or 1h. */
 export const DURATION_PATTERN = '^[1-9][0-9]*(s|m|h)$';
@@ -198,6 +213,8 @@ const specFields = {
   tolerations: Type.Array(Toleration, { maxItems: 32, description: 'node taints this VM tolerates' }),
   affinity: Affinity,
   lifecycle: Lifecycle,
+  env: GuestEnv,
+  files: Type.Array(GuestFile, { maxItems: 64, description: 'files written by the guest agent at first boot, before anything else runs' }),
 };
 
 export const MicroVMSpec = Type.Object(
@@ -216,6 +233,8 @@ export const MicroVMSpec = Type.Object(
     tolerations: Type.Optional(specFields.tolerations),
     affinity: Type.Optional(specFields.affinity),
     lifecycle: Type.Optional(specFields.lifecycle),
+    env: Type.Optional(specFields.env),
+    files: Type.Optional(specFields.files),
     source: Type.Optional(
       Type.Object({ snapshot: Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' }) }, { additionalProperties: false }),
     ),
@@ -240,6 +259,8 @@ export const CreateMicroVMRequest = Type.Object(
     tolerations: Type.Optional(specFields.tolerations),
     affinity: Type.Optional(specFields.affinity),
     lifecycle: Type.Optional(specFields.lifecycle),
+    env: Type.Optional(specFields.env),
+    files: Type.Optional(specFields.files),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
   },

@@ -118,6 +118,8 @@ export class MicroVMService {
       ...(req.tolerations ? { tolerations: req.tolerations } : {}),
       ...(req.affinity ? { affinity: req.affinity } : {}),
       ...(req.lifecycle ? { lifecycle: req.lifecycle } : {}),
+      ...(req.env && Object.keys(req.env).length ? { env: req.env } : {}),
+      ...(req.files?.length ? { files: req.files } : {}),
       // Set by SnapshotService.restoreRequest: the first boot restores this snapshot.
       ...(sourceOf(req) ? { source: sourceOf(req)! } : {}),
     };

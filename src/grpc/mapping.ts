@@ -50,6 +50,8 @@ export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof Mic
   ports: 'spec.ports',
   egress: 'spec.egress',
   lifecycle: 'spec.lifecycle',
+  env: 'spec.env',
+  files: 'spec.files',
 };
 /**
  * Fields outside MicroVMSpec: request-only fields with their own proto field (start → no_start,
@@ -106,6 +108,8 @@ export function createRequestFromProto(r: CreateMicroVMRequest__Output): CreateM
     if (s.ports.length) req.ports = s.ports.map(portFromProto);
     if (s.egress) req.egress = egressFromProto(s.egress);
     if (s.lifecycle) req.lifecycle = lifecycleFromProto(s.lifecycle);
+    if (Object.keys(s.env).length) req.env = { ...s.env };
+    if (s.files.length) req.files = s.files.map((f) => JSON.parse(JSON.stringify({ path: f.path, content: f.content, encoding: str(f.encoding), mode: f.mode || undefined })));
   }
   if (r.noStart) req.start = false;
   if (r.snapshot) req.snapshot = r.snapshot;
@@ -219,6 +223,8 @@ export function specToProto(vm: MicroVM): PbSpec {
     ports: (s.ports ?? []).map(portToProto),
     egress: egressToProto(s.egress),
     lifecycle: s.lifecycle ? { bootTimeout: s.lifecycle.bootTimeout ?? '' } : null,
+    env: { ...(s.env ?? {}) },
+    files: (s.files ?? []).map((f) => ({ path: f.path, content: f.content, encoding: f.encoding ?? '', mode: f.mode ?? 0 })),
   };
 }
 

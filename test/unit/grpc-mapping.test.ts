@@ -65,6 +65,11 @@ const fullSpec: MicroVMSpec__Output = {
   ],
   egress: { default: 'deny', allow: ['10.0.0.0/8', '192.168.1.0/24'], deny: ['10.1.0.0/16'] },
   lifecycle: { bootTimeout: '90s' },
+  env: { GREETING: 'hello', LANG: 'C.UTF-8' },
+  files: [
+    { path: '/etc/app.conf', content: 'port=8080\n', encoding: '', mode: 0o600 },
+    { path: '/opt/blob', content: 'AAEC', encoding: 'base64', mode: 0 },
+  ],
 };
 
 describe('gRPC mapping covers the one schema', () => {
@@ -103,7 +108,7 @@ describe('gRPC mapping covers the one schema', () => {
   });
 
   test('an empty spec maps to no optional fields, and back to proto defaults', () => {
-    const empty: MicroVMSpec__Output = { name: 'e', vcpuCount: 0, memorySize: '', kernel: null, rootfs: null, networkInterfaces: [], volumes: [], labels: {}, securityGroups: [], nodeSelector: {}, tolerations: [], affinity: null, ports: [], egress: null, lifecycle: null };
+    const empty: MicroVMSpec__Output = { name: 'e', vcpuCount: 0, memorySize: '', kernel: null, rootfs: null, networkInterfaces: [], volumes: [], labels: {}, securityGroups: [], nodeSelector: {}, tolerations: [], affinity: null, ports: [], egress: null, lifecycle: null, env: {}, files: [] };
     const req = createRequestFromProto({ spec: empty, noStart: false, tenant: '' } as CreateMicroVMRequest__Output);
     assert.deepEqual(req, { name: 'e' });
     assert.deepEqual(specToProto({ name: 'e', spec: { vcpu: 1, memory: '128Mi' } } as unknown as MicroVM), { ...empty, vcpuCount: 1, memorySize: '128Mi' });

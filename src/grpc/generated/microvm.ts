@@ -16,6 +16,7 @@ import type { GetMetricsRequest as _microvm_service_v1alpha1_GetMetricsRequest, 
 import type { GetMetricsResponse as _microvm_service_v1alpha1_GetMetricsResponse, GetMetricsResponse__Output as _microvm_service_v1alpha1_GetMetricsResponse__Output } from './microvm/service/v1alpha1/GetMetricsResponse.js';
 import type { GetMicroVMRequest as _microvm_service_v1alpha1_GetMicroVMRequest, GetMicroVMRequest__Output as _microvm_service_v1alpha1_GetMicroVMRequest__Output } from './microvm/service/v1alpha1/GetMicroVMRequest.js';
 import type { GetMicroVMResponse as _microvm_service_v1alpha1_GetMicroVMResponse, GetMicroVMResponse__Output as _microvm_service_v1alpha1_GetMicroVMResponse__Output } from './microvm/service/v1alpha1/GetMicroVMResponse.js';
+import type { GuestFile as _microvm_service_v1alpha1_GuestFile, GuestFile__Output as _microvm_service_v1alpha1_GuestFile__Output } from './microvm/service/v1alpha1/GuestFile.js';
 import type { KernelSpec as _microvm_service_v1alpha1_KernelSpec, KernelSpec__Output as _microvm_service_v1alpha1_KernelSpec__Output } from './microvm/service/v1alpha1/KernelSpec.js';
 import type { LabelSelector as _microvm_service_v1alpha1_LabelSelector, LabelSelector__Output as _microvm_service_v1alpha1_LabelSelector__Output } from './microvm/service/v1alpha1/LabelSelector.js';
 import type { LabelSelectorRequirement as _microvm_service_v1alpha1_LabelSelectorRequirement, LabelSelectorRequirement__Output as _microvm_service_v1alpha1_LabelSelectorRequirement__Output } from './microvm/service/v1alpha1/LabelSelectorRequirement.js';
@@ -68,6 +69,7 @@ export interface ProtoGrpcType {
         GetMetricsResponse: MessageTypeDefinition<_microvm_service_v1alpha1_GetMetricsResponse, _microvm_service_v1alpha1_GetMetricsResponse__Output>
         GetMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetMicroVMRequest, _microvm_service_v1alpha1_GetMicroVMRequest__Output>
         GetMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_GetMicroVMResponse, _microvm_service_v1alpha1_GetMicroVMResponse__Output>
+        GuestFile: MessageTypeDefinition<_microvm_service_v1alpha1_GuestFile, _microvm_service_v1alpha1_GuestFile__Output>
         KernelSpec: MessageTypeDefinition<_microvm_service_v1alpha1_KernelSpec, _microvm_service_v1alpha1_KernelSpec__Output>
         LabelSelector: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelector, _microvm_service_v1alpha1_LabelSelector__Output>
         LabelSelectorRequirement: MessageTypeDefinition<_microvm_service_v1alpha1_LabelSelectorRequirement, _microvm_service_v1alpha1_LabelSelectorRequirement__Output>

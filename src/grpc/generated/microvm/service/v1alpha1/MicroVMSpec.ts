@@ -10,6 +10,7 @@ import type { Affinity as _microvm_service_v1alpha1_Affinity, Affinity__Output a
 import type { PortMapping as _microvm_service_v1alpha1_PortMapping, PortMapping__Output as _microvm_service_v1alpha1_PortMapping__Output } from '../../../microvm/service/v1alpha1/PortMapping.js';
 import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from '../../../microvm/service/v1alpha1/EgressPolicy.js';
 import type { Lifecycle as _microvm_service_v1alpha1_Lifecycle, Lifecycle__Output as _microvm_service_v1alpha1_Lifecycle__Output } from '../../../microvm/service/v1alpha1/Lifecycle.js';
+import type { GuestFile as _microvm_service_v1alpha1_GuestFile, GuestFile__Output as _microvm_service_v1alpha1_GuestFile__Output } from '../../../microvm/service/v1alpha1/GuestFile.js';
 
 export interface MicroVMSpec {
   'name'?: (string);
@@ -51,6 +52,14 @@ export interface MicroVMSpec {
    * Lifetimes (boot deadline); absent: the service's defaults.
    */
   'lifecycle'?: (_microvm_service_v1alpha1_Lifecycle | null);
+  /**
+   * Environment of every command the guest agent runs.
+   */
+  'env'?: ({[key: string]: string});
+  /**
+   * Files the guest agent writes at first boot, before anything else runs.
+   */
+  'files'?: (_microvm_service_v1alpha1_GuestFile)[];
 }
 
 export interface MicroVMSpec__Output {
@@ -93,4 +102,12 @@ export interface MicroVMSpec__Output {
    * Lifetimes (boot deadline); absent: the service's defaults.
    */
   'lifecycle': (_microvm_service_v1alpha1_Lifecycle__Output | null);
+  /**
+   * Environment of every command the guest agent runs.
+   */
+  'env': ({[key: string]: string});
+  /**
+   * Files the guest agent writes at first boot, before anything else runs.
+   */
+  'files': (_microvm_service_v1alpha1_GuestFile__Output)[];
 }
