@@ -31,6 +31,7 @@ import { SqliteResourceStore } from './store/sqlite/resources.js';
 import { SecurityGroupService } from './core/security-groups.js';
 import { NetworkController } from './controller/network-controller.js';
 import { SnapshotService } from './core/snapshots.js';
+import { TemplateService } from './core/templates.js';
 import { registerSnapshotRoutes } from './api/routes/snapshots.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { volumeBackendsFromEnv } from './storage/volumes/index.js';
@@ -158,8 +159,10 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   // Image cache management: in use = named by any microVM record (every phase).
   const imageManager = createImageManager(images, store, imageCfg, log);
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
+  const templates = new TemplateService(store, resources, agent, { bootTimeoutMs: cfg.bootTimeoutSeconds * 1000 || 300_000, log: log.child({ c: 'templates' }) });
+  service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
@@ -167,6 +170,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   await controller.start();
   imageManager.start();
   await snapshots.recover();
+  await templates.recover();
   // After a crash: half-created volumes and leftover files are removed, attachments of deleted VMs dropped.
   await volumes.start(cfg.resyncSeconds * 1000 * 15);
   const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });

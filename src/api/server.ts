@@ -33,6 +33,7 @@ export interface ApiOptions {
   snapshots?: import('../core/snapshots.js').SnapshotService;
   images?: import('../core/ports/images.js').ImageCatalog;
   volumes?: import('../core/volumes.js').VolumeService;
+  templates?: import('../core/templates.js').TemplateService;
 }
 
 declare module 'fastify' {
@@ -269,6 +270,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.snapshots ? { snapshots: o.snapshots } : {}),
           ...(o.images ? { images: o.images } : {}),
           ...(o.volumes ? { volumes: o.volumes } : {}),
+          ...(o.templates ? { templates: o.templates } : {}),
         });
         api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
       },

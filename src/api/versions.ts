@@ -17,6 +17,8 @@ import type { SnapshotService } from '../core/snapshots.js';
 import { registerAuditRoutes, registerTenantRoutes } from './routes/tenants.js';
 import { registerVolumeRoutes } from './routes/volumes.js';
 import type { VolumeService } from '../core/volumes.js';
+import type { TemplateService } from '../core/templates.js';
+import { registerTemplateRoutes } from './routes/templates.js';
 
 export interface VersionDeps {
   service: MicroVMService;
@@ -26,6 +28,7 @@ export interface VersionDeps {
   snapshots?: SnapshotService;
   images?: ImageCatalog;
   volumes?: VolumeService;
+  templates?: TemplateService;
 }
 
 export interface ApiVersion {
@@ -44,6 +47,7 @@ export const API_VERSIONS: ApiVersion[] = [
       if (d.snapshots) await registerSnapshotRoutes(app, d.snapshots, d.service);
       if (d.images) await registerImageRoutes(app, d.images);
       if (d.volumes) await registerVolumeRoutes(app, d.volumes);
+      if (d.templates) await registerTemplateRoutes(app, d.templates);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);
       if (d.audit) await registerAuditRoutes(app, d.audit);
     },

@@ -236,7 +236,15 @@ export const MicroVMSpec = Type.Object(
     env: Type.Optional(specFields.env),
     files: Type.Optional(specFields.files),
     source: Type.Optional(
-      Type.Object({ snapshot: Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' }) }, { additionalProperties: false }),
+      Type.Object(
+        {
+          snapshot: Type.Optional(Type.String({ description: 'snapshot id this VM was restored/cloned from (first boot restores it)' })),
+          template: Type.Optional(
+            Type.Object({ id: Type.String(), version: Type.Integer({ minimum: 1 }) }, { additionalProperties: false, description: 'template (and version) this VM was cloned from (first boot clones it)' }),
+          ),
+        },
+        { additionalProperties: false },
+      ),
     ),
   },
   { additionalProperties: false },
@@ -263,6 +271,9 @@ export const CreateMicroVMRequest = Type.Object(
     files: Type.Optional(specFields.files),
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
+    template: Type.Optional(
+      Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(@[1-9][0-9]{0,8})?$', maxLength: 73, description: 'Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs come from the template' }),
+    ),
   },
   { additionalProperties: false },
 );
@@ -477,6 +488,71 @@ export const VmMetricsHistory = Type.Object({
   points: Type.Array(MetricsHistoryPoint),
 });
 
+// ---------------------------------------------------------------- templates (ADR 0021)
+
+export const TemplateReadiness = Type.Union(
+  [
+    Type.Object({ agent: Type.Literal(true) }, { additionalProperties: false, description: 'ready when the guest agent answers its health check (default)' }),
+    Type.Object(
+      {
+        command: Type.Array(Type.String({ maxLength: 4096 }), { minItems: 1, maxItems: 64, description: 'ready once this command exits 0 (run by the guest agent, retried)' }),
+        timeout: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'give up after this long (default 2m)' })),
+      },
+      { additionalProperties: false },
+    ),
+  ],
+  { description: 'when the template guest is ready to be snapshotted' },
+);
+
+export const CreateTemplateRequest = Type.Object(
+  {
+    name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'root filesystem image (shorthand for rootfs.image)' })),
+    rootfs: Type.Optional(RootFSSpec),
+    kernel: Type.Optional(KernelSpec),
+    vcpu: Type.Optional(specFields.vcpu),
+    memory: Type.Optional(specFields.memory),
+    env: Type.Optional(specFields.env),
+    files: Type.Optional(specFields.files),
+    command: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { minItems: 1, maxItems: 64, description: 'run once after boot, before the snapshot; must exit 0 (e.g. start a server, warm a cache)' })),
+    readiness: Type.Optional(TemplateReadiness),
+    pool: Type.Optional(
+      Type.Object({ size: Type.Integer({ minimum: 0, maximum: 64, description: 'clones kept restored and paused per node, claimed by creates' }) }, { additionalProperties: false }),
+    ),
+    bootTimeout: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'how long the build waits for the guest (default the service\'s boot deadline)' })),
+  },
+  { additionalProperties: false },
+);
+
+export const TemplateVersion = Type.Object({
+  version: Type.Integer({ minimum: 1 }),
+  phase: Type.Union([Type.Literal('Building'), Type.Literal('Ready'), Type.Literal('Failed'), Type.Literal('Lost')], {
+    description: 'Lost: its files are gone from the node (e.g. the host rebooted: a template\'s memory lives in tmpfs); rebuild it',
+  }),
+  node: Type.Optional(Type.String()),
+  driver: Type.Optional(Type.String()),
+  step: Type.Optional(Type.String({ description: 'the build step that failed' })),
+  message: Type.Optional(Type.String()),
+  consoleTail: Type.Optional(Type.String({ description: 'the end of the template guest\'s console, when the build failed' })),
+  startedAt: Type.String({ format: 'date-time' }),
+  builtAt: Type.Optional(Type.String({ format: 'date-time' })),
+  buildMs: Type.Optional(Type.Number()),
+  memoryBytes: Type.Optional(Type.Integer({ description: 'the frozen guest memory clones map copy-on-write' })),
+  diskBytes: Type.Optional(Type.Integer()),
+});
+
+export const Template = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  tenant: Type.String(),
+  spec: Type.Omit(CreateTemplateRequest, ['name']),
+  phase: Type.Union([Type.Literal('Building'), Type.Literal('Ready'), Type.Literal('Failed')], { description: 'of the latest version' }),
+  /** The latest Ready version (what `template: name` clones), when there is one. */
+  readyVersion: Type.Optional(Type.Integer()),
+  versions: Type.Array(TemplateVersion),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+
 export type MicroVMSpecT = Static<typeof MicroVMSpec>;
 export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
 export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
@@ -485,6 +561,9 @@ export type MicroVMT = Static<typeof MicroVM>;
 export type ConditionT = Static<typeof Condition>;
 export type VmMetricsT = Static<typeof VmMetrics>;
 export type SnapshotT = Static<typeof Snapshot>;
+export type CreateTemplateRequestT = Static<typeof CreateTemplateRequest>;
+export type TemplateT = Static<typeof Template>;
+export type TemplateVersionT = Static<typeof TemplateVersion>;
 export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;
 export type SecurityGroupUpdateT = Static<typeof SecurityGroupUpdate>;
 export type SecurityGroupT = Static<typeof SecurityGroupResource>;

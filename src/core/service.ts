@@ -93,11 +93,18 @@ export class MicroVMService {
 
   /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */
   restoreResolver?: (p: Principal, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
+  /** Turns a create request with `template` into a clone of the template (set by the template use case). */
+  templateResolver?: (p: Principal, tenant: string, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
 
   async create(p: Principal, req: CreateMicroVMRequestT, o: { tenant?: string } = {}): Promise<MicroVM> {
+    if (req.snapshot !== undefined && req.template !== undefined) throw validationError('template', 'give snapshot or template, not both');
     if (req.snapshot !== undefined) {
       if (!this.restoreResolver) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'restoring from snapshots is not available');
       req = await this.restoreResolver(p, req);
+    }
+    if (req.template !== undefined) {
+      if (!this.templateResolver) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'templates are not available in this deployment');
+      req = await this.templateResolver(p, targetTenant(p, o.tenant), req);
     }
     const tenantId = targetTenant(p, o.tenant);
     const tenant = this.opts.tenants ? await this.opts.tenants.getTenant(tenantId) : undefined;
@@ -357,7 +364,7 @@ export class MicroVMService {
   }
 }
 
-const sourceOf = (req: unknown): { snapshot: string } | undefined => (req as { source?: { snapshot: string } }).source;
+const sourceOf = (req: unknown): MicroVMSpecT['source'] => (req as { source?: MicroVMSpecT['source'] }).source;
 
 export function parseDuration(s: string, field: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(s);

@@ -34,7 +34,7 @@ const validateUpdate = ajv.compile(UpdateMicroVMRequest);
  * table against the TypeBox properties and the proto's MicroVMSpec fields, and that every mapped
  * field round-trips. Also used to name violations after the field the gRPC caller sent.
  */
-export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof MicroVMSpecT, 'start' | 'snapshot' | 'source'>, string | null> = {
+export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof MicroVMSpecT, 'start' | 'snapshot' | 'template' | 'source'>, string | null> = {
   name: 'spec.name',
   vcpu: 'spec.vcpu_count',
   memory: 'spec.memory_size',
@@ -57,7 +57,7 @@ export const PROTO_FIELD: Record<Exclude<keyof CreateMicroVMRequestT | keyof Mic
  * Fields outside MicroVMSpec: request-only fields with their own proto field (start → no_start,
  * snapshot → CreateMicroVMRequest.snapshot), and the read-only `source` (set by a restore).
  */
-export const NOT_SPEC_FIELDS = ['start', 'snapshot', 'source'] as const;
+export const NOT_SPEC_FIELDS = ['start', 'snapshot', 'template', 'source'] as const;
 const NESTED_SNAKE: Record<string, string> = {
   readOnly: 'read_only',
   mountPath: 'mount_path',
@@ -113,6 +113,7 @@ export function createRequestFromProto(r: CreateMicroVMRequest__Output): CreateM
   }
   if (r.noStart) req.start = false;
   if (r.snapshot) req.snapshot = r.snapshot;
+  if (r.template) req.template = r.template;
   if (!validateCreate(req)) {
     const e = ajvToMvmError(validateCreate.errors ?? [], 'spec');
     throw renameViolations(e);

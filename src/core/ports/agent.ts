@@ -5,7 +5,7 @@
  * authenticated endpoint for console and metrics.
  */
 import type { MicroVM } from '../microvm.js';
-import type { VmMetricsT } from '../schema.js';
+import type { MicroVMSpecT, VmMetricsT } from '../schema.js';
 import type { Taint } from '../placement.js';
 
 export type { Taint } from '../placement.js';
@@ -49,6 +49,32 @@ export interface NodeInfo {
   allocatable?: { cpus: number; memoryMiB: number };
 }
 
+/** What a node needs to build one template version (core/templates.ts, ADR 0021). */
+export interface TemplateBuildSpec {
+  templateId: string;
+  version: number;
+  tenant: string;
+  name: string;
+  vcpu: number;
+  memory: string;
+  kernel?: MicroVMSpecT['kernel'];
+  rootfs?: MicroVMSpecT['rootfs'];
+  env?: Record<string, string>;
+  files?: NonNullable<MicroVMSpecT['files']>;
+  command?: string[];
+  readiness: { agent: true } | { command: string[]; timeout?: string };
+  bootTimeoutMs: number;
+}
+
+export interface TemplateBuildResult {
+  node: string;
+  driver: string;
+  memoryBytes: number;
+  diskBytes: number;
+  /** Build steps and their durations (ms). */
+  timings: Array<{ name: string; ms: number }>;
+}
+
 export interface AgentEvent {
   id: string;
   kind: 'ready' | 'exited' | 'started' | 'stopped' | 'boot-timeout';
@@ -86,6 +112,16 @@ export interface NodeAgent {
   snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }>;
   /** Why this node cannot restore the snapshot (its files, driver, VMM version, jailing), or undefined. */
   restoreRefusal?(snapshotId: string): Promise<string | undefined>;
+  /**
+   * Build a template version on this node: boot, readiness, command, snapshot of the device state
+   * with the RAM kept as a file, VM discarded. A failure raises an error whose details name the
+   * step and carry the console tail; nothing of the build is left.
+   */
+  buildTemplate?(spec: TemplateBuildSpec): Promise<TemplateBuildResult>;
+  /** Remove a template's files (one version, or all) from this node. Idempotent. */
+  deleteTemplate?(templateId: string, version?: number): Promise<void>;
+  /** Whether this node has the files of a template version. */
+  hasTemplate?(templateId: string, version: number): Promise<boolean>;
   /** Remove a snapshot's files from this node. Idempotent. */
   deleteSnapshot(snapshotId: string): Promise<void>;
   metrics(vm: MicroVM): Promise<VmMetricsT>;

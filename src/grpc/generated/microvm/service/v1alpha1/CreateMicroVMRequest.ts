@@ -18,6 +18,11 @@ export interface CreateMicroVMRequest {
    * snapshot. (REST: "snapshot".)
    */
   'snapshot'?: (string);
+  /**
+   * Clone a template (name, or name@version); vcpu/memory/kernel/rootfs come from the template.
+   * (REST: "template".)
+   */
+  'template'?: (string);
 }
 
 export interface CreateMicroVMRequest__Output {
@@ -35,4 +40,9 @@ export interface CreateMicroVMRequest__Output {
    * snapshot. (REST: "snapshot".)
    */
   'snapshot': (string);
+  /**
+   * Clone a template (name, or name@version); vcpu/memory/kernel/rootfs come from the template.
+   * (REST: "template".)
+   */
+  'template': (string);
 }
