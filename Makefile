@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images
+.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -19,6 +19,10 @@ test-unit: deps build
 
 control-plane:
 	@scripts/k8s/ensure-control-plane.sh >/dev/null
+
+## The guest agent (images/guest/agent, Go): a static binary built into $(MVM_CACHE_DIR)/guest-agent/<hash>/ (prints its path).
+guest-agent:
+	@scripts/build-guest-agent.sh
 
 deps:
 	@scripts/setup.sh
