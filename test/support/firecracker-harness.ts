@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, closeSync, constants, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, statSync, symlinkSync, writeFileSync, writeSync } from 'node:fs';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
+import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sleep } from '../../src/vmm/proc.js';
@@ -100,12 +100,31 @@ export async function startPeer(dir: string, args: string[] = []): Promise<Runni
   return { proc, sock, log, stdout: () => out, exited };
 }
 
-/** One raw API request (no client-side phase checks). */
-export function raw(sock: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown; text: string }> {
+export interface RawOptions {
+  /** Fail (reject with code ETIMEDOUT) when no complete answer came within this time. */
+  timeoutMs?: number;
+  /** Send the body chunked (Transfer-Encoding), without a Content-Length. */
+  chunked?: boolean;
+}
+
+/** One raw API request (no client-side phase checks). A string body is sent as is, anything else as JSON. */
+export function raw(sock: string, method: string, path: string, body?: unknown, opts: RawOptions = {}): Promise<{ status: number; json: unknown; text: string }> {
   const payload = body === undefined ? undefined : Buffer.from(typeof body === 'string' ? body : JSON.stringify(body));
+  const headers: Record<string, string | number> = {};
+  if (payload) {
+    headers['Content-Type'] = 'application/json';
+    if (opts.chunked) headers['Transfer-Encoding'] = 'chunked';
+    else headers['Content-Length'] = payload.length;
+  }
   return new Promise((resolve, reject) => {
+    const timer =
+      opts.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            req.destroy(Object.assign(new Error(`no answer to ${method} ${path} within ${opts.timeoutMs} ms`), { code: 'ETIMEDOUT' }));
+          }, opts.timeoutMs);
     const req = request(
-      { socketPath: sock, method, path, agent: false, headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {} },
+      { socketPath: sock, method, path, agent: false, headers },
       (res) => {
         let text = '';
         res.on('data', (d: Buffer) => (text += d.toString()));
@@ -116,12 +135,23 @@ export function raw(sock: string, method: string, path: string, body?: unknown):
           } catch {
             json = undefined;
           }
+          clearTimeout(timer);
           resolve({ status: res.statusCode ?? 0, json, text });
+        });
+        res.on('error', (e) => {
+          clearTimeout(timer);
+          reject(e);
         });
       },
     );
-    req.on('error', reject);
-    req.end(payload);
+    req.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    if (payload && opts.chunked) {
+      req.write(payload);
+      req.end();
+    } else req.end(payload);
   });
 }
 
@@ -208,3 +238,79 @@ const realIn = (name: string): string | undefined => {
 };
 export const realFirecracker = (): string | undefined => realIn('firecracker');
 export const realJailer = (): string | undefined => realIn('jailer');
+
+
+/** A Firecracker API server process (the peer or the real binary) started for a differential run. */
+export interface ApiProcess {
+  kind: 'peer' | 'real';
+  proc: ChildProcess;
+  sock: string;
+  /** stdout + stderr so far. */
+  output: () => string;
+  /** Exit code, or the signal's name. */
+  exited: Promise<number | string>;
+  /** Set when the process exited before it answered on its socket. */
+  startupExit?: number | string;
+}
+
+/**
+ * Start the peer or the real Firecracker on `<dir>/api.sock` with `args` after `--api-sock`, in
+ * `dir` (its cwd: relative paths resolve there, as for the driver's un-jailed VMs). The real
+ * binary runs at a low CPU priority (nice 10: its vCPUs spin on this host once started) and, with
+ * `netns`, inside that network namespace (its taps are created there). Resolves once the API
+ * answers, or once the process exited without answering (`startupExit`). Never throws for a
+ * process that refuses its command line: that is a result to compare.
+ */
+export async function startApiProcess(kind: 'peer' | 'real', dir: string, args: string[], opts: { binary?: string; netns?: string; env?: Record<string, string>; startTimeoutMs?: number } = {}): Promise<ApiProcess> {
+  const sock = join(dir, 'api.sock');
+  let cmd: string;
+  let argv: string[];
+  if (kind === 'peer') {
+    cmd = process.execPath;
+    argv = [PEER_JS, '--api-sock', sock, ...args];
+  } else {
+    const bin = opts.binary ?? realFirecracker();
+    if (!bin) throw new Error('no real firecracker binary');
+    cmd = opts.netns ? 'nsenter' : bin;
+    argv = [...(opts.netns ? [`--net=/run/netns/${opts.netns}`, '--', bin] : []), '--api-sock', sock, ...args];
+  }
+  const proc = spawn(cmd, argv, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(kind === 'peer' ? { FC_PEER_LOG: join(dir, 'peer.jsonl') } : {}), ...opts.env } });
+  if (kind === 'real' && proc.pid) {
+    try {
+      setPriority(proc.pid, 10);
+    } catch {
+      /* gone already: seen below */
+    }
+  }
+  let out = '';
+  proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  let exitedWith: number | string | undefined;
+  const exited = new Promise<number | string>((r) =>
+    proc.on('exit', (code, signal) => {
+      exitedWith = code ?? signal ?? 'unknown';
+      r(exitedWith);
+    }),
+  );
+  const p: ApiProcess = { kind, proc, sock, output: () => out, exited };
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
+  for (;;) {
+    if (exitedWith !== undefined) {
+      p.startupExit = exitedWith;
+      return p;
+    }
+    if (existsSync(sock) && (await raw(sock, 'GET', '/version', undefined, { timeoutMs: 2000 }).then(() => true, () => false))) return p;
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      await exited;
+      throw new Error(`${kind} did not answer on ${sock} within ${opts.startTimeoutMs ?? 10_000} ms: ${out}`);
+    }
+    await sleep(10);
+  }
+}
+
+/** SIGKILL an ApiProcess (if still running) and wait for it to be gone. */
+export async function stopApiProcess(p: ApiProcess): Promise<number | string> {
+  if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
+  return p.exited;
+}
