@@ -32,6 +32,7 @@ import { SecurityGroupService } from './core/security-groups.js';
 import { NetworkController } from './controller/network-controller.js';
 import { SnapshotService } from './core/snapshots.js';
 import { TemplateService } from './core/templates.js';
+import { GuestService } from './core/guest.js';
 import { registerSnapshotRoutes } from './api/routes/snapshots.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { volumeBackendsFromEnv } from './storage/volumes/index.js';
@@ -161,8 +162,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
   const templates = new TemplateService(store, resources, agent, { bootTimeoutMs: cfg.bootTimeoutSeconds * 1000 || 300_000, log: log.child({ c: 'templates' }) });
   service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
+  const guest = new GuestService(service, agent);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates });
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;

@@ -8,6 +8,7 @@
  * and the directory goes last, so after a crash at any point the directory is
  * what tells `start()`/`ensureAbsent()` there is something to clean up.
  */
+import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -21,7 +22,10 @@ import type { NicAttachment } from '../core/ports/network.js';
 import type { VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
 import { failedStep, runSteps } from '../core/steps.js';
-import { bootSteps, restoreSteps, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime } from './launch-steps.js';
+import { GuestLink } from './guest-link.js';
+import type { GuestAgentClient } from '../guest/index.js';
+import { sleep } from '../vmm/proc.js';
+import { bootSteps, restoreSteps, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -142,6 +146,7 @@ export class LocalAgent implements NodeAgent {
     if (r.reason) a.reason = r.reason;
     if (r.message) a.message = r.message;
     if (r.bootTimedOut && !r.ready) a.bootTimedOut = r.bootTimedOut.message;
+    if (r.agentVersion && r.inst) a.guestAgent = { version: r.agentVersion };
     if (r.attachments?.length) {
       a.ip = r.attachments[0]!.ip;
       a.interfaces = r.attachments.map((n) => ({ name: n.name, ip: n.ip, prefix: n.prefix, gateway: n.gateway, mac: n.mac, tap: n.tap }));
@@ -182,18 +187,45 @@ export class LocalAgent implements NodeAgent {
     return {
       env: this.options,
       snapshotDir: (id) => this.snapDir(id),
-      watch: (r, inst, t0, deadlineMs) => this.watch(r, inst, t0, deadlineMs),
-      reidentify: (vm, dir, atts) => this.reidentify(vm, dir, atts),
+      watch: (r, inst, t0, deadlineMs, opts) => this.watch(r, inst, t0, deadlineMs, opts),
+      reidentify: (vm, dir, atts, r) => this.reidentify(vm, dir, atts, r),
       started: (vm, inst, how) => this.emit({ id: vm.id, kind: 'started', message: `VMM ${how} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` }),
     };
   }
 
   /** Watch the console for the readiness marker and the VMM for its exit. */
-  private watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number): void {
+  private watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number, opts: WatchOptions = {}): void {
     r.stopWatch?.();
     r.bootTimedOut = undefined;
+    r.guest?.close();
+    r.guest = inst.guestChannel ? new GuestLink(inst.guestChannel, { client: `mvm-agent@${this.nodeName}` }) : undefined;
     let stopped = false;
     let deadline: NodeJS.Timeout | undefined;
+    const markReady = (how: string): void => {
+      if (r.ready || stopped || r.inst !== inst) return;
+      r.ready = true;
+      r.readyAt = new Date().toISOString();
+      if (r.bootMs && t0) r.bootMs.guestReady = Date.now() - t0;
+      clearTimeout(deadline);
+      r.bootTimedOut = undefined;
+      this.emit({ id: r.id, kind: 'ready', message: `guest ready (${how})${r.bootMs?.guestReady ? ` after ${r.bootMs.guestReady} ms` : ''}` });
+    };
+    r.markReady = markReady;
+    // Readiness from the guest agent's answer (and its first-boot setup); the console marker below
+    // stays the fallback for images without the agent. Restores are marked ready by their launch.
+    if (r.guest && opts.probeAgent !== false) {
+      const link = r.guest;
+      void (async () => {
+        try {
+          const client = await link.waitReady(Date.now() + (deadlineMs && deadlineMs > 0 ? deadlineMs : 24 * 3600_000), () => !stopped && r.inst === inst && !r.ready);
+          r.agentVersion = client.hello.version;
+          if (opts.setup) await this.firstBootSetup(client, opts.setup);
+          markReady(`guest agent ${client.hello.version}`);
+        } catch (e) {
+          if (!stopped && r.inst === inst && !r.ready) this.options.log.debug({ vm: r.id, err: (e as Error).message }, 'no guest agent');
+        }
+      })();
+    }
     const consolePath = inst.consolePath;
     let offset = 0;
     let carry = '';
@@ -210,13 +242,16 @@ export class LocalAgent implements NodeAgent {
             readSync(fd, buf, 0, buf.length, offset);
             offset = size;
             const text = carry + buf.toString('utf8');
-            if (text.includes(marker)) {
-              r.ready = true;
-              r.readyAt = new Date().toISOString();
-              if (r.bootMs && t0) r.bootMs.guestReady = Date.now() - t0;
-              clearTimeout(deadline);
-              r.bootTimedOut = undefined;
-              this.emit({ id: r.id, kind: 'ready', message: `guest ready${r.bootMs?.guestReady ? ` after ${r.bootMs.guestReady} ms` : ''}` });
+            // The marker says the guest booted; with a guest agent coming (or setup to do), it decides.
+            if (text.includes(marker) && (!opts.setup || !r.guest)) {
+              if (!r.guest || opts.markerFallbackMs === 0) markReady('readiness marker');
+              else {
+                // The agent normally answers within moments of the marker; an image without it never will.
+                const fallback = setTimeout(() => {
+                  if (!r.ready) markReady('readiness marker; no guest agent');
+                }, opts.markerFallbackMs ?? 3000);
+                fallback.unref();
+              }
               return;
             }
             carry = text.slice(-marker.length);
@@ -253,6 +288,8 @@ export class LocalAgent implements NodeAgent {
     void inst.exited.then((exit) => {
       if (r.inst !== inst) return;
       r.stopWatch?.();
+      r.guest?.close();
+      r.guest = undefined;
       r.inst = undefined;
       r.ready = false;
       if (r.stopping) {
@@ -281,6 +318,41 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
+  /**
+   * The VM's env and files, written by its guest agent before anything else runs: the guest init
+   * waits for /run/mvm-setup-done (kernel argument mvm.setup=1) before starting the workload.
+   */
+  private async firstBootSetup(client: GuestAgentClient, setup: NonNullable<WatchOptions['setup']>): Promise<void> {
+    const files = (setup.files ?? []).map((f) => ({ path: f.path, content: f.encoding === 'base64' ? Buffer.from(f.content, 'base64') : f.content, ...(f.mode !== undefined ? { mode: f.mode } : {}) }));
+    await client.setup({ ...(setup.env ? { env: setup.env } : {}), files });
+    const exports = Object.entries(setup.env ?? {})
+      .map(([k, v]) => `export ${k}='${v.replace(/'/g, `'\\''`)}'`)
+      .join('\n');
+    await client.writeFile('/run/mvm-env', exports ? exports + '\n' : '', { mode: 0o600 });
+    await client.writeFile('/run/mvm-setup-done', '', { mode: 0o644 });
+  }
+
+  /**
+   * The guest agent of a running VM on this node, connected (exec, files, port forwarding). 409
+   * when the VM does not run here; AGENT_UNAVAILABLE when its image has no agent or it does not answer.
+   */
+  async guest(vm: MicroVM | string): Promise<GuestAgentClient> {
+    const id = typeof vm === 'string' ? vm : vm.id;
+    const r = this.vms.get(id);
+    if (!r?.inst || (r.state !== 'running' && r.state !== 'paused')) {
+      throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is not running`, { details: { id, reason: 'NotRunning' } });
+    }
+    if (r.state === 'paused') throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is paused: resume it first`, { details: { id, reason: 'Paused' } });
+    if (!r.guest) throw agentUnavailable(id, 'its VMM has no guest agent channel');
+    try {
+      const c = await r.guest.get(3000);
+      r.agentVersion ??= c.hello.version;
+      return c;
+    } catch (e) {
+      throw agentUnavailable(id, (e as Error).message);
+    }
+  }
+
   /** The guest did not become ready in time: fail the VM (kill its VMM) or, by setting, only say so. */
   private bootDeadlinePassed(r: Runtime, inst: VmmInstance, deadlineMs: number): void {
     const tail = consoleTail(inst.consolePath, 800);
@@ -301,7 +373,16 @@ export class LocalAgent implements NodeAgent {
       r.stopping = true;
       const inst = r.inst;
       if (inst) {
-        await inst.stop(timeoutMs);
+        // A clean shutdown by the guest agent first (it syncs and powers off); then the VMM's own
+        // (ACPI power button / Ctrl-Alt-Del), then the kill.
+        const t0 = Date.now();
+        const client = r.guest?.current();
+        if (client && (await inst.state()) === 'running') {
+          const asked = await Promise.race([client.shutdown().then(() => true, () => false), sleep(1000).then(() => false)]);
+          if (asked) await Promise.race([inst.exited, sleep(Math.max(0, timeoutMs - (Date.now() - t0)))]);
+        }
+        const left = Math.max(500, timeoutMs - (Date.now() - t0));
+        if (!(await Promise.race([inst.exited.then(() => true), Promise.resolve(false)]))) await inst.stop(left);
         await inst.exited;
       } else {
         // Maybe a VMM we do not hold (e.g. adoption failed): find it by directory.
@@ -316,6 +397,8 @@ export class LocalAgent implements NodeAgent {
         }
       }
       r.stopWatch?.();
+      r.guest?.close();
+      r.guest = undefined;
       r.inst = undefined;
       r.ready = false;
       await this.options.cgroups.remove(id);
@@ -345,14 +428,39 @@ export class LocalAgent implements NodeAgent {
   }
 
   /** Type the new identity into the restored guest's serial shell. */
-  private async reidentify(vm: MicroVM, dir: string, atts: NicAttachment[]): Promise<void> {
+  /**
+   * A restored guest (a snapshot's clone, a template's clone) still carries its source's identity
+   * in memory: its guest agent sets this VM's host name, machine id, MAC and addresses, clock and
+   * RNG seed, and the guest is ready. Without an agent (snapshots of older images) the identity
+   * is typed into its serial shell instead.
+   */
+  private async reidentify(vm: MicroVM, dir: string, atts: NicAttachment[], r?: Runtime): Promise<void> {
+    const link = r?.guest;
+    if (link) {
+      try {
+        // A restored guest's agent is already running: Firecracker answers at once when nothing listens on its port.
+        const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message));
+        await client.identity({
+          hostname: vm.name,
+          machineId: machineIdOf(vm.id),
+          interfaces: atts.map((a, i) => ({ name: `eth${i}`, mac: a.mac, ip: a.ip, prefix: a.prefix, gateway: a.gateway, dns: a.dns })),
+          timeMs: Date.now(),
+          entropy: randomBytes(64),
+        });
+        r.agentVersion = client.hello.version;
+        r.markReady?.(`restored; identity set by guest agent ${client.hello.version}`);
+        return;
+      } catch (e) {
+        this.options.log.warn({ vm: vm.id, err: (e as Error).message }, 'the restored guest has no guest agent: typing its identity into the console');
+      }
+    }
     const cmds: string[] = [];
     atts.forEach((a, i) => {
       const dev = `eth${i}`;
       cmds.push(`ip link set ${dev} down`, `ip link set ${dev} address ${a.mac}`, `ip addr flush dev ${dev}`, `ip addr add ${a.ip}/${a.prefix} dev ${dev}`, `ip link set ${dev} up`);
       if (i === 0) cmds.push(`ip route replace default via ${a.gateway}`);
     });
-    cmds.push(`hostname ${vm.name}`, `echo ${vm.id.replace(/[^a-z0-9]/g, '').padEnd(32, '0').slice(0, 32)} > /etc/machine-id`);
+    cmds.push(`hostname ${vm.name}`, `echo ${machineIdOf(vm.id)} > /etc/machine-id`);
     // The quotes keep the typed line (echoed by the tty) from containing the marker itself.
     const line = `${cmds.join('; ')}; echo "${READY_MARKER}" "id=${vm.id}"\n`;
     // Firecracker: the console's input is a FIFO (its stdin) instead of a socket.
@@ -511,4 +619,16 @@ function consoleTail(path: string, n: number): string {
   } catch {
     return '';
   }
+}
+
+/** 409 AGENT_UNAVAILABLE: exec, files and port forwarding need the guest agent. */
+function agentUnavailable(id: string, why: string): MvmError {
+  return new MvmError(ErrorCodes.AGENT_UNAVAILABLE, `the guest agent of microVM ${id} is not available (${why}); exec, files and port forwarding need an image with the guest agent (the default image and every image the service builds from OCI carry it)`, {
+    details: { id, hint: 'rebuild the image with this service version, or use the console' },
+  });
+}
+
+/** A VM's machine id: 32 hex digits derived from its id (stable across restarts, distinct per VM). */
+function machineIdOf(id: string): string {
+  return createHash('sha256').update(id).digest('hex').slice(0, 32);
 }

@@ -52,6 +52,22 @@ export interface Runtime {
   lock: Promise<unknown>;
   /** The boot deadline passed before the guest was ready (killed: the VMM was killed for it). */
   bootTimedOut?: { message: string; killed: boolean };
+  /** The link to the guest agent of the running VMM. */
+  guest?: import('./guest-link.js').GuestLink;
+  /** The guest agent's version, once it answered. */
+  agentVersion?: string;
+  /** Marks the guest ready (set by the watcher of the running VMM). */
+  markReady?: (how: string) => void;
+}
+
+/** How the watcher of a launched VMM decides readiness. */
+export interface WatchOptions {
+  /** Ask the guest agent (default true); restores and clones are marked ready by their launch. */
+  probeAgent?: boolean;
+  /** First boot: the env and files the agent writes before the guest's workload starts. */
+  setup?: { env?: Record<string, string>; files?: MicroVM['spec']['files'] };
+  /** After the console marker, how long to wait for a guest agent before taking the marker (ms). */
+  markerFallbackMs?: number;
 }
 
 /** What one launch builds up, step by step. */
@@ -102,9 +118,9 @@ export interface LaunchDeps {
   /** The directory of a snapshot's files on this node. */
   snapshotDir(snapshotId: string): string;
   /** Start watching a launched VMM (readiness, exit, the boot deadline). */
-  watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number): void;
+  watch(r: Runtime, inst: VmmInstance, t0: number, deadlineMs?: number, opts?: WatchOptions): void;
   /** Give a restored guest this VM's identity, then let it announce readiness. */
-  reidentify(vm: MicroVM, dir: string, atts: NicAttachment[]): Promise<void>;
+  reidentify(vm: MicroVM, dir: string, atts: NicAttachment[], r: Runtime): Promise<void>;
   started(vm: MicroVM, inst: VmmInstance, how: 'started' | 'restored'): void;
 }
 
@@ -219,7 +235,8 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
         r.startedAt = new Date().toISOString();
         r.bootMs = { vmm: Date.now() - t0, guestReady: 0, ...(c.netMs !== undefined ? { network: c.netMs } : {}) };
         const own = c.vm.spec.lifecycle?.bootTimeout;
-        d.watch(r, c.inst, t0, own ? parseDurationMs(own, 'lifecycle.bootTimeout') : o.bootTimeoutMs);
+        const setup = !c.restoreFrom && (c.vm.spec.files?.length || Object.keys(c.vm.spec.env ?? {}).length) ? { env: c.vm.spec.env ?? {}, files: c.vm.spec.files ?? [] } : undefined;
+        d.watch(r, c.inst, t0, own ? parseDurationMs(own, 'lifecycle.bootTimeout') : o.bootTimeoutMs, { probeAgent: !c.restoreFrom, ...(c.restoreFrom ? { markerFallbackMs: 0 } : {}), ...(setup ? { setup } : {}) });
       },
       undo: async (c) => {
         await c.inst?.kill().catch(() => undefined);
@@ -255,7 +272,7 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
     // The restored guest still carries the source's identity in memory: give it this VM's
     // MAC, address, hostname and machine id, then let it announce readiness.
     name: 'reidentify',
-    run: (c) => d.reidentify(c.vm, c.dir, c.runtime.attachments ?? []),
+    run: (c) => d.reidentify(c.vm, c.dir, c.runtime.attachments ?? [], c.runtime),
   };
   const restored: Step<Launch> = {
     name: 'restore-done',
@@ -286,6 +303,8 @@ function launchSpec(c: Launch): LaunchSpec {
     `mvm.id=${vm.id}`,
     `mvm.name=${vm.name}`,
     rootfs.init ? `init=${rootfs.init}` : '',
+    // The init waits for the guest agent's first-boot setup (the VM's env and files) before its workload.
+    !c.restoreFrom && (vm.spec.files?.length || Object.keys(vm.spec.env ?? {}).length) ? 'mvm.setup=1' : '',
     c.netArgs,
     ...c.volumeArgs,
     vm.spec.kernel?.cmdline ?? '',

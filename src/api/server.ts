@@ -2,6 +2,7 @@
  * The REST gateway (seed §3.5.1): Fastify, schema-first with TypeBox, OpenAPI
  * generated from the same schemas, problem+json errors mapped once.
  */
+import websocket from '@fastify/websocket';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import AjvModule from 'ajv';
@@ -34,6 +35,7 @@ export interface ApiOptions {
   images?: import('../core/ports/images.js').ImageCatalog;
   volumes?: import('../core/volumes.js').VolumeService;
   templates?: import('../core/templates.js').TemplateService;
+  guest?: import('../core/guest.js').GuestService;
 }
 
 declare module 'fastify' {
@@ -46,6 +48,23 @@ declare module 'fastify' {
     callInfo?: CallInfo;
     mvmError?: MvmError;
     idempotencyScope?: string;
+    /** What the audit entry records beyond the call (exec: argv and exit code; never data). */
+    auditDetails?: Record<string, unknown>;
+  }
+}
+
+/**
+ * A WebSocket client cannot send headers from a browser: its bearer token may travel as the
+ * subprotocol `bearer.<base64url(token)>` beside `mvm.v1` (the one the server selects).
+ */
+export function bearerFromSubprotocols(header: string | string[] | undefined): string | undefined {
+  const all = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',').map((x) => x.trim());
+  const b = all.find((x) => x.startsWith('bearer.'));
+  if (!b) return undefined;
+  try {
+    return Buffer.from(b.slice('bearer.'.length), 'base64url').toString('utf8') || undefined;
+  } catch {
+    return undefined;
   }
 }
 
@@ -183,7 +202,11 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
       method: `${req.method} ${pattern ?? path}`,
       sourceIp: req.ip,
       ...(req.headers['user-agent'] ? { userAgent: req.headers['user-agent'] } : {}),
-      ...(req.headers.authorization ? { authorization: req.headers.authorization } : {}),
+      ...(req.headers.authorization
+        ? { authorization: req.headers.authorization }
+        : bearerFromSubprotocols(req.headers['sec-websocket-protocol'])
+          ? { authorization: `Bearer ${bearerFromSubprotocols(req.headers['sec-websocket-protocol'])}` }
+          : {}),
     };
     req.callInfo = info;
     const a = await gw.admit(op, info);
@@ -244,7 +267,17 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
       status: reply.statusCode,
       ...(e ? { code: e.code, reason: e.message } : {}),
       ...(resourceId ? { resourceId } : {}),
+      ...(req.auditDetails ? { details: req.auditDetails } : {}),
     });
+  });
+
+  // WebSocket routes (exec, process attach, port tunnels): the subprotocol mvm.v1 is selected;
+  // a `bearer.<token>` one (browsers) authenticates and is never echoed.
+  await app.register(websocket, {
+    options: {
+      maxPayload: 4 * 1024 * 1024,
+      handleProtocols: (protocols: Set<string>) => (protocols.has('mvm.v1') ? 'mvm.v1' : false),
+    },
   });
 
   await app.register(swagger, {
@@ -271,6 +304,18 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.images ? { images: o.images } : {}),
           ...(o.volumes ? { volumes: o.volumes } : {}),
           ...(o.templates ? { templates: o.templates } : {}),
+          ...(o.guest
+            ? {
+                guest: {
+                  guest: o.guest,
+                  // WebSocket execs are audited when they end (their reply is the socket).
+                  audit: async (req: FastifyRequest, out: { status: number; code?: string; reason?: string; details?: Record<string, unknown> }) => {
+                    if (!req.op || !req.callInfo) return;
+                    await gw.finish({ ...req.op, mutation: true }, req.callInfo, req.principal, { ...out, resourceId: (req.params as { id?: string }).id ?? '' });
+                  },
+                },
+              }
+            : {}),
         });
         api.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
       },

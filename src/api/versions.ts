@@ -19,6 +19,7 @@ import { registerVolumeRoutes } from './routes/volumes.js';
 import type { VolumeService } from '../core/volumes.js';
 import type { TemplateService } from '../core/templates.js';
 import { registerTemplateRoutes } from './routes/templates.js';
+import { registerGuestRoutes, type GuestRouteDeps } from './routes/guest.js';
 
 export interface VersionDeps {
   service: MicroVMService;
@@ -29,6 +30,7 @@ export interface VersionDeps {
   images?: ImageCatalog;
   volumes?: VolumeService;
   templates?: TemplateService;
+  guest?: GuestRouteDeps;
 }
 
 export interface ApiVersion {
@@ -48,6 +50,7 @@ export const API_VERSIONS: ApiVersion[] = [
       if (d.images) await registerImageRoutes(app, d.images);
       if (d.volumes) await registerVolumeRoutes(app, d.volumes);
       if (d.templates) await registerTemplateRoutes(app, d.templates);
+      if (d.guest) await registerGuestRoutes(app, d.guest);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);
       if (d.audit) await registerAuditRoutes(app, d.audit);
     },

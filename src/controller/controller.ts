@@ -182,6 +182,7 @@ export class Controller {
           v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'Stopped' }, now);
           v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason: 'Stopped' }, now);
           delete v.status.pid;
+          delete v.status.guestAgent;
           delete v.status.reason;
           delete v.status.message;
           delete v.status.ip;
@@ -293,6 +294,7 @@ export class Controller {
             x.status.message = actual.message ?? 'guest powered off';
             x.status.stoppedAt = now;
             delete x.status.pid;
+            delete x.status.guestAgent;
             delete x.status.ip;
             delete x.status.interfaces;
             x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'GuestShutdown' }, now);
@@ -312,6 +314,7 @@ export class Controller {
           x.status.reason = reason;
           x.status.message = message;
           delete x.status.pid;
+          delete x.status.guestAgent;
           delete x.status.ip;
           delete x.status.interfaces;
           x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason, message }, now);
@@ -345,6 +348,7 @@ export class Controller {
       vm.status.pid !== a.pid ||
       (a.bootMs && vm.status.bootMs?.guestReady !== a.bootMs.guestReady) ||
       vm.status.accel !== a.accel ||
+      vm.status.guestAgent?.version !== a.guestAgent?.version ||
       timedOut !== timedOutBefore;
     if (!needs) return;
     const v = await this.o.store.updateVm(vm.id, (x) => {
@@ -366,13 +370,15 @@ function applyActual(x: MicroVM, a: ActualVm, now: string): void {
   if (a.bootMs) x.status.bootMs = a.bootMs;
   if (a.ip) x.status.ip = a.ip;
   if (a.interfaces) x.status.interfaces = a.interfaces;
+  if (a.guestAgent) x.status.guestAgent = a.guestAgent;
+  else delete x.status.guestAgent;
   delete x.status.reason;
   delete x.status.message;
   x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'True', reason: 'Started', message: `pid ${a.pid}` }, now);
   x.status.conditions = setCondition(
     x.status.conditions,
     a.ready
-      ? { type: ConditionTypes.GuestReady, status: 'True', reason: 'MarkerSeen' }
+      ? { type: ConditionTypes.GuestReady, status: 'True', reason: a.guestAgent ? 'AgentReady' : 'MarkerSeen' }
       : a.bootTimedOut
         ? { type: ConditionTypes.GuestReady, status: 'False', reason: 'BootTimeout', message: a.bootTimedOut }
         : { type: ConditionTypes.GuestReady, status: 'False', reason: 'Booting' },

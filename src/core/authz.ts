@@ -26,6 +26,7 @@ export const SYSTEM_TENANT = 'default';
 export const PERMISSIONS = {
   'microvms:read': 'Read microVMs of the tenant: get, list, wait, console, metrics, events',
   'microvms:write': 'Create, update, start, stop and delete microVMs of the tenant',
+  'microvms:exec': 'Run commands in, copy files to and from, and connect to ports of the guests of the tenant\'s microVMs',
   'apikeys:read': 'List and read the API keys of the tenant (never their secrets)',
   'apikeys:write': 'Create and revoke API keys of the tenant',
   'securitygroups:read': 'Read security groups of the tenant',
@@ -37,7 +38,7 @@ export const PERMISSIONS = {
 export type Permission = keyof typeof PERMISSIONS;
 
 const VIEWER: Permission[] = ['microvms:read', 'securitygroups:read', 'tenants:read'];
-const MEMBER: Permission[] = [...VIEWER, 'microvms:write'];
+const MEMBER: Permission[] = [...VIEWER, 'microvms:write', 'microvms:exec'];
 const TENANT_ADMIN: Permission[] = [...MEMBER, 'apikeys:read', 'apikeys:write', 'securitygroups:write', 'audit:read'];
 
 export const ROLE_PERMISSIONS: Record<Role, readonly Permission[]> = {

@@ -20,6 +20,8 @@ export const ErrorCodes = {
   UNAVAILABLE: 'UNAVAILABLE',
   TIMEOUT: 'TIMEOUT',
   VM_FAILED: 'VM_FAILED',
+  /** exec, files, port forwarding: the VM's guest agent is not there or does not answer (409). */
+  AGENT_UNAVAILABLE: 'AGENT_UNAVAILABLE',
   INTERNAL: 'INTERNAL',
 } as const;
 

@@ -323,6 +323,7 @@ export const MicroVMStatus = Type.Object({
   readyAt: Type.Optional(Type.String({ format: 'date-time' })),
   stoppedAt: Type.Optional(Type.String({ format: 'date-time' })),
   bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number(), network: Type.Optional(Type.Number({ description: 'network set-up (CNI ADD to tap ready), ms' })) })),
+  guestAgent: Type.Optional(Type.Object({ version: Type.String() }, { description: 'the guest agent that answered in the running guest (exec, files, port forwarding)' })),
   observedGeneration: Type.Optional(Type.Integer()),
 });
 
@@ -553,6 +554,46 @@ export const Template = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
 });
 
+// ---------------------------------------------------------------- inside the guest (issue 13)
+
+const ExecFields = {
+  cmd: Type.Array(Type.String({ maxLength: 64 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv; cmd[0] is looked up in PATH' }),
+  env: Type.Optional(GuestEnv),
+  cwd: Type.Optional(Type.String({ maxLength: 4096, description: 'absolute working directory (default the user\'s home)' })),
+  user: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Integer({ minimum: 0 })], { description: 'guest user name or uid (default root)' })),
+  timeout: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'kill the command after this long (default 10m, at most 24h)' })),
+};
+export const ExecRequest = Type.Object(
+  {
+    ...ExecFields,
+    stdin: Type.Optional(Type.String({ maxLength: 8 * 1024 * 1024, description: 'fed to the command, then closed' })),
+    stdinEncoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')])),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 16 * 1024 * 1024, description: 'cap on stdout + stderr kept (default 1 MiB)' })),
+  },
+  { additionalProperties: false },
+);
+export const ExecResponse = Type.Object({
+  exitCode: Type.Integer({ description: '128+n when killed by signal n; 127: not found; 126: not executable' }),
+  signal: Type.Union([Type.String(), Type.Null()]),
+  timedOut: Type.Boolean({ description: 'the timeout killed it' }),
+  durationMs: Type.Number(),
+  stdout: Type.String(),
+  stderr: Type.String(),
+  truncated: Type.Boolean({ description: 'output beyond maxOutputBytes was dropped' }),
+});
+export const StartProcessRequest = Type.Object({ ...ExecFields, tag: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false });
+export const GuestFileStatSchema = Type.Object({
+  name: Type.String(),
+  path: Type.String(),
+  type: Type.String({ description: 'file, dir, symlink, fifo, socket, char, block or other' }),
+  size: Type.Integer(),
+  mode: Type.Integer({ description: 'permission bits' }),
+  mtimeMs: Type.Number(),
+  uid: Type.Integer(),
+  gid: Type.Integer(),
+  symlinkTarget: Type.Optional(Type.String()),
+});
+
 export type MicroVMSpecT = Static<typeof MicroVMSpec>;
 export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;
 export type UpdateMicroVMRequestT = Static<typeof UpdateMicroVMRequest>;
@@ -562,6 +603,9 @@ export type ConditionT = Static<typeof Condition>;
 export type VmMetricsT = Static<typeof VmMetrics>;
 export type SnapshotT = Static<typeof Snapshot>;
 export type CreateTemplateRequestT = Static<typeof CreateTemplateRequest>;
+export type ExecRequestT = Static<typeof ExecRequest>;
+export type ExecResponseT = Static<typeof ExecResponse>;
+export type StartProcessRequestT = Static<typeof StartProcessRequest>;
 export type TemplateT = Static<typeof Template>;
 export type TemplateVersionT = Static<typeof TemplateVersion>;
 export type SecurityGroupRequestT = Static<typeof SecurityGroupRequest>;

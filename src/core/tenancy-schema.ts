@@ -117,6 +117,7 @@ export const AuditEntry = Type.Object({
   status: Type.Integer({ description: 'HTTP status (gRPC calls: the HTTP status of the same error)' }),
   code: Type.Optional(Type.String()),
   reason: Type.Optional(Type.String()),
+  details: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'what the operation records beyond the call, e.g. an exec\'s argv and exit code (never its input or output)' })),
 });
 export const AuditList = Type.Object({ items: Type.Array(AuditEntry), next_cursor: Type.Optional(Type.String()) });
 

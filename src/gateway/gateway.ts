@@ -42,6 +42,8 @@ export interface Outcome {
   code?: string;
   reason?: string;
   resourceId?: string;
+  /** Recorded in the audit entry (exec: argv and exit code; never input or output). */
+  details?: Record<string, unknown>;
 }
 
 export interface GatewayOptions {
@@ -119,6 +121,7 @@ export class Gateway {
       status: out.status,
       ...(out.code ? { code: out.code } : {}),
       ...(out.reason ? { reason: out.reason.slice(0, 500) } : {}),
+      ...(out.details ? { details: out.details } : {}),
     });
   }
 

@@ -60,6 +60,21 @@ const DEFS: Record<string, Def> = {
   'openapi.get': { permission: 'public', mutation: false, rest: 'GET /api/v1/openapi.json' },
   'microvms.pause': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/pause' },
   'microvms.resume': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/resume' },
+  'guest.exec': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/exec', note: 'audited with argv and exit code; never stdin or output' },
+  'guest.execStream': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/exec', note: 'WebSocket; audited with argv and exit code when it ends' },
+  'guest.processStart': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/processes' },
+  'guest.processList': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/processes' },
+  'guest.processSignal': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/processes/:processId/signal' },
+  'guest.processAttach': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/processes/:processId/attach', note: 'WebSocket' },
+  'guest.fileStat': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/files/stat' },
+  'guest.fileGet': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/files' },
+  'guest.filePut': { permission: 'microvms:exec', mutation: true, rest: 'PUT /api/v1/microvms/:id/files' },
+  'guest.fileMkdir': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/files/mkdir' },
+  'guest.fileMove': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/files/move' },
+  'guest.fileDelete': { permission: 'microvms:exec', mutation: true, rest: 'DELETE /api/v1/microvms/:id/files' },
+  'guest.portConnect': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/ports/:port/connect', note: 'WebSocket TCP tunnel' },
+  'guest.proxy': { permission: 'microvms:exec', mutation: false, rest: '* /api/v1/microvms/:id/proxy/:port' },
+  'guest.proxyPath': { permission: 'microvms:exec', mutation: false, rest: '* /api/v1/microvms/:id/proxy/:port/*' },
   'templates.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/templates' },
   'templates.create': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/templates', note: 'admins may pass ?tenant=' },
   'templates.get': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/templates/:id' },
@@ -96,7 +111,8 @@ const BY_ROUTE = new Map(Object.values(OPERATIONS).filter((o) => o.rest).map((o)
 const BY_RPC = new Map(Object.values(OPERATIONS).filter((o) => o.grpc).map((o) => [o.grpc!, o]));
 
 export function operationForRoute(method: string, pattern: string): Operation | undefined {
-  return BY_ROUTE.get(`${method} ${pattern}`);
+  // `* /pattern`: every method of a route registered with app.all (the proxy to guest ports).
+  return BY_ROUTE.get(`${method} ${pattern}`) ?? BY_ROUTE.get(`* ${pattern}`);
 }
 
 export function operationForRpc(name: string): Operation {

@@ -23,6 +23,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   UNAVAILABLE: 503,
   TIMEOUT: 408,
   VM_FAILED: 409,
+  AGENT_UNAVAILABLE: 409,
   INTERNAL: 500,
 };
 

@@ -244,6 +244,7 @@ export function statusToProto(vm: MicroVM): PbStatus {
     startedAt: st.startedAt ?? '',
     readyAt: st.readyAt ?? '',
     ready: st.conditions.some((c) => c.type === 'GuestReady' && c.status === 'True'),
+    guestAgentVersion: st.guestAgent?.version ?? '',
   };
 }
 

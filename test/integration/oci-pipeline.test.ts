@@ -142,7 +142,9 @@ describe('pull + build + cache', () => {
     assert.equal(e.cacheHit, false);
     assert.equal(pulls.length, 1);
     assert.match(e.digest, /^sha256:[0-9a-f]{64}$/);
-    assert.equal(e.rootfsPath, join(cacheDir, 'oci', e.digest.replace(':', '-'), 'rootfs.ext4'));
+    // one directory per image digest and builder (builder version, init script, guest agent)
+    assert.ok(e.rootfsPath.startsWith(join(cacheDir, 'oci', `${e.digest.replace(':', '-')}-`)), e.rootfsPath);
+    assert.match(e.rootfsPath, /-[0-9a-f]{8}\/rootfs\.ext4$/);
     assert.deepEqual(e.config, { entrypoint: ['/app/run.sh'], cmd: ['--flag', "it's quoted"], env: ['FOO=bar baz', 'PATH=/bin'], workingDir: '/app', user: '' });
     assert.deepEqual(e.process.args, ['/app/run.sh', '--flag', "it's quoted"]);
     assert.equal(e.process.cwd, '/app');
@@ -168,7 +170,7 @@ describe('pull + build + cache', () => {
     await execFileP('/bin/busybox', ['sh', '-n', join(work, 'dump1', '.mvm/init')]);
     await execFileP('/bin/busybox', ['sh', '-n', join(work, 'dump1', '.mvm/run')]);
     // the generated launcher really runs the process with exactly the image env
-    const { stdout } = await execFileP('/bin/busybox', ['sh', '-c', run.replace(/\/\.mvm\/busybox env -i/, '/bin/busybox env -i').replace("cd '/app'", `cd '${join(work, 'dump1', 'app')}'`).replace("'/app/run.sh'", `'${join(work, 'dump1', 'app/run.sh')}'`)], {
+    const { stdout } = await execFileP('/bin/busybox', ['sh', '-c', run.replace(/\/\.mvm\/busybox/g, '/bin/busybox').replace("cd '/app'", `cd '${join(work, 'dump1', 'app')}'`).replace("'/app/run.sh'", `'${join(work, 'dump1', 'app/run.sh')}'`)], {
       env: { PATH: '/bin:/usr/bin', NOT_PASSED: '1' },
     });
     assert.equal(stdout, "app: bar baz --flag it's quoted\n");

@@ -6,6 +6,7 @@
  */
 import type { MicroVM } from '../microvm.js';
 import type { MicroVMSpecT, VmMetricsT } from '../schema.js';
+import type { GuestSession } from './guest.js';
 import type { Taint } from '../placement.js';
 
 export type { Taint } from '../placement.js';
@@ -25,6 +26,8 @@ export interface ActualVm {
   startedAt?: string;
   readyAt?: string;
   bootMs?: { vmm: number; guestReady: number; network?: number };
+  /** The guest agent that answered in the running guest. */
+  guestAgent?: { version: string };
   /** The boot deadline passed and the guest is still not ready (the service keeps such VMs by setting). */
   bootTimedOut?: string;
   /** Why the VM failed (state=failed). */
@@ -110,6 +113,11 @@ export interface NodeAgent {
    * store under `snapshotId`. The VM ends in the state it was in (running or paused).
    */
   snapshot(id: string, snapshotId: string): Promise<{ sizeBytes: number; driver: string; durationMs: number }>;
+  /**
+   * The guest agent of a VM running on this node (exec, files, port forwarding): 409
+   * ILLEGAL_TRANSITION when it does not run, AGENT_UNAVAILABLE when its guest has no agent.
+   */
+  guest?(vm: MicroVM): Promise<GuestSession>;
   /** Why this node cannot restore the snapshot (its files, driver, VMM version, jailing), or undefined. */
   restoreRefusal?(snapshotId: string): Promise<string | undefined>;
   /**

@@ -128,10 +128,11 @@ export function runScript(p: GuestProcessSpec): string {
   const env = p.env.map(shq).join(' ');
   if (p.uid !== 0 && p.userName) {
     // busybox su keeps the environment with -p; $0/$@ carry the argv unchanged
-    lines.push(`exec /.mvm/busybox env -i ${env} /.mvm/busybox su -p -s /.mvm/bin/sh ${shq(p.userName)} -c 'exec "$0" "$@"' ${p.args.map(shq).join(' ')}`);
+    lines.push(`exec /.mvm/busybox env -i ${env} /.mvm/busybox su -p -s /.mvm/bin/sh ${shq(p.userName)} -c '[ -r /run/mvm-env ] && . /run/mvm-env; exec "$0" "$@"' ${p.args.map(shq).join(' ')}`);
   } else {
     if (p.uid !== 0) lines.push(`echo "mvm-init: warning: uid ${p.uid} has no /etc/passwd entry; running as root"`);
-    lines.push(`exec /.mvm/busybox env -i ${env} ${p.args.map(shq).join(' ')}`);
+    // The VM's own env (written by the guest agent at first boot) over the image's.
+    lines.push(`exec /.mvm/busybox env -i ${env} /.mvm/busybox sh -c '[ -r /run/mvm-env ] && . /run/mvm-env; exec "$0" "$@"' ${p.args.map(shq).join(' ')}`);
   }
   return lines.join('\n') + '\n';
 }

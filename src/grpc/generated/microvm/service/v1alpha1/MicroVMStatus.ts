@@ -19,6 +19,10 @@ export interface MicroVMStatus {
    * The GuestReady condition is True.
    */
   'ready'?: (boolean);
+  /**
+   * The version of the guest agent that answered in the guest; empty: none (yet).
+   */
+  'guestAgentVersion'?: (string);
 }
 
 export interface MicroVMStatus__Output {
@@ -37,4 +41,8 @@ export interface MicroVMStatus__Output {
    * The GuestReady condition is True.
    */
   'ready': (boolean);
+  /**
+   * The version of the guest agent that answered in the guest; empty: none (yet).
+   */
+  'guestAgentVersion': (string);
 }
