@@ -16,8 +16,8 @@ import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
-import { memoryMiB, type MicroVM } from '../core/microvm.js';
-import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../core/ports/agent.js';
+import { memoryMiB, parseDurationMs, type MicroVM } from '../core/microvm.js';
+import type { ActualVm, AgentEvent, NodeAgent, NodeInfo, TemplateBuildResult, TemplateBuildSpec } from '../core/ports/agent.js';
 import type { NicAttachment } from '../core/ports/network.js';
 import type { VmmInstance } from '../core/ports/vmm.js';
 import type { VmMetricsT } from '../core/schema.js';
@@ -25,7 +25,7 @@ import { failedStep, runSteps } from '../core/steps.js';
 import { GuestLink } from './guest-link.js';
 import type { GuestAgentClient } from '../guest/index.js';
 import { sleep } from '../vmm/proc.js';
-import { bootSteps, restoreSteps, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
+import { bootSteps, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -35,6 +35,8 @@ export interface AgentOptions extends LaunchEnv {
   dataDir: string;
   log: Logger;
   labels?: Record<string, string>;
+  /** Where template RAM files live (default /dev/shm/mvm-<hash of dataDir>/templates). */
+  templateMemoryDir?: string;
 }
 
 export class LocalAgent implements NodeAgent {
@@ -42,6 +44,8 @@ export class LocalAgent implements NodeAgent {
   private readonly vms = new Map<string, Runtime>();
   private readonly events = new EventEmitter();
   private readonly vmsRoot: string;
+  /** VMs building a template: internal to this agent, invisible to the controller (no microVM of the store owns them). */
+  private readonly building = new Set<string>();
 
   constructor(private readonly options: AgentOptions) {
     this.nodeName = options.nodeName;
@@ -127,10 +131,12 @@ export class LocalAgent implements NodeAgent {
     for (const [id, r] of this.vms) if (r.inst || r.state !== 'absent') ids.add(id);
     for (const p of await this.options.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
     for (const id of (await this.options.network?.list()) ?? []) ids.add(id);
-    return [...ids];
+    // A build under way is the template service's; after a crash its leftovers are ordinary orphans.
+    return [...ids].filter((id) => !this.building.has(id));
   }
 
   observe(id: string): ActualVm {
+    if (this.building.has(id)) return { id, state: 'absent', ready: false };
     const r = this.vms.get(id);
     if (!r) return { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false };
     const a: ActualVm = { id, state: r.state, ready: r.ready };
@@ -159,11 +165,15 @@ export class LocalAgent implements NodeAgent {
    * (launch-steps.ts); a failure leaves the VM `failed` with the step that failed, and nothing running.
    */
   ensureRunning(vm: MicroVM): Promise<ActualVm> {
+    return this.start1(vm);
+  }
+
+  private start1(vm: MicroVM, extra: Pick<Launch, 'memoryFile'> = {}): Promise<ActualVm> {
     return this.serial(vm.id, async (r) => {
       if (r.inst && (r.state === 'running' || r.state === 'starting' || r.state === 'paused')) return this.observe(vm.id);
       const dir = this.vmDir(vm.id);
       const steps = wantsRestore(vm, dir) ? restoreSteps(this.launchDeps) : bootSteps(this.launchDeps);
-      const launch = { vm, runtime: r, dir } as Launch;
+      const launch = { vm, runtime: r, dir, ...extra } as Launch;
       try {
         await runSteps(`start of ${vm.id}`, steps, launch, {
           onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a launch step failed'),
@@ -448,6 +458,10 @@ export class LocalAgent implements NodeAgent {
           entropy: randomBytes(64),
         });
         r.agentVersion = client.hello.version;
+        // A template's clone gets its own env and files once it has its identity.
+        if (vm.spec.source?.template && (vm.spec.files?.length || Object.keys(vm.spec.env ?? {}).length)) {
+          await this.firstBootSetup(client, { env: vm.spec.env ?? {}, files: vm.spec.files ?? [] });
+        }
         r.markReady?.(`restored; identity set by guest agent ${client.hello.version}`);
         return;
       } catch (e) {
@@ -522,6 +536,166 @@ export class LocalAgent implements NodeAgent {
       r.state = wasPaused ? 'paused' : 'running';
       return { sizeBytes: dirSize(dir), driver: inst.driver, durationMs };
     });
+  }
+
+  /** Where template RAM files live: tmpfs (the clones map them privately; a host reboot empties it). */
+  private templateMemoryDir(): string {
+    return this.options.templateMemoryDir ?? join('/dev/shm', `mvm-${createHash('sha256').update(this.options.dataDir).digest('hex').slice(0, 8)}`, 'templates');
+  }
+
+  /**
+   * Build one template version (ADR 0021): boot with the guest RAM in a shared tmpfs file, wait
+   * until the guest agent answered (and wrote env/files), the readiness command holds, run the
+   * command, snapshot the device state and disk into the snapshot store with the RAM kept as the
+   * frozen file, then discard the VM. A failure names its step, carries the console tail, and
+   * leaves nothing of the build behind.
+   */
+  async buildTemplate(spec: TemplateBuildSpec): Promise<TemplateBuildResult> {
+    const filesId = templateFilesId(spec.templateId, spec.version);
+    const vmId = `build-${filesId}`;
+    const memDir = this.templateMemoryDir();
+    const memPath = join(memDir, `${filesId}.ram`);
+    const filesDir = this.snapDir(filesId);
+    const now = new Date().toISOString();
+    const vm: MicroVM = {
+      id: vmId,
+      name: `tpl-${spec.name}`.slice(0, 63).replace(/-+$/, ''),
+      tenant: spec.tenant,
+      spec: {
+        vcpu: spec.vcpu,
+        memory: spec.memory,
+        labels: { 'microvm.service/template': spec.templateId },
+        ...(spec.kernel ? { kernel: spec.kernel } : {}),
+        ...(spec.rootfs && Object.keys(spec.rootfs).length ? { rootfs: spec.rootfs } : {}),
+        ...(spec.env ? { env: spec.env } : {}),
+        ...(spec.files ? { files: spec.files } : {}),
+      },
+      desiredState: 'Running',
+      status: { phase: 'Pending', conditions: [] },
+      generation: 1,
+      resourceVersion: '1',
+      createdAt: now,
+      updatedAt: now,
+    } as MicroVM;
+    const deadline = Date.now() + spec.bootTimeoutMs;
+    const timings: Array<{ name: string; ms: number }> = [];
+    let client: GuestAgentClient | undefined;
+    const timed = <T>(name: string, f: () => Promise<T>): Promise<T> => {
+      const t0 = Date.now();
+      return f().finally(() => timings.push({ name, ms: Date.now() - t0 }));
+    };
+    const execOk = async (cmd: string[], timeoutMs: number): Promise<{ exitCode: number; stderr: string; stdout: string }> => {
+      const r = await client!.execBuffered({ cmd, timeoutMs: Math.max(1000, timeoutMs) });
+      return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+    };
+    this.building.add(vmId);
+    try {
+      await runSteps(`build of template ${spec.name} version ${spec.version}`, [
+        {
+          name: 'boot',
+          run: () =>
+            timed('boot', async () => {
+              mkdirSync(memDir, { recursive: true });
+              rmSync(memPath, { force: true });
+              await this.start1(vm, { memoryFile: { path: memPath, shared: true } });
+            }),
+        },
+        {
+          name: 'guest-agent',
+          run: () =>
+            timed('guest-agent', async () => {
+              const r = this.runtimeOf(vmId);
+              while (!r.ready) {
+                if (!r.inst) throw new MvmError(ErrorCodes.VMM_ERROR, `the template's VM stopped during its boot: ${r.message ?? r.reason ?? 'exited'}`);
+                if (Date.now() > deadline) throw new MvmError(ErrorCodes.TIMEOUT, `the template's guest was not ready within ${Math.round(spec.bootTimeoutMs / 1000)} s`);
+                await sleep(50);
+              }
+              if (!r.agentVersion) throw new MvmError(ErrorCodes.AGENT_UNAVAILABLE, 'a template needs an image with the guest agent (its clones get their identity through it)');
+              client = await this.guest(vmId);
+            }),
+        },
+        {
+          name: 'readiness',
+          when: () => 'command' in spec.readiness,
+          run: () =>
+            timed('readiness', async () => {
+              const ready = spec.readiness as { command: string[]; timeout?: string };
+              const until = Math.min(deadline, Date.now() + (ready.timeout ? parseDurationMs(ready.timeout, 'readiness.timeout') : 60_000));
+              let last = '';
+              for (;;) {
+                const r = await execOk(ready.command, until - Date.now());
+                if (r.exitCode === 0) return;
+                last = `exit ${r.exitCode}${r.stderr ? `: ${r.stderr.trim().slice(-300)}` : ''}`;
+                if (Date.now() + 500 > until) throw new MvmError(ErrorCodes.TIMEOUT, `the readiness command ${JSON.stringify(ready.command)} never exited 0 (last: ${last})`);
+                await sleep(500);
+              }
+            }),
+        },
+        {
+          name: 'command',
+          when: () => (spec.command?.length ?? 0) > 0,
+          run: () =>
+            timed('command', async () => {
+              const r = await execOk(spec.command!, deadline - Date.now());
+              if (r.exitCode !== 0) throw new MvmError(ErrorCodes.VMM_ERROR, `the template's command ${JSON.stringify(spec.command)} exited ${r.exitCode}${r.stderr ? `: ${r.stderr.trim().slice(-500)}` : ''}`);
+            }),
+        },
+        {
+          name: 'snapshot',
+          run: () =>
+            timed('snapshot', async () => {
+              const inst = this.runtimeOf(vmId).inst;
+              if (!inst?.snapshot) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${this.options.driver.name} cannot snapshot a template`);
+              // Quiesce the guest's disk writes, then the device state; the RAM stays as the frozen file.
+              await execOk(['sync'], 30_000).catch(() => undefined);
+              rmSync(filesDir, { recursive: true, force: true });
+              mkdirSync(filesDir, { recursive: true });
+              await inst.pause?.();
+              await inst.snapshot(filesDir, { memoryTo: memPath });
+            }),
+        },
+        {
+          name: 'discard',
+          run: () => timed('discard', () => this.ensureAbsent(vmId)),
+        },
+      ], {}, {});
+    } catch (e) {
+      const err = asMvmError(e, ErrorCodes.VMM_ERROR);
+      const step = (failedStep(err) ?? 'unknown').split('.')[0]!;
+      const tail = consoleTail(join(this.vmDir(vmId), 'console.log'), 1200);
+      await this.ensureAbsent(vmId).catch(() => undefined);
+      rmSync(filesDir, { recursive: true, force: true });
+      rmSync(memPath, { force: true });
+      const cause = asMvmError(err.cause ?? err, err.code);
+      throw new MvmError(cause.code, `step ${step}: ${cause.message}`, { cause: e, details: { ...cause.details, step, ...(tail ? { consoleTail: tail } : {}) } });
+    } finally {
+      this.building.delete(vmId);
+    }
+    return {
+      node: this.nodeName,
+      driver: this.options.driver.name,
+      memoryBytes: statSync(memPath).blocks * 512,
+      diskBytes: dirSize(filesDir),
+      timings,
+    };
+  }
+
+  async deleteTemplate(templateId: string, version?: number): Promise<void> {
+    const memDir = this.templateMemoryDir();
+    const snaps = join(this.options.dataDir, 'snapshots');
+    const match = (name: string): boolean => (version === undefined ? name.startsWith(`${templateId}-v`) : name === templateFilesId(templateId, version) || name === `${templateFilesId(templateId, version)}.ram`);
+    for (const dir of [snaps, memDir]) {
+      if (!existsSync(dir)) continue;
+      for (const name of readdirSync(dir)) if (match(name)) rmSync(join(dir, name), { recursive: true, force: true });
+    }
+    for (const id of this.dirIds()) {
+      if (id.startsWith(`build-${templateId}-v`) && (version === undefined || id === `build-${templateFilesId(templateId, version)}`)) await this.ensureAbsent(id);
+    }
+  }
+
+  async hasTemplate(templateId: string, version: number): Promise<boolean> {
+    const id = templateFilesId(templateId, version);
+    return existsSync(join(this.snapDir(id), 'snapshot.json')) && existsSync(join(this.templateMemoryDir(), `${id}.ram`));
   }
 
   async restoreRefusal(snapshotId: string): Promise<string | undefined> {

@@ -80,6 +80,8 @@ export interface Launch {
   cgroupProcs: string[];
   root: DriveSpec;
   restoreFrom?: SnapshotFiles;
+  /** Guest RAM as a file (a template's build: shared, so its snapshot keeps the RAM where it is). */
+  memoryFile?: LaunchSpec['memoryFile'];
   nics: LaunchSpec['nics'];
   netArgs: string;
   netnsPath?: string;
@@ -256,9 +258,15 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
   const restoreDisk: Step<Launch> = {
     name: 'restore-disk',
     run: async (c) => {
-      const snapshotId = c.vm.spec.source!.snapshot!;
+      const snapshotId = restoreSourceOf(c.vm)!;
       const dir = d.snapshotDir(snapshotId);
-      if (!existsSync(dir)) throw new MvmError(ErrorCodes.IMAGE_ERROR, `snapshot ${snapshotId} has no files on node ${o.nodeName}`);
+      if (!existsSync(dir) || !existsSync(join(dir, 'snapshot.json'))) {
+        const t = c.vm.spec.source?.template;
+        throw new MvmError(
+          ErrorCodes.IMAGE_ERROR,
+          t ? `template ${t.id} version ${t.version} has no files on node ${o.nodeName} (a host reboot empties tmpfs, or it was deleted): rebuild the template` : `snapshot ${snapshotId} has no files on node ${o.nodeName}`,
+        );
+      }
       if (!o.driver.prepareRestoreDisk || !o.driver.snapshotFiles) {
         throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${o.driver.name} cannot restore snapshots`);
       }
@@ -286,9 +294,22 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
  * marker RESTORE_PENDING is there, or its disk does not exist yet); later starts boot its own disk.
  */
 export function wantsRestore(vm: MicroVM, dir: string): boolean {
-  if (!vm.spec.source?.snapshot) return false;
+  if (!restoreSourceOf(vm)) return false;
   if (existsSync(join(dir, RESTORE_PENDING))) return true;
   return !existsSync(join(dir, 'root.qcow2')) && !existsSync(join(dir, 'root.raw'));
+}
+
+/** The files of a template version on a node sit in its snapshot store under this id. */
+export function templateFilesId(templateId: string, version: number): string {
+  return `${templateId}-v${version}`;
+}
+
+/** The snapshot-store id a VM made from a snapshot or a template restores from (undefined: it boots). */
+export function restoreSourceOf(vm: MicroVM): string | undefined {
+  const src = vm.spec.source;
+  if (src?.snapshot) return src.snapshot;
+  if (src?.template) return templateFilesId(src.template.id, src.template.version);
+  return undefined;
 }
 
 function launchSpec(c: Launch): LaunchSpec {
@@ -325,6 +346,7 @@ function launchSpec(c: Launch): LaunchSpec {
     cgroupProcs: c.cgroupProcs,
     ...(c.netnsPath ? { netnsPath: c.netnsPath } : {}),
     ...(c.restoreFrom ? { restoreFrom: c.restoreFrom } : {}),
+    ...(c.memoryFile && !c.restoreFrom ? { memoryFile: c.memoryFile } : {}),
     guestAgent: true,
   };
 }

@@ -5,6 +5,7 @@
 import type { CreateMicroVMRequestT, MicroVMT, PhaseT, UpdateMicroVMRequestT, VmMetricsT } from '../core/schema.js';
 import type { CreateVolumeRequestT, VolumeSnapshotT, VolumeT } from '../core/schema.js';
 import type { SecurityGroupRequestT, SecurityGroupT, SecurityGroupUpdateT, SnapshotT } from '../core/schema.js';
+import type { CreateTemplateRequestT, TemplateT } from '../core/schema.js';
 import type { ApiKeyT, AuditEntryT, CreateApiKeyRequestT, CreateTenantRequestT, TenantT, TenantUsageT, UpdateTenantRequestT } from '../core/tenancy-schema.js';
 import type { AuditQuery } from '../core/ports/audit.js';
 import type { CachedImage, ImageGcResult } from '../core/ports/images.js';
@@ -310,6 +311,28 @@ export class MvmClient {
 
   async deleteSnapshot(id: string): Promise<void> {
     await this.#json<undefined>('DELETE', `/snapshots/${enc(id)}`);
+  }
+
+  // ---- templates ---------------------------------------------------------
+
+  createTemplate(req: CreateTemplateRequestT): Promise<TemplateT> {
+    return this.#json<TemplateT>('POST', '/templates', { body: req });
+  }
+
+  listTemplates(): Promise<{ items: TemplateT[] }> {
+    return this.#json<{ items: TemplateT[] }>('GET', '/templates');
+  }
+
+  getTemplate(id: string): Promise<TemplateT> {
+    return this.#json<TemplateT>('GET', `/templates/${enc(id)}`);
+  }
+
+  rebuildTemplate(id: string): Promise<TemplateT> {
+    return this.#json<TemplateT>('POST', `/templates/${enc(id)}/rebuild`);
+  }
+
+  async deleteTemplate(id: string): Promise<void> {
+    await this.#json<undefined>('DELETE', `/templates/${enc(id)}`);
   }
 
   // ---- security groups ---------------------------------------------------

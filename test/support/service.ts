@@ -147,6 +147,8 @@ export async function destroyDataDir(dataDir: string): Promise<void> {
       }
     }
   }
+  // Template RAM files on tmpfs (the agent's default place for this data dir).
+  rmSync(join('/dev/shm', `mvm-${createHash('sha256').update(dataDir).digest('hex').slice(0, 8)}`), { recursive: true, force: true });
   rmSync(dataDir, { recursive: true, force: true });
 }
 

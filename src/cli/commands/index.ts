@@ -5,6 +5,7 @@ import { registerAuditCommand } from './audit.js';
 import { registerImageCommands } from './image.js';
 import { registerSecurityGroupCommands } from './security-group.js';
 import { registerSnapshotCommands } from './snapshot.js';
+import { registerTemplateCommands } from './template.js';
 import { registerTenantCommands } from './tenant.js';
 import { registerVolumeCommands } from './volume.js';
 
@@ -13,6 +14,7 @@ export type { About, CommandContext, CommandGroupDeps } from './common.js';
 export function registerCommandGroups(deps: CommandGroupDeps): void {
   registerVolumeCommands(deps);
   registerSnapshotCommands(deps);
+  registerTemplateCommands(deps);
   registerSecurityGroupCommands(deps);
   registerTenantCommands(deps);
   registerApiKeyCommands(deps);
