@@ -232,7 +232,10 @@ export class LocalAgent implements NodeAgent {
           if (opts.setup) await this.firstBootSetup(client, opts.setup);
           markReady(`guest agent ${client.hello.version}`);
         } catch (e) {
-          if (!stopped && r.inst === inst && !r.ready) this.options.log.debug({ vm: r.id, err: (e as Error).message }, 'no guest agent');
+          if (!stopped && r.inst === inst && !r.ready) {
+            if (r.agentVersion) this.options.log.warn({ vm: r.id, err: (e as Error).message }, 'the guest agent answered but its first-boot setup (env, files) failed');
+            else this.options.log.debug({ vm: r.id, err: (e as Error).message }, 'no guest agent');
+          }
         }
       })();
     }
@@ -465,6 +468,10 @@ export class LocalAgent implements NodeAgent {
         r.markReady?.(`restored; identity set by guest agent ${client.hello.version}`);
         return;
       } catch (e) {
+        if (r.agentVersion || !/nothing listens|not available|timed out|DISCONNECTED/i.test((e as Error).message)) {
+          // The agent answered but the identity or the clone's setup failed: that is the error, not a missing agent.
+          throw new MvmError(ErrorCodes.VMM_ERROR, `the restored guest's agent could not set its identity or files: ${(e as Error).message}`, { cause: e });
+        }
         this.options.log.warn({ vm: vm.id, err: (e as Error).message }, 'the restored guest has no guest agent: typing its identity into the console');
       }
     }
@@ -580,6 +587,7 @@ export class LocalAgent implements NodeAgent {
     const deadline = Date.now() + spec.bootTimeoutMs;
     const timings: Array<{ name: string; ms: number }> = [];
     let client: GuestAgentClient | undefined;
+    let result: TemplateBuildResult | undefined;
     const timed = <T>(name: string, f: () => Promise<T>): Promise<T> => {
       const t0 = Date.now();
       return f().finally(() => timings.push({ name, ms: Date.now() - t0 }));
@@ -595,6 +603,9 @@ export class LocalAgent implements NodeAgent {
           name: 'boot',
           run: () =>
             timed('boot', async () => {
+              if (this.options.driver.name !== 'qemu') {
+                throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `templates are built with the qemu driver only for now; this node runs ${this.options.driver.name} (ADR 0021)`);
+              }
               mkdirSync(memDir, { recursive: true });
               rmSync(memPath, { force: true });
               await this.start1(vm, { memoryFile: { path: memPath, shared: true } });
@@ -620,7 +631,7 @@ export class LocalAgent implements NodeAgent {
           run: () =>
             timed('readiness', async () => {
               const ready = spec.readiness as { command: string[]; timeout?: string };
-              const until = Math.min(deadline, Date.now() + (ready.timeout ? parseDurationMs(ready.timeout, 'readiness.timeout') : 60_000));
+              const until = Math.min(deadline, Date.now() + (ready.timeout ? parseDurationMs(ready.timeout, 'readiness.timeout') : 120_000));
               let last = '';
               for (;;) {
                 const r = await execOk(ready.command, until - Date.now());
@@ -658,6 +669,12 @@ export class LocalAgent implements NodeAgent {
           name: 'discard',
           run: () => timed('discard', () => this.ensureAbsent(vmId)),
         },
+        {
+          name: 'measure',
+          run: () => {
+            result = { node: this.nodeName, driver: this.options.driver.name, memoryBytes: statSync(memPath).blocks * 512, diskBytes: dirSize(filesDir), timings };
+          },
+        },
       ], {}, {});
     } catch (e) {
       const err = asMvmError(e, ErrorCodes.VMM_ERROR);
@@ -671,13 +688,7 @@ export class LocalAgent implements NodeAgent {
     } finally {
       this.building.delete(vmId);
     }
-    return {
-      node: this.nodeName,
-      driver: this.options.driver.name,
-      memoryBytes: statSync(memPath).blocks * 512,
-      diskBytes: dirSize(filesDir),
-      timings,
-    };
+    return result!;
   }
 
   async deleteTemplate(templateId: string, version?: number): Promise<void> {

@@ -547,7 +547,7 @@ export const Template = Type.Object({
   name: Type.String(),
   tenant: Type.String(),
   spec: Type.Omit(CreateTemplateRequest, ['name']),
-  phase: Type.Union([Type.Literal('Building'), Type.Literal('Ready'), Type.Literal('Failed')], { description: 'of the latest version' }),
+  phase: Type.Union([Type.Literal('Building'), Type.Literal('Ready'), Type.Literal('Failed'), Type.Literal('Lost')], { description: 'of the latest version (Lost: its files are gone from the node; rebuild)' }),
   /** The latest Ready version (what `template: name` clones), when there is one. */
   readyVersion: Type.Optional(Type.Integer()),
   versions: Type.Array(TemplateVersion),

@@ -36,7 +36,7 @@ export function toTemplate(r: StoredResource<TemplateRecord>): TemplateT {
     name: r.name,
     tenant: r.tenant,
     spec: r.spec.spec,
-    phase: latest?.phase === 'Ready' ? 'Ready' : latest?.phase === 'Building' ? 'Building' : 'Failed',
+    phase: latest?.phase === 'Ready' ? 'Ready' : latest?.phase === 'Building' ? 'Building' : latest?.phase === 'Lost' ? 'Lost' : 'Failed',
     ...(ready ? { readyVersion: ready.version } : {}),
     versions: r.spec.versions,
     createdAt: r.createdAt,

@@ -152,9 +152,9 @@ describe('exec', () => {
   test('background processes: start, list, attach to their output, signal', async () => {
     const started = await api('POST', `/microvms/${vm.id}/processes`, { cmd: ['sh', '-c', 'echo begin-$((1+1)); sleep 300'], tag: 'sleeper' });
     assert.equal(started.status, 201, started.text);
-    const pid = started.json.id as string;
+    const pid = started.json.processId as string;
     const list = await api('GET', `/microvms/${vm.id}/processes`);
-    assert.ok(list.json.items.some((p: { id: string; tag?: string }) => p.id === pid && p.tag === 'sleeper'), list.text);
+    assert.ok(list.json.items.some((p: { processId: string; tag?: string }) => p.processId === pid && p.tag === 'sleeper'), list.text);
     const ws = wsOpen(`/microvms/${vm.id}/processes/${pid}/attach`);
     const out: Buffer[] = [];
     const ended = new Promise<Record<string, unknown>>((resolve, reject) => {

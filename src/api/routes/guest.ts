@@ -56,6 +56,7 @@ function wsSendJson(ws: WebSocket, o: unknown): void {
 function wsFail(ws: WebSocket, e: unknown, url: string): void {
   const err = asMvmError(e);
   const status = HTTP_STATUS[err.code] ?? 500;
+  ws.resume();
   wsSendJson(ws, { type: 'error', status, code: err.code, message: err.message, problem: toProblem(err, url) });
   if (ws.readyState === ws.OPEN) ws.close(status >= 500 ? 1011 : 4000 + Math.min(status, 999), err.code.slice(0, 120));
 }
@@ -87,6 +88,8 @@ function pump(ws: WebSocket, src: Readable, stream: number): Promise<void> {
 
 /** Feed a socket's stdin frames into a guest writable, pausing the socket while the guest is slow. */
 function feedStdin(ws: WebSocket, handle: Pick<GuestExecHandle, 'stdin' | 'signal' | 'resize'>): void {
+  // The socket was paused until now (firstMessage): what the client sent meanwhile is read from here on, not lost.
+  setImmediate(() => ws.resume());
   ws.on('message', (data, isBinary) => {
     if (isBinary) {
       const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);
@@ -116,6 +119,8 @@ function firstMessage(ws: WebSocket, timeoutMs = 10_000): Promise<Record<string,
     const timer = setTimeout(() => reject(new MvmError(ErrorCodes.VALIDATION_FAILED, 'no exec request within 10 s: send {"cmd": [...]} first')), timeoutMs);
     ws.once('message', (data, isBinary) => {
       clearTimeout(timer);
+      // Hold what follows (stdin, resizes) until the exec exists to take it (feedStdin resumes).
+      ws.pause();
       if (isBinary) return reject(validationError('request', 'the first message must be the exec request as JSON text'));
       try {
         resolve(JSON.parse(data.toString()) as Record<string, unknown>);
@@ -135,7 +140,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   // ---- exec -----------------------------------------------------------------------------------
   app.post(
     '/microvms/:id/exec',
-    { schema: { summary: 'Run a command in the guest and answer once it ended: exit code, output (capped; `truncated` says so)', params: IdParams, body: ExecRequest, response: { 200: ExecResponse } } },
+    { bodyLimit: 12 * 1024 * 1024, schema: { summary: 'Run a command in the guest and answer once it ended: exit code, output (capped; `truncated` says so)', params: IdParams, body: ExecRequest, response: { 200: ExecResponse } } },
     async (req) => {
       const body = req.body as import('../../core/schema.js').ExecRequestT;
       req.auditDetails = { argv: body.cmd };
@@ -208,6 +213,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     { websocket: true, schema: { summary: 'Re-attach to a background process over WebSocket: its buffered output, then live output and its exit', params: Type.Object({ id: Type.String({ maxLength: 128 }), processId: Type.String({ maxLength: 128 }) }) } },
     (socket, req) => {
       const ws = socket as unknown as WebSocket;
+      ws.pause();
       void (async () => {
         try {
           const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
@@ -398,7 +404,13 @@ function proxyHttp(req: FastifyRequest, reply: FastifyReply, conn: Duplex, path:
   if (raw) conn.write(raw);
   else if (body && typeof (body as Readable).pipe === 'function') {
     const src = body as Readable;
-    src.on('data', (d: Buffer) => conn.write(`${d.length.toString(16)}\r\n`) && conn.write(d) && conn.write('\r\n'));
+    src.on('data', (d: Buffer) => {
+      // One write per chunk (size line, data, CRLF): never skipped, paused while the guest is slow.
+      if (!conn.write(Buffer.concat([Buffer.from(`${d.length.toString(16)}\r\n`), d, Buffer.from('\r\n')]))) {
+        src.pause();
+        conn.once('drain', () => src.resume());
+      }
+    });
     src.on('end', () => conn.write('0\r\n\r\n'));
   }
   conn.pipe(client);
