@@ -588,7 +588,7 @@ export class MvmClient {
     return session;
   }
 
-  startProcess(id: string, req: Omit<ExecStreamRequest, 'tty' | 'cols' | 'rows' | 'stdin'> & { tag?: string }): Promise<Record<string, unknown> & { id?: string; pid?: number }> {
+  startProcess(id: string, req: Omit<ExecStreamRequest, 'tty' | 'cols' | 'rows' | 'stdin'> & { tag?: string }): Promise<{ processId: string; pid: number; [k: string]: unknown }> {
     return this.#json('POST', `/microvms/${enc(id)}/processes`, { body: req });
   }
 
