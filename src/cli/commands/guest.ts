@@ -417,7 +417,7 @@ export function registerGuestCommands(deps: CommandGroupDeps): void {
     .addCommand('cp <source> <destination>', 'copy files and directories between the local machine and a microVM (VM:/path on one side)')
     .addHelpText(
       'after',
-      '\nA directory is copied recursively (as a tar stream; needs `tar` locally); a file is streamed.\n' +
+      '\nA directory is copied recursively (into the guest file by file, out of it as a tar stream: needs `tar` locally); a file is streamed.\n' +
         'If the destination is an existing directory, the source is copied into it.\n' +
         examples(['mvm cp ./site web:/srv/site', 'mvm cp web:/var/log/app.log .', 'mvm cp web:/etc ./guest-etc']),
     )
