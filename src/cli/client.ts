@@ -9,12 +9,71 @@ import type { CreateTemplateRequestT, TemplateT } from '../core/schema.js';
 import type { ApiKeyT, AuditEntryT, CreateApiKeyRequestT, CreateTenantRequestT, TenantT, TenantUsageT, UpdateTenantRequestT } from '../core/tenancy-schema.js';
 import type { AuditQuery } from '../core/ports/audit.js';
 import type { CachedImage, ImageGcResult } from '../core/ports/images.js';
+import type { ExecRequestT, ExecResponseT } from '../core/schema.js';
+import { Duplex, Readable, Writable } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+import WebSocket from 'ws';
 
 export type MicroVM = MicroVMT;
 export type Phase = PhaseT;
 export type CreateRequest = CreateMicroVMRequestT;
 export type UpdateRequest = UpdateMicroVMRequestT;
 export type VmMetrics = VmMetricsT;
+export type ExecRequest = ExecRequestT;
+export type ExecResponse = ExecResponseT;
+
+/** The first message of a streaming exec (GET /microvms/{id}/exec over WebSocket). */
+export interface ExecStreamRequest {
+  cmd: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  user?: string | number;
+  /** Duration, e.g. `30s`: the guest kills the command after this long. */
+  timeout?: string;
+  /** A pseudo-terminal: stdout carries the terminal's output, stderr stays empty. */
+  tty?: boolean;
+  cols?: number;
+  rows?: number;
+  /** false: the command gets no stdin (EOF at once). Default true. */
+  stdin?: boolean;
+}
+
+/** How a command ended. `exitCode` is 128+n when signal n killed it; 127: not found; 126: not executable. */
+export interface ExecExit {
+  exitCode: number;
+  signal: string | null;
+  timedOut: boolean;
+  durationMs?: number;
+  [k: string]: unknown;
+}
+
+export interface GuestFileStat {
+  name: string;
+  path: string;
+  /** file, dir, symlink, fifo, socket, char, block or other */
+  type: string;
+  size: number;
+  mode: number;
+  mtimeMs: number;
+  uid: number;
+  gid: number;
+  symlinkTarget?: string;
+}
+
+export interface FileDownload {
+  /** The file's bytes (a Node stream: pipe it; it applies backpressure to the service). */
+  stream: Readable;
+  /** From content-length, when the service sent it. */
+  size: number | undefined;
+  /** Permission bits (x-mvm-file-mode), when sent. */
+  mode: number | undefined;
+}
+
+export interface TransferOptions {
+  /** Act as this guest user (default root). */
+  user?: string;
+  signal?: AbortSignal;
+}
 
 export interface MicroVMList {
   items: MicroVM[];
@@ -520,6 +579,166 @@ export class MvmClient {
     }
   }
 
+  // ---- inside the guest: exec, files, ports (issue 13) ---------------------
+
+  /** Run a command and wait for it to end: exit code and (capped) output. */
+  exec(id: string, req: ExecRequest, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExecResponse> {
+    return this.#json<ExecResponse>('POST', `/microvms/${enc(id)}/exec`, { body: req, signal: opts.signal, timeoutMs: opts.timeoutMs ?? 0 });
+  }
+
+  /**
+   * A streaming exec over WebSocket: resolves once the service accepted the request (the command
+   * started); output arrives on `stdout`/`stderr` as it is produced, `stdin` feeds the command,
+   * `result` settles with its exit. Rejects with ApiError when the service refused (e.g.
+   * AGENT_UNAVAILABLE, ILLEGAL_TRANSITION, NOT_FOUND) and ConnectionError when unreachable.
+   */
+  async execStream(id: string, req: ExecStreamRequest): Promise<ExecSession> {
+    const ws = await this.#socket(`/microvms/${enc(id)}/exec`);
+    const session = new ExecSession(ws);
+    ws.send(JSON.stringify(req));
+    await session.started;
+    return session;
+  }
+
+  /**
+   * Attach to a background process (its buffered output, then live output and its exit) over
+   * WebSocket; the same session shape as execStream.
+   */
+  async attachProcess(id: string, processId: string): Promise<ExecSession> {
+    const ws = await this.#socket(`/microvms/${enc(id)}/processes/${enc(processId)}/attach`);
+    const session = new ExecSession(ws, 'attached');
+    await session.started;
+    return session;
+  }
+
+  startProcess(id: string, req: Omit<ExecStreamRequest, 'tty' | 'cols' | 'rows' | 'stdin'> & { tag?: string }): Promise<{ processId: string; pid: number; [k: string]: unknown }> {
+    return this.#json('POST', `/microvms/${enc(id)}/processes`, { body: req });
+  }
+
+  listProcesses(id: string): Promise<{ items: Array<Record<string, unknown>> }> {
+    return this.#json('GET', `/microvms/${enc(id)}/processes`);
+  }
+
+  async signalProcess(id: string, processId: string, signal: string | number = 'TERM'): Promise<void> {
+    await this.#json<undefined>('POST', `/microvms/${enc(id)}/processes/${enc(processId)}/signal`, { body: { signal } });
+  }
+
+  statFile(id: string, path: string, opts: TransferOptions = {}): Promise<GuestFileStat> {
+    return this.#json<GuestFileStat>('GET', `/microvms/${enc(id)}/files/stat`, { query: fileQuery(path, opts) });
+  }
+
+  listDir(id: string, path: string, opts: TransferOptions = {}): Promise<{ path: string; entries: GuestFileStat[] }> {
+    return this.#json('GET', `/microvms/${enc(id)}/files`, { query: fileQuery(path, opts) });
+  }
+
+  /** A file of the guest as a stream (constant memory: nothing is buffered beyond the stream's window). */
+  async downloadFile(id: string, path: string, opts: TransferOptions = {}): Promise<FileDownload> {
+    const res = await this.#request('GET', `/microvms/${enc(id)}/files`, { query: fileQuery(path, opts), accept: 'application/octet-stream', signal: opts.signal, timeoutMs: 0 });
+    const ct = res.headers.get('content-type') ?? '';
+    if (ct.includes('json')) {
+      await res.body?.cancel();
+      throw new ApiError(400, { code: 'IS_A_DIRECTORY', detail: `${path} is a directory in the guest (download it as a tar archive)` });
+    }
+    const len = res.headers.get('content-length');
+    const mode = res.headers.get('x-mvm-file-mode');
+    return { stream: webToNode(res.body), size: len !== null ? Number(len) : undefined, mode: mode ? parseInt(mode, 8) : undefined };
+  }
+
+  /** A directory of the guest as a tar stream (names relative to it). */
+  async downloadTar(id: string, path: string, opts: TransferOptions = {}): Promise<Readable> {
+    const q = fileQuery(path, opts);
+    q.set('archive', 'tar');
+    const res = await this.#request('GET', `/microvms/${enc(id)}/files`, { query: q, accept: 'application/x-tar', signal: opts.signal, timeoutMs: 0 });
+    return webToNode(res.body);
+  }
+
+  /** Write a file in the guest from a stream (parents are created). `mode`: permission bits. */
+  uploadFile(id: string, path: string, body: Readable, opts: TransferOptions & { mode?: number } = {}): Promise<{ path: string; size: number }> {
+    const q = fileQuery(path, opts);
+    if (opts.mode !== undefined) q.set('mode', (opts.mode & 0o7777).toString(8).padStart(3, '0'));
+    return this.#json('PUT', `/microvms/${enc(id)}/files`, { query: q, raw: body, contentType: 'application/octet-stream', signal: opts.signal, timeoutMs: 0 });
+  }
+
+  /** Extract a tar stream beneath `path` in the guest (created if missing). */
+  uploadTar(id: string, path: string, tar: Readable, opts: TransferOptions = {}): Promise<{ path: string; entries: number; bytes: number }> {
+    const q = fileQuery(path, opts);
+    q.set('archive', 'tar');
+    return this.#json('PUT', `/microvms/${enc(id)}/files`, { query: q, raw: tar, contentType: 'application/x-tar', signal: opts.signal, timeoutMs: 0 });
+  }
+
+  mkdir(id: string, path: string, opts: { parents?: boolean; mode?: number; user?: string } = {}): Promise<{ path: string; created: boolean }> {
+    return this.#json('POST', `/microvms/${enc(id)}/files/mkdir`, { body: { path, ...opts } });
+  }
+
+  async move(id: string, from: string, to: string, opts: { overwrite?: boolean; user?: string } = {}): Promise<void> {
+    await this.#json<undefined>('POST', `/microvms/${enc(id)}/files/move`, { body: { from, to, ...opts } });
+  }
+
+  async removeFile(id: string, path: string, opts: { recursive?: boolean; user?: string } = {}): Promise<void> {
+    const q = fileQuery(path, opts);
+    if (opts.recursive) q.set('recursive', 'true');
+    await this.#json<undefined>('DELETE', `/microvms/${enc(id)}/files`, { query: q });
+  }
+
+  /**
+   * A TCP connection to `port` in the guest, tunnelled over WebSocket, as a Node Duplex with
+   * backpressure both ways (what `mvm port-forward` pipes each local connection into). The
+   * tunnel has no half-close: ending the writable side sends nothing; the connection ends when
+   * the guest closes it or the duplex is destroyed.
+   */
+  async connectPort(id: string, port: number): Promise<Duplex> {
+    const ws = await this.#socket(`/microvms/${enc(id)}/ports/${port}/connect`);
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (data: WebSocket.RawData, isBinary: boolean): void => {
+        if (isBinary) return;
+        const msg = parseJson(data);
+        if (msg?.type === 'connected') {
+          cleanup();
+          resolve();
+        } else if (msg?.type === 'error') {
+          cleanup();
+          reject(wsProblem(msg));
+        }
+      };
+      const onClose = (code: number, reason: Buffer): void => {
+        cleanup();
+        reject(closedError(code, reason));
+      };
+      const cleanup = (): void => {
+        ws.off('message', onMessage);
+        ws.off('close', onClose);
+      };
+      ws.on('message', onMessage);
+      ws.on('close', onClose);
+    });
+    return new WsTunnel(ws);
+  }
+
+  /** Open a WebSocket to an API path (auth by header, subprotocol mvm.v1); problems before the upgrade become ApiError. */
+  #socket(path: string): Promise<WebSocket> {
+    const url = `${this.baseUrl.replace(/^http/, 'ws')}/api/v1${path}`;
+    const headers: Record<string, string> = { 'user-agent': this.#userAgent };
+    if (this.#token) headers.authorization = `Bearer ${this.#token}`;
+    const ws = new WebSocket(url, ['mvm.v1'], { headers, handshakeTimeout: this.#timeoutMs || undefined, perMessageDeflate: false });
+    return new Promise((resolve, reject) => {
+      ws.once('open', () => {
+        ws.removeAllListeners('error');
+        ws.on('error', () => undefined); // reported through 'close'
+        resolve(ws);
+      });
+      ws.once('unexpected-response', (_req, res: IncomingMessage) => {
+        void readProblem(res).then(reject, reject);
+        ws.on('error', () => undefined);
+        res.on('end', () => ws.terminate());
+      });
+      ws.once('error', (e) => {
+        const errno = findErrno(e);
+        const reason = errno ?? rootMessage(e);
+        reject(new ConnectionError(this.baseUrl, errno, reason, `cannot reach ${this.baseUrl}: ${reason}`, e));
+      });
+    });
+  }
+
   // ---- transport -------------------------------------------------------
 
   async #json<T>(method: string, path: string, o: RequestOpts = {}): Promise<T> {
@@ -538,10 +757,13 @@ export class MvmClient {
     const url = `${this.baseUrl}/api/v1${path}${qs}`;
     const headers: Record<string, string> = { accept: o.accept ?? 'application/json', 'user-agent': this.#userAgent };
     if (this.#token) headers.authorization = `Bearer ${this.#token}`;
-    let body: string | undefined;
+    let body: string | ReadableStream<Uint8Array> | undefined;
     if (o.body !== undefined) {
       headers['content-type'] = 'application/json';
       body = JSON.stringify(o.body);
+    } else if (o.raw !== undefined) {
+      headers['content-type'] = o.contentType ?? 'application/octet-stream';
+      body = Readable.toWeb(o.raw) as ReadableStream<Uint8Array>;
     }
     const timeoutMs = o.timeoutMs ?? this.#timeoutMs;
     const signals: AbortSignal[] = [];
@@ -550,7 +772,7 @@ export class MvmClient {
     const signal = signals.length === 0 ? undefined : signals.length === 1 ? signals[0] : AbortSignal.any(signals);
     let res: Response;
     try {
-      res = await this.#fetch(url, { method, headers, body, signal });
+      res = await this.#fetch(url, { method, headers, body, signal, ...(o.raw !== undefined ? { duplex: 'half' } : {}) } as RequestInit);
     } catch (e) {
       if (o.signal?.aborted) throw e;
       if (e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError')) {
@@ -575,6 +797,9 @@ function pageQuery(p: { limit?: number; cursor?: string }): URLSearchParams {
 
 interface RequestOpts {
   body?: unknown;
+  /** A streamed request body (sent chunked, as it is read). */
+  raw?: Readable;
+  contentType?: string;
   query?: URLSearchParams | undefined;
   accept?: string;
   signal?: AbortSignal | undefined;
@@ -628,4 +853,216 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+function fileQuery(path: string, opts: { user?: string | undefined }): URLSearchParams {
+  const q = new URLSearchParams({ path });
+  if (opts.user) q.set('user', opts.user);
+  return q;
+}
+
+function webToNode(body: ReadableStream<Uint8Array> | null): Readable {
+  if (!body) return Readable.from([]);
+  return Readable.fromWeb(body as import('node:stream/web').ReadableStream<Uint8Array>);
+}
+
+function parseJson(data: WebSocket.RawData): Record<string, unknown> | undefined {
+  try {
+    const text = Buffer.isBuffer(data) ? data.toString('utf8') : Array.isArray(data) ? Buffer.concat(data).toString('utf8') : Buffer.from(data).toString('utf8');
+    const o = JSON.parse(text) as unknown;
+    return o && typeof o === 'object' ? (o as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function rawBuffer(data: WebSocket.RawData): Buffer {
+  return Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+}
+
+/** A `{type:'error', status, code, message, problem}` message of a guest WebSocket → ApiError. */
+function wsProblem(msg: Record<string, unknown>): ApiError {
+  const status = typeof msg.status === 'number' ? msg.status : 500;
+  const problem = (msg.problem && typeof msg.problem === 'object' ? { ...(msg.problem as Problem) } : {}) as Problem;
+  if (problem.code === undefined && typeof msg.code === 'string') problem.code = msg.code;
+  if (problem.detail === undefined && typeof msg.message === 'string') problem.detail = msg.message;
+  return new ApiError(status, problem);
+}
+
+/** A socket closed without the message that should have ended it. */
+function closedError(code: number, reason: Buffer | string): ApiError {
+  const why = reason.toString() || `code ${code}`;
+  if (code >= 4000 && code < 5000) return new ApiError(code - 4000, { code: /^[A-Z_]+$/.test(why) ? why : undefined, detail: `the service closed the connection: ${why}` });
+  return new ApiError(502, { code: 'DISCONNECTED', detail: `the connection to the service closed unexpectedly (${why})` });
+}
+
+async function readProblem(res: IncomingMessage): Promise<ApiError> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  const headers = new Headers();
+  for (const [k, v] of Object.entries(res.headers)) if (typeof v === 'string') headers.set(k, v);
+  return problemFrom(new Response(Buffer.concat(chunks), { status: res.statusCode ?? 500, headers }));
+}
+
+const WS_HIGH_WATER = 1024 * 1024;
+
+/**
+ * Writes to a WebSocket with backpressure: the callback waits while more than WS_HIGH_WATER
+ * bytes are queued on the socket.
+ */
+function wsWrite(ws: WebSocket, data: Buffer, cb: (err?: Error | null) => void): void {
+  if (ws.readyState !== WebSocket.OPEN) return cb(new Error('the connection is closed'));
+  let called = false;
+  const done = (err?: Error | null): void => {
+    if (called) return;
+    called = true;
+    cb(err);
+  };
+  ws.send(data, { binary: true }, (err) => done(err ?? null));
+  if (ws.bufferedAmount < WS_HIGH_WATER) done(null);
+}
+
+/**
+ * One streaming exec (or process attach) over WebSocket: binary frames are [stream byte][data]
+ * (0 stdin, 1 stdout, 2 stderr), text frames JSON (resize, signal, eof; started, exit, error).
+ * stdout/stderr apply backpressure (the socket is paused while a consumer lags).
+ */
+export class ExecSession {
+  readonly stdout: Readable;
+  readonly stderr: Readable;
+  /** Feeds the command; ending it sends EOF. Data written before the command started is held until then. */
+  readonly stdin: Writable;
+  /** Resolves with the guest pid once the command started (rejects like `result` if it never did). */
+  readonly started: Promise<{ pid?: number; [k: string]: unknown }>;
+  /** Settles once the command ended: its exit, or ApiError (the service's problem) / a disconnect. */
+  readonly result: Promise<ExecExit>;
+  readonly #ws: WebSocket;
+  #isStarted = false;
+  readonly #waiting: Array<() => void> = [];
+  readonly #paused = new Set<Readable>();
+
+  constructor(ws: WebSocket, startedType = 'started') {
+    this.#ws = ws;
+    const resume = (r: Readable): void => {
+      this.#paused.delete(r);
+      if (this.#paused.size === 0 && ws.isPaused) ws.resume();
+    };
+    const out: Readable = new Readable({ read: () => resume(out) });
+    const err: Readable = new Readable({ read: () => resume(err) });
+    this.stdout = out;
+    this.stderr = err;
+    this.stdin = new Writable({
+      write: (chunk: Buffer, _enc, cb) => this.#whenStarted(() => wsWrite(ws, Buffer.concat([Buffer.from([0]), chunk]), cb)),
+      final: (cb) => this.#whenStarted(() => {
+        this.#sendJson({ type: 'eof' });
+        cb();
+      }),
+    });
+    this.stdin.on('error', () => undefined);
+    let onStarted!: (v: { pid?: number }) => void;
+    let onStartFailed!: (e: Error) => void;
+    this.started = new Promise((res, rej) => ((onStarted = res), (onStartFailed = rej)));
+    this.started.catch(() => undefined);
+    this.result = new Promise<ExecExit>((resolve, reject) => {
+      let settled = false;
+      const finish = (e: Error | undefined, exit?: ExecExit): void => {
+        if (settled) return;
+        settled = true;
+        out.push(null);
+        err.push(null);
+        if (e) {
+          onStartFailed(e);
+          reject(e);
+        } else {
+          onStarted({});
+          resolve(exit!);
+        }
+      };
+      ws.on('message', (data, isBinary) => {
+        if (isBinary) {
+          const buf = rawBuffer(data);
+          const target = buf[0] === 1 ? out : buf[0] === 2 ? err : undefined;
+          if (target && buf.length > 1 && !target.push(buf.subarray(1))) {
+            this.#paused.add(target);
+            ws.pause();
+          }
+          return;
+        }
+        const msg = parseJson(data);
+        if (!msg) return;
+        if (msg.type === startedType) {
+          this.#isStarted = true;
+          onStarted(msg);
+          for (const f of this.#waiting.splice(0)) f();
+        } else if (msg.type === 'exit') {
+          this.#isStarted = true;
+          finish(undefined, { exitCode: Number(msg.exitCode), signal: (msg.signal as string | null) ?? null, timedOut: msg.timedOut === true, ...msg } as ExecExit);
+        } else if (msg.type === 'error') {
+          finish(wsProblem(msg));
+        }
+      });
+      ws.on('close', (code, reason) => finish(closedError(code, reason)));
+    });
+    this.result.catch(() => undefined);
+  }
+
+  /** Tell the guest the terminal's size (tty sessions). */
+  resize(cols: number, rows: number): void {
+    this.#whenStarted(() => this.#sendJson({ type: 'resize', cols, rows }));
+  }
+
+  /** Send a signal to the command, e.g. 'INT', 'TERM', 'KILL'. */
+  signal(signal: string): void {
+    this.#whenStarted(() => this.#sendJson({ type: 'signal', signal }));
+  }
+
+  /** Hang up: the service cancels the command. */
+  close(): void {
+    if (this.#ws.readyState === WebSocket.OPEN || this.#ws.readyState === WebSocket.CONNECTING) this.#ws.close(1000, 'client closed');
+  }
+
+  // The service listens for stdin and control messages only once the command started: hold them until then.
+  #whenStarted(f: () => void): void {
+    if (this.#isStarted) f();
+    else this.#waiting.push(f);
+  }
+
+  #sendJson(o: unknown): void {
+    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify(o));
+  }
+}
+
+/** A guest TCP connection over WebSocket as a Duplex (binary frames both ways, backpressure both ways). */
+class WsTunnel extends Duplex {
+  readonly #ws: WebSocket;
+
+  constructor(ws: WebSocket) {
+    super({ allowHalfOpen: true });
+    this.#ws = ws;
+    ws.on('message', (data, isBinary) => {
+      if (!isBinary) return;
+      if (!this.push(rawBuffer(data))) ws.pause();
+    });
+    ws.on('close', (code, reason) => {
+      if (code === 1000 || code === 1005) this.push(null);
+      else this.destroy(closedError(code, reason));
+    });
+  }
+
+  override _read(): void {
+    if (this.#ws.isPaused) this.#ws.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    wsWrite(this.#ws, chunk, cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    cb(); // no half-close in the tunnel protocol: the guest's side ends the connection
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    if (this.#ws.readyState === WebSocket.OPEN || this.#ws.readyState === WebSocket.CONNECTING) this.#ws.close(1000, 'client closed');
+    cb(err);
+  }
 }

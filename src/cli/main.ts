@@ -38,6 +38,8 @@ interface RunState {
   /** What `subject` is, for "… not found" (default microVM). */
   kind?: string;
   cfg?: ResolvedConfig;
+  /** The exit code a command asked for (`mvm exec` exits with the guest command's). */
+  exitCode?: number;
 }
 
 const DEFAULT_TIMEOUT = '120s';
@@ -407,6 +409,9 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       state.kind = kind;
       state.subject = id;
     },
+    setExitCode: (code) => {
+      state.exitCode = code;
+    },
   });
   return program;
 }
@@ -498,7 +503,7 @@ export async function main(argv: string[], io: CliIO = { stdout: process.stdout,
   const program = buildProgram(io, state);
   try {
     await program.parseAsync(argv, { from: 'user' });
-    return 0;
+    return state.exitCode ?? 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     io.stderr.write(describeError(e, state, Boolean(io.env.MVM_DEBUG)));

@@ -350,8 +350,8 @@ export class GuestAgentClient {
           resolve(d);
         }
       };
-      s.result.catch(reject);
-      s.result.then(() => reject(new GuestAgentError('PROTOCOL', 'tcp.connect ended without connecting')));
+      // One handler pair: a bare .then() would leave its derived promise rejected, unhandled, when the connect fails (crashing the service).
+      s.result.then(() => reject(new GuestAgentError('PROTOCOL', 'tcp.connect ended without connecting')), reject);
     });
   }
 

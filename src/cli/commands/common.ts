@@ -20,6 +20,8 @@ export interface CommandGroupDeps {
   addCommand: (name: string, description: string) => Command;
   contextOf: (command: Command) => CommandContext;
   about: About;
+  /** The process's exit code once the command returns (default 0). */
+  setExitCode?: (code: number) => void;
 }
 
 export const dash = (value: unknown): string => (value === undefined || value === null || value === '' ? '-' : String(value));

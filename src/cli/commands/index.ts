@@ -2,6 +2,7 @@
 import type { CommandGroupDeps } from './common.js';
 import { registerApiKeyCommands } from './api-key.js';
 import { registerAuditCommand } from './audit.js';
+import { registerGuestCommands } from './guest.js';
 import { registerImageCommands } from './image.js';
 import { registerSecurityGroupCommands } from './security-group.js';
 import { registerSnapshotCommands } from './snapshot.js';
@@ -12,6 +13,7 @@ import { registerVolumeCommands } from './volume.js';
 export type { About, CommandContext, CommandGroupDeps } from './common.js';
 
 export function registerCommandGroups(deps: CommandGroupDeps): void {
+  registerGuestCommands(deps);
   registerVolumeCommands(deps);
   registerSnapshotCommands(deps);
   registerTemplateCommands(deps);
