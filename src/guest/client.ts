@@ -350,8 +350,8 @@ export class GuestAgentClient {
           resolve(d);
         }
       };
-      s.result.catch(reject);
-      s.result.then(() => reject(new GuestAgentError('PROTOCOL', 'tcp.connect ended without connecting')));
+      // One handler for both outcomes: a bare .then() here would leave a rejected derived promise unhandled.
+      s.result.then(() => reject(new GuestAgentError('PROTOCOL', 'tcp.connect ended without connecting')), reject);
     });
   }
 
