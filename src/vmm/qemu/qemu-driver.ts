@@ -200,7 +200,14 @@ class QemuInstance implements VmmInstance {
     } catch {
       /* VMM busy or gone: report what /proc knows */
     }
-    return { cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, block };
+    let guestMemoryBytes: number | undefined;
+    try {
+      const mem = await QmpClient.run<{ 'base-memory': number; 'plugged-memory'?: number }>(this.files.qmp, 'query-memory-size-summary', undefined, 3000);
+      guestMemoryBytes = mem['base-memory'] + (mem['plugged-memory'] ?? 0);
+    } catch {
+      /* as above */
+    }
+    return { cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, ...(guestMemoryBytes !== undefined ? { guestMemoryBytes } : {}), block };
   }
 
   async pause(): Promise<void> {
