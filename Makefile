@@ -10,12 +10,18 @@ run: deps build web images
 	$(NODE) dist/src/cmd/mvm-server.js
 
 ## The same set-up, then every test (the first run also builds kube-apiserver from the Go module proxy, ~15 min, cached in $(MVM_CACHE_DIR)/kube).
-test: deps build web images control-plane
+test: deps lint build web images control-plane
 	$(NODE) scripts/run-tests.mjs
 
 ## The unit tests alone (test/unit): no root, no guests, no control plane; under a minute.
 test-unit: deps build
 	$(NODE) scripts/run-tests.mjs --layer unit
+
+## ESLint with typescript-eslint's type-aware rules (eslint.config.js): no root, no guests; warnings fail it.
+## No --cache: a cached result can miss a finding caused by a type change in another file.
+LINT_PATHS := src test bench scripts proto eslint.config.js
+lint: deps
+	@npx eslint --max-warnings 0 $(LINT_PATHS)
 
 control-plane:
 	@scripts/k8s/ensure-control-plane.sh >/dev/null

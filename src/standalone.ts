@@ -33,7 +33,6 @@ import { NetworkController } from './controller/network-controller.js';
 import { SnapshotService } from './core/snapshots.js';
 import { TemplateService } from './core/templates.js';
 import { GuestService } from './core/guest.js';
-import { registerSnapshotRoutes } from './api/routes/snapshots.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { volumeBackendsFromEnv } from './storage/volumes/index.js';
 

@@ -741,7 +741,8 @@ export class LocalAgent implements NodeAgent {
       timestamp: new Date().toISOString(),
       cpuSeconds: stats?.cpuSeconds ?? 0,
       memoryRssBytes: stats?.memoryRssBytes ?? 0,
-      guestMemoryBytes: memoryMiB(vm.spec) * 1024 * 1024,
+      // Measured by the VMM where it can tell (QEMU); otherwise the size the VMM was given.
+      guestMemoryBytes: stats?.guestMemoryBytes ?? memoryMiB(vm.spec) * 1024 * 1024,
       uptimeSeconds: r?.inst && started ? (Date.now() - started) / 1000 : 0,
       block: stats?.block ?? [],
       net: [],

@@ -19,10 +19,10 @@ export function createGrpcClient(address: string, token?: string): MicroVMServic
   return new Proxy(client, {
     get(target, prop, recv) {
       const v = Reflect.get(target, prop, recv) as unknown;
-      if (typeof v !== 'function' || typeof prop !== 'string' || !/^[A-Z]/.test(prop)) return typeof v === 'function' ? (v as Function).bind(target) : v;
+      if (typeof v !== 'function' || typeof prop !== 'string' || !/^[A-Z]/.test(prop)) return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
       return (arg: unknown, ...rest: unknown[]) => {
         const md = rest[0] instanceof grpc.Metadata ? (rest.shift() as grpc.Metadata) : undefined;
-        return (v as Function).call(target, arg, withAuth(md), ...rest);
+        return (v as (...args: unknown[]) => unknown).call(target, arg, withAuth(md), ...rest);
       };
     },
   });

@@ -29,8 +29,9 @@ export class EventTailer {
     if (this.started) return;
     this.started = true;
     this.lastSeq = await lastSeq(this.store);
-    this.unwatch = this.store.watch(() => this.kick());
-    this.timer = setInterval(() => this.kick(), this.o.pollMs ?? 1000);
+    // kick() never rejects (it swallows a failed read; the next kick retries): fire and forget.
+    this.unwatch = this.store.watch(() => void this.kick());
+    this.timer = setInterval(() => void this.kick(), this.o.pollMs ?? 1000);
     this.timer.unref();
   }
 

@@ -37,7 +37,7 @@ export interface VmmProcess {
   /** Resolves once the process is gone, with how it went. */
   exited: Promise<VmmExit>;
   /** The exit, once known (undefined while running). */
-  exitInfo(): VmmExit | undefined;
+  exitInfo: () => VmmExit | undefined;
 }
 
 /** The full argv a VMM is started with: cgroup wrapper, then nsenter (when in a netns), then the VMM. */

@@ -42,11 +42,6 @@ export interface VmmContractOptions {
   readyTimeoutMs: number;
   /** Graceful stop budget; a stop taking longer counts as a kill. */
   stopTimeoutMs: number;
-  /**
-   * Known gaps of a driver, shown as TODO (the test runs; its failure does not
-   * fail the run). Key: the gap; value: what would fix it.
-   */
-  todo?: { socketsAfterKill?: string };
   /** Where timings go (default: console.log with a `# ` prefix). */
   report?: (line: string) => void;
 }
@@ -347,17 +342,14 @@ export function vmmContract(name: string, makeDriver: MakeDriver, opts: VmmContr
       const adopted = await d2.adopt(id, vmDir);
       assert.ok(adopted);
       await adopted.kill();
+      assert.equal(pidAlive(k.pid), false, 'kill() returned with the process gone');
+      // kill() returns once the process is gone and its sockets are removed: no waiting on other handles.
+      assert.deepEqual(leftoverSockets(vmDir), [], 'no sockets or FIFOs left once kill() returned');
       const exit = await within(k.exited, 10_000);
       assert.ok(exit, 'exited resolved after the kill');
       assert.equal(exit.signal, 'SIGKILL', exit.reason);
       await gone(k, spec, d2);
-      const todo = opts.todo?.socketsAfterKill;
-      const left = leftoverSockets(vmDir);
-      if (todo && left.length > 0) {
-        t.todo(`known gap: sockets left after a kill (${left.join(', ')}): ${todo}`);
-        return;
-      }
-      assert.deepEqual(left, [], 'no sockets or FIFOs left after a kill');
+      assert.deepEqual(leftoverSockets(vmDir), [], 'no sockets or FIFOs left after a kill');
     });
   });
 }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { ApiError, type MicroVM } from '../../src/cli/client.js';
 import { pidAlive, sleep } from '../../src/vmm/proc.js';
 import { cgroupDirsOf, destroyDataDir, qemuProcessesUnder, startService, type TestService } from '../support/service.js';
+import { guestRun } from '../support/console.js';
 
 const BOOT_TIMEOUT = 120_000;
 
@@ -178,6 +179,11 @@ describe('lifecycle with real guests', () => {
     assert.ok(m.cpuSeconds > 0);
     assert.ok(m.memoryRssBytes > 10 * 1024 * 1024);
     assert.equal(m.guestMemoryBytes, 128 * 1024 * 1024);
+    // ...and it is the memory the guest has: its kernel sees MemTotal a little below it (reserved pages).
+    // The marker `MT=<n>` is printed by awk; the echo of the typed line shows `"MT=" $2`, never digits.
+    const meminfo = await guestRun(join(svc.dataDir, 'vms', a.id), `awk '/^MemTotal:/ { print "MT=" $2 }' /proc/meminfo`);
+    const memTotal = Number(/MT=(\d+)/.exec(meminfo)?.[1] ?? NaN) * 1024;
+    assert.ok(memTotal > 0.75 * m.guestMemoryBytes && memTotal <= m.guestMemoryBytes, `guest MemTotal ${memTotal} vs guestMemoryBytes ${m.guestMemoryBytes}: ${meminfo}`);
     assert.ok(m.block.some((b) => b.readBytes > 0));
     assert.ok(m.uptimeSeconds > 0);
 

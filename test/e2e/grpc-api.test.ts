@@ -139,6 +139,10 @@ describe('gRPC against the real service', () => {
     assert.deepEqual(list.microvms.map((v) => v.id), [created.id]);
     const metrics = await unaryCall(member.GetMetrics.bind(member), { id: created.id });
     assert.ok(metrics.cpuSeconds > 0);
+    // The gRPC mapping carries the node's measured figure: the same as REST reports for the VM.
+    const restMetrics = await svc.call('GET', `/microvms/${created.id}/metrics`);
+    assert.equal(restMetrics.status, 200, JSON.stringify(restMetrics.json));
+    assert.equal(metrics.guestMemoryBytes, restMetrics.json.guestMemoryBytes);
     assert.equal(metrics.guestMemoryBytes, 128 * 1024 * 1024);
     // Console without follow: the log so far.
     const once = member.GetConsole({ id: created.id, follow: false, tailBytes: 4096 });

@@ -92,8 +92,8 @@ test('cluster mode: the node enforces a security group from the API and applies 
 
   // The guest serves both ports; the peer reaches only the one the group opens.
   const vmDir = join(cl.agents[0]!.dataDir, 'vms', id);
-  const out = await guestRun(vmDir, 'mkdir -p /tmp/www && echo "hello from sg-a" > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && httpd -p 8081 -h /tmp/www && echo started', 30_000);
-  assert.match(out, /started/);
+  const out = await guestRun(vmDir, 'mkdir -p /tmp/www && echo "hello from sg-a" > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && httpd -p 8081 -h /tmp/www && echo STARTED-$((6*7))', 30_000);
+  assert.match(out, /STARTED-42/, out);
   assert.ok(await until(cl, 'port 8080 reachable from the peer', () => reach(addr, 8080), 20_000));
   assert.ok(!reach(addr, 8081), 'a port no rule opens is closed');
 

@@ -45,7 +45,7 @@ test('cluster mode: pause/resume, snapshot → Snapshot object on the node, rest
   const node = a.status.node as string;
   assert.ok(['node-a', 'node-b'].includes(node));
   const secret = `secret-${process.pid}-${Date.now()}`;
-  assert.match(await run(node, id, `echo ${secret} > /tmp/mem.txt && echo written`), /written/);
+  assert.match(await run(node, id, `echo ${secret} > /tmp/mem.txt && echo W$((6*7))`), /W42/, 'the write ran (W42 is computed; the echoed command shows W$((6*7)))');
 
   // Pause/resume: desiredState in the MicroVM object, acted on by the VM's node agent.
   assert.equal((await call(token, 'POST', `/microvms/${id}/resume`)).json.code, 'ILLEGAL_TRANSITION');

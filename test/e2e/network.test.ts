@@ -37,16 +37,20 @@ async function boot(name: string, extra: Record<string, unknown> = {}): Promise<
 }
 
 async function serveHttp(vm: MicroVM): Promise<void> {
-  const out = await guestRun(join(svc.dataDir, 'vms', vm.id), `mkdir -p /tmp/www && echo "hello from ${vm.name}" > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && echo started`);
-  assert.match(out, /started/);
+  const out = await guestRun(join(svc.dataDir, 'vms', vm.id), `mkdir -p /tmp/www && echo "hello from ${vm.name}" > /tmp/www/index.html && httpd -p 8080 -h /tmp/www && echo STARTED-$((6*7))`);
+  assert.match(out, /STARTED-42/, out);
 }
 
 let lastOut = '';
 async function guestGet(vm: MicroVM, url: string): Promise<boolean> {
   const u = new URL(url);
-  const out = await guestRun(join(svc.dataDir, 'vms', vm.id), `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${u.hostname} ${u.port} || echo FETCH-FAILED`, 20_000);
+  // FETCH-FAILED-42 is computed by the shell, so only a failed nc prints it (the echoed command shows $((6*7))).
+  const out = await guestRun(join(svc.dataDir, 'vms', vm.id), `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${u.hostname} ${u.port} || echo FETCH-FAILED-$((6*7))`, 20_000);
   lastOut = out;
-  return out.includes('hello from') && !out.includes('FETCH-FAILED');
+  const answered = out.includes('hello from');
+  const failed = out.includes('FETCH-FAILED-42');
+  assert.notEqual(answered, failed, `the fetch either answered or failed, not both or neither: ${out}`);
+  return answered;
 }
 
 before(async () => {

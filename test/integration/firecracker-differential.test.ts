@@ -550,7 +550,7 @@ const SEQUENCES: Sequence[] = [
   },
   {
     name: 'validation-network',
-    steps: (c) => [
+    steps: () => [
       put('/network-interfaces/eth0', { iface_id: 'eth1', host_dev_name: 'fcdtap2' }),
       put('/network-interfaces/eth-0', { iface_id: 'eth-0', host_dev_name: 'fcdtap2' }),
       put('/network-interfaces/eth0', { iface_id: 'eth0' }),

@@ -19,7 +19,7 @@ import { promisify } from 'node:util';
 import { ErrorCodes, MvmError } from '../../src/core/errors.js';
 import { findHostKernel, type DefaultImageResolver } from '../../src/storage/default-images.js';
 import { allocatedBytes, createOverlay, createRawClone, diskInfo, ext4Size } from '../../src/storage/disks.js';
-import { bzImageVersion, KernelImageCache } from '../../src/storage/kernel/kernel-cache.js';
+import { bzImageVersion } from '../../src/storage/kernel/kernel-cache.js';
 import { clearLeases } from '../../src/storage/oci/cache.js';
 import { ImageManager, loadImageConfig, readAuthFile, type ImageUser } from '../../src/storage/oci/manager.js';
 import { OciImageResolver } from '../../src/storage/oci/resolver.js';

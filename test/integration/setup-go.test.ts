@@ -79,7 +79,7 @@ const goVersion = (bin: string): Promise<string> =>
   new Promise((resolve, reject) => {
     const env: NodeJS.ProcessEnv = { ...process.env, PATH, GOTOOLCHAIN: 'local' };
     delete env.GOROOT;
-    execFile(join(bin, 'go'), ['version'], { env }, (err, stdout) => (err ? reject(err) : resolve(stdout.trim())));
+    execFile(join(bin, 'go'), ['version'], { env }, (err, stdout) => (err ? reject(err as Error) : resolve(stdout.trim())));
   });
 const entryOf = (cache: string): string => join(cache, 'go', WANT);
 
@@ -268,7 +268,7 @@ test('a partial entry (no manifest, or a tool missing) is not used: it is remove
   for (const [name, damage] of Object.entries(copies)) {
     const cache = join(tmp, `partial-${name}`);
     mkdirSync(join(cache, 'go'), { recursive: true });
-    await new Promise<void>((resolve, reject) => execFile('cp', ['-al', entryOf(A), entryOf(cache)], (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) => execFile('cp', ['-al', entryOf(A), entryOf(cache)], (err) => (err ? reject(err as Error) : resolve())));
     damage(entryOf(cache));
     mode = 'dead';
     requests = [];

@@ -100,10 +100,6 @@ if (!haveQemu) {
     },
     readyTimeoutMs: 45_000,
     stopTimeoutMs: 15_000,
-    todo: {
-      socketsAfterKill:
-        'QemuInstance should remove qmp.sock and console.sock once its process is gone (QEMU unlinks them only on a clean exit), as the Firecracker driver does',
-    },
   });
 
   describe('qemu snapshots: clones and compatibility', () => {

@@ -66,7 +66,7 @@ import { accessSync, appendFileSync, closeSync, constants, existsSync, openSync,
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, isIPv4, type Server as NetServer } from 'node:net';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { FC_FAULTS, FC_INSTANCE_ID_RE, phaseFault } from '../../src/vmm/firecracker/protocol.js';
+import { FC_FAULTS, FC_INSTANCE_ID_RE } from '../../src/vmm/firecracker/protocol.js';
 
 const VERSION = process.env.FC_PEER_VERSION ?? '1.10.1';
 /**

@@ -1,7 +1,7 @@
 /** Unit tests of the core: quantities, the phase machine, legal actions, error mapping. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ACTION_PHASES, TRANSITIONS, assertAction, assertTransition, canTransition, parseQuantityMiB, validateSpec } from '../../src/core/microvm.js';
+import { ACTION_PHASES, PHASES, TRANSITIONS, assertAction, assertTransition, canTransition, parseQuantityMiB, validateSpec, type Action } from '../../src/core/microvm.js';
 import { ErrorCodes, MvmError } from '../../src/core/errors.js';
 import { HTTP_STATUS, toProblem } from '../../src/gateway/problem.js';
 import { parseDuration } from '../../src/core/service.js';
@@ -26,20 +26,66 @@ test('spec ranges the schema cannot express', () => {
   );
 });
 
-test('phase machine: Deleting is terminal, illegal moves are ILLEGAL_TRANSITION', () => {
-  assert.deepEqual(TRANSITIONS.Deleting, []);
-  assert.ok(canTransition('Pending', 'Scheduled'));
-  assert.ok(!canTransition('Stopped', 'Running'));
-  assert.throws(() => assertTransition('Deleting', 'Running'), (e: unknown) => e instanceof MvmError && e.code === 'ILLEGAL_TRANSITION');
-  // Every phase an action is legal in is reachable in the table.
-  for (const phases of Object.values(ACTION_PHASES)) for (const p of phases) assert.ok(p in TRANSITIONS);
+// The phase machine as specified (ADR 0002), written out independently of src/core/microvm.ts:
+// from -> the phases it may move to (staying in the same phase is always allowed).
+const EXPECTED_NEXT: Record<(typeof PHASES)[number], readonly string[]> = {
+  Pending: ['Scheduled', 'Stopped', 'Failed', 'Deleting'],
+  Scheduled: ['Starting', 'Stopped', 'Failed', 'Deleting', 'Pending'],
+  Starting: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Running: ['Stopping', 'Paused', 'Failed', 'Deleting', 'Stopped', 'Starting'],
+  Paused: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Stopping: ['Stopped', 'Failed', 'Deleting'],
+  Stopped: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Failed'],
+  Failed: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Stopped', 'Running'],
+  Deleting: [],
+};
+
+const illegal = (details: Record<string, unknown>) => (e: unknown): boolean => {
+  assert.ok(e instanceof MvmError, `an MvmError, got ${String(e)}`);
+  assert.equal(e.code, ErrorCodes.ILLEGAL_TRANSITION);
+  assert.deepEqual({ ...(e.details as Record<string, unknown>) }, details);
+  return true;
+};
+
+test('phase machine: exactly the specified moves are legal, every other one is ILLEGAL_TRANSITION', () => {
+  assert.deepEqual(Object.keys(TRANSITIONS).sort(), [...PHASES].sort(), 'one row per phase');
+  for (const from of PHASES) {
+    assert.deepEqual([...TRANSITIONS[from]].sort(), [...EXPECTED_NEXT[from]].sort(), `moves out of ${from}`);
+    for (const to of PHASES) {
+      const legal = from === to || EXPECTED_NEXT[from].includes(to);
+      assert.equal(canTransition(from, to), legal, `${from} -> ${to}`);
+      if (legal) assert.doesNotThrow(() => assertTransition(from, to), `${from} -> ${to}`);
+      else assert.throws(() => assertTransition(from, to), illegal({ from, to }), `${from} -> ${to}`);
+    }
+  }
+  // Deleting is terminal: nothing but itself.
+  assert.deepEqual(PHASES.filter((to) => canTransition('Deleting', to)), ['Deleting']);
 });
 
-test('actions are checked against the phase', () => {
-  const vm = vmFixture({ status: { phase: 'Stopped', conditions: [] } });
-  assertAction(vm, 'start');
-  assert.throws(() => assertAction(vm, 'stop'), (e: unknown) => e instanceof MvmError && e.code === 'ILLEGAL_TRANSITION' && /Stopped/.test(e.message));
-  assert.throws(() => assertAction({ ...vm, status: { phase: 'Running', conditions: [] } }, 'update'));
+// The user actions and the phases each is legal in, as specified.
+const EXPECTED_ACTION_PHASES: Record<Action, readonly string[]> = {
+  start: ['Stopped', 'Failed'],
+  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'],
+  delete: PHASES,
+  update: ['Stopped', 'Failed'],
+  pause: ['Running'],
+  resume: ['Paused'],
+  snapshot: ['Running', 'Paused'],
+};
+
+test('actions are checked against the phase: legal exactly in the specified phases', () => {
+  assert.deepEqual(Object.keys(ACTION_PHASES).sort(), Object.keys(EXPECTED_ACTION_PHASES).sort());
+  for (const [action, phases] of Object.entries(EXPECTED_ACTION_PHASES) as Array<[Action, readonly string[]]>) {
+    assert.deepEqual([...ACTION_PHASES[action]].sort(), [...phases].sort(), action);
+    for (const phase of PHASES) {
+      const vm = vmFixture({ status: { phase, conditions: [] } });
+      if (phases.includes(phase)) assert.doesNotThrow(() => assertAction(vm, action), `${action} in ${phase}`);
+      else {
+        assert.throws(() => assertAction(vm, action), illegal({ id: vm.id, phase, action, allowedPhases: ACTION_PHASES[action] }), `${action} in ${phase}`);
+        assert.throws(() => assertAction(vm, action), (e: unknown) => e instanceof MvmError && e.message.includes(`in phase ${phase}`));
+      }
+    }
+  }
 });
 
 test('every error code maps to an HTTP status once; problem bodies carry code and fields', () => {

@@ -163,7 +163,7 @@ describe('gRPC mapping covers the one schema', () => {
   test('update: every field REST update can change is carried; message presence decides replace vs keep', () => {
     const none = { id: 'vm-1', vcpuCount: null, memorySize: null, kernel: null, labels: null, resourceVersion: '', securityGroups: null, ports: null, egress: null, nodeSelector: null, tolerations: null, affinity: null, lifecycle: null };
     // Only absent fields: nothing to change, which the schema (minProperties: 1) rejects, as REST does.
-    assert.throws(() => updateRequestFromProto(none as unknown as UpdateMicroVMRequest__Output), MvmError);
+    assert.throws(() => updateRequestFromProto(none as unknown as UpdateMicroVMRequest__Output), (e: unknown) => e instanceof MvmError && e.code === 'VALIDATION_FAILED');
     const full = updateRequestFromProto({
       ...none,
       securityGroups: { values: ['web'] },

@@ -107,6 +107,8 @@ export interface VmmExit {
 export interface VmmStats {
   cpuSeconds: number;
   memoryRssBytes: number;
+  /** The guest's memory size as the VMM reports it (QMP query-memory-size-summary); undefined when it cannot tell. */
+  guestMemoryBytes?: number;
   block: Array<{ device: string; readBytes: number; writeBytes: number; readOps: number; writeOps: number }>;
 }
 

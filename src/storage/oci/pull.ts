@@ -91,7 +91,7 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<RunResult>
       const se = stderr.toString('utf8');
       if (err) {
         Object.assign(err, { stderr: se });
-        reject(err);
+        reject(err as Error);
       } else resolve({ stdout, stderr: se });
     });
   });

@@ -472,7 +472,7 @@ export class KubernetesStore implements Store {
         });
         if (gen !== this.watchGen) return;
         if (err && httpStatus(err) === 410) rv = '';
-        else if (err) throw err;
+        else if (err) throw err instanceof Error ? err : new Error(String(err));
         backoff = 250;
       } catch {
         if (gen !== this.watchGen) return;

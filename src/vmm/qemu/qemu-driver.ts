@@ -133,8 +133,7 @@ class QemuInstance implements VmmInstance {
   ) {
     this.files = qemuFiles(vmDir);
     this.exited = exited.then((e) => {
-      // QEMU removes its sockets only on a clean exit.
-      for (const p of [this.files.qmp, this.files.consoleSock, this.files.pid, this.files.agentSock]) rmSync(p, { force: true });
+      this.removeSockets();
       return (this.exitInfo = e);
     });
   }
@@ -175,14 +174,25 @@ class QemuInstance implements VmmInstance {
     if (!gone) await this.kill();
   }
 
+  /** QEMU removes its sockets only on a clean exit: after a kill (or a crash) they are ours to remove. */
+  private removeSockets(): void {
+    for (const p of [this.files.qmp, this.files.consoleSock, this.files.pid, this.files.agentSock]) rmSync(p, { force: true });
+  }
+
+  /** SIGKILL, then wait until the process is gone (not just signalled) and remove what it leaves behind. */
   async kill(): Promise<void> {
-    if (!pidAlive(this.pid)) return;
-    try {
-      process.kill(this.pid, 'SIGKILL');
-    } catch {
-      /* already gone */
+    if (pidAlive(this.pid)) {
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+      // A SIGKILLed process goes within milliseconds unless stuck in the kernel (D state): wait for it.
+      const deadline = Date.now() + 30_000;
+      while (pidAlive(this.pid) && Date.now() < deadline) await Promise.race([this.exited, sleep(50)]);
+      if (pidAlive(this.pid)) throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU ${this.pid} of ${this.id} did not exit within 30 s of SIGKILL`);
     }
-    await Promise.race([this.exited, sleep(5000)]);
+    this.removeSockets();
   }
 
   async stats(): Promise<VmmStats> {
@@ -200,7 +210,14 @@ class QemuInstance implements VmmInstance {
     } catch {
       /* VMM busy or gone: report what /proc knows */
     }
-    return { cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, block };
+    let guestMemoryBytes: number | undefined;
+    try {
+      const mem = await QmpClient.run<{ 'base-memory': number; 'plugged-memory'?: number }>(this.files.qmp, 'query-memory-size-summary', undefined, 3000);
+      guestMemoryBytes = mem['base-memory'] + (mem['plugged-memory'] ?? 0);
+    } catch {
+      /* as above */
+    }
+    return { cpuSeconds: u?.cpuSeconds ?? 0, memoryRssBytes: u?.rssBytes ?? 0, ...(guestMemoryBytes !== undefined ? { guestMemoryBytes } : {}), block };
   }
 
   async pause(): Promise<void> {

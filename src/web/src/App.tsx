@@ -49,7 +49,8 @@ export function App() {
     if (!api) return;
     const ac = new AbortController();
     let last: string | undefined;
-    (async () => {
+    // Runs until unmount (abort); every failure is caught inside and retried.
+    void (async () => {
       while (!ac.signal.aborted) {
         try {
           for await (const ev of api.sse(`/events?follow=true&tail=0`, ac.signal, last, () => setLive(true))) {

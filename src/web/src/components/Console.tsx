@@ -18,7 +18,8 @@ export function Console({ api, vmId, live }: { api: Api; vmId: string; live: boo
     let chars = 0;
     setSegments([]);
     setState('connecting');
-    (async () => {
+    // Fire and forget: failures end in setState('error') inside.
+    void (async () => {
       try {
         const stream = live ? api.text(`/microvms/${vmId}/console?follow=true&tail=65536`, ac.signal) : api.text(`/microvms/${vmId}/console?tail=65536`, ac.signal);
         setState('streaming');

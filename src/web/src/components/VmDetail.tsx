@@ -43,7 +43,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
       if (e instanceof ApiError && e.status === 404 && vm) setGone(true);
       else setError(e);
     }
-  }, [api, id, vm !== undefined]); // eslint-disable-line react-hooks/exhaustive-deps
+  }, [api, id, vm !== undefined]); // deliberately not `vm` itself: refetch when it appears, not on every poll
 
   useEffect(() => {
     void load();
