@@ -175,7 +175,7 @@ describe('mvm cp', () => {
     assert.equal(sha256(join(dir, 'big.bin')), sha256(src));
   });
 
-  test('a directory tree in (entry by entry) and out (tar)', () => {
+  test('a directory tree in and out (tar both ways)', () => {
     const src = join(work, 'site');
     mkdirSync(join(src, 'a/b/c'), { recursive: true });
     mkdirSync(join(src, 'empty'));

@@ -222,7 +222,7 @@ async function copyIn(ctx: CommandContext, local: string, vm: string, remote: st
   const dest = into ? posix.join(remote, name) : remote;
   if (st.isDirectory()) {
     if (remoteType !== undefined && remoteType !== 'dir') throw new UsageError(`cannot copy directory ${local} onto ${vm}:${remote}: it is a ${remoteType} in the guest`);
-    if (process.env.MVM_CP_TAR === '1') {
+    if (process.env.MVM_CP_TAR !== '0') {
       const tar = tarProcess(['-C', local, '-cf', '-', '.']);
       const meter = new TransferMeter(`${local} -> ${vm}:${dest}`, undefined, stderr);
       const upload = ctx.client.uploadTar(vm, dest, tar.proc.stdout!.pipe(meter));
@@ -247,8 +247,8 @@ async function copyIn(ctx: CommandContext, local: string, vm: string, remote: st
 
 /**
  * A local directory into the guest entry by entry: directories made, files streamed one by one
- * with their modes. (PUT ?archive=tar hangs in the current service, see the report of issue 13;
- * MVM_CP_TAR=1 uses it anyway.) Symlinks and special files are skipped with a warning.
+ * with their modes — for guests whose agent predates the tar.write fix (MVM_CP_TAR=0; the
+ * default is one tar stream). Symlinks and special files are skipped with a warning.
  */
 async function copyTreeIn(ctx: CommandContext, local: string, vm: string, dest: string, stderr: NodeJS.WriteStream | undefined): Promise<string> {
   let files = 0;

@@ -86,13 +86,26 @@ var codeMessages = map[string]string{
 	CodeELOOP:     "too many levels of symbolic links",
 }
 
-// toError maps any error to an *Error; path is the path the operation was about.
-func toError(err error, path string) *Error {
+// toError maps any error to an error that is an *Error, or to a nil interface for no error (never
+// a typed nil: an `error` holding a nil *Error is not nil, and once made a frame's error crashed
+// the op, leaving the host waiting for ever).
+func toError(err error, path string) error {
+	if e := asError(err, path); e != nil {
+		return e
+	}
+	return nil
+}
+
+// asError maps any error to an *Error (nil for no error, a nil *Error included).
+func asError(err error, path string) *Error {
 	if err == nil {
 		return nil
 	}
 	var e *Error
 	if errors.As(err, &e) {
+		if e == nil {
+			return nil
+		}
 		if e.Path == "" {
 			e.Path = path
 		}

@@ -95,8 +95,7 @@ func (s *Stream) finish(res any, err error) {
 	if !s.c.removeStream(s) {
 		return // the session was reset: nobody is listening for this stream any more
 	}
-	if err != nil {
-		e := toError(err, "")
+	if e := asError(err, ""); e != nil {
 		if s.hostCancelled.Load() {
 			e = newErr(CodeCANCELLED, "", "cancelled by the host")
 		}

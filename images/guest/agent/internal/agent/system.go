@@ -176,7 +176,7 @@ func opIdentity(s *Stream, raw []byte) (any, error) {
 			applied = append(applied, name)
 			return
 		}
-		e := toError(err, "")
+		e := asError(err, "")
 		if firstErr == nil {
 			firstErr = e
 		}

@@ -42,7 +42,7 @@ func opTCPConnect(s *Stream, raw []byte) (any, error) {
 	d := net.Dialer{Timeout: timeout}
 	conn, err := d.DialContext(s.ctx, "tcp", addr)
 	if err != nil {
-		e := toError(err, "")
+		e := asError(err, "")
 		e.Message = "connect " + addr + ": " + e.Message
 		return nil, e
 	}
