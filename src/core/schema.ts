@@ -581,6 +581,14 @@ export const ExecResponse = Type.Object({
   stderr: Type.String(),
   truncated: Type.Boolean({ description: 'output beyond maxOutputBytes was dropped' }),
 });
+export const ForkRequest = Type.Object(
+  {
+    count: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, description: 'how many children (default 1)' })),
+    names: Type.Optional(Type.Array(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }), { minItems: 1, maxItems: 16, description: 'their names (default <parent>-fork-<n>-<i>)' })),
+  },
+  { additionalProperties: false },
+);
+export type ForkRequestT = Static<typeof ForkRequest>;
 export const StartProcessRequest = Type.Object({ ...ExecFields, tag: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false });
 export const GuestFileStatSchema = Type.Object({
   name: Type.String(),

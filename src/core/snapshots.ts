@@ -8,7 +8,7 @@ import { assertAction, memoryMiB, newId, type MicroVM } from './microvm.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
-import type { CreateMicroVMRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
+import type { CreateMicroVMRequestT, ForkRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
 import type { MicroVMService, Principal } from './service.js';
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
@@ -117,6 +117,35 @@ export class SnapshotService {
       await this.tenants?.release(vm.tenant, 'snapshot', id);
       throw e;
     }
+  }
+
+  /**
+   * A live fork: the parent is paused only for its snapshot (memory, devices, disks), then runs on;
+   * each child restores that snapshot with a fresh identity (MAC, IP, hostname, machine id). The
+   * snapshot stays, named `<parent>-fork-<n>`, while children exist (their disks are backed by it).
+   */
+  async fork(p: Principal, vmIdOrName: string, req: ForkRequestT): Promise<{ snapshot: StoredResource<SnapshotSpec>; children: MicroVM[] }> {
+    const parent = await this.vms.get(p, vmIdOrName);
+    const count = req.count ?? req.names?.length ?? 1;
+    if (req.names && req.names.length !== count) throw validationError('names', `give ${count} names (one per child) or none`);
+    if (req.names && new Set(req.names).size !== req.names.length) throw validationError('names', 'must be distinct');
+    assertAction(parent, 'snapshot');
+    const n = Date.now().toString(36);
+    const snap = await this.create(p, parent.id, `${parent.name.slice(0, 40)}-fork-${n}`);
+    const children: MicroVM[] = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        const name = req.names?.[i] ?? `${parent.name.slice(0, 40)}-fork-${n}-${i + 1}`;
+        children.push(await this.vms.create(p, { name, snapshot: snap.id, labels: { ...parent.spec.labels, 'microvm.service/forked-from': parent.id } }, { tenant: parent.tenant }));
+      }
+    } catch (e) {
+      // All or nothing: the children made so far go, and the snapshot with them.
+      for (const c of children) await this.vms.delete(p, c.id).catch(() => undefined);
+      if (!children.length) await this.delete(p, snap.id).catch(() => undefined);
+      throw e;
+    }
+    await this.store.appendEvent({ vmId: parent.id, tenant: parent.tenant, time: new Date().toISOString(), type: 'Normal', reason: 'Forked', message: `forked into ${children.map((c) => c.name).join(', ')} (snapshot ${snap.name})` });
+    return { snapshot: snap, children };
   }
 
   async get(p: Principal, idOrName: string): Promise<StoredResource<SnapshotSpec>> {

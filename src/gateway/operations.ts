@@ -85,6 +85,7 @@ const DEFS: Record<string, Def> = {
   'snapshots.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/snapshots' },
   'snapshots.get': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/snapshots/:id' },
   'snapshots.delete': { permission: 'microvms:write', mutation: true, rest: 'DELETE /api/v1/snapshots/:id' },
+  'microvms.fork': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/fork', note: 'the parent is paused for its snapshot only; children count against the quota like creates' },
   'snapshots.restore': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/snapshots/:id/restore' },
   'volumes.list': { permission: 'microvms:read', mutation: false, rest: 'GET /api/v1/volumes', note: 'admins may pass ?tenant=' },
   'volumes.create': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/volumes', note: 'fromSnapshot restores a volume snapshot; admins may pass ?tenant=' },

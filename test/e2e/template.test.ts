@@ -121,3 +121,37 @@ test('a clone whose template files are gone fails clearly and leaks nothing', as
   assert.ok(!existsSync(join(svc.dataDir, 'vms', c.json.id)), 'no VM directory left');
   assert.equal((await api('DELETE', `/templates/${created.json.id}`)).status, 204);
 });
+
+test('a live fork: children carry the parent memory and disk, with fresh identity; the parent runs on', async () => {
+  const c = await api('POST', '/microvms', { name: 'parent' });
+  assert.equal(c.status, 201, c.text);
+  const parent = await svc.client.waitFor(c.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  // /run is tmpfs: the value lives in guest memory only; /root/disk.txt on the disk.
+  assert.equal((await exec(parent.id, 'echo mem-$((3*14)) > /run/mem.txt && echo disk-$((2*21)) > /root/disk.txt && sync && echo ok-$((1+1))')).stdout, 'ok-2\n');
+  const bad = await api('POST', `/microvms/${parent.id}/fork`, { count: 2, names: ['only-one'] });
+  assert.equal(bad.status, 400, bad.text);
+  assert.ok(bad.json.errors.some((e: { field: string }) => e.field === 'names'), bad.text);
+
+  const t0 = Date.now();
+  const f = await api('POST', `/microvms/${parent.id}/fork`, { count: 2 });
+  assert.equal(f.status, 201, f.text);
+  assert.equal(f.json.children.length, 2);
+  const kids = await Promise.all(f.json.children.map((k: { id: string }) => svc.client.waitFor(k.id, { phase: 'Running', ready: true, timeoutMs: 120_000 })));
+  console.log(`fork -> 2 children ready in ${Date.now() - t0} ms`);
+  for (const k of kids) {
+    const r = await exec(k.id, 'cat /run/mem.txt /root/disk.txt; hostname; cat /etc/machine-id');
+    const [mem, disk, host] = r.stdout.trim().split('\n');
+    assert.equal(mem, 'mem-42', 'memory state carried');
+    assert.equal(disk, 'disk-42', 'disk state carried');
+    assert.equal(host, k.name);
+    assert.notEqual(k.status.ip, parent.status.ip);
+  }
+  const p = await api('GET', `/microvms/${parent.id}`);
+  assert.equal(p.json.status.phase, 'Running', 'the parent keeps running');
+  assert.equal((await exec(parent.id, 'cat /run/mem.txt; hostname')).stdout, 'mem-42\nparent\n');
+  for (const k of kids) await svc.client.delete(k.id);
+  for (const k of kids) await svc.client.waitDeleted(k.id, { timeoutMs: 60_000 });
+  assert.equal((await api('DELETE', `/snapshots/${f.json.snapshot.id}`)).status, 204);
+  await svc.client.delete(parent.id);
+  await svc.client.waitDeleted(parent.id, { timeoutMs: 60_000 });
+});

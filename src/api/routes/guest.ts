@@ -87,10 +87,21 @@ function pump(ws: WebSocket, src: Readable, stream: number): Promise<void> {
 }
 
 /** Feed a socket's stdin frames into a guest writable, pausing the socket while the guest is slow. */
+/** Messages that arrived before the exec existed (held by holdMessages, replayed by feedStdin). */
+const held = new WeakMap<WebSocket, { queue: Array<[Buffer | ArrayBuffer | Buffer[], boolean]>; listener: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void }>();
+
+/** Keep every message from now on until feedStdin takes over (a client may send stdin right after the request). */
+function holdMessages(ws: WebSocket): void {
+  const queue: Array<[Buffer | ArrayBuffer | Buffer[], boolean]> = [];
+  const listener = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void => void queue.push([data, isBinary]);
+  held.set(ws, { queue, listener });
+  ws.on('message', listener);
+  ws.pause();
+}
+
 function feedStdin(ws: WebSocket, handle: Pick<GuestExecHandle, 'stdin' | 'signal' | 'resize'>): void {
-  // The socket was paused until now (firstMessage): what the client sent meanwhile is read from here on, not lost.
-  setImmediate(() => ws.resume());
-  ws.on('message', (data, isBinary) => {
+  const h = held.get(ws);
+  const onMessage = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void => {
     if (isBinary) {
       const buf = Buffer.isBuffer(data) ? data : Buffer.concat(data as Buffer[]);
       if (buf[0] === WsStream.stdin && buf.length > 1) {
@@ -110,7 +121,14 @@ function feedStdin(ws: WebSocket, handle: Pick<GuestExecHandle, 'stdin' | 'signa
     if (msg.type === 'resize' && msg.cols && msg.rows) handle.resize(msg.cols, msg.rows);
     else if (msg.type === 'signal' && msg.signal) handle.signal(msg.signal);
     else if (msg.type === 'eof') handle.stdin.end();
-  });
+  };
+  if (h) {
+    ws.off('message', h.listener);
+    held.delete(ws);
+    for (const [data, isBinary] of h.queue) onMessage(data, isBinary);
+  }
+  ws.on('message', onMessage);
+  ws.resume();
 }
 
 /** The first text message of an exec socket: the request (cmd, tty, cols, rows, env, cwd, user, timeout). */
@@ -119,8 +137,8 @@ function firstMessage(ws: WebSocket, timeoutMs = 10_000): Promise<Record<string,
     const timer = setTimeout(() => reject(new MvmError(ErrorCodes.VALIDATION_FAILED, 'no exec request within 10 s: send {"cmd": [...]} first')), timeoutMs);
     ws.once('message', (data, isBinary) => {
       clearTimeout(timer);
-      // Hold what follows (stdin, resizes) until the exec exists to take it (feedStdin resumes).
-      ws.pause();
+      // Hold what follows (stdin, resizes) until the exec exists to take it (feedStdin replays it).
+      holdMessages(ws);
       if (isBinary) return reject(validationError('request', 'the first message must be the exec request as JSON text'));
       try {
         resolve(JSON.parse(data.toString()) as Record<string, unknown>);
@@ -213,7 +231,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     { websocket: true, schema: { summary: 'Re-attach to a background process over WebSocket: its buffered output, then live output and its exit', params: Type.Object({ id: Type.String({ maxLength: 128 }), processId: Type.String({ maxLength: 128 }) }) } },
     (socket, req) => {
       const ws = socket as unknown as WebSocket;
-      ws.pause();
+      holdMessages(ws);
       void (async () => {
         try {
           const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);

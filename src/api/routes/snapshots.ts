@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSnapshot, type SnapshotService } from '../../core/snapshots.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
-import { CreateMicroVMRequest, MicroVM, Snapshot, SnapshotRequest, type CreateMicroVMRequestT } from '../../core/schema.js';
+import { CreateMicroVMRequest, ForkRequest, MicroVM, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot']);
@@ -43,6 +43,21 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
     await snaps.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });
+  app.post(
+    '/microvms/:id/fork',
+    {
+      schema: {
+        summary: 'Live fork: children that carry the running microVM\'s memory and disk state, each with a fresh identity; the parent is paused only for the snapshot and keeps running',
+        params: IdParams,
+        body: ForkRequest,
+        response: { 201: Type.Object({ snapshot: Snapshot, children: Type.Array(MicroVM) }) },
+      },
+    },
+    async (req, reply) => {
+      const r = await snaps.fork(principal(req), (req.params as { id: string }).id, (req.body ?? {}) as ForkRequestT);
+      return reply.status(201).send({ snapshot: toSnapshot(r.snapshot), children: r.children });
+    },
+  );
   app.post(
     '/snapshots/:id/restore',
     { schema: { summary: 'Create a new microVM restored from the snapshot (a clone with fresh identity)', params: IdParams, body: RestoreRequest, response: { 201: MicroVM } } },
