@@ -144,7 +144,7 @@ describe('pull + build + cache', () => {
     assert.match(e.digest, /^sha256:[0-9a-f]{64}$/);
     // one directory per image digest and builder (builder version, init script, guest agent)
     assert.ok(e.rootfsPath.startsWith(join(cacheDir, 'oci', `${e.digest.replace(':', '-')}-`)), e.rootfsPath);
-    assert.match(e.rootfsPath, /-[0-9a-f]{8}\/rootfs\.ext4$/);
+    assert.match(e.rootfsPath, /-b[0-9a-f]{8}\/rootfs\.ext4$/);
     assert.deepEqual(e.config, { entrypoint: ['/app/run.sh'], cmd: ['--flag', "it's quoted"], env: ['FOO=bar baz', 'PATH=/bin'], workingDir: '/app', user: '' });
     assert.deepEqual(e.process.args, ['/app/run.sh', '--flag', "it's quoted"]);
     assert.equal(e.process.cwd, '/app');
