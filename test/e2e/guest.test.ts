@@ -272,7 +272,7 @@ describe('rules', () => {
     assert.equal(deniedFile.status, 403);
 
     assert.equal((await api('POST', '/tenants', { id: 'other' })).status, 201);
-    const other = await api('POST', '/apikeys?tenant=other', { name: 'o', role: 'admin' });
+    const other = await api('POST', '/apikeys?tenant=other', { name: 'o', role: 'tenant-admin' });
     assert.equal(other.status, 201, other.text);
     for (const [m, p, b] of [
       ['POST', `/microvms/${vm.id}/exec`, { cmd: ['true'] }],
@@ -294,14 +294,20 @@ describe('rules', () => {
   });
 
   test('a read-only place answers a clear error', async () => {
-    const r = await fetch(`${svc.url}/api/v1/microvms/${vm.id}/files?path=/proc/version`, {
+    // a real read-only file system in the guest: a tmpfs mounted ro
+    const m = await sh('mkdir -p /mnt/ro && mount -t tmpfs -o ro tmpfs /mnt/ro && grep " /mnt/ro " /proc/mounts');
+    assert.equal(m.exitCode, 0, m.stderr);
+    assert.match(m.stdout, /\bro\b/);
+    const r = await fetch(`${svc.url}/api/v1/microvms/${vm.id}/files?path=/mnt/ro/x.txt`, {
       method: 'PUT',
       headers: { authorization: `Bearer ${svc.token}`, 'content-type': 'application/octet-stream' },
       body: 'x',
     });
-    assert.ok(r.status >= 400 && r.status < 500, `status ${r.status}`);
-    const body = (await r.json()) as { code: string; detail?: string; title?: string };
-    assert.ok(body.code, JSON.stringify(body));
+    const text = await r.text();
+    assert.equal(r.status, 409, text);
+    const body = JSON.parse(text) as { code: string; detail?: string };
+    assert.equal(body.code, 'CONFLICT', text);
+    assert.match(body.detail ?? '', /read-only/, text);
   });
 
   test('a stopped VM answers 409 with a code', async () => {
