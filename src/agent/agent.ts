@@ -450,9 +450,12 @@ export class LocalAgent implements NodeAgent {
   private async reidentify(vm: MicroVM, dir: string, atts: NicAttachment[], r?: Runtime): Promise<void> {
     const link = r?.guest;
     if (link) {
-      try {
-        // A restored guest's agent is already running: Firecracker answers at once when nothing listens on its port.
-        const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message));
+      // A restored guest's agent is already running: Firecracker answers at once when nothing listens on its port.
+      const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message)).catch((e: Error) => {
+        this.options.log.warn({ vm: vm.id, err: e.message }, 'the restored guest has no guest agent: typing its identity into the console');
+        return undefined;
+      });
+      if (client) try {
         await client.identity({
           hostname: vm.name,
           machineId: machineIdOf(vm.id),
@@ -468,11 +471,8 @@ export class LocalAgent implements NodeAgent {
         r.markReady?.(`restored; identity set by guest agent ${client.hello.version}`);
         return;
       } catch (e) {
-        if (r.agentVersion || !/nothing listens|not available|timed out|DISCONNECTED/i.test((e as Error).message)) {
-          // The agent answered but the identity or the clone's setup failed: that is the error, not a missing agent.
-          throw new MvmError(ErrorCodes.VMM_ERROR, `the restored guest's agent could not set its identity or files: ${(e as Error).message}`, { cause: e });
-        }
-        this.options.log.warn({ vm: vm.id, err: (e as Error).message }, 'the restored guest has no guest agent: typing its identity into the console');
+        // The agent answered but the identity or the clone's setup failed: that is the error, not a missing agent.
+        throw new MvmError(ErrorCodes.VMM_ERROR, `the restored guest's agent could not set its identity or files: ${(e as Error).message}`, { cause: e });
       }
     }
     const cmds: string[] = [];
