@@ -3,14 +3,14 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent
+.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent sdk sdk-types
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
 	$(NODE) dist/src/cmd/mvm-server.js
 
 ## The same set-up, then every test (the first run also builds kube-apiserver from the Go module proxy, ~15 min, cached in $(MVM_CACHE_DIR)/kube).
-test: deps lint build web images control-plane
+test: deps lint build sdk web images control-plane
 	$(NODE) scripts/run-tests.mjs
 
 ## The unit tests alone (test/unit): no root, no guests, no control plane; under a minute.
@@ -19,7 +19,7 @@ test-unit: deps build
 
 ## ESLint with typescript-eslint's type-aware rules (eslint.config.js): no root, no guests; warnings fail it.
 ## No --cache: a cached result can miss a finding caused by a type change in another file.
-LINT_PATHS := src test bench scripts proto eslint.config.js
+LINT_PATHS := src test bench scripts proto sdk/typescript eslint.config.js
 lint: deps
 	@npx eslint --max-warnings 0 $(LINT_PATHS)
 
@@ -35,8 +35,19 @@ deps:
 
 ## dist/ is rebuilt from scratch, so nothing compiled from a deleted source survives (dist/web is the dashboard's).
 build: deps
-	@rm -rf dist/src dist/test dist/bench
+	@rm -rf dist/src dist/test dist/bench dist/sdk
 	@npx tsc -p tsconfig.json
+
+## The TypeScript SDK (sdk/typescript → its dist/: JavaScript + declarations, what `npm pack` ships), checked
+## against the OpenAPI document first (its types are generated: `make sdk-types` regenerates them).
+## The Python SDK (sdk/python) needs no build; `make deps` prepares its test virtualenv.
+sdk: build
+	@$(NODE) scripts/gen-sdk-types.mjs --check
+	@rm -rf sdk/typescript/dist
+	@npx tsc -p sdk/typescript/tsconfig.json
+
+sdk-types: build
+	@$(NODE) scripts/gen-sdk-types.mjs
 
 ## The dashboard (React + Vite) into dist/web, served at / by the API process.
 web: deps
