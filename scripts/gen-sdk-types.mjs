@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// The TypeScript SDK's types (sdk/typescript/src/openapi.ts) from the service's OpenAPI document.
+// The SDKs' types from the service's OpenAPI document (the one source of truth):
+//   sdk/typescript/src/openapi.ts       every path and operation (openapi-typescript)
+//   sdk/python/src/mvm_sdk/models.py    TypedDicts of the bodies the Python SDK sends and returns
 // The document is built offline: the API's routes are registered on a Fastify instance (no service
 // behind them, nothing listens) and @fastify/swagger renders what /api/v1/openapi.json serves.
 // Needs the compiled server (dist/src, `make build`).
 //
-//   node scripts/gen-sdk-types.mjs           (re)write sdk/typescript/src/openapi.ts
-//   node scripts/gen-sdk-types.mjs --check   exit 1 if the committed file differs from a fresh one
+//   node scripts/gen-sdk-types.mjs           (re)write both files
+//   node scripts/gen-sdk-types.mjs --check   exit 1 if a committed file differs from a fresh one
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -34,14 +36,124 @@ const text =
   '/* eslint-disable */\n' +
   astToString(ast);
 
-if (check) {
-  const old = existsSync(target) ? readFileSync(target, 'utf8') : '';
-  if (old !== text) {
-    console.error(`${target} is out of date with the OpenAPI document: run node scripts/gen-sdk-types.mjs`);
-    process.exit(1);
+const files = [
+  [target, text],
+  [join(repo, 'sdk/python/src/mvm_sdk/models.py'), pythonModels(doc)],
+];
+let stale = false;
+for (const [file, content] of files) {
+  if (check) {
+    const old = existsSync(file) ? readFileSync(file, 'utf8') : '';
+    if (old !== content) {
+      console.error(`${file} is out of date with the OpenAPI document: run node scripts/gen-sdk-types.mjs`);
+      stale = true;
+    } else console.log(`${file.slice(repo.length)} is up to date`);
+  } else {
+    writeFileSync(file, content);
+    console.log(`wrote ${file.slice(repo.length)}`);
   }
-  console.log('sdk/typescript/src/openapi.ts is up to date');
-} else {
-  writeFileSync(target, text);
-  console.log(`wrote ${target} (${Object.keys(doc.paths ?? {}).length} paths)`);
+}
+if (stale) process.exit(1);
+
+// ---- Python: TypedDicts (functional syntax: keys such as "from" are Python keywords) ----------
+
+function pythonModels(doc) {
+  const op = (path, method) => {
+    const o = doc.paths?.[path]?.[method];
+    if (!o) throw new Error(`the OpenAPI document has no ${method.toUpperCase()} ${path}`);
+    return o;
+  };
+  const body = (path, method) => op(path, method).requestBody?.content?.['application/json']?.schema;
+  const ok = (path, method) => op(path, method).responses?.['200']?.content?.['application/json']?.schema;
+  // The same names as the TypeScript SDK's aliases (sdk/typescript/src/index.ts).
+  const roots = [
+    ['MicroVM', ok('/api/v1/microvms/{id}', 'get')],
+    ['MicroVMList', ok('/api/v1/microvms', 'get')],
+    ['CreateMicroVMRequest', body('/api/v1/microvms', 'post')],
+    ['ExecRequest', body('/api/v1/microvms/{id}/exec', 'post')],
+    ['ExecResponse', ok('/api/v1/microvms/{id}/exec', 'post')],
+    ['GuestFileStat', ok('/api/v1/microvms/{id}/files/stat', 'get')],
+    ['MkdirRequest', body('/api/v1/microvms/{id}/files/mkdir', 'post')],
+    ['MoveRequest', body('/api/v1/microvms/{id}/files/move', 'post')],
+  ];
+  const out = [];
+  const defined = new Map(); // name -> definition text (the same nested shape may recur)
+  const pascal = (s) => s.replace(/(^|[^A-Za-z0-9]+)([A-Za-z0-9])/g, (_m, _sep, c) => c.toUpperCase());
+  const lit = (v) => JSON.stringify(v);
+  const typeOf = (schema, name) => {
+    if (!schema || typeof schema !== 'object') return 'Any';
+    if (Array.isArray(schema.anyOf) || Array.isArray(schema.oneOf)) {
+      const alts = [...new Set((schema.anyOf ?? schema.oneOf).map((s, i) => typeOf(s, `${name}${i}`)))];
+      if (alts.every((a) => a.startsWith('Literal['))) return `Literal[${alts.map((a) => a.slice(8, -1)).join(', ')}]`;
+      return alts.length === 1 ? alts[0] : `Union[${alts.join(', ')}]`;
+    }
+    if (Array.isArray(schema.enum)) return `Literal[${schema.enum.map(lit).join(', ')}]`;
+    const t = Array.isArray(schema.type) ? schema.type.filter((x) => x !== 'null') : [schema.type];
+    const nullable = schema.nullable === true || (Array.isArray(schema.type) && schema.type.includes('null'));
+    const wrap = (s) => (nullable ? `Optional[${s}]` : s);
+    if (t.length !== 1) return 'Any';
+    switch (t[0]) {
+      case 'string':
+        return wrap('str');
+      case 'integer':
+        return wrap('int');
+      case 'number':
+        return wrap('float');
+      case 'boolean':
+        return wrap('bool');
+      case 'array':
+        return wrap(`List[${typeOf(schema.items, `${name}Item`)}]`);
+      case 'object':
+        if (schema.properties && Object.keys(schema.properties).length) return wrap(typedDict(name, schema));
+        if (schema.additionalProperties && typeof schema.additionalProperties === 'object') {
+          return wrap(`Dict[str, ${typeOf(schema.additionalProperties, `${name}Value`)}]`);
+        }
+        return wrap('Dict[str, Any]');
+      default:
+        return 'Any';
+    }
+  };
+  const bySchema = new Map(); // a shape met again (a list's items, affinity vs anti-affinity) keeps its first name
+  const typedDict = (name, schema) => {
+    const seen = bySchema.get(JSON.stringify(schema));
+    if (seen) return seen;
+    const required = new Set(schema.required ?? []);
+    const req = [];
+    const opt = [];
+    for (const [k, v] of Object.entries(schema.properties)) {
+      const comment = v && typeof v.description === 'string' ? `  # ${v.description.replace(/\s+/g, ' ')}` : '';
+      (required.has(k) ? req : opt).push(`    ${lit(k)}: ${typeOf(v, name + pascal(k))},${comment}`);
+    }
+    const fields = (lines) => (lines.length ? `{\n${lines.join('\n')}\n}` : '{}');
+    let text;
+    if (req.length && opt.length) {
+      text =
+        `_${name}Required = TypedDict(${lit(`_${name}Required`)}, ${fields(req)})\n` +
+        `_${name}Optional = TypedDict(${lit(`_${name}Optional`)}, ${fields(opt)}, total=False)\n\n\n` +
+        `class ${name}(_${name}Required, _${name}Optional):\n    pass\n`;
+    } else {
+      text = `${name} = TypedDict(${lit(name)}, ${fields(req.length ? req : opt)}${req.length ? '' : ', total=False'})\n`;
+    }
+    if (defined.has(name)) {
+      if (defined.get(name) !== text) throw new Error(`two different shapes named ${name}`);
+      return name;
+    }
+    defined.set(name, text);
+    bySchema.set(JSON.stringify(schema), name);
+    out.push(text); // after the nested types it refers to (functional TypedDicts are evaluated at import)
+    return name;
+  };
+  for (const [name, schema] of roots) {
+    if (!schema) throw new Error(`no JSON schema for ${name}`);
+    const t = typeOf(schema, name);
+    if (t !== name) throw new Error(`${name} is not an object schema (${t})`);
+  }
+  return (
+    "# Generated by scripts/gen-sdk-types.mjs from the service's OpenAPI document (/api/v1/openapi.json).\n" +
+    '# Do not edit: run `node scripts/gen-sdk-types.mjs` after changing src/core/schema.ts or a route.\n' +
+    '"""Typed shapes (TypedDict) of the JSON bodies the SDK sends and returns: plain dicts at run time."""\n' +
+    'from typing import Any, Dict, List, Literal, Optional, TypedDict, Union  # noqa: F401\n\n' +
+    `__all__ = [${roots.map(([n]) => lit(n)).join(', ')}]\n\n\n` +
+    out.join('\n\n')
+  );
 }

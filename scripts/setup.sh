@@ -76,18 +76,21 @@ if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_m
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# The Python SDK's end-to-end test (sdk/python): httpx, websockets and pytest in a virtualenv of
-# its own under $MVM_CACHE_DIR, named after the hash of its requirements file (a change makes a new
-# one; test/support/python.ts finds it the same way). Nothing is installed system-wide.
+# The Python SDK's end-to-end test (sdk/python): httpx, websockets, pytest and setuptools from PyPI in
+# a virtualenv of its own under $MVM_CACHE_DIR, named after the hash of its requirements file (a
+# change makes a new one; test/support/sdk.ts finds it the same way), made with Debian's python3
+# (not whatever python3 comes first in PATH), and only PyPI is asked (no local wheel directories).
+# Nothing is installed system-wide.
 py_req=sdk/python/requirements-test.txt
 if [[ -f $py_req ]]; then
   py_venv="${MVM_CACHE_DIR:-/var/cache/mvm}/py-venv-$(sha256sum "$py_req" | cut -c1-16)"
-  if [[ ! -f $py_venv/.complete ]]; then
+  if [[ ! -f $py_venv/.complete ]] || ! grep -qx 'home = /usr/bin' "$py_venv/pyvenv.cfg"; then
     echo "setup: python venv $py_venv"
     rm -rf "$py_venv"
     mkdir -p "$(dirname "$py_venv")"
-    python3 -m venv "$py_venv"
-    "$py_venv/bin/python" -m pip install -q --disable-pip-version-check --no-input -r "$py_req"
+    /usr/bin/python3 -m venv "$py_venv"
+    env -u PIP_FIND_LINKS -u PIP_NO_INDEX -u PIP_EXTRA_INDEX_URL "$py_venv/bin/python" -m pip install -q \
+      --disable-pip-version-check --no-input --index-url "${MVM_PYPI_INDEX:-https://pypi.org/simple}" -r "$py_req"
     touch "$py_venv/.complete"
   fi
 fi

@@ -3,7 +3,7 @@
  * create, wait ready, exec (buffered; streamed with stdin and a signal), a 1 MiB file both ways,
  * file listing/stat/mkdir/remove, port forwarding to busybox httpd in the guest, typed errors
  * (404 NOT_FOUND, 400 with violations), delete; then the README example, as written, importing
- * the built package (`make sdk`) by its name.
+ * the built package (`make build`) by its name.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -141,7 +141,7 @@ describe('@mvm/sdk', () => {
   });
 
   test('the README example runs as written (the built package, imported as @mvm/sdk)', { timeout: 400_000 }, async () => {
-    assert.ok(existsSync(join(REPO, 'sdk/typescript/dist/index.js')), 'sdk/typescript/dist is missing: run make sdk');
+    assert.ok(existsSync(join(REPO, 'sdk/typescript/dist/index.js')), 'sdk/typescript/dist is missing: run make build');
     mkdirSync(join(work, 'node_modules/@mvm'), { recursive: true });
     symlinkSync(join(REPO, 'sdk/typescript'), join(work, 'node_modules/@mvm/sdk'));
     const file = join(work, 'example.mjs');

@@ -1,7 +1,7 @@
 /**
- * sdk/typescript/src/openapi.ts is generated from the OpenAPI document the API serves
- * (scripts/gen-sdk-types.mjs): a fresh generation must equal the committed file, so the SDK's
- * types never drift from src/core/schema.ts and the routes.
+ * The SDKs' types are generated from the OpenAPI document the API serves (scripts/gen-sdk-types.mjs):
+ * sdk/typescript/src/openapi.ts and sdk/python/src/mvm_sdk/models.py. A fresh generation must equal
+ * the committed files, so neither SDK drifts from src/core/schema.ts and the routes.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,5 +11,5 @@ import { REPO } from '../support/service.js';
 
 test('the SDK types are up to date with the OpenAPI document', () => {
   const r = spawnSync(process.execPath, [join(REPO, 'scripts/gen-sdk-types.mjs'), '--check'], { encoding: 'utf8', timeout: 60_000 });
-  assert.equal(r.status, 0, `${r.stdout}${r.stderr}\n(run node scripts/gen-sdk-types.mjs and commit sdk/typescript/src/openapi.ts)`);
+  assert.equal(r.status, 0, `${r.stdout}${r.stderr}\n(run make sdk-types and commit sdk/typescript/src/openapi.ts and sdk/python/src/mvm_sdk/models.py)`);
 });

@@ -3205,6 +3205,472 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/microvms/{id}/fork": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Live fork: children that carry the running microVM's memory and disk state, each with a fresh identity; the parent is paused only for the snapshot and keeps running */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path: {
+                    id: string;
+                };
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        /** @description how many children (default 1) */
+                        count?: number;
+                        /** @description their names (default <parent>-fork-<n>-<i>) */
+                        names?: string[];
+                    };
+                };
+            };
+            responses: {
+                /** @description Default Response */
+                201: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            children: {
+                                /** Format: date-time */
+                                createdAt: string;
+                                desiredState: "Running" | "Stopped" | "Paused";
+                                generation: number;
+                                id: string;
+                                name: string;
+                                resourceVersion: string;
+                                spec: {
+                                    affinity?: {
+                                        vmAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                        vmAntiAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                    };
+                                    egress?: {
+                                        allow?: string[];
+                                        default?: "allow" | "deny";
+                                        deny?: string[];
+                                    };
+                                    /** @description environment of every command the guest agent runs (exec, template commands) */
+                                    env?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description files written by the guest agent at first boot, before anything else runs */
+                                    files?: {
+                                        /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                        content: string;
+                                        /** @description default utf8 */
+                                        encoding?: "utf8" | "base64";
+                                        /** @description permission bits, default 0644 (420) */
+                                        mode?: number;
+                                        /** @description absolute path in the guest; parents are created */
+                                        path: string;
+                                    }[];
+                                    kernel?: {
+                                        /** @description Extra kernel command line appended to the generated one */
+                                        cmdline?: string;
+                                        /** @description Kernel image reference or "default" */
+                                        image?: string;
+                                    };
+                                    /** @description Free-form labels */
+                                    labels?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description Lifetimes of the microVM */
+                                    lifecycle?: {
+                                        /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                        bootTimeout?: string;
+                                    };
+                                    /** @description Guest memory, 128Mi to 8Gi */
+                                    memory: string;
+                                    networkInterfaces?: {
+                                        ip?: string;
+                                        mac?: string;
+                                        name: string;
+                                    }[];
+                                    /** @description node labels the VM needs (all must match) */
+                                    nodeSelector?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description guest ports published on host ports */
+                                    ports?: {
+                                        guestPort: number;
+                                        hostIp?: string;
+                                        hostPort: number;
+                                        nic?: string;
+                                        protocol?: "tcp" | "udp";
+                                    }[];
+                                    rootfs?: {
+                                        /** @description Root filesystem image reference or "default" */
+                                        image?: string;
+                                        /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                        readOnly?: boolean;
+                                        /** @description Root disk size, e.g. 1Gi */
+                                        size?: string;
+                                    };
+                                    /** @description security groups (names or ids) of the tenant */
+                                    securityGroups?: string[];
+                                    source?: {
+                                        /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                        snapshot?: string;
+                                        /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                        template?: {
+                                            id: string;
+                                            version: number;
+                                        };
+                                    };
+                                    /** @description node taints this VM tolerates */
+                                    tolerations?: {
+                                        effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                        /** @description taint key; empty with operator Exists tolerates every taint */
+                                        key?: string;
+                                        /** @description default Equal */
+                                        operator?: "Equal" | "Exists";
+                                        value?: string;
+                                    }[];
+                                    /** @description Number of vCPUs (1-8) */
+                                    vcpu: number;
+                                    volumes?: {
+                                        mountPath: string;
+                                        name: string;
+                                        readOnly?: boolean;
+                                        size?: string;
+                                    }[];
+                                };
+                                status: {
+                                    /** @description Acceleration used: kvm or tcg */
+                                    accel?: string;
+                                    bootMs?: {
+                                        guestReady: number;
+                                        /** @description network set-up (CNI ADD to tap ready), ms */
+                                        network?: number;
+                                        vmm: number;
+                                    };
+                                    conditions: {
+                                        /** Format: date-time */
+                                        lastTransitionTime: string;
+                                        message?: string;
+                                        reason?: string;
+                                        status: "True" | "False" | "Unknown";
+                                        type: string;
+                                    }[];
+                                    /** @description VMM driver: qemu or firecracker */
+                                    driver?: string;
+                                    /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                                    guestAgent?: {
+                                        version: string;
+                                    };
+                                    interfaces?: {
+                                        gateway: string;
+                                        ip: string;
+                                        mac: string;
+                                        name: string;
+                                        prefix: number;
+                                        tap: string;
+                                    }[];
+                                    ip?: string;
+                                    message?: string;
+                                    node?: string;
+                                    observedGeneration?: number;
+                                    /** @description Lifecycle phase */
+                                    phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                                    pid?: number;
+                                    /** Format: date-time */
+                                    readyAt?: string;
+                                    /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                                    reason?: string;
+                                    /** Format: date-time */
+                                    startedAt?: string;
+                                    /** Format: date-time */
+                                    stoppedAt?: string;
+                                };
+                                tenant: string;
+                                /** Format: date-time */
+                                updatedAt: string;
+                            }[];
+                            snapshot: {
+                                /** Format: date-time */
+                                createdAt: string;
+                                driver: string;
+                                durationMs?: number;
+                                id: string;
+                                message?: string;
+                                name: string;
+                                node: string;
+                                phase: "Creating" | "Ready" | "Failed";
+                                sizeBytes?: number;
+                                spec: {
+                                    affinity?: {
+                                        vmAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                        vmAntiAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                    };
+                                    egress?: {
+                                        allow?: string[];
+                                        default?: "allow" | "deny";
+                                        deny?: string[];
+                                    };
+                                    /** @description environment of every command the guest agent runs (exec, template commands) */
+                                    env?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description files written by the guest agent at first boot, before anything else runs */
+                                    files?: {
+                                        /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                        content: string;
+                                        /** @description default utf8 */
+                                        encoding?: "utf8" | "base64";
+                                        /** @description permission bits, default 0644 (420) */
+                                        mode?: number;
+                                        /** @description absolute path in the guest; parents are created */
+                                        path: string;
+                                    }[];
+                                    kernel?: {
+                                        /** @description Extra kernel command line appended to the generated one */
+                                        cmdline?: string;
+                                        /** @description Kernel image reference or "default" */
+                                        image?: string;
+                                    };
+                                    /** @description Free-form labels */
+                                    labels?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description Lifetimes of the microVM */
+                                    lifecycle?: {
+                                        /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                        bootTimeout?: string;
+                                    };
+                                    /** @description Guest memory, 128Mi to 8Gi */
+                                    memory: string;
+                                    networkInterfaces?: {
+                                        ip?: string;
+                                        mac?: string;
+                                        name: string;
+                                    }[];
+                                    /** @description node labels the VM needs (all must match) */
+                                    nodeSelector?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description guest ports published on host ports */
+                                    ports?: {
+                                        guestPort: number;
+                                        hostIp?: string;
+                                        hostPort: number;
+                                        nic?: string;
+                                        protocol?: "tcp" | "udp";
+                                    }[];
+                                    rootfs?: {
+                                        /** @description Root filesystem image reference or "default" */
+                                        image?: string;
+                                        /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                        readOnly?: boolean;
+                                        /** @description Root disk size, e.g. 1Gi */
+                                        size?: string;
+                                    };
+                                    /** @description security groups (names or ids) of the tenant */
+                                    securityGroups?: string[];
+                                    source?: {
+                                        /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                        snapshot?: string;
+                                        /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                        template?: {
+                                            id: string;
+                                            version: number;
+                                        };
+                                    };
+                                    /** @description node taints this VM tolerates */
+                                    tolerations?: {
+                                        effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                        /** @description taint key; empty with operator Exists tolerates every taint */
+                                        key?: string;
+                                        /** @description default Equal */
+                                        operator?: "Equal" | "Exists";
+                                        value?: string;
+                                    }[];
+                                    /** @description Number of vCPUs (1-8) */
+                                    vcpu: number;
+                                    volumes?: {
+                                        mountPath: string;
+                                        name: string;
+                                        readOnly?: boolean;
+                                        size?: string;
+                                    }[];
+                                };
+                                tenant: string;
+                                /** @description the microVM it was taken of */
+                                vmId: string;
+                            };
+                        };
+                    };
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/microvms/{id}/metrics": {
         parameters: {
             query?: never;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import queue
 import socket
@@ -17,12 +18,16 @@ from websockets.sync.client import ClientConnection, connect as ws_connect
 from websockets.typing import Subprotocol
 
 from .errors import MvmApiError, MvmConnectionError, MvmError, MvmTimeoutError
+from .models import CreateMicroVMRequest, GuestFileStat, MicroVM, MicroVMList
 
 __all__ = ["Mvm", "ExecResult", "ExecSession", "Tunnel", "PortForward"]
 
 UploadBody = Union[bytes, str, BinaryIO, Iterable[bytes]]
 _CHUNK = 256 * 1024
 _UA = "mvm-sdk-python/0.1.0"
+# websockets >= 17.1 warns unless connect() is used as a context manager or told legacy=True: the
+# SDK keeps its connections beyond one block (sessions, tunnels) and closes them itself.
+_WS_LEGACY: Dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
 
 def _enc(s: str) -> str:
@@ -171,7 +176,7 @@ class Mvm:
             protocols.append(Subprotocol(f"bearer.{b64}"))
         try:
             return ws_connect(url, subprotocols=protocols, compression=None, max_size=None,
-                              open_timeout=self._timeout, user_agent_header=_UA)
+                              open_timeout=self._timeout, user_agent_header=_UA, **_WS_LEGACY)
         except InvalidStatus as e:
             raise _problem_from(e.response.status_code, e.response.body or b"") from None
         except (OSError, InvalidHandshake, TimeoutError) as e:
@@ -250,23 +255,23 @@ class MicroVMs:
     def __init__(self, c: Mvm):
         self._c = c
 
-    def create(self, spec: Dict[str, Any]) -> Dict[str, Any]:
+    def create(self, spec: CreateMicroVMRequest) -> MicroVM:
         return self._c._json("POST", "/microvms", json=spec)
 
-    def get(self, vm: str) -> Dict[str, Any]:
+    def get(self, vm: str) -> MicroVM:
         return self._c._json("GET", f"/microvms/{_enc(vm)}")
 
-    def list(self, **params: Any) -> Dict[str, Any]:
+    def list(self, **params: Any) -> MicroVMList:
         """One page: ``{"items": [...], "next_cursor"?: ...}``. Params: limit, cursor, phase, label, tenant."""
         return self._c._json("GET", "/microvms", params={k: v for k, v in params.items() if v is not None})
 
-    def delete(self, vm: str, wait: bool = False, timeout: float = 120.0) -> Dict[str, Any]:
+    def delete(self, vm: str, wait: bool = False, timeout: float = 120.0) -> MicroVM:
         out = self._c._json("DELETE", f"/microvms/{_enc(vm)}")
         if wait:
             self.wait_deleted(vm, timeout=timeout)
         return out
 
-    def wait_for(self, vm: str, phase: str = "Running", ready: bool = True, timeout: float = 300.0) -> Dict[str, Any]:
+    def wait_for(self, vm: str, phase: str = "Running", ready: bool = True, timeout: float = 300.0) -> MicroVM:
         """Wait until the VM is in ``phase`` and (``ready``) its guest agent answers. Long-polls /wait."""
         deadline = time.monotonic() + timeout
         while True:
@@ -297,7 +302,7 @@ class MicroVMs:
                 raise MvmTimeoutError(f"{vm} still present after {timeout:g}s", last)
             time.sleep(0.25)
 
-    def _last(self, vm: str) -> Optional[Dict[str, Any]]:
+    def _last(self, vm: str) -> Optional[MicroVM]:
         try:
             return self.get(vm)
         except MvmError:
@@ -361,13 +366,13 @@ class Files:
         return self._c._json("PUT", f"/microvms/{_enc(vm)}/files", params=self._q(path, user, archive="tar"), content=_chunks(tar),
                              headers={"content-type": "application/x-tar"}, timeout=httpx.Timeout(self._c._timeout, write=None, read=None))
 
-    def list(self, vm: str, path: str, user: Optional[str] = None) -> List[Dict[str, Any]]:
+    def list(self, vm: str, path: str, user: Optional[str] = None) -> List[GuestFileStat]:
         r = self._c._json("GET", f"/microvms/{_enc(vm)}/files", params=self._q(path, user))
         if not isinstance(r, dict) or not isinstance(r.get("entries"), list):
             raise MvmApiError(400, {"code": "NOT_A_DIRECTORY", "detail": f"{path} is not a directory in the guest"})
         return r["entries"]
 
-    def stat(self, vm: str, path: str, user: Optional[str] = None) -> Dict[str, Any]:
+    def stat(self, vm: str, path: str, user: Optional[str] = None) -> GuestFileStat:
         return self._c._json("GET", f"/microvms/{_enc(vm)}/files/stat", params=self._q(path, user))
 
     def mkdir(self, vm: str, path: str, parents: bool = True, mode: Optional[int] = None, user: Optional[str] = None) -> Dict[str, Any]:
