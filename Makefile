@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent
+.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent sdk-types
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -19,7 +19,7 @@ test-unit: deps build
 
 ## ESLint with typescript-eslint's type-aware rules (eslint.config.js): no root, no guests; warnings fail it.
 ## No --cache: a cached result can miss a finding caused by a type change in another file.
-LINT_PATHS := src test bench scripts proto eslint.config.js
+LINT_PATHS := src test bench scripts proto sdk/typescript eslint.config.js
 lint: deps
 	@npx eslint --max-warnings 0 $(LINT_PATHS)
 
@@ -34,9 +34,17 @@ deps:
 	@scripts/setup.sh
 
 ## dist/ is rebuilt from scratch, so nothing compiled from a deleted source survives (dist/web is the dashboard's).
+## The TypeScript SDK's package is compiled too, into sdk/typescript/dist (its main: JavaScript +
+## declarations, what `npm pack` ships; build output, never committed).
 build: deps
-	@rm -rf dist/src dist/test dist/bench
+	@rm -rf dist/src dist/test dist/bench dist/sdk sdk/typescript/dist
 	@npx tsc -p tsconfig.json
+	@npx tsc -p sdk/typescript/tsconfig.json
+
+## Regenerate the SDKs' types from the OpenAPI document after a change to src/core/schema.ts or a route
+## (sdk/typescript/src/openapi.ts, sdk/python/src/mvm_sdk/models.py); test/unit/sdk-types fails while they are stale.
+sdk-types: build
+	@$(NODE) scripts/gen-sdk-types.mjs
 
 ## The dashboard (React + Vite) into dist/web, served at / by the API process.
 web: deps

@@ -19,6 +19,9 @@ export default tseslint.config(
       'src/web/vite.config.ts',
       '.data/**',
       'test-artifacts/**',
+      'sdk/typescript/dist/**',
+      // Generated from the OpenAPI document (scripts/gen-sdk-types.mjs).
+      'sdk/typescript/src/openapi.ts',
     ],
   },
   {

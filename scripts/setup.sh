@@ -36,6 +36,7 @@ APT_PACKAGES=(
   iproute2 nftables iptables containernetworking-plugins
   prometheus chromium fonts-dejavu-core
   skopeo umoci docker-registry
+  python3 python3-venv
 )
 if [[ -n "${MVM_EXTRA_APT:-}" ]]; then
   # shellcheck disable=SC2206
@@ -73,4 +74,23 @@ fi
 if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
   echo "setup: npm ci"
   npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# The Python SDK's end-to-end test (sdk/python): httpx, websockets, pytest and setuptools from PyPI in
+# a virtualenv of its own under $MVM_CACHE_DIR, named after the hash of its requirements file (a
+# change makes a new one; test/support/sdk.ts finds it the same way), made with Debian's python3
+# (not whatever python3 comes first in PATH), and only PyPI is asked (no local wheel directories).
+# Nothing is installed system-wide.
+py_req=sdk/python/requirements-test.txt
+if [[ -f $py_req ]]; then
+  py_venv="${MVM_CACHE_DIR:-/var/cache/mvm}/py-venv-$(sha256sum "$py_req" | cut -c1-16)"
+  if [[ ! -f $py_venv/.complete ]] || ! grep -qx 'home = /usr/bin' "$py_venv/pyvenv.cfg"; then
+    echo "setup: python venv $py_venv"
+    rm -rf "$py_venv"
+    mkdir -p "$(dirname "$py_venv")"
+    /usr/bin/python3 -m venv "$py_venv"
+    env -u PIP_FIND_LINKS -u PIP_NO_INDEX -u PIP_EXTRA_INDEX_URL "$py_venv/bin/python" -m pip install -q \
+      --disable-pip-version-check --no-input --index-url "${MVM_PYPI_INDEX:-https://pypi.org/simple}" -r "$py_req"
+    touch "$py_venv/.complete"
+  fi
 fi
