@@ -47,18 +47,8 @@ export interface ExecExit {
   [k: string]: unknown;
 }
 
-export interface GuestFileStat {
-  name: string;
-  path: string;
-  /** file, dir, symlink, fifo, socket, char, block or other */
-  type: string;
-  size: number;
-  mode: number;
-  mtimeMs: number;
-  uid: number;
-  gid: number;
-  symlinkTarget?: string;
-}
+import type { GuestFileStat } from '../core/ports/guest.js';
+export type { GuestFileStat };
 
 export interface FileDownload {
   /** The file's bytes (a Node stream: pipe it; it applies backpressure to the service). */

@@ -2,6 +2,7 @@
  * The mvm guest agent protocol (docs/guest-agent-protocol.md): constants and the JSON shapes of
  * requests, responses and events. The agent (images/guest/agent, Go) is the other side.
  */
+import type { GuestExecRequest, GuestExecResult, GuestFileStat, GuestProcess, GuestUser as PortGuestUser } from '../core/ports/guest.js';
 
 /** Frame kinds (byte 2 of the header). */
 export const FrameKind = {
@@ -80,24 +81,15 @@ export interface HealthInfo {
 }
 
 /** A user of the guest's /etc/passwd: a name or a uid. Empty: root. */
-export type GuestUser = string | number;
+export type GuestUser = PortGuestUser;
 
-export interface ExecRequest {
-  /** argv; cmd[0] is looked up in PATH (of the merged env). */
-  cmd: string[];
-  /** Merged over the defaults (PATH, HOME, USER, LOGNAME, SHELL) and the setup env. */
-  env?: Record<string, string>;
-  /** Default: the user's home directory, else /. */
-  cwd?: string;
-  user?: GuestUser;
-  /** Allocate a pty: output merged on stdout, stdin is the terminal, resize works. */
-  tty?: boolean;
-  cols?: number;
-  rows?: number;
-  /** Kill the process group (SIGKILL) after this long; the result says timedOut. */
-  timeoutMs?: number;
-  /** Give the process a stdin pipe fed by the host (else /dev/null). */
-  stdin?: boolean;
+/**
+ * An exec as the agent takes it: the port's request (cmd looked up in PATH of the merged env; env
+ * merged over the defaults; cwd default the user's home; tty merges output on stdout; timeoutMs
+ * kills the process group; stdin gives the process a pipe fed by the host) plus the
+ * background-process fields.
+ */
+export interface ExecRequest extends GuestExecRequest {
   /** Internal: use startProcess(). */
   background?: boolean;
   tag?: string;
@@ -105,43 +97,15 @@ export interface ExecRequest {
   bufferBytes?: number;
 }
 
-export interface ExecResult {
-  /** The exit status; 128+n when killed by signal n; 127 not found, 126 not executable. */
-  exitCode: number;
-  /** The signal that killed it (e.g. "KILL"), or null. */
-  signal: string | null;
-  timedOut: boolean;
-  durationMs: number;
-  pid?: number;
-}
+/** How a command ended (the port's type: exitCode 128+n when signal n killed it). */
+export type ExecResult = GuestExecResult;
 
-export interface ProcessInfo {
-  processId: string;
-  pid: number;
-  cmd: string[];
-  tag?: string;
-  tty: boolean;
-  running: boolean;
-  startedAt: string;
-  endedAt?: string;
-  result?: ExecResult;
-  stdoutBytes: number;
-  stderrBytes: number;
-}
+export type ProcessInfo = GuestProcess;
 
 export type FileType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block' | 'other';
 
-export interface FileStat {
-  name: string;
-  path: string;
+export interface FileStat extends GuestFileStat {
   type: FileType;
-  size: number;
-  /** Permission bits with setuid/setgid/sticky (e.g. 0o644). */
-  mode: number;
-  mtimeMs: number;
-  uid: number;
-  gid: number;
-  symlinkTarget?: string;
 }
 
 export interface IdentityInterface {
