@@ -1,4 +1,4 @@
-/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE). */
+/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE), WebSockets (exec). */
 import type { MetricsHistoryPointT, MicroVMT, ProblemT, VmEventT, VmMetricsHistoryT, VmMetricsT } from '../../core/schema';
 
 export type MicroVM = MicroVMT;
@@ -29,6 +29,12 @@ async function problemOf(res: Response): Promise<Problem> {
     /* not JSON */
   }
   return { title: res.statusText || 'Request failed', status: res.status, code: `HTTP_${res.status}`, detail: text.slice(0, 500) || `HTTP ${res.status}` };
+}
+
+function base64url(s: string): string {
+  let bin = '';
+  for (const b of new TextEncoder().encode(s)) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
 export class Api {
@@ -73,6 +79,18 @@ export class Api {
       if (done) return;
       if (value) yield value;
     }
+  }
+
+  /**
+   * A WebSocket to an API route (exec): browsers cannot set Authorization on a WebSocket, so the
+   * token goes as the subprotocol `bearer.<base64url(token)>` beside `mvm.v1` (docs/exec-api.md).
+   */
+  socket(path: string): WebSocket {
+    const url = new URL(`${this.base}/api/v1${path}`, location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(url, ['mvm.v1', `bearer.${base64url(this.token)}`]);
+    ws.binaryType = 'arraybuffer';
+    return ws;
   }
 
   /** Server-Sent Events over fetch (EventSource cannot send the Authorization header). */
