@@ -183,6 +183,35 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   for (let i = 0; i < 50 && !execSockets()[0]!.isClosed(); i++) await page.waitForTimeout(100);
   assert.ok(execSockets()[0]!.isClosed(), 'the exec WebSocket is still open after leaving the Terminal tab');
 
+  // A guest without the agent: no image here lacks it, so a second tab gets the API's answer for
+  // one (409 AGENT_UNAVAILABLE over the socket, as wsFail sends it) from a mocked exec WebSocket.
+  const page2 = await page.context().newPage();
+  try {
+    await page2.routeWebSocket(/\/api\/v1\/microvms\/[^/]+\/exec$/, (ws) => {
+      ws.onMessage(() => {
+        const message = `the guest agent of microVM ${vm.id} is not available (its VMM has no guest agent channel); exec, files and port forwarding need an image with the guest agent`;
+        ws.send(JSON.stringify({ type: 'error', status: 409, code: 'AGENT_UNAVAILABLE', message, problem: { status: 409, code: 'AGENT_UNAVAILABLE', detail: message } }));
+        void ws.close({ code: 4409, reason: 'AGENT_UNAVAILABLE' });
+      });
+    });
+    await page2.goto(svc.url);
+    await page2.getByLabel('API token').fill(svc.token);
+    await page2.keyboard.press('Enter');
+    await page2.getByRole('heading', { name: 'MicroVMs' }).waitFor();
+    await page2.goto(`${svc.url}/#/vms/${vm.id}`);
+    await page2.locator('.facts dd', { hasText: /^ready$/ }).waitFor({ timeout: 30_000 });
+    await page2.getByRole('tab', { name: 'Terminal' }).click();
+    const noAgent = page2.getByTestId('terminal-problem');
+    await noAgent.waitFor({ timeout: 15_000 });
+    assert.match(await noAgent.innerText(), /guest agent is unavailable/);
+    assert.match(await noAgent.innerText(), /no guest agent channel/);
+    assert.match(await page2.getByTestId('terminal-status').innerText(), /unavailable/);
+    assert.equal(await page2.getByRole('button', { name: 'Reconnect' }).isVisible(), true);
+    await page2.screenshot({ path: join(ARTIFACTS, 'dashboard-terminal-no-agent.png'), fullPage: true });
+  } finally {
+    await page2.close();
+  }
+
   // --- the list shows it live with IP, node and uptime.
   await page.goto(`${svc.url}/#/`);
   const row = page.locator('tr[data-vm="web1"]');

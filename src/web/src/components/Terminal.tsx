@@ -15,7 +15,7 @@ type State =
   | { kind: 'connecting' }
   | { kind: 'open'; pid: number }
   | { kind: 'exited'; exitCode: number; signal?: string | null }
-  | { kind: 'error'; status: number; code: string; message: string }
+  | { kind: 'error'; status: number; code: string; message: string; phase?: string }
   | { kind: 'closed'; code: number; opened: boolean };
 
 interface ServerMessage {
@@ -26,12 +26,15 @@ interface ServerMessage {
   status?: number;
   code?: string;
   message?: string;
+  problem?: { phase?: string };
 }
 
 /** What the user should read when the shell could not be had (or ended). */
-function explain(s: State): { title: string; text: string } | undefined {
+function explain(s: State, booting: boolean): { title: string; text: string } | undefined {
   if (s.kind === 'error') {
-    if (s.code === 'ILLEGAL_TRANSITION') return { title: 'The microVM is not running', text: s.message };
+    if (s.code === 'ILLEGAL_TRANSITION') return { title: s.phase === 'Paused' ? 'The microVM is paused' : 'The microVM is not running', text: s.message };
+    // Its agent answers once the guest has booted: the tab remounts (and connects) when the guest becomes ready.
+    if (s.code === 'AGENT_UNAVAILABLE' && booting) return { title: 'The guest is still booting', text: 'The terminal connects by itself when the guest is ready.' };
     if (s.code === 'AGENT_UNAVAILABLE') return { title: 'The guest agent is unavailable', text: `${s.message}. The Console tab still shows the serial console.` };
     if (s.code === 'CAPABILITY_UNSUPPORTED') return { title: 'Not supported here', text: s.message };
     return { title: `The terminal failed (${s.status} · ${s.code})`, text: s.message };
@@ -47,9 +50,10 @@ function explain(s: State): { title: string; text: string } | undefined {
 /**
  * An interactive `sh` in the guest (a tty) over the exec WebSocket, shown in xterm.js: keystrokes go
  * as stdin frames, the terminal's size follows the panel (resize messages). Unmounting closes the
- * socket, which ends the shell.
+ * socket, which ends the shell. `booting`: the VM runs but its guest is not ready yet (an
+ * AGENT_UNAVAILABLE then means "wait", not "this image has no agent").
  */
-export function Terminal({ api, vmId }: { api: Api; vmId: string }) {
+export function Terminal({ api, vmId, booting = false }: { api: Api; vmId: string; booting?: boolean }) {
   const host = useRef<HTMLDivElement>(null);
   const [state, setState] = useState<State>({ kind: 'connecting' });
   const [attempt, setAttempt] = useState(0);
@@ -108,7 +112,7 @@ export function Terminal({ api, vmId }: { api: Api; vmId: string }) {
         setState({ kind: 'exited', exitCode: m.exitCode ?? -1, signal: m.signal ?? null });
       } else if (m.type === 'error') {
         ended = true;
-        setState({ kind: 'error', status: m.status ?? 0, code: m.code ?? 'ERROR', message: m.message ?? 'exec failed' });
+        setState({ kind: 'error', status: m.status ?? 0, code: m.code ?? 'ERROR', message: m.message ?? 'exec failed', ...(m.problem?.phase ? { phase: m.problem.phase } : {}) });
       }
     };
     ws.onclose = (ev) => {
@@ -141,7 +145,7 @@ export function Terminal({ api, vmId }: { api: Api; vmId: string }) {
     };
   }, [api, vmId, attempt]);
 
-  const problem = explain(state);
+  const problem = explain(state, booting);
   const status =
     state.kind === 'connecting'
       ? 'connecting…'

@@ -219,7 +219,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
       <GuestTabs
         console={<Console api={api} vmId={vm.id} live={live} key={`${vm.id}-${vm.status.startedAt ?? ''}-${live}`} />}
         // A new shell when the VM (re)starts or its guest becomes ready; an open one is kept otherwise.
-        terminal={<Terminal api={api} vmId={vm.id} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
+        terminal={<Terminal api={api} vmId={vm.id} booting={vm.status.phase === 'Running' && !ready} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
       />
       <section aria-labelledby="events-title" className="panel">
         <h2 id="events-title">Events</h2>
