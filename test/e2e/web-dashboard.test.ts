@@ -10,7 +10,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page, type WebSocket as PwWebSocket } from 'playwright-core';
 import { REPO, destroyDataDir, startService, type TestService } from '../support/service.js';
@@ -159,6 +159,10 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   await page.keyboard.type('echo term-$((6*7))');
   await page.keyboard.press('Enter');
   await rows.filter({ hasText: 'term-42' }).waitFor({ timeout: 15_000 });
+  // A file for the Files tab, written by the shell.
+  await page.keyboard.type('echo answer-$((6*7)) > /tmp/answer.txt && echo written-$((1+1))');
+  await page.keyboard.press('Enter');
+  await rows.filter({ hasText: 'written-2' }).waitFor({ timeout: 15_000 });
   // Resizes reach the guest's tty: a narrower window, then fewer columns in `stty size`.
   const size = async (tag: string): Promise<[number, number]> => {
     await page.keyboard.type(`echo ${tag}-$(stty size | tr ' ' x)`);
@@ -182,6 +186,29 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   await page.getByTestId('console').waitFor();
   for (let i = 0; i < 50 && !execSockets()[0]!.isClosed(); i++) await page.waitForTimeout(100);
   assert.ok(execSockets()[0]!.isClosed(), 'the exec WebSocket is still open after leaving the Terminal tab');
+
+  // --- files: the shell's file is listed and downloads; a local file uploads into the guest.
+  await page.getByRole('tab', { name: 'Files' }).click();
+  const answer = page.locator('[data-testid="files"] tr[data-file="answer.txt"]');
+  await answer.waitFor({ timeout: 15_000 });
+  assert.match(await answer.innerText(), /\b10 B\b/);
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download answer.txt' }).click()]);
+  assert.equal(download.suggestedFilename(), 'answer.txt');
+  assert.equal(readFileSync((await download.path())!, 'utf8'), 'answer-42\n');
+  await page.getByLabel('Upload files to /tmp').setInputFiles({ name: 'from-browser.txt', mimeType: 'text/plain', buffer: Buffer.from('uploaded from the dashboard\n') });
+  await page.locator('[data-testid="files"] tr[data-file="from-browser.txt"]').waitFor({ timeout: 15_000 });
+  await page.getByTestId('files-note').filter({ hasText: 'Uploaded from-browser.txt to /tmp.' }).waitFor();
+  const cat = await svc.client.exec(vm.id, { cmd: ['cat', '/tmp/from-browser.txt'] });
+  assert.equal(cat.stdout, 'uploaded from the dashboard\n');
+  // Directories open; a missing one is the API's problem.
+  await page.getByLabel('Directory').fill('/etc');
+  await page.getByRole('button', { name: 'Open', exact: true }).click();
+  await page.locator('[data-testid="files"] tr[data-file="passwd"]').waitFor({ timeout: 15_000 });
+  await page.getByLabel('Directory').fill('/no/such/dir');
+  await page.getByRole('button', { name: 'Open', exact: true }).click();
+  await page.getByTestId('files').getByTestId('problem').filter({ hasText: /404 · \w+|not found|no such/i }).waitFor({ timeout: 15_000 });
+  await shot('files');
+  await page.getByRole('tab', { name: 'Console' }).click();
 
   // A guest without the agent: no image here lacks it, so a second tab gets the API's answer for
   // one (409 AGENT_UNAVAILABLE over the socket, as wsFail sends it) from a mocked exec WebSocket.

@@ -1,4 +1,4 @@
-/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE), WebSockets (exec). */
+/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE), WebSockets (exec), binary up- and downloads (guest files). */
 import type { MetricsHistoryPointT, MicroVMT, ProblemT, VmEventT, VmMetricsHistoryT, VmMetricsT } from '../../core/schema';
 
 export type MicroVM = MicroVMT;
@@ -67,6 +67,31 @@ export class Api {
 
   get<T>(path: string, signal?: AbortSignal): Promise<T> {
     return this.request<T>('GET', path, undefined, signal);
+  }
+
+  /** A binary download (a guest file): the body as a Blob. */
+  async blob(path: string, signal?: AbortSignal): Promise<Blob> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}/api/v1${path}`, { headers: this.headers(), ...(signal ? { signal } : {}) });
+    } catch (e) {
+      if ((e as Error).name === 'AbortError') throw e;
+      throw new ApiError({ title: 'Network error', status: 0, code: 'NETWORK', detail: `cannot reach the service: ${(e as Error).message}` });
+    }
+    if (!res.ok) throw new ApiError(await problemOf(res));
+    return res.blob();
+  }
+
+  /** A binary upload (a guest file): PUT with the body as application/octet-stream. */
+  async upload<T>(path: string, body: Blob): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}/api/v1${path}`, { method: 'PUT', headers: this.headers({ 'content-type': 'application/octet-stream' }), body });
+    } catch (e) {
+      throw new ApiError({ title: 'Network error', status: 0, code: 'NETWORK', detail: `cannot reach the service: ${(e as Error).message}` });
+    }
+    if (!res.ok) throw new ApiError(await problemOf(res));
+    return (await res.json()) as T;
   }
 
   /** A text stream (chunked), one decoded chunk at a time. */

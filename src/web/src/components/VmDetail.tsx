@@ -5,6 +5,7 @@ import { bytes, duration, isReady, rate, time, uptimeOf } from '../format';
 import { Chart } from './Chart';
 import { ConfirmDialog, PhaseBadge, ProblemAlert, useNow } from './common';
 import { Console } from './Console';
+import { Files } from './Files';
 
 // xterm.js is as big as the rest of the dashboard: it is loaded when the Terminal tab is first opened.
 const Terminal = lazy(() => import('./Terminal').then((m) => ({ default: m.Terminal })));
@@ -220,6 +221,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
         console={<Console api={api} vmId={vm.id} live={live} key={`${vm.id}-${vm.status.startedAt ?? ''}-${live}`} />}
         // A new shell when the VM (re)starts or its guest becomes ready; an open one is kept otherwise.
         terminal={<Terminal api={api} vmId={vm.id} booting={vm.status.phase === 'Running' && !ready} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
+        files={<Files api={api} vmId={vm.id} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
       />
       <section aria-labelledby="events-title" className="panel">
         <h2 id="events-title">Events</h2>
@@ -260,14 +262,15 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
 const TABS = [
   { id: 'console', label: 'Console' },
   { id: 'terminal', label: 'Terminal' },
+  { id: 'files', label: 'Files' },
 ] as const;
 type Tab = (typeof TABS)[number]['id'];
 
 /**
- * The guest's serial console and an interactive terminal, as tabs (WAI-ARIA tabs: arrow keys move
+ * The guest's serial console, an interactive terminal and its files, as tabs (WAI-ARIA tabs: arrow keys move
  * between them). Only the selected one is mounted: leaving the Terminal tab closes its socket.
  */
-function GuestTabs(props: { console: ReactNode; terminal: ReactNode }) {
+function GuestTabs(props: { console: ReactNode; terminal: ReactNode; files: ReactNode }) {
   const [tab, setTab] = useState<Tab>('console');
   const refs = useRef<Partial<Record<Tab, HTMLButtonElement | null>>>({});
   const onKey = (e: KeyboardEvent<HTMLDivElement>) => {
@@ -301,7 +304,7 @@ function GuestTabs(props: { console: ReactNode; terminal: ReactNode }) {
         ))}
       </div>
       <div role="tabpanel" id={`tabpanel-${tab}`} aria-labelledby={`tab-${tab}`}>
-        {tab === 'console' ? props.console : <Suspense fallback={<p className="sub">Loading the terminal…</p>}>{props.terminal}</Suspense>}
+        {tab === 'console' ? props.console : tab === 'files' ? props.files : <Suspense fallback={<p className="sub">Loading the terminal…</p>}>{props.terminal}</Suspense>}
       </div>
     </section>
   );
