@@ -1,4 +1,4 @@
-/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE). */
+/** REST client of the dashboard: bearer token, problem+json errors, streaming (text and SSE), WebSockets (exec), binary up- and downloads (guest files). */
 import type { MetricsHistoryPointT, MicroVMT, ProblemT, VmEventT, VmMetricsHistoryT, VmMetricsT } from '../../core/schema';
 
 export type MicroVM = MicroVMT;
@@ -29,6 +29,12 @@ async function problemOf(res: Response): Promise<Problem> {
     /* not JSON */
   }
   return { title: res.statusText || 'Request failed', status: res.status, code: `HTTP_${res.status}`, detail: text.slice(0, 500) || `HTTP ${res.status}` };
+}
+
+function base64url(s: string): string {
+  let bin = '';
+  for (const b of new TextEncoder().encode(s)) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
 }
 
 export class Api {
@@ -63,6 +69,31 @@ export class Api {
     return this.request<T>('GET', path, undefined, signal);
   }
 
+  /** A binary download (a guest file): the body as a Blob. */
+  async blob(path: string, signal?: AbortSignal): Promise<Blob> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}/api/v1${path}`, { headers: this.headers(), ...(signal ? { signal } : {}) });
+    } catch (e) {
+      if ((e as Error).name === 'AbortError') throw e;
+      throw new ApiError({ title: 'Network error', status: 0, code: 'NETWORK', detail: `cannot reach the service: ${(e as Error).message}` });
+    }
+    if (!res.ok) throw new ApiError(await problemOf(res));
+    return res.blob();
+  }
+
+  /** A binary upload (a guest file): PUT with the body as application/octet-stream. */
+  async upload<T>(path: string, body: Blob): Promise<T> {
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}/api/v1${path}`, { method: 'PUT', headers: this.headers({ 'content-type': 'application/octet-stream' }), body });
+    } catch (e) {
+      throw new ApiError({ title: 'Network error', status: 0, code: 'NETWORK', detail: `cannot reach the service: ${(e as Error).message}` });
+    }
+    if (!res.ok) throw new ApiError(await problemOf(res));
+    return (await res.json()) as T;
+  }
+
   /** A text stream (chunked), one decoded chunk at a time. */
   async *text(path: string, signal: AbortSignal): AsyncGenerator<string> {
     const res = await fetch(`${this.base}/api/v1${path}`, { headers: this.headers(), signal });
@@ -73,6 +104,18 @@ export class Api {
       if (done) return;
       if (value) yield value;
     }
+  }
+
+  /**
+   * A WebSocket to an API route (exec): browsers cannot set Authorization on a WebSocket, so the
+   * token goes as the subprotocol `bearer.<base64url(token)>` beside `mvm.v1` (docs/exec-api.md).
+   */
+  socket(path: string): WebSocket {
+    const url = new URL(`${this.base}/api/v1${path}`, location.href);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(url, ['mvm.v1', `bearer.${base64url(this.token)}`]);
+    ws.binaryType = 'arraybuffer';
+    return ws;
   }
 
   /** Server-Sent Events over fetch (EventSource cannot send the Authorization header). */

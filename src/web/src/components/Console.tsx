@@ -57,9 +57,8 @@ export function Console({ api, vmId, live }: { api: Api; vmId: string; live: boo
   }, [segments, follow]);
 
   return (
-    <section aria-labelledby="console-title" className="panel">
+    <div className="console-view">
       <div className="panel-head">
-        <h2 id="console-title">Console</h2>
         <span className="sub" aria-live="polite">
           {state === 'streaming' ? (live ? 'live' : 'log') : state === 'ended' ? 'stream ended' : state === 'error' ? 'unavailable' : 'connecting…'}
         </span>
@@ -85,6 +84,6 @@ export function Console({ api, vmId, live }: { api: Api; vmId: string; live: boo
           </span>
         ))}
       </pre>
-    </section>
+    </div>
   );
 }

@@ -1,10 +1,14 @@
-import { useCallback, useEffect, useState } from 'react';
+import { Suspense, lazy, useCallback, useEffect, useRef, useState, type KeyboardEvent, type ReactNode } from 'react';
 import { ACTION_PHASES, type Action as VmAction } from '../../../core/microvm';
 import { ApiError, type Api, type MetricsHistory, type MicroVM, type VmEvent } from '../api';
 import { bytes, duration, isReady, rate, time, uptimeOf } from '../format';
 import { Chart } from './Chart';
 import { ConfirmDialog, PhaseBadge, ProblemAlert, useNow } from './common';
 import { Console } from './Console';
+import { Files } from './Files';
+
+// xterm.js is as big as the rest of the dashboard: it is loaded when the Terminal tab is first opened.
+const Terminal = lazy(() => import('./Terminal').then((m) => ({ default: m.Terminal })));
 
 interface Action {
   /** The action, whose legal phases are ACTION_PHASES[name] (the server decides in the end). */
@@ -213,7 +217,12 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
           )}
         </section>
       </div>
-      <Console api={api} vmId={vm.id} live={live} key={`${vm.id}-${vm.status.startedAt ?? ''}-${live}`} />
+      <GuestTabs
+        console={<Console api={api} vmId={vm.id} live={live} key={`${vm.id}-${vm.status.startedAt ?? ''}-${live}`} />}
+        // A new shell when the VM (re)starts or its guest becomes ready; an open one is kept otherwise.
+        terminal={<Terminal api={api} vmId={vm.id} booting={vm.status.phase === 'Running' && !ready} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
+        files={<Files api={api} vmId={vm.id} key={`${vm.id}-${vm.status.startedAt ?? ''}-${vm.status.phase === 'Running'}-${ready}`} />}
+      />
       <section aria-labelledby="events-title" className="panel">
         <h2 id="events-title">Events</h2>
         {events.length === 0 ? (
@@ -246,6 +255,57 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
           The microVM <strong>{vm.name}</strong> (<code>{vm.id}</code>) is stopped and its disk, console log and network are removed. This cannot be undone.
         </p>
       </ConfirmDialog>
+    </section>
+  );
+}
+
+const TABS = [
+  { id: 'console', label: 'Console' },
+  { id: 'terminal', label: 'Terminal' },
+  { id: 'files', label: 'Files' },
+] as const;
+type Tab = (typeof TABS)[number]['id'];
+
+/**
+ * The guest's serial console, an interactive terminal and its files, as tabs (WAI-ARIA tabs: arrow keys move
+ * between them). Only the selected one is mounted: leaving the Terminal tab closes its socket.
+ */
+function GuestTabs(props: { console: ReactNode; terminal: ReactNode; files: ReactNode }) {
+  const [tab, setTab] = useState<Tab>('console');
+  const refs = useRef<Partial<Record<Tab, HTMLButtonElement | null>>>({});
+  const onKey = (e: KeyboardEvent<HTMLDivElement>) => {
+    const i = TABS.findIndex((t) => t.id === tab);
+    const j = e.key === 'ArrowRight' ? (i + 1) % TABS.length : e.key === 'ArrowLeft' ? (i + TABS.length - 1) % TABS.length : e.key === 'Home' ? 0 : e.key === 'End' ? TABS.length - 1 : -1;
+    if (j < 0) return;
+    e.preventDefault();
+    const next = TABS[j]!.id;
+    setTab(next);
+    refs.current[next]?.focus();
+  };
+  return (
+    <section className="panel guest-tabs" aria-label="Guest">
+      <div role="tablist" aria-label="Guest views" className="tabs" onKeyDown={onKey}>
+        {TABS.map((t) => (
+          <button
+            key={t.id}
+            ref={(b) => {
+              refs.current[t.id] = b;
+            }}
+            type="button"
+            role="tab"
+            id={`tab-${t.id}`}
+            aria-selected={tab === t.id}
+            aria-controls={`tabpanel-${t.id}`}
+            tabIndex={tab === t.id ? 0 : -1}
+            onClick={() => setTab(t.id)}
+          >
+            {t.label}
+          </button>
+        ))}
+      </div>
+      <div role="tabpanel" id={`tabpanel-${tab}`} aria-labelledby={`tab-${tab}`}>
+        {tab === 'console' ? props.console : tab === 'files' ? props.files : <Suspense fallback={<p className="sub">Loading the terminal…</p>}>{props.terminal}</Suspense>}
+      </div>
     </section>
   );
 }
