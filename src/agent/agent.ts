@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
@@ -25,7 +25,7 @@ import { failedStep, runSteps } from '../core/steps.js';
 import { GuestLink } from './guest-link.js';
 import type { GuestAgentClient } from '../guest/index.js';
 import { sleep } from '../vmm/proc.js';
-import { bootSteps, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
+import { bootSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -449,7 +449,11 @@ export class LocalAgent implements NodeAgent {
    */
   private async reidentify(vm: MicroVM, dir: string, atts: NicAttachment[], r?: Runtime): Promise<void> {
     const link = r?.guest;
-    if (link) {
+    const source = restoreSourceOf(vm);
+    // Only a guest whose agent had answered before its snapshot has one to answer now: without
+    // the mark (older snapshots, images without the agent, a guest snapshotted before its agent
+    // was up) the identity goes through the console at once instead of after a wait for nothing.
+    if (link && source && existsSync(join(this.snapDir(source), GUEST_AGENT_MARK))) {
       // A restored guest's agent is already running: Firecracker answers at once when nothing listens on its port.
       const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message)).catch((e: Error) => {
         this.options.log.warn({ vm: vm.id, err: e.message }, 'the restored guest has no guest agent: typing its identity into the console');
@@ -538,6 +542,7 @@ export class LocalAgent implements NodeAgent {
         throw e;
       }
       const durationMs = Date.now() - t0;
+      writeGuestAgentMark(dir, r.agentVersion);
       // The driver leaves the VM paused; put it back as it was.
       if (!wasPaused && inst.resume) await inst.resume();
       r.state = wasPaused ? 'paused' : 'running';
@@ -663,6 +668,7 @@ export class LocalAgent implements NodeAgent {
               mkdirSync(filesDir, { recursive: true });
               await inst.pause?.();
               await inst.snapshot(filesDir, { memoryTo: memPath });
+              writeGuestAgentMark(filesDir, this.runtimeOf(vmId).agentVersion);
             }),
         },
         {
@@ -817,4 +823,11 @@ function agentUnavailable(id: string, why: string): MvmError {
 /** A VM's machine id: 32 hex digits derived from its id (stable across restarts, distinct per VM). */
 function machineIdOf(id: string): string {
   return createHash('sha256').update(id).digest('hex').slice(0, 32);
+}
+
+/** In a snapshot's (or template's) files: the guest agent had answered before the snapshot (its version). */
+const GUEST_AGENT_MARK = 'guest-agent.json';
+
+function writeGuestAgentMark(dir: string, version: string | undefined): void {
+  if (version) writeFileSync(join(dir, GUEST_AGENT_MARK), `${JSON.stringify({ version })}\n`);
 }

@@ -310,6 +310,20 @@ describe('rules', () => {
     assert.match(body.detail ?? '', /read-only/, text);
   });
 
+  test('a full guest disk mid-upload answers its error (not a connection reset)', async () => {
+    const m = await sh('mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small && echo mounted-$((1+1))');
+    assert.equal(m.stdout.trim(), 'mounted-2', m.stderr);
+    const body = randomBytes(8 * 1024 * 1024);
+    const r = await fetch(`${svc.url}/api/v1/microvms/${vm.id}/files?path=/mnt/small/big.bin`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${svc.token}`, 'content-type': 'application/octet-stream' },
+      body,
+    });
+    const text = await r.text();
+    assert.equal(r.status, 409, text);
+    assert.match(text, /ENOSPC|no space/, text);
+  });
+
   test('a stopped VM answers 409 with a code', async () => {
     assert.equal((await api('POST', `/microvms/${vm.id}/stop`)).status, 202);
     await svc.client.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });

@@ -289,13 +289,20 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
       if (body === undefined || body === null || (typeof body === 'object' && !('pipe' in body) && !Buffer.isBuffer(body))) {
         throw validationError('body', 'send the content as application/octet-stream (or application/x-tar with ?archive=tar)');
       }
-      const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
-      if (q.archive === 'tar') {
-        const r = await guest.tarWrite(path, body as Readable, userOpt(q.user));
-        return reply.status(201).send({ path, entries: r.entries, bytes: r.bytes });
+      try {
+        const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
+        if (q.archive === 'tar') {
+          const r = await guest.tarWrite(path, body as Readable, userOpt(q.user));
+          return reply.status(201).send({ path, entries: r.entries, bytes: r.bytes });
+        }
+        const r = await guest.writeFile(path, body as Readable, { ...userOpt(q.user), mkdirs: true, ...(q.mode ? { mode: parseInt(q.mode, 8) } : {}) });
+        return reply.status(201).send({ path, size: r.size });
+      } catch (e) {
+        // An answer sent while the client still sends reaches it as a connection reset (a full
+        // guest disk mid-upload): read the rest of the body away first, so it gets the error.
+        await drain(body as Readable, UPLOAD_DRAIN_MS);
+        throw e;
       }
-      const r = await guest.writeFile(path, body as Readable, { ...userOpt(q.user), mkdirs: true, ...(q.mode ? { mode: parseInt(q.mode, 8) } : {}) });
-      return reply.status(201).send({ path, size: r.size });
     },
   );
   app.post(
@@ -396,6 +403,25 @@ function tunnel(ws: WebSocket, conn: Duplex): void {
  * guest's bytes straight back to the client's socket — any response, chunked or an upgraded
  * WebSocket, passes through unchanged.
  */
+/** How long a failed upload's remaining body is read away before the error is sent. */
+const UPLOAD_DRAIN_MS = 60_000;
+
+/** Read a request body to its end (discarding it), at most `ms`. */
+function drain(body: Readable | Buffer, ms: number): Promise<void> {
+  if (Buffer.isBuffer(body) || body.readableEnded || body.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    body.once('end', done);
+    body.once('close', done);
+    body.once('error', done);
+    body.resume();
+  });
+}
+
 function proxyHttp(req: FastifyRequest, reply: FastifyReply, conn: Duplex, path: string): void {
   reply.hijack();
   const client = req.raw.socket as Socket;
