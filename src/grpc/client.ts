@@ -71,13 +71,16 @@ export interface GrpcExecResult {
  * Run a command over the Exec stream to its end: stdin (bytes, or a Readable streamed with
  * backpressure) is sent after the request, then closed; stdout and stderr are collected.
  * `onCall` sees the call right after the request was written (to send resizes or signals).
+ * `deadline` bounds the whole call.
  */
 export function grpcExec(
   client: MicroVMServiceClient,
   request: ExecRequest,
-  o: { stdin?: Buffer | string | Readable; md?: grpc.Metadata; onCall?: (call: grpc.ClientDuplexStream<ExecInput, ExecOutput__Output>) => void } = {},
+  o: { stdin?: Buffer | string | Readable; md?: grpc.Metadata; deadline?: grpc.Deadline; onCall?: (call: grpc.ClientDuplexStream<ExecInput, ExecOutput__Output>) => void } = {},
 ): Promise<GrpcExecResult> {
-  const call = o.md ? client.Exec(o.md) : client.Exec();
+  // A deadline ends the call (DEADLINE_EXCEEDED) and the command with it (the server cancels it).
+  const opts: grpc.CallOptions = o.deadline !== undefined ? { deadline: o.deadline } : {};
+  const call = o.md ? client.Exec(o.md, opts) : client.Exec(opts);
   const out: Buffer[] = [];
   const err: Buffer[] = [];
   let pid: number | undefined;

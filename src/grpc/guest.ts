@@ -107,6 +107,13 @@ export function guestHandlers(ctx: GuestRpcContext): Pick<MicroVMServiceHandlers
     if (!ctx.guest) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'exec, files and port forwarding are not available in this deployment');
     return ctx.guest;
   };
+  /** The gRPC error, with the guest agent's own code (ENOENT, EACCES, ...) as `mvm-agent-code` when there is one (REST: `agentCode`). */
+  const toGrpcError = (err: MvmError): grpc.ServiceError => {
+    const e = ctx.toGrpcError(err);
+    const agentCode = err.details.agentCode;
+    if (typeof agentCode === 'string' && /^[A-Z0-9_]{1,32}$/.test(agentCode)) e.metadata.set('mvm-agent-code', agentCode);
+    return e;
+  };
   const logInternal = (e: unknown, err: MvmError, rpc: string): void => {
     if (err.code === ErrorCodes.INTERNAL) ctx.log.error({ err: e, rpc }, 'internal error');
   };
@@ -193,16 +200,16 @@ export function guestHandlers(ctx: GuestRpcContext): Pick<MicroVMServiceHandlers
           pumpToCall(h.stdout, call, (d) => ({ stdout: d }) satisfies ExecOutput, () => gone),
           pumpToCall(h.stderr, call, (d) => ({ stderr: d }) satisfies ExecOutput, () => gone),
         ]);
-        if (!gone) {
-          call.write({ exit: { exitCode: result.exitCode, signal: result.signal ?? '', timedOut: result.timedOut, durationMs: Math.round(result.durationMs) } } satisfies ExecOutput);
-          call.end();
-        }
-        await gw.finish(op, a.info, p, { status: 200, resourceId: id, details: { argv, exitCode: result.exitCode, stream: true, ...(result.timedOut ? { timedOut: true } : {}), ...(gone ? { cancelled: true } : {}) } });
+        if (!gone) call.write({ exit: { exitCode: result.exitCode, signal: result.signal ?? '', timedOut: result.timedOut, durationMs: Math.round(result.durationMs) } } satisfies ExecOutput);
+        // Audited before the call ends, so a client that saw the end finds the record (as for Upload).
+        const details = { argv, exitCode: result.exitCode, stream: true, ...(result.timedOut ? { timedOut: true } : {}), ...(gone ? { cancelled: true } : {}) };
+        await gw.finish(op, a.info, p, { status: 200, resourceId: id, details }).catch((e: unknown) => ctx.log.error({ err: e, rpc: 'Exec' }, 'audit record failed'));
+        if (!gone) call.end();
       } catch (e) {
         const err = asMvmError(e);
         logInternal(e, err, 'Exec');
         handle?.cancel();
-        if (!gone) call.emit('error', ctx.toGrpcError(err));
+        if (!gone) call.emit('error', toGrpcError(err));
         const out: Outcome = { ...gw.outcomeOf(err, id), ...(argv ? { details: { argv, stream: true } } : {}) };
         await gw.finish(op, a.info, p, out);
       }
@@ -257,7 +264,7 @@ export function guestHandlers(ctx: GuestRpcContext): Pick<MicroVMServiceHandlers
         logInternal(e, err, 'Upload');
         await it.return?.().catch(() => undefined);
         await gw.finish(op, a.info, p, gw.outcomeOf(err, id));
-        callback(ctx.toGrpcError(err));
+        callback(toGrpcError(err));
       }
     })();
   };
@@ -304,7 +311,7 @@ export function guestHandlers(ctx: GuestRpcContext): Pick<MicroVMServiceHandlers
         const err = asMvmError(e);
         logInternal(e, err, 'Download');
         src?.destroy();
-        if (!gone) call.emit('error', ctx.toGrpcError(err));
+        if (!gone) call.emit('error', toGrpcError(err));
         // Not a mutation: the gateway audits it only when it was denied.
         await gw.finish(op, a.info, p, gw.outcomeOf(err, r.id || undefined));
       }

@@ -11,10 +11,10 @@ import * as grpc from '@grpc/grpc-js';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { createGrpcClient, grpcDownload, grpcExec, grpcUpload, type MicroVMServiceClient } from '../../src/grpc/client.js';
 import type { MicroVM } from '../../src/cli/client.js';
-import { apiCall, destroyDataDir, startService, type TestService } from '../support/service.js';
+import { apiCall, destroyDataDir, qemuProcessesUnder, startService, type TestService } from '../support/service.js';
 
 let svc: TestService;
 let vm: MicroVM;
@@ -28,6 +28,8 @@ const client = (token: string): MicroVMServiceClient => {
 };
 const api = (method: string, path: string, body?: unknown) => apiCall(svc, method, path, body);
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+/** For calls that end only when the guest does what is asked: fail in a minute instead of hanging the file. */
+const soon = (): number => Date.now() + 60_000;
 
 async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
   const parts: Buffer[] = [];
@@ -49,6 +51,9 @@ before(async () => {
   assert.equal(created.status, 201, created.text);
   vm = await svc.client.waitFor(created.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   admin = client(svc.token);
+  // A real guest: a QEMU process of this VM, and its agent answering.
+  assert.deepEqual(qemuProcessesUnder(svc.dataDir).map((q) => q.id), [vm.id]);
+  assert.match(vm.status.guestAgent?.version ?? '', /^\d+\.\d+\.\d+/, JSON.stringify(vm.status));
 });
 
 after(async () => {
@@ -59,12 +64,66 @@ after(async () => {
 
 describe('Exec', () => {
   test('stdin in, stdout and stderr out, the exit code at the end', async () => {
-    const r = await grpcExec(admin, { id: vm.id, argv: ['sh', '-c', 'read a; echo got-$a; echo e-$((2+3)) >&2; exit 5'] }, { stdin: 'x\n' });
+    const r = await grpcExec(admin, { id: vm.id, argv: ['sh', '-c', 'read a; echo got-$a; echo e-$((2+3)) >&2; exit 5'] }, { stdin: 'x\n', deadline: soon() });
     assert.equal(r.stdout.toString(), 'got-x\n');
     assert.equal(r.stderr.toString(), 'e-5\n');
     assert.equal(r.exit.exitCode, 5);
     assert.equal(r.exit.timedOut, false);
     assert.ok(r.pid && r.pid > 0, `started carries the pid: ${r.pid}`);
+  });
+
+  test('cat echoes 2 MiB of streamed stdin byte for byte (backpressure both ways)', async () => {
+    const data = randomBytes(2 * 1024 * 1024);
+    // A Readable of 64 KiB pieces: the client waits for 'drain', the server pauses the call.
+    const stdin = Readable.from((function* () {
+      for (let i = 0; i < data.length; i += 64 * 1024) yield data.subarray(i, i + 64 * 1024);
+    })());
+    const r = await grpcExec(admin, { id: vm.id, argv: ['cat'] }, { stdin, deadline: soon() });
+    assert.equal(r.exit.exitCode, 0, r.stderr.toString());
+    assert.equal(r.stdout.length, data.length);
+    assert.equal(sha256(r.stdout), sha256(data));
+    assert.equal(r.stderr.length, 0);
+  });
+
+  test('a signal sent on the stream reaches the command', async () => {
+    const t0 = Date.now();
+    // stdin stays open (no half-close) until the command has gone, so the call can carry the signal.
+    const stdin = new PassThrough();
+    const r = await grpcExec(admin, { id: vm.id, argv: ['sleep', '60'] }, {
+      stdin,
+      deadline: soon(),
+      onCall: (call) => {
+        // Once it has started (the started message carries its pid), TERM it.
+        call.on('data', (m: { output?: string }) => {
+          if (m.output === 'started') call.write({ signal: 'TERM' });
+        });
+      },
+    });
+    stdin.end();
+    assert.ok(Date.now() - t0 < 30_000, `ended after ${Date.now() - t0} ms`);
+    assert.equal(r.exit.signal, 'TERM', JSON.stringify(r.exit));
+    assert.equal(r.exit.exitCode, 128 + 15);
+    assert.equal(r.exit.timedOut, false);
+  });
+
+  test('a call that ends early (its deadline) ends the command in the guest', async () => {
+    const secs = String(600 + Math.floor(Math.random() * 300));
+    const stdin = new PassThrough();
+    await assert.rejects(grpcExec(admin, { id: vm.id, argv: ['sleep', secs] }, { stdin, deadline: Date.now() + 3000 }), (e: grpc.ServiceError) => {
+      assert.equal(e.code, grpc.status.DEADLINE_EXCEEDED, `${e.code} ${e.details}`);
+      return true;
+    });
+    stdin.end();
+    // The guest's process table, read from /proc (no procps needed), until `sleep <secs>` is gone.
+    const running = async (): Promise<boolean> => {
+      const ps = await grpcExec(admin, { id: vm.id, argv: ['sh', '-c', 'for p in /proc/[0-9]*; do tr "\\0" " " < $p/cmdline 2>/dev/null; echo; done'] }, { deadline: soon() });
+      assert.equal(ps.exit.exitCode, 0, ps.stderr.toString());
+      assert.match(ps.stdout.toString(), /\bsh -c\b/, 'the listing sees its own shell');
+      return ps.stdout.toString().split('\n').some((l) => l.trim() === `sleep ${secs}`);
+    };
+    const until = Date.now() + 15_000;
+    while ((await running()) && Date.now() < until) await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await running(), false, `sleep ${secs} still runs in the guest after its call ended`);
   });
 
   test('an unknown binary exits 127', async () => {
@@ -81,6 +140,7 @@ describe('Exec', () => {
     // An interactive shell: resize, then ask; stdin stays open until the shell exits by itself.
     const stdin = new PassThrough();
     const out = await grpcExec(admin, { id: vm.id, argv: ['sh'], tty: true, cols: 80, rows: 24 }, {
+      deadline: soon(),
       onCall: (call) => {
         call.write({ resize: { cols: 120, rows: 50 } });
         call.write({ stdin: Buffer.from('stty size; exit 0\n') });
@@ -131,7 +191,17 @@ describe('files', () => {
   });
 
   test('Download of a missing path is NOT_FOUND; a directory without tar is INVALID_ARGUMENT', async () => {
-    await rejectsWith(readAll(grpcDownload(admin, { id: vm.id, path: '/no/such/file' }).stream), grpc.status.NOT_FOUND, 'NOT_FOUND');
+    const missing = `/tmp/missing-${randomBytes(4).toString('hex')}/file.bin`;
+    await assert.rejects(readAll(grpcDownload(admin, { id: vm.id, path: missing }).stream), (e: grpc.ServiceError) => {
+      assert.equal(e.code, grpc.status.NOT_FOUND, `${e.code} ${e.details}`);
+      assert.equal(e.metadata?.get('mvm-error-code')[0], 'NOT_FOUND', e.details);
+      // A message a person can act on: which path, and that it does not exist.
+      assert.ok(e.details.includes(missing), e.details);
+      assert.match(e.details, /no such file|does not exist|not found/i);
+      // The guest agent's own code, as REST's agentCode.
+      assert.equal(e.metadata?.get('mvm-agent-code')[0], 'ENOENT', e.details);
+      return true;
+    });
     await rejectsWith(readAll(grpcDownload(admin, { id: vm.id, path: '/etc' }).stream), grpc.status.INVALID_ARGUMENT, 'VALIDATION_FAILED');
   });
 });
