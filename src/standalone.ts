@@ -165,7 +165,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
   const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
-    ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    ? await startGrpcServer({ service, guest, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   await netController?.start();
   await controller.start();

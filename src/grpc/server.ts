@@ -11,6 +11,7 @@ import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError, validationError } from '../core/errors.js';
 import type { Principal } from '../core/authz.js';
 import type { MicroVMService } from '../core/service.js';
+import type { GuestService } from '../core/guest.js';
 import { PHASES, type Phase } from '../core/microvm.js';
 import { collectConsole, followConsole, readConsoleTail } from '../gateway/console-stream.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
@@ -19,9 +20,12 @@ import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha
 import { loadProto, SERVICE_PATH } from './loader.js';
 import { createRequestFromProto, metricsToProto, specToProto, statusToProto, updateRequestFromProto, vmToProto } from './mapping.js';
 import { GRPC_STATUS } from './status.js';
+import { guestHandlers } from './guest.js';
 
 export interface GrpcServerOptions {
   service: MicroVMService;
+  /** Exec and files inside the guest (Exec, Upload, Download); absent: those answer UNIMPLEMENTED. */
+  guest?: GuestService;
   gateway: Gateway;
   host: string;
   port: number;
@@ -56,7 +60,7 @@ function peerIp(peer: string): string {
   return m ? m[1]! : s;
 }
 
-type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>;
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
 
 export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer> {
   const proto = loadProto();
@@ -166,6 +170,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
     StartMicroVM: unary('StartMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.start(p, req.id, req.resourceVersion || undefined)) } }), (r) => r.id),
     StopMicroVM: unary('StopMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.stop(p, req.id, req.resourceVersion || undefined)) } }), (r) => r.id),
     GetMetrics: unary('GetMetrics', async (p, req) => ({ res: metricsToProto(await svc.metrics(p, req.id)) }), (r) => r.id),
+    ...guestHandlers({ ...(o.guest ? { guest: o.guest } : {}), gateway: gw, log: o.log, admit, toGrpcError: (e) => toGrpcError(e) }),
     GetConsole: (call) => {
       void (async () => {
         const a = await admit('GetConsole', call as unknown as AnyCall);

@@ -9,7 +9,16 @@ import type { CreateMicroVMRequest as _microvm_service_v1alpha1_CreateMicroVMReq
 import type { CreateMicroVMResponse as _microvm_service_v1alpha1_CreateMicroVMResponse, CreateMicroVMResponse__Output as _microvm_service_v1alpha1_CreateMicroVMResponse__Output } from './microvm/service/v1alpha1/CreateMicroVMResponse.js';
 import type { DeleteMicroVMRequest as _microvm_service_v1alpha1_DeleteMicroVMRequest, DeleteMicroVMRequest__Output as _microvm_service_v1alpha1_DeleteMicroVMRequest__Output } from './microvm/service/v1alpha1/DeleteMicroVMRequest.js';
 import type { DeleteMicroVMResponse as _microvm_service_v1alpha1_DeleteMicroVMResponse, DeleteMicroVMResponse__Output as _microvm_service_v1alpha1_DeleteMicroVMResponse__Output } from './microvm/service/v1alpha1/DeleteMicroVMResponse.js';
+import type { DownloadChunk as _microvm_service_v1alpha1_DownloadChunk, DownloadChunk__Output as _microvm_service_v1alpha1_DownloadChunk__Output } from './microvm/service/v1alpha1/DownloadChunk.js';
+import type { DownloadFileInfo as _microvm_service_v1alpha1_DownloadFileInfo, DownloadFileInfo__Output as _microvm_service_v1alpha1_DownloadFileInfo__Output } from './microvm/service/v1alpha1/DownloadFileInfo.js';
+import type { DownloadRequest as _microvm_service_v1alpha1_DownloadRequest, DownloadRequest__Output as _microvm_service_v1alpha1_DownloadRequest__Output } from './microvm/service/v1alpha1/DownloadRequest.js';
 import type { EgressPolicy as _microvm_service_v1alpha1_EgressPolicy, EgressPolicy__Output as _microvm_service_v1alpha1_EgressPolicy__Output } from './microvm/service/v1alpha1/EgressPolicy.js';
+import type { ExecExit as _microvm_service_v1alpha1_ExecExit, ExecExit__Output as _microvm_service_v1alpha1_ExecExit__Output } from './microvm/service/v1alpha1/ExecExit.js';
+import type { ExecInput as _microvm_service_v1alpha1_ExecInput, ExecInput__Output as _microvm_service_v1alpha1_ExecInput__Output } from './microvm/service/v1alpha1/ExecInput.js';
+import type { ExecOutput as _microvm_service_v1alpha1_ExecOutput, ExecOutput__Output as _microvm_service_v1alpha1_ExecOutput__Output } from './microvm/service/v1alpha1/ExecOutput.js';
+import type { ExecRequest as _microvm_service_v1alpha1_ExecRequest, ExecRequest__Output as _microvm_service_v1alpha1_ExecRequest__Output } from './microvm/service/v1alpha1/ExecRequest.js';
+import type { ExecResize as _microvm_service_v1alpha1_ExecResize, ExecResize__Output as _microvm_service_v1alpha1_ExecResize__Output } from './microvm/service/v1alpha1/ExecResize.js';
+import type { ExecStarted as _microvm_service_v1alpha1_ExecStarted, ExecStarted__Output as _microvm_service_v1alpha1_ExecStarted__Output } from './microvm/service/v1alpha1/ExecStarted.js';
 import type { GetConsoleRequest as _microvm_service_v1alpha1_GetConsoleRequest, GetConsoleRequest__Output as _microvm_service_v1alpha1_GetConsoleRequest__Output } from './microvm/service/v1alpha1/GetConsoleRequest.js';
 import type { GetConsoleResponse as _microvm_service_v1alpha1_GetConsoleResponse, GetConsoleResponse__Output as _microvm_service_v1alpha1_GetConsoleResponse__Output } from './microvm/service/v1alpha1/GetConsoleResponse.js';
 import type { GetMetricsRequest as _microvm_service_v1alpha1_GetMetricsRequest, GetMetricsRequest__Output as _microvm_service_v1alpha1_GetMetricsRequest__Output } from './microvm/service/v1alpha1/GetMetricsRequest.js';
@@ -42,6 +51,9 @@ import type { Toleration as _microvm_service_v1alpha1_Toleration, Toleration__Ou
 import type { Tolerations as _microvm_service_v1alpha1_Tolerations, Tolerations__Output as _microvm_service_v1alpha1_Tolerations__Output } from './microvm/service/v1alpha1/Tolerations.js';
 import type { UpdateMicroVMRequest as _microvm_service_v1alpha1_UpdateMicroVMRequest, UpdateMicroVMRequest__Output as _microvm_service_v1alpha1_UpdateMicroVMRequest__Output } from './microvm/service/v1alpha1/UpdateMicroVMRequest.js';
 import type { UpdateMicroVMResponse as _microvm_service_v1alpha1_UpdateMicroVMResponse, UpdateMicroVMResponse__Output as _microvm_service_v1alpha1_UpdateMicroVMResponse__Output } from './microvm/service/v1alpha1/UpdateMicroVMResponse.js';
+import type { UploadChunk as _microvm_service_v1alpha1_UploadChunk, UploadChunk__Output as _microvm_service_v1alpha1_UploadChunk__Output } from './microvm/service/v1alpha1/UploadChunk.js';
+import type { UploadHeader as _microvm_service_v1alpha1_UploadHeader, UploadHeader__Output as _microvm_service_v1alpha1_UploadHeader__Output } from './microvm/service/v1alpha1/UploadHeader.js';
+import type { UploadResult as _microvm_service_v1alpha1_UploadResult, UploadResult__Output as _microvm_service_v1alpha1_UploadResult__Output } from './microvm/service/v1alpha1/UploadResult.js';
 import type { VmAffinityRules as _microvm_service_v1alpha1_VmAffinityRules, VmAffinityRules__Output as _microvm_service_v1alpha1_VmAffinityRules__Output } from './microvm/service/v1alpha1/VmAffinityRules.js';
 import type { VmAffinityTerm as _microvm_service_v1alpha1_VmAffinityTerm, VmAffinityTerm__Output as _microvm_service_v1alpha1_VmAffinityTerm__Output } from './microvm/service/v1alpha1/VmAffinityTerm.js';
 import type { Volume as _microvm_service_v1alpha1_Volume, Volume__Output as _microvm_service_v1alpha1_Volume__Output } from './microvm/service/v1alpha1/Volume.js';
@@ -62,7 +74,16 @@ export interface ProtoGrpcType {
         CreateMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_CreateMicroVMResponse, _microvm_service_v1alpha1_CreateMicroVMResponse__Output>
         DeleteMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_DeleteMicroVMRequest, _microvm_service_v1alpha1_DeleteMicroVMRequest__Output>
         DeleteMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_DeleteMicroVMResponse, _microvm_service_v1alpha1_DeleteMicroVMResponse__Output>
+        DownloadChunk: MessageTypeDefinition<_microvm_service_v1alpha1_DownloadChunk, _microvm_service_v1alpha1_DownloadChunk__Output>
+        DownloadFileInfo: MessageTypeDefinition<_microvm_service_v1alpha1_DownloadFileInfo, _microvm_service_v1alpha1_DownloadFileInfo__Output>
+        DownloadRequest: MessageTypeDefinition<_microvm_service_v1alpha1_DownloadRequest, _microvm_service_v1alpha1_DownloadRequest__Output>
         EgressPolicy: MessageTypeDefinition<_microvm_service_v1alpha1_EgressPolicy, _microvm_service_v1alpha1_EgressPolicy__Output>
+        ExecExit: MessageTypeDefinition<_microvm_service_v1alpha1_ExecExit, _microvm_service_v1alpha1_ExecExit__Output>
+        ExecInput: MessageTypeDefinition<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecInput__Output>
+        ExecOutput: MessageTypeDefinition<_microvm_service_v1alpha1_ExecOutput, _microvm_service_v1alpha1_ExecOutput__Output>
+        ExecRequest: MessageTypeDefinition<_microvm_service_v1alpha1_ExecRequest, _microvm_service_v1alpha1_ExecRequest__Output>
+        ExecResize: MessageTypeDefinition<_microvm_service_v1alpha1_ExecResize, _microvm_service_v1alpha1_ExecResize__Output>
+        ExecStarted: MessageTypeDefinition<_microvm_service_v1alpha1_ExecStarted, _microvm_service_v1alpha1_ExecStarted__Output>
         GetConsoleRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetConsoleRequest, _microvm_service_v1alpha1_GetConsoleRequest__Output>
         GetConsoleResponse: MessageTypeDefinition<_microvm_service_v1alpha1_GetConsoleResponse, _microvm_service_v1alpha1_GetConsoleResponse__Output>
         GetMetricsRequest: MessageTypeDefinition<_microvm_service_v1alpha1_GetMetricsRequest, _microvm_service_v1alpha1_GetMetricsRequest__Output>
@@ -95,6 +116,9 @@ export interface ProtoGrpcType {
         Tolerations: MessageTypeDefinition<_microvm_service_v1alpha1_Tolerations, _microvm_service_v1alpha1_Tolerations__Output>
         UpdateMicroVMRequest: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMRequest, _microvm_service_v1alpha1_UpdateMicroVMRequest__Output>
         UpdateMicroVMResponse: MessageTypeDefinition<_microvm_service_v1alpha1_UpdateMicroVMResponse, _microvm_service_v1alpha1_UpdateMicroVMResponse__Output>
+        UploadChunk: MessageTypeDefinition<_microvm_service_v1alpha1_UploadChunk, _microvm_service_v1alpha1_UploadChunk__Output>
+        UploadHeader: MessageTypeDefinition<_microvm_service_v1alpha1_UploadHeader, _microvm_service_v1alpha1_UploadHeader__Output>
+        UploadResult: MessageTypeDefinition<_microvm_service_v1alpha1_UploadResult, _microvm_service_v1alpha1_UploadResult__Output>
         VmAffinityRules: MessageTypeDefinition<_microvm_service_v1alpha1_VmAffinityRules, _microvm_service_v1alpha1_VmAffinityRules__Output>
         VmAffinityTerm: MessageTypeDefinition<_microvm_service_v1alpha1_VmAffinityTerm, _microvm_service_v1alpha1_VmAffinityTerm__Output>
         Volume: MessageTypeDefinition<_microvm_service_v1alpha1_Volume, _microvm_service_v1alpha1_Volume__Output>

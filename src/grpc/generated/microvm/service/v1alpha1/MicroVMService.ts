@@ -7,6 +7,10 @@ import type { CreateMicroVMRequest as _microvm_service_v1alpha1_CreateMicroVMReq
 import type { CreateMicroVMResponse as _microvm_service_v1alpha1_CreateMicroVMResponse, CreateMicroVMResponse__Output as _microvm_service_v1alpha1_CreateMicroVMResponse__Output } from '../../../microvm/service/v1alpha1/CreateMicroVMResponse.js';
 import type { DeleteMicroVMRequest as _microvm_service_v1alpha1_DeleteMicroVMRequest, DeleteMicroVMRequest__Output as _microvm_service_v1alpha1_DeleteMicroVMRequest__Output } from '../../../microvm/service/v1alpha1/DeleteMicroVMRequest.js';
 import type { DeleteMicroVMResponse as _microvm_service_v1alpha1_DeleteMicroVMResponse, DeleteMicroVMResponse__Output as _microvm_service_v1alpha1_DeleteMicroVMResponse__Output } from '../../../microvm/service/v1alpha1/DeleteMicroVMResponse.js';
+import type { DownloadChunk as _microvm_service_v1alpha1_DownloadChunk, DownloadChunk__Output as _microvm_service_v1alpha1_DownloadChunk__Output } from '../../../microvm/service/v1alpha1/DownloadChunk.js';
+import type { DownloadRequest as _microvm_service_v1alpha1_DownloadRequest, DownloadRequest__Output as _microvm_service_v1alpha1_DownloadRequest__Output } from '../../../microvm/service/v1alpha1/DownloadRequest.js';
+import type { ExecInput as _microvm_service_v1alpha1_ExecInput, ExecInput__Output as _microvm_service_v1alpha1_ExecInput__Output } from '../../../microvm/service/v1alpha1/ExecInput.js';
+import type { ExecOutput as _microvm_service_v1alpha1_ExecOutput, ExecOutput__Output as _microvm_service_v1alpha1_ExecOutput__Output } from '../../../microvm/service/v1alpha1/ExecOutput.js';
 import type { GetConsoleRequest as _microvm_service_v1alpha1_GetConsoleRequest, GetConsoleRequest__Output as _microvm_service_v1alpha1_GetConsoleRequest__Output } from '../../../microvm/service/v1alpha1/GetConsoleRequest.js';
 import type { GetConsoleResponse as _microvm_service_v1alpha1_GetConsoleResponse, GetConsoleResponse__Output as _microvm_service_v1alpha1_GetConsoleResponse__Output } from '../../../microvm/service/v1alpha1/GetConsoleResponse.js';
 import type { GetMetricsRequest as _microvm_service_v1alpha1_GetMetricsRequest, GetMetricsRequest__Output as _microvm_service_v1alpha1_GetMetricsRequest__Output } from '../../../microvm/service/v1alpha1/GetMetricsRequest.js';
@@ -21,6 +25,8 @@ import type { StopMicroVMRequest as _microvm_service_v1alpha1_StopMicroVMRequest
 import type { StopMicroVMResponse as _microvm_service_v1alpha1_StopMicroVMResponse, StopMicroVMResponse__Output as _microvm_service_v1alpha1_StopMicroVMResponse__Output } from '../../../microvm/service/v1alpha1/StopMicroVMResponse.js';
 import type { UpdateMicroVMRequest as _microvm_service_v1alpha1_UpdateMicroVMRequest, UpdateMicroVMRequest__Output as _microvm_service_v1alpha1_UpdateMicroVMRequest__Output } from '../../../microvm/service/v1alpha1/UpdateMicroVMRequest.js';
 import type { UpdateMicroVMResponse as _microvm_service_v1alpha1_UpdateMicroVMResponse, UpdateMicroVMResponse__Output as _microvm_service_v1alpha1_UpdateMicroVMResponse__Output } from '../../../microvm/service/v1alpha1/UpdateMicroVMResponse.js';
+import type { UploadChunk as _microvm_service_v1alpha1_UploadChunk, UploadChunk__Output as _microvm_service_v1alpha1_UploadChunk__Output } from '../../../microvm/service/v1alpha1/UploadChunk.js';
+import type { UploadResult as _microvm_service_v1alpha1_UploadResult, UploadResult__Output as _microvm_service_v1alpha1_UploadResult__Output } from '../../../microvm/service/v1alpha1/UploadResult.js';
 
 export interface MicroVMServiceClient extends grpc.Client {
   CreateMicroVM(argument: _microvm_service_v1alpha1_CreateMicroVMRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_CreateMicroVMResponse__Output>): grpc.ClientUnaryCall;
@@ -40,6 +46,44 @@ export interface MicroVMServiceClient extends grpc.Client {
   deleteMicroVm(argument: _microvm_service_v1alpha1_DeleteMicroVMRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_microvm_service_v1alpha1_DeleteMicroVMResponse__Output>): grpc.ClientUnaryCall;
   deleteMicroVm(argument: _microvm_service_v1alpha1_DeleteMicroVMRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_DeleteMicroVMResponse__Output>): grpc.ClientUnaryCall;
   deleteMicroVm(argument: _microvm_service_v1alpha1_DeleteMicroVMRequest, callback: grpc.requestCallback<_microvm_service_v1alpha1_DeleteMicroVMResponse__Output>): grpc.ClientUnaryCall;
+  
+  /**
+   * A file from the guest, or a directory (or file) as a tar stream with tar=true.
+   */
+  Download(argument: _microvm_service_v1alpha1_DownloadRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_DownloadChunk__Output>;
+  Download(argument: _microvm_service_v1alpha1_DownloadRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_DownloadChunk__Output>;
+  /**
+   * A file from the guest, or a directory (or file) as a tar stream with tar=true.
+   */
+  download(argument: _microvm_service_v1alpha1_DownloadRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_DownloadChunk__Output>;
+  download(argument: _microvm_service_v1alpha1_DownloadRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_DownloadChunk__Output>;
+  
+  /**
+   * Inside the guest (issue 13; docs/exec-api.md), permission microvms:exec (role member and
+   * above). The VM must be Running (else FAILED_PRECONDITION, code ILLEGAL_TRANSITION) with its
+   * guest agent connected (else FAILED_PRECONDITION, code AGENT_UNAVAILABLE); another tenant's VM
+   * is NOT_FOUND. Every stream has backpressure: a side that does not read stops the other.
+   * 
+   * A command in the guest: the first ExecInput is the request, later ones stdin bytes, resizes,
+   * signals and the end of stdin (closing the client side also ends stdin). Output arrives as
+   * stdout / stderr bytes after `started`; the last message is `exit`. Audited with argv and exit
+   * code, never stdin or output.
+   */
+  Exec(metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecOutput__Output>;
+  Exec(options?: grpc.CallOptions): grpc.ClientDuplexStream<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecOutput__Output>;
+  /**
+   * Inside the guest (issue 13; docs/exec-api.md), permission microvms:exec (role member and
+   * above). The VM must be Running (else FAILED_PRECONDITION, code ILLEGAL_TRANSITION) with its
+   * guest agent connected (else FAILED_PRECONDITION, code AGENT_UNAVAILABLE); another tenant's VM
+   * is NOT_FOUND. Every stream has backpressure: a side that does not read stops the other.
+   * 
+   * A command in the guest: the first ExecInput is the request, later ones stdin bytes, resizes,
+   * signals and the end of stdin (closing the client side also ends stdin). Output arrives as
+   * stdout / stderr bytes after `started`; the last message is `exit`. Audited with argv and exit
+   * code, never stdin or output.
+   */
+  exec(metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientDuplexStream<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecOutput__Output>;
+  exec(options?: grpc.CallOptions): grpc.ClientDuplexStream<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecOutput__Output>;
   
   GetConsole(argument: _microvm_service_v1alpha1_GetConsoleRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_GetConsoleResponse__Output>;
   GetConsole(argument: _microvm_service_v1alpha1_GetConsoleRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_microvm_service_v1alpha1_GetConsoleResponse__Output>;
@@ -100,12 +144,47 @@ export interface MicroVMServiceClient extends grpc.Client {
   updateMicroVm(argument: _microvm_service_v1alpha1_UpdateMicroVMRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_UpdateMicroVMResponse__Output>): grpc.ClientUnaryCall;
   updateMicroVm(argument: _microvm_service_v1alpha1_UpdateMicroVMRequest, callback: grpc.requestCallback<_microvm_service_v1alpha1_UpdateMicroVMResponse__Output>): grpc.ClientUnaryCall;
   
+  /**
+   * A file into the guest (parents are created), or a tar stream extracted into a directory: the
+   * first chunk is the header, then data chunks (each at most 4 MiB; 64-256 KiB is a good size).
+   */
+  Upload(metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  Upload(metadata: grpc.Metadata, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  Upload(options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  Upload(callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  /**
+   * A file into the guest (parents are created), or a tar stream extracted into a directory: the
+   * first chunk is the header, then data chunks (each at most 4 MiB; 64-256 KiB is a good size).
+   */
+  upload(metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  upload(metadata: grpc.Metadata, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  upload(options: grpc.CallOptions, callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  upload(callback: grpc.requestCallback<_microvm_service_v1alpha1_UploadResult__Output>): grpc.ClientWritableStream<_microvm_service_v1alpha1_UploadChunk>;
+  
 }
 
 export interface MicroVMServiceHandlers extends grpc.UntypedServiceImplementation {
   CreateMicroVM: grpc.handleUnaryCall<_microvm_service_v1alpha1_CreateMicroVMRequest__Output, _microvm_service_v1alpha1_CreateMicroVMResponse>;
   
   DeleteMicroVM: grpc.handleUnaryCall<_microvm_service_v1alpha1_DeleteMicroVMRequest__Output, _microvm_service_v1alpha1_DeleteMicroVMResponse>;
+  
+  /**
+   * A file from the guest, or a directory (or file) as a tar stream with tar=true.
+   */
+  Download: grpc.handleServerStreamingCall<_microvm_service_v1alpha1_DownloadRequest__Output, _microvm_service_v1alpha1_DownloadChunk>;
+  
+  /**
+   * Inside the guest (issue 13; docs/exec-api.md), permission microvms:exec (role member and
+   * above). The VM must be Running (else FAILED_PRECONDITION, code ILLEGAL_TRANSITION) with its
+   * guest agent connected (else FAILED_PRECONDITION, code AGENT_UNAVAILABLE); another tenant's VM
+   * is NOT_FOUND. Every stream has backpressure: a side that does not read stops the other.
+   * 
+   * A command in the guest: the first ExecInput is the request, later ones stdin bytes, resizes,
+   * signals and the end of stdin (closing the client side also ends stdin). Output arrives as
+   * stdout / stderr bytes after `started`; the last message is `exit`. Audited with argv and exit
+   * code, never stdin or output.
+   */
+  Exec: grpc.handleBidiStreamingCall<_microvm_service_v1alpha1_ExecInput__Output, _microvm_service_v1alpha1_ExecOutput>;
   
   GetConsole: grpc.handleServerStreamingCall<_microvm_service_v1alpha1_GetConsoleRequest__Output, _microvm_service_v1alpha1_GetConsoleResponse>;
   
@@ -121,11 +200,19 @@ export interface MicroVMServiceHandlers extends grpc.UntypedServiceImplementatio
   
   UpdateMicroVM: grpc.handleUnaryCall<_microvm_service_v1alpha1_UpdateMicroVMRequest__Output, _microvm_service_v1alpha1_UpdateMicroVMResponse>;
   
+  /**
+   * A file into the guest (parents are created), or a tar stream extracted into a directory: the
+   * first chunk is the header, then data chunks (each at most 4 MiB; 64-256 KiB is a good size).
+   */
+  Upload: grpc.handleClientStreamingCall<_microvm_service_v1alpha1_UploadChunk__Output, _microvm_service_v1alpha1_UploadResult>;
+  
 }
 
 export interface MicroVMServiceDefinition extends grpc.ServiceDefinition {
   CreateMicroVM: MethodDefinition<_microvm_service_v1alpha1_CreateMicroVMRequest, _microvm_service_v1alpha1_CreateMicroVMResponse, _microvm_service_v1alpha1_CreateMicroVMRequest__Output, _microvm_service_v1alpha1_CreateMicroVMResponse__Output>
   DeleteMicroVM: MethodDefinition<_microvm_service_v1alpha1_DeleteMicroVMRequest, _microvm_service_v1alpha1_DeleteMicroVMResponse, _microvm_service_v1alpha1_DeleteMicroVMRequest__Output, _microvm_service_v1alpha1_DeleteMicroVMResponse__Output>
+  Download: MethodDefinition<_microvm_service_v1alpha1_DownloadRequest, _microvm_service_v1alpha1_DownloadChunk, _microvm_service_v1alpha1_DownloadRequest__Output, _microvm_service_v1alpha1_DownloadChunk__Output>
+  Exec: MethodDefinition<_microvm_service_v1alpha1_ExecInput, _microvm_service_v1alpha1_ExecOutput, _microvm_service_v1alpha1_ExecInput__Output, _microvm_service_v1alpha1_ExecOutput__Output>
   GetConsole: MethodDefinition<_microvm_service_v1alpha1_GetConsoleRequest, _microvm_service_v1alpha1_GetConsoleResponse, _microvm_service_v1alpha1_GetConsoleRequest__Output, _microvm_service_v1alpha1_GetConsoleResponse__Output>
   GetMetrics: MethodDefinition<_microvm_service_v1alpha1_GetMetricsRequest, _microvm_service_v1alpha1_GetMetricsResponse, _microvm_service_v1alpha1_GetMetricsRequest__Output, _microvm_service_v1alpha1_GetMetricsResponse__Output>
   GetMicroVM: MethodDefinition<_microvm_service_v1alpha1_GetMicroVMRequest, _microvm_service_v1alpha1_GetMicroVMResponse, _microvm_service_v1alpha1_GetMicroVMRequest__Output, _microvm_service_v1alpha1_GetMicroVMResponse__Output>
@@ -133,4 +220,5 @@ export interface MicroVMServiceDefinition extends grpc.ServiceDefinition {
   StartMicroVM: MethodDefinition<_microvm_service_v1alpha1_StartMicroVMRequest, _microvm_service_v1alpha1_StartMicroVMResponse, _microvm_service_v1alpha1_StartMicroVMRequest__Output, _microvm_service_v1alpha1_StartMicroVMResponse__Output>
   StopMicroVM: MethodDefinition<_microvm_service_v1alpha1_StopMicroVMRequest, _microvm_service_v1alpha1_StopMicroVMResponse, _microvm_service_v1alpha1_StopMicroVMRequest__Output, _microvm_service_v1alpha1_StopMicroVMResponse__Output>
   UpdateMicroVM: MethodDefinition<_microvm_service_v1alpha1_UpdateMicroVMRequest, _microvm_service_v1alpha1_UpdateMicroVMResponse, _microvm_service_v1alpha1_UpdateMicroVMRequest__Output, _microvm_service_v1alpha1_UpdateMicroVMResponse__Output>
+  Upload: MethodDefinition<_microvm_service_v1alpha1_UploadChunk, _microvm_service_v1alpha1_UploadResult, _microvm_service_v1alpha1_UploadChunk__Output, _microvm_service_v1alpha1_UploadResult__Output>
 }
