@@ -8,7 +8,7 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Socket } from 'node:net';
-import type { Duplex, Readable } from 'node:stream';
+import { PassThrough, type Duplex, type Readable } from 'node:stream';
 import type { WebSocket } from 'ws';
 import type {} from '@fastify/websocket';
 import { ErrorCodes, MvmError, asMvmError, validationError } from '../../core/errors.js';
@@ -289,17 +289,21 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
       if (body === undefined || body === null || (typeof body === 'object' && !('pipe' in body) && !Buffer.isBuffer(body))) {
         throw validationError('body', 'send the content as application/octet-stream (or application/x-tar with ?archive=tar)');
       }
+      // The guest side gets a shield: its failure destroys the shield, never the request (whose
+      // destruction would reset the connection before the error is sent).
+      const content = Buffer.isBuffer(body) ? body : (body as Readable).pipe(new PassThrough());
       try {
         const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
         if (q.archive === 'tar') {
-          const r = await guest.tarWrite(path, body as Readable, userOpt(q.user));
+          const r = await guest.tarWrite(path, content as Readable, userOpt(q.user));
           return reply.status(201).send({ path, entries: r.entries, bytes: r.bytes });
         }
-        const r = await guest.writeFile(path, body as Readable, { ...userOpt(q.user), mkdirs: true, ...(q.mode ? { mode: parseInt(q.mode, 8) } : {}) });
+        const r = await guest.writeFile(path, content as Readable, { ...userOpt(q.user), mkdirs: true, ...(q.mode ? { mode: parseInt(q.mode, 8) } : {}) });
         return reply.status(201).send({ path, size: r.size });
       } catch (e) {
         // An answer sent while the client still sends reaches it as a connection reset (a full
         // guest disk mid-upload): read the rest of the body away first, so it gets the error.
+        if (!Buffer.isBuffer(body)) (body as Readable).unpipe();
         await drain(body as Readable, UPLOAD_DRAIN_MS);
         throw e;
       }
