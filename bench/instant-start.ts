@@ -12,7 +12,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { sleep } from '../src/vmm/proc.js';
@@ -80,7 +80,8 @@ function catStream(id: string, mode: 'in' | 'out', data: Buffer): Promise<number
 
 async function main(): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mvm-bench-i-'));
-  svc = await startService({ dataDir });
+  // C template clones of 1 vCPU must fit the node's vCPU budget (their memory is shared copy-on-write).
+  svc = await startService({ dataDir, env: { MVM_CPU_OVERCOMMIT: String(Math.max(16, Math.ceil((C + 4) / availableParallelism()))) } });
   const rows: Array<Array<string | number>> = [];
   try {
     const t = await api('POST', '/templates', { name: 'bench' });

@@ -42,6 +42,8 @@ export interface Config {
   resyncSeconds: number;
   /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
   stopTimeoutSeconds: number;
+  /** MVM_CPU_OVERCOMMIT: vCPUs placed per host CPU (microVMs mostly idle; template clones share memory), default 16. */
+  cpuOvercommit: number;
   /** JWT/OIDC, rate limits, gRPC listener (src/gateway/config.ts). */
   gateway?: GatewayConfig;
   /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
@@ -94,6 +96,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
     resyncSeconds: Number(env.MVM_RESYNC_SECONDS ?? 10),
     stopTimeoutSeconds: Number(env.MVM_STOP_TIMEOUT_SECONDS ?? 10),
+    cpuOvercommit: positiveNumber('MVM_CPU_OVERCOMMIT', env.MVM_CPU_OVERCOMMIT, 16),
     store: env.MVM_STORE === 'kubernetes' ? 'kubernetes' : 'sqlite',
     cluster: {
       ...(env.MVM_K8S_PARTITION ? { partition: env.MVM_K8S_PARTITION } : {}),
@@ -123,4 +126,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
   cfg.gateway = loadGatewayConfig(env);
   return cfg;
+}
+
+export function positiveNumber(name: string, raw: string | undefined, dflt: number): number {
+  if (raw === undefined || raw === '') return dflt;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
+  return n;
 }

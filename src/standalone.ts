@@ -137,7 +137,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const controller = new Controller({
     store,
     agent,
-    scheduler: new Scheduler(),
+    scheduler: new Scheduler({ cpuOvercommit: cfg.cpuOvercommit }),
     log: log.child({ c: 'controller' }),
     resyncMs: cfg.resyncSeconds * 1000,
     stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,

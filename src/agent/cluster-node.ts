@@ -105,7 +105,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   const controller = new Controller({
     store,
     agent,
-    scheduler: new Scheduler(),
+    scheduler: new Scheduler({ cpuOvercommit: cfg.cpuOvercommit }),
     log: log.child({ c: 'controller' }),
     resyncMs: cfg.resyncSeconds * 1000,
     stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,

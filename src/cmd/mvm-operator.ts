@@ -13,6 +13,7 @@ import { OPERATOR_LEASE, SYSTEM_NAMESPACE } from '../k8s/cluster.js';
 import { LeaderElector } from '../operator/leader.js';
 import { Operator } from '../operator/operator.js';
 import { Scheduler } from '../scheduler/scheduler.js';
+import { positiveNumber } from '../config.js';
 import { configOrExit, runMain, shutdownOnSignals } from './lifecycle.js';
 
 const BINARY = 'mvm-operator';
@@ -29,7 +30,7 @@ async function main(): Promise<void> {
   const namespace = env.POD_NAMESPACE ?? cfg.cluster?.systemNamespace ?? SYSTEM_NAMESPACE;
   const operator = new Operator({
     kubeConfig: kc,
-    scheduler: new Scheduler({ strategy: env.MVM_SCHEDULER_STRATEGY === 'binpack' ? 'binpack' : 'spread' }),
+    scheduler: new Scheduler({ cpuOvercommit: positiveNumber('MVM_CPU_OVERCOMMIT', env.MVM_CPU_OVERCOMMIT, 16), strategy: env.MVM_SCHEDULER_STRATEGY === 'binpack' ? 'binpack' : 'spread' }),
     log,
     ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}),
     systemNamespace: namespace,
