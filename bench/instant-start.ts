@@ -83,6 +83,7 @@ async function main(): Promise<void> {
   // C template clones of 1 vCPU must fit the node's vCPU budget (their memory is shared copy-on-write).
   svc = await startService({ dataDir, env: { MVM_CPU_OVERCOMMIT: String(Math.max(16, Math.ceil((C + 4) / availableParallelism()))) } });
   const rows: Array<Array<string | number>> = [];
+  let stepRows: Array<Array<string | number>> = [];
   try {
     const t = await api('POST', '/templates', { name: 'bench' });
     for (let i = 0; ; i++) {
@@ -125,6 +126,20 @@ async function main(): Promise<void> {
     rows.push(['template clone → ready', p50(clone), percentile(clone, 95), `${(p50(clone) / p50(cold)).toFixed(3)}x of cold`]);
     rows.push(['cold create → first exec result', p50(coldExec), percentile(coldExec, 95), `+${Math.round(p50(coldExec) - p50(cold))} ms over ready`]);
     rows.push(['template clone → first exec result', p50(cloneExec), percentile(cloneExec, 95), `+${Math.round(p50(cloneExec) - p50(clone))} ms over ready`]);
+
+    // Where a clone's start goes, step by step (the node agent logs each start's step timings).
+    const stepMs = new Map<string, number[]>();
+    for (const line of svc.logs().split('\n')) {
+      if (!line.includes('"launch steps"')) continue;
+      try {
+        const rec = JSON.parse(line) as { mode?: string; steps?: Record<string, number> };
+        if (rec.mode !== 'restore' || !rec.steps) continue;
+        for (const [k, v] of Object.entries(rec.steps)) stepMs.set(k, [...(stepMs.get(k) ?? []), v]);
+      } catch {
+        // not a JSON log line
+      }
+    }
+    stepRows = [...stepMs].map(([k, xs]) => [k, p50(xs), percentile(xs, 95), `${xs.length} clones`]);
 
     // 2. exec round trips vs an API round trip that stays on the host
     const vm = (await api('POST', '/microvms', { name: 'rt', template: 'bench' })).json;
@@ -196,6 +211,10 @@ async function main(): Promise<void> {
     // What was measured is printed even when a later part failed.
     console.log(`\nInstant start and exec (QEMU TCG, ${N} rounds), ms unless noted\n`);
     printTable(['measure', 'p50', 'p95/p99', 'vs baseline'], rows);
+    if (stepRows.length) {
+      console.log('\nA template clone\'s start on the node, by step (ms)\n');
+      printTable(['step', 'p50', 'p95', 'n'], stepRows);
+    }
     await svc.stop();
     await destroyDataDir(dataDir);
   }
