@@ -72,6 +72,8 @@ export class TemplateService {
     if (spec.image !== undefined && spec.rootfs?.image !== undefined && spec.image !== spec.rootfs.image) throw validationError('image', 'give image or rootfs.image, not both');
     if (spec.rootfs?.readOnly) throw validationError('rootfs.readOnly', 'a template guest needs a writable root disk (its clones get their own overlays)');
     if (spec.bootTimeout !== undefined) parseDurationMs(spec.bootTimeout, 'bootTimeout');
+    // Accepted by the schema for the warm pools to come; until they exist, a pool is refused rather than ignored.
+    if (spec.pool && spec.pool.size > 0) throw validationError('pool.size', 'warm pools are not available yet: give 0 or leave pool out (a template clone is ready in well under a second without one)');
     if (spec.readiness && 'command' in spec.readiness && spec.readiness.timeout !== undefined) parseDurationMs(spec.readiness.timeout, 'readiness.timeout');
   }
 

@@ -93,6 +93,19 @@ test('build a template, clone it: warm state, fresh identity, a fraction of a co
   assert.deepEqual(readdirSync(join(svc.dataDir, 'vms')).filter((n) => n.startsWith('build-')), [], 'no build VM left');
 });
 
+test('bad template input names the field; a warm pool is refused, not ignored', async () => {
+  for (const [body, field] of [
+    [{ name: 'p1', pool: { size: 2 } }, 'pool.size'],
+    [{ name: 'p2', memory: '64Mi' }, 'memory'],
+    [{ name: 'p3', rootfs: { readOnly: true } }, 'rootfs.readOnly'],
+  ] as const) {
+    const r = await api('POST', '/templates', body);
+    assert.equal(r.status, 400, r.text);
+    assert.ok(r.json.errors.some((e: { field: string }) => e.field === field), r.text);
+  }
+  assert.equal((await api('GET', '/templates')).json.items.filter((t: { name: string }) => /^p\d$/.test(t.name)).length, 0, 'nothing refused was stored');
+});
+
 test('a readiness that never holds fails the build with its step and the console tail, leaving nothing', async () => {
   const created = await api('POST', '/templates', { name: 'never', readiness: { command: ['sh', '-c', 'test -e /nonexistent'], timeout: '3s' } });
   assert.equal(created.status, 202, created.text);
