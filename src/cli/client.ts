@@ -345,6 +345,11 @@ export class MvmClient {
     return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/resume`);
   }
 
+  /** Live fork: `count` children carrying the running VM's memory and disk state, each with a fresh identity. */
+  fork(vm: string, req: { count?: number; names?: string[] }): Promise<{ snapshot: SnapshotT; children: MicroVM[] }> {
+    return this.#json<{ snapshot: SnapshotT; children: MicroVM[] }>('POST', `/microvms/${enc(vm)}/fork`, { body: req });
+  }
+
   createSnapshot(vm: string, name: string): Promise<SnapshotT> {
     return this.#json<SnapshotT>('POST', `/microvms/${enc(vm)}/snapshots`, { body: { name } });
   }

@@ -1,7 +1,8 @@
 /** `mvm snapshot create|ls|get|rm`: snapshots of microVMs (memory, devices and disks). */
 import type { Command } from 'commander';
 import type { SnapshotT } from '../../core/schema.js';
-import { age, bytes, kv } from '../format.js';
+import { age, bytes, kv, renderList } from '../format.js';
+import { UsageError } from '../parse.js';
 import { child, dash, group, printList, printOne, removeCommand, type CommandGroupDeps } from './common.js';
 
 const SNAPSHOT_HEADERS = ['ID', 'NAME', 'VM', 'PHASE', 'SIZE', 'NODE', 'AGE'];
@@ -23,6 +24,27 @@ function defaultSnapshotName(vm: string, now = new Date()): string {
 
 export function registerSnapshotCommands(deps: CommandGroupDeps): void {
   const { about, contextOf } = deps;
+  deps
+    .addCommand('fork <vm>', 'live fork: children carrying the running microVM\'s memory and disk state, each with a fresh identity (the parent is paused only for the snapshot)')
+    .option('--count <n>', 'how many children', '1')
+    .option('--name <name>', 'a child\'s name (repeatable; as many as --count; default <vm>-fork-<n>)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--wait', 'wait until every child is Running and ready')
+    .option('--timeout <seconds>', 'with --wait: give up after this long', '300')
+    .action(async (vm: string, opts: { count: string; name?: string[]; wait?: boolean; timeout: string }, command: Command) => {
+      about('microVM', vm);
+      const count = Number(opts.count);
+      if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count wants a whole number of children (1 or more), got ${JSON.stringify(opts.count)}`);
+      const ctx = contextOf(command);
+      const r = await ctx.client.fork(vm, { count, ...(opts.name?.length ? { names: opts.name } : {}) });
+      let children = r.children;
+      if (opts.wait) {
+        if (!ctx.quiet) ctx.io.stderr.write(`waiting for ${children.length} children to be ready ...\n`);
+        children = await Promise.all(children.map((c) => ctx.client.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: Number(opts.timeout) * 1000 })));
+      }
+      if (ctx.output !== 'table') printOne(ctx, { snapshot: r.snapshot, children }, '', r.snapshot.id);
+      else if (ctx.quiet) for (const c of children) ctx.io.stdout.write(`${c.id}\n`);
+      else ctx.io.stdout.write(renderList(children));
+    });
   const snapshots = group(deps, 'snapshot', 'manage microVM snapshots (memory, devices and disks)', [
     'mvm snapshot create web --name web-before-upgrade',
     'mvm snapshot ls --vm web',

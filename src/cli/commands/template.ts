@@ -35,10 +35,9 @@ export function registerTemplateCommands(deps: CommandGroupDeps): void {
     .option('--command <shell>', 'run once (sh -c) after boot, before the snapshot; must exit 0')
     .option('--ready <shell>', 'readiness: a command (sh -c) that must exit 0 before the command runs (default: the guest agent answers)')
     .option('--ready-timeout <duration>', 'how long the readiness command may take to hold', '60s')
-    .option('--pool <n>', 'clones kept restored and paused per node')
     .option('--wait', 'wait until the build is over')
     .option('--timeout <duration>', 'with --wait: give up after this long', '10m')
-    .action(async (name: string, opts: { image?: string; vcpu?: string; memory?: string; env?: string[]; command?: string; ready?: string; readyTimeout: string; pool?: string; wait?: boolean; timeout: string }, command: Command) => {
+    .action(async (name: string, opts: { image?: string; vcpu?: string; memory?: string; env?: string[]; command?: string; ready?: string; readyTimeout: string; wait?: boolean; timeout: string }, command: Command) => {
       const ctx = contextOf(command);
       const req: CreateTemplateRequestT = { name };
       if (opts.image) req.image = opts.image;
@@ -48,7 +47,6 @@ export function registerTemplateCommands(deps: CommandGroupDeps): void {
       if (env) req.env = env;
       if (opts.command) req.command = ['sh', '-c', opts.command];
       if (opts.ready) req.readiness = { command: ['sh', '-c', opts.ready], timeout: opts.readyTimeout };
-      if (opts.pool) req.pool = { size: Number(opts.pool) };
       let t = await ctx.client.createTemplate(req);
       if (opts.wait) {
         const until = Date.now() + parseDuration(opts.timeout);
