@@ -285,6 +285,26 @@ describe('mvm port-forward', () => {
   });
 });
 
+describe('mvm fork', () => {
+  test('children carry the parent memory, each with its own name; bad input names the option', async () => {
+    ok(mvm('exec', VM, '--', 'sh', '-c', 'echo fork-$((6*7)) > /run/marker'));
+    const r = ok(mvm('fork', VM, '--count', '2', '--name', 'kid-a', '--name', 'kid-b', '--wait', '-o', 'json'));
+    const { children } = JSON.parse(r) as { children: Array<{ id: string; name: string; status: { phase: string } }> };
+    try {
+      assert.deepEqual(children.map((c) => c.name).sort(), ['kid-a', 'kid-b']);
+      for (const c of children) assert.equal(c.status.phase, 'Running');
+      assert.equal(ok(mvm('exec', 'kid-a', '--', 'cat', '/run/marker')), 'fork-42\n', 'the child has the parent memory (/run is tmpfs)');
+      assert.equal(ok(mvm('exec', 'kid-b', '--', 'hostname')), 'kid-b\n', 'with its own identity');
+    } finally {
+      for (const c of children) await svc.client.delete(c.id).catch(() => undefined);
+      for (const c of children) await svc.client.waitDeleted(c.id, { timeoutMs: 60_000 }).catch(() => undefined);
+    }
+    const bad = mvm('fork', VM, '--count', '0');
+    assert.equal(bad.code, 1, bad.err);
+    assert.match(bad.err, /--count/);
+  });
+});
+
 describe('errors', () => {
   test('an unknown VM, then a stopped VM (ILLEGAL_TRANSITION) for exec, cp and port-forward', async () => {
     const nope = mvm('exec', 'no-such-vm', '--', 'true');
