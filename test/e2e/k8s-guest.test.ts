@@ -4,9 +4,9 @@
  * a real QEMU guest with the real guest agent. The API reaches the guest through the node agent's
  * endpoint (WebSocket upgrade, TokenReview + SubjectAccessReview `create microvms/guest`), which
  * relays onto its one connection to the guest: buffered exec, streaming exec with stdin over the
- * REST WebSocket, upload and download with a computed checksum, another tenant 404, the node's
- * endpoint refusing a caller without a token, a paused VM 409 ILLEGAL_TRANSITION (from the API, and
- * from the node itself).
+ * REST WebSocket, upload and download with a computed checksum, the HTTP proxy and the TCP tunnel
+ * to a server in the guest, another tenant 404, the node's endpoint refusing a caller without a
+ * token, a paused VM 409 ILLEGAL_TRANSITION (from the API, and from the node itself).
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -53,7 +53,7 @@ function wsExec(url: string, token: string, id: string, request: Record<string, 
   });
 }
 
-test('exec, files and streaming in cluster mode, through the node agent’s relay to a real guest', { timeout: 480_000 }, async () => {
+test('exec, files, ports and streaming in cluster mode, through the node agent’s relay to a real guest', { timeout: 480_000 }, async () => {
   const { c, call, waitPhase } = k!;
   const url = k!.api.url;
   await k!.tenant('acme');
@@ -105,6 +105,26 @@ test('exec, files and streaming in cluster mode, through the node agent’s rela
   // The guest's own error codes come through the relay.
   const missing = await call(token, 'GET', `/microvms/${id}/files/stat?path=/no/such/file`);
   assert.equal(missing.status, 404, missing.text);
+
+  // Ports: the HTTP proxy and the TCP tunnel (tcp.connect streams through the relay) to a server in the guest.
+  const httpd = await call(token, 'POST', `/microvms/${id}/exec`, { cmd: ['sh', '-c', 'mkdir -p /srv/www && echo "served-$((3*3))" > /srv/www/index.html && busybox httpd -p 8080 -h /srv/www && echo started'] });
+  assert.equal(httpd.json.stdout, 'started\n', httpd.text);
+  const proxied = await fetch(`${url}/api/v1/microvms/${id}/proxy/8080/index.html`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(proxied.status, 200);
+  assert.equal(await proxied.text(), 'served-9\n');
+  const tunnel = new WebSocket(`${url.replace(/^http/, 'ws')}/api/v1/microvms/${id}/ports/8080/connect`, ['mvm.v1', `bearer.${Buffer.from(token).toString('base64url')}`]);
+  const raw: Buffer[] = [];
+  await new Promise<void>((resolve, reject) => {
+    tunnel.on('error', reject);
+    tunnel.on('message', (d, isBinary) => {
+      if (isBinary) return void raw.push(d as Buffer);
+      const m = JSON.parse(String(d)) as { type: string };
+      if (m.type === 'connected') tunnel.send(Buffer.from('GET /index.html HTTP/1.0\r\n\r\n'));
+      if (m.type === 'error') reject(new Error(String(d)));
+    });
+    tunnel.on('close', () => resolve());
+  });
+  assert.match(Buffer.concat(raw).toString(), /^HTTP\/1\.[01] 200[\s\S]*served-9/);
 
   // Another tenant sees nothing.
   await k!.tenant('globex');
