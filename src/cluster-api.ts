@@ -34,6 +34,7 @@ import type { Config } from './config.js';
 import type { MicroVM } from './core/microvm.js';
 import type { WriteOptions } from './core/ports/store.js';
 import { MicroVMService } from './core/service.js';
+import { GuestService } from './core/guest.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
@@ -148,7 +149,9 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
   // The images API (ADR 0019, cluster mode): the same routes over every node agent's image cache.
   const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images });
+  // Inside the guest (issue 13): through the agent of the VM's node, which relays onto its guest connection.
+  const guest = new GuestService(service, agents);
+  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
@@ -171,6 +174,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       closed = true;
       await grpcServer?.close();
       await app.close();
+      await agents.shutdown();
       volumes.stop();
       await store.close();
     },

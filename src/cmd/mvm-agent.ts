@@ -25,6 +25,8 @@ async function main(): Promise<void> {
   const endpoint = await startAgentEndpoint({
     agent: node.agent,
     nodeName: node.nodeName,
+    // Inside the guest: the API's guest agent sessions, relayed onto this node's connection to the VM's agent.
+    guest: async (vm) => (await node.agent.guest(vm)).connection,
     lookup: (id) => node.k8s.getVm(id),
     namespaceOf: (tenant) => node.k8s.tn.namespaceOf(tenant),
     kubeConfig: node.kubeConfig,

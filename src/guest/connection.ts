@@ -189,6 +189,71 @@ export class AgentStream {
   }
 }
 
+/** What the connection routes a stream's frames to: an AgentStream, or a RawStream of the relay. */
+interface StreamEndpoint {
+  readonly id: number;
+  onFrame(f: Frame): void;
+  fail(err: GuestAgentError): void;
+}
+
+/** Where a RawStream's frames go. */
+export interface RawStreamHandler {
+  /** Every frame the agent sends on the stream, as it came (the final RESPONSE or ERROR included). */
+  frame(f: Frame): void;
+  /** The stream failed on this side (the connection closed, or its session was reset). */
+  fail(err: GuestAgentError): void;
+}
+
+/**
+ * A stream whose frames pass through unchanged, with no flow control of its own (the node
+ * agent's relay, relay.ts: the remote client keeps the credit windows). It ends at the agent's
+ * RESPONSE or ERROR, at `cancel()`, or when the connection does.
+ */
+export class RawStream implements StreamEndpoint {
+  private finished = false;
+
+  constructor(
+    private readonly conn: AgentConnection,
+    readonly id: number,
+    private readonly handler: RawStreamHandler,
+  ) {}
+
+  get done(): boolean {
+    return this.finished;
+  }
+
+  /** A frame of this stream to the agent (DATA, EOF, WINDOW, CONTROL), payload as it is. */
+  send(kind: number, payload: Uint8Array): void {
+    if (!this.finished) this.conn.writeFrame(encodeFrame(kind, this.id, payload));
+  }
+
+  /** Ask the agent to stop the stream (a foreground process is killed); its answer is dropped. */
+  cancel(): void {
+    if (this.finished) return;
+    this.conn.writeFrame(encodeJSON(FrameKind.CONTROL, this.id, { cancel: true }));
+    this.finish();
+  }
+
+  /** @internal */
+  onFrame(f: Frame): void {
+    if (this.finished) return;
+    if (f.kind === FrameKind.RESPONSE || f.kind === FrameKind.ERROR) this.finish();
+    this.handler.frame(f);
+  }
+
+  /** @internal */
+  fail(err: GuestAgentError): void {
+    if (this.finished) return;
+    this.finish();
+    this.handler.fail(err);
+  }
+
+  private finish(): void {
+    this.finished = true;
+    this.conn.forget(this);
+  }
+}
+
 function parseJSON(b: Buffer): any {
   try {
     return JSON.parse(b.toString('utf8'));
@@ -215,7 +280,7 @@ export class AgentConnection extends EventEmitter {
   readonly decoder = new FrameDecoder();
   readonly window: number;
   private readonly opts: ConnectionOptions;
-  private readonly streams = new Map<number, AgentStream>();
+  private readonly streams = new Map<number, StreamEndpoint>();
   private nextId = 1;
   private ready = false;
   private helloWaiter: (Waiter<AgentHello> & { nonce: string }) | null = null;
@@ -305,6 +370,21 @@ export class AgentConnection extends EventEmitter {
     return s;
   }
 
+  /**
+   * A stream opened with a REQUEST payload as it is, whose frames go to `handler` unchanged (the
+   * node agent's relay). Throws a GuestAgentError when the connection is closed or not ready, or
+   * the payload is larger than a frame.
+   */
+  openRaw(request: Buffer, handler: RawStreamHandler): RawStream {
+    if (this.failure) throw this.failure;
+    if (!this.ready) throw new GuestAgentError('RESET', 'the guest agent session is being (re)established');
+    if (request.length > MAX_PAYLOAD) throw new GuestAgentError('EINVAL', `a request of ${request.length} bytes is more than a frame holds (${MAX_PAYLOAD})`);
+    const s = new RawStream(this, this.allocateId(), handler);
+    this.streams.set(s.id, s);
+    this.writeFrame(encodeFrame(FrameKind.REQUEST, s.id, request));
+    return s;
+  }
+
   /** Round trip of a PING (ms). */
   ping(timeoutMs = 5_000): Promise<number> {
     if (this.failure) return Promise.reject(this.failure);
@@ -337,7 +417,7 @@ export class AgentConnection extends EventEmitter {
   }
 
   /** @internal */
-  forget(s: AgentStream): void {
+  forget(s: StreamEndpoint): void {
     if (this.streams.get(s.id) === s) this.streams.delete(s.id);
   }
 

@@ -5,3 +5,4 @@ export * from './errors.js';
 export * from './connection.js';
 export * from './client.js';
 export * from './transports.js';
+export * from './relay.js';

@@ -4,7 +4,10 @@
  * `microvm.service/agent-endpoint` annotation, written by that agent), authenticated with the
  * API's service-account token. Snapshots (ADR 0009) are taken and deleted by the agent of the
  * node that runs the VM / holds the files (the VM's `status.node`, the Snapshot's `spec.node`), for
- * the API's SnapshotService. Everything else a NodeAgent does (boot, stop, pause) is the
+ * the API's SnapshotService. Inside the guest (exec, files, port forwarding), a GuestAgentClient
+ * speaks the guest agent protocol over a WebSocket to the agent of the VM's node, which relays it
+ * onto its own connection to the guest (src/guest/relay.ts); one such client per VM is kept while
+ * it is used. Everything else a NodeAgent does (boot, stop, pause) is the
  * operator's and the node agents' work through the MicroVM resources, never the API's:
  * those methods refuse with CAPABILITY_UNSUPPORTED.
  */
@@ -12,9 +15,12 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { WebSocket, createWebSocketStream } from 'ws';
 import { ErrorCodes, MvmError, notFound } from '../../core/errors.js';
 import { memoryMiB, type MicroVM } from '../../core/microvm.js';
 import type { ActualVm, AgentEvent, NodeAgent, NodeInfo } from '../../core/ports/agent.js';
+import type { GuestSession } from '../../core/ports/guest.js';
+import { GuestAgentClient } from '../../guest/index.js';
 import type { VmMetricsT } from '../../core/schema.js';
 import { fromK8sError, httpStatus } from '../../k8s/errors.js';
 import { ANN_AGENT_ENDPOINT, agentError, agentResult, readText, type AgentCall } from './http.js';
@@ -40,6 +46,15 @@ export interface RemoteAgentsOptions {
   snapshotNodeOf?: (snapshotId: string) => Promise<string | undefined>;
   /** Timeout of a snapshot request (memory is written to disk meanwhile; default 10 min). */
   snapshotTimeoutMs?: number;
+  /** A VM's guest agent connection with no open stream is closed after this long unused (default 60 s). */
+  guestIdleMs?: number;
+}
+
+/** A guest agent client over a node agent's relay: one per VM (and node), kept while used. */
+interface GuestEntry {
+  client?: GuestAgentClient;
+  connecting?: Promise<GuestAgentClient>;
+  used: number;
 }
 
 const unsupported = (what: string): MvmError =>
@@ -50,6 +65,8 @@ export class RemoteNodeAgents implements NodeAgent {
   private readonly core: CoreV1Api;
   private readonly endpoints = new Map<string, { url: string; until: number }>();
   private fileToken?: { value: string; until: number };
+  private readonly guests = new Map<string, GuestEntry>();
+  private guestSweep?: NodeJS.Timeout;
 
   constructor(private readonly o: RemoteAgentsOptions) {
     this.core = o.kubeConfig.makeApiClient(CoreV1Api);
@@ -175,6 +192,88 @@ export class RemoteNodeAgents implements NodeAgent {
     throw await agentError(node, res, `deleting snapshot ${snapshotId}`);
   }
 
+  /**
+   * The guest agent of a VM, through the agent of its node (a WebSocket relayed onto that agent's
+   * connection to the guest). The node's refusals keep their codes: ILLEGAL_TRANSITION when the VM
+   * does not run there, AGENT_UNAVAILABLE when its guest has no agent.
+   */
+  async guest(vm: MicroVM): Promise<GuestSession> {
+    const node = vm.status.node;
+    if (!node) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${vm.id} is not running on a node`, { details: { id: vm.id, reason: 'NotRunning' } });
+    const key = `${node}/${vm.id}`;
+    let e = this.guests.get(key);
+    if (!e) this.guests.set(key, (e = { used: Date.now() }));
+    const entry = e;
+    entry.used = Date.now();
+    if (entry.client && !entry.client.connection.isClosed) return entry.client;
+    entry.connecting ??= this.connectGuest(node, vm.id)
+      .then((c) => {
+        entry.client = c;
+        void c.closed.then(() => {
+          if (this.guests.get(key)?.client === c) this.guests.delete(key);
+        });
+        this.sweepGuests();
+        return c;
+      })
+      .finally(() => (entry.connecting = undefined));
+    return entry.connecting;
+  }
+
+  private async connectGuest(node: string, id: string): Promise<GuestAgentClient> {
+    const url = new URL(`/v1/microvms/${encodeURIComponent(id)}/guest`, await this.endpointOf(node));
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(url, {
+      headers: { authorization: `Bearer ${await this.token()}` },
+      handshakeTimeout: this.o.timeoutMs ?? 10_000,
+      maxPayload: 1024 * 1024,
+      perMessageDeflate: false,
+      ...(this.o.ca ? { ca: this.o.ca } : {}),
+    });
+    await new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      // The node refused (before upgrading): its own typed error, or UNAVAILABLE.
+      ws.once('unexpected-response', (_req, res) => {
+        agentError(node, res, `the guest agent of microVM ${id}`)
+          .then(reject, reject)
+          .finally(() => ws.terminate());
+      });
+      ws.on('error', (e) => {
+        this.endpoints.delete(node);
+        reject(new MvmError(ErrorCodes.UNAVAILABLE, `the agent of node ${node} cannot be reached: ${e.message}`, { cause: e }));
+      });
+    });
+    try {
+      // A fresh connection (nothing of an earlier host can be on it): no resync preamble.
+      return await GuestAgentClient.connect(createWebSocketStream(ws), { resync: false, helloTimeoutMs: this.o.timeoutMs ?? 10_000, client: 'mvm-api' });
+    } catch (e) {
+      ws.terminate();
+      throw e;
+    }
+  }
+
+  /** Close the guest connections nobody used for a while (timer while there are any). */
+  private sweepGuests(): void {
+    if (this.guestSweep) return;
+    const idleMs = this.o.guestIdleMs ?? 60_000;
+    this.guestSweep = setInterval(
+      () => {
+        for (const [key, e] of this.guests) {
+          if (e.connecting || !e.client) continue;
+          if (e.client.connection.openStreams === 0 && Date.now() - e.used > idleMs) {
+            this.guests.delete(key);
+            e.client.close();
+          }
+        }
+        if (this.guests.size === 0) {
+          clearInterval(this.guestSweep);
+          this.guestSweep = undefined;
+        }
+      },
+      Math.max(1000, idleMs / 2),
+    );
+    this.guestSweep.unref();
+  }
+
   // ---- what the API never does in cluster mode --------------------------------------------
 
   async info(): Promise<NodeInfo> {
@@ -208,7 +307,12 @@ export class RemoteNodeAgents implements NodeAgent {
   onEvent(_cb: (e: AgentEvent) => void): () => void {
     return () => undefined;
   }
-  async shutdown(): Promise<void> {}
+  async shutdown(): Promise<void> {
+    clearInterval(this.guestSweep);
+    this.guestSweep = undefined;
+    for (const e of this.guests.values()) e.client?.close();
+    this.guests.clear();
+  }
 }
 
 const idleMetrics = (vm: MicroVM): VmMetricsT => ({

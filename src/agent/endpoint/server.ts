@@ -17,20 +17,28 @@
  *         DELETE /v1/snapshots/{snapshotId} — SAR `delete snapshots/files` (cluster-wide: the files
  *         are named by the id alone; this agent reads no Snapshot objects).
  *         Errors of the node's agent are answered as {status, code, message} with the error's code.
+ * Inside the guest (exec, files, port forwarding; docs/guest-agent-protocol.md, "Cluster mode"):
+ *         GET /v1/microvms/{id}/guest, a WebSocket upgrade — SAR `create microvms/guest` on the VM;
+ *         the socket then carries the guest agent protocol, relayed onto this node's one
+ *         connection to the VM's guest agent (src/guest/relay.ts). A VM that does not run, or whose
+ *         guest has no agent, is refused before the upgrade with its error's code (x-mvm-code).
  * Volumes (src/agent/endpoint/volumes.ts, SAR on `volumes/storage`) and the image cache
  * (src/agent/endpoint/images.ts, SAR `get`/`delete` on `images/cache`) plug in as route handlers.
  */
 import { createHash } from 'node:crypto';
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { STATUS_CODES, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
 import { followConsole, readConsoleTail } from '../../gateway/console-stream.js';
 import { HTTP_STATUS } from '../../gateway/problem.js';
 import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
 import type { NodeAgent } from '../../core/ports/agent.js';
+import { relayGuestConnection, type AgentConnection } from '../../guest/index.js';
 import { ANN_AGENT_ENDPOINT, type EndpointRequest, type EndpointRouteGroup } from './http.js';
 
 export { ANN_AGENT_ENDPOINT } from './http.js';
@@ -54,6 +62,12 @@ function decodePath(raw: string): string {
 export interface AgentEndpointOptions {
   agent: Pick<NodeAgent, 'consolePath' | 'metrics' | 'observe'> & Partial<Pick<NodeAgent, 'snapshot' | 'deleteSnapshot'>>;
   nodeName: string;
+  /**
+   * The connection to the guest agent of a VM running here (LocalAgent.guest(vm).connection), for
+   * the upgrade route `/v1/microvms/{id}/guest`; without it that route is 404. Its errors
+   * (ILLEGAL_TRANSITION, AGENT_UNAVAILABLE) are answered with their codes.
+   */
+  guest?: (vm: MicroVM) => Promise<AgentConnection>;
   /** The VM by id (the agent's store); undefined when unknown. */
   lookup: (id: string) => Promise<MicroVM | undefined>;
   /** Namespace of a tenant (TenantNamespaces.namespaceOf). */
@@ -95,6 +109,13 @@ interface Reviewed {
 const ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/(console|metrics)$/;
 const SNAPSHOT_ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/snapshots\/([a-z0-9][-a-z0-9]{0,62})$/;
 const SNAPSHOT_FILES_ROUTE = /^\/v1\/snapshots\/([a-z0-9][-a-z0-9]{0,62})$/;
+const GUEST_ROUTE = /^\/v1\/microvms\/([a-z0-9][-a-z0-9]{0,62})\/guest$/;
+
+interface Refusal {
+  status: number;
+  message: string;
+  headers?: Record<string, string>;
+}
 
 export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<AgentEndpoint> {
   const authn = o.kubeConfig.makeApiClient(AuthenticationV1Api);
@@ -146,6 +167,20 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     res.end(JSON.stringify({ status, message }));
   };
 
+  /** The caller behind the bearer token (TokenReview), or why not. */
+  const authenticate = async (req: IncomingMessage): Promise<Reviewed | Refusal> => {
+    const m = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
+    if (!m) return { status: 401, message: 'a bearer token (Kubernetes service account) is required', headers: { 'www-authenticate': 'Bearer' } };
+    let who: Reviewed | undefined;
+    try {
+      who = await review(m[1]!);
+    } catch (e) {
+      o.log?.warn({ err: (e as Error).message }, 'TokenReview failed');
+      return { status: 503, message: 'cannot review the token with the API server' };
+    }
+    return who ?? { status: 401, message: 'the token is not valid', headers: { 'www-authenticate': 'Bearer error="invalid_token"' } };
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const url = new URL(req.url ?? '/', 'http://agent');
     const path = decodePath(url.pathname);
@@ -154,17 +189,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
       res.end('ok\n');
       return;
     }
-    const auth = req.headers.authorization;
-    const m = /^Bearer\s+(\S+)$/i.exec(auth ?? '');
-    if (!m) return fail(res, 401, 'a bearer token (Kubernetes service account) is required', { 'www-authenticate': 'Bearer' });
-    let who: Reviewed | undefined;
-    try {
-      who = await review(m[1]!);
-    } catch (e) {
-      o.log?.warn({ err: (e as Error).message }, 'TokenReview failed');
-      return fail(res, 503, 'cannot review the token with the API server');
-    }
-    if (!who) return fail(res, 401, 'the token is not valid', { 'www-authenticate': 'Bearer error="invalid_token"' });
+    const who = await authenticate(req);
+    if ('status' in who) return fail(res, who.status, who.message, who.headers);
     const snapRoute = req.method === 'POST' ? SNAPSHOT_ROUTE.exec(path) : req.method === 'DELETE' ? SNAPSHOT_FILES_ROUTE.exec(path) : null;
     if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
     // Plugged-in groups (volumes: ADR 0018, the image cache: ADR 0019), each behind its cluster-wide right.
@@ -262,6 +288,53 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     }
   };
 
+  // Inside the guest: the guest agent protocol over a WebSocket, relayed onto this node's connection.
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 1024 * 1024, perMessageDeflate: false });
+  const relays = new Set<WebSocket>();
+  /** An HTTP answer on a socket that asked to upgrade (nothing was upgraded). */
+  const refuseUpgrade = (socket: Duplex, r: Refusal): void => {
+    const body = JSON.stringify({ status: r.status, ...(r.headers?.['x-mvm-code'] ? { code: r.headers['x-mvm-code'] } : {}), message: r.message });
+    const headers = { connection: 'close', 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...r.headers };
+    socket.end(`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? ''}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`);
+  };
+  const upgrade = async (req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> => {
+    const route = GUEST_ROUTE.exec(decodePath(new URL(req.url ?? '/', 'http://agent').pathname));
+    if (!route || req.method !== 'GET' || !o.guest) return refuseUpgrade(socket, { status: 404, message: 'no such route' });
+    const who = await authenticate(req);
+    if ('status' in who) return refuseUpgrade(socket, who);
+    const id = route[1]!;
+    let vm: MicroVM | undefined;
+    try {
+      vm = await o.lookup(id);
+      const target = vm ? { namespace: o.namespaceOf(vm.tenant), name: vm.name } : undefined;
+      if (!(await allowed(who, 'guest', target, 'create'))) {
+        o.log?.info({ user: who.user, vm: id }, 'agent endpoint: guest access denied');
+        return refuseUpgrade(socket, { status: 403, message: `${who.user} may not create microvms/guest${target ? ` of ${target.namespace}/${target.name}` : ''}` });
+      }
+    } catch (e) {
+      o.log?.warn({ err: (e as Error).message }, 'agent endpoint: authorisation failed');
+      return refuseUpgrade(socket, { status: 503, message: 'cannot authorise the request with the API server' });
+    }
+    if (!vm || vm.status.node !== o.nodeName) return refuseUpgrade(socket, { status: 404, message: `microVM ${id} is not on node ${o.nodeName}` });
+    let conn: AgentConnection;
+    try {
+      conn = await o.guest(vm);
+    } catch (e) {
+      const err = asMvmError(e);
+      return refuseUpgrade(socket, { status: HTTP_STATUS[err.code] ?? 500, message: err.message, headers: { 'x-mvm-code': err.code } });
+    }
+    if (closing.signal.aborted) return refuseUpgrade(socket, { status: 503, message: 'the agent endpoint is closing' });
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      relays.add(ws);
+      o.log?.info({ vm: id, user: who.user }, 'guest relay opened');
+      void relayGuestConnection(createWebSocketStream(ws), conn).then((stats) => {
+        relays.delete(ws);
+        ws.terminate();
+        o.log?.info({ vm: id, user: who.user, ...stats }, 'guest relay closed');
+      });
+    });
+  };
+
   const listener = (req: IncomingMessage, res: ServerResponse): void => {
     handle(req, res).catch((e: Error) => {
       o.log?.error({ err: e.message }, 'agent endpoint: request failed');
@@ -269,6 +342,13 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     });
   };
   const server: Server = o.tls ? createHttpsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createHttpServer(listener);
+  server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => undefined);
+    upgrade(req, socket, head).catch((e: Error) => {
+      o.log?.error({ err: e.message }, 'agent endpoint: upgrade failed');
+      if (!socket.destroyed) refuseUpgrade(socket, { status: 500, message: 'internal error' });
+    });
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(o.port ?? 0, o.host ?? '127.0.0.1', () => resolve());
@@ -303,6 +383,8 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     async close() {
       closing.abort();
       clearTimeout(retry);
+      for (const ws of relays) ws.terminate();
+      wss.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections?.();
     },
