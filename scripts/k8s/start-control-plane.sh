@@ -37,7 +37,8 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pick_port() {
   local p
   for _ in $(seq 1 100); do
-    p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    # below Linux's ephemeral range (32768+), so an outgoing connection cannot take it before we bind
+    p=$((20000 + (RANDOM * 32768 + RANDOM) % 12000))
     [[ " ${PICKED:-} " == *" $p "* ]] && continue
     if port_free "$p"; then PICKED="${PICKED:-} $p"; echo "$p"; return 0; fi
   done

@@ -22,8 +22,8 @@ const ENTRYPOINT: Record<string, string> = {
   'microvm-service/operator': 'dist/src/cmd/mvm-operator.js',
   'microvm-service/firecracker-runtime': 'dist/src/cmd/mvm-agent.js',
 };
-/** scripts/setup.sh packages the running service does not need (tests and development only). */
-const DEV_ONLY = ['prometheus', 'chromium', 'fonts-dejavu-core', 'docker-registry'];
+/** scripts/setup.sh packages the running service does not need (tests and development only: metrics and dashboard tests, the test registry, the Python SDK's tests). */
+const DEV_ONLY = ['prometheus', 'chromium', 'fonts-dejavu-core', 'docker-registry', 'python3', 'python3-venv'];
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((e) => {

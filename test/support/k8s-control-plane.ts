@@ -37,7 +37,13 @@ export async function startControlPlane(): Promise<ControlPlane> {
   const dir = mkdtempSync(join(tmpdir(), 'mvm-k8s-'));
   const work = join(dir, 'cp');
   const env = { ...process.env, MVM_CONTROL_PLANE_OWNER_PID: String(process.pid) };
-  const r = await run(join(SCRIPTS, 'start-control-plane.sh'), [work], env);
+  let r = await run(join(SCRIPTS, 'start-control-plane.sh'), [work], env);
+  // A port picked free can still be taken before etcd or the apiserver binds it: pick again.
+  for (let attempt = 1; r.code !== 0 && /address already in use/.test(r.stderr) && attempt < 3; attempt++) {
+    await run(join(SCRIPTS, 'stop-control-plane.sh'), [work], process.env);
+    rmSync(work, { recursive: true, force: true });
+    r = await run(join(SCRIPTS, 'start-control-plane.sh'), [work], env);
+  }
   if (r.code !== 0) {
     await run(join(SCRIPTS, 'stop-control-plane.sh'), [work], process.env);
     rmSync(dir, { recursive: true, force: true });
