@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench clean lint control-plane container-images guest-agent sdk-types
+.PHONY: run test test-unit deps build web images bench bench-instant clean lint control-plane container-images guest-agent sdk-types
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -68,6 +68,10 @@ bench-k8s: deps build images control-plane
 # The real Firecracker vs QEMU through the same service: create → Running, snapshot, restore (README "Benchmarks").
 bench-firecracker: deps build images
 	$(NODE) dist/bench/firecracker.js
+
+# Templates and the guest agent: template clone vs cold create, exec and file transfer overheads, 50 concurrent clones (README "Benchmarks").
+bench-instant: deps build images
+	$(NODE) dist/bench/instant-start.js
 
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
