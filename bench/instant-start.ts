@@ -81,7 +81,7 @@ function catStream(id: string, mode: 'in' | 'out', data: Buffer): Promise<number
 async function main(): Promise<void> {
   const dataDir = mkdtempSync(join(tmpdir(), 'mvm-bench-i-'));
   // C template clones of 1 vCPU must fit the node's vCPU budget (their memory is shared copy-on-write).
-  svc = await startService({ dataDir, env: { MVM_CPU_OVERCOMMIT: String(Math.max(16, Math.ceil((C + 4) / availableParallelism()))) } });
+  svc = await startService({ dataDir, env: { MVM_LOG_LEVEL: 'info', MVM_CPU_OVERCOMMIT: String(Math.max(16, Math.ceil((C + 4) / availableParallelism()))) } });
   const rows: Array<Array<string | number>> = [];
   let stepRows: Array<Array<string | number>> = [];
   try {
