@@ -457,10 +457,12 @@ export class LocalAgent implements NodeAgent {
     // was up) the identity goes through the console at once instead of after a wait for nothing.
     if (link && source && existsSync(join(this.snapDir(source), GUEST_AGENT_MARK))) {
       // A restored guest's agent is already running: Firecracker answers at once when nothing listens on its port.
+      const t0 = Date.now();
       const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message)).catch((e: Error) => {
         this.options.log.warn({ vm: vm.id, err: e.message }, 'the restored guest has no guest agent: typing its identity into the console');
         return undefined;
       });
+      const connectedMs = Date.now() - t0;
       if (client) try {
         await client.identity({
           hostname: vm.name,
@@ -474,6 +476,7 @@ export class LocalAgent implements NodeAgent {
         if (vm.spec.source?.template && (vm.spec.files?.length || Object.keys(vm.spec.env ?? {}).length)) {
           await this.firstBootSetup(client, { env: vm.spec.env ?? {}, files: vm.spec.files ?? [] });
         }
+        this.options.log.info({ vm: vm.id, connectMs: connectedMs, identityMs: Date.now() - t0 - connectedMs }, 'restored guest re-identified by its agent');
         r.markReady?.(`restored; identity set by guest agent ${client.hello.version}`);
         return;
       } catch (e) {

@@ -55,7 +55,7 @@ export class GuestLink {
       } catch (e) {
         last = e as Error;
         if (giveUp(last)) break;
-        await sleep(Math.min(200, Math.max(0, deadline - Date.now())));
+        await sleep(Math.min(50, Math.max(0, deadline - Date.now())));
       }
     }
     throw new MvmError(ErrorCodes.UNAVAILABLE, `the guest agent did not answer${last ? `: ${last.message}` : ''}`, { cause: last });
