@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant clean lint control-plane container-images guest-agent sdk-types
+.PHONY: run test test-unit deps build web images bench bench-instant bench-load clean lint control-plane container-images guest-agent sdk-types
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -76,6 +76,10 @@ bench-instant: deps build images
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
 	$(NODE) dist/bench/scheduler.js
+
+# Load: 1,000 connections over get/list vs bare Fastify, 200 concurrent creates vs a quota, a 10-minute soak with RSS (README "Benchmarks").
+bench-load: deps build
+	$(NODE) dist/bench/load.js
 
 ## Container images of the cluster components (deploy/images/Dockerfile), tagged as deploy/ names them:
 ## <stage>=<image> pairs; test/integration/container-images.test.ts checks them against every `image:` in deploy/.

@@ -9,19 +9,17 @@
  */
 import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import Fastify from 'fastify';
 import { sleep } from '../src/vmm/proc.js';
+import { startBenchService } from './service.js';
 import { printTable } from './stats.js';
 
 const SECONDS = Number(process.argv[2] ?? process.env.BENCH_SECONDS ?? 10);
 const CONNECTIONS = Number(process.argv[3] ?? process.env.BENCH_CONNECTIONS ?? 32);
 const ROUNDS = Number(process.argv[4] ?? process.env.BENCH_ROUNDS ?? 3);
 const SELF = fileURLToPath(import.meta.url);
-const SERVER_BIN = join(SELF, '../../src/cmd/mvm-server.js');
 
 /** Child mode: the bare Fastify server, answering with the bodies it is given on stdin. */
 async function bareServer(): Promise<void> {
@@ -49,35 +47,9 @@ async function drive(name: string, url: string, headers: Record<string, string>,
   return { name, rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, errors: r.errors + r.timeouts, non2xx: r.non2xx };
 }
 
-async function startOurs(): Promise<{ url: string; proc: ChildProcess; dataDir: string; token: string }> {
-  const dataDir = mkdtempSync(join(tmpdir(), 'mvm-bench-api-'));
-  const proc = spawn(process.execPath, [SERVER_BIN], {
-    detached: true,
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: {
-      ...process.env,
-      MVM_DATA_DIR: dataDir,
-      MVM_LISTEN: '127.0.0.1:0',
-      MVM_GRPC_LISTEN: '127.0.0.1:0',
-      MVM_NETWORK: 'none',
-      MVM_ACCEL: process.env.MVM_ACCEL ?? 'tcg',
-      // Limiting stays on (its cost is measured) with budgets the benchmark does not exhaust.
-      MVM_RATE_LIMITS: 'tenant.read=1000000/s:1000000,key.read=1000000/s:1000000',
-    },
-  });
-  const sj = join(dataDir, 'server.json');
-  const deadline = Date.now() + 60_000;
-  while (!existsSync(sj)) {
-    if (proc.exitCode !== null) throw new Error('mvm-server exited during start-up');
-    if (Date.now() > deadline) throw new Error('mvm-server did not start in 60 s');
-    await sleep(50);
-  }
-  return { url: (JSON.parse(readFileSync(sj, 'utf8')) as { url: string }).url, proc, dataDir, token: readFileSync(join(dataDir, 'admin.token'), 'utf8').trim() };
-}
-
 async function main(): Promise<void> {
   if (process.argv.includes('--bare-server')) return bareServer();
-  const ours = await startOurs();
+  const ours = await startBenchService({ MVM_RATE_LIMITS: 'tenant.read=1000000/s:1000000,key.read=1000000/s:1000000' });
   let bare: ChildProcess | undefined;
   try {
     const admin = { authorization: `Bearer ${ours.token}`, 'content-type': 'application/json' };
@@ -138,13 +110,7 @@ async function main(): Promise<void> {
     if (worst < 0.5 || bad) process.exitCode = 1;
   } finally {
     bare?.kill();
-    try {
-      process.kill(-ours.proc.pid!, 'SIGTERM');
-    } catch {
-      /* gone */
-    }
-    await sleep(500);
-    rmSync(ours.dataDir, { recursive: true, force: true });
+    await ours.stop();
   }
 }
 
