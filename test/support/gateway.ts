@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, type JWK, type JWTPayload } from 'jose';
 import { startService, type TestService } from './service.js';
+import { recordErrorAnswer, recordSecret } from './ledger.js';
 
 export const JWT_SECRET = 'test-secret-0123456789abcdef0123456789';
 export const AUDIENCE = 'mvm-test';
@@ -40,6 +41,7 @@ export async function startGatewayService(env: Record<string, string> = {}): Pro
       ...(o.body !== undefined ? { body: typeof o.body === 'string' ? o.body : JSON.stringify(o.body) } : {}),
     });
     const text = await res.text();
+    recordErrorAnswer(method, path, res.status, text);
     let json: any;
     try {
       json = JSON.parse(text);
@@ -59,6 +61,7 @@ export async function createTenant(svc: GatewayService, id: string, quotas: Reco
 export async function createKey(svc: GatewayService, tenant: string, role: string, extra: Record<string, unknown> = {}): Promise<{ id: string; token: string }> {
   const r = await svc.call('POST', `/apikeys?tenant=${tenant}`, { body: { name: `${role}-${Math.random().toString(36).slice(2, 8)}`, role, ...extra } });
   if (r.status !== 201) throw new Error(`create key: ${r.status} ${r.text}`);
+  recordSecret('API key', r.json.token);
   return { id: r.json.id, token: r.json.token };
 }
 
@@ -67,7 +70,10 @@ export async function hsToken(claims: JWTPayload, o: { secret?: string; expSec?:
   let jwt = new SignJWT(claims).setProtectedHeader({ alg: o.alg ?? 'HS256' }).setIssuedAt(now - 5).setExpirationTime(now + (o.expSec ?? 300));
   if (o.nbfSec !== undefined) jwt = jwt.setNotBefore(now + o.nbfSec);
   if (o.aud) jwt = jwt.setAudience(o.aud);
-  return jwt.sign(new TextEncoder().encode(o.secret ?? JWT_SECRET));
+  recordSecret('JWT secret', o.secret ?? JWT_SECRET);
+  const token = await jwt.sign(new TextEncoder().encode(o.secret ?? JWT_SECRET));
+  recordSecret('JWT', token);
+  return token;
 }
 
 /** `alg: none` token (jose refuses to make one). */
@@ -136,7 +142,9 @@ export async function startOidcIssuer(): Promise<OidcIssuer> {
         .setIssuedAt(now - 5)
         .setExpirationTime(now + (o.expSec ?? 300));
       if (o.nbfSec !== undefined) jwt = jwt.setNotBefore(now + o.nbfSec);
-      return jwt.sign(key.privateKey);
+      const token = await jwt.sign(key.privateKey);
+      recordSecret('JWT', token);
+      return token;
     },
     async rotate() {
       keys = [await newKey('RS256'), await newKey('ES256')];

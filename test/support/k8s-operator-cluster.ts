@@ -5,6 +5,7 @@
  * node agent with its own data directory and stand-in host network namespace and a Node object.
  * `stop()` kills everything it started, guests included, even after a failure.
  */
+import { recordProcessOutput } from './ledger.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -77,6 +78,7 @@ function spawnProc(name: string, bin: string, env: Record<string, string>): Proc
   const proc = spawn(process.execPath, [bin], { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   proc.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-400_000)));
   proc.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-400_000)));
+  recordProcessOutput(name, [proc.stdout, proc.stderr]);
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   const alive = (): boolean => proc.exitCode === null && proc.signalCode === null;
   return {

@@ -4,6 +4,7 @@
  * basic auth), plus helpers to build an OCI image from a directory with umoci
  * and push it with skopeo.
  */
+import { recordSecret } from './ledger.js';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -48,6 +49,7 @@ export async function startRegistry(o: { auth?: { username: string; password: st
   const port = await freePort();
   const addr = `127.0.0.1:${port}`;
   let authCfg = '';
+  recordSecret('registry password', o.auth?.password);
   if (o.auth) {
     await writeFile(join(dir, 'htpasswd'), `${o.auth.username}:${await bcrypt(o.auth.password)}\n`);
     authCfg = `auth:\n  htpasswd:\n    realm: mvm-test\n    path: ${join(dir, 'htpasswd')}\n`;

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { MvmClient } from '../../src/cli/client.js';
 import { listPids, readCmdline, pidAlive, sleep } from '../../src/vmm/proc.js';
+import { recordAuditOf, recordErrorAnswer, recordProcessOutput, recordSecret } from './ledger.js';
 
 export const REPO = resolve(new URL('../../..', import.meta.url).pathname);
 export const SERVER_BIN = join(REPO, 'dist/src/cmd/mvm-server.js');
@@ -63,6 +64,7 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
   });
   proc.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  recordProcessOutput('mvm-server', [proc.stdout, proc.stderr]);
   const deadline = Date.now() + 60000;
   while (!existsSync(serverJson)) {
     if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`service exited during start-up:\n${out}`);
@@ -71,6 +73,7 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
   }
   const { url } = JSON.parse(readFileSync(serverJson, 'utf8')) as { url: string };
   const token = opts.token ?? readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
+  recordSecret('admin token', token);
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   return {
     dataDir,
@@ -116,6 +119,7 @@ export function cgroupDirsOf(id: string): string[] {
 /** Kill every guest of a data dir and remove the dir (cleanup even when a test failed). */
 export async function destroyDataDir(dataDir: string): Promise<void> {
   if (process.env.MVM_TEST_KEEP) return;
+  recordAuditOf(dataDir);
   for (const p of qemuProcessesUnder(dataDir)) {
     try {
       process.kill(p.pid, 'SIGKILL');
@@ -166,6 +170,7 @@ export async function apiCall(
     ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
   });
   const text = await r.text();
+  recordErrorAnswer(method, path, r.status, text);
   let json: any;
   try {
     json = text ? JSON.parse(text) : undefined;
