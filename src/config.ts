@@ -2,6 +2,7 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
+import { DEFAULT_VMM_LEASE_DIR, DEFAULT_VMM_UID_RANGE, parseUidRange } from './vmm/identity.js';
 
 export interface Config {
   /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
@@ -36,8 +37,14 @@ export interface Config {
   nodeName: string;
   /** MVM_SHUTDOWN_POLICY: leave (default: VMs keep running and are re-adopted) | stop (stop every VM). */
   shutdownPolicy: 'leave' | 'stop';
-  /** MVM_VMM_USER: unprivileged user QEMU drops to (-runas) when it exists, default mvm-vmm. */
+  /** MVM_VMM_USER: unprivileged user QEMU drops to (-runas) when it exists and VMM users are shared, default mvm-vmm. */
   vmmUser: string;
+  /** MVM_VMM_USERS: per-vm (default: each QEMU VM runs as a uid/gid of its own, ADR 0022) | shared (every VMM as MVM_VMM_USER). */
+  vmmUsers: 'per-vm' | 'shared';
+  /** MVM_VMM_UIDS: the uid range per-VM users come from, default 200000-265535 (the gid is the uid). */
+  vmmUidRange: { start: number; size: number };
+  /** MVM_VMM_UID_LEASE_DIR: host-wide leases of those uids, shared by every instance on the host (default /var/lib/mvm/vmm-uids). */
+  vmmUidLeaseDir: string;
   /** MVM_RESYNC_SECONDS: periodic full reconcile, default 10. */
   resyncSeconds: number;
   /** MVM_STOP_TIMEOUT_SECONDS: graceful stop before kill, default 10. */
@@ -94,6 +101,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     nodeName: env.MVM_NODE_NAME ?? hostname(),
     shutdownPolicy: policy,
     vmmUser: env.MVM_VMM_USER ?? 'mvm-vmm',
+    vmmUsers: oneOf('MVM_VMM_USERS', env.MVM_VMM_USERS, ['per-vm', 'shared'] as const, 'per-vm'),
+    vmmUidRange: env.MVM_VMM_UIDS ? parseUidRange(env.MVM_VMM_UIDS) : DEFAULT_VMM_UID_RANGE,
+    vmmUidLeaseDir: env.MVM_VMM_UID_LEASE_DIR ?? DEFAULT_VMM_LEASE_DIR,
     resyncSeconds: Number(env.MVM_RESYNC_SECONDS ?? 10),
     stopTimeoutSeconds: Number(env.MVM_STOP_TIMEOUT_SECONDS ?? 10),
     cpuOvercommit: positiveNumber('MVM_CPU_OVERCOMMIT', env.MVM_CPU_OVERCOMMIT, 16),
@@ -133,4 +143,10 @@ export function positiveNumber(name: string, raw: string | undefined, dflt: numb
   const n = Number(raw);
   if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
   return n;
+}
+
+export function oneOf<T extends string>(name: string, raw: string | undefined, allowed: readonly T[], dflt: T): T {
+  if (raw === undefined || raw === '') return dflt;
+  if (!(allowed as readonly string[]).includes(raw)) throw new Error(`${name} must be one of ${allowed.join(', ')}, got ${JSON.stringify(raw)}`);
+  return raw as T;
 }

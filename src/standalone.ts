@@ -2,6 +2,7 @@
  * Composition root of the standalone mode: one process with the API, the
  * controller, the scheduler and the local node agent over SQLite.
  */
+import { vmmIdentitiesFor } from './vmm/identity.js';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
@@ -130,6 +131,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     cgroups,
     log: log.child({ c: 'agent' }),
     ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
+    ...vmmIdentitiesFor(cfg, driver.name),
     bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
     bootTimeoutAction: cfg.bootTimeoutAction,
     ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),

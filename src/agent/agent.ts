@@ -433,6 +433,7 @@ export class LocalAgent implements NodeAgent {
       await this.options.network?.teardown(id);
       r.attachments = undefined;
       rmSync(this.vmDir(id), { recursive: true, force: true });
+      this.options.vmmIdentities?.release(id);
       r.state = 'absent';
       this.vms.delete(id);
     });

@@ -4,6 +4,7 @@
  * store (src/agent/cluster-agent.ts), plus the heartbeat Lease. No API here: the cluster API and
  * the operator are other processes; console and metrics go through the agent endpoint.
  */
+import { vmmIdentitiesFor } from '../vmm/identity.js';
 import { chmodSync, mkdirSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import pino, { type Logger } from 'pino';
@@ -100,6 +101,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     cgroups: detectCgroups('/sys/fs/cgroup', cfg.cgroupParent),
     log: log.child({ c: 'agent' }),
     ...(vmmOwner ? { vmmOwner } : {}),
+    ...vmmIdentitiesFor(cfg, driver.name),
     ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController!.specFor(vm) } : {}),
   });
   const controller = new Controller({

@@ -1,7 +1,7 @@
 /**
  * The node agent's launch of a VM as named steps (src/core/steps.ts, ADR 0020):
  *
- *   cold boot:  prepare → resolve-images → cgroup → root-disk → network → volumes → console → vmm-start → announce
+ *   cold boot:  prepare → vmm-user → resolve-images → cgroup → root-disk → network → volumes → console → vmm-start → announce
  *   restore:    root-disk swapped for restore-disk; reidentify and restore-done after vmm-start
  *
  * A failure names its step in the VM's status (`step network: …`, shown in the StartFailed
@@ -9,7 +9,7 @@
  * unmapped, the network is torn down (tap, netns, address), the cgroup removed. The VM directory
  * and its disk stay, for a retry or for delete.
  */
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import { memoryMiB, parseDurationMs, parseQuantityMiB, type MicroVM } from '../core/microvm.js';
@@ -21,6 +21,7 @@ import type { VolumeAttacher } from '../core/ports/volumes.js';
 import { insertAfter, swapSteps, type Step } from '../core/steps.js';
 import { rotateClosed } from '../observability/log-rotation.js';
 import { createOverlay, createRawClone } from '../storage/disks.js';
+import type { VmmIdentities } from '../vmm/identity.js';
 import type { CgroupManager } from './cgroups.js';
 
 /** Headroom above guest RAM for the VMM itself (TCG translation cache, device state). */
@@ -88,6 +89,10 @@ export interface Launch {
   netMs?: number;
   volumeDrives: DriveSpec[];
   volumeArgs: string[];
+  /** The user the VMM drops to and that owns the VM's writable disks (its own with per-VM users). */
+  owner?: { uid: number; gid: number };
+  /** Set when the VM has a VMM user of its own (passed to the driver). */
+  runAs?: { uid: number; gid: number };
   spec: LaunchSpec;
   inst: VmmInstance;
 }
@@ -100,6 +105,8 @@ export interface LaunchEnv {
   cgroups: CgroupManager;
   /** Owner of per-VM writable disks: the unprivileged user the VMM drops to. */
   vmmOwner?: { uid: number; gid: number };
+  /** One VMM user per VM (ADR 0022; QEMU): leased at launch, released when the VM is deleted. Overrides vmmOwner. */
+  vmmIdentities?: VmmIdentities;
   /** Networking (CNI + nftables); without it VMs get no NIC. */
   network?: NetworkManager;
   /** The network intent of a VM (groups resolved to ids, egress default applied). */
@@ -147,6 +154,16 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
       },
     },
     {
+      // The VM's own VMM user (per-VM users): the same uid for its whole life; its directory root:<gid> 0710.
+      name: 'vmm-user',
+      run: (c) => {
+        if (o.vmmIdentities) {
+          c.runAs = o.vmmIdentities.assign(c.vm.id, c.dir);
+          c.owner = c.runAs;
+        } else if (o.vmmOwner) c.owner = o.vmmOwner;
+      },
+    },
+    {
       name: 'resolve-images',
       run: async (c) => {
         c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image);
@@ -170,7 +187,7 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
           throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.size ${spec.rootfs!.size} exceeds node ${o.nodeName}'s maximum root disk size of ${Math.floor(o.maxRootfsBytes / MiB)}Mi`);
         }
         const size = requested !== undefined ? Math.max(requested, c.rootfs.sizeBytes) : undefined;
-        const owner = o.vmmOwner ? { owner: o.vmmOwner } : {};
+        const owner = c.owner ? { owner: c.owner } : {};
         if (spec.rootfs?.readOnly === true) {
           c.root = { id: 'root', path: c.rootfs.path, format: c.rootfs.format, readOnly: true, root: true };
         } else if ((await o.driver.capabilities()).diskFormats.includes('qcow2')) {
@@ -213,6 +230,8 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
         if (!o.volumes) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'this node has no volume backends');
         const vols = await o.volumes.attachForVm(c.vm, o.nodeName);
         vols.forEach((v, i) => {
+          // A volume file (local, NFS) becomes the VM's own: with per-VM users no other VMM can open it.
+          if (c.runAs && !v.readOnly) giveFile(v.path, c.runAs);
           c.volumeDrives.push({ id: `vol${i}`, path: v.path, format: 'raw', readOnly: v.readOnly, root: false });
           c.volumeArgs.push(`mvm.vol=vd${String.fromCharCode(98 + i)}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPath}`);
         });
@@ -272,7 +291,7 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
       }
       // Marked before the disk exists: until a restore succeeds, every start restores.
       writeFileSync(join(c.dir, RESTORE_PENDING), `${snapshotId}\n`);
-      c.root = await o.driver.prepareRestoreDisk(dir, c.dir);
+      c.root = await o.driver.prepareRestoreDisk(dir, c.dir, c.owner);
       c.restoreFrom = o.driver.snapshotFiles(dir);
     },
   };
@@ -348,7 +367,19 @@ function launchSpec(c: Launch): LaunchSpec {
     ...(c.restoreFrom ? { restoreFrom: c.restoreFrom } : {}),
     ...(c.memoryFile && !c.restoreFrom ? { memoryFile: c.memoryFile } : {}),
     guestAgent: true,
+    ...(c.runAs ? { runAs: c.runAs } : {}),
   };
+}
+
+/** chown a regular file to the VM's user (block devices and files a root-squashed NFS refuses stay as they are). */
+function giveFile(path: string, id: { uid: number; gid: number }): void {
+  try {
+    if (!statSync(path).isFile()) return;
+    chownSync(path, id.uid, id.gid);
+    chmodSync(path, 0o600);
+  } catch {
+    /* the VMM opens its drives before it drops privileges: ownership only matters for a re-open */
+  }
 }
 
 /** The network adapter names NICs `nics[i]`; the API calls them `networkInterfaces[i]`. */

@@ -73,6 +73,11 @@ export interface LaunchSpec {
    * the saved machine), whatever this says.
    */
   guestAgent?: boolean;
+  /**
+   * The VM's own VMM user (ADR 0022): the VMM drops to this uid/gid once set up. Absent: the
+   * driver's default (the shared VMM user, or the jailer's per-VM uid under Firecracker).
+   */
+  runAs?: { uid: number; gid: number };
 }
 
 /** How the host reaches a VM's guest agent. */
@@ -156,7 +161,7 @@ export interface VmmDriver {
    * Give a VM restored from a snapshot its own writable root disk backed by the
    * snapshot's disk copy (two clones never share a writable disk).
    */
-  prepareRestoreDisk?(snapshotDir: string, vmDir: string): Promise<DriveSpec>;
+  prepareRestoreDisk?(snapshotDir: string, vmDir: string, owner?: { uid: number; gid: number }): Promise<DriveSpec>;
   /** The SnapshotFiles of a snapshot directory written by `VmmInstance.snapshot`. */
   snapshotFiles?(snapshotDir: string): SnapshotFiles;
   /**

@@ -17,11 +17,12 @@
  * through a small `JailFs` so tests can inject failures (EXDEV).
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, readdirSync, rmSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, linkSync, mkdirSync, readFileSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ErrorCodes, MvmError, validationError } from '../../core/errors.js';
 import type { ApiCall, Drive, SnapshotCreateParams, SnapshotLoadParams } from './api-client.js';
 import { FC_INSTANCE_ID_RE } from './protocol.js';
+import { leaseUid, releaseUidLeases, uidCandidates as candidates } from '../identity.js';
 
 /** Where the jailed Firecracker puts its API socket (its default). */
 export const JAIL_API_SOCK = '/run/firecracker.socket';
@@ -148,74 +149,21 @@ export function buildJailerArgs(i: JailerArgsInput): string[] {
   return args;
 }
 
-// ---- uid/gid allocation ----
-
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h >>> 0;
-}
+// ---- uid/gid allocation (the same leases as the QEMU VMMs' per-VM users: src/vmm/identity.ts) ----
 
 /** The uids a VM tries, in order: a deterministic start derived from its id, then every other uid of the range. */
-export function uidCandidates(id: string, range: { start: number; size: number }): number[] {
-  if (!Number.isInteger(range.start) || range.start < 1 || !Number.isInteger(range.size) || range.size < 1) {
-    throw validationError('jailer.uidRange', `bad uid range ${JSON.stringify(range)}`);
-  }
-  const first = fnv1a(id) % range.size;
-  const out: number[] = [];
-  for (let i = 0; i < range.size; i++) out.push(range.start + ((first + i) % range.size));
-  return out;
-}
+export const uidCandidates = (id: string, range: { start: number; size: number }): number[] => candidates(id, range, 'jailer.uidRange');
 
 /**
  * Lease a uid for `id`: a `<leaseDir>/<uid>` file holding the VM id, created
  * exclusively (O_EXCL), so two VMs can never hold the same uid. A lease whose
  * owner is no longer live (its jail is gone) is taken over. Idempotent per id.
  */
-export function allocateUid(id: string, range: { start: number; size: number }, leaseDir: string, isLive: (ownerId: string) => boolean): number {
-  mkdirSync(leaseDir, { recursive: true });
-  for (const uid of uidCandidates(id, range)) {
-    const lease = join(leaseDir, String(uid));
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        writeFileSync(lease, id, { flag: 'wx' });
-        return uid;
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      }
-      let owner = '';
-      try {
-        owner = readFileSync(lease, 'utf8').trim();
-      } catch {
-        continue; // released meanwhile: retry
-      }
-      if (owner === id) return uid;
-      if (owner && isLive(owner)) break;
-      try {
-        unlinkSync(lease); // stale lease of a VM that is gone
-      } catch {
-        /* someone else took it over: retry once */
-      }
-    }
-  }
-  throw new MvmError(ErrorCodes.NO_CAPACITY, `no free uid left in ${range.start}..${range.start + range.size - 1} for jailed VM ${id}`);
-}
+export const allocateUid = (id: string, range: { start: number; size: number }, leaseDir: string, isLive: (ownerId: string) => boolean): number =>
+  leaseUid(id, range, leaseDir, isLive, { what: 'jailed VM' });
 
 /** Release every lease held by `id`. */
-export function releaseUid(id: string, leaseDir: string): void {
-  if (!existsSync(leaseDir)) return;
-  for (const f of readdirSync(leaseDir)) {
-    const p = join(leaseDir, f);
-    try {
-      if (readFileSync(p, 'utf8').trim() === id) unlinkSync(p);
-    } catch {
-      /* gone */
-    }
-  }
-}
+export const releaseUid = (id: string, leaseDir: string): void => releaseUidLeases(id, leaseDir);
 
 // ---- Path rewriting ----
 

@@ -11,6 +11,7 @@ import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
 import { runSteps, type Step } from '../../core/steps.js';
 import type { DriveSpec, GuestChannel, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { describeExit, listPids, passwdIds, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
+import { runAsArg } from '../identity.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
 import { QmpClient } from './qmp.js';
 import { safeTail, spawnVmm, type VmmProcess } from '../spawn.js';
@@ -320,7 +321,8 @@ export class QemuDriver implements VmmDriver {
   /** The argv the driver would run for this spec (used by the boot benchmark). */
   async commandFor(spec: LaunchSpec): Promise<{ binary: string; args: string[]; accel: Accel }> {
     const accel = await this.accel();
-    return { binary: this.binary, args: buildQemuArgs(spec, { accel, sandbox: this.sandbox, runAs: this.runAs, tbSizeMiB: this.tbSizeMiB }), accel };
+    const runAs = spec.runAs ? runAsArg(spec.runAs) : this.runAs;
+    return { binary: this.binary, args: buildQemuArgs(spec, { accel, sandbox: this.sandbox, ...(runAs ? { runAs } : {}), tbSizeMiB: this.tbSizeMiB }), accel };
   }
 
   /**
@@ -411,8 +413,8 @@ export class QemuDriver implements VmmDriver {
   }
 
   /** A restored/cloned VM's own writable root disk over the snapshot's copy (owned by the VMM user: QEMU re-opens it after the restore). */
-  async prepareRestoreDisk(snapshotDir: string, vmDir: string): Promise<DriveSpec> {
-    const owner = this.runAs ? passwdIds(this.runAs) : undefined;
+  async prepareRestoreDisk(snapshotDir: string, vmDir: string, vmOwner?: { uid: number; gid: number }): Promise<DriveSpec> {
+    const owner = vmOwner ?? (this.runAs ? passwdIds(this.runAs) : undefined);
     const drives = await prepareRestoreDrives(snapshotDir, vmDir, owner ? { owner } : {});
     const root = drives.find((d) => d.root) ?? drives[0];
     if (!root) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `snapshot in ${snapshotDir} has no drives`);

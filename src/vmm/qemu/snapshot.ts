@@ -26,7 +26,8 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { ErrorCodes, MvmError, type FieldViolation } from '../../core/errors.js';
 import type { DriveSpec, SnapshotFiles } from '../../core/ports/vmm.js';
-import { passwdIds, pidAlive, sleep } from '../proc.js';
+import { pidAlive, sleep } from '../proc.js';
+import { runAsIds } from '../identity.js';
 import { QmpClient } from './qmp.js';
 
 const run = promisify(execFile);
@@ -272,7 +273,7 @@ function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
 async function oneShotSocket(runAs: string | undefined, onConn: (s: Socket, settle: (err: Error | null, bytes: number) => void) => void): Promise<Channel> {
   const priv = privateSocketDir(runAs);
   const path = priv.path;
-  const owner = runAs ? passwdIds(runAs) : undefined;
+  const owner = runAsIds(runAs);
   let settle!: (err: Error | null, bytes: number) => void;
   const done = new Promise<number>((res, rej) => {
     settle = (err, bytes) => (err ? rej(err) : res(bytes));
@@ -319,7 +320,7 @@ function sinkToFile(file: string, runAs: string | undefined): Promise<Channel> {
 /** A private directory for a migration socket, reachable by QEMU's user (after -runas) only. */
 function privateSocketDir(runAs: string | undefined): { dir: string; path: string; close(): void } {
   const dir = mkdtempSync(join(tmpdir(), 'mvm-mig-'));
-  const owner = runAs ? passwdIds(runAs) : undefined;
+  const owner = runAsIds(runAs);
   if (owner) chownSync(dir, owner.uid, owner.gid);
   return { dir, path: join(dir, 'mig.sock'), close: () => rmSync(dir, { recursive: true, force: true }) };
 }
