@@ -19,7 +19,7 @@ import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
-import { SqliteStore } from './store/sqlite/sqlite-store.js';
+import { SCHEMA_VERSION, SqliteStore } from './store/sqlite/sqlite-store.js';
 import { SqliteAuditLog } from './store/sqlite/audit-log.js';
 import { SqliteIdempotencyStore } from './store/sqlite/idempotency-store.js';
 import { SqliteTenantStore } from './store/sqlite/tenant-store.js';
@@ -80,6 +80,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
+  if (store.migratedFrom > 0 && store.migratedFrom < SCHEMA_VERSION) log.info({ from: store.migratedFrom, to: SCHEMA_VERSION }, 'state database schema upgraded');
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
   const { images, imageCfg } = createImageResolver(cfg, log);
