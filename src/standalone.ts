@@ -35,6 +35,7 @@ import { TemplateService } from './core/templates.js';
 import { GuestService } from './core/guest.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { volumeBackendsFromEnv } from './storage/volumes/index.js';
+import { LocalBackupService } from './backup/backup.js';
 
 export const VERSION = '0.1.0';
 
@@ -164,7 +165,17 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
   const guest = new GuestService(service, agent);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
+  const backup = new LocalBackupService({
+    db: store.database,
+    dataDir: cfg.dataDir,
+    node: cfg.nodeName,
+    agent,
+    volumeBackends: volumeBackends.backends,
+    serviceVersion: VERSION,
+    schemaVersion: SCHEMA_VERSION,
+  });
+  backup.sweep();
+  const app = await buildApi({ backup, service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, guest, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
