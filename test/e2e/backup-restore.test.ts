@@ -9,19 +9,23 @@
  */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { apiCall, destroyDataDir, qemuProcessesUnder, startService, type TestService } from '../support/service.js';
 import { cliRunner } from '../support/cli.js';
+import type { BackupManifest } from '../../src/core/ports/backup.js';
 
 const work = mkdtempSync(join(tmpdir(), 'mvm-backup-'));
 const restoredDir = join(work, 'restored');
 let svc1: TestService | undefined;
 let svc2: TestService | undefined;
 after(async () => {
+  const t = Date.now();
   await svc1?.stop().catch(() => undefined);
   await svc2?.stop().catch(() => undefined);
+  process.stderr.write(`# stop: ${Date.now() - t} ms\n`);
   if (svc1) await destroyDataDir(svc1.dataDir);
   await destroyDataDir(restoredDir);
   rmSync(work, { recursive: true, force: true });
@@ -62,11 +66,15 @@ test('backup while running, restore into a fresh data dir: tenants, keys, groups
   const backup = JSON.parse(b.out) as { bytes: number; summary: { volumes: number; rootDisks: number; snapshots: number } };
   assert.deepEqual([backup.summary.volumes, backup.summary.rootDisks, backup.summary.snapshots], [1, 1, 1]);
   assert.equal(statSync(file).size, backup.bytes);
-  assert.ok(!existsSync(join(svc1.dataDir, '.backup-staging')) || (await import('node:fs')).readdirSync(join(svc1.dataDir, '.backup-staging')).length === 0, 'staging removed');
+  assert.ok(!existsSync(join(svc1.dataDir, '.backup-staging')) || readdirSync(join(svc1.dataDir, '.backup-staging')).length === 0, 'staging removed');
   // The guest ran on: same VMM, resumed, answering.
   assert.equal(qemuProcessesUnder(svc1.dataDir).find((p) => p.id === vmId)?.pid, pidBefore);
   assert.equal((await acme1('POST', `/microvms/${vmId}/exec`, { cmd: ['true'] })).json?.exitCode, 0, 'the guest runs after the backup');
-  process.stderr.write(`# backup: ${backup.bytes} bytes in ${backupMs} ms (64Mi volume + root disk overlay + snapshot metadata)\n`);
+  // Both files of the running guest were copied while it was paused, after its agent synced.
+  const manifest = JSON.parse(execFileSync('tar', ['-xOf', file, 'manifest.json'], { encoding: 'utf8' })) as BackupManifest;
+  const files = [...manifest.volumes.map((v) => ('file' in v ? v.file : undefined)), ...manifest.rootDisks.map((d) => d.file)];
+  for (const f of files) assert.deepEqual([f?.consistency, f?.guestSynced], ['quiesced', true], JSON.stringify(f));
+  process.stderr.write(`# backup: ${backup.bytes} bytes in ${backupMs} ms (64Mi volume + root disk overlay + snapshot metadata); guest paused ${files[0]?.pausedMs} ms\n`);
 
   // The first service and its guests go away (same VM ids would share cgroups and names).
   await svc1.stop();
