@@ -20,7 +20,7 @@ import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
 import { Scheduler } from './scheduler/scheduler.js';
-import { SqliteStore } from './store/sqlite/sqlite-store.js';
+import { SCHEMA_VERSION, SqliteStore } from './store/sqlite/sqlite-store.js';
 import { SqliteAuditLog } from './store/sqlite/audit-log.js';
 import { SqliteIdempotencyStore } from './store/sqlite/idempotency-store.js';
 import { SqliteTenantStore } from './store/sqlite/tenant-store.js';
@@ -36,6 +36,7 @@ import { TemplateService } from './core/templates.js';
 import { GuestService } from './core/guest.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { volumeBackendsFromEnv } from './storage/volumes/index.js';
+import { LocalBackupService } from './backup/backup.js';
 
 export const VERSION = '0.1.0';
 
@@ -81,6 +82,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
+  if (store.migratedFrom > 0 && store.migratedFrom < SCHEMA_VERSION) log.info({ from: store.migratedFrom, to: SCHEMA_VERSION }, 'state database schema upgraded');
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
   const { images, imageCfg } = createImageResolver(cfg, log);
@@ -165,7 +167,17 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
   const guest = new GuestService(service, agent);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
+  const backup = new LocalBackupService({
+    db: store.database,
+    dataDir: cfg.dataDir,
+    node: cfg.nodeName,
+    agent,
+    volumeBackends: volumeBackends.backends,
+    serviceVersion: VERSION,
+    schemaVersion: SCHEMA_VERSION,
+  });
+  backup.sweep();
+  const app = await buildApi({ backup, service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ service, guest, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;

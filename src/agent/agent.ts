@@ -556,6 +556,30 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
+  /**
+   * Run `fn` (a copy of the VM's disk files) while they hold still: a running guest first syncs
+   * its page cache through its agent (best effort, 10 s at most), then its VMM is paused (QEMU
+   * drains and flushes its block layer when it stops) and resumed after `fn`. A VM that is not
+   * running here, or is paused already, only runs `fn`. Serialized with the VM's other operations.
+   */
+  quiesce<T>(id: string, fn: () => Promise<T>): Promise<{ result: T; pausedMs: number; guestSynced: boolean }> {
+    return this.serial(id, async (r) => {
+      const inst = r.inst;
+      if (!inst || r.state !== 'running' || !inst.pause || !inst.resume) return { result: await fn(), pausedMs: 0, guestSynced: false };
+      const client = r.guest?.current();
+      const guestSynced = client
+        ? await Promise.race([client.execBuffered({ cmd: ['sync'], timeoutMs: 10_000 }).then((x) => x.exitCode === 0, () => false), sleep(10_000).then(() => false)])
+        : false;
+      const t0 = Date.now();
+      await inst.pause();
+      try {
+        return { result: await fn(), pausedMs: Date.now() - t0, guestSynced };
+      } finally {
+        await inst.resume();
+      }
+    });
+  }
+
   /** Where template RAM files live: tmpfs (the clones map them privately; a host reboot empties it). */
   private templateMemoryDir(): string {
     return this.options.templateMemoryDir ?? join('/dev/shm', `mvm-${createHash('sha256').update(this.options.dataDir).digest('hex').slice(0, 8)}`, 'templates');

@@ -36,6 +36,7 @@ export interface ApiOptions {
   volumes?: import('../core/volumes.js').VolumeService;
   templates?: import('../core/templates.js').TemplateService;
   guest?: import('../core/guest.js').GuestService;
+  backup?: import('../core/ports/backup.js').BackupService;
 }
 
 declare module 'fastify' {
@@ -304,6 +305,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.images ? { images: o.images } : {}),
           ...(o.volumes ? { volumes: o.volumes } : {}),
           ...(o.templates ? { templates: o.templates } : {}),
+          ...(o.backup ? { backup: o.backup } : {}),
           ...(o.guest
             ? {
                 guest: {

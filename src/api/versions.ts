@@ -20,6 +20,8 @@ import type { VolumeService } from '../core/volumes.js';
 import type { TemplateService } from '../core/templates.js';
 import { registerTemplateRoutes } from './routes/templates.js';
 import { registerGuestRoutes, type GuestRouteDeps } from './routes/guest.js';
+import { registerBackupRoutes } from './routes/backup.js';
+import type { BackupService } from '../core/ports/backup.js';
 
 export interface VersionDeps {
   service: MicroVMService;
@@ -31,6 +33,7 @@ export interface VersionDeps {
   volumes?: VolumeService;
   templates?: TemplateService;
   guest?: GuestRouteDeps;
+  backup?: BackupService;
 }
 
 export interface ApiVersion {
@@ -53,6 +56,7 @@ export const API_VERSIONS: ApiVersion[] = [
       if (d.guest) await registerGuestRoutes(app, d.guest);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);
       if (d.audit) await registerAuditRoutes(app, d.audit);
+      if (d.backup) await registerBackupRoutes(app, d.backup);
     },
   },
 ];

@@ -647,6 +647,16 @@ export class MvmClient {
     return webToNode(res.body);
   }
 
+  /** A backup of the whole service (admins) as a tar stream, with the service's summary of it (ADR 0022). */
+  async backup(opts: { snapshots?: boolean; signal?: AbortSignal } = {}): Promise<{ stream: Readable; filename?: string; summary?: Record<string, unknown> }> {
+    const q = new URLSearchParams();
+    if (opts.snapshots) q.set('snapshots', 'true');
+    const res = await this.#request('POST', '/admin/backup', { query: q, accept: 'application/x-tar', signal: opts.signal, timeoutMs: 0 });
+    const summary = res.headers.get('x-mvm-backup-summary');
+    const filename = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') ?? '')?.[1];
+    return { stream: webToNode(res.body), ...(filename ? { filename } : {}), ...(summary ? { summary: JSON.parse(summary) as Record<string, unknown> } : {}) };
+  }
+
   /** Write a file in the guest from a stream (parents are created). `mode`: permission bits. */
   uploadFile(id: string, path: string, body: Readable, opts: TransferOptions & { mode?: number } = {}): Promise<{ path: string; size: number }> {
     const q = fileQuery(path, opts);

@@ -4,6 +4,7 @@
  */
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config.js';
+import { MvmError } from '../core/errors.js';
 
 /** The configuration from the environment; a bad one ends the process with status 2. */
 export function configOrExit(binary: string): Config {
@@ -15,10 +16,10 @@ export function configOrExit(binary: string): Config {
   }
 }
 
-/** Run the binary's `main`; an error ends the process with status 1. */
+/** Run the binary's `main`; an error ends the process with status 1 (a typed one without its stack: it says what to do). */
 export function runMain(binary: string, main: () => Promise<void>): void {
   main().catch((e: Error) => {
-    process.stderr.write(`${binary}: ${e.stack ?? e.message}\n`);
+    process.stderr.write(`${binary}: ${e instanceof MvmError ? `${e.code}: ${e.message}` : (e.stack ?? e.message)}\n`);
     process.exit(1);
   });
 }

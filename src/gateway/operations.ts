@@ -98,6 +98,7 @@ const DEFS: Record<string, Def> = {
   'volumesnapshots.delete': { permission: 'microvms:write', mutation: true, rest: 'DELETE /api/v1/volumesnapshots/:id' },
   'images.list': { permission: 'tenants:admin', mutation: false, rest: 'GET /api/v1/images', note: 'node-wide cache shared by all tenants: admins only (references would leak across tenants)' },
   'images.delete': { permission: 'tenants:admin', mutation: true, rest: 'DELETE /api/v1/images/:digest', note: '409 while a microVM uses it' },
+  'backup.create': { permission: 'tenants:admin', mutation: true, rest: 'POST /api/v1/admin/backup', note: 'streams a tar of the whole service state (every tenant): admins only; restore offline with `mvm restore`' },
   'images.gc': { permission: 'tenants:admin', mutation: true, rest: 'POST /api/v1/images/gc', note: 'never removes an image a microVM uses' },
 };
 

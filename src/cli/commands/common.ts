@@ -8,7 +8,7 @@ export interface CommandContext {
   client: MvmClient;
   output: OutputFormat;
   quiet: boolean;
-  io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream };
+  io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream; env?: Record<string, string | undefined> };
 }
 
 /** Tells the error reporter what the command is about ("security group \"web\" not found"). */

@@ -2,6 +2,7 @@
 import type { CommandGroupDeps } from './common.js';
 import { registerApiKeyCommands } from './api-key.js';
 import { registerAuditCommand } from './audit.js';
+import { registerBackupCommands } from './backup.js';
 import { registerGuestCommands } from './guest.js';
 import { registerImageCommands } from './image.js';
 import { registerSecurityGroupCommands } from './security-group.js';
@@ -22,4 +23,5 @@ export function registerCommandGroups(deps: CommandGroupDeps): void {
   registerApiKeyCommands(deps);
   registerAuditCommand(deps);
   registerImageCommands(deps);
+  registerBackupCommands(deps);
 }

@@ -28,12 +28,8 @@ const toResource = <T>(r: Row): StoredResource<T> => ({
 export class SqliteResourceStore implements ResourceStore {
   private readonly subs = new Set<(kind: string, id: string) => void>();
 
-  constructor(private readonly db: Database.Database) {
-    db.exec(`CREATE TABLE IF NOT EXISTS resources (
-      kind TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL,
-      rv INTEGER NOT NULL, doc TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-      PRIMARY KEY (kind, id), UNIQUE (kind, tenant, name))`);
-  }
+  /** `db` is the SqliteStore's database: its migrations create the table (schema version 4). */
+  constructor(private readonly db: Database.Database) {}
 
   /** Tell every subscriber; a subscriber's failure is its own (the write is committed already). */
   private tell(kind: string, id: string): void {

@@ -109,8 +109,40 @@ const MIGRATIONS: Migration[] = [
       ins.run(vm.id, vm.tenant, r.vcpu, r.memoryMiB, r.diskMiB);
     }
   },
+  // 4: the generic resources table (security groups, snapshots, volumes, templates), created
+  // outside the versioned steps before; IF NOT EXISTS keeps the databases that already have it.
+  `CREATE TABLE IF NOT EXISTS resources (
+     kind TEXT NOT NULL, id TEXT NOT NULL, tenant TEXT NOT NULL, name TEXT NOT NULL,
+     rv INTEGER NOT NULL, doc TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+     PRIMARY KEY (kind, id), UNIQUE (kind, tenant, name))`,
 ];
-const SCHEMA_VERSION = MIGRATIONS.length;
+/** The schema version this build writes (`PRAGMA user_version`); test/fixtures/db holds a database of each earlier one. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Bring `db` to SCHEMA_VERSION: each missing step in its own transaction with the version bump,
+ * so a crash leaves the database at a version it really has; every step is idempotent on top.
+ * A database newer than this build is refused untouched. Returns the version it had.
+ */
+export function migrate(db: Database.Database, path: string): number {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > SCHEMA_VERSION) {
+    throw new MvmError(
+      ErrorCodes.UNAVAILABLE,
+      `state database ${path} has schema version ${version}, but this build of mvm knows versions up to ${SCHEMA_VERSION}: it was written by a newer mvm; run that version again (or restore a backup taken before the upgrade)`,
+      { details: { reason: 'SchemaTooNew', path, schemaVersion: version, supportedVersion: SCHEMA_VERSION } },
+    );
+  }
+  for (let v = version; v < SCHEMA_VERSION; v++) {
+    const m = MIGRATIONS[v]!;
+    db.transaction(() => {
+      if (typeof m === 'string') db.exec(m);
+      else m(db);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+  return version;
+}
 
 interface Row {
   id: string;
@@ -131,6 +163,8 @@ export function decodeCursor(c: string): number {
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly emitter = new EventEmitter();
+  /** The schema version the file had when opened (SCHEMA_VERSION: nothing to migrate; 0: new). */
+  readonly migratedFrom: number;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -139,15 +173,11 @@ export class SqliteStore implements Store {
     this.db.pragma('synchronous = FULL');
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('foreign_keys = ON');
-    const version = this.db.pragma('user_version', { simple: true }) as number;
-    if (version > SCHEMA_VERSION) throw new Error(`state file ${path} has schema version ${version}, newer than this build's ${SCHEMA_VERSION}`);
-    for (let v = version; v < SCHEMA_VERSION; v++) {
-      const m = MIGRATIONS[v]!;
-      this.db.transaction(() => {
-        if (typeof m === 'string') this.db.exec(m);
-        else m(this.db);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
+    try {
+      this.migratedFrom = migrate(this.db, path);
+    } catch (e) {
+      this.db.close();
+      throw e;
     }
     this.emitter.setMaxListeners(0);
   }
