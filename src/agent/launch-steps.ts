@@ -193,6 +193,8 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
         } else if ((await o.driver.capabilities()).diskFormats.includes('qcow2')) {
           const overlay = join(c.dir, 'root.qcow2');
           await createOverlay({ base: c.rootfs.path, baseFormat: c.rootfs.format, path: overlay, ...(size ? { sizeBytes: size } : {}), ...owner });
+          // A disk kept from an earlier start (or put back by `mvm restore`) becomes this VM's user's too.
+          if (c.runAs) giveFile(overlay, c.runAs);
           c.root = { id: 'root', path: overlay, format: 'qcow2', readOnly: false, root: true };
         } else {
           // Raw-only VMMs (Firecracker): a reflink/sparse clone of the base (ADR 5), never a write to it.
