@@ -37,6 +37,7 @@ APT_PACKAGES=(
   prometheus chromium fonts-dejavu-core
   skopeo umoci docker-registry
   python3 python3-venv
+  redis-server
 )
 if [[ -n "${MVM_EXTRA_APT:-}" ]]; then
   # shellcheck disable=SC2206

@@ -174,6 +174,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       closed = true;
       await grpcServer?.close();
       await app.close();
+      await gw.close();
       await agents.shutdown();
       volumes.stop();
       await store.close();

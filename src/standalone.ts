@@ -212,6 +212,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       closed = true;
       await grpcServer?.close();
       await app.close();
+      await gw.close();
       netController?.stop();
       await controller.stop();
       volumes.stop();

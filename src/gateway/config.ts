@@ -23,6 +23,11 @@ export interface GatewayConfig {
   roleClaim: string;
   /** MVM_RATE_LIMITS, MVM_RATE_LIMIT_ADMINS. */
   rateLimits: RateLimitPolicy;
+  /**
+   * MVM_RATE_LIMIT_REDIS (redis://[:password@]host:port[/db]): keep the buckets in Redis, shared by
+   * every API replica; MVM_RATE_LIMIT_REDIS_FAIL=open (default: allow while Redis is down) | closed.
+   */
+  rateLimitRedis?: { url: string; failOpen: boolean };
   /** MVM_GRPC_LISTEN: host:port of the gRPC API (default 127.0.0.1:9090; `off` disables it). */
   grpcListen?: { host: string; port: number };
 }
@@ -56,6 +61,12 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     cfg.oidcAudience = env.MVM_OIDC_AUDIENCE;
   }
   if (env.MVM_OIDC_JWKS_URI) cfg.oidcJwksUri = env.MVM_OIDC_JWKS_URI;
+  if (env.MVM_RATE_LIMIT_REDIS) {
+    if (!/^rediss?:\/\//.test(env.MVM_RATE_LIMIT_REDIS)) throw new Error('MVM_RATE_LIMIT_REDIS must be a redis:// or rediss:// URL');
+    const fail = env.MVM_RATE_LIMIT_REDIS_FAIL ?? 'open';
+    if (fail !== 'open' && fail !== 'closed') throw new Error(`MVM_RATE_LIMIT_REDIS_FAIL must be open or closed, got ${JSON.stringify(fail)}`);
+    cfg.rateLimitRedis = { url: env.MVM_RATE_LIMIT_REDIS, failOpen: fail === 'open' };
+  }
   const grpc = env.MVM_GRPC_LISTEN ?? '127.0.0.1:9090';
   if (grpc !== 'off') {
     const m = /^(.*):(\d+)$/.exec(grpc);

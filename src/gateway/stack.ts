@@ -19,6 +19,8 @@ import type { Authenticator } from '../core/ports/auth.js';
 import { Gateway } from './gateway.js';
 import type { GatewayConfig } from './config.js';
 import { MemoryRateLimitStore } from './ratelimit/memory-store.js';
+import { RedisRateLimitStore } from './ratelimit/redis-store.js';
+import type { RateLimitStore } from '../core/ports/ratelimit.js';
 
 /** The gateway's storage adapters: SQLite in the standalone mode, Kubernetes objects in cluster mode. */
 export interface GatewayAdapters {
@@ -32,6 +34,8 @@ export interface GatewayStack {
   tenantStore: TenantStore & ApiKeyStore;
   tenants: TenantService;
   audit: AuditService;
+  /** Release what the stack holds open (the rate limiter's Redis connection). */
+  close(): Promise<void>;
 }
 
 export async function createGatewayStack(o: {
@@ -76,13 +80,26 @@ export async function createGatewayStack(o: {
   });
   authenticators.push(jwt);
   if (o.adminToken) authenticators.push(new StaticTokenAuthenticator(o.adminToken));
+  const limiter: RateLimitStore = c.rateLimitRedis
+      ? new RedisRateLimitStore({ url: c.rateLimitRedis.url, failOpen: c.rateLimitRedis.failOpen, onError: rateLimitRedisError(o.log) })
+      : new MemoryRateLimitStore();
   const gateway = new Gateway({
     authenticators,
-    limiter: new MemoryRateLimitStore(),
+    limiter,
     policy: c.rateLimits,
     audit,
     idempotency: o.adapters.idempotency,
     log: o.log,
   });
-  return { gateway, tenantStore, tenants, audit };
+  return { gateway, tenantStore, tenants, audit, close: async () => limiter.close?.() };
+}
+
+/** Redis errors, at most one log line per 10 s (a Redis that is down would otherwise log per request). */
+function rateLimitRedisError(log: { warn(o: object, msg: string): void } | undefined): (e: Error) => void {
+  let last = 0;
+  return (e) => {
+    if (Date.now() - last < 10_000) return;
+    last = Date.now();
+    log?.warn({ err: e.message }, 'rate-limit store (Redis) unavailable');
+  };
 }

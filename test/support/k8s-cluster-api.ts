@@ -55,6 +55,8 @@ export interface ClusterApiHarness {
   tenant(id: string, body?: Record<string, unknown>): Promise<void>;
   /** Create an API key of the tenant through the admin token (201); returns its token. */
   apiKey(tenant: string, role?: string, name?: string): Promise<string>;
+  /** Another API replica over the same cluster (its own port and data dir), with extra config; closed by stop(). */
+  startReplica(config?: Record<string, string>): Promise<ClusterApi>;
   stop(): Promise<void>;
 }
 
@@ -63,6 +65,8 @@ export async function startClusterApiHarness(opts: ClusterApiOptions): Promise<C
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-k8s-api-'));
   let c: TestCluster | undefined;
   let api: ClusterApi | undefined;
+  const replicas: ClusterApi[] = [];
+  let startApi: ((extra: Record<string, string>, dir: string) => Promise<ClusterApi>) | undefined;
   let stopped = false;
   const stop = async (): Promise<void> => {
     if (stopped) return;
@@ -70,6 +74,7 @@ export async function startClusterApiHarness(opts: ClusterApiOptions): Promise<C
     delete process.env.MVM_AGENT_LISTEN;
     delete process.env.MVM_AGENT_TOKEN_AUDIENCES;
     if (process.env.MVM_TEST_DUMP) process.stderr.write(c?.dump() ?? '');
+    for (const r of replicas) await r.close().catch(() => undefined);
     await api?.close().catch(() => undefined);
     await c?.stop();
     if (ownDir) rmSync(dataDir, { recursive: true, force: true });
@@ -87,18 +92,21 @@ export async function startClusterApiHarness(opts: ClusterApiOptions): Promise<C
     const cluster = cl.cp.kubeConfig().getCurrentCluster()!;
     const kc = new KubeConfig();
     kc.loadFromOptions({ clusters: [cluster], users: [{ name: 'api', token: apiToken }], contexts: [{ name: 'api', cluster: cluster.name, user: 'api' }], currentContext: 'api' });
-    const cfg = loadConfig({
-      MVM_STORE: 'kubernetes',
-      MVM_LISTEN: '127.0.0.1:0',
-      ...(opts.grpc ? { MVM_GRPC_LISTEN: '127.0.0.1:0' } : {}),
-      MVM_ADMIN_TOKEN: opts.admin,
-      MVM_DATA_DIR: dataDir,
-      MVM_LOG_LEVEL: 'warn',
-      ...(opts.config ?? {}),
-    });
     // As deploy/api does: a token of audience microvm-agent for the agents, the ordinary one for the API server.
     const agentToken = cl.cp.kubectlOk(['create', 'token', 'microvm-api', '-n', 'microvm-system', '--audience', 'microvm-agent', '--duration=2h']).trim();
-    api = await startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
+    startApi = (extra, dir) => {
+      const cfg = loadConfig({
+        MVM_STORE: 'kubernetes',
+        MVM_LISTEN: '127.0.0.1:0',
+        ...(opts.grpc ? { MVM_GRPC_LISTEN: '127.0.0.1:0' } : {}),
+        MVM_ADMIN_TOKEN: opts.admin,
+        MVM_DATA_DIR: dir,
+        MVM_LOG_LEVEL: 'warn',
+        ...extra,
+      });
+      return startClusterApi(cfg, { kubeConfig: kc, agentToken: () => agentToken });
+    };
+    api = await startApi(opts.config ?? {}, dataDir);
     if (opts.waitAgentEndpoints) {
       for (const n of opts.nodes) await until(cl, `agent endpoint of ${n}`, () => cl.kubectlJson(['get', 'node', n]).metadata.annotations?.[ANN_AGENT_ENDPOINT]);
     }
@@ -129,6 +137,11 @@ export async function startClusterApiHarness(opts: ClusterApiOptions): Promise<C
       const k = await call(opts.admin, 'POST', `/apikeys?tenant=${tenant}`, { name, role });
       assert.equal(k.status, 201, k.text);
       return k.json.token as string;
+    },
+    async startReplica(config = {}) {
+      const r = await startApi!({ ...(opts.config ?? {}), MVM_GRPC_LISTEN: 'off', ...config }, join(dataDir, `replica-${replicas.length + 1}`));
+      replicas.push(r);
+      return r;
     },
     stop,
   };

@@ -31,4 +31,6 @@ export interface RateDecision {
 export interface RateLimitStore {
   /** All or nothing: takes `cost` tokens from every bucket only when each has them. */
   take(buckets: Bucket[], cost?: number): Promise<RateDecision>;
+  /** Release connections (a shared store); the process may then exit. */
+  close?(): Promise<void>;
 }

@@ -1,0 +1,4 @@
+import { MemoryRateLimitStore } from '../../src/gateway/ratelimit/memory-store.js';
+import { rateLimitContract } from '../contract/ratelimit.contract.js';
+
+rateLimitContract('memory', async () => ({ store: new MemoryRateLimitStore(), close: async () => undefined }));
