@@ -41,7 +41,7 @@ test('manifests: images, replicas, the node agent per seed §3.1.3, the API secr
   const all = DIRS.flatMap(docsOf);
   const workloads = all.filter((d) => ['Deployment', 'DaemonSet'].includes(d.kind));
   const images = workloads.flatMap((w) => w.spec.template.spec.containers.map((c: { image: string }) => c.image)).sort();
-  assert.deepEqual(images, ['microvm-service/api:0.1.0', 'microvm-service/firecracker-runtime:0.1.0', 'microvm-service/operator:0.1.0']);
+  assert.deepEqual(images, ['microvm-service/api:0.1.0', 'microvm-service/firecracker-runtime:0.1.0', 'microvm-service/operator:0.1.0', 'redis:7.0']);
   for (const w of workloads) assert.equal(w.metadata.namespace, 'microvm-system');
   const op = workloads.find((w) => w.metadata.name === 'microvm-operator')!;
   assert.equal(op.spec.replicas, 2);
@@ -55,6 +55,11 @@ test('manifests: images, replicas, the node agent per seed §3.1.3, the API secr
   for (const p of ['/dev/kvm', '/var/run/firecracker', '/var/lib/firecracker']) assert.ok(hostPaths.includes(p), p);
   const api = workloads.find((w) => w.metadata.name === 'microvm-api')!.spec.template.spec.containers[0];
   assert.deepEqual(api.env.find((e: { name: string }) => e.name === 'JWT_SECRET').valueFrom, { secretKeyRef: { name: 'microvm-api-jwt', key: 'jwt-secret' } });
+  // Two API replicas share their rate-limit buckets through the Redis the manifests ship.
+  assert.equal(workloads.find((w) => w.metadata.name === 'microvm-api')!.spec.replicas, 2);
+  const redisSvc = all.find((d) => d.kind === 'Service' && d.metadata.name === 'microvm-ratelimit-redis');
+  assert.ok(redisSvc, 'deploy/api/redis.yaml has the Service');
+  assert.equal(api.env.find((e: { name: string }) => e.name === 'MVM_RATE_LIMIT_REDIS').value, `redis://${redisSvc.metadata.name}.${redisSvc.metadata.namespace}.svc:${redisSvc.spec.ports[0].port}`);
 });
 
 test('RBAC: each service account can do what its component needs, and no more', () => {
