@@ -149,8 +149,9 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
     {
       name: 'resolve-images',
       run: async (c) => {
-        c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image);
-        c.rootfs = await o.images.resolveRootfs(c.vm.spec.rootfs?.image);
+        // The tenant's image policy applies again right before any pull (ADR 0022).
+        c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image, { tenant: c.vm.tenant });
+        c.rootfs = await o.images.resolveRootfs(c.vm.spec.rootfs?.image, { tenant: c.vm.tenant });
       },
     },
     {
