@@ -147,6 +147,12 @@ test('registries: one not allowed is refused at create and template create, noth
   const ok = await api('POST', '/microvms?tenant=partner', { name: 'elsewhere', rootfs: { image: foreignImage }, start: false });
   assert.equal(ok.status, 201, JSON.stringify(ok.json));
   made.push(ok.json.id);
+  // Changing a VM's kernel is admitted by the same policy.
+  const upd = await api('PUT', `/microvms/${ok.json.id}`, { kernel: { image: '127.0.0.1:1/k/kernel:1' } });
+  assert.equal(upd.status, 403, JSON.stringify(upd.json));
+  assert.equal(upd.json.code, 'REGISTRY_NOT_ALLOWED');
+  assert.equal(upd.json.errors[0].field, 'kernel.image');
+  assert.match(upd.json.detail, /tenant partner's image policy \(imagePolicy\.allowedRegistries\)/);
   // The partner may use the unsigned image (its rules replace the global ones): now it is cached...
   const lax = await api('POST', '/microvms?tenant=partner', { name: 'lax', rootfs: { image: `${reg.addr}/signed/unsigned:1` }, start: false });
   assert.equal(lax.status, 201, JSON.stringify(lax.json));
