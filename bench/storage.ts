@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     reg = await startRegistry();
     await pushImage(join(work, 'layout'), 'app', reg.addr, 'bench/app:1');
     const image = `${reg.addr}/bench/app:1`;
-    svc = await startService({ env: { MVM_NETWORK: 'none', MVM_IMAGE_CACHE_DIR: join(work, 'image-cache'), MVM_IMAGE_LEASE: '1s', MVM_IMAGE_GC_INTERVAL: '0s' } });
+    svc = await startService({ env: { MVM_NETWORK: 'none', MVM_IMAGE_CACHE_DIR: join(work, 'image-cache'), MVM_IMAGE_LEASE: '1s', MVM_IMAGE_GC_INTERVAL: '0s', MVM_REGISTRIES_ALLOWED: reg.addr } });
     const s = svc;
     const api = (method: string, path: string, body?: unknown) => apiCall(s, method, path, body);
     const createReady = async (name: string): Promise<{ id: string; ms: number }> => {

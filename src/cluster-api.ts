@@ -47,6 +47,7 @@ import { SNAPSHOT_KIND, SnapshotService, type SnapshotSpec } from './core/snapsh
 import { networkAdmission } from './network/admission.js';
 import { RemoteVolumes } from './agent/endpoint/volumes.js';
 import { RemoteImages } from './agent/endpoint/images.js';
+import { ImagePolicyGate, loadImagePolicy } from './storage/oci/policy.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { validateRules } from './network/sg-rules.js';
 
@@ -141,8 +142,10 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     sweepLocal: false,
     log: (msg, fields) => log.child({ c: 'volumes' }).info(fields ?? {}, msg),
   });
-  // No image resolver (images are resolved on the node).
-  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes });
+  // No image resolver (images are resolved on the node), but the image policy's admission
+  // (ADR 0024): a refused registry is the caller's 403 now; the node checks again before pulling.
+  const imageAdmission = new ImagePolicyGate({ global: loadImagePolicy(process.env), tenantPolicy: async (t) => (await gw.tenantStore.getTenant(t))?.imagePolicy });
+  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes, imageAdmission });
   // Snapshots and restores as in standalone (ADR 0009): records are Snapshot objects, quota
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);

@@ -39,7 +39,7 @@ export interface Config {
   shutdownPolicy: 'leave' | 'stop';
   /** MVM_VMM_USER: unprivileged user QEMU drops to (-runas) when it exists and VMM users are shared, default mvm-vmm. */
   vmmUser: string;
-  /** MVM_VMM_USERS: per-vm (default: each QEMU VM runs as a uid/gid of its own, ADR 0022) | shared (every VMM as MVM_VMM_USER). */
+  /** MVM_VMM_USERS: per-vm (default: each QEMU VM runs as a uid/gid of its own, ADR 0023) | shared (every VMM as MVM_VMM_USER). */
   vmmUsers: 'per-vm' | 'shared';
   /** MVM_VMM_UIDS: the uid range per-VM users come from, default 200000-265535 (the gid is the uid). */
   vmmUidRange: { start: number; size: number };

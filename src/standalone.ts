@@ -85,7 +85,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   if (store.migratedFrom > 0 && store.migratedFrom < SCHEMA_VERSION) log.info({ from: store.migratedFrom, to: SCHEMA_VERSION }, 'state database schema upgraded');
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
   // Default images for `default`/omitted references, OCI images (pulled, built, cached by digest) otherwise.
-  const { images, imageCfg } = createImageResolver(cfg, log);
+  // The tenant store shares the state file; the image policy reads a tenant's overrides from it.
+  const tenantStore = new SqliteTenantStore(store);
+  const { images, imageCfg, policy: imagePolicy } = createImageResolver(cfg, log, process.env, async (t) => (await tenantStore.getTenant(t))?.imagePolicy);
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
@@ -151,7 +153,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();
   const gw = await createGatewayStack({
     store,
-    adapters: { tenantStore: new SqliteTenantStore(store), auditLog: new SqliteAuditLog(store), idempotency: new SqliteIdempotencyStore(store) },
+    adapters: { tenantStore, auditLog: new SqliteAuditLog(store), idempotency: new SqliteIdempotencyStore(store) },
     config: gatewayConfig,
     adminToken: token,
     log: log.child({ c: 'gateway' }),
@@ -159,11 +161,11 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND],
   });
   volumeDeps.tenants = gw.tenantStore;
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes });
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes, imageAdmission: imagePolicy });
   // Image cache management: in use = named by any microVM record (every phase).
   const imageManager = createImageManager(images, store, imageCfg, log);
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
-  const templates = new TemplateService(store, resources, agent, { bootTimeoutMs: cfg.bootTimeoutSeconds * 1000 || 300_000, log: log.child({ c: 'templates' }) });
+  const templates = new TemplateService(store, resources, agent, { bootTimeoutMs: cfg.bootTimeoutSeconds * 1000 || 300_000, log: log.child({ c: 'templates' }), imageAdmission: imagePolicy });
   service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
   const guest = new GuestService(service, agent);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);

@@ -17,6 +17,7 @@ import { validateRules } from '../network/sg-rules.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import type { ImageManager } from '../storage/oci/index.js';
 import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
+import { KubernetesTenantStore } from '../store/kubernetes/tenant-store.js';
 import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
@@ -53,7 +54,10 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
   // The same image settings as standalone (credentials, kernel dirs, cache dir, lease, gc policy, max root disk).
-  const { images, imageCfg } = createImageResolver(cfg, log);
+  const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
+  // The image policy's tenant overrides are read from the tenant's namespace (ADR 0024) right before a pull.
+  const tenants = new KubernetesTenantStore({ kubeConfig: kc, vms: k8s, ...(cfg.cluster?.systemNamespace ? { systemNamespace: cfg.cluster.systemNamespace } : {}) });
+  const { images, imageCfg } = createImageResolver(cfg, log, process.env, async (t) => (await tenants.getTenant(t))?.imagePolicy);
   const kernel = await images.resolveKernel(undefined).catch((e: Error) => {
     log.error({ err: e.message }, 'default guest images are not available');
     return undefined;
@@ -63,7 +67,6 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this node');
   const network = await createNetworkManager(cfg, log);
-  const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
   const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
   await store.start();
   // Security groups as standalone enforces them (ADR 0017): the same NetworkController and policy

@@ -105,7 +105,7 @@ export interface LaunchEnv {
   cgroups: CgroupManager;
   /** Owner of per-VM writable disks: the unprivileged user the VMM drops to. */
   vmmOwner?: { uid: number; gid: number };
-  /** One VMM user per VM (ADR 0022; QEMU): leased at launch, released when the VM is deleted. Overrides vmmOwner. */
+  /** One VMM user per VM (ADR 0023; QEMU): leased at launch, released when the VM is deleted. Overrides vmmOwner. */
   vmmIdentities?: VmmIdentities;
   /** Networking (CNI + nftables); without it VMs get no NIC. */
   network?: NetworkManager;
@@ -166,8 +166,9 @@ export function bootSteps(d: LaunchDeps): Array<Step<Launch>> {
     {
       name: 'resolve-images',
       run: async (c) => {
-        c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image);
-        c.rootfs = await o.images.resolveRootfs(c.vm.spec.rootfs?.image);
+        // The tenant's image policy applies again right before any pull (ADR 0024).
+        c.kernel = await o.images.resolveKernel(c.vm.spec.kernel?.image, { tenant: c.vm.tenant });
+        c.rootfs = await o.images.resolveRootfs(c.vm.spec.rootfs?.image, { tenant: c.vm.tenant });
       },
     },
     {

@@ -11,7 +11,8 @@ import type { Store } from '../core/ports/store.js';
 import type { VmmDriver } from '../core/ports/vmm.js';
 import { CniNetworkManager } from '../network/manager.js';
 import { DefaultImageResolver } from '../storage/default-images.js';
-import { ImageManager, loadImageConfig, OciImageResolver, setResolveLeaseMs, type ImageConfig, type ImageUser } from '../storage/oci/index.js';
+import type { ImagePolicy } from '../core/image-policy.js';
+import { ImageManager, ImagePolicyGate, loadImageConfig, loadImagePolicy, OciImageResolver, setResolveLeaseMs, type ImageConfig, type ImageUser } from '../storage/oci/index.js';
 import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
 import type { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 
@@ -45,19 +46,37 @@ export async function createNetworkManager(cfg: Config, log: Logger): Promise<Cn
 }
 
 /**
- * The node's images: default images for `default`/omitted references, OCI images (pulled, built,
- * cached by digest) otherwise, with the image settings of the environment (README "Images").
+ * The image policy (ADR 0024) of the environment (MVM_REGISTRIES_ALLOWED, MVM_IMAGE_POLICY_FILE)
+ * with the tenants' overrides: admission in the API and the check before every pull on a node.
  */
-export function createImageResolver(cfg: Config, log: Logger, env: NodeJS.ProcessEnv = process.env): { images: OciImageResolver; imageCfg: ImageConfig } {
+export function createImagePolicy(env: NodeJS.ProcessEnv, tenantPolicy?: (tenant: string) => Promise<ImagePolicy | undefined>): ImagePolicyGate {
+  return new ImagePolicyGate({ global: loadImagePolicy(env), ...(tenantPolicy ? { tenantPolicy } : {}) });
+}
+
+/**
+ * The node's images: default images for `default`/omitted references, OCI images (pulled, built,
+ * cached by digest) otherwise, with the image settings of the environment (README "Images") and
+ * the image policy checked before every pull.
+ */
+export function createImageResolver(
+  cfg: Config,
+  log: Logger,
+  env: NodeJS.ProcessEnv = process.env,
+  tenantPolicy?: (tenant: string) => Promise<ImagePolicy | undefined>,
+): { images: OciImageResolver; imageCfg: ImageConfig; policy: ImagePolicyGate } {
   const imageCfg = loadImageConfig(env);
+  const policy = createImagePolicy(env, tenantPolicy);
   const images = new OciImageResolver(new DefaultImageResolver({ cacheDir: cfg.cacheDir, log: (m) => log.info(m) }), {
     cacheDir: imageCfg.cacheDir ?? cfg.cacheDir,
     kernelDirs: imageCfg.kernelDirs,
     insecureRegistries: imageCfg.insecureRegistries,
     ...(imageCfg.credentials ? { credentials: imageCfg.credentials } : {}),
+    policy,
+    log: (m) => log.debug(m),
   });
   setResolveLeaseMs(imageCfg.leaseMs);
-  return { images, imageCfg };
+  log.info({ allowedRegistries: policy.global.allowedRegistries, signatureRules: policy.global.signatures?.length ?? 0, source: policy.global.source }, 'image policy');
+  return { images, imageCfg, policy };
 }
 
 /** What the microVMs of `store` name (every phase): the standalone store, or a node agent's view of the VMs bound to it. */

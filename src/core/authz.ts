@@ -32,7 +32,7 @@ export const PERMISSIONS = {
   'securitygroups:read': 'Read security groups of the tenant',
   'securitygroups:write': 'Create, change and delete security groups of the tenant',
   'tenants:read': 'Read the own tenant and its quota usage',
-  'tenants:admin': 'Create, list, change quotas of and delete any tenant',
+  'tenants:admin': 'Create, list, change quotas and image policies of, and delete any tenant',
   'audit:read': 'Query the audit log (tenant-admins: entries of their tenant only)',
 } as const;
 export type Permission = keyof typeof PERMISSIONS;

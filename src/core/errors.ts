@@ -17,6 +17,10 @@ export const ErrorCodes = {
   NO_CAPACITY: 'NO_CAPACITY',
   VMM_ERROR: 'VMM_ERROR',
   IMAGE_ERROR: 'IMAGE_ERROR',
+  /** An image reference names a registry the admin's image policy does not allow (403). */
+  REGISTRY_NOT_ALLOWED: 'REGISTRY_NOT_ALLOWED',
+  /** The image policy requires a signature and the image has none by a trusted key (403). */
+  SIGNATURE_VERIFICATION_FAILED: 'SIGNATURE_VERIFICATION_FAILED',
   UNAVAILABLE: 'UNAVAILABLE',
   TIMEOUT: 'TIMEOUT',
   VM_FAILED: 'VM_FAILED',

@@ -439,6 +439,30 @@ export const Problem = Type.Object(
   { $id: 'Problem' },
 );
 
+/**
+ * A 403 answer (problem+json) of the calls that name images: the image policy's refusals
+ * (ADR 0024) besides PERMISSION_DENIED and QUOTA_EXCEEDED.
+ */
+export const ForbiddenProblem = Type.Object(
+  {
+    code: Type.String({
+      description:
+        'PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | ' +
+        'SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none)',
+    }),
+    detail: Type.String(),
+    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String({ description: 'e.g. rootfs.image, kernel.image, image' }), message: Type.String() }))),
+    image: Type.Optional(Type.String({ description: 'The refused image, fully qualified' })),
+    registry: Type.Optional(Type.String()),
+    digest: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: the digest checked' })),
+    policy: Type.Optional(Type.String({ description: 'Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant\'s imagePolicy)' })),
+    allowedRegistries: Type.Optional(Type.Array(Type.String())),
+    scope: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: the signature rule that applied' })),
+    reason: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch' })),
+  },
+  { additionalProperties: true, description: 'application/problem+json' },
+);
+
 export const VmMetrics = Type.Object({
   id: Type.String(),
   phase: Phase,

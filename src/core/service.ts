@@ -7,7 +7,7 @@ import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
 import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
-import type { ImageResolver } from './ports/images.js';
+import type { ImageAdmission, ImageResolver } from './ports/images.js';
 import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js';
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
@@ -26,7 +26,12 @@ export interface ServiceOptions {
     claim(p: Principal, spec: MicroVMSpecT, tenant: string, vmId: string): Promise<void>;
     releaseVm(vmId: string): Promise<void>;
   };
+  /** The admin's image policy: `rootfs.image` and `kernel.image` from an allowed registry (ADR 0024), checked before anything is pulled. */
+  imageAdmission?: ImageAdmission;
 }
+
+/** Refusals by the image policy keep their code (403) through admission's image resolution. */
+const POLICY_CODES: ReadonlySet<string> = new Set([ErrorCodes.REGISTRY_NOT_ALLOWED, ErrorCodes.SIGNATURE_VERIFICATION_FAILED]);
 
 /**
  * The tenant a call acts in: the principal's own, or for admins the one they name.
@@ -132,19 +137,23 @@ export class MicroVMService {
     };
     validateSpec(spec);
     await this.admit?.(p, spec, tenantId);
+    await this.opts.imageAdmission?.admit(spec.rootfs?.image, 'rootfs.image', tenant ?? tenantId);
+    await this.opts.imageAdmission?.admit(spec.kernel?.image, 'kernel.image', tenant ?? tenantId);
     if (this.images) {
       // Admission: an unknown image is the caller's error now, not a failed boot later.
       let imageMiB = 0;
       try {
-        await this.images.resolveKernel(spec.kernel?.image);
+        await this.images.resolveKernel(spec.kernel?.image, { tenant: tenantId });
       } catch (e) {
+        if (e instanceof MvmError && POLICY_CODES.has(e.code)) throw e;
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `kernel.image: ${(e as Error).message}`, { violations: [{ field: 'kernel.image', message: (e as Error).message }] });
       }
       try {
-        const img = await this.images.resolveRootfs(spec.rootfs?.image);
+        const img = await this.images.resolveRootfs(spec.rootfs?.image, { tenant: tenantId });
         imageMiB = Math.ceil(img.sizeBytes / (1024 * 1024));
         rootImageMiB = spec.rootfs?.readOnly ? 0 : imageMiB;
       } catch (e) {
+        if (e instanceof MvmError && POLICY_CODES.has(e.code)) throw e;
         throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rootfs.image: ${(e as Error).message}`, { violations: [{ field: 'rootfs.image', message: (e as Error).message }] });
       }
       if (spec.rootfs?.size !== undefined) {
@@ -197,6 +206,7 @@ export class MicroVMService {
       await this.admit?.(p, { ...vm.spec, ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}), ...(req.ports ? { ports: req.ports } : {}), ...(req.egress ? { egress: req.egress } : {}) }, vm.tenant);
     }
     const changesSpec = (['vcpu', 'memory', 'kernel'] as const).filter((f) => req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(vm.spec[f]));
+    if (changesSpec.includes('kernel')) await this.opts.imageAdmission?.admit(req.kernel?.image, 'kernel.image', vm.tenant);
     return this.store.updateVm(
       vm.id,
       (cur) => {

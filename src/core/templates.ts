@@ -13,6 +13,7 @@ import { ErrorCodes, MvmError, asMvmError, notFound, validationError } from './e
 import { failedStep } from './steps.js';
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB, DEFAULT_SPEC, newId, parseDurationMs, parseQuantityMiB } from './microvm.js';
 import type { NodeAgent, TemplateBuildSpec } from './ports/agent.js';
+import type { ImageAdmission } from './ports/images.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { CreateMicroVMRequestT, CreateTemplateRequestT, TemplateT, TemplateVersionT } from './schema.js';
@@ -49,6 +50,8 @@ export interface TemplateServiceOptions {
   /** How many builds run at once on this node (TCG boots are CPU-bound). Default 2. */
   concurrentBuilds?: number;
   log?: { info(o: object, m: string): void; warn(o: object, m: string): void };
+  /** The admin's image policy (ADR 0024): a template's image comes from an allowed registry, checked at create and rebuild. */
+  imageAdmission?: ImageAdmission;
 }
 
 export class TemplateService {
@@ -78,9 +81,16 @@ export class TemplateService {
   }
 
   /** Create a template and start building its first version (answer: the template, phase Building). */
+  /** The template's images by the tenant's image policy (REGISTRY_NOT_ALLOWED naming `image`, `rootfs.image` or `kernel.image`). */
+  private async admitImages(spec: TemplateSpecT, tenant: string): Promise<void> {
+    await this.opts.imageAdmission?.admit(spec.image ?? spec.rootfs?.image, spec.image !== undefined ? 'image' : 'rootfs.image', tenant);
+    await this.opts.imageAdmission?.admit(spec.kernel?.image, 'kernel.image', tenant);
+  }
+
   async create(p: Principal, tenant: string, req: CreateTemplateRequestT): Promise<StoredResource<TemplateRecord>> {
     const { name, ...spec } = req;
     this.validate(spec);
+    await this.admitImages(spec, tenant);
     const rec = await this.resources.create<TemplateRecord>({
       kind: TEMPLATE_KIND,
       id: newId('tpl'),
@@ -96,6 +106,8 @@ export class TemplateService {
   /** A new version of the template, built from its spec now (what the image tag points at now, say). */
   async rebuild(p: Principal, idOrName: string): Promise<StoredResource<TemplateRecord>> {
     const t = await this.get(p, idOrName);
+    // The policy may have changed since the template was created.
+    await this.admitImages(t.spec.spec, t.tenant);
     let version = 0;
     const out = await this.resources.update<TemplateRecord>(TEMPLATE_KIND, t.id, (r) => {
       if (r.versions.some((v) => v.phase === 'Building')) {

@@ -22,6 +22,35 @@ export const TenantQuotas = Type.Object(
   { additionalProperties: false, description: 'Absent limits are unlimited' },
 );
 
+export const TenantImagePolicy = Type.Object(
+  {
+    allowedRegistries: Type.Optional(
+      Type.Array(Type.String({ minLength: 1, maxLength: 300 }), {
+        maxItems: 100,
+        description:
+          'Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. ' +
+          'A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images',
+      }),
+    ),
+    signatures: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            scope: Type.String({ minLength: 1, maxLength: 300, description: 'host[:port][/path-prefix] or *; the most specific matching scope decides' }),
+            publicKeys: Type.Array(Type.String({ maxLength: 16384 }), {
+              maxItems: 16,
+              description: 'PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption)',
+            }),
+          },
+          { additionalProperties: false },
+        ),
+        { maxItems: 100, description: 'Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE)' },
+      ),
+    ),
+  },
+  { additionalProperties: false, description: 'Image policy overrides for this tenant (admins only); what is left out comes from the global policy' },
+);
+
 const TenantLabels = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253 }), Type.String({ maxLength: 63 }));
 
 export const Tenant = Type.Object({
@@ -29,6 +58,7 @@ export const Tenant = Type.Object({
   displayName: Type.Optional(Type.String()),
   quotas: TenantQuotas,
   labels: Type.Optional(TenantLabels),
+  imagePolicy: Type.Optional(TenantImagePolicy),
   resourceVersion: Type.String(),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
@@ -40,6 +70,7 @@ export const CreateTenantRequest = Type.Object(
     displayName: Type.Optional(Type.String({ maxLength: 200 })),
     quotas: Type.Optional(TenantQuotas),
     labels: Type.Optional(TenantLabels),
+    imagePolicy: Type.Optional(TenantImagePolicy),
   },
   { additionalProperties: false },
 );
@@ -49,6 +80,7 @@ export const UpdateTenantRequest = Type.Object(
     displayName: Type.Optional(Type.String({ maxLength: 200 })),
     quotas: Type.Optional(TenantQuotas),
     labels: Type.Optional(TenantLabels),
+    imagePolicy: Type.Optional(TenantImagePolicy),
   },
   { additionalProperties: false, minProperties: 1 },
 );
@@ -123,6 +155,7 @@ export const AuditList = Type.Object({ items: Type.Array(AuditEntry), next_curso
 
 export type TenantT = Static<typeof Tenant>;
 export type TenantQuotasT = Static<typeof TenantQuotas>;
+export type TenantImagePolicyT = Static<typeof TenantImagePolicy>;
 export type CreateTenantRequestT = Static<typeof CreateTenantRequest>;
 export type UpdateTenantRequestT = Static<typeof UpdateTenantRequest>;
 export type TenantUsageT = Static<typeof TenantUsage>;

@@ -12,6 +12,7 @@ import type { ResourceStore } from './ports/resources.js';
 import type { Page, Store } from './ports/store.js';
 import type { Tenant, TenantStore } from './ports/tenants.js';
 import { QUOTA_RESOURCES, type Quotas } from './quota.js';
+import { validateImagePolicy } from './image-policy.js';
 import type { ApiKeyT, CreateApiKeyRequestT, CreateTenantRequestT, TenantQuotasT, TenantUsageT, UpdateTenantRequestT } from './tenancy-schema.js';
 
 /** `0`, `<n>Mi`, `<n>Gi`, `<n>Ti` in MiB. */
@@ -128,12 +129,14 @@ export class TenantService {
 
   async create(_p: Principal, req: CreateTenantRequestT): Promise<Tenant> {
     validateQuotas(req.quotas);
+    validateImagePolicy(req.imagePolicy, 'imagePolicy');
     const now = new Date().toISOString();
     return this.tenants.createTenant({
       id: req.id,
       ...(req.displayName !== undefined ? { displayName: req.displayName } : {}),
       quotas: req.quotas ?? {},
       ...(req.labels ? { labels: req.labels } : {}),
+      ...(req.imagePolicy ? { imagePolicy: req.imagePolicy } : {}),
       resourceVersion: '0',
       createdAt: now,
       updatedAt: now,
@@ -143,12 +146,18 @@ export class TenantService {
   async update(p: Principal, id: string, req: UpdateTenantRequestT, ifMatch?: string): Promise<Tenant> {
     await this.get(p, id);
     validateQuotas(req.quotas);
+    validateImagePolicy(req.imagePolicy, 'imagePolicy');
     return this.tenants.updateTenant(
       id,
       (t) => {
         if (req.displayName !== undefined) t.displayName = req.displayName;
         if (req.quotas !== undefined) t.quotas = req.quotas;
         if (req.labels !== undefined) t.labels = req.labels;
+        // Replaced whole; {} drops the tenant's overrides (the global policy applies again).
+        if (req.imagePolicy !== undefined) {
+          if (Object.keys(req.imagePolicy).length) t.imagePolicy = req.imagePolicy;
+          else delete t.imagePolicy;
+        }
         return t;
       },
       ifMatch,

@@ -1,5 +1,5 @@
 /**
- * One uid/gid per VM for its VMM process (ADR 0022): a compromised QEMU runs as a user that owns
+ * One uid/gid per VM for its VMM process (ADR 0023): a compromised QEMU runs as a user that owns
  * nothing but its own VM's disks, so it cannot open another VM's disk, memory file or socket.
  *
  * Leases are files `<leaseDir>/<uid>` created exclusively (O_EXCL) and holding the VM's id and

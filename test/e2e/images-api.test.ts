@@ -90,6 +90,7 @@ before(async () => {
       MVM_ROOTFS_MAX_SIZE: '2Gi',
       MVM_IMAGE_LEASE: '1s',
       MVM_REGISTRY_AUTH_FILE: authFile,
+      MVM_REGISTRIES_ALLOWED: `${reg.addr},${authReg.addr}`,
     },
   });
 });
@@ -220,7 +221,7 @@ test('kill -9 of the service mid image build: no cache entry, and the next build
   await pushImage(join(work, 'l-big'), 'big', reg.addr, 'e2e/big:1');
   const big = `${reg.addr}/e2e/big:1`;
   const cache2 = join(work, 'cache-kill');
-  const env = { MVM_NETWORK: 'none', MVM_IMAGE_CACHE_DIR: cache2 };
+  const env = { MVM_NETWORK: 'none', MVM_IMAGE_CACHE_DIR: cache2, MVM_REGISTRIES_ALLOWED: reg.addr };
   let s2 = await startService({ env });
   const ociDir = join(cache2, 'oci');
   try {

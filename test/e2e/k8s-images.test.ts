@@ -48,6 +48,8 @@ before(async () => {
   reg = await startRegistry();
   await pushImage(join(work, 'layout'), 'app', reg.addr, 'k8simg/app:1');
   ref = `${reg.addr}/k8simg/app:1`;
+  // The image policy (ADR 0024) of the API (in process) and of the node agents (they inherit the environment).
+  process.env.MVM_REGISTRIES_ALLOWED = reg.addr;
 
   k = await startClusterApiHarness({
     admin: ADMIN,
@@ -59,6 +61,7 @@ before(async () => {
 });
 
 after(async () => {
+  delete process.env.MVM_REGISTRIES_ALLOWED;
   await k?.stop();
   await reg?.stop();
   if (work) await rm(work, { recursive: true, force: true });
@@ -68,6 +71,22 @@ test('cluster mode: the images API lists each node cache with its node, refuses 
   const { c, call, waitPhase } = k!;
   await k!.tenant('acme');
   const tenant = await k!.apiKey('acme', 'tenant-admin', 'k');
+
+  // Cluster mode admits images by the same policy as standalone: a registry not allowed is 403 at once.
+  const refusedReg = await call(tenant, 'POST', '/microvms', { name: 'elsewhere', vcpu: 1, memory: '128Mi', rootfs: { image: '127.0.0.1:1/k8simg/app:1' } });
+  assert.equal(refusedReg.status, 403, refusedReg.text);
+  assert.equal(refusedReg.json.code, 'REGISTRY_NOT_ALLOWED');
+  assert.equal(refusedReg.json.errors[0].field, 'rootfs.image');
+  assert.match(refusedReg.json.detail, /global image policy \(MVM_REGISTRIES_ALLOWED\)/);
+  // Past the API (a MicroVM object written with kubectl), the node refuses before pulling.
+  c.cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name: 'sneaky', namespace: 'acme' }, spec: { vcpu: 1, memory: '128Mi', rootfs: { image: '127.0.0.1:1/k8simg/app:1' } } }));
+  const sneaky = await until(c, 'the node to refuse the image', () => {
+    const r = c.cp.kubectl(['get', 'mvm', 'sneaky', '-n', 'acme', '-o', 'json']);
+    const st = r.status === 0 ? (JSON.parse(r.stdout) as { status?: { phase?: string } }).status : undefined;
+    return st?.phase === 'Failed' ? st : undefined;
+  }, 120_000);
+  assert.match(JSON.stringify(sneaky), /registry 127\.0\.0\.1:1 of image 127\.0\.0\.1:1\/k8simg\/app:1 is not allowed by the global image policy/);
+  c.cp.kubectlOk(['delete', 'mvm', 'sneaky', '-n', 'acme', '--wait=false']);
 
   // A VM booted from the OCI image on some node: the image is in that node's cache only.
   const created = await call(tenant, 'POST', '/microvms', { name: 'img', vcpu: 1, memory: '128Mi', rootfs: { image: ref } });

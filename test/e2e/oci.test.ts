@@ -39,7 +39,8 @@ before(async () => {
   reg = await startRegistry();
   await pushImage(join(work, 'layout'), 'e2e', reg.addr, 'e2e/app:1');
   image = `${reg.addr}/e2e/app:1`;
-  svc = await startService({ env: { MVM_NETWORK: 'none' } });
+  // The image policy allows no registry unless configured (ADR 0024): allow the test registry.
+  svc = await startService({ env: { MVM_NETWORK: 'none', MVM_REGISTRIES_ALLOWED: reg.addr } });
 });
 
 after(async () => {

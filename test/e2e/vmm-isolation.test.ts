@@ -1,5 +1,5 @@
 /**
- * Per-VM VMM users (issue 15, ADR 0022): two real QEMU guests run as two different unprivileged
+ * Per-VM VMM users (issue 15, ADR 0023): two real QEMU guests run as two different unprivileged
  * uids, under QEMU's seccomp sandbox; one VM's VMM user cannot open the other's disk (or even
  * reach its directory), only its own; the uid is released when the VM is deleted.
  */

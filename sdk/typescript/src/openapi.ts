@@ -1660,6 +1660,38 @@ export interface paths {
                     };
                 };
                 /** @description application/problem+json */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            allowedRegistries?: string[];
+                            /** @description PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none) */
+                            code: string;
+                            detail: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the digest checked */
+                            digest?: string;
+                            errors?: {
+                                /** @description e.g. rootfs.image, kernel.image, image */
+                                field: string;
+                                message: string;
+                            }[];
+                            /** @description The refused image, fully qualified */
+                            image?: string;
+                            /** @description Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant's imagePolicy) */
+                            policy?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch */
+                            reason?: string;
+                            registry?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the signature rule that applied */
+                            scope?: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description application/problem+json */
                 404: {
                     headers: {
                         [name: string]: unknown;
@@ -2438,6 +2470,38 @@ export interface paths {
                         "application/json": {
                             code: string;
                             detail: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
+                /** @description application/problem+json */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            allowedRegistries?: string[];
+                            /** @description PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none) */
+                            code: string;
+                            detail: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the digest checked */
+                            digest?: string;
+                            errors?: {
+                                /** @description e.g. rootfs.image, kernel.image, image */
+                                field: string;
+                                message: string;
+                            }[];
+                            /** @description The refused image, fully qualified */
+                            image?: string;
+                            /** @description Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant's imagePolicy) */
+                            policy?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch */
+                            reason?: string;
+                            registry?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the signature rule that applied */
+                            scope?: string;
                         } & {
                             [key: string]: unknown;
                         };
@@ -7558,6 +7622,38 @@ export interface paths {
                         };
                     };
                 };
+                /** @description application/problem+json */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            allowedRegistries?: string[];
+                            /** @description PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none) */
+                            code: string;
+                            detail: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the digest checked */
+                            digest?: string;
+                            errors?: {
+                                /** @description e.g. rootfs.image, kernel.image, image */
+                                field: string;
+                                message: string;
+                            }[];
+                            /** @description The refused image, fully qualified */
+                            image?: string;
+                            /** @description Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant's imagePolicy) */
+                            policy?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch */
+                            reason?: string;
+                            registry?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the signature rule that applied */
+                            scope?: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -7822,6 +7918,38 @@ export interface paths {
                         };
                     };
                 };
+                /** @description application/problem+json */
+                403: {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content: {
+                        "application/json": {
+                            allowedRegistries?: string[];
+                            /** @description PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none) */
+                            code: string;
+                            detail: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the digest checked */
+                            digest?: string;
+                            errors?: {
+                                /** @description e.g. rootfs.image, kernel.image, image */
+                                field: string;
+                                message: string;
+                            }[];
+                            /** @description The refused image, fully qualified */
+                            image?: string;
+                            /** @description Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant's imagePolicy) */
+                            policy?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch */
+                            reason?: string;
+                            registry?: string;
+                            /** @description SIGNATURE_VERIFICATION_FAILED: the signature rule that applied */
+                            scope?: string;
+                        } & {
+                            [key: string]: unknown;
+                        };
+                    };
+                };
             };
         };
         delete?: never;
@@ -7862,6 +7990,18 @@ export interface paths {
                                 createdAt: string;
                                 displayName?: string;
                                 id: string;
+                                /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                                imagePolicy?: {
+                                    /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                                    allowedRegistries?: string[];
+                                    /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                                    signatures?: {
+                                        /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                        publicKeys: string[];
+                                        /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                        scope: string;
+                                    }[];
+                                };
                                 labels?: {
                                     [key: string]: string;
                                 };
@@ -7975,6 +8115,18 @@ export interface paths {
                         displayName?: string;
                         /** @description DNS label; the Kubernetes namespace in cluster mode */
                         id: string;
+                        /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                        imagePolicy?: {
+                            /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                            allowedRegistries?: string[];
+                            /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                            signatures?: {
+                                /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                publicKeys: string[];
+                                /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                scope: string;
+                            }[];
+                        };
                         labels?: {
                             [key: string]: string;
                         };
@@ -8008,6 +8160,18 @@ export interface paths {
                             createdAt: string;
                             displayName?: string;
                             id: string;
+                            /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                            imagePolicy?: {
+                                /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                                allowedRegistries?: string[];
+                                /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                                signatures?: {
+                                    /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                    publicKeys: string[];
+                                    /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                    scope: string;
+                                }[];
+                            };
                             labels?: {
                                 [key: string]: string;
                             };
@@ -8140,6 +8304,18 @@ export interface paths {
                             createdAt: string;
                             displayName?: string;
                             id: string;
+                            /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                            imagePolicy?: {
+                                /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                                allowedRegistries?: string[];
+                                /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                                signatures?: {
+                                    /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                    publicKeys: string[];
+                                    /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                    scope: string;
+                                }[];
+                            };
                             labels?: {
                                 [key: string]: string;
                             };
@@ -8236,7 +8412,7 @@ export interface paths {
                 };
             };
         };
-        /** Change a tenant (quotas, display name, labels; admins). If-Match makes it conditional. */
+        /** Change a tenant (quotas, display name, labels, image policy; admins). If-Match makes it conditional. */
         put: {
             parameters: {
                 query?: never;
@@ -8250,6 +8426,18 @@ export interface paths {
                 content: {
                     "application/json": {
                         displayName?: string;
+                        /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                        imagePolicy?: {
+                            /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                            allowedRegistries?: string[];
+                            /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                            signatures?: {
+                                /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                publicKeys: string[];
+                                /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                scope: string;
+                            }[];
+                        };
                         labels?: {
                             [key: string]: string;
                         };
@@ -8283,6 +8471,18 @@ export interface paths {
                             createdAt: string;
                             displayName?: string;
                             id: string;
+                            /** @description Image policy overrides for this tenant (admins only); what is left out comes from the global policy */
+                            imagePolicy?: {
+                                /** @description Registries this tenant may pull from, replacing the global list (MVM_REGISTRIES_ALLOWED): host[:port][/path-prefix] patterns, or * for any. A pattern without a port matches only references without one; a path prefix matches whole path components; docker.io/library covers the official images */
+                                allowedRegistries?: string[];
+                                /** @description Signature rules, replacing the global ones (MVM_IMAGE_POLICY_FILE) */
+                                signatures?: {
+                                    /** @description PEM public keys (cosign.pub: ECDSA P-256, Ed25519 or RSA); an image in scope needs a cosign/sigstore signature by one of them. Empty: no signature needed (an exemption) */
+                                    publicKeys: string[];
+                                    /** @description host[:port][/path-prefix] or *; the most specific matching scope decides */
+                                    scope: string;
+                                }[];
+                            };
                             labels?: {
                                 [key: string]: string;
                             };

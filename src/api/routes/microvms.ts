@@ -6,6 +6,7 @@ import type { MicroVMService } from '../../core/service.js';
 import { parseDuration } from '../../core/service.js';
 import {
   CreateMicroVMRequest,
+  ForbiddenProblem,
   MicroVM,
   MicroVMList,
   Phase,
@@ -85,7 +86,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         summary: 'Create a microVM (starts it unless start=false). Idempotency-Key makes retries safe.',
         body: CreateMicroVMRequest,
         querystring: TenantQuery,
-        response: { 201: MicroVM, ...errors },
+        response: { 201: MicroVM, ...errors, 403: ForbiddenProblem },
       },
     },
     async (req, reply) => {
@@ -126,7 +127,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         summary: 'Update a microVM (vcpu, memory, kernel on a stopped VM; labels any time)',
         params: IdParams,
         body: UpdateMicroVMRequest,
-        response: { 200: MicroVM, ...errors, 422: ProblemRef },
+        response: { 200: MicroVM, ...errors, 403: ForbiddenProblem, 422: ProblemRef },
       },
     },
     async (req, reply) => {

@@ -44,7 +44,7 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
   );
   app.put(
     '/tenants/:id',
-    { schema: { summary: 'Change a tenant (quotas, display name, labels; admins). If-Match makes it conditional.', params: IdParams, body: UpdateTenantRequest, response: { 200: Tenant, ...errors } } },
+    { schema: { summary: 'Change a tenant (quotas, display name, labels, image policy; admins). If-Match makes it conditional.', params: IdParams, body: UpdateTenantRequest, response: { 200: Tenant, ...errors } } },
     async (req, reply) => {
       const t = await tenants.update(principal(req), (req.params as { id: string }).id, req.body as UpdateTenantRequestT, ifMatch(req));
       return reply.header('etag', etagOf(t.resourceVersion)).send(t);

@@ -3,6 +3,8 @@
  * (or the default) to files on this node. Adapters: the default guest images
  * built by `make images` (src/storage/default-images.ts) and, later, OCI images.
  */
+import type { ImagePolicy } from '../image-policy.js';
+
 export interface KernelImage {
   /** Uncompressed ELF vmlinux (PVH-bootable by QEMU microvm and Firecracker). */
   kernelPath: string;
@@ -21,9 +23,23 @@ export interface RootfsImage {
   init?: string;
 }
 
+/** Who an image is resolved for: the tenant's image policy applies (ADR 0024). */
+export interface ImageContext {
+  tenant?: string;
+}
+
 export interface ImageResolver {
-  resolveKernel(ref: string | undefined): Promise<KernelImage>;
-  resolveRootfs(ref: string | undefined): Promise<RootfsImage>;
+  resolveKernel(ref: string | undefined, ctx?: ImageContext): Promise<KernelImage>;
+  resolveRootfs(ref: string | undefined, ctx?: ImageContext): Promise<RootfsImage>;
+}
+
+/**
+ * Admission of image references by the admin's image policy (registries allowed), without any
+ * network access: REGISTRY_NOT_ALLOWED naming `field`. `default`, an omitted reference and a
+ * kernel host path pass. The tenant as an id (looked up) or as its record.
+ */
+export interface ImageAdmission {
+  admit(ref: string | undefined, field: string, tenant: string | { id: string; imagePolicy?: ImagePolicy | undefined }): Promise<void>;
 }
 
 /** A cached image on this node (an OCI root filesystem or an extracted kernel). */

@@ -74,7 +74,7 @@ export interface LaunchSpec {
    */
   guestAgent?: boolean;
   /**
-   * The VM's own VMM user (ADR 0022): the VMM drops to this uid/gid once set up. Absent: the
+   * The VM's own VMM user (ADR 0023): the VMM drops to this uid/gid once set up. Absent: the
    * driver's default (the shared VMM user, or the jailer's per-VM uid under Firecracker).
    */
   runAs?: { uid: number; gid: number };

@@ -21,7 +21,8 @@ import { promisify } from 'node:util';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { DigestCache, defaultCacheDir, entryName, sha256File, type DigestCacheEntryFields } from '../digest-cache.js';
 import { type PullOptions, pullImage, resolveDigest } from '../oci/pull.js';
-import { parseImageReference } from '../oci/reference.js';
+import { type ImagePolicyGate, parseReferenceFor } from '../oci/policy.js';
+import { verifyImageSignature } from '../oci/signature.js';
 import { extractVmlinux } from './extract-vmlinux.js';
 
 const execFileP = promisify(execFile);
@@ -61,6 +62,8 @@ export interface KernelCacheOptions extends PullOptions {
   cacheDir?: string;
   /** Host directories a path `kernel.image` may point into (default /boot). */
   kernelDirs?: readonly string[];
+  /** The admin's image policy, checked right before pulling a kernel image (as OciCacheOptions.policy). */
+  policy?: ImagePolicyGate;
 }
 
 const kernelError = (message: string, cause?: unknown): MvmError => new MvmError(ErrorCodes.IMAGE_ERROR, message, cause !== undefined ? { cause } : {});
@@ -183,7 +186,7 @@ export class KernelImageCache {
   }
 
   /** Resolve an OCI reference or an allowed host path to a cached kernel, building it when absent. */
-  async resolve(ref: string): Promise<KernelCacheEntry & { cacheHit: boolean }> {
+  async resolve(ref: string, o: { tenant?: string } = {}): Promise<KernelCacheEntry & { cacheHit: boolean }> {
     let digest: string;
     let reference: string;
     let extract: (tmp: string) => Promise<KernelInfo>;
@@ -198,8 +201,10 @@ export class KernelImageCache {
       reference = real;
       extract = async (tmp) => ({ source: real, ...(await installKernel(real, join(tmp, 'vmlinux'), `kernel file ${real}`)) });
     } else {
-      const parsed = parseImageReference(ref);
+      const parsed = parseReferenceFor(ref, 'kernel.image');
+      const signature = await this.opts.policy?.beforePull(parsed, 'kernel.image', o.tenant);
       digest = await resolveDigest(parsed, this.opts);
+      if (signature) await verifyImageSignature(parsed, digest, signature, 'kernel.image', this.opts);
       reference = parsed.canonical;
       extract = async (tmp) => {
         const pulled = await pullImage(parsed, join(tmp, 'layout'), { ...this.opts, digest });

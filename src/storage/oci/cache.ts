@@ -17,7 +17,9 @@ import { buildRootfs, type GuestProcessSpec } from './build.js';
 import { OCI_INIT_PATH, OCI_INIT_SCRIPT } from './init-script.js';
 import { guestAgentBinary } from '../guest-agent.js';
 import { type ImageProcessConfig, type PullOptions, pullImage, resolveDigest } from './pull.js';
-import { type ImageReference, parseImageReference } from './reference.js';
+import { type ImagePolicyGate, parseReferenceFor } from './policy.js';
+import type { ImageReference } from './reference.js';
+import { verifyImageSignature } from './signature.js';
 
 export { clearLeases, defaultCacheDir, setResolveLeaseMs } from '../digest-cache.js';
 
@@ -60,6 +62,12 @@ export interface OciCacheOptions extends PullOptions {
   busyboxPath?: string;
   /** The guest agent to put at /.mvm/mvm-agent (default: guestAgentBinary(); `null`: none). */
   guestAgent?: string | null;
+  /**
+   * The admin's image policy, checked right before every pull (registry allowed; signature
+   * verified before any layer is fetched, on cache hits too). The service always sets it
+   * (src/agent/node-runtime.ts); without one (library use) nothing is checked.
+   */
+  policy?: ImagePolicyGate;
 }
 
 /** A short hash of what a root filesystem build adds to an image: the builder version, the init, the guest agent. */
@@ -83,9 +91,13 @@ export class OciImageCache {
    * it when absent. A tag costs one manifest request when cached; a digest
    * reference none.
    */
-  async resolve(reference: string | ImageReference, options: { sizeBytes?: number } = {}): Promise<ResolvedOciRootfs> {
-    const ref = typeof reference === 'string' ? parseImageReference(reference) : reference;
+  async resolve(reference: string | ImageReference, options: { sizeBytes?: number; tenant?: string; field?: string } = {}): Promise<ResolvedOciRootfs> {
+    const field = options.field ?? 'rootfs.image';
+    const ref = typeof reference === 'string' ? parseReferenceFor(reference, field) : reference;
+    const signature = await this.opts.policy?.beforePull(ref, field, options.tenant);
     const digest = await resolveDigest(ref, this.opts);
+    // Per resolve, cache hit or not: the entry may have been pulled for a tenant with another policy.
+    if (signature) await verifyImageSignature(ref, digest, signature, field, this.opts);
     const agent = this.agent();
     return this.entries.resolve({
       // What is built in (the init, the guest agent) is part of the name: a new one builds anew.

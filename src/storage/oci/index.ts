@@ -5,3 +5,5 @@ export * from './cache.js';
 export * from './resolver.js';
 export { OCI_INIT_PATH } from './init-script.js';
 export * from './manager.js';
+export * from './policy.js';
+export * from './signature.js';

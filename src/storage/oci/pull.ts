@@ -236,4 +236,20 @@ export async function pullImage(ref: ImageReference, layoutDir: string, opts: Pu
   return { layoutDir, layoutTag, ...(await readLayoutImage(layoutDir, layoutTag)) };
 }
 
+/**
+ * Copy the artifact at `tag` of the reference's repository (a cosign `sha256-<hex>.sig`
+ * attachment: a manifest and a few small blobs) into an OCI layout; false when the registry has no
+ * such tag. Same credentials and TLS rules as the image.
+ */
+export async function pullSignatureArtifact(ref: ImageReference, tag: string, layoutDir: string, opts: PullOptions = {}): Promise<boolean> {
+  const src = `docker://${ref.registry}/${ref.repository}:${tag}`;
+  try {
+    await skopeo(ref, opts, 'copy', (c) => [...c.globalArgs, 'copy', '--quiet', ...c.args, '--retry-times', '0', src, `oci:${layoutDir}:sig`], opts.timeoutMs ?? 60_000);
+    return true;
+  } catch (e) {
+    if (e instanceof MvmError && e.details.reason === 'not_found') return false;
+    throw e;
+  }
+}
+
 export const randomSuffix = (): string => randomBytes(4).toString('hex');

@@ -4,9 +4,11 @@
  * Follows the distribution/reference grammar (lower-case path components,
  * a registry host is the first component when it holds `.` or `:` or is
  * `localhost`; the default registry is docker.io with `library/` for
- * single-component names; the default tag is `latest`).
+ * single-component names; the default tag is `latest`). The registry is
+ * canonical: lower case, IPv6 in canonical form, `index.docker.io` as `docker.io`.
  */
 import { validationError } from '../../core/errors.js';
+import { canonicalRegistry } from '../../core/image-policy.js';
 
 export const REFERENCE_FIELD = 'rootfs.image';
 
@@ -66,8 +68,12 @@ export function parseImageReference(raw: string): ImageReference {
     if (!HOST.test(registry)) throw bad(raw, `registry host ${JSON.stringify(registry)} is not a valid host[:port]`);
     const port = /:(\d+)$/.exec(registry)?.[1];
     if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) throw bad(raw, `registry port ${port} out of range`);
+    // One spelling per registry (lower case, canonical IPv6, index.docker.io → docker.io): the
+    // image policy and the cache compare these strings.
+    const canonical = canonicalRegistry(registry);
+    if (canonical === undefined) throw bad(raw, `registry host ${JSON.stringify(registry)} is not a valid host[:port]`);
+    registry = canonical;
   }
-  if (registry === 'index.docker.io') registry = DEFAULT_REGISTRY;
   for (const p of parts) {
     if (!COMPONENT.test(p)) {
       throw bad(raw, `repository component ${JSON.stringify(p)} must be lower-case letters, digits and single separators (. _ __ -)`);

@@ -5,7 +5,7 @@
  * directory) by KernelImageCache. `default`/omitted come from the fallback
  * resolver (the default images). Boot an OCI rootfs with `init=/.mvm/init`.
  */
-import type { ImageResolver, KernelImage, RootfsImage } from '../../core/ports/images.js';
+import type { ImageContext, ImageResolver, KernelImage, RootfsImage } from '../../core/ports/images.js';
 import { KernelImageCache, type KernelCacheOptions } from '../kernel/kernel-cache.js';
 import { OciImageCache, type OciCacheOptions, type ResolvedOciRootfs } from './cache.js';
 import { OCI_INIT_PATH } from './init-script.js';
@@ -22,9 +22,9 @@ export class OciImageResolver implements ImageResolver {
     this.kernels = new KernelImageCache(opts);
   }
 
-  async resolveKernel(ref: string | undefined): Promise<KernelImage> {
+  async resolveKernel(ref: string | undefined, ctx: ImageContext = {}): Promise<KernelImage> {
     if (!isOciReference(ref)) return this.fallback.resolveKernel(ref);
-    const k = await this.kernels.resolve(ref);
+    const k = await this.kernels.resolve(ref, ctx.tenant !== undefined ? { tenant: ctx.tenant } : {});
     let initrdPath = k.initrdPath;
     if (!initrdPath && k.version) {
       // No initrd in the image: the default boot initrd carries the default kernel's virtio modules,
@@ -35,14 +35,14 @@ export class OciImageResolver implements ImageResolver {
     return { kernelPath: k.kernelPath, ...(initrdPath ? { initrdPath } : {}), version: k.version ?? `image ${k.digest.slice(0, 19)}` };
   }
 
-  async resolveRootfs(ref: string | undefined): Promise<RootfsImage> {
+  async resolveRootfs(ref: string | undefined, ctx: ImageContext = {}): Promise<RootfsImage> {
     if (!isOciReference(ref)) return this.fallback.resolveRootfs(ref);
-    const e = await this.cache.resolve(ref);
+    const e = await this.cache.resolve(ref, ctx.tenant !== undefined ? { tenant: ctx.tenant } : {});
     return { path: e.rootfsPath, format: 'raw', sizeBytes: e.sizeBytes, digest: e.digest, init: OCI_INIT_PATH };
   }
 
   /** Full entry (process spec, config, cache hit) for an OCI reference. */
-  resolveOci(ref: string, o: { sizeBytes?: number } = {}): Promise<ResolvedOciRootfs> {
+  resolveOci(ref: string, o: { sizeBytes?: number; tenant?: string } = {}): Promise<ResolvedOciRootfs> {
     return this.cache.resolve(ref, o);
   }
 
