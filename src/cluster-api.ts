@@ -142,7 +142,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     log: (msg, fields) => log.child({ c: 'volumes' }).info(fields ?? {}, msg),
   });
   // No image resolver (images are resolved on the node).
-  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes });
+  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes, hostPorts: cfg.hostPorts });
   // Snapshots and restores as in standalone (ADR 0009): records are Snapshot objects, quota
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);

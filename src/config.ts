@@ -2,6 +2,7 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
+import { parseHostPortAddresses, parseHostPortRange, type HostPortPolicy } from './core/host-ports.js';
 
 export interface Config {
   /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
@@ -64,6 +65,13 @@ export interface Config {
     /** MVM_EGRESS_DEFAULT: deny (default: guests reach only their tenant's VMs) | allow. */
     egressDefault: 'allow' | 'deny';
   };
+  /**
+   * Published host ports (ADR 0022): MVM_HOST_PORT_RANGE (default 30000-32767) and
+   * MVM_HOST_PORT_ADDRESS (comma-separated IPv4 addresses ports bind to, the first the default;
+   * `0.0.0.0` = every non-loopback address). Default: the VM network's gateway (MVM_NET_GATEWAY),
+   * so a published port is reachable from this host only until an admin names an outside address.
+   */
+  hostPorts: HostPortPolicy;
 }
 
 function parseListen(s: string): { host: string; port: number } {
@@ -114,6 +122,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ipMasq: env.MVM_NET_IPMASQ === '1',
       egressDefault: env.MVM_EGRESS_DEFAULT === 'allow' ? 'allow' : 'deny',
     },
+    hostPorts: { ...parseHostPortRange(env.MVM_HOST_PORT_RANGE), addresses: parseHostPortAddresses(env.MVM_HOST_PORT_ADDRESS, env.MVM_NET_GATEWAY ?? '10.100.0.1') },
   };
   if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);

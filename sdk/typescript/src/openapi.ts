@@ -7869,6 +7869,8 @@ export interface paths {
                                 quotas: {
                                     /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                     disk?: string;
+                                    /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                    hostPorts?: number;
                                     /** @description Total guest memory, e.g. 8Gi */
                                     memory?: string;
                                     /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -7982,6 +7984,8 @@ export interface paths {
                         quotas?: {
                             /** @description Total disk (root disks and volumes), e.g. 100Gi */
                             disk?: string;
+                            /** @description Most host ports published (spec.ports) by all microVMs at once */
+                            hostPorts?: number;
                             /** @description Total guest memory, e.g. 8Gi */
                             memory?: string;
                             /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8015,6 +8019,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8147,6 +8153,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8257,6 +8265,8 @@ export interface paths {
                         quotas?: {
                             /** @description Total disk (root disks and volumes), e.g. 100Gi */
                             disk?: string;
+                            /** @description Most host ports published (spec.ports) by all microVMs at once */
+                            hostPorts?: number;
                             /** @description Total guest memory, e.g. 8Gi */
                             memory?: string;
                             /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8290,6 +8300,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8498,6 +8510,10 @@ export interface paths {
                     content: {
                         "application/json": {
                             diskMiB: {
+                                limit: number | null;
+                                used: number;
+                            };
+                            hostPorts: {
                                 limit: number | null;
                                 used: number;
                             };
