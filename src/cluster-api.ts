@@ -36,6 +36,7 @@ import type { WriteOptions } from './core/ports/store.js';
 import { MicroVMService } from './core/service.js';
 import { GuestService } from './core/guest.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { openServerTls } from './tls/server.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
 import { CachedKubernetesStore } from './store/kubernetes/read-cache.js';
@@ -151,9 +152,11 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });
   // Inside the guest (issue 13): through the agent of the VM's node, which relays onto its guest connection.
   const guest = new GuestService(service, agents);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
+  // TLS for REST and gRPC (ADR 0023): one key pair, reloaded when its files change.
+  const tls = openServerTls(cfg.tls, { dataDir: cfg.dataDir, listenHost: cfg.listen.host, log: log.child({ c: 'tls' }) });
+  const app = await buildApi({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
-    ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    ? await startGrpcServer({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   // A snapshot left "Creating" by a crashed replica (another replica's may be in progress: only old ones).
   await snapshots.recover({ olderThanMs: 15 * 60_000 }).catch((e: Error) => log.warn({ err: e.message }, 'snapshot recovery failed'));
@@ -174,6 +177,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       closed = true;
       await grpcServer?.close();
       await app.close();
+      tls?.close();
       await agents.shutdown();
       volumes.stop();
       await store.close();

@@ -2,6 +2,7 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
+import { loadTlsConfig, type TlsConfig } from './tls/server.js';
 import { parseHostPortAddresses, parseHostPortRange, type HostPortPolicy } from './core/host-ports.js';
 
 export interface Config {
@@ -72,6 +73,8 @@ export interface Config {
    * so a published port is reachable from this host only until an admin names an outside address.
    */
   hostPorts: HostPortPolicy;
+  /** MVM_TLS_CERT/MVM_TLS_KEY, MVM_TLS_SELF_SIGNED, MVM_TLS_RELOAD_SECONDS (src/tls/server.ts, ADR 0023); absent = plain HTTP. */
+  tls?: TlsConfig;
 }
 
 function parseListen(s: string): { host: string; port: number } {
@@ -134,6 +137,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
   if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
   cfg.gateway = loadGatewayConfig(env);
+  const tls = loadTlsConfig(env);
+  if (tls) cfg.tls = tls;
   return cfg;
 }
 
