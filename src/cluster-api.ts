@@ -22,7 +22,6 @@
  *   images        → each node agent's image cache (RemoteImages): listed with the node, deleted from
  *                   every node holding it, gc per node; a node not answering is a `warnings` entry
  */
-import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -37,6 +36,7 @@ import { MicroVMService } from './core/service.js';
 import { GuestService } from './core/guest.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
 import { openServerTls } from './tls/server.js';
+import { CaBundle } from './tls/files.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
 import { CachedKubernetesStore } from './store/kubernetes/read-cache.js';
@@ -118,11 +118,14 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     },
   });
   if (!cfg.adminToken) log.info('no MVM_ADMIN_TOKEN: callers authenticate with JWT/OIDC or API keys only');
+  const agentCa = cfg.cluster.agentCaFile ? new CaBundle(cfg.cluster.agentCaFile, { pollMs: cfg.tls?.reloadMs ?? 5000, log: log.child({ c: 'tls' }) }) : undefined;
   const agents = new RemoteNodeAgents({
     kubeConfig: kc,
     ...(opts.agentToken ? { token: opts.agentToken } : {}),
     ...(cfg.cluster.agentTokenFile ? { tokenFile: cfg.cluster.agentTokenFile } : {}),
-    ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
+    // The agents' CA (re-read when the file changes) and the name each agent's certificate must carry (ADR 0023).
+    ...(agentCa ? { ca: () => agentCa.current } : {}),
+    ...(cfg.cluster.agentServerName !== 'address' ? { serverName: (node: string) => cfg.cluster.agentServerName.replaceAll('{node}', node) } : {}),
     // Snapshots are taken on the VM's node and deleted on the node that holds them.
     vmOf: (id) => store.getVm(id),
     snapshotNodeOf: async (id) => (await resources.get<SnapshotSpec>(SNAPSHOT_KIND, id))?.spec.node || undefined,
@@ -178,6 +181,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       await grpcServer?.close();
       await app.close();
       tls?.close();
+      agentCa?.close();
       await agents.shutdown();
       volumes.stop();
       await store.close();

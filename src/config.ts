@@ -51,7 +51,18 @@ export interface Config {
   /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
   store: 'sqlite' | 'kubernetes';
   /** Cluster mode: MVM_K8S_PARTITION (namespaces `<partition>-<tenant>`), MVM_K8S_SYSTEM_NAMESPACE (default microvm-system), MVM_AGENT_CA_FILE (CA of agents serving HTTPS). */
-  cluster: { partition?: string; systemNamespace: string; agentCaFile?: string; agentTokenFile?: string };
+  cluster: {
+    partition?: string;
+    systemNamespace: string;
+    agentCaFile?: string;
+    agentTokenFile?: string;
+    /**
+     * MVM_AGENT_TLS_SERVER_NAME: the name an agent's certificate must carry, `{node}` replaced by
+     * its node (default `{node}.agent.microvm.service`, what deploy/tls/gen-agent-certs.sh issues);
+     * `address` checks the address of the agent's URL instead.
+     */
+    agentServerName: string;
+  };
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
@@ -115,6 +126,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ...(env.MVM_AGENT_CA_FILE ? { agentCaFile: env.MVM_AGENT_CA_FILE } : {}),
       // MVM_AGENT_TOKEN_FILE: token for the node agents (a projected token of audience microvm-agent); default the pod's SA token.
       ...(env.MVM_AGENT_TOKEN_FILE ? { agentTokenFile: env.MVM_AGENT_TOKEN_FILE } : {}),
+      agentServerName: env.MVM_AGENT_TLS_SERVER_NAME || '{node}.agent.microvm.service',
     },
     network: {
       mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',
