@@ -119,6 +119,25 @@ describe('TLS with files (MVM_TLS_CERT, MVM_TLS_KEY)', () => {
     assert.equal(r.status, 200);
   });
 
+  test('the Python SDK with ca= (httpx over TLS); without it the certificate is refused', () => {
+    const script = `
+import sys
+from mvm_sdk import Mvm
+from mvm_sdk.errors import MvmConnectionError
+url, token, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+with Mvm(url, token, ca=ca) as m:
+    print('ITEMS', len(m.microvms.list()['items']))
+try:
+    Mvm(url, token).microvms.list()
+except Exception as e:
+    print('REFUSED', type(e).__name__, 'CERTIFICATE' if 'CERTIFICATE' in str(e).upper() else str(e))
+`;
+    const r = spawnSync(pythonVenv(), ['-c', script, svc.url, svc.token, ca1.cert], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, PYTHONPATH: join(REPO, 'sdk/python/src'), PYTHONDONTWRITEBYTECODE: '1' } });
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /ITEMS 0/);
+    assert.match(r.stdout, /REFUSED \w+ CERTIFICATE/);
+  });
+
   test('gRPC: @grpc/grpc-js and Python grpcio over TLS with the CA; a plaintext client fails', async () => {
     const c = createGrpcClient(svc.grpc, svc.token, { ca: readFileSync(ca1.cert) });
     try {

@@ -410,6 +410,29 @@ test('mvm-server with MVM_STORE=kubernetes serves the API in cluster mode and st
   }
 });
 
+test('host ports in cluster mode: out of range 400, taken by another tenant 409, past the hostPorts quota 403 (ADR 0022)', async () => {
+  for (const [id, quotas] of [['ports-a', { hostPorts: 2 }], ['ports-b', {}]] as const) {
+    assert.equal((await call(ADMIN, 'POST', '/tenants', { id, quotas })).status, 201);
+  }
+  const a = (await call(ADMIN, 'POST', '/apikeys?tenant=ports-a', { name: 'k', role: 'member' })).json.token as string;
+  const b = (await call(ADMIN, 'POST', '/apikeys?tenant=ports-b', { name: 'k', role: 'member' })).json.token as string;
+  const create = (token: string, name: string, ports: unknown[]) => call(token, 'POST', '/microvms', { name, start: false, ports });
+  const field = (r: Awaited<ReturnType<typeof call>>) => (r.json.errors as Array<{ field: string }> | undefined)?.map((e) => e.field);
+  const ssh = await create(a, 'ssh', [{ hostPort: 22, guestPort: 22 }]);
+  assert.equal(ssh.status, 400, ssh.text);
+  assert.deepEqual(field(ssh), ['ports[0].hostPort']);
+  const held = await create(a, 'holder', [{ hostPort: 30500, guestPort: 80 }]);
+  assert.equal(held.status, 201, held.text);
+  const theft = await create(b, 'thief', [{ hostPort: 30500, guestPort: 80 }]);
+  assert.equal(theft.status, 409, theft.text);
+  assert.deepEqual(field(theft), ['ports[0].hostPort']);
+  const over = await create(a, 'more', [{ hostPort: 30501, guestPort: 80 }, { hostPort: 30502, guestPort: 81 }]);
+  assert.equal(over.status, 403, over.text);
+  assert.equal(over.json.resource, 'hostPorts');
+  assert.deepEqual((await call(a, 'GET', '/tenants/ports-a/usage')).json.hostPorts, { used: 1, limit: 2 });
+  assert.equal(kget(['microvms', '-n', 'ports-b']).items.length, 0, 'nothing of the refused creates was written');
+});
+
 test('agent endpoint over HTTPS: the API trusts only the configured CA and the node\'s name; certificate and CA rotate without a restart', async () => {
   const pki = new TestPki();
   const ca = pki.ca('agent-ca');
