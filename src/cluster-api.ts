@@ -22,7 +22,6 @@
  *   images        → each node agent's image cache (RemoteImages): listed with the node, deleted from
  *                   every node holding it, gc per node; a node not answering is a `warnings` entry
  */
-import { readFileSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
@@ -36,6 +35,8 @@ import type { WriteOptions } from './core/ports/store.js';
 import { MicroVMService } from './core/service.js';
 import { GuestService } from './core/guest.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { openServerTls } from './tls/server.js';
+import { CaBundle } from './tls/files.js';
 import { KubernetesAuditLog } from './store/kubernetes/audit-log.js';
 import { KubernetesIdempotencyStore } from './store/kubernetes/idempotency-store.js';
 import { CachedKubernetesStore } from './store/kubernetes/read-cache.js';
@@ -118,11 +119,14 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
     },
   });
   if (!cfg.adminToken) log.info('no MVM_ADMIN_TOKEN: callers authenticate with JWT/OIDC or API keys only');
+  const agentCa = cfg.cluster.agentCaFile ? new CaBundle(cfg.cluster.agentCaFile, { pollMs: cfg.tls?.reloadMs ?? 5000, log: log.child({ c: 'tls' }) }) : undefined;
   const agents = new RemoteNodeAgents({
     kubeConfig: kc,
     ...(opts.agentToken ? { token: opts.agentToken } : {}),
     ...(cfg.cluster.agentTokenFile ? { tokenFile: cfg.cluster.agentTokenFile } : {}),
-    ...(cfg.cluster.agentCaFile ? { ca: readFileSync(cfg.cluster.agentCaFile, 'utf8') } : {}),
+    // The agents' CA (re-read when the file changes) and the name each agent's certificate must carry (ADR 0026).
+    ...(agentCa ? { ca: () => agentCa.current } : {}),
+    ...(cfg.cluster.agentServerName !== 'address' ? { serverName: (node: string) => cfg.cluster.agentServerName.replaceAll('{node}', node) } : {}),
     // Snapshots are taken on the VM's node and deleted on the node that holds them.
     vmOf: (id) => store.getVm(id),
     snapshotNodeOf: async (id) => (await resources.get<SnapshotSpec>(SNAPSHOT_KIND, id))?.spec.node || undefined,
@@ -145,7 +149,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   // No image resolver (images are resolved on the node), but the image policy's admission
   // (ADR 0024): a refused registry is the caller's 403 now; the node checks again before pulling.
   const imageAdmission = new ImagePolicyGate({ global: loadImagePolicy(process.env), tenantPolicy: async (t) => (await gw.tenantStore.getTenant(t))?.imagePolicy });
-  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes, imageAdmission });
+  const service = new MicroVMService(store, agents, undefined, networkAdmission(groups), { tenants: gw.tenantStore, volumes, imageAdmission, hostPorts: cfg.hostPorts });
   // Snapshots and restores as in standalone (ADR 0009): records are Snapshot objects, quota
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
@@ -154,9 +158,11 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });
   // Inside the guest (issue 13): through the agent of the VM's node, which relays onto its guest connection.
   const guest = new GuestService(service, agents);
-  const app = await buildApi({ service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
+  // TLS for REST and gRPC (ADR 0026): one key pair, reloaded when its files change.
+  const tls = openServerTls(cfg.tls, { dataDir: cfg.dataDir, listenHost: cfg.listen.host, log: log.child({ c: 'tls' }) });
+  const app = await buildApi({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
-    ? await startGrpcServer({ service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    ? await startGrpcServer({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   // A snapshot left "Creating" by a crashed replica (another replica's may be in progress: only old ones).
   await snapshots.recover({ olderThanMs: 15 * 60_000 }).catch((e: Error) => log.warn({ err: e.message }, 'snapshot recovery failed'));
@@ -178,6 +184,8 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
       await grpcServer?.close();
       await app.close();
       await gw.close();
+      tls?.close();
+      agentCa?.close();
       await agents.shutdown();
       volumes.stop();
       await store.close();

@@ -3,6 +3,8 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
 import { DEFAULT_VMM_LEASE_DIR, DEFAULT_VMM_UID_RANGE, parseUidRange } from './vmm/identity.js';
+import { loadTlsConfig, type TlsConfig } from './tls/server.js';
+import { parseHostPortAddresses, parseHostPortRange, type HostPortPolicy } from './core/host-ports.js';
 
 export interface Config {
   /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
@@ -56,7 +58,18 @@ export interface Config {
   /** MVM_STORE: sqlite (default: the standalone service) | kubernetes (the API in cluster mode, src/cluster-api.ts, ADR 0015). */
   store: 'sqlite' | 'kubernetes';
   /** Cluster mode: MVM_K8S_PARTITION (namespaces `<partition>-<tenant>`), MVM_K8S_SYSTEM_NAMESPACE (default microvm-system), MVM_AGENT_CA_FILE (CA of agents serving HTTPS). */
-  cluster: { partition?: string; systemNamespace: string; agentCaFile?: string; agentTokenFile?: string };
+  cluster: {
+    partition?: string;
+    systemNamespace: string;
+    agentCaFile?: string;
+    agentTokenFile?: string;
+    /**
+     * MVM_AGENT_TLS_SERVER_NAME: the name an agent's certificate must carry, `{node}` replaced by
+     * its node (default `{node}.agent.microvm.service`, what deploy/tls/gen-agent-certs.sh issues);
+     * `address` checks the address of the agent's URL instead.
+     */
+    agentServerName: string;
+  };
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
@@ -71,6 +84,15 @@ export interface Config {
     /** MVM_EGRESS_DEFAULT: deny (default: guests reach only their tenant's VMs) | allow. */
     egressDefault: 'allow' | 'deny';
   };
+  /**
+   * Published host ports (ADR 0025): MVM_HOST_PORT_RANGE (default 30000-32767) and
+   * MVM_HOST_PORT_ADDRESS (comma-separated IPv4 addresses ports bind to, the first the default;
+   * `0.0.0.0` = every non-loopback address). Default: the VM network's gateway (MVM_NET_GATEWAY),
+   * so a published port is reachable from this host only until an admin names an outside address.
+   */
+  hostPorts: HostPortPolicy;
+  /** MVM_TLS_CERT/MVM_TLS_KEY, MVM_TLS_SELF_SIGNED, MVM_TLS_RELOAD_SECONDS (src/tls/server.ts, ADR 0026); absent = plain HTTP. */
+  tls?: TlsConfig;
 }
 
 function parseListen(s: string): { host: string; port: number } {
@@ -114,6 +136,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ...(env.MVM_AGENT_CA_FILE ? { agentCaFile: env.MVM_AGENT_CA_FILE } : {}),
       // MVM_AGENT_TOKEN_FILE: token for the node agents (a projected token of audience microvm-agent); default the pod's SA token.
       ...(env.MVM_AGENT_TOKEN_FILE ? { agentTokenFile: env.MVM_AGENT_TOKEN_FILE } : {}),
+      agentServerName: env.MVM_AGENT_TLS_SERVER_NAME || '{node}.agent.microvm.service',
     },
     network: {
       mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',
@@ -124,6 +147,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       ipMasq: env.MVM_NET_IPMASQ === '1',
       egressDefault: env.MVM_EGRESS_DEFAULT === 'allow' ? 'allow' : 'deny',
     },
+    hostPorts: { ...parseHostPortRange(env.MVM_HOST_PORT_RANGE), addresses: parseHostPortAddresses(env.MVM_HOST_PORT_ADDRESS, env.MVM_NET_GATEWAY ?? '10.100.0.1') },
   };
   if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
@@ -135,6 +159,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
   if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
   cfg.gateway = loadGatewayConfig(env);
+  const tls = loadTlsConfig(env);
+  if (tls) cfg.tls = tls;
   return cfg;
 }
 

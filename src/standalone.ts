@@ -15,6 +15,7 @@ import { createGatewayStack } from './gateway/stack.js';
 import { loadGatewayConfig } from './gateway/config.js';
 import { buildApi } from './api/server.js';
 import { startGrpcServer, type GrpcServer } from './grpc/server.js';
+import { openServerTls } from './tls/server.js';
 import { SG_KIND } from './core/security-groups.js';
 import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
@@ -161,7 +162,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND],
   });
   volumeDeps.tenants = gw.tenantStore;
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes, imageAdmission: imagePolicy });
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes, imageAdmission: imagePolicy, hostPorts: cfg.hostPorts });
   // Image cache management: in use = named by any microVM record (every phase).
   const imageManager = createImageManager(images, store, imageCfg, log);
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);
@@ -169,6 +170,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   service.templateResolver = (p, tenant, req) => templates.cloneRequest(p, tenant, req);
   const guest = new GuestService(service, agent);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
+  // TLS for REST and gRPC (ADR 0026): one key pair, reloaded when its files change.
+  const tls = openServerTls(cfg.tls, { dataDir: cfg.dataDir, listenHost: cfg.listen.host, log: log.child({ c: 'tls' }) });
   const backup = new LocalBackupService({
     db: store.database,
     dataDir: cfg.dataDir,
@@ -179,9 +182,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     schemaVersion: SCHEMA_VERSION,
   });
   backup.sweep();
-  const app = await buildApi({ backup, service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
+  const app = await buildApi({ ...(tls ? { tls } : {}), backup, service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, images: imageManager, volumes, templates, guest });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
-    ? await startGrpcServer({ service, guest, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
+    ? await startGrpcServer({ ...(tls ? { tls } : {}), service, guest, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;
   await netController?.start();
   await controller.start();
@@ -195,7 +198,8 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   // Atomically: readers (the CLI, tests) never see a half-written file.
   writeFileSync(
     join(cfg.dataDir, 'server.json.tmp'),
-    JSON.stringify({ url, ...(grpcServer ? { grpc: grpcServer.address } : {}), pid: process.pid, startedAt: new Date().toISOString() }) + '\n',
+    // With TLS, `ca` is what a local client trusts: the self-signed certificate (MVM_TLS_SELF_SIGNED), or nothing (a real CA's).
+    JSON.stringify({ url, ...(grpcServer ? { grpc: grpcServer.address } : {}), ...(tls ? { tls: true } : {}), ...(tls && !cfg.tls?.certFile ? { ca: tls.certFile } : {}), pid: process.pid, startedAt: new Date().toISOString() }) + '\n',
   );
   renameSync(join(cfg.dataDir, 'server.json.tmp'), join(cfg.dataDir, 'server.json'));
   let closed = false;
@@ -215,6 +219,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       await grpcServer?.close();
       await app.close();
       await gw.close();
+      tls?.close();
       netController?.stop();
       await controller.stop();
       volumes.stop();

@@ -38,6 +38,7 @@ export async function createNetworkManager(cfg: Config, log: Logger): Promise<Cn
     dataDir: cfg.dataDir,
     networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
     netnsPrefix: `mvm${tag}-`,
+    hostPortAddresses: cfg.hostPorts.addresses,
     ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
     log: log.child({ c: 'network' }),
   });

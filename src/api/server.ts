@@ -37,6 +37,8 @@ export interface ApiOptions {
   templates?: import('../core/templates.js').TemplateService;
   guest?: import('../core/guest.js').GuestService;
   backup?: import('../core/ports/backup.js').BackupService;
+  /** Serve HTTPS with this certificate, swapped in place when its files change (ADR 0026); plain HTTP otherwise. */
+  tls?: import('../tls/files.js').ServerKeyPair;
 }
 
 declare module 'fastify' {
@@ -127,6 +129,23 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Request loggers are made on first use: most requests never log, and a pino child per request costs.
     childLoggerFactory: (logger, bindings) => lazyChild(logger, bindings),
+    ...(o.tls ? { https: { ...o.tls.current, minVersion: 'TLSv1.2' as const } } : {}),
+  });
+  if (o.tls) {
+    // Rotation without a restart: new connections get the new certificate, open ones keep theirs.
+    const server = app.server as unknown as import('node:https').Server;
+    const off = o.tls.onChange((p) => server.setSecureContext({ ...p, minVersion: 'TLSv1.2' }));
+    app.addHook('onClose', async () => off());
+  }
+  // Security headers on every answer (the dashboard's static files set their own, stricter-for-HTML CSP).
+  const hsts = o.tls ? 'max-age=31536000' : undefined;
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (hsts) void reply.header('strict-transport-security', hsts);
+    void reply.header('x-content-type-options', 'nosniff');
+    if (!reply.hasHeader('x-frame-options')) void reply.header('x-frame-options', 'DENY');
+    if (!reply.hasHeader('referrer-policy')) void reply.header('referrer-policy', 'no-referrer');
+    if (!reply.hasHeader('content-security-policy')) void reply.header('content-security-policy', "default-src 'none'; frame-ancestors 'none'; base-uri 'none'");
+    return payload;
   });
   const gw = o.gateway;
   // Every route, for the check that each one under /api is in the operations table.

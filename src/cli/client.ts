@@ -13,6 +13,7 @@ import type { ExecRequestT, ExecResponseT } from '../core/schema.js';
 import { Duplex, Readable, Writable } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import WebSocket from 'ws';
+import { fetchTrusting } from '../tls/client.js';
 
 export type MicroVM = MicroVMT;
 export type Phase = PhaseT;
@@ -152,6 +153,8 @@ export interface ClientOptions {
   requestTimeoutMs?: number;
   userAgent?: string;
   fetch?: typeof fetch;
+  /** CA certificate(s) (PEM) to trust for an https:// service: a private CA or the self-signed development certificate. */
+  ca?: string | Buffer;
 }
 
 export interface WaitParams {
@@ -251,6 +254,7 @@ export class MvmClient {
   readonly #timeoutMs: number;
   readonly #userAgent: string;
   readonly #fetch: typeof fetch;
+  readonly #ca: string | Buffer | undefined;
 
   constructor(opts: ClientOptions) {
     let base = opts.baseUrl.trim().replace(/\/+$/, '');
@@ -259,7 +263,8 @@ export class MvmClient {
     this.#token = opts.token || undefined;
     this.#timeoutMs = opts.requestTimeoutMs ?? 30_000;
     this.#userAgent = opts.userAgent ?? 'mvm-client';
-    this.#fetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
+    this.#ca = opts.ca;
+    this.#fetch = opts.fetch ?? (opts.ca ? fetchTrusting(opts.ca) : globalThis.fetch.bind(globalThis));
   }
 
   /** Whether a token will be sent (the token itself is never exposed). */
@@ -724,7 +729,7 @@ export class MvmClient {
     const url = `${this.baseUrl.replace(/^http/, 'ws')}/api/v1${path}`;
     const headers: Record<string, string> = { 'user-agent': this.#userAgent };
     if (this.#token) headers.authorization = `Bearer ${this.#token}`;
-    const ws = new WebSocket(url, ['mvm.v1'], { headers, handshakeTimeout: this.#timeoutMs || undefined, perMessageDeflate: false });
+    const ws = new WebSocket(url, ['mvm.v1'], { headers, handshakeTimeout: this.#timeoutMs || undefined, perMessageDeflate: false, ...(this.#ca ? { ca: this.#ca } : {}) });
     return new Promise((resolve, reject) => {
       ws.once('open', () => {
         ws.removeAllListeners('error');

@@ -9,6 +9,8 @@ export const DEFAULT_SERVER = 'http://127.0.0.1:8080';
 export interface FileConfig {
   server?: string;
   token?: string;
+  /** CA certificate file (PEM) trusted for an https:// server. */
+  ca?: string;
 }
 
 export interface ResolvedConfig {
@@ -18,6 +20,8 @@ export interface ResolvedConfig {
   tokenSource: 'flag' | 'env' | 'config' | 'admin-token-file' | 'none';
   configPath: string;
   adminTokenPath: string;
+  /** CA file to trust for https (--ca, MVM_CA_CERT, config `ca`). */
+  caFile?: string;
   /** Set when the admin token file exists but could not be read (e.g. EACCES). */
   adminTokenError?: string;
 }
@@ -69,10 +73,10 @@ export function loadConfigFile(path: string, explicit: boolean): FileConfig {
     throw new ConfigError(`invalid config file ${path}: ${(e as Error).message.split('\n')[0]}`);
   }
   if (doc === null || doc === undefined) return {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`invalid config file ${path}: expected a mapping with keys server, token`);
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`invalid config file ${path}: expected a mapping with keys server, token, ca`);
   const o = doc as Record<string, unknown>;
   const out: FileConfig = {};
-  for (const k of ['server', 'token'] as const) {
+  for (const k of ['server', 'token', 'ca'] as const) {
     const v = o[k];
     if (v === undefined || v === null) continue;
     if (typeof v !== 'string') throw new ConfigError(`invalid config file ${path}: "${k}" must be a string`);
@@ -81,7 +85,7 @@ export function loadConfigFile(path: string, explicit: boolean): FileConfig {
   return out;
 }
 
-export function resolveConfig(flags: { server?: string; token?: string; config?: string }, env: Env = process.env): ResolvedConfig {
+export function resolveConfig(flags: { server?: string; token?: string; config?: string; ca?: string }, env: Env = process.env): ResolvedConfig {
   const configPath = flags.config || defaultConfigPath(env);
   const file = loadConfigFile(configPath, Boolean(flags.config));
   const server = (flags.server || env.MVM_SERVER || file.server || DEFAULT_SERVER).trim();
@@ -92,7 +96,8 @@ export function resolveConfig(flags: { server?: string; token?: string; config?:
     throw new ConfigError(`invalid server URL ${JSON.stringify(server)} (expected e.g. http://127.0.0.1:8080)`);
   }
   const tokPath = adminTokenPath(env);
-  const base: Omit<ResolvedConfig, 'token' | 'tokenSource'> = { server, configPath, adminTokenPath: tokPath };
+  const caFile = flags.ca || env.MVM_CA_CERT || file.ca;
+  const base: Omit<ResolvedConfig, 'token' | 'tokenSource'> = { server, configPath, adminTokenPath: tokPath, ...(caFile ? { caFile } : {}) };
   if (flags.token) return { ...base, token: flags.token.trim(), tokenSource: 'flag' };
   if (env.MVM_TOKEN) return { ...base, token: env.MVM_TOKEN.trim(), tokenSource: 'env' };
   if (file.token) return { ...base, token: file.token.trim(), tokenSource: 'config' };

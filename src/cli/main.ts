@@ -19,6 +19,7 @@ export interface CliIO {
 interface GlobalOpts {
   server?: string;
   token?: string;
+  ca?: string;
   output: string;
   config?: string;
   quiet?: boolean;
@@ -59,9 +60,17 @@ function makeCtx(cmd: Command, io: CliIO, state: RunState): Ctx {
   if (!(OUTPUT_FORMATS as readonly string[]).includes(output)) {
     throw new UsageError(`invalid --output ${JSON.stringify(globals.output)} (one of ${OUTPUT_FORMATS.join(', ')})`);
   }
-  const cfg = resolveConfig({ server: globals.server, token: globals.token, config: globals.config }, io.env);
+  const cfg = resolveConfig({ server: globals.server, token: globals.token, config: globals.config, ca: globals.ca }, io.env);
   state.cfg = cfg;
-  const client = new MvmClient({ baseUrl: cfg.server, token: cfg.token, userAgent: `mvm/${version()}` });
+  let ca: Buffer | undefined;
+  if (cfg.caFile) {
+    try {
+      ca = readFileSync(cfg.caFile);
+    } catch (e) {
+      throw new ConfigError(`cannot read CA file ${cfg.caFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  const client = new MvmClient({ baseUrl: cfg.server, token: cfg.token, userAgent: `mvm/${version()}`, ...(ca ? { ca } : {}) });
   return { client, cfg, output: output as OutputFormat, quiet: Boolean(globals.quiet), io };
 }
 
@@ -215,6 +224,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .version(version(), '-V, --version')
     .addOption(new Option('--server <url>', 'service URL (env MVM_SERVER, config file; default http://127.0.0.1:8080)'))
     .addOption(new Option('--token <token>', 'API token (env MVM_TOKEN, config file, or the local admin token)'))
+    .addOption(new Option('--ca <file>', 'CA certificate (PEM) to trust for an https:// server (env MVM_CA_CERT, config file `ca`)'))
     .addOption(new Option('-o, --output <format>', 'output format: table, json or yaml').default('table'))
     .addOption(new Option('--config <path>', 'config file (default ${XDG_CONFIG_HOME:-~/.config}/mvm/config.yaml)'))
     .addOption(new Option('-q, --quiet', 'no progress output; print only ids in table mode'))

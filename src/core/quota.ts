@@ -10,19 +10,22 @@ export interface Quotas {
   diskMiB?: number;
   snapshots?: number;
   volumes?: number;
+  /** Host ports published by the tenant's microVMs (src/core/host-ports.ts). */
+  hostPorts?: number;
 }
 
-export const QUOTA_RESOURCES = ['vms', 'vcpu', 'memoryMiB', 'diskMiB', 'snapshots', 'volumes'] as const;
+export const QUOTA_RESOURCES = ['vms', 'vcpu', 'memoryMiB', 'diskMiB', 'snapshots', 'volumes', 'hostPorts'] as const;
 export type QuotaResource = (typeof QUOTA_RESOURCES)[number];
 export type Usage = Record<QuotaResource, number>;
 
-export const emptyUsage = (): Usage => ({ vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0, volumes: 0 });
+export const emptyUsage = (): Usage => ({ vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0, volumes: 0, hostPorts: 0 });
 
 /** What one microVM holds against its tenant's quota. */
 export interface VmResources {
   vcpu: number;
   memoryMiB: number;
   diskMiB: number;
+  hostPorts: number;
 }
 
 /**
@@ -31,7 +34,7 @@ export interface VmResources {
  */
 export function vmResources(spec: MicroVMSpec, rootImageMiB = 0): VmResources {
   const root = Math.max(spec.rootfs?.size ? parseQuantityMiB(spec.rootfs.size, 'rootfs.size') : 0, rootImageMiB);
-  return { vcpu: spec.vcpu, memoryMiB: parseQuantityMiB(spec.memory, 'memory'), diskMiB: root };
+  return { vcpu: spec.vcpu, memoryMiB: parseQuantityMiB(spec.memory, 'memory'), diskMiB: root, hostPorts: spec.ports?.length ?? 0 };
 }
 
 /**

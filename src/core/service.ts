@@ -6,6 +6,7 @@
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
 import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
+import { hostPortViolations, takenPortError, type HostPortPolicy } from './host-ports.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ImageAdmission, ImageResolver } from './ports/images.js';
 import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js';
@@ -28,6 +29,8 @@ export interface ServiceOptions {
   };
   /** The admin's image policy: `rootfs.image` and `kernel.image` from an allowed registry (ADR 0024), checked before anything is pulled. */
   imageAdmission?: ImageAdmission;
+  /** Host port range and addresses (MVM_HOST_PORT_RANGE, MVM_HOST_PORT_ADDRESS); unchecked when absent. */
+  hostPorts?: HostPortPolicy;
 }
 
 /** Refusals by the image policy keep their code (403) through admission's image resolution. */
@@ -60,6 +63,35 @@ export class MicroVMService {
     private readonly admit?: (p: Principal, spec: MicroVMSpecT, tenant: string) => Promise<void>,
     private readonly opts: ServiceOptions = {},
   ) {}
+
+  /** Serialises "is this host port free? then write" in this process (standalone: atomic; cluster: per API replica, ADR 0025). */
+  private portTail: Promise<unknown> = Promise.resolve();
+  private withPortLock<T>(ports: unknown[] | undefined, fn: () => Promise<T>): Promise<T> {
+    if (!ports?.length) return fn();
+    const next = this.portTail.then(fn, fn);
+    this.portTail = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Range and address of each published port (400 naming the field). */
+  private checkPortPolicy(ports: MicroVMSpecT['ports']): void {
+    const violations = this.opts.hostPorts ? hostPortViolations(ports, this.opts.hostPorts) : [];
+    if (violations.length) throw new MvmError(ErrorCodes.VALIDATION_FAILED, violations.map((v) => `${v.field}: ${v.message}`).join('; '), { violations });
+  }
+
+  /** CONFLICT naming the field when another microVM (any tenant) publishes one of these host ports. */
+  private async checkPortsFree(ports: MicroVMSpecT['ports'], self: { id?: string; tenant: string }): Promise<void> {
+    if (!ports?.length) return;
+    const all: MicroVM[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const v of page.items) if (v.spec.ports?.length) all.push(v);
+      cursor = page.nextCursor;
+    } while (cursor);
+    const e = takenPortError(ports, self, all);
+    if (e) throw e;
+  }
 
   private visible(p: Principal, vm: MicroVM): boolean {
     return p.role === 'admin' || vm.tenant === p.tenant;
@@ -136,6 +168,7 @@ export class MicroVMService {
       ...(sourceOf(req) ? { source: sourceOf(req)! } : {}),
     };
     validateSpec(spec);
+    this.checkPortPolicy(spec.ports);
     await this.admit?.(p, spec, tenantId);
     await this.opts.imageAdmission?.admit(spec.rootfs?.image, 'rootfs.image', tenant ?? tenantId);
     await this.opts.imageAdmission?.admit(spec.kernel?.image, 'kernel.image', tenant ?? tenantId);
@@ -185,7 +218,10 @@ export class MicroVMService {
       updatedAt: now,
     };
     const res = vmResources(spec, rootImageMiB);
-    const created = await this.store.createVm(vm, tenant ? { admission: { limits: limitsOf(tenant), diskMiB: res.diskMiB } } : {}).catch(async (e: unknown) => {
+    const created = await this.withPortLock(spec.ports, async () => {
+      await this.checkPortsFree(spec.ports, { tenant: tenantId });
+      return this.store.createVm(vm, tenant ? { admission: { limits: limitsOf(tenant), diskMiB: res.diskMiB } } : {});
+    }).catch(async (e: unknown) => {
       if (spec.volumes?.length) await this.opts.volumes?.releaseVm(id);
       throw e;
     });
@@ -202,44 +238,49 @@ export class MicroVMService {
         });
       }
     }
+    if (req.ports !== undefined) this.checkPortPolicy(req.ports);
     if (req.securityGroups !== undefined || req.ports !== undefined || req.egress !== undefined) {
       await this.admit?.(p, { ...vm.spec, ...(req.securityGroups ? { securityGroups: req.securityGroups } : {}), ...(req.ports ? { ports: req.ports } : {}), ...(req.egress ? { egress: req.egress } : {}) }, vm.tenant);
     }
     const changesSpec = (['vcpu', 'memory', 'kernel'] as const).filter((f) => req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(vm.spec[f]));
     if (changesSpec.includes('kernel')) await this.opts.imageAdmission?.admit(req.kernel?.image, 'kernel.image', vm.tenant);
-    return this.store.updateVm(
-      vm.id,
-      (cur) => {
-        if (changesSpec.length > 0 && !ACTION_PHASES.update.includes(cur.status.phase)) {
-          throw new MvmError(
-            ErrorCodes.ILLEGAL_TRANSITION,
-            `${changesSpec.join(', ')} can only be changed while the microVM is Stopped (it is ${cur.status.phase}); stop it first`,
-            { violations: changesSpec.map((f) => ({ field: f, message: 'requires a stopped microVM' })), details: { phase: cur.status.phase } },
-          );
-        }
-        const spec = { ...cur.spec };
-        if (req.vcpu !== undefined) spec.vcpu = req.vcpu;
-        if (req.memory !== undefined) spec.memory = req.memory;
-        if (req.kernel !== undefined) spec.kernel = req.kernel;
-        if (req.labels !== undefined) spec.labels = req.labels;
-        // Network policy applies to running VMs without a restart.
-        if (req.securityGroups !== undefined) spec.securityGroups = req.securityGroups;
-        if (req.ports !== undefined) spec.ports = req.ports;
-        if (req.egress !== undefined) spec.egress = req.egress;
-        // Placement constraints apply at the next placement (like Kubernetes' IgnoredDuringExecution).
-        if (req.nodeSelector !== undefined) spec.nodeSelector = req.nodeSelector;
-        if (req.tolerations !== undefined) spec.tolerations = req.tolerations;
-        if (req.affinity !== undefined) spec.affinity = req.affinity;
-        // A new boot deadline applies from the next start.
-        if (req.lifecycle !== undefined) spec.lifecycle = req.lifecycle;
-        validateSpec(spec);
-        if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
-        cur.spec = spec;
-        return cur;
-      },
-      ifMatch,
-      await this.admission(vm.tenant),
-    );
+    const admission = await this.admission(vm.tenant);
+    return this.withPortLock(req.ports, async () => {
+      if (req.ports !== undefined) await this.checkPortsFree(req.ports, vm);
+      return this.store.updateVm(
+        vm.id,
+        (cur) => {
+          if (changesSpec.length > 0 && !ACTION_PHASES.update.includes(cur.status.phase)) {
+            throw new MvmError(
+              ErrorCodes.ILLEGAL_TRANSITION,
+              `${changesSpec.join(', ')} can only be changed while the microVM is Stopped (it is ${cur.status.phase}); stop it first`,
+              { violations: changesSpec.map((f) => ({ field: f, message: 'requires a stopped microVM' })), details: { phase: cur.status.phase } },
+            );
+          }
+          const spec = { ...cur.spec };
+          if (req.vcpu !== undefined) spec.vcpu = req.vcpu;
+          if (req.memory !== undefined) spec.memory = req.memory;
+          if (req.kernel !== undefined) spec.kernel = req.kernel;
+          if (req.labels !== undefined) spec.labels = req.labels;
+          // Network policy applies to running VMs without a restart.
+          if (req.securityGroups !== undefined) spec.securityGroups = req.securityGroups;
+          if (req.ports !== undefined) spec.ports = req.ports;
+          if (req.egress !== undefined) spec.egress = req.egress;
+          // Placement constraints apply at the next placement (like Kubernetes' IgnoredDuringExecution).
+          if (req.nodeSelector !== undefined) spec.nodeSelector = req.nodeSelector;
+          if (req.tolerations !== undefined) spec.tolerations = req.tolerations;
+          if (req.affinity !== undefined) spec.affinity = req.affinity;
+          // A new boot deadline applies from the next start.
+          if (req.lifecycle !== undefined) spec.lifecycle = req.lifecycle;
+          validateSpec(spec);
+          if (JSON.stringify(spec) !== JSON.stringify(cur.spec)) cur.generation += 1;
+          cur.spec = spec;
+          return cur;
+        },
+        ifMatch,
+        admission,
+      );
+    });
   }
 
   private async admission(tenantId: string): Promise<{ admission?: { limits: ReturnType<typeof limitsOf> } }> {

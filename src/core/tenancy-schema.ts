@@ -18,6 +18,7 @@ export const TenantQuotas = Type.Object(
     disk: Type.Optional(Type.String({ pattern: BIG_QUANTITY_PATTERN, description: 'Total disk (root disks and volumes), e.g. 100Gi' })),
     snapshots: Type.Optional(Type.Integer({ minimum: 0, description: 'Most snapshots (microVM and volume snapshots) at once' })),
     volumes: Type.Optional(Type.Integer({ minimum: 0, description: 'Most volumes at once' })),
+    hostPorts: Type.Optional(Type.Integer({ minimum: 0, description: 'Most host ports published (spec.ports) by all microVMs at once' })),
   },
   { additionalProperties: false, description: 'Absent limits are unlimited' },
 );
@@ -96,6 +97,7 @@ export const TenantUsage = Type.Object({
   diskMiB: UsageLine,
   snapshots: UsageLine,
   volumes: UsageLine,
+  hostPorts: UsageLine,
 });
 
 export const ApiKey = Type.Object({

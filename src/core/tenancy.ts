@@ -33,6 +33,7 @@ export function limitsOf(t: Pick<Tenant, 'quotas'>): Quotas {
   if (q.disk !== undefined) out.diskMiB = parseBigQuantityMiB(q.disk, 'quotas.disk');
   if (q.snapshots !== undefined) out.snapshots = q.snapshots;
   if (q.volumes !== undefined) out.volumes = q.volumes;
+  if (q.hostPorts !== undefined) out.hostPorts = q.hostPorts;
   return out;
 }
 

@@ -14,10 +14,14 @@ import { loadProto } from './loader.js';
 
 export type { MicroVMServiceClient };
 
-export function createGrpcClient(address: string, token?: string): MicroVMServiceClient {
+/**
+ * A client of the gRPC API. With `tls` the channel is TLS, trusting `tls.ca` (PEM; default the
+ * system's roots); the token still travels in each call's metadata.
+ */
+export function createGrpcClient(address: string, token?: string, tls?: { ca?: string | Buffer }): MicroVMServiceClient {
   const Ctor = loadProto().microvm.service.v1alpha1.MicroVMService;
   const methods = Ctor.service as unknown as Record<string, { requestStream: boolean } | undefined>;
-  const creds = grpc.credentials.createInsecure();
+  const creds = tls ? grpc.credentials.createSsl(tls.ca ? Buffer.from(tls.ca) : null) : grpc.credentials.createInsecure();
   const client = new Ctor(address, creds);
   if (!token) return client;
   // Insecure channels cannot carry call credentials, so the token goes into every call's metadata.

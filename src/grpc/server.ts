@@ -30,6 +30,8 @@ export interface GrpcServerOptions {
   host: string;
   port: number;
   log: Logger;
+  /** Serve TLS with this certificate, swapped without a rebind when its files change (ADR 0026); plaintext otherwise. */
+  tls?: import('../tls/files.js').ServerKeyPair;
 }
 
 export interface GrpcServer {
@@ -208,10 +210,11 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   server.addService(proto.microvm.service.v1alpha1.MicroVMService.service, handlers);
   const bindHost = o.host.includes(':') ? `[${o.host}]` : o.host;
+  const creds = o.tls ? grpc.experimental.createCertificateProviderServerCredentials(o.tls.grpcProvider(), null, false) : grpc.ServerCredentials.createInsecure();
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${bindHost}:${o.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(`${bindHost}:${o.port}`, creds, (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port}: ${err.message}`)) : resolve(p))),
   );
-  o.log.info({ address: `${o.host}:${port}` }, 'gRPC API listening');
+  o.log.info({ address: `${o.host}:${port}`, tls: !!o.tls }, 'gRPC API listening');
   return {
     address: `${o.host}:${port}`,
     port,

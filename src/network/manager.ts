@@ -77,6 +77,12 @@ export interface CniNetworkManagerOptions {
   onStep?: (vm: string, step: string, ms: number) => void;
   /** Owner (user name or uid) of the tap devices, for a VMM that opens them without root. */
   tapUser?: string | number;
+  /**
+   * Host addresses published ports may bind to (MVM_HOST_PORT_ADDRESS); a mapping without `hostIp`
+   * binds to the first. `0.0.0.0` (or absent) = every local address except loopback. A mapping
+   * naming another address is refused (VALIDATION_FAILED), as the API does at admission.
+   */
+  hostPortAddresses?: string[];
 }
 
 interface NicRecord {
@@ -146,6 +152,9 @@ export class CniNetworkManager implements NetworkManager {
   private readonly bridgesPrepared = new Set<string>();
   private readonly onStep: CniNetworkManagerOptions['onStep'];
   private readonly tapUser: string | number | undefined;
+  private readonly hostPortAddresses: string[] | undefined;
+  /** Where a mapping without hostIp binds; undefined = every non-loopback address. */
+  private readonly defaultHostIp: string | undefined;
 
   constructor(o: CniNetworkManagerOptions) {
     this.networks = o.networks ?? [DEFAULT_NETWORK];
@@ -165,6 +174,8 @@ export class CniNetworkManager implements NetworkManager {
       throw new MvmError(ErrorCodes.VALIDATION_FAILED, 'bad tapUser', { violations: [{ field: 'tapUser', message: 'must be a user name or uid' }] });
     }
     this.tapUser = o.tapUser;
+    this.hostPortAddresses = o.hostPortAddresses?.length && !o.hostPortAddresses.includes('0.0.0.0') ? [...o.hostPortAddresses] : undefined;
+    this.defaultHostIp = this.hostPortAddresses?.[0];
   }
 
   /** Load state and re-apply the ruleset (after a service restart or a host reboot). Called lazily by every method. */
@@ -297,7 +308,7 @@ export class CniNetworkManager implements NetworkManager {
         nics: r.nics.map((n) => ({ name: n.name, ip: n.ip!, mac: n.mac, hostVeth: n.hostVeth! })),
         securityGroups: r.securityGroups,
         ...(r.egress ? { egress: r.egress } : {}),
-        ports: r.ports,
+        ports: r.ports.map((p) => (p.hostIp || !this.defaultHostIp ? p : { ...p, hostIp: this.defaultHostIp })),
       });
     }
     return out.sort((a, b) => a.id.localeCompare(b.id));
@@ -356,6 +367,12 @@ export class CniNetworkManager implements NetworkManager {
     });
     if (p.egress) validateEgress(v, p.egress, 'egress');
     validatePorts(v, p.ports, nicNames, 'ports');
+    const allowed = this.hostPortAddresses;
+    if (allowed) {
+      (p.ports ?? []).forEach((m, i) => {
+        if (m.hostIp && !allowed.includes(m.hostIp)) v.add(`ports[${i}].hostIp`, `ports may only bind to ${allowed.join(', ')} (MVM_HOST_PORT_ADDRESS)`);
+      });
+    }
     if (!v.empty) return undefined;
     for (const [i, m] of (p.ports ?? []).entries()) {
       for (const o of this.records.values()) {

@@ -403,7 +403,7 @@ export class Operator {
     } catch {
       return undefined;
     }
-    if (limits.vms === undefined && limits.vcpu === undefined && limits.memoryMiB === undefined && limits.diskMiB === undefined) return undefined;
+    if (limits.vms === undefined && limits.vcpu === undefined && limits.memoryMiB === undefined && limits.diskMiB === undefined && limits.hostPorts === undefined) return undefined;
     const tenant = this.namespaces.tenantOf(namespace);
     const used = emptyUsage();
     const add = (r: VmResources): void => {
@@ -411,6 +411,7 @@ export class Operator {
       used.vcpu += r.vcpu;
       used.memoryMiB += r.memoryMiB;
       used.diskMiB += r.diskMiB;
+      used.hostPorts += r.hostPorts;
     };
     const ageOf = (o: VmObj): string => `${o.metadata?.creationTimestamp ? new Date(o.metadata.creationTimestamp).toISOString() : ''}/${o.metadata?.name}`;
     const me = this.vms.get(vm.name, namespace);

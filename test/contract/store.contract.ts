@@ -189,6 +189,24 @@ export function storeContract(name: string, make: () => Promise<Store>, caps: St
       await s.close();
     });
 
+    test('the hostPorts quota counts published ports on create and on updates that add ports', async () => {
+      const s = await make();
+      const limits = { hostPorts: 3 };
+      const ports = (n: number, base = 30000) => Array.from({ length: n }, (_, i) => ({ hostPort: base + i, guestPort: 80 }));
+      const withPorts = (n: number, base?: number) => vmFixture({ tenant: 'hp', spec: { ...vmFixture().spec, ports: ports(n, base) } });
+      const a = await s.createVm(withPorts(2), { admission: { limits } });
+      const extra = withPorts(2, 30010);
+      await assert.rejects(s.createVm(extra, { admission: { limits } }), (e: unknown) => e instanceof MvmError && e.code === 'QUOTA_EXCEEDED' && e.details.resource === 'hostPorts');
+      assert.equal(await s.getVm(extra.id), undefined);
+      await s.createVm(withPorts(1, 30020), { admission: { limits } });
+      await assert.rejects(s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, ports: ports(3) } }), undefined, { admission: { limits } }), (e: unknown) => e instanceof MvmError && e.code === 'QUOTA_EXCEEDED');
+      assert.equal((await s.getVm(a.id))?.spec.ports?.length, 2);
+      // Fewer ports, or the same number on other host ports, always pass.
+      await s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, ports: ports(2, 30100) } }), undefined, { admission: { limits } });
+      await s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, ports: ports(1) } }), undefined, { admission: { limits } });
+      await s.close();
+    });
+
     test('concurrent creates never pass a quota together', { skip: caps.atomicAdmission === false ? 'adapter declares atomicAdmission: false' : false }, async () => {
       const s = await make();
       const limits = { vms: 3 };

@@ -221,19 +221,19 @@ export function tenantContract(name: string, make: () => Promise<TenantContractF
       const f = await make();
       for (const id of ['u1', 'u2']) await f.tenants.createTenant(tenantFixture(id));
       assert.deepEqual(await f.tenants.usage('u1'), emptyUsage());
-      const a = await f.vms.createVm(vmFixture({ tenant: 'u1', spec: { vcpu: 2, memory: '256Mi', rootfs: { size: '1Gi' }, labels: {} } }));
+      const a = await f.vms.createVm(vmFixture({ tenant: 'u1', spec: { vcpu: 2, memory: '256Mi', rootfs: { size: '1Gi' }, labels: {}, ports: [{ hostPort: 30001, guestPort: 80 }, { hostPort: 30002, guestPort: 443 }] } }));
       await f.vms.createVm(vmFixture({ tenant: 'u1', spec: { vcpu: 1, memory: '128Mi', labels: {} } }));
       await f.vms.createVm(vmFixture({ tenant: 'u2', spec: { vcpu: 4, memory: '1Gi', labels: {} } }));
       const limits = {};
       await f.tenants.reserve('u1', { kind: 'snapshot', id: 'snap-1', diskMiB: 300 }, limits);
       await f.tenants.reserve('u1', { kind: 'volume', id: 'vol-1', diskMiB: 2048 }, limits);
-      assert.deepEqual(await f.tenants.usage('u1'), { vms: 2, vcpu: 3, memoryMiB: 384, diskMiB: 1024 + 300 + 2048, snapshots: 1, volumes: 1 });
+      assert.deepEqual(await f.tenants.usage('u1'), { vms: 2, vcpu: 3, memoryMiB: 384, diskMiB: 1024 + 300 + 2048, snapshots: 1, volumes: 1, hostPorts: 2 });
       assert.deepEqual(await f.tenants.usage('u2'), { ...emptyUsage(), vms: 1, vcpu: 4, memoryMiB: 1024 });
       // Any phase counts until the VM is removed.
       await f.vms.updateVm(a.id, (v) => ({ ...v, status: { ...v.status, phase: 'Stopped' } }));
       assert.equal((await f.tenants.usage('u1')).vcpu, 3);
       await f.vms.deleteVm(a.id);
-      assert.deepEqual(await f.tenants.usage('u1'), { vms: 1, vcpu: 1, memoryMiB: 128, diskMiB: 300 + 2048, snapshots: 1, volumes: 1 });
+      assert.deepEqual(await f.tenants.usage('u1'), { vms: 1, vcpu: 1, memoryMiB: 128, diskMiB: 300 + 2048, snapshots: 1, volumes: 1, hostPorts: 0 });
       assert.deepEqual(await f.tenants.usage('nobody'), emptyUsage());
       await f.close();
     });

@@ -54,7 +54,8 @@ describe('gRPC against the real service', () => {
   let outsider: MicroVMServiceClient;
 
   before(async () => {
-    svc = await startGatewayService();
+    // Published ports may bind to the default address (the VM network's gateway) or 192.0.2.10.
+    svc = await startGatewayService({ MVM_HOST_PORT_ADDRESS: '10.100.0.1,192.0.2.10' });
     await createTenant(svc, 'grpc-t', { vms: 3 });
     await createTenant(svc, 'grpc-other');
     member = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-t', 'member')).token);
@@ -251,7 +252,7 @@ describe('gRPC against the real service', () => {
     await createTenant(svc, 'grpc-net');
     const c = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-net', 'member')).token);
     try {
-      const hostPort = 20000 + (process.pid % 20000);
+      const hostPort = 30000 + (process.pid % 2000);
       const spec = {
         name: 'published',
         ports: [

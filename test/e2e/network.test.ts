@@ -54,7 +54,8 @@ async function guestGet(vm: MicroVM, url: string): Promise<boolean> {
 }
 
 before(async () => {
-  svc = await startService();
+  // Published ports bind to the address the client namespace reaches (ADR 0025), not to every host address.
+  svc = await startService({ env: { MVM_HOST_PORT_ADDRESS: '198.51.100.1' } });
   hostNs = hostNetnsOf(svc.dataDir);
   // An outside client linked to the stand-in host namespace (TEST-NET-2), no other routes.
   ip('netns', 'add', client);
@@ -96,6 +97,12 @@ test('same-tenant reach, security group opens and closes a port live, published 
   assert.equal(r.status, 400);
   assert.ok(r.json.errors.some((e: { field: string }) => e.field === 'egress.deny[0]'));
   assert.equal((await api('GET', '/securitygroups')).json.items.length, 0);
+  // Host ports: outside MVM_HOST_PORT_RANGE (22, 18080) or on another host address is refused.
+  for (const [port, field] of [[{ hostPort: 22, guestPort: 22 }, 'ports[0].hostPort'], [{ hostPort: 18080, guestPort: 8080 }, 'ports[0].hostPort'], [{ hostPort: 30080, guestPort: 8080, hostIp: '10.100.0.1' }, 'ports[0].hostIp']] as const) {
+    r = await api('POST', '/microvms', { name: 'bad', ports: [port] });
+    assert.equal(r.status, 400, JSON.stringify(r.json));
+    assert.ok(r.json.errors.some((e: { field: string }) => e.field === field), JSON.stringify(r.json));
+  }
   assert.equal((await svc.client.list()).items.length, 0);
 
   const web = await api('POST', '/securitygroups', { name: 'web', rules: [] });
@@ -105,7 +112,7 @@ test('same-tenant reach, security group opens and closes a port live, published 
   const oc = await api('POST', '/microvms?tenant=other', { name: 'net-x' });
   assert.equal(oc.status, 201, JSON.stringify(oc.json));
   const [a, b, x] = await Promise.all([
-    boot('net-a', { securityGroups: ['web'], ports: [{ hostPort: 18080, guestPort: 8080 }] }),
+    boot('net-a', { securityGroups: ['web'], ports: [{ hostPort: 30080, guestPort: 8080 }] }),
     boot('net-b'),
     svc.client.waitFor(oc.json.id, { phase: 'Running', ready: true, timeoutMs: 150_000 }),
   ]);
@@ -127,7 +134,9 @@ test('same-tenant reach, security group opens and closes a port live, published 
   await sleep(300);
   assert.ok(fetchFrom(client, `http://${a.status.ip}:8080/`), 'the security group rule opened the port');
   // ...and the published host port answers too (DNAT on the host side).
-  assert.ok(fetchFrom(client, `http://198.51.100.1:18080/`), 'the published port answers from the outside');
+  assert.ok(fetchFrom(client, `http://198.51.100.1:30080/`), 'the published port answers from the outside');
+  // Only on the configured address: the bridge's address (also routed to the client) does not publish it.
+  assert.ok(!fetchFrom(client, `http://10.100.0.1:30080/`), 'the published port is bound to MVM_HOST_PORT_ADDRESS only');
   // Closing the rule blocks it again, without a restart.
   r = await api('PUT', '/securitygroups/web', { rules: [] });
   assert.equal(r.status, 200);

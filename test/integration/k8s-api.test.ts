@@ -9,7 +9,9 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
+import { CaBundle } from '../../src/tls/files.js';
+import { TestPki } from '../support/tls.js';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status as grpcStatus } from '@grpc/grpc-js';
@@ -408,12 +410,35 @@ test('mvm-server with MVM_STORE=kubernetes serves the API in cluster mode and st
   }
 });
 
-test('agent endpoint over HTTPS: the API trusts only the configured CA', async () => {
-  const { execFileSync } = await import('node:child_process');
-  const { readFileSync } = await import('node:fs');
-  const key = join(tmp, 'agent.key');
-  const crt = join(tmp, 'agent.crt');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', crt, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+test('host ports in cluster mode: out of range 400, taken by another tenant 409, past the hostPorts quota 403 (ADR 0025)', async () => {
+  for (const [id, quotas] of [['ports-a', { hostPorts: 2 }], ['ports-b', {}]] as const) {
+    assert.equal((await call(ADMIN, 'POST', '/tenants', { id, quotas })).status, 201);
+  }
+  const a = (await call(ADMIN, 'POST', '/apikeys?tenant=ports-a', { name: 'k', role: 'member' })).json.token as string;
+  const b = (await call(ADMIN, 'POST', '/apikeys?tenant=ports-b', { name: 'k', role: 'member' })).json.token as string;
+  const create = (token: string, name: string, ports: unknown[]) => call(token, 'POST', '/microvms', { name, start: false, ports });
+  const field = (r: Awaited<ReturnType<typeof call>>) => (r.json.errors as Array<{ field: string }> | undefined)?.map((e) => e.field);
+  const ssh = await create(a, 'ssh', [{ hostPort: 22, guestPort: 22 }]);
+  assert.equal(ssh.status, 400, ssh.text);
+  assert.deepEqual(field(ssh), ['ports[0].hostPort']);
+  const held = await create(a, 'holder', [{ hostPort: 30500, guestPort: 80 }]);
+  assert.equal(held.status, 201, held.text);
+  const theft = await create(b, 'thief', [{ hostPort: 30500, guestPort: 80 }]);
+  assert.equal(theft.status, 409, theft.text);
+  assert.deepEqual(field(theft), ['ports[0].hostPort']);
+  const over = await create(a, 'more', [{ hostPort: 30501, guestPort: 80 }, { hostPort: 30502, guestPort: 81 }]);
+  assert.equal(over.status, 403, over.text);
+  assert.equal(over.json.resource, 'hostPorts');
+  assert.deepEqual((await call(a, 'GET', '/tenants/ports-a/usage')).json.hostPorts, { used: 1, limit: 2 });
+  assert.equal(kget(['microvms', '-n', 'ports-b']).items.length, 0, 'nothing of the refused creates was written');
+});
+
+test('agent endpoint over HTTPS: the API trusts only the configured CA and the node\'s name; certificate and CA rotate without a restart', async () => {
+  const pki = new TestPki();
+  const ca = pki.ca('agent-ca');
+  const name = (node: string): string => `${node}.agent.microvm.service`;
+  // As deploy/tls/gen-agent-certs.sh issues them: the node's name, and the address of no one.
+  const issued = pki.issue(ca, 'node-tls', [`DNS:${name('node-tls')}`]);
   const created = await call(ADMIN, 'POST', '/microvms', { name: 'tlsvm', start: false });
   assert.equal(created.status, 201, created.text);
   cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-tls' } }));
@@ -426,19 +451,46 @@ test('agent endpoint over HTTPS: the API trusts only the configured CA', async (
     lookup: (id) => store.getVm(id),
     namespaceOf: (t) => store.tn.namespaceOf(t),
     kubeConfig: agentKc,
-    tls: { cert: readFileSync(crt, 'utf8'), key: readFileSync(key, 'utf8') },
+    tls: { certFile: issued.cert, keyFile: issued.key, reloadMs: 100 },
     advertise: true,
   });
+  const bundle = new CaBundle(ca.cert, { pollMs: 100 });
   try {
     assert.match(tlsEndpoint.url, /^https:\/\/127\.0\.0\.1:\d+$/);
     const vm = (await store.getVm(created.json.id))!;
     const apiKc = tokenKubeConfig(tokens.api!);
-    const trusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, ca: readFileSync(crt, 'utf8') });
+    const trusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, ca: () => bundle.current, serverName: name, endpointCacheMs: 0 });
     assert.equal((await trusting.metrics(vm)).cpuSeconds, 7);
-    const untrusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api! });
+    const untrusting = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, serverName: name, endpointCacheMs: 0 });
     await assert.rejects(untrusting.metrics(vm), (e: unknown) => e instanceof MvmError && e.code === 'UNAVAILABLE' && /certificate/.test(e.message));
+    // The right CA but another node's certificate: refused (a node cannot stand in for another).
+    const wrongName = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, ca: () => bundle.current, serverName: (n) => name(`${n}-other`), endpointCacheMs: 0 });
+    await assert.rejects(wrongName.metrics(vm), (e: unknown) => e instanceof MvmError && e.code === 'UNAVAILABLE' && /altnames|does not match|Hostname/i.test(e.message));
+    // Rotation to a new CA: the agent's files and the API's CA file are replaced; neither restarts.
+    const oldCa = readFileSync(ca.cert);
+    const ca2 = pki.ca('agent-ca-2');
+    const next = pki.issue(ca2, 'node-tls', [`DNS:${name('node-tls')}`]);
+    TestPki.replace(ca2.cert, ca.cert);
+    TestPki.replace(next.key, issued.key);
+    TestPki.replace(next.cert, issued.cert);
+    // Until the agent serves the new certificate, the old CA still verifies it; then only the new one does.
+    const withOldCa = new RemoteNodeAgents({ kubeConfig: apiKc, token: () => tokens.api!, ca: oldCa, serverName: name, endpointCacheMs: 0 });
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const r = await withOldCa.metrics(vm).then(
+        () => 'still the old certificate',
+        (e: Error) => e.message,
+      );
+      if (/certificate|issuer/i.test(r)) break;
+      if (Date.now() > deadline) assert.fail(`the agent never served the rotated certificate: ${r}`);
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    // The API's reloaded CA bundle trusts it: no restart of either side.
+    assert.equal((await trusting.metrics(vm)).cpuSeconds, 7);
   } finally {
+    bundle.close();
     await tlsEndpoint.close();
     await store.close();
+    pki.cleanup();
   }
 });

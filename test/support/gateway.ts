@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, type JWK, type JWTPayload } from 'jose';
 import { startService, type TestService } from './service.js';
 import { recordErrorAnswer, recordSecret } from './ledger.js';
+import { fetchTrusting } from '../../src/tls/client.js';
 
 export const JWT_SECRET = 'test-secret-0123456789abcdef0123456789';
 export const AUDIENCE = 'mvm-test';
@@ -26,12 +27,13 @@ export interface Res {
   headers: Headers;
 }
 
-export async function startGatewayService(env: Record<string, string> = {}): Promise<GatewayService> {
-  const svc = await startService({ env: { MVM_NETWORK: 'none', MVM_GRPC_LISTEN: '127.0.0.1:0', JWT_SECRET, MVM_RATE_LIMITS: 'tenant.read=5000/s:10000,tenant.mutation=5000/s:10000,key.read=5000/s:10000,key.mutation=5000/s:10000,ip.read=5000/s:10000,ip.mutation=5000/s:10000', ...env } });
+export async function startGatewayService(env: Record<string, string> = {}, o: { ca?: string | Buffer } = {}): Promise<GatewayService> {
+  const svc = await startService({ ...(o.ca ? { ca: o.ca } : {}), env: { MVM_NETWORK: 'none', MVM_GRPC_LISTEN: '127.0.0.1:0', JWT_SECRET, MVM_RATE_LIMITS: 'tenant.read=5000/s:10000,tenant.mutation=5000/s:10000,key.read=5000/s:10000,key.mutation=5000/s:10000,ip.read=5000/s:10000,ip.mutation=5000/s:10000', ...env } });
   const { grpc } = JSON.parse(readFileSync(join(svc.dataDir, 'server.json'), 'utf8')) as { grpc: string };
+  const doFetch = svc.ca ? fetchTrusting(svc.ca) : fetch;
   const call: GatewayService['call'] = async (method, path, o = {}) => {
     const token = o.token === undefined ? svc.token : o.token;
-    const res = await fetch(`${svc.url}/api/v1${path}`, {
+    const res = await doFetch(`${svc.url}/api/v1${path}`, {
       method,
       headers: {
         ...(token !== null ? { authorization: `Bearer ${token}` } : {}),

@@ -20,6 +20,8 @@ export interface TestService {
   url: string;
   token: string;
   client: MvmClient;
+  /** The CA the client trusts (an https:// service). */
+  ca?: string | Buffer;
   proc: ChildProcess;
   logs: () => string;
   /** SIGKILL the service's whole process group (guests must survive: they run in their own sessions). */
@@ -39,7 +41,8 @@ function ensureNetns(name: string): void {
   execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
 }
 
-export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string } = {}): Promise<TestService> {
+/** `ca`: the CA the test client trusts for an https:// service (default: server.json's self-signed certificate, if any). */
+export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string; ca?: string | Buffer } = {}): Promise<TestService> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-test-'));
   // Guest networks of tests live inside a namespace of their own, with no route off the machine.
   const hostNetns = opts.env?.MVM_NET_HOST_NETNS ?? hostNetnsOf(dataDir);
@@ -71,7 +74,9 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
     if (Date.now() > deadline) throw new Error(`service did not start in 60 s:\n${out}`);
     await sleep(50);
   }
-  const { url } = JSON.parse(readFileSync(serverJson, 'utf8')) as { url: string };
+  const info = JSON.parse(readFileSync(serverJson, 'utf8')) as { url: string; ca?: string };
+  const url = info.url;
+  const ca = opts.ca ?? (info.ca ? readFileSync(info.ca) : undefined);
   const token = opts.token ?? readFileSync(join(dataDir, 'admin.token'), 'utf8').trim();
   recordSecret('admin token', token);
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
@@ -80,7 +85,8 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
     url,
     token,
     proc,
-    client: new MvmClient({ baseUrl: url, token }),
+    client: new MvmClient({ baseUrl: url, token, ...(ca ? { ca } : {}) }),
+    ...(ca ? { ca } : {}),
     logs: () => out,
     async kill9() {
       try {

@@ -30,7 +30,7 @@ test('a state file of schema 1 is migrated: existing VMs count against quotas', 
   db.close();
   const s = new SqliteStore(path);
   const t = new SqliteTenantStore(s);
-  assert.deepEqual(await t.usage('old'), { vms: 1, vcpu: 2, memoryMiB: 1024, diskMiB: 2048, snapshots: 0, volumes: 0 });
+  assert.deepEqual(await t.usage('old'), { vms: 1, vcpu: 2, memoryMiB: 1024, diskMiB: 2048, snapshots: 0, volumes: 0, hostPorts: 0 });
   assert.equal((await s.getVm(vm.id))?.name, vm.name, 'the microvms table is untouched');
   await assert.rejects(s.createVm(vmFixture({ tenant: 'old' }), { admission: { limits: { vms: 1 } } }), (e: unknown) => e instanceof MvmError && e.code === 'QUOTA_EXCEEDED');
   await s.close();
@@ -48,14 +48,14 @@ test('quota admission and usage follow creates, resizes and deletes; reservation
   await assert.rejects(s.createVm(vmFixture({ tenant: 'q', spec: { vcpu: 3, memory: '128Mi', labels: {} } }), { admission: { limits } }), /vcpu would be 5, limit 4/);
   await assert.rejects(s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, memory: '2Gi' } }), undefined, { admission: { limits } }), /memoryMiB/);
   await s.updateVm(a.id, (v) => ({ ...v, spec: { ...v.spec, vcpu: 1 } }), undefined, { admission: { limits } });
-  assert.deepEqual(await t.usage('q'), { vms: 1, vcpu: 1, memoryMiB: 512, diskMiB: 1024, snapshots: 0, volumes: 0 });
+  assert.deepEqual(await t.usage('q'), { vms: 1, vcpu: 1, memoryMiB: 512, diskMiB: 1024, snapshots: 0, volumes: 0, hostPorts: 0 });
   await t.reserve('q', { kind: 'snapshot', id: 'snap-1', diskMiB: 2048 }, limits);
   await t.reserve('q', { kind: 'snapshot', id: 'snap-1', diskMiB: 2048 }, limits); // idempotent
   await assert.rejects(t.reserve('q', { kind: 'snapshot', id: 'snap-2', diskMiB: 1 }, limits), /snapshots would be 2, limit 1/);
-  assert.deepEqual(await t.usage('q'), { vms: 1, vcpu: 1, memoryMiB: 512, diskMiB: 3072, snapshots: 1, volumes: 0 });
+  assert.deepEqual(await t.usage('q'), { vms: 1, vcpu: 1, memoryMiB: 512, diskMiB: 3072, snapshots: 1, volumes: 0, hostPorts: 0 });
   await t.release('q', 'snapshot', 'snap-1');
   await s.deleteVm(a.id);
-  assert.deepEqual(await t.usage('q'), { vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0, volumes: 0 });
+  assert.deepEqual(await t.usage('q'), { vms: 0, vcpu: 0, memoryMiB: 0, diskMiB: 0, snapshots: 0, volumes: 0, hostPorts: 0 });
   await s.close();
 });
 

@@ -8009,6 +8009,8 @@ export interface paths {
                                 quotas: {
                                     /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                     disk?: string;
+                                    /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                    hostPorts?: number;
                                     /** @description Total guest memory, e.g. 8Gi */
                                     memory?: string;
                                     /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8134,6 +8136,8 @@ export interface paths {
                         quotas?: {
                             /** @description Total disk (root disks and volumes), e.g. 100Gi */
                             disk?: string;
+                            /** @description Most host ports published (spec.ports) by all microVMs at once */
+                            hostPorts?: number;
                             /** @description Total guest memory, e.g. 8Gi */
                             memory?: string;
                             /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8179,6 +8183,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8323,6 +8329,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8445,6 +8453,8 @@ export interface paths {
                         quotas?: {
                             /** @description Total disk (root disks and volumes), e.g. 100Gi */
                             disk?: string;
+                            /** @description Most host ports published (spec.ports) by all microVMs at once */
+                            hostPorts?: number;
                             /** @description Total guest memory, e.g. 8Gi */
                             memory?: string;
                             /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8490,6 +8500,8 @@ export interface paths {
                             quotas: {
                                 /** @description Total disk (root disks and volumes), e.g. 100Gi */
                                 disk?: string;
+                                /** @description Most host ports published (spec.ports) by all microVMs at once */
+                                hostPorts?: number;
                                 /** @description Total guest memory, e.g. 8Gi */
                                 memory?: string;
                                 /** @description Most snapshots (microVM and volume snapshots) at once */
@@ -8698,6 +8710,10 @@ export interface paths {
                     content: {
                         "application/json": {
                             diskMiB: {
+                                limit: number | null;
+                                used: number;
+                            };
+                            hostPorts: {
                                 limit: number | null;
                                 used: number;
                             };

@@ -35,8 +35,13 @@ export interface RemoteAgentsOptions {
   token?: () => Promise<string> | string;
   /** Default: the pod's service-account token; better a projected token of the agents' audience (ADR 0015). */
   tokenFile?: string;
-  /** CA bundle (PEM) trusted for agents serving HTTPS. */
-  ca?: string;
+  /** CA bundle (PEM) trusted for agents serving HTTPS; a function is asked on each connection (a reloaded file, ADR 0026). */
+  ca?: string | Buffer | (() => string | Buffer);
+  /**
+   * The name an agent's certificate must carry, given its node (checked instead of the address
+   * of its URL): deploy/ issues `<node>.agent.microvm.service`. Undefined: the URL's host.
+   */
+  serverName?: (node: string) => string | undefined;
   /** How long a Node's endpoint address is remembered (default 30 s). */
   endpointCacheMs?: number;
   timeoutMs?: number;
@@ -96,6 +101,13 @@ export class RemoteNodeAgents implements NodeAgent {
     return url;
   }
 
+  /** The CA to trust and the name to verify for a node's agent (both only matter over https). */
+  private tlsOptions(node: string): { ca?: string | Buffer; servername?: string } {
+    const ca = typeof this.o.ca === 'function' ? this.o.ca() : this.o.ca;
+    const servername = this.o.serverName?.(node);
+    return { ...(ca ? { ca } : {}), ...(servername ? { servername } : {}) };
+  }
+
   /** One request to a node's agent; any answer is returned (the caller maps the status). */
   private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000): Promise<IncomingMessage> {
     const base = await this.endpointOf(node);
@@ -104,7 +116,7 @@ export class RemoteNodeAgents implements NodeAgent {
     return new Promise<IncomingMessage>((resolve, reject) => {
       const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
         url,
-        { method, headers: { authorization: `Bearer ${token}` }, ...(this.o.ca ? { ca: this.o.ca } : {}), ...(signal ? { signal } : {}) },
+        { method, headers: { authorization: `Bearer ${token}` }, ...this.tlsOptions(node), ...(signal ? { signal } : {}) },
         resolve,
       );
       req.setTimeout(timeoutMs, () => req.destroy(new Error('timed out talking to the node agent')));
@@ -227,7 +239,7 @@ export class RemoteNodeAgents implements NodeAgent {
       handshakeTimeout: this.o.timeoutMs ?? 10_000,
       maxPayload: 1024 * 1024,
       perMessageDeflate: false,
-      ...(this.o.ca ? { ca: this.o.ca } : {}),
+      ...this.tlsOptions(node),
     });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());

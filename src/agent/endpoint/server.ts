@@ -27,7 +27,8 @@
  */
 import { createHash } from 'node:crypto';
 import { STATUS_CODES, createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { ServerKeyPair } from '../../tls/files.js';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
@@ -75,8 +76,11 @@ export interface AgentEndpointOptions {
   kubeConfig: KubeConfig;
   host?: string;
   port?: number;
-  /** Serve HTTPS with this certificate (PEM); plain HTTP otherwise (the token still travels: use TLS off-host). */
-  tls?: { cert: string; key: string };
+  /**
+   * Serve HTTPS with this certificate (PEM files, reloaded when they change: ADR 0026); plain HTTP
+   * otherwise (the token still travels: use TLS off-host).
+   */
+  tls?: { certFile: string; keyFile: string; reloadMs?: number };
   /**
    * Publish this URL (true: the listening URL; a function: given the bound port) as the Node's
    * `microvm.service/agent-endpoint` annotation; retried every 10 s until the Node accepts it.
@@ -341,7 +345,9 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
       fail(res, 500, 'internal error');
     });
   };
-  const server: Server = o.tls ? createHttpsServer({ cert: o.tls.cert, key: o.tls.key }, listener) : createHttpServer(listener);
+  const keyPair = o.tls ? new ServerKeyPair(o.tls.certFile, o.tls.keyFile, { pollMs: o.tls.reloadMs ?? 5000, ...(o.log ? { log: o.log } : {}) }) : undefined;
+  const server: Server = keyPair ? createHttpsServer({ ...keyPair.current, minVersion: 'TLSv1.2' }, listener) : createHttpServer(listener);
+  keyPair?.onChange((p) => (server as HttpsServer).setSecureContext({ ...p, minVersion: 'TLSv1.2' }));
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => undefined);
     upgrade(req, socket, head).catch((e: Error) => {
@@ -387,6 +393,7 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
       wss.close();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections?.();
+      keyPair?.close();
     },
   };
 }

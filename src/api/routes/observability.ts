@@ -196,6 +196,14 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
   await registerDashboard(app, deps.webRoot ?? defaultWebRoot());
 }
 
+/**
+ * The dashboard's Content-Security-Policy: its own scripts, styles (xterm sets inline styles),
+ * images and data: icons, API and WebSocket calls to its own origin; no plugins, no framing,
+ * forms only to itself.
+ */
+export const DASHBOARD_CSP =
+  "default-src 'self'; script-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
 /** The dashboard (a static SPA with hash routes) at `/`; a hint when it was not built. */
 async function registerDashboard(app: FastifyInstance, root: string): Promise<void> {
   if (!existsSync(join(root, 'index.html'))) {
@@ -216,7 +224,8 @@ async function registerDashboard(app: FastifyInstance, root: string): Promise<vo
       reply.header('x-content-type-options', 'nosniff');
       reply.header('referrer-policy', 'no-referrer');
       if (path.endsWith('.html')) {
-        reply.header('content-security-policy', "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'");
+        reply.header('content-security-policy', DASHBOARD_CSP);
+        reply.header('cross-origin-opener-policy', 'same-origin');
         reply.header('x-frame-options', 'DENY');
       }
     },

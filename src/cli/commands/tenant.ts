@@ -5,7 +5,7 @@ import { age, kv, renderTable } from '../format.js';
 import { collect, parseIntArg, parseLabelEdits, parseLabels, UsageError } from '../parse.js';
 import { child, dash, group, pages, printDeleted, printList, printOne, type CommandGroupDeps } from './common.js';
 
-const QUOTA_INT = ['vms', 'vcpu', 'snapshots', 'volumes'] as const;
+const QUOTA_INT = ['vms', 'vcpu', 'snapshots', 'volumes', 'hostPorts'] as const;
 const QUOTA_QTY = ['memory', 'disk'] as const;
 
 /** `--quota vms=10 --quota memory=8Gi` → quotas. */
@@ -51,6 +51,7 @@ function renderUsage(usage: TenantUsageT): string {
       line('disk (MiB)', usage.diskMiB),
       line('snapshots', usage.snapshots),
       line('volumes', usage.volumes),
+      line('host ports', usage.hostPorts),
     ])
   );
 }

@@ -78,6 +78,7 @@ export class NamespaceAdmission {
         used.vcpu += p.vcpu;
         used.memoryMiB += p.memoryMiB;
         used.diskMiB += p.diskMiB;
+        used.hostPorts += p.hostPorts ?? 0;
       }
       checkQuota(tenant, limits, used, { vms: 1, ...res });
       const mine: Pending = { name, ...res, at: now };

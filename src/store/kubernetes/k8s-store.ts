@@ -238,10 +238,12 @@ export class KubernetesStore implements Store {
         this.notify(id, rvs, false, true);
         return cur;
       }
-      if (specChanged && (next.spec.vcpu !== cur.spec.vcpu || next.spec.memory !== cur.spec.memory) && opts.admission) {
+      const morePorts = (next.spec.ports?.length ?? 0) - (cur.spec.ports?.length ?? 0);
+      if (specChanged && (next.spec.vcpu !== cur.spec.vcpu || next.spec.memory !== cur.spec.memory || morePorts > 0) && opts.admission) {
         checkQuota(cur.tenant, opts.admission.limits, await this.usageOf(cur.tenant), {
           vcpu: next.spec.vcpu - cur.spec.vcpu,
           memoryMiB: memoryMiB(next.spec) - memoryMiB(cur.spec),
+          hostPorts: morePorts,
         });
       }
       const now = new Date().toISOString();
@@ -564,6 +566,7 @@ export class KubernetesStore implements Store {
         u.vcpu += r.vcpu;
         u.memoryMiB += r.memoryMiB;
         u.diskMiB += r.diskMiB;
+        u.hostPorts += r.hostPorts;
       }
       cont = page.metadata?.continue;
     } while (cont);

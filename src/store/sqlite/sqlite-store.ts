@@ -214,6 +214,7 @@ export class SqliteStore implements Store {
     u.diskMiB = v.disk + r.disk;
     u.snapshots = r.snaps;
     u.volumes = r.vols;
+    u.hostPorts = (this.stmt(`SELECT COALESCE(SUM(json_array_length(doc, '$.spec.ports')), 0) AS n FROM microvms WHERE tenant = ?`).get(tenant) as { n: number }).n;
     return u;
   }
 
@@ -348,6 +349,8 @@ export class SqliteStore implements Store {
         if (prev) this.stmt('UPDATE vm_usage SET vcpu = ?, memory_mib = ? WHERE id = ?').run(vcpu, mem, id);
         else this.stmt('INSERT INTO vm_usage (id, tenant, vcpu, memory_mib, disk_mib) VALUES (?, ?, ?, ?, ?)').run(id, stored.tenant, vcpu, mem, vmResources(stored.spec).diskMiB);
       }
+      const morePorts = (stored.spec.ports?.length ?? 0) - (current.spec.ports?.length ?? 0);
+      if (morePorts > 0 && opts.admission) checkQuota(stored.tenant, opts.admission.limits, this.usageOf(stored.tenant), { hostPorts: morePorts });
       this.stmt('UPDATE microvms SET doc = ?, rv = ?, phase = ?, name = ? WHERE id = ?').run(JSON.stringify(stored), rv, stored.status.phase, stored.name, id);
       return stored;
     });

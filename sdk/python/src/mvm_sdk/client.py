@@ -6,6 +6,7 @@ import inspect
 import json
 import queue
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,9 @@ class Mvm:
     >>> mvm.exec(vm["id"], ["uname", "-a"]).stdout
     """
 
-    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0):
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 30.0, ca: Optional[str] = None):
+        """``ca``: a CA certificate file (PEM) to trust for an https:// service (a private CA, or the
+        service's self-signed development certificate, MVM_TLS_SELF_SIGNED)."""
         base = url.strip().rstrip("/")
         if base.endswith("/api/v1"):
             base = base[: -len("/api/v1")]
@@ -130,7 +133,9 @@ class Mvm:
         headers = {"user-agent": _UA, "accept": "application/json"}
         if self._token:
             headers["authorization"] = f"Bearer {self._token}"
-        self._http = httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=timeout)
+        self._ssl = ssl.create_default_context(cafile=ca) if ca else None
+        self._http = httpx.Client(base_url=f"{base}/api/v1", headers=headers, timeout=timeout,
+                                  verify=self._ssl if self._ssl is not None else True)
         self.microvms = MicroVMs(self)
         self.files = Files(self)
 
@@ -175,8 +180,9 @@ class Mvm:
             b64 = base64.urlsafe_b64encode(self._token.encode()).decode().rstrip("=")
             protocols.append(Subprotocol(f"bearer.{b64}"))
         try:
+            tls: Dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None and url.startswith("wss:") else {}
             return ws_connect(url, subprotocols=protocols, compression=None, max_size=None,
-                              open_timeout=self._timeout, user_agent_header=_UA, **_WS_LEGACY)
+                              open_timeout=self._timeout, user_agent_header=_UA, **tls, **_WS_LEGACY)
         except InvalidStatus as e:
             raise _problem_from(e.response.status_code, e.response.body or b"") from None
         except (OSError, InvalidHandshake, TimeoutError) as e:
