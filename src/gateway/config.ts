@@ -23,11 +23,12 @@ export interface GatewayConfig {
   roleClaim: string;
   /** MVM_RATE_LIMITS, MVM_RATE_LIMIT_ADMINS. */
   rateLimits: RateLimitPolicy;
-  /** MVM_GRPC_LISTEN: host:port of the gRPC API (default 127.0.0.1:9090; `off` disables it). */
+  /** MVM_GRPC_LISTEN: host:port of the gRPC API (default 127.0.0.1:9090 for instance `mvm`, 127.0.0.1:9190 for the API in cluster mode, 127.0.0.1:0 otherwise; src/config.ts; `off` disables it). */
   grpcListen?: { host: string; port: number };
 }
 
-export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+/** `defaults.grpcListen`: the gRPC address when MVM_GRPC_LISTEN is unset (src/config.ts derives it from the role and instance). */
+export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env, defaults: { grpcListen?: string } = {}): GatewayConfig {
   const num = (name: string, def: number): number => {
     const v = env[name];
     if (v === undefined || v === '') return def;
@@ -56,7 +57,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     cfg.oidcAudience = env.MVM_OIDC_AUDIENCE;
   }
   if (env.MVM_OIDC_JWKS_URI) cfg.oidcJwksUri = env.MVM_OIDC_JWKS_URI;
-  const grpc = env.MVM_GRPC_LISTEN ?? '127.0.0.1:9090';
+  const grpc = env.MVM_GRPC_LISTEN ?? defaults.grpcListen ?? '127.0.0.1:9090';
   if (grpc !== 'off') {
     const m = /^(.*):(\d+)$/.exec(grpc);
     if (!m || Number(m[2]) > 65535) throw new Error(`MVM_GRPC_LISTEN must be host:port or off, got ${JSON.stringify(grpc)}`);

@@ -209,7 +209,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
   server.addService(proto.microvm.service.v1alpha1.MicroVMService.service, handlers);
   const bindHost = o.host.includes(':') ? `[${o.host}]` : o.host;
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${bindHost}:${o.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(`${bindHost}:${o.port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port} (MVM_GRPC_LISTEN; in use by another instance?): ${err.message}`)) : resolve(p))),
   );
   o.log.info({ address: `${o.host}:${port}` }, 'gRPC API listening');
   return {

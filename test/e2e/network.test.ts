@@ -7,12 +7,11 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MicroVM } from '../../src/cli/client.js';
 import { sleep } from '../../src/vmm/proc.js';
-import { destroyDataDir, hostNetnsOf, apiCall, startService, type TestService } from '../support/service.js';
+import { destroyDataDir, hostNetnsOf, apiCall, startService, vmNetnsPrefixOf, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
 
 let svc: TestService;
@@ -149,8 +148,7 @@ test('same-tenant reach, security group opens and closes a port live, published 
   // Delete: no namespace, tap or IP allocation of these VMs is left.
   for (const v of [a, b, x]) await svc.client.delete(v.id);
   for (const v of [a, b, x]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
-  const tag = createHash('sha256').update(svc.dataDir).digest('hex').slice(0, 4);
-  const netns = readdirSync('/var/run/netns').filter((n) => n.startsWith(`mvm${tag}-`));
+  const netns = readdirSync('/var/run/netns').filter((n) => n.startsWith(vmNetnsPrefixOf(svc.dataDir)));
   assert.deepEqual(netns, [], 'no VM namespace left');
   const ipam = join(svc.dataDir, 'network', 'ipam');
   if (existsSync(ipam)) {
