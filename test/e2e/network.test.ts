@@ -11,7 +11,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { MicroVM } from '../../src/cli/client.js';
 import { sleep } from '../../src/vmm/proc.js';
-import { destroyDataDir, hostNetnsOf, apiCall, startService, vmNetnsPrefixOf, type TestService } from '../support/service.js';
+import { destroyDataDir, hostNetnsOf, apiCall, startService, subnetOf, vmNetnsPrefixOf, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
 
 let svc: TestService;
@@ -63,7 +63,7 @@ before(async () => {
   ip('-n', hostNs, 'addr', 'add', '198.51.100.1/24', 'dev', 'mvmh0');
   ip('-n', client, 'link', 'set', 'mvmc0', 'up');
   ip('-n', hostNs, 'link', 'set', 'mvmh0', 'up');
-  ip('-n', client, 'route', 'add', '10.100.0.0/16', 'via', '198.51.100.1');
+  ip('-n', client, 'route', 'add', subnetOf(svc.dataDir), 'via', '198.51.100.1');
   execFileSync('ip', ['netns', 'exec', hostNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
 });
 

@@ -40,11 +40,12 @@ function ensureNetns(name: string): void {
   execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
 }
 
-export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string } = {}): Promise<TestService> {
+/** `makeHostNetns: false`: leave making MVM_NET_HOST_NETNS to the service (it makes a missing one, and removes it at a clean stop). */
+export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string; makeHostNetns?: boolean } = {}): Promise<TestService> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-test-'));
   // Guest networks of tests live inside a namespace of their own, with no route off the machine.
   const hostNetns = opts.env?.MVM_NET_HOST_NETNS ?? hostNetnsOf(dataDir);
-  ensureNetns(hostNetns);
+  if (opts.makeHostNetns !== false) ensureNetns(hostNetns);
   const serverJson = join(dataDir, 'server.json');
   rmSync(serverJson, { force: true });
   let out = '';
@@ -91,7 +92,10 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
     },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-      await Promise.race([exited, sleep(30000)]);
+      // A timer that does not outlive the stop (a pending 30 s timer kept every test file alive 30 s longer).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 30000)))]);
+      clearTimeout(timer);
     },
   };
 }
@@ -117,9 +121,21 @@ export function cgroupDirsOf(id: string): string[] {
   return parents.map((d) => join(d, id)).filter((d) => existsSync(d));
 }
 
+/** The nftables table name (each family) of a test service's or node agent's instance. */
+export function nftTableOf(dataDir: string): string {
+  return instanceNames(instanceOf(dataDir)).table;
+}
+
 /** Prefix of the VM network namespaces of a test service's instance. */
 export function vmNetnsPrefixOf(dataDir: string): string {
   return instanceNames(instanceOf(dataDir)).netnsPrefix;
+}
+
+/** The subnet a service or node agent picked for its instance (recorded in its data dir at start). */
+export function subnetOf(dataDir: string): string {
+  const s = (JSON.parse(readFileSync(join(dataDir, 'instance.json'), 'utf8')) as { subnet?: string }).subnet;
+  if (!s) throw new Error(`no subnet recorded in ${dataDir}/instance.json`);
+  return s;
 }
 
 /** The instance a test service's data dir belongs to (what it recorded, else what its path derives). */
