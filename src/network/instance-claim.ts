@@ -52,8 +52,8 @@ export interface ClaimOptions {
   };
   /** Register directory (tests use their own). */
   dir?: string;
-  /** IPv4 networks already in use in the host namespace, as CIDRs (default: `ip` addresses and routes, except those of our bridge). */
-  usedNetworks?: (hostNetns: string | undefined, ownBridge: string) => Promise<string[]>;
+  /** IPv4 networks already in use in the host namespace (default: `ip` addresses and routes, except those of our bridge). */
+  usedNetworks?: (hostNetns: string | undefined, ownBridge: string) => Promise<UsedNetwork[]>;
 }
 
 export interface HeldClaim {
@@ -123,23 +123,33 @@ async function withLock<T>(dir: string, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * A network in use in a namespace: an interface's address (any overlap collides), or a route
+ * (only one at least as specific as ours collides: a broader one, e.g. a VPN's 10.0.0.0/8, loses
+ * to the bridge's more specific route).
+ */
+export interface UsedNetwork {
+  cidr: string;
+  kind: 'address' | 'route';
+}
+
 /** IPv4 networks of the addresses and (non-default) routes of a namespace, except those on `ownBridge`. */
-export async function usedNetworks(hostNetns: string | undefined, ownBridge: string): Promise<string[]> {
+export async function usedNetworks(hostNetns: string | undefined, ownBridge: string): Promise<UsedNetwork[]> {
   const o = hostNetns ? { netns: hostNetns } : {};
-  const out: string[] = [];
+  const out: UsedNetwork[] = [];
   if (hostNetns && !existsSync(join('/var/run/netns', hostNetns))) return out;
   const addrs = await run('ip', ['-j', '-4', 'addr', 'show'], o);
   if (addrs.code === 0) {
     for (const l of JSON.parse(addrs.stdout || '[]') as Array<{ ifname: string; addr_info?: Array<{ local: string; prefixlen: number }> }>) {
       if (l.ifname === ownBridge || l.ifname === 'lo') continue;
-      for (const a of l.addr_info ?? []) out.push(`${a.local}/${a.prefixlen}`);
+      for (const a of l.addr_info ?? []) out.push({ cidr: `${a.local}/${a.prefixlen}`, kind: 'address' });
     }
   }
   const routes = await run('ip', ['-j', '-4', 'route', 'show'], o);
   if (routes.code === 0) {
     for (const r of JSON.parse(routes.stdout || '[]') as Array<{ dst: string; dev?: string }>) {
       if (r.dst === 'default' || r.dev === ownBridge) continue;
-      out.push(r.dst.includes('/') ? r.dst : `${r.dst}/32`);
+      out.push({ cidr: r.dst.includes('/') ? r.dst : `${r.dst}/32`, kind: 'route' });
     }
   }
   return out;
@@ -185,15 +195,15 @@ export async function claimInstance(o: ClaimOptions): Promise<HeldClaim> {
       const clash = neighbours.find((c) => c.bridge === net.bridge);
       if (clash) throw conflict('MVM_NET_BRIDGE', `bridge ${net.bridge} in ${nsText} belongs to instance ${clash.instance} (pid ${clash.pid})`, { instance: clash.instance });
       const used = [
-        ...neighbours.filter((c) => c.subnet).map((c) => ({ cidr: parseCidr(c.subnet!)!, by: `instance ${c.instance} (pid ${c.pid})` })),
-        ...(await (o.usedNetworks ?? usedNetworks)(o.hostNetns, net.bridge)).flatMap((s) => {
-          const c = parseCidr(s);
-          return c ? [{ cidr: c, by: `an address or route ${s} there` }] : [];
+        ...neighbours.filter((c) => c.subnet).map((c) => ({ cidr: parseCidr(c.subnet!)!, route: false, by: `instance ${c.instance} (pid ${c.pid})` })),
+        ...(await (o.usedNetworks ?? usedNetworks)(o.hostNetns, net.bridge)).flatMap((u) => {
+          const c = parseCidr(u.cidr);
+          return c ? [{ cidr: c, route: u.kind === 'route', by: `the ${u.kind} ${u.cidr} there` }] : [];
         }),
       ];
       const overlap = (s: string): string | undefined => {
         const c = parseCidr(s)!;
-        return used.find((u) => cidrsOverlap(u.cidr, c))?.by;
+        return used.find((u) => cidrsOverlap(u.cidr, c) && !(u.route && u.cidr.prefix < c.prefix))?.by;
       };
       if (net.subnet !== undefined || rec?.subnet !== undefined) {
         subnet = net.subnet ?? rec!.subnet!;

@@ -140,8 +140,8 @@ test('claim: a free subnet from the pool (skipping networks in use), recorded in
   const data = tmp();
   try {
     const first = subnetCandidates('node-a')[0]!;
-    const held = await claimInstance({ instance: 'node-a', dataDir: data, dir, network: { bridge: 'mvm-node-a' }, usedNetworks: async () => [first.replace('.0/20', '.7/24')] });
-    assert.equal(held.subnet, subnetCandidates('node-a')[1], 'the first candidate overlaps an address in use');
+    const held = await claimInstance({ instance: 'node-a', dataDir: data, dir, network: { bridge: 'mvm-node-a' }, usedNetworks: async () => [{ cidr: first.replace('.0/20', '.7/24'), kind: 'address' }, { cidr: '10.0.0.0/8', kind: 'route' }] });
+    assert.equal(held.subnet, subnetCandidates('node-a')[1], 'the first candidate overlaps an address in use; a broader route (a VPN) is no collision');
     assert.equal(held.gateway, held.subnet!.replace('.0/20', '.1'));
     assert.deepEqual(JSON.parse(readFileSync(join(data, 'instance.json'), 'utf8')), { instance: 'node-a', subnet: held.subnet, gateway: held.gateway });
     assert.ok(existsSync(join(dir, 'node-a.json')));
@@ -166,7 +166,8 @@ test('claim: refused with an error naming the setting: a name, bridge or subnet 
     await assert.rejects(claimInstance({ instance: 'y', dataDir: data, dir, network: { bridge: 'mvm-x' }, usedNetworks: async () => [] }), refusedFor('MVM_NET_BRIDGE'));
     await assert.rejects(claimInstance({ instance: 'y', dataDir: data, dir, network: { bridge: 'mvm-y', subnet: '10.50.128.0/20' }, usedNetworks: async () => [] }), refusedFor('MVM_NET_SUBNET'));
     // An address or route already in the namespace (a LAN, another bridge) refuses an explicit subnet too.
-    await assert.rejects(claimInstance({ instance: 'y', dataDir: data, dir, network: { bridge: 'mvm-y', subnet: '192.168.0.0/16' }, usedNetworks: async () => ['192.168.1.10/24'] }), refusedFor('MVM_NET_SUBNET'));
+    await assert.rejects(claimInstance({ instance: 'y', dataDir: data, dir, network: { bridge: 'mvm-y', subnet: '192.168.0.0/16' }, usedNetworks: async () => [{ cidr: '192.168.1.10/24', kind: 'address' }] }), refusedFor('MVM_NET_SUBNET'));
+    await assert.rejects(claimInstance({ instance: 'y', dataDir: data, dir, network: { bridge: 'mvm-y', subnet: '192.168.0.0/16' }, usedNetworks: async () => [{ cidr: '192.168.7.0/24', kind: 'route' }] }), refusedFor('MVM_NET_SUBNET'));
     // Another network namespace: the same bridge name and subnet are no collision there.
     const other = await claimInstance({ instance: 'y', dataDir: data, dir, hostNetns: 'elsewhere', network: { bridge: 'mvm-x', subnet: '10.50.0.0/16' }, usedNetworks: async () => [] });
     other.release();
