@@ -168,7 +168,9 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   await snapshots.recover({ olderThanMs: 15 * 60_000 }).catch((e: Error) => log.warn({ err: e.message }, 'snapshot recovery failed'));
   // Claims of deleted VMs are released (store watch + periodic reconcile), as in standalone.
   await volumes.start(cfg.resyncSeconds * 1000 * 15).catch((e: Error) => log.warn({ err: e.message }, 'volume reconcile failed'));
-  const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
+  const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port }).catch((e: NodeJS.ErrnoException) => {
+    throw e.code === 'EADDRINUSE' ? new Error(`MVM_LISTEN ${cfg.listen.host}:${cfg.listen.port} is already in use (another instance?): set MVM_LISTEN`, { cause: e }) : e;
+  });
   const url = address.replace('[::1]', '127.0.0.1');
   let closed = false;
   return {

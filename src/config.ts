@@ -5,11 +5,19 @@ import { loadGatewayConfig, type GatewayConfig } from './gateway/config.js';
 import { DEFAULT_VMM_LEASE_DIR, DEFAULT_VMM_UID_RANGE, parseUidRange } from './vmm/identity.js';
 import { loadTlsConfig, type TlsConfig } from './tls/server.js';
 import { parseHostPortAddresses, parseHostPortRange, type HostPortPolicy } from './core/host-ports.js';
+import { firstHost, instanceForDataDir, instanceNames, ROLE_INSTANCE, validateInstanceName, type Role } from './instance.js';
+import { parseCidr } from './network/ipv4.js';
 
 export interface Config {
-  /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080. */
+  /**
+   * MVM_INSTANCE: names every host-global object of this process (nftables tables, bridge, VM
+   * namespaces, cgroup parent, subnet, data dir; src/instance.ts, ADR 0027). Default: from
+   * MVM_DATA_DIR when set, else by role: `mvm` (standalone), `agent` (node agent), `api` (API in cluster mode).
+   */
+  instance: string;
+  /** host:port of the REST API. MVM_LISTEN, default 127.0.0.1:8080 (instance `mvm`), 127.0.0.1:8180 (API in cluster mode), 127.0.0.1:0 (other instances). */
   listen: { host: string; port: number };
-  /** State, VM directories, admin token. MVM_DATA_DIR, default /var/lib/mvm. */
+  /** State, VM directories, admin token. MVM_DATA_DIR, default /var/lib/mvm (instance `mvm`) or /var/lib/mvm-<instance>. */
   dataDir: string;
   /** Built guest images and probe results, shared by instances. MVM_CACHE_DIR, default /var/cache/mvm. */
   cacheDir: string;
@@ -23,7 +31,7 @@ export interface Config {
   firecrackerBinary?: string;
   /** MVM_FIRECRACKER_JAILER: Firecracker's `jailer` binary; when set, Firecracker runs jailed (chroot under <dataDir>/jailer, per-VM uid/gid, cgroup, the VM's netns). */
   firecrackerJailer?: string;
-  /** MVM_CGROUP_PARENT: the cgroup (relative to each hierarchy's root) under which every VM's cgroup is made, jailed or not; default `mvm`. Give side-by-side services different ones. */
+  /** MVM_CGROUP_PARENT: the cgroup (relative to each hierarchy's root) under which every VM's cgroup is made, jailed or not; default `mvm` (instance `mvm`) or `mvm-<instance>`. */
   cgroupParent: string;
   /**
    * MVM_BOOT_TIMEOUT_SECONDS: how long a started guest may take to become ready (its readiness
@@ -73,12 +81,17 @@ export interface Config {
   network: {
     /** MVM_NETWORK: cni (default) | none. */
     mode: 'cni' | 'none';
-    /** MVM_NET_HOST_NETNS: put bridge, veths and nftables in this `ip netns` namespace instead of the host's. */
+    /** MVM_NET_HOST_NETNS: put bridge, veths and nftables in this `ip netns` namespace instead of the host's (made when missing). */
     hostNetns?: string;
-    /** MVM_NET_BRIDGE (fc-br0), MVM_NET_SUBNET (10.100.0.0/16), MVM_NET_GATEWAY (10.100.0.1). */
+    /** MVM_NET_BRIDGE: default `fc-br0` (instance `mvm`) or `mvm-<instance>`. */
     bridge: string;
-    subnet: string;
-    gateway: string;
+    /** MVM_NET_SUBNET: default 10.100.0.0/16 (instance `mvm`); unset for other instances: a free /20 of 10.112.0.0/12 is picked at start. */
+    subnet?: string;
+    /** MVM_NET_GATEWAY: default the subnet's first host address. */
+    gateway?: string;
+    /** nftables table name (in each family) and VM namespace prefix, from the instance. */
+    table: string;
+    netnsPrefix: string;
     /** MVM_NET_IPMASQ=1: masquerade guest traffic leaving the host (off by default). */
     ipMasq: boolean;
     /** MVM_EGRESS_DEFAULT: deny (default: guests reach only their tenant's VMs) | allow. */
@@ -103,21 +116,39 @@ function parseListen(s: string): { host: string; port: number } {
   return { host: m[1]!.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1', port };
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/** Default REST address by role and instance: the API in cluster mode and instances other than `mvm` do not take the standalone's ports. */
+function defaultListen(role: Role, instance: string, what: 'rest' | 'grpc'): string {
+  if (role === 'api') return what === 'rest' ? '127.0.0.1:8180' : '127.0.0.1:9190';
+  if (instance === 'mvm') return what === 'rest' ? '127.0.0.1:8080' : '127.0.0.1:9090';
+  return '127.0.0.1:0';
+}
+
+/**
+ * The configuration of `role` (default: `api` when MVM_STORE=kubernetes, else `standalone`) from
+ * the environment; a bad value throws an Error naming the variable.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, o: { role?: Role } = {}): Config {
+  const role: Role = o.role ?? (env.MVM_STORE === 'kubernetes' ? 'api' : 'standalone');
+  const instance = env.MVM_INSTANCE ? validateInstanceName(env.MVM_INSTANCE) : env.MVM_DATA_DIR ? instanceForDataDir(env.MVM_DATA_DIR) : ROLE_INSTANCE[role];
+  const names = instanceNames(instance);
+  const subnet = env.MVM_NET_SUBNET ?? names.subnet?.subnet;
+  if (subnet !== undefined && !parseCidr(subnet, { strict: true })) throw new Error(`MVM_NET_SUBNET must be an IPv4 network in CIDR form (host bits clear), got ${JSON.stringify(subnet)}`);
+  if (subnet === undefined && env.MVM_NET_GATEWAY) throw new Error(`MVM_NET_GATEWAY needs MVM_NET_SUBNET (instance ${instance} picks its subnet at start)`);
   const policy = env.MVM_SHUTDOWN_POLICY ?? 'leave';
   if (policy !== 'leave' && policy !== 'stop') throw new Error(`MVM_SHUTDOWN_POLICY must be leave or stop, got ${policy}`);
   const accel = env.MVM_ACCEL ?? 'auto';
   if (!['auto', 'kvm', 'tcg'].includes(accel)) throw new Error(`MVM_ACCEL must be auto, kvm or tcg, got ${accel}`);
   const cfg: Config = {
-    listen: parseListen(env.MVM_LISTEN ?? '127.0.0.1:8080'),
-    dataDir: resolve(env.MVM_DATA_DIR ?? '/var/lib/mvm'),
+    instance,
+    listen: parseListen(env.MVM_LISTEN ?? defaultListen(role, instance, 'rest')),
+    dataDir: resolve(env.MVM_DATA_DIR ?? names.dataDir),
     cacheDir: resolve(env.MVM_CACHE_DIR ?? '/var/cache/mvm'),
     logLevel: env.MVM_LOG_LEVEL ?? 'info',
     accel,
     driver: env.MVM_DRIVER === 'firecracker' ? 'firecracker' : 'qemu',
     ...(env.MVM_FIRECRACKER_BIN ? { firecrackerBinary: env.MVM_FIRECRACKER_BIN } : {}),
     ...(env.MVM_FIRECRACKER_JAILER ? { firecrackerJailer: env.MVM_FIRECRACKER_JAILER } : {}),
-    cgroupParent: env.MVM_CGROUP_PARENT ?? 'mvm',
+    cgroupParent: env.MVM_CGROUP_PARENT ?? names.cgroupParent,
     bootTimeoutSeconds: Number(env.MVM_BOOT_TIMEOUT_SECONDS ?? 300),
     bootTimeoutAction: env.MVM_BOOT_TIMEOUT_ACTION === 'keep' ? 'keep' : 'fail',
     nodeName: env.MVM_NODE_NAME ?? hostname(),
@@ -141,13 +172,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     network: {
       mode: env.MVM_NETWORK === 'none' ? 'none' : 'cni',
       ...(env.MVM_NET_HOST_NETNS ? { hostNetns: env.MVM_NET_HOST_NETNS } : {}),
-      bridge: env.MVM_NET_BRIDGE ?? 'fc-br0',
-      subnet: env.MVM_NET_SUBNET ?? '10.100.0.0/16',
-      gateway: env.MVM_NET_GATEWAY ?? '10.100.0.1',
+      bridge: env.MVM_NET_BRIDGE ?? names.bridge,
+      ...(subnet !== undefined ? { subnet, gateway: env.MVM_NET_GATEWAY ?? firstHost(subnet) } : {}),
+      table: names.table,
+      netnsPrefix: names.netnsPrefix,
       ipMasq: env.MVM_NET_IPMASQ === '1',
       egressDefault: env.MVM_EGRESS_DEFAULT === 'allow' ? 'allow' : 'deny',
     },
-    hostPorts: { ...parseHostPortRange(env.MVM_HOST_PORT_RANGE), addresses: parseHostPortAddresses(env.MVM_HOST_PORT_ADDRESS, env.MVM_NET_GATEWAY ?? '10.100.0.1') },
+    hostPorts: { ...parseHostPortRange(env.MVM_HOST_PORT_RANGE), addresses: parseHostPortAddresses(env.MVM_HOST_PORT_ADDRESS, (subnet !== undefined ? (env.MVM_NET_GATEWAY ?? firstHost(subnet)) : undefined) ?? '10.100.0.1'), addressDefault: !env.MVM_HOST_PORT_ADDRESS?.trim() },
   };
   if (env.MVM_DRIVER && !['qemu', 'firecracker'].includes(env.MVM_DRIVER)) throw new Error(`MVM_DRIVER must be qemu or firecracker, got ${env.MVM_DRIVER}`);
   if (env.MVM_NETWORK && !['cni', 'none'].includes(env.MVM_NETWORK)) throw new Error(`MVM_NETWORK must be cni or none, got ${env.MVM_NETWORK}`);
@@ -158,7 +190,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (env.MVM_BOOT_TIMEOUT_ACTION && !['fail', 'keep'].includes(env.MVM_BOOT_TIMEOUT_ACTION)) throw new Error(`MVM_BOOT_TIMEOUT_ACTION must be fail or keep, got ${env.MVM_BOOT_TIMEOUT_ACTION}`);
   if (env.MVM_ADMIN_TOKEN) cfg.adminToken = env.MVM_ADMIN_TOKEN;
   if (env.MVM_STORE && !['sqlite', 'kubernetes'].includes(env.MVM_STORE)) throw new Error(`MVM_STORE must be sqlite or kubernetes, got ${env.MVM_STORE}`);
-  cfg.gateway = loadGatewayConfig(env);
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/.test(cfg.network.bridge)) throw new Error(`MVM_NET_BRIDGE must be a Linux interface name of at most 15 characters, got ${JSON.stringify(cfg.network.bridge)}`);
+  if (cfg.network.hostNetns !== undefined && !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$/.test(cfg.network.hostNetns)) throw new Error(`MVM_NET_HOST_NETNS must be a network namespace name, got ${JSON.stringify(cfg.network.hostNetns)}`);
+  cfg.gateway = loadGatewayConfig(env, { grpcListen: defaultListen(role, instance, 'grpc') });
   const tls = loadTlsConfig(env);
   if (tls) cfg.tls = tls;
   return cfg;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
-import { createImageManager, createImageResolver, createNetworkManager, createVmmDriver } from './agent/node-runtime.js';
+import { claimNode, createImageManager, createImageResolver, createNetworkManager, createVmmDriver, releaseNode } from './agent/node-runtime.js';
 import { detectCgroups } from './agent/cgroups.js';
 import { createGatewayStack } from './gateway/stack.js';
 import { loadGatewayConfig } from './gateway/config.js';
@@ -82,6 +82,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   // Traversable (not listable) by the unprivileged VMM user, which re-opens its disks after a restore.
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
+  // Before anything host-global is made: this instance's names are ours alone on this host (ADR 0027).
+  const claim = await claimNode(cfg);
+  log.info({ instance: cfg.instance, dataDir: cfg.dataDir, cgroupParent: cfg.cgroupParent }, 'instance claimed');
   const store = new SqliteStore(join(cfg.dataDir, 'state.db'));
   if (store.migratedFrom > 0 && store.migratedFrom < SCHEMA_VERSION) log.info({ from: store.migratedFrom, to: SCHEMA_VERSION }, 'state database schema upgraded');
   for (const f of ['state.db', 'state.db-wal', 'state.db-shm']) if (existsSync(join(cfg.dataDir, f))) chmodSync(join(cfg.dataDir, f), 0o600);
@@ -107,7 +110,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   const resources = new SqliteResourceStore(store.database);
   const groups = new SecurityGroupService(resources, store, validateRules);
   let netController: NetworkController | undefined;
-  const network = await createNetworkManager(cfg, log);
+  const network = await createNetworkManager(cfg, log, claim);
   if (network) {
     netController = new NetworkController({
       network,
@@ -193,7 +196,9 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
   await templates.recover();
   // After a crash: half-created volumes and leftover files are removed, attachments of deleted VMs dropped.
   await volumes.start(cfg.resyncSeconds * 1000 * 15);
-  const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
+  const address = await app.listen({ host: cfg.listen.host, port: cfg.listen.port }).catch((e: NodeJS.ErrnoException) => {
+    throw e.code === 'EADDRINUSE' ? new Error(`MVM_LISTEN ${cfg.listen.host}:${cfg.listen.port} is already in use (another instance?): set MVM_LISTEN`, { cause: e }) : e;
+  });
   const url = address.replace('[::1]', '127.0.0.1');
   // Atomically: readers (the CLI, tests) never see a half-written file.
   writeFileSync(
@@ -235,6 +240,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
       }
       await agent.shutdown();
       await store.close();
+      await releaseNode({ ...(network ? { network } : {}), cgroups, claim, log });
     },
   };
 }

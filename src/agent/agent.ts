@@ -89,7 +89,7 @@ export class LocalAgent implements NodeAgent {
   }
 
   async start(): Promise<void> {
-    observability.attachAgent(this, { vmsRoot: this.vmsRoot, log: this.options.log });
+    observability.attachAgent(this, { vmsRoot: this.vmsRoot, log: this.options.log, cgroupParent: this.options.cgroups.parent });
     // 1. Re-adopt VMMs that outlived an earlier service process.
     for (const id of this.dirIds()) {
       const inst = await this.options.driver.adopt(id, this.vmDir(id));

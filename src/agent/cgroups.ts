@@ -14,6 +14,8 @@ export interface CgroupLimits {
 
 export interface CgroupManager {
   readonly version: 'v1' | 'v2' | 'none';
+  /** The parent of the VMs' cgroups (MVM_CGROUP_PARENT), relative to each hierarchy's root. */
+  readonly parent: string;
   /** Create (or update) the VM's cgroups; returns the `cgroup.procs` files to join. */
   ensure(id: string, limits: CgroupLimits): string[];
   /** Pids currently in the VM's cgroups. */
@@ -22,6 +24,27 @@ export interface CgroupManager {
   remove(id: string): Promise<void>;
   /** Ids that have a cgroup under our parent. */
   list(): string[];
+  /**
+   * A clean stop: remove the parent's last path segment in every hierarchy when no VM cgroup is
+   * left under it (a parent with VMs stays: they keep running, ADR 0003). Returns the removed dirs.
+   */
+  removeParent(): string[];
+}
+
+/** rmdir the parent dirs that have no child cgroup (rmdir of a cgroup with children or processes fails anyway). */
+function removeEmpty(dirs: string[]): string[] {
+  const removed: string[] = [];
+  for (const d of dirs) {
+    if (!existsSync(d)) continue;
+    if (readdirSync(d, { withFileTypes: true }).some((e) => e.isDirectory())) continue;
+    try {
+      rmdirSync(d);
+      removed.push(d);
+    } catch {
+      /* busy: leave it */
+    }
+  }
+  return removed;
 }
 
 const V1_CONTROLLERS = ['cpu', 'memory', 'pids'] as const;
@@ -43,7 +66,7 @@ export function detectCgroups(root = '/sys/fs/cgroup', parent = 'mvm'): CgroupMa
   if (existsSync(join(root, 'memory', 'memory.limit_in_bytes')) || existsSync(join(root, 'memory'))) {
     return new CgroupV1(root, parent);
   }
-  return new NoCgroups();
+  return new NoCgroups(parent);
 }
 
 async function drain(dirs: string[], readPids: () => number[]): Promise<void> {
@@ -82,8 +105,12 @@ class CgroupV2 implements CgroupManager {
   readonly version = 'v2' as const;
   constructor(
     private readonly root: string,
-    private readonly parent: string,
+    readonly parent: string,
   ) {}
+
+  removeParent(): string[] {
+    return this.list().length ? [] : removeEmpty([join(this.root, this.parent)]);
+  }
 
   private dir(id: string): string {
     return join(this.root, this.parent, id);
@@ -126,9 +153,13 @@ class CgroupV1 implements CgroupManager {
   private readonly controllers: string[];
   constructor(
     private readonly root: string,
-    private readonly parent: string,
+    readonly parent: string,
   ) {
     this.controllers = V1_CONTROLLERS.filter((c) => existsSync(join(root, c)));
+  }
+
+  removeParent(): string[] {
+    return this.list().length ? [] : removeEmpty(this.controllers.map((c) => join(this.root, c, this.parent)));
   }
 
   private dir(c: string, id: string): string {
@@ -178,6 +209,10 @@ class CgroupV1 implements CgroupManager {
 
 class NoCgroups implements CgroupManager {
   readonly version = 'none' as const;
+  constructor(readonly parent = 'mvm') {}
+  removeParent(): string[] {
+    return [];
+  }
   ensure(): string[] {
     return [];
   }

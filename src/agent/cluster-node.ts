@@ -22,7 +22,7 @@ import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 import { LocalAgent } from './agent.js';
-import { createImageManager, createImageResolver, createNetworkManager, createVmmDriver } from './node-runtime.js';
+import { claimNode, createImageManager, createImageResolver, createNetworkManager, createVmmDriver, releaseNode } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
 import type { VolumeBackend } from '../core/ports/volumes.js';
@@ -53,6 +53,9 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   if (!o.kubeConfig) kc.loadFromDefault();
   mkdirSync(cfg.dataDir, { recursive: true, mode: 0o711 });
   chmodSync(cfg.dataDir, 0o711);
+  // This instance's host-global names (bridge, tables, subnet, cgroup parent) are ours alone on this host (ADR 0027).
+  const claim = await claimNode(cfg);
+  log.info({ instance: cfg.instance, dataDir: cfg.dataDir, cgroupParent: cfg.cgroupParent }, 'instance claimed');
   // The same image settings as standalone (credentials, kernel dirs, cache dir, lease, gc policy, max root disk).
   const k8s = new KubernetesStore({ kubeConfig: kc, component: `mvm-agent/${nodeName}`, ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}) });
   // The image policy's tenant overrides are read from the tenant's namespace (ADR 0024) right before a pull.
@@ -66,7 +69,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   const driver = createVmmDriver(cfg, qemu);
   const caps = await driver.capabilities();
   if (!caps.available) log.error({ driver: caps.driver, reason: caps.unavailableReason }, 'VMM driver cannot run guests on this node');
-  const network = await createNetworkManager(cfg, log);
+  const network = await createNetworkManager(cfg, log, claim);
   const store = new NodeScopedStore(k8s, kc, nodeName, log.child({ c: 'view' }));
   await store.start();
   // Security groups as standalone enforces them (ADR 0017): the same NetworkController and policy
@@ -91,6 +94,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   const vmmOwner = passwdIds(cfg.vmmUser);
   const { backends: volumeBackends } = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: nodeName, ...(vmmOwner ? { owner: vmmOwner } : {}) });
   const volumes = new VolumeService({ resources: volumeRecords, store, backends: volumeBackends });
+  const cgroups = detectCgroups('/sys/fs/cgroup', cfg.cgroupParent);
   const agent = new LocalAgent({
     volumes,
     nodeName,
@@ -100,8 +104,8 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     maxRootfsBytes: imageCfg.maxRootfsBytes,
     bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
     bootTimeoutAction: cfg.bootTimeoutAction,
-    // One agent per node in production; several "nodes" sharing one host (tests) need their own parent.
-    cgroups: detectCgroups('/sys/fs/cgroup', cfg.cgroupParent),
+    // The instance's parent (MVM_CGROUP_PARENT, default mvm-<instance>): several agents on one host do not share it.
+    cgroups,
     log: log.child({ c: 'agent' }),
     ...(vmmOwner ? { vmmOwner } : {}),
     ...vmmIdentitiesFor(cfg, driver.name),
@@ -149,6 +153,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
       await resources?.close();
       await volumeRecords.close();
       await k8s.close();
+      await releaseNode({ ...(network ? { network } : {}), cgroups, claim, log });
     },
   };
 }

@@ -1,15 +1,17 @@
 /**
  * What a node needs to run VMs, built the same way by the standalone service and the cluster
- * node agent: the VMM driver the configuration names, the CNI network manager, and the image
- * resolver with its configuration (MVM_IMAGE_*, registry credentials, kernel dirs) and cache manager.
+ * node agent: the instance's claim on its host-global names, the VMM driver the configuration
+ * names, the CNI network manager, and the image resolver with its configuration (MVM_IMAGE_*,
+ * registry credentials, kernel dirs) and cache manager.
  */
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import type { Store } from '../core/ports/store.js';
 import type { VmmDriver } from '../core/ports/vmm.js';
+import { claimInstance, type HeldClaim } from '../network/instance-claim.js';
 import { CniNetworkManager } from '../network/manager.js';
+import type { CgroupManager } from './cgroups.js';
 import { DefaultImageResolver } from '../storage/default-images.js';
 import type { ImagePolicy } from '../core/image-policy.js';
 import { ImageManager, ImagePolicyGate, loadImageConfig, loadImagePolicy, OciImageResolver, setResolveLeaseMs, type ImageConfig, type ImageUser } from '../storage/oci/index.js';
@@ -29,21 +31,57 @@ export function createVmmDriver(cfg: Config, qemu: QemuDriver): VmmDriver {
   });
 }
 
-/** The CNI network manager of `network.mode: cni` (resynced), or undefined for no networking. */
-export async function createNetworkManager(cfg: Config, log: Logger): Promise<CniNetworkManager | undefined> {
+/**
+ * Claim the instance's names on this host before anything host-global is made (ADR 0027): a
+ * name, data dir, bridge or subnet another live instance holds is refused with an error naming
+ * the setting; the subnet is the configured one, the one recorded in the data dir, or a free one
+ * of the pool.
+ */
+export function claimNode(cfg: Config): Promise<HeldClaim> {
+  return claimInstance({
+    instance: cfg.instance,
+    dataDir: cfg.dataDir,
+    ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
+    ...(cfg.network.mode === 'cni'
+      ? { network: { bridge: cfg.network.bridge, ...(cfg.network.subnet ? { subnet: cfg.network.subnet } : {}), ...(cfg.network.gateway ? { gateway: cfg.network.gateway } : {}) } }
+      : {}),
+  });
+}
+
+/** The CNI network manager of `network.mode: cni` (resynced), or undefined for no networking; named after the instance. */
+export async function createNetworkManager(cfg: Config, log: Logger, claim: Pick<HeldClaim, 'subnet' | 'gateway'>): Promise<CniNetworkManager | undefined> {
   if (cfg.network.mode !== 'cni') return undefined;
-  // VM namespaces are host-global: a prefix per data directory keeps side-by-side instances apart.
-  const tag = createHash('sha256').update(cfg.dataDir).digest('hex').slice(0, 4);
+  const subnet = claim.subnet ?? cfg.network.subnet;
+  const gateway = claim.gateway ?? cfg.network.gateway;
+  if (!subnet || !gateway) throw new Error(`instance ${cfg.instance} has no subnet (MVM_NET_SUBNET)`);
+  // Published ports bind by default to this instance's own gateway (known once its subnet is claimed).
+  if (cfg.hostPorts.addressDefault) cfg.hostPorts.addresses = [gateway];
   const network = new CniNetworkManager({
     dataDir: cfg.dataDir,
-    networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet: cfg.network.subnet, gateway: cfg.network.gateway, ipMasq: cfg.network.ipMasq }],
-    netnsPrefix: `mvm${tag}-`,
+    networks: [{ name: 'mvm', bridge: cfg.network.bridge, subnet, gateway, ipMasq: cfg.network.ipMasq }],
+    table: cfg.network.table,
+    netnsPrefix: cfg.network.netnsPrefix,
     hostPortAddresses: cfg.hostPorts.addresses,
     ...(cfg.network.hostNetns ? { hostNetns: cfg.network.hostNetns } : {}),
     log: log.child({ c: 'network' }),
   });
   await network.resync();
+  log.info({ instance: cfg.instance, bridge: cfg.network.bridge, subnet, table: cfg.network.table, hostNetns: cfg.network.hostNetns ?? '(host)' }, 'network of this instance');
   return network;
+}
+
+/**
+ * What a clean stop of a node removes (issue 17): when none of the instance's VMs is left, its
+ * nftables tables, the bridge and host namespace it made, its cgroup parent; then its claim.
+ * With VMs left running (MVM_SHUTDOWN_POLICY=leave) all of it stays for the next start to re-adopt.
+ */
+export async function releaseNode(o: { network?: CniNetworkManager; cgroups: CgroupManager; claim: HeldClaim; log: Logger }): Promise<void> {
+  try {
+    const removed = [...((await o.network?.release()) ?? []), ...o.cgroups.removeParent().map((d) => `cgroup ${d}`)];
+    if (removed.length) o.log.info({ removed }, 'removed what this instance made');
+  } finally {
+    o.claim.release();
+  }
 }
 
 /**

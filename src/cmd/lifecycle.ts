@@ -5,11 +5,12 @@
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config.js';
 import { MvmError } from '../core/errors.js';
+import type { Role } from '../instance.js';
 
-/** The configuration from the environment; a bad one ends the process with status 2. */
-export function configOrExit(binary: string): Config {
+/** The configuration from the environment (defaults of `role`, src/instance.ts); a bad one ends the process with status 2. */
+export function configOrExit(binary: string, role?: Role): Config {
   try {
-    return loadConfig();
+    return loadConfig(process.env, role ? { role } : {});
   } catch (e) {
     process.stderr.write(`${binary}: ${(e as Error).message}\n`);
     process.exit(2);

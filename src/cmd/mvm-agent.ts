@@ -14,7 +14,7 @@ import { configOrExit, runMain, shutdownOnSignals, type Closer } from './lifecyc
 const BINARY = 'mvm-agent';
 
 async function main(): Promise<void> {
-  const cfg = configOrExit(BINARY);
+  const cfg = configOrExit(BINARY, 'agent');
   const node: ClusterNode = await startClusterNode(cfg, {
     ...(process.env.MVM_HEARTBEAT_SECONDS ? { heartbeatMs: Number(process.env.MVM_HEARTBEAT_SECONDS) * 1000 } : {}),
   });

@@ -22,7 +22,7 @@ const num = (v: string | undefined, d: number): number => (v !== undefined && v 
 
 async function main(): Promise<void> {
   const env = process.env;
-  const cfg = configOrExit(BINARY);
+  const cfg = configOrExit(BINARY, 'operator');
   const identity = env.POD_NAME ?? `${hostname()}-${process.pid}`;
   const log = pino({ level: cfg.logLevel, base: { svc: 'mvm-operator', id: identity } });
   const kc = new KubeConfig();
@@ -40,14 +40,15 @@ async function main(): Promise<void> {
   });
   let leading = false;
   let started = false;
-  const health = env.MVM_HEALTH_LISTEN ?? '0.0.0.0:8081';
+  // Loopback unless configured (deploy/operator sets 0.0.0.0:8081 for the kubelet's probes).
+  const health = env.MVM_HEALTH_LISTEN ?? '127.0.0.1:8081';
   if (health !== 'off') {
     const i = health.lastIndexOf(':');
     const srv = createServer((req, res) => {
       const ok = req.url === '/healthz' || (req.url === '/readyz' && started);
       res.writeHead(ok ? 200 : req.url === '/readyz' ? 503 : 404, { 'content-type': 'text/plain' }).end(ok ? 'ok\n' : `${req.url === '/readyz' ? 'not started' : 'not found'}\n`);
     });
-    srv.listen(Number(health.slice(i + 1)), health.slice(0, i) || '0.0.0.0');
+    srv.listen(Number(health.slice(i + 1)), health.slice(0, i) || '127.0.0.1');
     srv.unref();
   }
   const begin = async (): Promise<void> => {

@@ -11,10 +11,12 @@ async function main(): Promise<void> {
   const cfg = configOrExit(BINARY);
   if (cfg.store === 'kubernetes') return runClusterApi(cfg);
   const server = await startStandalone(cfg);
+  // The CLI defaults to the default instance's address and data dir; another instance's need saying.
+  const cliEnv = cfg.instance === 'mvm' && cfg.dataDir === '/var/lib/mvm' && server.url === 'http://127.0.0.1:8080' ? '' : `MVM_SERVER=${server.url} MVM_DATA_DIR=${cfg.dataDir} `;
   const tokenHint = server.adminTokenFile ? `admin token in ${server.adminTokenFile}` : 'admin token from MVM_ADMIN_TOKEN';
   process.stderr.write(
-    `\nMicroVM service listening on ${server.url} (data: ${cfg.dataDir}; ${tokenHint})\n` +
-      `Try:  node dist/src/cmd/mvm.js create demo --wait   (or: npx mvm create demo --wait)\n\n`,
+    `\nMicroVM service (instance ${cfg.instance}) listening on ${server.url} (data: ${cfg.dataDir}; ${tokenHint})\n` +
+      `Try:  ${cliEnv}node dist/src/cmd/mvm.js create demo --wait   (or: ${cliEnv}npx mvm create demo --wait)\n\n`,
   );
   shutdownOnSignals({ binary: BINARY, log: server.log, closers: [() => server.close()], fields: () => ({ policy: cfg.shutdownPolicy }) });
 }

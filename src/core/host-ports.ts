@@ -21,6 +21,8 @@ export interface HostPortPolicy {
    * `hostIp`. `0.0.0.0` means every local address except loopback (opt-in, the old behaviour).
    */
   addresses: string[];
+  /** The addresses were not configured (MVM_HOST_PORT_ADDRESS unset): the instance's gateway, set once its subnet is known. */
+  addressDefault?: boolean;
 }
 
 export const ANY_ADDRESS = '0.0.0.0';

@@ -28,11 +28,12 @@ export interface GatewayConfig {
    * every API replica; MVM_RATE_LIMIT_REDIS_FAIL=open (default: allow while Redis is down) | closed.
    */
   rateLimitRedis?: { url: string; failOpen: boolean };
-  /** MVM_GRPC_LISTEN: host:port of the gRPC API (default 127.0.0.1:9090; `off` disables it). */
+  /** MVM_GRPC_LISTEN: host:port of the gRPC API (default 127.0.0.1:9090 for instance `mvm`, 127.0.0.1:9190 for the API in cluster mode, 127.0.0.1:0 otherwise; src/config.ts; `off` disables it). */
   grpcListen?: { host: string; port: number };
 }
 
-export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): GatewayConfig {
+/** `defaults.grpcListen`: the gRPC address when MVM_GRPC_LISTEN is unset (src/config.ts derives it from the role and instance). */
+export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env, defaults: { grpcListen?: string } = {}): GatewayConfig {
   const num = (name: string, def: number): number => {
     const v = env[name];
     if (v === undefined || v === '') return def;
@@ -67,7 +68,7 @@ export function loadGatewayConfig(env: NodeJS.ProcessEnv = process.env): Gateway
     if (fail !== 'open' && fail !== 'closed') throw new Error(`MVM_RATE_LIMIT_REDIS_FAIL must be open or closed, got ${JSON.stringify(fail)}`);
     cfg.rateLimitRedis = { url: env.MVM_RATE_LIMIT_REDIS, failOpen: fail === 'open' };
   }
-  const grpc = env.MVM_GRPC_LISTEN ?? '127.0.0.1:9090';
+  const grpc = env.MVM_GRPC_LISTEN ?? defaults.grpcListen ?? '127.0.0.1:9090';
   if (grpc !== 'off') {
     const m = /^(.*):(\d+)$/.exec(grpc);
     if (!m || Number(m[2]) > 65535) throw new Error(`MVM_GRPC_LISTEN must be host:port or off, got ${JSON.stringify(grpc)}`);

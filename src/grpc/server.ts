@@ -212,7 +212,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
   const bindHost = o.host.includes(':') ? `[${o.host}]` : o.host;
   const creds = o.tls ? grpc.experimental.createCertificateProviderServerCredentials(o.tls.grpcProvider(), null, false) : grpc.ServerCredentials.createInsecure();
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${bindHost}:${o.port}`, creds, (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port}: ${err.message}`)) : resolve(p))),
+    server.bindAsync(`${bindHost}:${o.port}`, creds, (err, p) => (err ? reject(new MvmError(ErrorCodes.UNAVAILABLE, `gRPC: cannot listen on ${o.host}:${o.port} (MVM_GRPC_LISTEN; in use by another instance?): ${err.message}`)) : resolve(p))),
   );
   o.log.info({ address: `${o.host}:${port}`, tls: !!o.tls }, 'gRPC API listening');
   return {

@@ -19,7 +19,15 @@
  *
  * Host side: by default the bridge, the veth ports and the tables live in the
  * namespace the service runs in. `hostNetns` moves all of that into a named
- * namespace (tests and benchmarks keep their whole world in one).
+ * namespace (tests and benchmarks keep their whole world in one); it is made
+ * when missing.
+ *
+ * Everything host-global carries the instance's names (ADR 0027): the tables,
+ * the bridges and the VM namespace prefix are given by the caller, and this
+ * manager touches no table, bridge or namespace but those. `release()` (a clean
+ * stop) removes the tables, and the bridges and host namespace it made, once no
+ * VM of this instance has a network any more (`<dataDir>/network/made.json`
+ * says what it made).
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -43,6 +51,7 @@ import { NftApplier } from './nft.js';
 import {
   DEFAULT_NETWORK,
   Violations,
+  compileRemoval,
   compileRuleset,
   portsCollide,
   validateEgress,
@@ -68,7 +77,7 @@ export interface CniNetworkManagerOptions {
   cniPath?: string[];
   /** Host side (bridge, veth ports, nftables) in this `ip netns` namespace instead of the service's own. */
   hostNetns?: string;
-  /** Prefix of VM namespace names. Default "mvm-". Must be unique per manager instance on a host. */
+  /** Prefix of VM namespace names. Default "mvm-". Must be unique per manager instance on a host (src/instance.ts). */
   netnsPrefix?: string;
   /** Name of our nftables tables (inet, bridge, ip). Default "mvm". */
   table?: string;
@@ -155,6 +164,7 @@ export class CniNetworkManager implements NetworkManager {
   private readonly hostPortAddresses: string[] | undefined;
   /** Where a mapping without hostIp binds; undefined = every non-loopback address. */
   private readonly defaultHostIp: string | undefined;
+  private readonly madeFile: string;
 
   constructor(o: CniNetworkManagerOptions) {
     this.networks = o.networks ?? [DEFAULT_NETWORK];
@@ -162,6 +172,7 @@ export class CniNetworkManager implements NetworkManager {
     this.stateDir = join(o.dataDir, 'network');
     this.vmsDir = join(this.stateDir, 'vms');
     this.ipamDir = join(this.stateDir, 'ipam');
+    this.madeFile = join(this.stateDir, 'made.json');
     this.hostNetns = o.hostNetns;
     this.netnsPrefix = o.netnsPrefix ?? 'mvm-';
     this.table = o.table ?? 'mvm';
@@ -201,12 +212,72 @@ export class CniNetworkManager implements NetworkManager {
         this.log?.warn({ file: f, err: (e as Error).message }, 'ignoring unreadable network record');
       }
     }
+    await this.noteWhatWeMake();
     if (!existsSync('/proc/sys/net/bridge')) await run('modprobe', ['br_netfilter']).catch(() => undefined);
     if (!existsSync('/proc/sys/net/bridge')) {
       throw new MvmError(ErrorCodes.UNAVAILABLE, 'br_netfilter is not available: bridged traffic cannot be filtered (load the br_netfilter module)');
     }
     for (const n of this.networks) await this.prepareBridge(n.bridge, true);
     await this.applyRules();
+  }
+
+  private made(): { hostNetns?: string; bridges: string[] } {
+    try {
+      const m = JSON.parse(readFileSync(this.madeFile, 'utf8')) as { hostNetns?: string; bridges?: string[] };
+      return { ...(m.hostNetns ? { hostNetns: m.hostNetns } : {}), bridges: m.bridges ?? [] };
+    } catch {
+      return { bridges: [] };
+    }
+  }
+
+  private saveMade(m: { hostNetns?: string; bridges: string[] }): void {
+    writeFileSync(`${this.madeFile}.tmp`, JSON.stringify(m) + '\n');
+    renameSync(`${this.madeFile}.tmp`, this.madeFile);
+  }
+
+  /** Make the host namespace when missing, and note it and the bridges not there yet (CNI makes them): ours to remove at release. */
+  private async noteWhatWeMake(): Promise<void> {
+    const m = this.made();
+    if (this.hostNetns && !existsSync(join(NETNS_DIR, this.hostNetns))) {
+      await runOk('ip', ['netns', 'add', this.hostNetns], { what: `making the host network namespace ${this.hostNetns}` });
+      await runOk('ip', ['-n', this.hostNetns, 'link', 'set', 'lo', 'up']);
+      m.hostNetns = this.hostNetns;
+      this.log?.info({ netns: this.hostNetns }, 'made the host network namespace');
+    }
+    for (const n of this.networks) {
+      if (!m.bridges.includes(n.bridge) && (await run('ip', ['link', 'show', 'dev', n.bridge], this.hostOpts())).code !== 0) m.bridges.push(n.bridge);
+    }
+    this.saveMade(m);
+  }
+
+  /**
+   * A clean stop: when no VM of ours has a network (no record, no namespace with our prefix),
+   * remove our tables, the bridges we made and the host namespace we made. Returns what was
+   * removed; nothing when VMs remain (they keep running and are re-adopted, ADR 0003).
+   */
+  async release(): Promise<string[]> {
+    await this.init();
+    return this.locks.run(POLICY_LOCK, async () => {
+      if (this.records.size > 0 || (await this.list()).length > 0) return [];
+      const removed: string[] = [];
+      const m = this.made();
+      if (!this.hostNetns || existsSync(join(NETNS_DIR, this.hostNetns))) {
+        await this.nft.apply(compileRemoval(this.table));
+        removed.push(`nftables tables inet/bridge/ip ${this.table}`);
+        for (const b of m.bridges) {
+          if ((await run('ip', ['link', 'del', 'dev', b], this.hostOpts())).code === 0) removed.push(`bridge ${b}`);
+        }
+      }
+      if (m.hostNetns && existsSync(join(NETNS_DIR, m.hostNetns))) {
+        await runOk('ip', ['netns', 'del', m.hostNetns]);
+        removed.push(`network namespace ${m.hostNetns}`);
+      }
+      rmSync(this.madeFile, { force: true });
+      this.bridgesPrepared.clear();
+      this.initDone = undefined;
+      this.log?.info({ removed }, 'released the host network objects of this instance');
+      return removed;
+    });
   }
 
   /**

@@ -14,6 +14,7 @@ import { asMvmError } from '../core/errors.js';
 import { PHASES, type MicroVM } from '../core/microvm.js';
 import type { NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
+import { cgroupFigures } from './collectors.js';
 import { EventTailer } from './events.js';
 import { MetricsHistory, type HistoryPoint } from './history.js';
 import { startLogRotation, stopLogRotation, type LogRotator } from './log-rotation.js';
@@ -38,6 +39,8 @@ export interface AttachAgentOptions {
   log?: Logger;
   /** Address of the metrics-only listener (cluster node agents: `:9100`); default MVM_METRICS_LISTEN, unset = none. */
   metricsListen?: string;
+  /** Where the VMs' cgroups live (MVM_CGROUP_PARENT of the instance); default `mvm`. */
+  cgroupParent?: string;
 }
 
 export class Observability {
@@ -49,6 +52,7 @@ export class Observability {
   private store: Store | undefined;
   private agent: NodeAgent | undefined;
   private log: Logger | undefined;
+  private cgroupParent: string | undefined;
   private rotator: { root: string; r: LogRotator } | undefined;
   private metricsServer: MetricsServer | undefined;
   private readonly pendingSince = new Map<string, number>();
@@ -86,6 +90,7 @@ export class Observability {
     if (this.agent === agent) return;
     this.agent = agent;
     if (o.log) this.log = o.log;
+    this.cgroupParent = o.cgroupParent;
     this.unsubs.push(
       agent.onEvent((e) => {
         if (e.kind === 'started' || e.kind === 'ready') this.observeBoot(e.id, e.kind);
@@ -129,6 +134,7 @@ export class Observability {
       history: this.history,
       intervalMs: this.sampleIntervalMs,
       ...(this.log ? { log: this.log } : {}),
+      ...(this.cgroupParent ? { cgroup: ((parent: string) => (id: string) => cgroupFigures(id, '/sys/fs/cgroup', parent))(this.cgroupParent) } : {}),
       onCycle: (wall, cpu) => {
         this.metrics.collectionDuration.observe(wall);
         this.metrics.collectionCpu.inc(cpu);

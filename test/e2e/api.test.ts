@@ -7,11 +7,10 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ApiError, type MicroVM } from '../../src/cli/client.js';
 import { pidAlive, sleep } from '../../src/vmm/proc.js';
-import { cgroupDirsOf, destroyDataDir, qemuProcessesUnder, startService, type TestService } from '../support/service.js';
+import { cgroupDirsOf, destroyDataDir, qemuProcessesUnder, startService, vmNetnsPrefixOf, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
 
 const BOOT_TIMEOUT = 120_000;
@@ -353,8 +352,7 @@ describe('crashes of the service', () => {
     assert.deepEqual(readdirSync(join(svc.dataDir, 'vms')), []);
     assert.equal(cgroupDirsOf(up.id).length, 0);
     // Network: no VM namespace, no IP allocation left.
-    const tag = createHash('sha256').update(svc.dataDir).digest('hex').slice(0, 4);
-    assert.deepEqual(readdirSync('/var/run/netns').filter((n) => n.startsWith(`mvm${tag}-`)), []);
+    assert.deepEqual(readdirSync('/var/run/netns').filter((n) => n.startsWith(vmNetnsPrefixOf(svc.dataDir))), []);
     const ipam = join(svc.dataDir, 'network', 'ipam');
     assert.equal(existsSync(ipam) ? spawnSync('grep', ['-rl', up.id, ipam], { encoding: 'utf8' }).stdout.trim() : '', '');
   });

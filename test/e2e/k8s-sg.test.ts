@@ -9,12 +9,13 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { cidrContains, parseCidr, parseIp } from '../../src/network/ipv4.js';
 import { nftNames } from '../../src/network/policy.js';
 import { sleep } from '../../src/vmm/proc.js';
 import { guestRun } from '../support/console.js';
 import { startClusterApiHarness, type ClusterApiHarness } from '../support/k8s-cluster-api.js';
 import { until } from '../support/k8s-operator-cluster.js';
-import { hostNetnsOf } from '../support/service.js';
+import { hostNetnsOf, nftTableOf, subnetOf } from '../support/service.js';
 
 const ADMIN = 'adm_cluster_sg_token_0123456789ab';
 let k: ClusterApiHarness | undefined;
@@ -32,7 +33,7 @@ function reach(addr: string, port: number): boolean {
 
 /** The VM's ingress chain in the node's nftables (inside the node's host namespace). */
 function inChain(id: string): string {
-  const r = spawnSync('ip', ['netns', 'exec', hostNs, 'nft', '-j', 'list', 'chain', 'inet', 'mvm', nftNames.vmChain(id, 'in')], { encoding: 'utf8' });
+  const r = spawnSync('ip', ['netns', 'exec', hostNs, 'nft', '-j', 'list', 'chain', 'inet', nftTableOf(k!.c.agents[0]!.dataDir), nftNames.vmChain(id, 'in')], { encoding: 'utf8' });
   return r.status === 0 ? r.stdout : '';
 }
 
@@ -59,7 +60,7 @@ before(async () => {
   ip('-n', hostNs, 'addr', 'add', '198.51.100.1/24', 'dev', `sgh${tag}`);
   ip('-n', peer, 'link', 'set', `sgp${tag}`, 'up');
   ip('-n', hostNs, 'link', 'set', `sgh${tag}`, 'up');
-  ip('-n', peer, 'route', 'add', '10.100.0.0/16', 'via', '198.51.100.1');
+  ip('-n', peer, 'route', 'add', subnetOf(k.c.agents[0]!.dataDir), 'via', '198.51.100.1');
   execFileSync('ip', ['netns', 'exec', hostNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
 });
 
@@ -81,7 +82,7 @@ test('cluster mode: the node enforces a security group from the API and applies 
   assert.equal(created.status, 201, created.text);
   const id = created.json.id as string;
   const vm = await waitPhase(token, id, 'Running', true, '150s');
-  assert.match(vm.status.ip, /^10\.100\./);
+  assert.ok(cidrContains(parseCidr(subnetOf(k!.c.agents[0]!.dataDir))!, parseIp(vm.status.ip)!), `${vm.status.ip} in the node's subnet`);
   const addr = vm.status.ip as string;
   const pids = cl.guests(id).map((g) => g.pid);
   assert.equal(pids.length, 1);

@@ -60,6 +60,17 @@ test('manifests: images, replicas, the node agent per seed §3.1.3, the API secr
   const redisSvc = all.find((d) => d.kind === 'Service' && d.metadata.name === 'microvm-ratelimit-redis');
   assert.ok(redisSvc, 'deploy/api/redis.yaml has the Service');
   assert.equal(api.env.find((e: { name: string }) => e.name === 'MVM_RATE_LIMIT_REDIS').value, `redis://${redisSvc.metadata.name}.${redisSvc.metadata.namespace}.svc:${redisSvc.spec.ports[0].port}`);
+  // Health, API and agent endpoints listen on loopback by default (ADR 27): the pods set what the kubelet and the other pods reach.
+  const env = (ct: { env: Array<{ name: string; value?: string }> }, n: string): string | undefined => ct.env.find((e) => e.name === n)?.value;
+  const opc = op.spec.template.spec.containers[0];
+  const healthPort = opc.ports.find((p: { name: string }) => p.name === 'health').containerPort;
+  assert.equal(env(opc, 'MVM_HEALTH_LISTEN'), `0.0.0.0:${healthPort}`);
+  assert.equal(env(api, 'MVM_LISTEN'), '0.0.0.0:8080');
+  assert.match(env(c, 'MVM_AGENT_LISTEN') ?? '', /^0\.0\.0\.0:\d+$/);
+  // The node agent's instance, and the host's register of instances shared with anything else of ours on the node.
+  assert.equal(env(c, 'MVM_INSTANCE'), 'agent');
+  assert.ok(hostPaths.includes('/run/mvm'));
+  assert.ok(c.volumeMounts.some((m: { mountPath: string }) => m.mountPath === '/run/mvm'));
 });
 
 test('RBAC: each service account can do what its component needs, and no more', () => {

@@ -8,6 +8,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, rmdirSync }
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { MvmClient } from '../../src/cli/client.js';
+import { instanceForDataDir, instanceNames } from '../../src/instance.js';
+import { CLAIM_DIR } from '../../src/network/instance-claim.js';
 import { listPids, readCmdline, pidAlive, sleep } from '../../src/vmm/proc.js';
 import { recordAuditOf, recordErrorAnswer, recordProcessOutput, recordSecret } from './ledger.js';
 
@@ -41,12 +43,15 @@ function ensureNetns(name: string): void {
   execFileSync('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
 }
 
-/** `ca`: the CA the test client trusts for an https:// service (default: server.json's self-signed certificate, if any). */
-export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string; ca?: string | Buffer } = {}): Promise<TestService> {
+/**
+ * `ca`: the CA the test client trusts for an https:// service (default: server.json's self-signed certificate, if any).
+ * `makeHostNetns: false`: leave making MVM_NET_HOST_NETNS to the service (it makes a missing one, and removes it at a clean stop).
+ */
+export async function startService(opts: { dataDir?: string; env?: Record<string, string>; token?: string; ca?: string | Buffer; makeHostNetns?: boolean } = {}): Promise<TestService> {
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'mvm-test-'));
   // Guest networks of tests live inside a namespace of their own, with no route off the machine.
   const hostNetns = opts.env?.MVM_NET_HOST_NETNS ?? hostNetnsOf(dataDir);
-  ensureNetns(hostNetns);
+  if (opts.makeHostNetns !== false) ensureNetns(hostNetns);
   const serverJson = join(dataDir, 'server.json');
   rmSync(serverJson, { force: true });
   let out = '';
@@ -98,7 +103,10 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
     },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-      await Promise.race([exited, sleep(30000)]);
+      // A timer that does not outlive the stop (a pending 30 s timer kept every test file alive 30 s longer).
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 30000)))]);
+      clearTimeout(timer);
     },
   };
 }
@@ -116,10 +124,38 @@ export function qemuProcessesUnder(dataDir: string): Array<{ pid: number; id: st
   return out;
 }
 
-/** Cgroup directories of a VM under our parent, on v1 or v2. */
+const CGROUP_ROOTS = ['/sys/fs/cgroup', ...['cpu', 'memory', 'pids'].map((c) => `/sys/fs/cgroup/${c}`)];
+
+/** Cgroup directories of a VM under any instance's parent (`mvm`, `mvm-<instance>`), on v1 or v2. */
 export function cgroupDirsOf(id: string): string[] {
-  const dirs = ['/sys/fs/cgroup/mvm', ...['cpu', 'memory', 'pids'].map((c) => `/sys/fs/cgroup/${c}/mvm`)];
-  return dirs.map((d) => join(d, id)).filter((d) => existsSync(d));
+  const parents = CGROUP_ROOTS.flatMap((r) => (existsSync(r) ? readdirSync(r).filter((n) => n === 'mvm' || n.startsWith('mvm-')).map((n) => join(r, n)) : []));
+  return parents.map((d) => join(d, id)).filter((d) => existsSync(d));
+}
+
+/** The nftables table name (each family) of a test service's or node agent's instance. */
+export function nftTableOf(dataDir: string): string {
+  return instanceNames(instanceOf(dataDir)).table;
+}
+
+/** Prefix of the VM network namespaces of a test service's instance. */
+export function vmNetnsPrefixOf(dataDir: string): string {
+  return instanceNames(instanceOf(dataDir)).netnsPrefix;
+}
+
+/** The subnet a service or node agent picked for its instance (recorded in its data dir at start). */
+export function subnetOf(dataDir: string): string {
+  const s = (JSON.parse(readFileSync(join(dataDir, 'instance.json'), 'utf8')) as { subnet?: string }).subnet;
+  if (!s) throw new Error(`no subnet recorded in ${dataDir}/instance.json`);
+  return s;
+}
+
+/** The instance a test service's data dir belongs to (what it recorded, else what its path derives). */
+export function instanceOf(dataDir: string): string {
+  try {
+    return (JSON.parse(readFileSync(join(dataDir, 'instance.json'), 'utf8')) as { instance: string }).instance;
+  } catch {
+    return instanceForDataDir(dataDir);
+  }
 }
 
 /** Kill every guest of a data dir and remove the dir (cleanup even when a test failed). */
@@ -146,16 +182,30 @@ export async function destroyDataDir(dataDir: string): Promise<void> {
       }
     }
   }
-  // VM namespaces of this data dir (prefix mvm<tag>-) and the stand-in host namespace.
-  const tag = createHash('sha256').update(dataDir).digest('hex').slice(0, 4);
+  // VM namespaces of this data dir's instance (prefix mvm-<instance>.) and the stand-in host namespace.
+  const names = instanceNames(instanceOf(dataDir));
   for (const ns of existsSync('/var/run/netns') ? readdirSync('/var/run/netns') : []) {
-    if (ns.startsWith(`mvm${tag}-`) || ns === hostNetnsOf(dataDir)) {
+    if (ns.startsWith(names.netnsPrefix) || ns === hostNetnsOf(dataDir)) {
       try {
         execFileSync('ip', ['netns', 'del', ns]);
       } catch {
         /* already gone */
       }
     }
+  }
+  // The instance's cgroup parent (when empty) and its claim in the host's register.
+  for (const r of CGROUP_ROOTS) {
+    try {
+      rmdirSync(join(r, names.cgroupParent));
+    } catch {
+      /* absent or busy */
+    }
+  }
+  const claim = join(CLAIM_DIR, `${names.instance}.json`);
+  try {
+    if ((JSON.parse(readFileSync(claim, 'utf8')) as { dataDir: string }).dataDir === dataDir) rmSync(claim, { force: true });
+  } catch {
+    /* none */
   }
   // Template RAM files on tmpfs (the agent's default place for this data dir).
   rmSync(join('/dev/shm', `mvm-${createHash('sha256').update(dataDir).digest('hex').slice(0, 8)}`), { recursive: true, force: true });

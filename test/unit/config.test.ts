@@ -12,9 +12,9 @@ test('MVM_CPU_OVERCOMMIT: default 16, a positive number, anything else a clear e
 });
 
 test('host ports: MVM_HOST_PORT_RANGE default 30000-32767, MVM_HOST_PORT_ADDRESS default the network gateway; bad values name the variable', () => {
-  assert.deepEqual(loadConfig({}).hostPorts, { min: 30000, max: 32767, addresses: ['10.100.0.1'] });
+  assert.deepEqual(loadConfig({}).hostPorts, { min: 30000, max: 32767, addresses: ['10.100.0.1'], addressDefault: true });
   assert.deepEqual(loadConfig({ MVM_NET_GATEWAY: '10.7.0.1' }).hostPorts.addresses, ['10.7.0.1']);
-  assert.deepEqual(loadConfig({ MVM_HOST_PORT_RANGE: '40000-40010', MVM_HOST_PORT_ADDRESS: '192.0.2.1, 0.0.0.0' }).hostPorts, { min: 40000, max: 40010, addresses: ['192.0.2.1', '0.0.0.0'] });
+  assert.deepEqual(loadConfig({ MVM_HOST_PORT_RANGE: '40000-40010', MVM_HOST_PORT_ADDRESS: '192.0.2.1, 0.0.0.0' }).hostPorts, { min: 40000, max: 40010, addresses: ['192.0.2.1', '0.0.0.0'], addressDefault: false });
   assert.deepEqual(loadConfig({ MVM_HOST_PORT_RANGE: '31000' }).hostPorts.max, 31000);
   for (const bad of ['0-10', '30000-70000', '32767-30000', 'high', '30000-']) {
     assert.throws(() => loadConfig({ MVM_HOST_PORT_RANGE: bad }), (e: Error) => e.message.includes('MVM_HOST_PORT_RANGE') && e.message.includes(JSON.stringify(bad)));

@@ -1,6 +1,7 @@
 /**
  * Configuration of the node agent's console/metrics endpoint (ADR 0015) from the environment:
- *   MVM_AGENT_LISTEN          host:port to listen on (default 0.0.0.0:0: an ephemeral port, published on the Node)
+ *   MVM_AGENT_LISTEN          host:port to listen on (default 127.0.0.1:0: loopback, an ephemeral port, published on the Node;
+ *                             deploy/firecracker sets 0.0.0.0:10351 so the API's pods reach it)
  *   MVM_AGENT_ADVERTISE_URL   URL the API uses (default http(s)://<HOST_IP | POD_IP | first external IPv4>:<port>)
  *   MVM_AGENT_TLS_CERT/KEY    PEM files: serve HTTPS, reloaded when they change (deploy/: a certificate of
  *                             the cluster's agent CA for <node>.agent.microvm.service, ADR 0026); plain HTTP otherwise
@@ -26,7 +27,7 @@ function externalIpv4(): string | undefined {
 }
 
 export function agentEndpointEnv(env: NodeJS.ProcessEnv = process.env): AgentEndpointEnv {
-  const m = /^(.*):(\d+)$/.exec(env.MVM_AGENT_LISTEN ?? '0.0.0.0:0');
+  const m = /^(.*):(\d+)$/.exec(env.MVM_AGENT_LISTEN ?? '127.0.0.1:0');
   if (!m || Number(m[2]) > 65535) throw new Error(`MVM_AGENT_LISTEN must be host:port, got ${JSON.stringify(env.MVM_AGENT_LISTEN)}`);
   const host = m[1]!.replace(/^\[(.*)\]$/, '$1') || '0.0.0.0';
   if (!env.MVM_AGENT_TLS_CERT !== !env.MVM_AGENT_TLS_KEY) throw new Error('MVM_AGENT_TLS_CERT and MVM_AGENT_TLS_KEY go together: give both PEM files or neither');
