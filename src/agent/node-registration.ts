@@ -74,22 +74,31 @@ export class NodeRegistration {
     }
     this.ours = node.metadata?.annotations?.[ANN_REGISTERED_BY] === REGISTERED_BY_AGENT;
     if (!this.ours) this.o.log?.info({ node: name }, 'a Node exists that this agent did not register: left to its kubelet');
-    await this.beat();
+    // Failing here is not fatal: the heartbeat tries again.
+    await this.beat().catch((e: Error) => this.o.log?.warn({ err: e.message }, 'could not mark the Node ready yet'));
   }
 
   /** With each heartbeat: Ready=True and the not-ready taints gone (our Node only). */
   async beat(): Promise<void> {
     if (!this.ours) return;
-    const node = await this.core.readNode({ name: this.o.nodeName });
-    await this.setReady(node, true, 'MvmAgentHeartbeat', 'the node agent heartbeats (no kubelet on this node)');
-    const taints = node.spec?.taints ?? [];
-    const kept = taints.filter((t) => !(NOT_READY_TAINTS as readonly string[]).includes(t.key));
-    if (kept.length === taints.length) return;
-    // A merge patch replaces the list; the resourceVersion makes it conditional (a concurrent taint is not lost).
-    await this.core.patchNode(
-      { name: this.o.nodeName, body: { metadata: { resourceVersion: node.metadata?.resourceVersion }, spec: { taints: kept } } },
-      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-    );
+    const before = await this.core.readNode({ name: this.o.nodeName });
+    let node = await this.setReady(before, true, 'MvmAgentHeartbeat', 'the node agent heartbeats (no kubelet on this node)');
+    for (let attempt = 0; ; attempt++) {
+      const taints = node.spec?.taints ?? [];
+      const kept = taints.filter((t) => !NOT_READY_TAINTS.includes(t.key));
+      if (kept.length === taints.length) return;
+      try {
+        // A merge patch replaces the list; the resourceVersion makes it conditional (a concurrent taint is not lost).
+        await this.core.patchNode(
+          { name: this.o.nodeName, body: { metadata: { resourceVersion: node.metadata?.resourceVersion }, spec: { taints: kept } } },
+          setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+        );
+        return;
+      } catch (e) {
+        if (httpStatus(e) !== 409 || attempt >= 3) throw e;
+        node = await this.core.readNode({ name: this.o.nodeName });
+      }
+    }
   }
 
   /** At a graceful stop: Ready=False (best effort; the stale heartbeat says the same to the operator). */
@@ -99,12 +108,12 @@ export class NodeRegistration {
   }
 
   /** The Ready condition; its lastTransitionTime moves only when its status changes. */
-  private async setReady(node: V1Node | undefined, ready: boolean, reason: string, message: string): Promise<void> {
+  private async setReady(node: V1Node | undefined, ready: boolean, reason: string, message: string): Promise<V1Node> {
     const now = new Date();
     const status = ready ? 'True' : 'False';
     const cur = node?.status?.conditions?.find((c) => c.type === 'Ready');
     const since = cur?.status === status && cur.lastTransitionTime ? new Date(cur.lastTransitionTime) : now;
-    await this.core.patchNodeStatus(
+    return this.core.patchNodeStatus(
       {
         name: this.o.nodeName,
         body: { status: { conditions: [{ type: 'Ready', status, reason, message, lastHeartbeatTime: now, lastTransitionTime: since }] } },
