@@ -1,11 +1,11 @@
 /**
  * The README's "Try the cluster mode" walkthrough, run as written (issue 17). The shell block after
- * the marker `<!-- cluster-walkthrough -->` is read from README.md at test time, so the README and
+ * the marker `<!-- cluster-walkthrough` is read from README.md at test time, so the README and
  * what runs cannot drift: `make cluster-up`, `kubectl apply` of a MicroVM, the `mvm` CLI against
  * the API in cluster mode, the kubectl plugin (`kubectl mvm console|metrics|exec`), `kubectl
  * drain`, `make cluster-down`. Two changes, both said here: a `kubectl get mvm … -w` line (a
- * watch that ends with Ctrl-C) becomes the bounded `kubectl wait --for=jsonpath={.status.phase}=Running
- * mvm --all …` plus one `kubectl get mvm …`; and the environment makes make skip the set-up and
+ * watch you end with Ctrl-C once READY is True) becomes the bounded `kubectl wait
+ * --for=condition=GuestReady mvm --all …` plus one `kubectl get mvm …`; and the environment makes make skip the set-up and
  * build (MVM_NO_BUILD=1: `make test` built everything first), install the tools into a temporary
  * BIN_DIR on PATH rather than /usr/local/bin, and put the control plane's kubectl first on PATH.
  *
@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { REPO } from '../support/k8s-control-plane.js';
 
 const STATE_DIR = '/run/mvm-cluster';
-const MARKER = '<!-- cluster-walkthrough -->';
+const MARKER = '<!-- cluster-walkthrough';
 
 /** The walkthrough's shell block, as commands (a heredoc stays with the line that opens it). */
 export function walkthroughCommands(readme: string): string[] {
@@ -50,12 +50,12 @@ export function walkthroughCommands(readme: string): string[] {
   return out;
 }
 
-/** A watch that ends with Ctrl-C → a bounded wait for Running, then one listing. */
+/** A watch that ends with Ctrl-C (once READY is True) → a bounded wait for GuestReady, then one listing. */
 function bounded(cmd: string): string {
   const w = /^kubectl get (mvm|microvms?)\b(.*?)\s+(?:-w|--watch)\b(.*)$/.exec(cmd.replace(/\s+#.*$/, ''));
   if (!w) return cmd;
   const args = `${w[2]}${w[3]}`.trim();
-  return `kubectl wait --for=jsonpath='{.status.phase}'=Running mvm --all ${args} --timeout=300s >/dev/null && kubectl get mvm ${args}`;
+  return `kubectl wait --for=condition=GuestReady mvm --all ${args} --timeout=300s >/dev/null && kubectl get mvm ${args}`;
 }
 
 const portTaken = (port: number): Promise<boolean> =>
@@ -190,7 +190,7 @@ test(
     for (const v of ['KUBECONFIG', 'MVM_SERVER', 'MVM_TOKEN', 'MVM_CLUSTER_DIR', 'MAKEFLAGS', 'MAKELEVEL']) delete env[v];
     // Each command is echoed with a time stamp (the test's own lines start with @@).
     const script = (cmds: string[], first: number): string =>
-      ['set -eo pipefail', ...cmds.map((c, i) => `echo "@@ ${first + i} $(date +%s.%N) ${JSON.stringify(c.split('\n')[0]).slice(1, -1).replace(/[`$"\\]/g, '\\$&')}"\n${bounded(c)}`), `echo "@@ end $(date +%s.%N)"`].join('\n');
+      ['set -eo pipefail', ...cmds.map((c, i) => `printf '@@ %s %s %s\\n' ${first + i} "$(date +%s.%N)" '${c.split('\n')[0]!.replace(/'/g, "'\\''")}'\n${bounded(c)}`), `echo "@@ end $(date +%s.%N)"`].join('\n');
     const stamps = (out: string): Map<string, number> => new Map([...out.matchAll(/^@@ (\S+) ([\d.]+)/gm)].map((m) => [m[1]!, Number(m[2])]));
 
     const before = listing();
@@ -235,7 +235,7 @@ test(
 
     // The listing sees a cluster: while it ran, its processes, namespaces and cgroups were there.
     const grew = added(before, during);
-    for (const re of [/ kube-apiserver /, /mvm-agent\.js/, /mvm-operator\.js/, /mvm-server\.js/, /qemu-system/]) {
+    for (const re of [/\/kube-apiserver /, /mvm-agent\.js/, /mvm-operator\.js/, /mvm-server\.js/, /qemu-system/]) {
       assert.ok(grew.processes?.some((p) => re.test(p)), `${re} while the cluster ran: ${JSON.stringify(grew.processes)}`);
     }
     assert.deepEqual(grew.netns?.filter((n) => n.startsWith('mvm-cluster-')).sort(), ['mvm-cluster-node-a', 'mvm-cluster-node-b']);
