@@ -227,6 +227,15 @@ test(
     const unknown = spawnSync(join(binDir, 'kubectl-mvm'), ['console', 'nope', '-n', 'demo'], { encoding: 'utf8', env: { ...env, ...envOf } });
     assert.match(unknown.stderr, /microvm nope not found in namespace demo/);
 
+    // No kubelet: each agent registered its Node (annotated as its own), Ready, without the not-ready taint.
+    const kubectl = (args: string[]): string => spawnSync('kubectl', args, { encoding: 'utf8', env: { ...env, ...envOf } }).stdout;
+    for (const n of ['node-a', 'node-b']) {
+      const node = JSON.parse(kubectl(['get', 'node', n, '-o', 'json'])) as { metadata: { annotations: Record<string, string> }; spec: { taints?: unknown[] }; status: { conditions: Array<{ type: string; status: string; reason: string }> } };
+      assert.equal(node.metadata.annotations['microvm.service/registered-by'], 'mvm-agent', n);
+      assert.deepEqual(node.spec.taints ?? [], [], `${n} keeps no not-ready taint`);
+      assert.deepEqual(node.status.conditions.filter((c) => c.type === 'Ready').map((c) => [c.status, c.reason]), [['True', 'MvmAgentHeartbeat']]);
+    }
+
     const downRun = await bash(script(commands.slice(down), down), env, 120_000);
     assert.equal(downRun.code, 0, `make cluster-down failed:\n${downRun.out}`);
     const td = stamps(downRun.out);
