@@ -180,7 +180,8 @@ until [[ -n $API_URL ]]; do
   [[ -n $API_URL ]] || sleep 0.2
 done
 GRPC_ADDR=$(sed -n 's/.*gRPC on \([^ ]*\).*/\1/p' "$D/logs/api.log" | head -1)
-curl -fsS "$API_URL/healthz" >/dev/null
+"$NODE_BIN" -e 'fetch(process.argv[1]).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))' "$API_URL/healthz" ||
+  { log "the API at $API_URL does not answer /healthz"; exit 1; }
 
 cat >"$D/env" <<EOF
 export KUBECONFIG=$D/kubeconfig
