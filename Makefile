@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-load clean lint control-plane container-images guest-agent sdk-types
+.PHONY: run test test-unit deps build web images bench bench-instant bench-load clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -25,6 +25,24 @@ lint: deps
 
 control-plane:
 	@scripts/k8s/ensure-control-plane.sh >/dev/null
+
+## Cluster mode on this machine (scripts/k8s/cluster-up.sh; README "Try the cluster mode"): the test control
+## plane, the CRDs and RBAC of deploy/, the operator, two node agents and the API on 127.0.0.1:18080, in the
+## background, state in $(MVM_CLUSTER_DIR) (logs, pid files, kubeconfigs, node data dirs; `. $(MVM_CLUSTER_DIR)/env`).
+## `make cluster-down` removes all of it. MVM_NO_BUILD=1 skips the set-up and build (the walkthrough test:
+## `make test` built everything before).
+export MVM_CLUSTER_DIR ?= /run/mvm-cluster
+BIN_DIR ?= /usr/local/bin
+cluster-up: $(if $(MVM_NO_BUILD),,deps build images control-plane) install-tools
+	@scripts/k8s/cluster-up.sh
+
+cluster-down:
+	@scripts/k8s/cluster-down.sh
+
+## `mvm`, the kubectl plugin `kubectl-mvm` (kubectl mvm console|metrics|exec) and, if there is no kubectl on
+## PATH, the control plane's kubectl, into $(BIN_DIR) (scripts/install-tools.sh).
+install-tools: $(if $(MVM_NO_BUILD),,build control-plane)
+	@scripts/install-tools.sh "$(BIN_DIR)"
 
 ## The guest agent (images/guest/agent, Go): a static binary built into $(MVM_CACHE_DIR)/guest-agent/<hash>/ (prints its path).
 guest-agent:

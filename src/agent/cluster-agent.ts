@@ -201,7 +201,15 @@ export class NodeHeartbeat {
 
   constructor(
     kc: KubeConfig,
-    private readonly o: { namespace: string; agent: NodeAgent; periodMs?: number; durationSeconds?: number; log?: Logger },
+    private readonly o: {
+      namespace: string;
+      agent: NodeAgent;
+      periodMs?: number;
+      durationSeconds?: number;
+      log?: Logger;
+      /** After each renewal (the agent's own Node kept Ready when it registered it: node-registration.ts). */
+      alsoOnBeat?: () => Promise<void>;
+    },
   ) {
     this.api = kc.makeApiClient(CoordinationV1Api);
   }
@@ -234,6 +242,7 @@ export class NodeHeartbeat {
   start(): Promise<void> {
     const tick = (): void => {
       void this.beat()
+        .then(() => this.o.alsoOnBeat?.())
         .catch((e: Error) => this.o.log?.warn({ err: e.message }, 'node heartbeat failed'))
         .finally(() => {
           if (!this.stopped) this.timer = setTimeout(tick, this.o.periodMs ?? 10_000);

@@ -25,6 +25,7 @@ import { LocalAgent } from './agent.js';
 import { claimNode, createImageManager, createImageResolver, createNetworkManager, createVmmDriver, releaseNode } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
+import { NodeRegistration, nodeRegisterEnv } from './node-registration.js';
 import type { VolumeBackend } from '../core/ports/volumes.js';
 import { VolumeService } from '../core/volumes.js';
 import { volumeBackendsFromEnv } from '../storage/volumes/index.js';
@@ -45,7 +46,7 @@ export interface ClusterNode {
   close(): Promise<void>;
 }
 
-export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig; logger?: Logger; heartbeatMs?: number } = {}): Promise<ClusterNode> {
+export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig; logger?: Logger; heartbeatMs?: number; registerNode?: boolean } = {}): Promise<ClusterNode> {
   const nodeName = process.env.NODE_NAME ?? process.env.MVM_NODE_NAME;
   if (!nodeName) throw new Error('NODE_NAME is not set (the DaemonSet sets it from spec.nodeName)');
   const log = o.logger ?? pino({ level: cfg.logLevel, base: { svc: 'mvm-agent', node: nodeName } });
@@ -122,7 +123,16 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   // Image cache management as standalone (ADR 0019): in use = named by a MicroVM bound to this node
   // (every phase) or leased by a resolve in progress; periodic gc by the same policy.
   const imageManager = createImageManager(images, store, imageCfg, log.child({ c: 'images' }));
-  const heartbeat = new NodeHeartbeat(kc, { namespace: cfg.cluster?.systemNamespace ?? 'microvm-system', agent, periodMs: o.heartbeatMs ?? 10_000, log });
+  // No kubelet (MVM_NODE_REGISTER=true): the agent registers its Node and keeps it Ready with each heartbeat.
+  const registration = (o.registerNode ?? nodeRegisterEnv()) ? new NodeRegistration(kc, { nodeName, log: log.child({ c: 'node' }) }) : undefined;
+  await registration?.ensure();
+  const heartbeat = new NodeHeartbeat(kc, {
+    namespace: cfg.cluster?.systemNamespace ?? 'microvm-system',
+    agent,
+    periodMs: o.heartbeatMs ?? 10_000,
+    log,
+    ...(registration ? { alsoOnBeat: () => registration.beat() } : {}),
+  });
   await heartbeat.start();
   await netController?.start();
   await controller.start();
@@ -144,6 +154,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
       if (closed) return;
       closed = true;
       heartbeat.stop();
+      await registration?.stopped();
       imageManager.stop();
       netController?.stop();
       await controller.stop();

@@ -74,7 +74,7 @@ async function main(): Promise<void> {
         process.exit(3);
       },
       onNewLeader: (who) => log.info({ leader: who }, 'following'),
-      log: (msg, o) => log.info(o ?? {}, msg),
+      log: (msg, o, level = 'info') => log[level](o ?? {}, msg),
     });
     started = true; // a follower is healthy and ready (readiness is not leadership)
     elector.start();

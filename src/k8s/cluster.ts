@@ -44,9 +44,18 @@ export const nodeLeaseName = (node: string): string => `mvm-node-${node}`;
 export const NODE_LEASE_LABEL = 'microvm.service/node-heartbeat';
 
 /**
+ * The taints Kubernetes derives from a Ready condition that is not True (the admission plugin
+ * TaintNodesByCondition on a new Node, the node lifecycle controller later).
+ */
+export const NOT_READY_TAINTS: readonly string[] = ['node.kubernetes.io/not-ready', 'node.kubernetes.io/unreachable'];
+
+/**
  * What the scheduler knows of a node: the agent's report (Lease annotation) for capacity and
  * drivers, the Node object for labels, cordon and taints. Ready = a fresh heartbeat (renewed
- * within the Lease's duration) and no kubelet saying NotReady.
+ * within the Lease's duration) and no kubelet saying NotReady. The NoSchedule taints of
+ * NOT_READY_TAINTS are not read: they restate readiness for pods, which `ready` already decides
+ * from the heartbeat and the Ready condition, and on a cluster with no kubelet and no node
+ * lifecycle controller (a bare control plane) nobody would ever remove the one every new Node gets.
  */
 export function nodeInfoOf(node: V1Node, lease: V1Lease | undefined, now = Date.now()): NodeInfo {
   const name = node.metadata?.name ?? '';
@@ -73,7 +82,9 @@ export function nodeInfoOf(node: V1Node, lease: V1Lease | undefined, now = Date.
       ? { cpus: Math.min(base?.cpus ?? 0, capCpus ?? Infinity), memoryMiB: Math.min(base?.memoryMiB ?? 0, capMem ?? Infinity) }
       : reported.allocatable;
   const kubeletReady = node.status?.conditions?.find((c) => c.type === 'Ready');
-  const taints: Taint[] = (node.spec?.taints ?? []).map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect as Taint['effect'] }));
+  const taints: Taint[] = (node.spec?.taints ?? [])
+    .filter((t) => !(t.effect === 'NoSchedule' && NOT_READY_TAINTS.includes(t.key)))
+    .map((t) => ({ key: t.key, ...(t.value !== undefined ? { value: t.value } : {}), effect: t.effect as Taint['effect'] }));
   return {
     name,
     cpus: reported.cpus ?? 0,

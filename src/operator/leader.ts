@@ -24,7 +24,28 @@ export interface LeaderElectionOptions {
   onStartedLeading: () => void | Promise<void>;
   onStoppedLeading: () => void;
   onNewLeader?: (identity: string) => void;
-  log?: (msg: string, o?: Record<string, unknown>) => void;
+  log?: (msg: string, o?: Record<string, unknown>, level?: 'info' | 'warn') => void;
+}
+
+/** How often a failure that keeps repeating is logged again (with how many times it happened meanwhile). */
+const REPEAT_LOG_MS = 60_000;
+
+/**
+ * What a failed Lease request means for whoever runs the operator: a missing namespace or missing
+ * rights say which manifest to apply (issue 17: an operator started before deploy/operator/ was
+ * applied retried every 2 s with a bare "not found").
+ */
+export function describeLeaseFailure(e: unknown, namespace: string, name: string): string {
+  const status = httpStatus(e);
+  const body = (e as { body?: unknown } | undefined)?.body;
+  const text = `${typeof body === 'string' ? body : JSON.stringify(body ?? '')} ${(e as Error)?.message ?? ''}`;
+  if (status === 404 && text.includes('namespaces') && text.includes(namespace) && /not found/i.test(text)) {
+    return `the namespace ${namespace} does not exist, so the leader election Lease ${namespace}/${name} cannot be created: apply deploy/operator/00-namespace.yaml (kubectl apply -f deploy/operator/) first; retrying`;
+  }
+  if (status === 403) {
+    return `not allowed to read or write the Lease ${namespace}/${name}: apply the operator's RBAC (deploy/operator/rbac.yaml) and run as its ServiceAccount; retrying`;
+  }
+  return `lease request failed: ${(e as Error)?.message ?? String(e)}`;
 }
 
 export class LeaderElector {
@@ -39,6 +60,8 @@ export class LeaderElector {
   private timer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
   private wake: (() => void) | undefined;
+  /** The failure last logged, when, and how many times it repeated since (logged once a minute, not every retry). */
+  private failure: { msg: string; at: number; repeats: number } | undefined;
 
   constructor(private readonly o: LeaderElectionOptions) {
     this.api = o.kubeConfig.makeApiClient(CoordinationV1Api);
@@ -68,8 +91,10 @@ export class LeaderElector {
       let ok = false;
       try {
         ok = await this.tryAcquireOrRenew();
+        if (this.failure) this.o.log?.('lease requests work again', { after: this.failure.msg });
+        this.failure = undefined;
       } catch (e) {
-        this.o.log?.('lease request failed', { err: (e as Error).message });
+        this.logFailure(describeLeaseFailure(e, this.o.namespace, this.o.name), (e as Error)?.message);
       }
       if (this.stopped) break;
       const now = Date.now();
@@ -87,6 +112,18 @@ export class LeaderElector {
       }
       await this.sleep(this.retryMs);
     }
+  }
+
+  /** A new failure is logged at once; the same one again at most every REPEAT_LOG_MS, with its count. */
+  private logFailure(msg: string, err: string | undefined): void {
+    const now = Date.now();
+    const f = this.failure;
+    if (f && f.msg === msg && now - f.at < REPEAT_LOG_MS) {
+      f.repeats++;
+      return;
+    }
+    this.o.log?.(msg, { err, lease: `${this.o.namespace}/${this.o.name}`, ...(f && f.msg === msg ? { repeatedTimes: f.repeats } : {}) }, 'warn');
+    this.failure = { msg, at: now, repeats: 0 };
   }
 
   private spec(now: Date, acquire: Date | undefined, transitions: number): V1Lease['spec'] {

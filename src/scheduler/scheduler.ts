@@ -307,7 +307,8 @@ export class Scheduler {
       let s = base[i]!;
       if (aMax > aMin) s += (this.weights.affinity * 100 * (affRaw[i]! - aMin)) / (aMax - aMin);
       if (tMax > 0) s += this.weights.taints * 100 * (1 - taintRaw[i]! / tMax);
-      if (s > bestScore) [best, bestScore] = [i, s];
+      // A tie goes to the node first by name: the same cluster places the same way whatever order its nodes registered in.
+      if (s > bestScore || (s === bestScore && feasible[i]!.info.name < feasible[best]!.info.name)) [best, bestScore] = [i, s];
     }
     return { node: feasible[best]!.info.name, reasons, message: summary(nodes.length, feasible.length, kinds), score: bestScore };
   }

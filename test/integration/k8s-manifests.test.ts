@@ -171,6 +171,17 @@ test('RBAC: each service account can do what its component needs, and no more', 
   );
 });
 
+test('deploy/firecracker/register-node (no kubelet, ADR 0029): the agent may create its Node and patch node status only with it applied', () => {
+  const can = (args: string[]): boolean => cp.kubectl(['auth', 'can-i', ...args, '--as=system:serviceaccount:microvm-system:firecracker-runtime']).stdout.trim() === 'yes';
+  cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/firecracker/rbac.yaml')]);
+  assert.deepEqual([can(['create', 'nodes']), can(['patch', 'nodes', '--subresource=status'])], [false, false], 'a real cluster\'s agent (kubectl apply -f deploy/firecracker/) gets neither');
+  const dry = cp.kubectlOk(['apply', '--dry-run=server', '-f', join(REPO, 'deploy/firecracker/register-node')]);
+  assert.equal(dry.trim().split('\n').length, 2, dry);
+  cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/firecracker/register-node')]);
+  assert.deepEqual([can(['create', 'nodes']), can(['patch', 'nodes', '--subresource=status']), can(['delete', 'nodes']), can(['update', 'nodes', '--subresource=status'])], [true, true, false, false]);
+  cp.kubectlOk(['delete', '-f', join(REPO, 'deploy/firecracker/register-node')]);
+});
+
 test('kubectl get mvm shows the printer columns; the CRD schema refuses a bad MicroVM, naming the fields', () => {
   cp.kubectlOk(['create', 'namespace', 'demo']);
   const good = { apiVersion: 'microvm.service/v1alpha1', kind: 'MicroVM', metadata: { name: 'web', namespace: 'demo' }, spec: { vcpu: 2, memory: '512Mi', labels: { app: 'web' } } };

@@ -119,6 +119,32 @@ test('nodeInfoOf: capacity from the heartbeat Lease, cordon/taints/labels from t
   assert.equal(nodeInfoOf(notReady as never, lease('2026-01-01T00:00:50Z') as never, now).ready, false, 'kubelet NotReady');
 });
 
+test('nodeInfoOf: the not-ready taint of a Node with no kubelet does not strand a heartbeating agent (issue 17)', async () => {
+  const { nodeInfoOf, ANN_NODE_INFO } = await import('../../src/k8s/cluster.js');
+  const { Scheduler } = await import('../../src/scheduler/scheduler.js');
+  const { ClusterState } = await import('../../src/scheduler/state.js');
+  const now = Date.parse('2026-01-01T00:01:00Z');
+  const report = { name: 'n1', cpus: 8, memoryMiB: 16384, drivers: ['qemu'], accel: 'tcg', ready: true };
+  const lease = { metadata: { annotations: { [ANN_NODE_INFO]: JSON.stringify(report) } }, spec: { renewTime: new Date('2026-01-01T00:00:50Z'), leaseDurationSeconds: 40 } };
+  // What TaintNodesByCondition gives every new Node; on a bare control plane nobody removes it.
+  const node = {
+    metadata: { name: 'n1' },
+    spec: { taints: [{ key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' }, { key: 'node.kubernetes.io/unreachable', effect: 'NoSchedule' }, { key: 'dedicated', value: 'x', effect: 'NoSchedule' }] },
+  };
+  const info = nodeInfoOf(node as never, lease as never, now);
+  assert.equal(info.ready, true);
+  assert.deepEqual(info.taints, [{ key: 'dedicated', value: 'x', effect: 'NoSchedule' }], 'the readiness taints are readiness, decided by the heartbeat');
+  // A NoExecute not-ready taint is still a taint (the lifecycle controller's eviction signal).
+  const noExec = { metadata: { name: 'n1' }, spec: { taints: [{ key: 'node.kubernetes.io/not-ready', effect: 'NoExecute' }] } };
+  assert.deepEqual(nodeInfoOf(noExec as never, lease as never, now).taints, [{ key: 'node.kubernetes.io/not-ready', effect: 'NoExecute' }]);
+  // And the scheduler places a VM there (it would be refused for the untolerated taint before).
+  const state = new ClusterState();
+  state.setNode(nodeInfoOf({ metadata: { name: 'n1' }, spec: { taints: [{ key: 'node.kubernetes.io/not-ready', effect: 'NoSchedule' }] } } as never, lease as never, now));
+  const vm = { id: 'vm-1', tenant: 't', name: 'a', spec: { vcpu: 1, memory: '128Mi' }, desiredState: 'Running', status: { phase: 'Pending', conditions: [] } };
+  const placed = new Scheduler({ cpuOvercommit: 16 }).schedule(vm as never, state);
+  assert.equal((placed as { node?: string }).node, 'n1', JSON.stringify(placed));
+});
+
 test('nodeInfoOf: the Node annotation microvm.service/allocatable caps what the agent reports', async () => {
   const { nodeInfoOf, ANN_NODE_INFO, ANN_ALLOCATABLE } = await import('../../src/k8s/cluster.js');
   const now = Date.parse('2026-01-01T00:01:00Z');

@@ -255,3 +255,10 @@ test('evictions: VMs on a node with a NoExecute taint they do not tolerate, and 
   );
   assert.deepEqual(s.evictions(st), [{ vm: 'a', node: 'n1', reason: 'untolerated taint maintenance:NoExecute' }]);
 });
+
+test('a tie goes to the node first by name, whatever order the nodes registered in', () => {
+  for (const order of [['n-b', 'n-a', 'n-c'], ['n-c', 'n-b', 'n-a'], ['n-a', 'n-c', 'n-b']]) {
+    const p = decide(vm('v1', {}), order.map((n) => node(n)));
+    assert.equal(p.node, 'n-a', `registered as ${order.join(', ')}: ${JSON.stringify(p)}`);
+  }
+});
