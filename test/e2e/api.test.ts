@@ -110,7 +110,8 @@ describe('bad input', () => {
     assertProblem(await raw('POST', '/microvms', { name: 'Not_A_DNS_Name' }), 400, 'VALIDATION_FAILED', 'name');
     assertProblem(await raw('POST', '/microvms', { vcpu: 1 }), 400, 'VALIDATION_FAILED', 'name');
     assertProblem(await raw('POST', '/microvms', '{"name": '), 400, 'VALIDATION_FAILED', 'body');
-    assertProblem(await raw('POST', '/microvms', { name: 'x', kernel: { image: 'nope:1' } }), 400, 'VALIDATION_FAILED', 'kernel.image');
+    // An image from a registry the admin did not allow is refused before anything is fetched (ADR 0024).
+    assertProblem(await raw('POST', '/microvms', { name: 'x', kernel: { image: 'nope:1' } }), 403, 'REGISTRY_NOT_ALLOWED', 'kernel.image');
     assertProblem(await raw('GET', '/microvms?limit=0'), 400, 'VALIDATION_FAILED', 'limit');
     assertProblem(await raw('GET', '/microvms?cursor=garbage'), 400, 'VALIDATION_FAILED', 'cursor');
     // Nothing was created by any of these.
