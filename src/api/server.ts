@@ -17,7 +17,7 @@ import type { MicroVMService, Principal } from '../core/service.js';
 import type { TenantService } from '../core/tenancy.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
 import { operationForRoute, undeclaredOperation, type Operation } from '../gateway/operations.js';
-import { ajvToMvmError, errorFrom, toProblem } from '../gateway/problem.js';
+import { HTTP_STATUS, ajvToMvmError, errorFrom, toProblem } from '../gateway/problem.js';
 import { registerObservabilityRoutes } from './routes/observability.js';
 import type { SecurityGroupService } from '../core/security-groups.js';
 import { API_VERSIONS, unsupportedVersion } from './versions.js';
@@ -116,6 +116,14 @@ const lazyChild = (parent: FastifyBaseLogger, bindings: Record<string, unknown>)
 /** Paths under /api/ that are not in the route table (404s) still require authentication. */
 const UNROUTED: Operation = { id: 'unrouted', permission: 'authenticated', resource: 'unknown', verb: 'unknown', mutation: false, rateClass: 'read' };
 const REPLAYED_HEADERS = ['content-type', 'location', 'etag'];
+/** Methods a route may answer; an unrouted request whose path answers some of them gets 405 with `Allow`. */
+const ROUTABLE_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+/**
+ * Longest path parameter the router accepts. Ids are at most 128 characters by the schema: longer
+ * ones reach validation (400, naming the field); only a segment over this limit is refused by the
+ * router, as 414 problem+json like every other error.
+ */
+export const MAX_PARAM_LENGTH = 2048;
 
 export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -126,6 +134,13 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     // Request loggers are made on first use: most requests never log, and a pino child per request costs.
     childLoggerFactory: (logger, bindings) => lazyChild(logger, bindings),
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // What the router refuses before any route runs (bad percent-encoding, an over-long segment) is problem+json too.
+    frameworkErrors: (err, req, reply) => {
+      const e = errorFrom(err);
+      req.mvmError = e;
+      void (reply as FastifyReply).status(HTTP_STATUS[e.code]).type('application/problem+json').send(toProblem(e, req.url));
+    },
   });
   const gw = o.gateway;
   // Every route, for the check that each one under /api is in the operations table.
@@ -142,8 +157,9 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   });
 
   // Bodies are validated strictly (no coercion, no silently dropped fields); query strings and params are coerced.
-  const bodyAjv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false });
-  const queryAjv = new Ajv({ allErrors: true, coerceTypes: true, removeAdditional: false, useDefaults: true, strict: false });
+  // `verbose`: errors carry their schema, so a rule between fields is reported by the field it names.
+  const bodyAjv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false, verbose: true });
+  const queryAjv = new Ajv({ allErrors: true, coerceTypes: true, removeAdditional: false, useDefaults: true, strict: false, verbose: true });
   addFormats(bodyAjv);
   addFormats(queryAjv);
   app.setValidatorCompiler(({ schema, httpPart }) => {
@@ -184,8 +200,17 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const warned = new Set<string>();
   app.addHook('onRequest', async (req: FastifyRequest, reply) => {
     const path = req.url.split('?')[0]!;
-    if (!path.startsWith('/api/')) return;
     const pattern = req.routeOptions.url;
+    if (!pattern) {
+      // No route for this method: when the path has routes for other methods, 405 naming them (before
+      // authentication and before any body is read: an unknown method such as QUERY never gets that far).
+      const allow = ROUTABLE_METHODS.filter((m) => app.findRoute({ method: m, url: path }) !== null);
+      if (allow.length) {
+        void reply.header('allow', allow.join(', '));
+        throw new MvmError(ErrorCodes.METHOD_NOT_ALLOWED, `method ${req.method} is not allowed on ${path} (allowed: ${allow.join(', ')})`, { details: { allow } });
+      }
+    }
+    if (!path.startsWith('/api/')) return;
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     let op = pattern ? operationForRoute(method, pattern) : UNROUTED;
     if (!op) {

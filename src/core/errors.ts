@@ -22,6 +22,12 @@ export const ErrorCodes = {
   VM_FAILED: 'VM_FAILED',
   /** exec, files, port forwarding: the VM's guest agent is not there or does not answer (409). */
   AGENT_UNAVAILABLE: 'AGENT_UNAVAILABLE',
+  /** The path exists but not with this HTTP method (REST only: 405 with `Allow`). */
+  METHOD_NOT_ALLOWED: 'METHOD_NOT_ALLOWED',
+  /** The request body is over the limit (413). */
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  /** A path segment is over the router's limit (414). */
+  URI_TOO_LONG: 'URI_TOO_LONG',
   INTERNAL: 'INTERNAL',
 } as const;
 

@@ -5,10 +5,39 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
+/**
+ * `a` and `b` are mutually exclusive (at most one of them): a `oneOf` of "has a", "has b" and
+ * "has neither", which every JSON Schema tool understands. `x-exclusive` names the pair for the
+ * REST error (src/gateway/problem.ts names the field) and the CRD generator (a CEL rule).
+ */
+export function exclusive(a: string, b: string): { oneOf: Array<Record<string, unknown>>; 'x-exclusive': [string, string] } {
+  return {
+    oneOf: [{ required: [a] }, { required: [b] }, { not: { anyOf: [{ required: [a] }, { required: [b] }] } }],
+    'x-exclusive': [a, b],
+  };
+}
+
+/** With `field` given, none of `others` may be (they come from what `field` names). */
+export function excludes(field: string, others: string[]): { not: Record<string, unknown>; 'x-excludes': { field: string; others: string[] } } {
+  return { not: { anyOf: others.map((o) => ({ required: [field, o] })) }, 'x-excludes': { field, others } };
+}
+
+/** `field` is required unless `other` is given: an `anyOf` of the two `required`s. */
+export function requiredUnless(field: string, other: string): { anyOf: Array<Record<string, unknown>>; 'x-required-unless': [string, string] } {
+  return { anyOf: [{ required: [field] }, { required: [other] }], 'x-required-unless': [field, other] };
+}
+
 export const QUANTITY_PATTERN = '^[1-9][0-9]*(Mi|Gi)$';
+/** A volume size: 16Mi (room for an ext4 journal) to 9999999Mi, or 1Gi to 16384Gi. */
+export const VOLUME_SIZE_PATTERN = '^(1[6-9]|[2-9][0-9]|[1-9][0-9]{2,6})Mi$|^([1-9][0-9]{0,3}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])Gi$';
+
+/** Guest memory: 128Mi to 8192Mi, or 1Gi to 8Gi. */
+export const MEMORY_PATTERN = '^((12[89]|1[3-9][0-9]|[2-9][0-9]{2}|[1-7][0-9]{3}|80[0-9]{2}|81[0-8][0-9]|819[0-2])Mi|[1-8]Gi)$';
 export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
 export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
+/** A unicast MAC (the multicast bit of the first octet clear), as a guest NIC needs. */
+export const UNICAST_MAC_PATTERN = '^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$';
 
 /** The lifecycle phases of a microVM, in lifecycle order: the one list every edge (CLI, gRPC, metrics, dashboard) uses. */
 export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
@@ -38,8 +67,8 @@ export const RootFSSpec = Type.Object(
 export const NetworkInterface = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 15 }),
-    mac: Type.Optional(Type.String({ pattern: MAC_PATTERN })),
-    ip: Type.Optional(Type.String({ maxLength: 64 })),
+    mac: Type.Optional(Type.String({ pattern: UNICAST_MAC_PATTERN, not: { pattern: '^(00:){5}00$' }, description: 'unicast MAC, not all zeros; default derived from the VM id' })),
+    ip: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15, description: "IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one" })),
   },
   { additionalProperties: false },
 );
@@ -49,7 +78,7 @@ export const Volume = Type.Object(
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 63 }),
     mountPath: Type.String({ pattern: '^/', maxLength: 256 }),
     readOnly: Type.Optional(Type.Boolean()),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN })),
+    size: Type.Optional(Type.String({ pattern: VOLUME_SIZE_PATTERN, description: 'creates the volume (16Mi to 16384Gi) when the tenant has none of this name' })),
   },
   { additionalProperties: false },
 );
@@ -86,7 +115,7 @@ export const SecurityRule = Type.Object(
     action: Type.Optional(Type.Union([Type.Literal('accept'), Type.Literal('drop')])),
     description: Type.Optional(Type.String({ maxLength: 256 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...exclusive('cidr', 'group') },
 );
 
 export const SecurityGroupRequest = Type.Object(
@@ -200,7 +229,7 @@ const Lifecycle = Type.Object(
 
 const specFields = {
   vcpu: Type.Integer({ minimum: 1, maximum: 8, description: 'Number of vCPUs (1-8)' }),
-  memory: Type.String({ pattern: QUANTITY_PATTERN, description: 'Guest memory, 128Mi to 8Gi' }),
+  memory: Type.String({ pattern: MEMORY_PATTERN, description: 'Guest memory, 128Mi to 8Gi (8192Mi)' }),
   kernel: KernelSpec,
   rootfs: RootFSSpec,
   networkInterfaces: Type.Array(NetworkInterface, { maxItems: 4 }),
@@ -250,6 +279,9 @@ export const MicroVMSpec = Type.Object(
   { additionalProperties: false },
 );
 
+/** What a template clone takes from its template (a create naming a template must omit them). */
+export const TEMPLATE_FIXED_FIELDS = ['vcpu', 'memory', 'kernel', 'rootfs', 'volumes', 'networkInterfaces'];
+
 export const CreateMicroVMRequest = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
@@ -272,10 +304,10 @@ export const CreateMicroVMRequest = Type.Object(
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
     template: Type.Optional(
-      Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(@[1-9][0-9]{0,8})?$', maxLength: 73, description: 'Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs come from the template' }),
+      Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(@[1-9][0-9]{0,8})?$', maxLength: 73, description: 'Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs/volumes/networkInterfaces come from the template and must be omitted' }),
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...exclusive('snapshot', 'template'), ...excludes('template', TEMPLATE_FIXED_FIELDS) },
 );
 
 export const UpdateMicroVMRequest = Type.Object(
@@ -366,13 +398,13 @@ export const VolumePhase = Type.Union(['Creating', 'Available', 'InUse', 'Deleti
 export const CreateVolumeRequest = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Size, e.g. 1Gi (required unless fromSnapshot)' })),
+    size: Type.Optional(Type.String({ pattern: VOLUME_SIZE_PATTERN, description: 'Size, 16Mi to 16384Gi, e.g. 1Gi (required unless fromSnapshot; with it, at least the snapshot\'s size)' })),
     backend: Type.Optional(Type.String({ pattern: NAME_PATTERN, maxLength: 32, description: 'Storage backend: local (default), nfs, ceph-rbd' })),
     readOnly: Type.Optional(Type.Boolean({ description: 'Only ever attached read-only' })),
     fromSnapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore: a new volume from this volume snapshot (id or name)' })),
     labels: Type.Optional(Labels),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...requiredUnless('size', 'fromSnapshot') },
 );
 
 export const VolumeAttachment = Type.Object({

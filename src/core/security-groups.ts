@@ -7,7 +7,7 @@ import { newId } from './microvm.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { SecurityGroupRequestT, SecurityGroupT, SecurityGroupUpdateT } from './schema.js';
-import type { Principal } from './service.js';
+import { listTenant, type Principal } from './authz.js';
 
 export const SG_KIND = 'securitygroup';
 
@@ -48,8 +48,9 @@ export class SecurityGroupService {
     throw notFound('security group', idOrName);
   }
 
-  async list(p: Principal): Promise<Array<StoredResource<SecurityGroupSpec>>> {
-    return this.resources.list<SecurityGroupSpec>(SG_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async list(p: Principal, o: { tenant?: string } = {}): Promise<Array<StoredResource<SecurityGroupSpec>>> {
+    const tenant = listTenant(p, o.tenant);
+    return this.resources.list<SecurityGroupSpec>(SG_KIND, tenant !== undefined ? { tenant } : {});
   }
 
   /** Rules may name other groups of the same tenant: each must exist. */

@@ -14,7 +14,8 @@ import { limitsOf } from './tenancy.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
 import type { Principal } from './authz.js';
 
-export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
+export { SYSTEM_TENANT, listTenant, targetTenant, type Principal, type Role } from './authz.js';
+import { listTenant, targetTenant } from './authz.js';
 
 export interface ServiceOptions {
   /** Tenants: admission checks the tenant exists and its quotas (atomically, in the store). */
@@ -26,16 +27,6 @@ export interface ServiceOptions {
     claim(p: Principal, spec: MicroVMSpecT, tenant: string, vmId: string): Promise<void>;
     releaseVm(vmId: string): Promise<void>;
   };
-}
-
-/**
- * The tenant a call acts in: the principal's own, or for admins the one they name.
- * A non-admin naming another tenant is refused.
- */
-export function targetTenant(p: Principal, requested: string | undefined): string {
-  if (requested === undefined || requested === '' || requested === p.tenant) return p.tenant;
-  if (p.role === 'admin') return requested;
-  throw new MvmError(ErrorCodes.PERMISSION_DENIED, `only admins may act in another tenant (you are in tenant ${p.tenant})`);
 }
 
 export interface WaitOptions {
@@ -81,14 +72,18 @@ export class MicroVMService {
 
   /** `list` as stored JSON texts when the store can give them; same scoping as `list`. */
   async listRaw(p: Principal, opts: ListOptions): Promise<Page<string>> {
-    const scoped = { ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) };
+    const { tenant: _t, ...rest } = opts;
+    const tenant = listTenant(p, opts.tenant);
+    const scoped: ListOptions = { ...rest, ...(tenant !== undefined ? { tenant } : {}) };
     if (this.store.listVmsRaw) return this.store.listVmsRaw(scoped);
     const page = await this.store.listVms(scoped);
     return { items: page.items.map((v) => JSON.stringify(v)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
   }
 
   async list(p: Principal, opts: ListOptions): Promise<Page<MicroVM>> {
-    return this.store.listVms({ ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) });
+    const { tenant: _t, ...rest } = opts;
+    const tenant = listTenant(p, opts.tenant);
+    return this.store.listVms({ ...rest, ...(tenant !== undefined ? { tenant } : {}) });
   }
 
   /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */

@@ -9,7 +9,8 @@ import type { NodeAgent } from './ports/agent.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { CreateMicroVMRequestT, ForkRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
-import type { MicroVMService, Principal } from './service.js';
+import type { MicroVMService } from './service.js';
+import { listTenant, type Principal } from './authz.js';
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
 
@@ -156,23 +157,38 @@ export class SnapshotService {
     throw notFound('snapshot', idOrName);
   }
 
-  async list(p: Principal, opts: { vmId?: string } = {}): Promise<Array<StoredResource<SnapshotSpec>>> {
-    const all = await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async list(p: Principal, opts: { vmId?: string; tenant?: string } = {}): Promise<Array<StoredResource<SnapshotSpec>>> {
+    const tenant = listTenant(p, opts.tenant);
+    const all = await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND, tenant !== undefined ? { tenant } : {});
     return opts.vmId ? all.filter((s) => s.spec.vmId === opts.vmId) : all;
+  }
+
+  /**
+   * What the snapshot's disk copies back (ADR 0022): microVMs restored from it (their root disk is a
+   * qcow2 overlay on its copy) and snapshots taken of such microVMs (their copy of that overlay still
+   * names its copy as backing file), in any tenant (an admin may restore into another one).
+   */
+  async dependents(id: string): Promise<{ microvms: string[]; snapshots: string[] }> {
+    const microvms: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const vm of page.items) if (vm.spec.source?.snapshot === id) microvms.push(vm.id);
+      cursor = page.nextCursor;
+    } while (cursor);
+    const snapshots = (await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND)).filter((x) => x.spec.vmSpec.source?.snapshot === id).map((x) => x.id);
+    return { microvms, snapshots };
   }
 
   async delete(p: Principal, idOrName: string): Promise<void> {
     const s = await this.get(p, idOrName);
-    // VMs restored from it keep their disks backed by its disk copy.
-    const users: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.store.listVms({ tenant: s.tenant, limit: 1000, ...(cursor ? { cursor } : {}) });
-      for (const vm of page.items) if (vm.spec.source?.snapshot === s.id) users.push(vm.id);
-      cursor = page.nextCursor;
-    } while (cursor);
-    if (users.length) {
-      throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} backs the disks of ${users.join(', ')}; delete those microVMs first`, { details: { usedBy: users } });
+    // Never break another object (ADR 0022): refused, naming them, while anything is backed by its disk copy.
+    const deps = await this.dependents(s.id);
+    if (deps.microvms.length || deps.snapshots.length) {
+      const named = [...(deps.microvms.length ? [`microVM(s) ${deps.microvms.join(', ')}`] : []), ...(deps.snapshots.length ? [`snapshot(s) ${deps.snapshots.join(', ')}`] : [])].join(' and ');
+      throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} backs the disks of ${named}; delete those first`, {
+        details: { usedBy: deps.microvms, snapshots: deps.snapshots },
+      });
     }
     await this.agent.deleteSnapshot(s.id);
     await this.resources.delete(SNAPSHOT_KIND, s.id);

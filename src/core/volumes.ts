@@ -17,7 +17,7 @@ import type { Store } from './ports/store.js';
 import type { TenantStore } from './ports/tenants.js';
 import type { VmVolumeDrive, VolumeAttacher, VolumeBackend } from './ports/volumes.js';
 import type { CreateVolumeRequestT, MicroVMSpecT, VolumeSnapshotT, VolumeT } from './schema.js';
-import { targetTenant, type Principal } from './service.js';
+import { listTenant, targetTenant, type Principal } from './authz.js';
 import { limitsOf } from './tenancy.js';
 
 export const VOLUME_KIND = 'volume';
@@ -163,7 +163,7 @@ export class VolumeService implements VolumeAttacher {
   }
 
   async list(p: Principal, o: { tenant?: string } = {}): Promise<Array<StoredResource<VolumeSpec>>> {
-    const tenant = p.role === 'admin' ? o.tenant : p.tenant;
+    const tenant = listTenant(p, o.tenant);
     return this.o.resources.list<VolumeSpec>(VOLUME_KIND, tenant !== undefined ? { tenant } : {});
   }
 
@@ -289,8 +289,9 @@ export class VolumeService implements VolumeAttacher {
     throw notFound('volume snapshot', idOrName);
   }
 
-  async listSnapshots(p: Principal, o: { volumeId?: string } = {}): Promise<Array<StoredResource<VolumeSnapshotSpec>>> {
-    const all = await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async listSnapshots(p: Principal, o: { volumeId?: string; tenant?: string } = {}): Promise<Array<StoredResource<VolumeSnapshotSpec>>> {
+    const tenant = listTenant(p, o.tenant);
+    const all = await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND, tenant !== undefined ? { tenant } : {});
     return o.volumeId ? all.filter((s) => s.spec.volumeId === o.volumeId) : all;
   }
 

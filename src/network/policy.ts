@@ -112,6 +112,27 @@ export function validateNetworks(networks: NetworkConfig[], field = 'networks'):
   v.throwIfAny('network configuration');
 }
 
+/**
+ * One NIC's MAC and requested address, as the network step checks them when the VM starts and as
+ * admission checks them when it is created (src/network/admission.ts): a unicast MAC; an IPv4
+ * address inside the network's subnet other than its network, broadcast and gateway addresses,
+ * requested once (`wanted`: `<network>/<ip>` → field, across the VM's NICs).
+ */
+export function checkNicAddress(v: Violations, f: string, n: { mac?: string; ip?: string }, net: NetworkConfig | undefined, wanted: Map<string, string>): void {
+  if (n.mac !== undefined && !validateMac(String(n.mac).toLowerCase())) v.add(`${f}.mac`, 'must be a unicast MAC like 02:00:00:00:00:01');
+  if (n.ip === undefined) return;
+  const ip = parseIp(n.ip);
+  if (ip === undefined) return v.add(`${f}.ip`, `not an IPv4 address: ${JSON.stringify(n.ip)}`);
+  if (!net) return;
+  const sub = parseCidr(net.subnet)!;
+  if (!cidrContains(sub, ip) || ip === sub.base || ip === broadcast(sub) || n.ip === net.gateway) {
+    return v.add(`${f}.ip`, `must be a free host address inside ${net.subnet} other than the gateway`);
+  }
+  const key = `${net.name}/${n.ip}`;
+  if (wanted.has(key)) v.add(`${f}.ip`, `requested twice`);
+  wanted.set(key, f);
+}
+
 /** Parse "80", 80 or "8000-8100" into a range; undefined when invalid. */
 export function parsePortRange(p: string | number): { from: number; to: number } | undefined {
   const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 65535;

@@ -16,11 +16,8 @@ import {
   type UpdateMicroVMRequestT,
 } from '../../core/schema.js';
 import { collectConsole, streamConsole, readConsoleTail } from '../../gateway/console-stream.js';
-import { etagOf, ifMatch, principal, withEtag } from '../http.js';
+import { IdParams, TenantQuery, etagOf, ifMatch, principal, tenantParam, withEtag } from '../http.js';
 
-const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'Admins: act in this tenant' })) }, { additionalProperties: false });
-
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 const ProblemRef = Type.Object({ code: Type.String(), detail: Type.String() }, { additionalProperties: true, description: 'application/problem+json' });
 const errors = { 400: ProblemRef, 401: ProblemRef, 404: ProblemRef, 409: ProblemRef };
 
@@ -51,7 +48,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
             cursor: Type.Optional(Type.String({ maxLength: 200 })),
             phase: Type.Optional(Phase),
             label: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
-            tenant: Type.Optional(Type.String()),
+            tenant: tenantParam(),
           },
           { additionalProperties: false },
         ),

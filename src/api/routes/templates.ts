@@ -4,10 +4,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { targetTenant, type Principal } from '../../core/service.js';
 import { toTemplate, type TemplateService } from '../../core/templates.js';
+import { IdParams, TenantQuery } from '../http.js';
 import { CreateTemplateRequest, Template, type CreateTemplateRequestT } from '../../core/schema.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'admins: act in / list this tenant' })) });
 
 const principal = (req: FastifyRequest): Principal => {
   if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');

@@ -19,9 +19,8 @@ import {
   type CreateTenantRequestT,
   type UpdateTenantRequestT,
 } from '../../core/tenancy-schema.js';
-import { etagOf, ifMatch, page, principal, withEtag } from '../http.js';
+import { IdParams, etagOf, ifMatch, page, principal, tenantParam, withEtag } from '../http.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 const Paging = {
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
   cursor: Type.Optional(Type.String({ maxLength: 200 })),
@@ -75,7 +74,7 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
     {
       schema: {
         summary: "List the tenant's API keys (admins: every tenant, or ?tenant=)",
-        querystring: Type.Object({ ...Paging, tenant: Type.Optional(Type.String({ maxLength: 63 })) }, { additionalProperties: false }),
+        querystring: Type.Object({ ...Paging, tenant: tenantParam() }, { additionalProperties: false }),
         response: { 200: ApiKeyList, ...errors },
       },
     },
@@ -87,7 +86,7 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
       schema: {
         summary: 'Create an API key; the token is in this response only',
         body: CreateApiKeyRequest,
-        querystring: Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63 })) }, { additionalProperties: false }),
+        querystring: Type.Object({ tenant: tenantParam() }, { additionalProperties: false }),
         response: { 201: CreatedApiKey, ...errors },
       },
     },
@@ -114,7 +113,7 @@ export async function registerAuditRoutes(app: FastifyInstance, audit: AuditServ
         querystring: Type.Object(
           {
             ...Paging,
-            tenant: Type.Optional(Type.String({ maxLength: 63 })),
+            tenant: tenantParam(),
             subject: Type.Optional(Type.String({ maxLength: 200 })),
             keyId: Type.Optional(Type.String({ maxLength: 64 })),
             result: Type.Optional(Type.Union([Type.Literal('allowed'), Type.Literal('denied'), Type.Literal('failed')])),
