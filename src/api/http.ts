@@ -38,5 +38,10 @@ export const TENANT_PARAM_DOC =
 export const tenantParam = () => Type.Optional(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: TENANT_PARAM_DOC }));
 /** A querystring of `?tenant=` alone. */
 export const TenantQuery = Type.Object({ tenant: tenantParam() }, { additionalProperties: false });
+/** A list cursor: the opaque `next_cursor` of the previous page (base64url); another one is 400. */
+export const cursorParam = () => Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]+$', maxLength: 200, description: 'the next_cursor of the previous page (opaque, base64url)' }));
+/** A label selector: `key=value`, comma-separated, all must match. */
+export const LABEL_SELECTOR_PATTERN = '^\\s*[^=,\\s][^=,]*=[^,]*(,\\s*[^=,\\s][^=,]*=[^,]*)*$';
+
 /** Path ids: ids or names, at most 128 characters. */
 export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128, description: 'id or name' }) });

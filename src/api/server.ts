@@ -13,10 +13,11 @@ const addFormats = addFormatsModule.default;
 import type { Logger } from 'pino';
 import type { AuditService } from '../core/audit.js';
 import { ErrorCodes, MvmError, validationError } from '../core/errors.js';
+import { Problem, toJsonSchema } from '../core/schema.js';
 import type { MicroVMService, Principal } from '../core/service.js';
 import type { TenantService } from '../core/tenancy.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
-import { operationForRoute, undeclaredOperation, type Operation } from '../gateway/operations.js';
+import { errorStatuses, operationForRoute, undeclaredOperation, type Operation } from '../gateway/operations.js';
 import { HTTP_STATUS, ajvToMvmError, errorFrom, toProblem } from '../gateway/problem.js';
 import { registerObservabilityRoutes } from './routes/observability.js';
 import type { SecurityGroupService } from '../core/security-groups.js';
@@ -125,6 +126,39 @@ const ROUTABLE_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTI
  */
 export const MAX_PARAM_LENGTH = 2048;
 
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Invalid request: the fields that are wrong are named in `errors`',
+  401: 'Not authenticated',
+  403: 'Permission denied, another tenant named, or over quota (QUOTA_EXCEEDED)',
+  404: 'Not found (another tenant\'s object answers the same)',
+  408: 'Timed out',
+  409: 'Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused)',
+  413: 'Request body too large',
+  414: 'A path segment is too long',
+  422: 'Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR)',
+  429: 'Rate limited (Retry-After says when to retry)',
+  501: 'Not supported by this deployment or driver',
+  502: 'The VMM or the guest agent failed',
+  503: 'Unavailable: no capacity, or a store or node cannot be reached',
+};
+
+/** An error response of the OpenAPI document: application/problem+json (RFC 9457). */
+const API_DESCRIPTION = [
+  'Create, run and observe microVMs (Firecracker / QEMU microvm).',
+  '',
+  'Errors are application/problem+json (RFC 9457) with a stable `code`; every operation lists the statuses it can answer. 400 means the request breaks this document (the fields at fault are named in `errors`); 422 means it is valid by this document but breaks a rule the document cannot state (a relation between fields, the node\'s network, the guest\'s users), again naming the field. A method a path does not have is 405 with `Allow`.',
+  '',
+  'Tenancy: every caller acts in their own tenant. `?tenant=` on list routes: admins list that tenant (default every tenant); anyone else may name only their own tenant, another one is 403 PERMISSION_DENIED. On creates (microVMs, restores, volumes, templates, API keys) admins may name the tenant to create in. Another tenant\'s object by id answers 404, like a missing one.',
+  '',
+  'Not listed: `/microvms/{id}/proxy/{port}/...`, a pass-through to HTTP servers in the guest (any method; the answers are the guest\'s).',
+].join('\n');
+
+/** The shared Problem schema (components/schemas/Problem of the OpenAPI document). */
+const PROBLEM_SCHEMA = { ...toJsonSchema(Problem), additionalProperties: true, description: 'RFC 9457 problem details: a stable `code`, the fields at fault in `errors`; more members may follow (e.g. retryAfterSeconds, allow)' };
+function problemResponse(status: number): Record<string, unknown> {
+  return { description: STATUS_TEXT[status] ?? 'Error', content: { 'application/problem+json': { schema: { $ref: 'Problem#' } } } };
+}
+
 export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: o.logger as unknown as FastifyBaseLogger,
@@ -142,6 +176,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
       void (reply as FastifyReply).status(HTTP_STATUS[e.code]).type('application/problem+json').send(toProblem(e, req.url));
     },
   });
+  app.addSchema(PROBLEM_SCHEMA);
   const gw = o.gateway;
   // Every route, for the check that each one under /api is in the operations table.
   const routes: Array<{ method: string; url: string }> = [];
@@ -149,6 +184,22 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   app.addHook('onRoute', (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];
     for (const m of methods) if (m !== 'HEAD') routes.push({ method: m, url: r.url });
+    // The OpenAPI document names every error status a route can answer, each an application/problem+json body (operations.ts says which).
+    const op = methods.length === 1 && r.url.startsWith('/api/') ? operationForRoute(methods[0]!, r.url) : undefined;
+    if (op && r.schema && !r.schema.hide) {
+      const response: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries((r.schema.response ?? {}) as Record<string, unknown>)) if (!/^[45]/.test(k)) response[k] = v;
+      for (const status of errorStatuses(op, { params: r.schema.params !== undefined, query: r.schema.querystring !== undefined, body: r.schema.body !== undefined, method: methods[0]! })) {
+        response[status] = problemResponse(status);
+      }
+      r.schema = { ...r.schema, response, operationId: op.id };
+      const ok = Object.keys(response).find((k) => /^2/.test(k));
+      if (op.links?.length && ok) {
+        const links: Record<string, unknown> = {};
+        for (const target of op.links) links[target] = { operationId: target, parameters: { id: '$response.body#/id' } };
+        (r as { links?: Record<string, unknown> }).links = { [ok]: links };
+      }
+    }
     // Idempotency hooks only where they can apply (POST), so reads pay nothing for them.
     if (methods.includes('POST')) {
       r.preHandler = [...(Array.isArray(r.preHandler) ? r.preHandler : r.preHandler ? [r.preHandler] : []), idempotencyPreHandler];
@@ -204,7 +255,10 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     if (!pattern) {
       // No route for this method: when the path has routes for other methods, 405 naming them (before
       // authentication and before any body is read: an unknown method such as QUERY never gets that far).
-      const allow = ROUTABLE_METHODS.filter((m) => app.findRoute({ method: m, url: path }) !== null);
+      // A static route outranks a parametric one for the same path (`POST /images/gc` is not `DELETE /images/:digest`).
+      const found = ROUTABLE_METHODS.map((m) => ({ m, r: app.findRoute({ method: m, url: path }) })).filter((x) => x.r !== null);
+      const isStatic = (x: (typeof found)[number]): boolean => Object.keys((x.r as { params?: object }).params ?? {}).length === 0;
+      const allow = (found.some(isStatic) ? found.filter(isStatic) : found).map((x) => x.m);
       if (allow.length) {
         void reply.header('allow', allow.join(', '));
         throw new MvmError(ErrorCodes.METHOD_NOT_ALLOWED, `method ${req.method} is not allowed on ${path} (allowed: ${allow.join(', ')})`, { details: { allow } });
@@ -306,9 +360,11 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   });
 
   await app.register(swagger, {
+    // Shared schemas (Problem) keep their $id as their name under components/schemas.
+    refResolver: { buildLocalReference: (json, _base, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'MicroVM Service API', version: o.version, description: 'Create, run and observe microVMs (Firecracker / QEMU microvm).' },
+      info: { title: 'MicroVM Service API', version: o.version, description: API_DESCRIPTION },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },

@@ -22,6 +22,13 @@ export const ErrorCodes = {
   VM_FAILED: 'VM_FAILED',
   /** exec, files, port forwarding: the VM's guest agent is not there or does not answer (409). */
   AGENT_UNAVAILABLE: 'AGENT_UNAVAILABLE',
+  /**
+   * Valid by the published schema, but breaking a rule the schema cannot state (a relation between
+   * fields, e.g. cmd[0] empty, fork names vs count): 422 naming the field. A schema violation is 400.
+   */
+  UNPROCESSABLE: 'UNPROCESSABLE',
+  /** A WebSocket endpoint called without the upgrade (426). */
+  UPGRADE_REQUIRED: 'UPGRADE_REQUIRED',
   /** The path exists but not with this HTTP method (REST only: 405 with `Allow`). */
   METHOD_NOT_ALLOWED: 'METHOD_NOT_ALLOWED',
   /** The request body is over the limit (413). */
@@ -55,6 +62,9 @@ export class MvmError extends Error {
 
 export const validationError = (field: string, message: string): MvmError =>
   new MvmError(ErrorCodes.VALIDATION_FAILED, `${field}: ${message}`, { violations: [{ field, message }] });
+
+export const unprocessable = (field: string, message: string): MvmError =>
+  new MvmError(ErrorCodes.UNPROCESSABLE, `${field}: ${message}`, { violations: [{ field, message }] });
 
 export const notFound = (kind: string, id: string): MvmError =>
   new MvmError(ErrorCodes.NOT_FOUND, `${kind} ${JSON.stringify(id)} not found`, { details: { kind, id } });

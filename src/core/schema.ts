@@ -67,7 +67,7 @@ export const RootFSSpec = Type.Object(
 export const NetworkInterface = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 15 }),
-    mac: Type.Optional(Type.String({ pattern: UNICAST_MAC_PATTERN, not: { pattern: '^(00:){5}00$' }, description: 'unicast MAC, not all zeros; default derived from the VM id' })),
+    mac: Type.Optional(Type.String({ pattern: UNICAST_MAC_PATTERN, maxLength: 17, not: { pattern: '^(00:){5}00$' }, description: 'unicast MAC, not all zeros; default derived from the VM id' })),
     ip: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15, description: "IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one" })),
   },
   { additionalProperties: false },
@@ -84,14 +84,20 @@ export const Volume = Type.Object(
 );
 
 export const CIDR_PATTERN = '^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$';
+const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])';
+/** An IPv4 address or network: a.b.c.d (no leading zeros) with an optional /0-/32 (a bare address is a /32). */
+export const IPV4_CIDR_PATTERN = `^${OCTET}(\\.${OCTET}){3}(/(3[0-2]|[12][0-9]|[0-9]))?$`;
+const PORT = '(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})';
+/** A port or a range of ports as text: "80" or "8000-8100" (1-65535, no leading zeros). */
+export const PORT_RANGE_PATTERN = `^${PORT}(-${PORT})?$`;
 
 export const PortMapping = Type.Object(
   {
     hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
     guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
     protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp')])),
-    hostIp: Type.Optional(Type.String({ maxLength: 64 })),
-    nic: Type.Optional(Type.String({ maxLength: 15 })),
+    hostIp: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15, not: { pattern: '^127\\.' }, description: 'publish on this host address only (IPv4, not loopback)' })),
+    nic: Type.Optional(Type.String({ maxLength: 15, description: 'one of the VM\'s networkInterfaces (default the first)' })),
   },
   { additionalProperties: false },
 );
@@ -99,8 +105,8 @@ export const PortMapping = Type.Object(
 export const EgressPolicy = Type.Object(
   {
     default: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
-    allow: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
-    deny: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
+    allow: Type.Optional(Type.Array(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 }), { maxItems: 256 })),
+    deny: Type.Optional(Type.Array(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 }), { maxItems: 256 })),
   },
   { additionalProperties: false },
 );
@@ -109,8 +115,8 @@ export const SecurityRule = Type.Object(
   {
     direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')]),
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
-    ports: Type.Optional(Type.Union([Type.String({ maxLength: 11 }), Type.Integer()], { description: '"80", 80 or "8000-8100"' })),
-    cidr: Type.Optional(Type.String({ maxLength: 43 })),
+    ports: Type.Optional(Type.Union([Type.String({ pattern: PORT_RANGE_PATTERN, maxLength: 11 }), Type.Integer({ minimum: 1, maximum: 65535 })], { description: '"80", 80 or "8000-8100" (tcp and udp only; the range in order)' })),
+    cidr: Type.Optional(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 })),
     group: Type.Optional(Type.String({ maxLength: 63, description: 'another security group (name or id) of the same tenant' })),
     action: Type.Optional(Type.Union([Type.Literal('accept'), Type.Literal('drop')])),
     description: Type.Optional(Type.String({ maxLength: 256 })),
@@ -203,7 +209,7 @@ export const Toleration = Type.Object(
 /** A file the guest agent writes before anything else runs in the guest (as Fly's `files`). */
 export const GuestFile = Type.Object(
   {
-    path: Type.String({ pattern: '^/[^\\0]*$', minLength: 2, maxLength: 4096, description: 'absolute path in the guest; parents are created' }),
+    path: Type.String({ pattern: '^/[^\\x00]*$', minLength: 2, maxLength: 4096, description: 'absolute path in the guest; parents are created' }),
     content: Type.String({ maxLength: 1024 * 1024, description: 'the file content (UTF-8 text, or base64 with encoding: base64)' }),
     encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'default utf8' })),
     mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777, description: 'permission bits, default 0644 (420)' })),
@@ -218,6 +224,8 @@ export const GuestEnv = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9
 /** Fields of the spec, shared by the resource, the create and the update request. */
 /** A duration like 90s, 5m or 1h. */
 export const DURATION_PATTERN = '^[1-9][0-9]*(s|m|h)$';
+/** A duration of at most 24 hours: 1-86400s, 1-1440m or 1-24h. */
+export const EXEC_TIMEOUT_PATTERN = '^(([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h)$';
 const Lifecycle = Type.Object(
   {
     bootTimeout: Type.Optional(
@@ -591,9 +599,9 @@ export const Template = Type.Object({
 const ExecFields = {
   cmd: Type.Array(Type.String({ maxLength: 64 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv; cmd[0] is looked up in PATH' }),
   env: Type.Optional(GuestEnv),
-  cwd: Type.Optional(Type.String({ maxLength: 4096, description: 'absolute working directory (default the user\'s home)' })),
+  cwd: Type.Optional(Type.String({ pattern: '^/', maxLength: 4096, description: 'absolute working directory (default the user\'s home)' })),
   user: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Integer({ minimum: 0 })], { description: 'guest user name or uid (default root)' })),
-  timeout: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'kill the command after this long (default 10m, at most 24h)' })),
+  timeout: Type.Optional(Type.String({ pattern: EXEC_TIMEOUT_PATTERN, description: 'kill the command after this long (default 10m, at most 24h: 86400s, 1440m)' })),
 };
 export const ExecRequest = Type.Object(
   {
@@ -616,7 +624,7 @@ export const ExecResponse = Type.Object({
 export const ForkRequest = Type.Object(
   {
     count: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, description: 'how many children (default 1)' })),
-    names: Type.Optional(Type.Array(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }), { minItems: 1, maxItems: 16, description: 'their names (default <parent>-fork-<n>-<i>)' })),
+    names: Type.Optional(Type.Array(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }), { minItems: 1, maxItems: 16, uniqueItems: true, description: 'their names, distinct, one per child (with count: exactly count of them; default <parent>-fork-<n>-<i>)' })),
   },
   { additionalProperties: false },
 );
@@ -633,6 +641,25 @@ export const GuestFileStatSchema = Type.Object({
   gid: Type.Integer(),
   symlinkTarget: Type.Optional(Type.String()),
 });
+
+/** A 204 answer: no body. */
+export const NoContent = Type.Null({ description: 'No content' });
+/** `{ items: [...] }` of a list without paging. */
+export const ItemsOf = <T extends TSchema>(item: T) => Type.Object({ items: Type.Array(item) });
+export const GuestProcessSchema = Type.Object({
+  processId: Type.String(),
+  pid: Type.Integer(),
+  cmd: Type.Array(Type.String()),
+  tag: Type.Optional(Type.String()),
+  tty: Type.Boolean(),
+  running: Type.Boolean(),
+  startedAt: Type.String({ format: 'date-time' }),
+  endedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  result: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'exit code, signal, duration once it ended' })),
+  stdoutBytes: Type.Integer(),
+  stderrBytes: Type.Integer(),
+});
+export const WebSocketUpgrade = Type.Null({ description: 'Switching Protocols: a WebSocket (subprotocol mvm.v1; docs/exec-api.md)' });
 
 export type MicroVMSpecT = Static<typeof MicroVMSpec>;
 export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;

@@ -3,7 +3,7 @@
  * snapshots are tenant resources holding memory + device state and a copy-on-write
  * copy of the disks on the node; a new microVM can be restored (cloned) from one.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, unprocessable, validationError } from './errors.js';
 import { assertAction, memoryMiB, newId, type MicroVM } from './microvm.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
@@ -128,8 +128,8 @@ export class SnapshotService {
   async fork(p: Principal, vmIdOrName: string, req: ForkRequestT): Promise<{ snapshot: StoredResource<SnapshotSpec>; children: MicroVM[] }> {
     const parent = await this.vms.get(p, vmIdOrName);
     const count = req.count ?? req.names?.length ?? 1;
-    if (req.names && req.names.length !== count) throw validationError('names', `give ${count} names (one per child) or none`);
     if (req.names && new Set(req.names).size !== req.names.length) throw validationError('names', 'must be distinct');
+    if (req.names && req.names.length !== count) throw unprocessable('names', `give ${count} names (one per child) or none`);
     assertAction(parent, 'snapshot');
     const n = Date.now().toString(36);
     const snap = await this.create(p, parent.id, `${parent.name.slice(0, 40)}-fork-${n}`);
@@ -201,7 +201,7 @@ export class SnapshotService {
    */
   async restoreRequest(p: Principal, req: CreateMicroVMRequestT): Promise<CreateMicroVMRequestT & { source: { snapshot: string } }> {
     const s = await this.get(p, req.snapshot!).catch((e: unknown) => {
-      if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw validationError('snapshot', `snapshot ${JSON.stringify(req.snapshot)} does not exist`);
+      if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw new MvmError(ErrorCodes.NOT_FOUND, `snapshot ${JSON.stringify(req.snapshot)} does not exist`, { violations: [{ field: 'snapshot', message: 'no such snapshot' }], details: { kind: 'snapshot', id: req.snapshot } });
       throw e;
     });
     if (s.spec.phase !== 'Ready') throw validationError('snapshot', `snapshot ${s.name} is ${s.spec.phase}, not Ready`);

@@ -173,7 +173,9 @@ export class VolumeService implements VolumeAttacher {
     let source: StoredResource<VolumeSnapshotSpec> | undefined;
     if (req.fromSnapshot !== undefined) {
       source = await this.getSnapshot({ ...p, tenant }, req.fromSnapshot).catch((e: unknown) => {
-        if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw validationError(f('fromSnapshot'), `volume snapshot ${JSON.stringify(req.fromSnapshot)} does not exist`);
+        if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) {
+          throw new MvmError(ErrorCodes.NOT_FOUND, `volume snapshot ${JSON.stringify(req.fromSnapshot)} does not exist`, { violations: [{ field: f('fromSnapshot'), message: 'no such volume snapshot' }], details: { kind: 'volume snapshot', id: req.fromSnapshot } });
+        }
         throw e;
       });
       if (source.spec.phase !== 'Ready') throw validationError(f('fromSnapshot'), `volume snapshot ${source.name} is ${source.spec.phase}, not Ready`);

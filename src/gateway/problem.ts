@@ -24,6 +24,8 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   TIMEOUT: 408,
   VM_FAILED: 409,
   AGENT_UNAVAILABLE: 409,
+  UNPROCESSABLE: 422,
+  UPGRADE_REQUIRED: 426,
   METHOD_NOT_ALLOWED: 405,
   PAYLOAD_TOO_LARGE: 413,
   URI_TOO_LONG: 414,
@@ -35,6 +37,7 @@ const TITLES: Partial<Record<ErrorCode, string>> = {
   NOT_FOUND: 'Not found',
   ILLEGAL_TRANSITION: 'Illegal state transition',
   UNAUTHENTICATED: 'Authentication required',
+  URI_TOO_LONG: 'URI too long',
 };
 
 export interface ProblemBody {

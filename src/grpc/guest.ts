@@ -65,11 +65,11 @@ export function execRequestFromProto(r: ExecRequest__Output): GuestExecRequest {
     });
   } catch (e) {
     const err = asMvmError(e);
-    if (err.code !== ErrorCodes.VALIDATION_FAILED) throw err;
+    if (err.code !== ErrorCodes.VALIDATION_FAILED && err.code !== ErrorCodes.UNPROCESSABLE) throw err;
     // execRequest names the REST fields (cmd, cmd[0], timeout, cwd): name the proto's.
     const rename = (f: string): string => `request.${f.replace(/^cmd/, 'argv')}`;
     const violations = err.violations.map((v) => ({ ...v, field: rename(v.field) }));
-    throw new MvmError(ErrorCodes.VALIDATION_FAILED, violations.map((v) => `${v.field}: ${v.message}`).join('; ') || err.message, { violations });
+    throw new MvmError(err.code, violations.map((v) => `${v.field}: ${v.message}`).join('; ') || err.message, { violations });
   }
 }
 

@@ -23,7 +23,7 @@ import type { UpdateMicroVMRequest__Output } from './generated/microvm/service/v
 
 const Ajv = AjvModule.default;
 const addFormats = addFormatsModule.default;
-const ajv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false });
+const ajv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false, verbose: true });
 addFormats(ajv);
 const validateCreate = ajv.compile(CreateMicroVMRequest);
 const validateUpdate = ajv.compile(UpdateMicroVMRequest);

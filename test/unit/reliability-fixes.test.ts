@@ -129,10 +129,11 @@ test('NIC addresses are checked at admission as the network step checks them at 
   };
   assert.equal(await fieldOf([{ name: 'eth0', ip: 'not-an-ip' }]), 'VALIDATION_FAILED networkInterfaces[0].ip');
   assert.equal(await fieldOf([{ name: 'eth0', ip: '010.100.0.5' }]), 'VALIDATION_FAILED networkInterfaces[0].ip');
-  assert.equal(await fieldOf([{ name: 'eth0', ip: '192.168.1.5' }]), 'VALIDATION_FAILED networkInterfaces[0].ip', 'outside the subnet');
-  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.1' }]), 'VALIDATION_FAILED networkInterfaces[0].ip', 'the gateway');
-  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.255.255' }]), 'VALIDATION_FAILED networkInterfaces[0].ip', 'the broadcast address');
-  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.5' }, { name: 'eth1', ip: '10.100.0.5' }]), 'VALIDATION_FAILED networkInterfaces[1].ip');
+  // Valid addresses that the node's network rules out: 422 (the published schema cannot know the node's subnet).
+  assert.equal(await fieldOf([{ name: 'eth0', ip: '192.168.1.5' }]), 'UNPROCESSABLE networkInterfaces[0].ip', 'outside the subnet');
+  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.1' }]), 'UNPROCESSABLE networkInterfaces[0].ip', 'the gateway');
+  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.255.255' }]), 'UNPROCESSABLE networkInterfaces[0].ip', 'the broadcast address');
+  assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.5' }, { name: 'eth1', ip: '10.100.0.5' }]), 'UNPROCESSABLE networkInterfaces[1].ip');
   assert.equal(await fieldOf([{ name: 'eth0', mac: '01:00:5e:00:00:01' }]), 'VALIDATION_FAILED networkInterfaces[0].mac', 'multicast');
   assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.9' }]), 'CONFLICT networkInterfaces[0].ip', 'held by another VM');
   assert.equal(await fieldOf([{ name: 'eth0', ip: '10.100.0.5', mac: '02:00:00:00:00:05' }]), undefined);

@@ -107,7 +107,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     assert.equal(s.spec.phase, 'Ready');
     await assert.rejects(svc.snapshot(alice, 'data', 'snap2'), code('QUOTA_EXCEEDED'));
     await assert.rejects(svc.getSnapshot(bob, s.id), code('NOT_FOUND'));
-    await assert.rejects(svc.create(bob, { name: 'steal', fromSnapshot: s.id }), code('VALIDATION_FAILED', 'fromSnapshot'));
+    await assert.rejects(svc.create(bob, { name: 'steal', fromSnapshot: s.id }), code('NOT_FOUND', 'fromSnapshot'));
     await assert.rejects(svc.delete(alice, 'data'), code('CONFLICT'));
     const restored = await svc.create(alice, { name: 'restored', fromSnapshot: 'snap1' });
     assert.equal(restored.spec.sizeBytes, data.spec.sizeBytes);

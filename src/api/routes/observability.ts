@@ -18,6 +18,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
 import { streamEvents, tailEvents, toWire } from '../../observability/events.js';
 import { tenantParam } from '../http.js';
+import { VmEvent, VmMetricsHistory } from '../../core/schema.js';
 import { listTenant } from '../../core/authz.js';
 import { observability as defaultObservability, type Observability } from '../../observability/index.js';
 
@@ -143,7 +144,13 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
 
   app.get(
     '/api/v1/events',
-    { schema: { summary: "Events of the caller's tenant (every tenant for admins); follow=true streams them as SSE", querystring: EventQuery } },
+    {
+      schema: {
+        summary: "Events of the caller's tenant (every tenant for admins); follow=true streams them as SSE",
+        querystring: EventQuery,
+        response: { 200: { description: 'The events (JSON), or with follow=true a text/event-stream', content: { 'application/json': { schema: Type.Object({ items: Type.Array(VmEvent) }) }, 'text/event-stream': { schema: Type.String() } } } },
+      },
+    },
     async (req, reply) => {
       const p = principal(req);
       const q = req.query as { follow?: boolean; tenant?: string; vm?: string; after?: number; tail?: number };
@@ -174,6 +181,7 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
       schema: {
         summary: 'Current metrics of a microVM and their history (last 10 minutes at the sampling interval) for charts',
         params: Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) }),
+        response: { 200: VmMetricsHistory },
       },
     },
     async (req) => {

@@ -5,7 +5,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSecurityGroup, type SecurityGroupService } from '../../core/security-groups.js';
 import type { Principal } from '../../core/service.js';
 import { IdParams, TenantQuery } from '../http.js';
-import { SecurityGroupRequest, SecurityGroupResource, SecurityGroupUpdate, type SecurityGroupRequestT, type SecurityGroupUpdateT } from '../../core/schema.js';
+import { NoContent, SecurityGroupRequest, SecurityGroupResource, SecurityGroupUpdate, type SecurityGroupRequestT, type SecurityGroupUpdateT } from '../../core/schema.js';
 
 
 const principal = (req: FastifyRequest): Principal => {
@@ -36,7 +36,7 @@ export async function registerSecurityGroupRoutes(app: FastifyInstance, groups: 
       return toSecurityGroup(await groups.update(principal(req), (req.params as { id: string }).id, req.body as SecurityGroupUpdateT, version));
     },
   );
-  app.delete('/securitygroups/:id', { schema: { summary: 'Delete a security group (refused while in use)', params: IdParams } }, async (req, reply) => {
+  app.delete('/securitygroups/:id', { schema: { summary: 'Delete a security group (refused while in use)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await groups.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

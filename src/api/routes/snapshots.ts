@@ -5,7 +5,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSnapshot, type SnapshotService } from '../../core/snapshots.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
 import { IdParams, TenantQuery } from '../http.js';
-import { CreateMicroVMRequest, ForkRequest, MicroVM, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
+import { CreateMicroVMRequest, ForkRequest, ItemsOf, MicroVM, NoContent, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
 
 const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot', 'template']);
 
@@ -29,7 +29,7 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
       return reply.status(201).header('location', `/api/v1/snapshots/${s.id}`).send(toSnapshot(s));
     },
   );
-  app.get('/microvms/:id/snapshots', { schema: { summary: 'Snapshots of a microVM', params: IdParams } }, async (req) => {
+  app.get('/microvms/:id/snapshots', { schema: { summary: 'Snapshots of a microVM', params: IdParams, response: { 200: ItemsOf(Snapshot) } } }, async (req) => {
     const vm = await vms.get(principal(req), (req.params as { id: string }).id);
     return { items: (await snaps.list(principal(req), { vmId: vm.id })).map(toSnapshot) };
   });
@@ -40,7 +40,7 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
   app.get('/snapshots/:id', { schema: { summary: 'Get a snapshot', params: IdParams, response: { 200: Snapshot } } }, async (req) =>
     toSnapshot(await snaps.get(principal(req), (req.params as { id: string }).id)),
   );
-  app.delete('/snapshots/:id', { schema: { summary: 'Delete a snapshot (refused while microVMs restored from it exist)', params: IdParams } }, async (req, reply) => {
+  app.delete('/snapshots/:id', { schema: { summary: 'Delete a snapshot; refused (409, naming them) while microVMs restored from it, or snapshots of those, exist (ADR 0022)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await snaps.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

@@ -5,7 +5,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { targetTenant, type Principal } from '../../core/service.js';
 import { toTemplate, type TemplateService } from '../../core/templates.js';
 import { IdParams, TenantQuery } from '../http.js';
-import { CreateTemplateRequest, Template, type CreateTemplateRequestT } from '../../core/schema.js';
+import { NoContent, CreateTemplateRequest, Template, type CreateTemplateRequestT } from '../../core/schema.js';
 
 
 const principal = (req: FastifyRequest): Principal => {
@@ -40,7 +40,7 @@ export async function registerTemplateRoutes(app: FastifyInstance, templates: Te
   app.post('/templates/:id/rebuild', { schema: { summary: 'Build a new version of the template (clones keep their version)', params: IdParams, response: { 202: Template } } }, async (req, reply) =>
     reply.status(202).send(toTemplate(await templates.rebuild(principal(req), (req.params as { id: string }).id))),
   );
-  app.delete('/templates/:id', { schema: { summary: 'Delete a template and its files (refused while microVMs cloned from it exist)', params: IdParams } }, async (req, reply) => {
+  app.delete('/templates/:id', { schema: { summary: 'Delete a template and its files (refused while microVMs cloned from it, or snapshots of those, exist: ADR 0022)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await templates.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

@@ -5,7 +5,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { Principal } from '../../core/service.js';
 import { toVolume, toVolumeSnapshot, type VolumeService } from '../../core/volumes.js';
 import { IdParams, TenantQuery } from '../http.js';
-import { CreateVolumeRequest, VolumeResource, VolumeSnapshotRequest, VolumeSnapshotResource, type CreateVolumeRequestT } from '../../core/schema.js';
+import { NoContent, CreateVolumeRequest, VolumeResource, VolumeSnapshotRequest, VolumeSnapshotResource, type CreateVolumeRequestT } from '../../core/schema.js';
 
 
 const principal = (req: FastifyRequest): Principal => {
@@ -32,7 +32,7 @@ export async function registerVolumeRoutes(app: FastifyInstance, vols: VolumeSer
     reply.header('etag', `"${v.resourceVersion}"`);
     return toVolume(v);
   });
-  app.delete('/volumes/:id', { schema: { summary: 'Delete a volume (refused while attached to a microVM or while it has snapshots)', params: IdParams } }, async (req, reply) => {
+  app.delete('/volumes/:id', { schema: { summary: 'Delete a volume (refused while attached to a microVM or while it has snapshots)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await vols.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });
@@ -55,7 +55,7 @@ export async function registerVolumeRoutes(app: FastifyInstance, vols: VolumeSer
   app.get('/volumesnapshots/:id', { schema: { summary: 'Get a volume snapshot', params: IdParams, response: { 200: VolumeSnapshotResource } } }, async (req) =>
     toVolumeSnapshot(await vols.getSnapshot(principal(req), (req.params as { id: string }).id)),
   );
-  app.delete('/volumesnapshots/:id', { schema: { summary: 'Delete a volume snapshot (volumes restored from it keep their data)', params: IdParams } }, async (req, reply) => {
+  app.delete('/volumesnapshots/:id', { schema: { summary: 'Delete a volume snapshot (volumes restored from it keep their data)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await vols.deleteSnapshot(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });
