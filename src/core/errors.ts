@@ -31,6 +31,8 @@ export const ErrorCodes = {
   UPGRADE_REQUIRED: 'UPGRADE_REQUIRED',
   /** The path exists but not with this HTTP method (REST only: 405 with `Allow`). */
   METHOD_NOT_ALLOWED: 'METHOD_NOT_ALLOWED',
+  /** The request body's Content-Type is not one the operation takes (415). */
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
   /** The request body is over the limit (413). */
   PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
   /** A path segment is over the router's limit (414). */

@@ -50,7 +50,7 @@ export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
 /** Parse a `<n>s|m|h` duration (DURATION_PATTERN) into milliseconds. */
 export function parseDurationMs(d: string, field: string): number {
   const m = /^([1-9][0-9]*)(s|m|h)$/.exec(d);
-  if (!m) throw validationError(field, `must be a duration like 90s, 5m or 1h, got ${JSON.stringify(d)}`);
+  if (!m || Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2] as 's' | 'm' | 'h'] > 86_400) throw validationError(field, `must be a duration like 90s, 5m or 1h, at most 24h, got ${JSON.stringify(d)}`);
   return Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 's' | 'm' | 'h'];
 }
 

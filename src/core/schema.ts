@@ -222,10 +222,10 @@ export const GuestEnv = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9
 });
 
 /** Fields of the spec, shared by the resource, the create and the update request. */
-/** A duration like 90s, 5m or 1h. */
-export const DURATION_PATTERN = '^[1-9][0-9]*(s|m|h)$';
-/** A duration of at most 24 hours: 1-86400s, 1-1440m or 1-24h. */
-export const EXEC_TIMEOUT_PATTERN = '^(([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h)$';
+/** A duration like 90s, 5m or 1h: at most 24h (86400s, 1440m), far inside what a timer holds. */
+export const DURATION_PATTERN = '^(([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h)$';
+/** The exec timeout: a DURATION_PATTERN (at most 24h). */
+export const EXEC_TIMEOUT_PATTERN = DURATION_PATTERN;
 const Lifecycle = Type.Object(
   {
     bootTimeout: Type.Optional(

@@ -204,14 +204,14 @@ export class SnapshotService {
       if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw new MvmError(ErrorCodes.NOT_FOUND, `snapshot ${JSON.stringify(req.snapshot)} does not exist`, { violations: [{ field: 'snapshot', message: 'no such snapshot' }], details: { kind: 'snapshot', id: req.snapshot } });
       throw e;
     });
-    if (s.spec.phase !== 'Ready') throw validationError('snapshot', `snapshot ${s.name} is ${s.spec.phase}, not Ready`);
+    if (s.spec.phase !== 'Ready') throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} is ${s.spec.phase}, not Ready`, { violations: [{ field: 'snapshot', message: s.spec.phase }] });
     // What no VM can change (the files, VMM version, jailing): refused now, not after the VM was made.
     const refusal = await this.agent.restoreRefusal?.(s.id);
     if (refusal) throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} cannot be restored here: ${refusal}`, { details: { snapshot: s.id, reason: refusal } });
     const src = s.spec.vmSpec;
     for (const f of ['vcpu', 'memory', 'kernel', 'rootfs', 'networkInterfaces', 'volumes'] as const) {
       if (req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(src[f])) {
-        throw validationError(f, `must match the snapshot (${JSON.stringify(src[f] ?? null)}) or be omitted`);
+        throw unprocessable(f, `must match the snapshot (${JSON.stringify(src[f] ?? null)}) or be omitted`);
       }
     }
     const { snapshot: _omit, ...rest } = req;

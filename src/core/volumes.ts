@@ -10,7 +10,7 @@
  * Crash safety: records are written `Creating` before the backend works and flipped to
  * Available/Ready after; `reconcile` removes what a dead process left half-done.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, validationError, unprocessable } from './errors.js';
 import { newId, parseQuantityMiB } from './microvm.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
@@ -139,7 +139,7 @@ export class VolumeService implements VolumeAttacher {
 
   private backend(name: string, field = 'backend'): VolumeBackend {
     const b = this.backends.get(name);
-    if (!b) throw validationError(field, `unknown volume backend ${JSON.stringify(name)} (configured: ${[...this.backends.keys()].join(', ') || 'none'})`);
+    if (!b) throw unprocessable(field, `unknown volume backend ${JSON.stringify(name)} (configured: ${[...this.backends.keys()].join(', ') || 'none'})`);
     return b;
   }
 
@@ -178,9 +178,9 @@ export class VolumeService implements VolumeAttacher {
         }
         throw e;
       });
-      if (source.spec.phase !== 'Ready') throw validationError(f('fromSnapshot'), `volume snapshot ${source.name} is ${source.spec.phase}, not Ready`);
+      if (source.spec.phase !== 'Ready') throw new MvmError(ErrorCodes.CONFLICT, `volume snapshot ${source.name} is ${source.spec.phase}, not Ready`, { violations: [{ field: f('fromSnapshot'), message: source.spec.phase }] });
       if (req.backend !== undefined && req.backend !== source.spec.backend) {
-        throw validationError(f('backend'), `must be the snapshot's backend (${source.spec.backend}) or be omitted`);
+        throw unprocessable(f('backend'), `must be the snapshot's backend (${source.spec.backend}) or be omitted`);
       }
     }
     const backendName = source?.spec.backend ?? req.backend ?? this.defaultBackend;
@@ -192,7 +192,7 @@ export class VolumeService implements VolumeAttacher {
       size = req.size;
       if (sizeMiB < 16) throw validationError(f('size'), 'must be at least 16Mi (an ext4 filesystem needs room for its journal)');
       if (sizeMiB > MAX_VOLUME_MIB) throw validationError(f('size'), 'must be at most 16384Gi');
-      if (source && sizeMiB * MiB < source.spec.sizeBytes) throw validationError(f('size'), `must be at least the snapshot's size (${source.spec.sizeBytes / MiB}Mi)`);
+      if (source && sizeMiB * MiB < source.spec.sizeBytes) throw unprocessable(f('size'), `must be at least the snapshot's size (${source.spec.sizeBytes / MiB}Mi)`);
     } else if (source) {
       sizeMiB = source.spec.sizeBytes / MiB;
       size = `${sizeMiB}Mi`;

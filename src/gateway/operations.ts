@@ -72,7 +72,7 @@ const DEFS: Record<string, Def> = {
   'guest.processAttach': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/processes/:processId/attach', note: 'WebSocket', errors: [409, 422, 426, 502] },
   'guest.fileStat': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/files/stat', errors: [409, 422, 502] },
   'guest.fileGet': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/files', grpc: 'Download', errors: [409, 422, 502] },
-  'guest.filePut': { permission: 'microvms:exec', mutation: true, rest: 'PUT /api/v1/microvms/:id/files', grpc: 'Upload', errors: [409, 422, 502] },
+  'guest.filePut': { permission: 'microvms:exec', mutation: true, rest: 'PUT /api/v1/microvms/:id/files', grpc: 'Upload', errors: [409, 415, 422, 502] },
   'guest.fileMkdir': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/files/mkdir', errors: [409, 422, 502] },
   'guest.fileMove': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/files/move', errors: [409, 422, 502] },
   'guest.fileDelete': { permission: 'microvms:exec', mutation: true, rest: 'DELETE /api/v1/microvms/:id/files', errors: [409, 422, 502] },
@@ -129,10 +129,14 @@ export function errorStatuses(op: Operation, route: { params: boolean; query: bo
     out.add(404);
     out.add(414);
   }
-  if (route.body) out.add(413);
+  if (route.body) {
+    out.add(413);
+    out.add(415);
+  }
   if (op.mutation) {
     out.add(404);
     out.add(409);
+    out.add(422);
   }
   for (const e of op.errors ?? []) out.add(e);
   return [...out].sort((a, b) => a - b);

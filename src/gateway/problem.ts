@@ -28,6 +28,7 @@ export const HTTP_STATUS: Record<ErrorCode, number> = {
   UPGRADE_REQUIRED: 426,
   METHOD_NOT_ALLOWED: 405,
   PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
   URI_TOO_LONG: 414,
   INTERNAL: 500,
 };
@@ -159,7 +160,7 @@ export function errorFrom(e: unknown): MvmError {
   if (isMvmError(e)) return e;
   const err = e as { statusCode?: number; code?: string; message?: string };
   if (err && err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
-    return new MvmError(ErrorCodes.VALIDATION_FAILED, 'body: Content-Type must be application/json', { violations: [{ field: 'body', message: 'must be JSON' }] });
+    return new MvmError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, 'body: Content-Type must be application/json', { violations: [{ field: 'body', message: 'must be JSON' }] });
   }
   if (err && (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (err.statusCode === 400 && /JSON/.test(err.message ?? '')))) {
     return new MvmError(ErrorCodes.VALIDATION_FAILED, `body: ${err.message ?? 'invalid JSON'}`, { violations: [{ field: 'body', message: 'invalid JSON' }] });
@@ -168,6 +169,6 @@ export function errorFrom(e: unknown): MvmError {
   if (err && err.code === 'FST_ERR_MAX_PARAM_LENGTH') return new MvmError(ErrorCodes.URI_TOO_LONG, 'a path segment is too long', { violations: [{ field: 'path', message: 'too long' }] });
   if (err && err.code === 'FST_ERR_BAD_URL') return new MvmError(ErrorCodes.VALIDATION_FAILED, 'path: not a valid URL (bad percent-encoding)', { violations: [{ field: 'path', message: 'invalid URL encoding' }] });
   if (err && err.statusCode === 404) return new MvmError(ErrorCodes.NOT_FOUND, err.message ?? 'not found');
-  if (err && err.statusCode === 415) return new MvmError(ErrorCodes.VALIDATION_FAILED, err.message ?? 'unsupported media type', { violations: [{ field: 'body', message: 'unsupported media type' }] });
+  if (err && err.statusCode === 415) return new MvmError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, err.message ?? 'unsupported media type', { violations: [{ field: 'body', message: 'unsupported media type' }] });
   return new MvmError(ErrorCodes.INTERNAL, 'internal error', { cause: e });
 }

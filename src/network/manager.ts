@@ -38,7 +38,7 @@ import type {
 } from '../core/ports/network.js';
 import { CniClient, DEFAULT_CNI_PATH, type CniNetworkConfList, type CniResult } from './cni.js';
 import { run, runOk } from './exec.js';
-import { cidrContains, parseCidr, parseIp } from './ipv4.js';
+import { parseCidr, parseIp } from './ipv4.js';
 import { NftApplier } from './nft.js';
 import {
   DEFAULT_NETWORK,

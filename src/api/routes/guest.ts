@@ -333,6 +333,10 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
       const q = req.query as { path: string; archive?: 'tar'; mode?: string; user?: string };
       const path = absolute(q.path);
       const body = req.body as Readable | Buffer | undefined;
+      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (type !== 'application/octet-stream' && type !== 'application/x-tar') {
+        throw new MvmError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, 'body: send the content as application/octet-stream (or application/x-tar with ?archive=tar)', { violations: [{ field: 'body', message: 'unsupported media type' }] });
+      }
       if (body === undefined || body === null || (typeof body === 'object' && !('pipe' in body) && !Buffer.isBuffer(body))) {
         throw validationError('body', 'send the content as application/octet-stream (or application/x-tar with ?archive=tar)');
       }

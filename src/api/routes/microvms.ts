@@ -165,7 +165,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
           {
             phase: Type.Optional(Phase),
             ready: Type.Optional(Type.Boolean()),
-            timeout: Type.Optional(Type.String({ description: 'e.g. 30s (max 300s)' })),
+            timeout: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m)?$', description: 'how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s)' })),
           },
           { additionalProperties: false },
         ),
