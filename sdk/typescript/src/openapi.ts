@@ -1034,6 +1034,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -1240,6 +1258,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1654,6 +1681,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -1776,6 +1812,24 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2623,7 +2677,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3493,7 +3556,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3838,6 +3910,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -4118,7 +4199,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4127,7 +4208,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Error */
+            /** @description A WebSocket endpoint: send Upgrade: websocket */
             426: {
                 headers: {
                     [name: string]: unknown;
@@ -4281,7 +4362,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4420,7 +4510,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4553,7 +4643,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4673,7 +4772,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4818,7 +4917,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -4946,7 +5054,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -5080,7 +5197,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -5652,7 +5769,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -5803,7 +5929,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -5968,7 +6094,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6322,6 +6448,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -6415,7 +6550,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6424,7 +6559,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Error */
+            /** @description A WebSocket endpoint: send Upgrade: websocket */
             426: {
                 headers: {
                     [name: string]: unknown;
@@ -6555,7 +6690,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6711,7 +6846,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6822,7 +6966,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -6831,7 +6975,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Error */
+            /** @description A WebSocket endpoint: send Upgrade: websocket */
             426: {
                 headers: {
                     [name: string]: unknown;
@@ -6957,7 +7101,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -7304,6 +7457,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7903,6 +8065,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -8257,6 +8437,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -8593,6 +8782,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -8619,7 +8817,7 @@ export interface operations {
                 /** @description Lifecycle phase */
                 phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                 ready?: boolean;
-                /** @description e.g. 30s (max 300s) */
+                /** @description how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s) */
                 timeout?: string;
             };
             header?: never;
@@ -9166,6 +9364,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -9415,6 +9631,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -9501,6 +9735,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10151,6 +10394,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -10680,7 +10932,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -11100,7 +11361,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Well-formed but not processable (FIELD_IMMUTABLE, IMAGE_ERROR) */
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -11381,6 +11651,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -11553,6 +11832,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -11804,6 +12092,24 @@ export interface operations {
             };
             /** @description Request body too large */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12084,6 +12390,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -12182,6 +12506,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12551,6 +12884,24 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
                 headers: {
@@ -12756,6 +13107,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12986,6 +13346,24 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -13267,6 +13645,15 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
