@@ -139,6 +139,7 @@ const STATUS_TEXT: Record<number, string> = {
   422: 'Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR',
   426: 'A WebSocket endpoint: send Upgrade: websocket',
   429: 'Rate limited (Retry-After says when to retry)',
+  431: 'The request line and headers are over 16 KiB (a very long query string)',
   501: 'Not supported by this deployment or driver',
   502: 'The VMM or the guest agent failed',
   503: 'Unavailable: no capacity, or a store or node cannot be reached',
@@ -171,6 +172,19 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     // Request loggers are made on first use: most requests never log, and a pino child per request costs.
     childLoggerFactory: (logger, bindings) => lazyChild(logger, bindings),
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // What Node's HTTP parser refuses before Fastify sees a request (headers over 16 KiB: 431; a malformed request: 400), as problem+json.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) return;
+      const e =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? new MvmError(ErrorCodes.HEADERS_TOO_LARGE, 'the request line and headers are over 16 KiB')
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? new MvmError(ErrorCodes.TIMEOUT, 'the request was not received in time')
+            : new MvmError(ErrorCodes.VALIDATION_FAILED, 'malformed HTTP request');
+      const status = HTTP_STATUS[e.code];
+      const body = JSON.stringify(toProblem(e));
+      socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/problem+json\r\nConnection: close\r\n\r\n${body}`);
+    },
     // What the router refuses before any route runs (bad percent-encoding, an over-long segment) is problem+json too.
     frameworkErrors: (err, req, reply) => {
       const e = errorFrom(err);

@@ -35,6 +35,8 @@ export const ErrorCodes = {
   UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
   /** The request body is over the limit (413). */
   PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  /** The request line and headers are over Node's limit (431; answered before any route). */
+  HEADERS_TOO_LARGE: 'HEADERS_TOO_LARGE',
   /** A path segment is over the router's limit (414). */
   URI_TOO_LONG: 'URI_TOO_LONG',
   INTERNAL: 'INTERNAL',

@@ -117,7 +117,7 @@ export const SecurityRule = Type.Object(
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
     ports: Type.Optional(Type.Union([Type.String({ pattern: PORT_RANGE_PATTERN, maxLength: 11 }), Type.Integer({ minimum: 1, maximum: 65535 })], { description: '"80", 80 or "8000-8100" (tcp and udp only; the range in order)' })),
     cidr: Type.Optional(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 })),
-    group: Type.Optional(Type.String({ maxLength: 63, description: 'another security group (name or id) of the same tenant' })),
+    group: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: 'another security group (name or id) of the same tenant (404 when there is none)' })),
     action: Type.Optional(Type.Union([Type.Literal('accept'), Type.Literal('drop')])),
     description: Type.Optional(Type.String({ maxLength: 256 })),
   },

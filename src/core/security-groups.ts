@@ -63,7 +63,7 @@ export class SecurityGroupService {
       if (self && (r.group === self.id || r.group === self.name)) continue;
       const g = (await this.resources.get<SecurityGroupSpec>(SG_KIND, r.group)) ?? (await this.resources.getByName<SecurityGroupSpec>(SG_KIND, tenant, r.group));
       if (!g || g.tenant !== tenant) {
-        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rules[${i}].group: security group ${JSON.stringify(r.group)} does not exist`, {
+        throw new MvmError(ErrorCodes.NOT_FOUND, `rules[${i}].group: security group ${JSON.stringify(r.group)} does not exist`, {
           violations: [{ field: `rules[${i}].group`, message: 'no such security group' }],
         });
       }
@@ -118,7 +118,7 @@ export class SecurityGroupService {
     for (const [i, ref] of refs.entries()) {
       const g = (await this.resources.get<SecurityGroupSpec>(SG_KIND, ref)) ?? (await this.resources.getByName<SecurityGroupSpec>(SG_KIND, tenant, ref));
       if (!g || g.tenant !== tenant) {
-        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `${field}[${i}]: security group ${JSON.stringify(ref)} does not exist`, {
+        throw new MvmError(ErrorCodes.NOT_FOUND, `${field}[${i}]: security group ${JSON.stringify(ref)} does not exist`, {
           violations: [{ field: `${field}[${i}]`, message: 'no such security group' }],
         });
       }

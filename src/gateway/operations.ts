@@ -121,7 +121,8 @@ export const OPERATIONS: Record<string, Operation> = Object.fromEntries(
  * idempotency keys; 404 a tenant named by ?tenant=), and the operation's own `errors`.
  */
 export function errorStatuses(op: Operation, route: { params: boolean; query: boolean; body: boolean; method: string }): number[] {
-  const out = new Set<number>([429, 503]);
+  // 431: a request line and headers over Node's 16 KiB, refused before any route (clientErrorHandler).
+  const out = new Set<number>([429, 431, 503]);
   if (op.permission !== 'public') out.add(401);
   if (op.permission !== 'public' && op.permission !== 'authenticated') out.add(403);
   if (route.params || route.query || route.body || route.method === 'POST') out.add(400);

@@ -914,6 +914,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1061,6 +1070,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1156,6 +1174,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1283,6 +1310,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1394,6 +1430,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1491,6 +1536,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1568,6 +1622,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -1584,6 +1647,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description sha256:<64 lower-case hex> */
                 digest: string;
             };
             cookie?: never;
@@ -1692,6 +1756,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1839,6 +1912,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2158,6 +2240,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2704,6 +2795,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not supported by this deployment or driver */
             501: {
                 headers: {
@@ -3051,6 +3151,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3583,6 +3692,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -3928,6 +4046,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -4012,6 +4139,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4109,6 +4245,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4219,6 +4364,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4389,6 +4543,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The VMM or the guest agent failed */
             502: {
                 headers: {
@@ -4521,6 +4684,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4670,6 +4842,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The VMM or the guest agent failed */
             502: {
                 headers: {
@@ -4783,6 +4964,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4944,6 +5134,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The VMM or the guest agent failed */
             502: {
                 headers: {
@@ -5081,6 +5280,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The VMM or the guest agent failed */
             502: {
                 headers: {
@@ -5208,6 +5416,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -5796,6 +6013,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not supported by this deployment or driver */
             501: {
                 headers: {
@@ -5940,6 +6166,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6105,6 +6340,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6466,6 +6710,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -6570,6 +6823,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6701,6 +6963,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -6873,6 +7144,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The VMM or the guest agent failed */
             502: {
                 headers: {
@@ -6986,6 +7266,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7121,6 +7410,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -7482,6 +7780,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -7760,6 +8067,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8085,6 +8401,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8455,6 +8780,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -8793,6 +9127,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9151,6 +9494,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -9193,7 +9545,7 @@ export interface operations {
                                 cidr?: string;
                                 description?: string;
                                 direction: "ingress" | "egress";
-                                /** @description another security group (name or id) of the same tenant */
+                                /** @description another security group (name or id) of the same tenant (404 when there is none) */
                                 group?: string;
                                 /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                                 ports?: string | number;
@@ -9242,6 +9594,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -9270,7 +9631,7 @@ export interface operations {
                         cidr?: string;
                         description?: string;
                         direction: "ingress" | "egress";
-                        /** @description another security group (name or id) of the same tenant */
+                        /** @description another security group (name or id) of the same tenant (404 when there is none) */
                         group?: string;
                         /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                         ports?: string | number;
@@ -9298,7 +9659,7 @@ export interface operations {
                             cidr?: string;
                             description?: string;
                             direction: "ingress" | "egress";
-                            /** @description another security group (name or id) of the same tenant */
+                            /** @description another security group (name or id) of the same tenant (404 when there is none) */
                             group?: string;
                             /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                             ports?: string | number;
@@ -9384,6 +9745,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9432,7 +9802,7 @@ export interface operations {
                             cidr?: string;
                             description?: string;
                             direction: "ingress" | "egress";
-                            /** @description another security group (name or id) of the same tenant */
+                            /** @description another security group (name or id) of the same tenant (404 when there is none) */
                             group?: string;
                             /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                             ports?: string | number;
@@ -9498,6 +9868,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -9528,7 +9907,7 @@ export interface operations {
                         cidr?: string;
                         description?: string;
                         direction: "ingress" | "egress";
-                        /** @description another security group (name or id) of the same tenant */
+                        /** @description another security group (name or id) of the same tenant (404 when there is none) */
                         group?: string;
                         /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                         ports?: string | number;
@@ -9556,7 +9935,7 @@ export interface operations {
                             cidr?: string;
                             description?: string;
                             direction: "ingress" | "egress";
-                            /** @description another security group (name or id) of the same tenant */
+                            /** @description another security group (name or id) of the same tenant (404 when there is none) */
                             group?: string;
                             /** @description "80", 80 or "8000-8100" (tcp and udp only; the range in order) */
                             ports?: string | number;
@@ -9651,6 +10030,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9753,6 +10141,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10020,6 +10417,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10310,6 +10716,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -10405,6 +10820,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -10959,6 +11383,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not supported by this deployment or driver */
             501: {
                 headers: {
@@ -11124,6 +11557,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -11388,6 +11830,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not supported by this deployment or driver */
             501: {
                 headers: {
@@ -11567,6 +12018,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -11662,6 +12122,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -11857,6 +12326,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Not supported by this deployment or driver */
             501: {
                 headers: {
@@ -11957,6 +12435,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12126,6 +12613,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -12238,6 +12734,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12417,6 +12922,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -12524,6 +13038,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12643,6 +13166,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -12739,6 +13271,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -12911,6 +13452,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -13030,6 +13580,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -13125,6 +13684,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -13229,6 +13797,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -13380,6 +13957,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -13459,6 +14045,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -13568,6 +14163,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -13670,6 +14274,15 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description Unavailable: no capacity, or a store or node cannot be reached */
             503: {
                 headers: {
@@ -13716,6 +14329,15 @@ export interface operations {
             };
             /** @description Rate limited (Retry-After says when to retry) */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };

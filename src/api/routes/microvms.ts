@@ -48,7 +48,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
             cursor: cursorParam(),
             phase: Type.Optional(Phase),
             label: Type.Optional(
-              Type.Union([Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 1024 }), Type.Array(Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 1024 }), { maxItems: 16 })], {
+              Type.Union([Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 512 }), Type.Array(Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 512 }), { maxItems: 8 })], {
                 description: 'label selector: key=value, comma-separated or repeated; all must match',
               }),
             ),
