@@ -2,7 +2,7 @@
  * Domain model of a microVM: quantities, defaults, the phase state machine.
  * The dashboard imports this module too: no Node-only imports here (src/web's typecheck has no Node types).
  */
-import { ErrorCodes, MvmError, validationError } from './errors.js';
+import { ErrorCodes, MvmError, validationError, unprocessable } from './errors.js';
 import { validatePlacement } from './placement.js';
 import { PHASES, type ConditionT, type MicroVMSpecT, type MicroVMT, type PhaseT } from './schema.js';
 
@@ -36,12 +36,12 @@ export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
   }
   const names = new Set<string>();
   for (const [i, nic] of (spec.networkInterfaces ?? []).entries()) {
-    if (names.has(nic.name)) throw validationError(`${prefix}networkInterfaces[${i}].name`, `duplicate interface name ${nic.name}`);
+    if (names.has(nic.name)) throw unprocessable(`${prefix}networkInterfaces[${i}].name`, `duplicate interface name ${nic.name}`);
     names.add(nic.name);
   }
   const vols = new Set<string>();
   for (const [i, v] of (spec.volumes ?? []).entries()) {
-    if (vols.has(v.name)) throw validationError(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
+    if (vols.has(v.name)) throw unprocessable(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
     vols.add(v.name);
   }
   validatePlacement(spec, prefix);

@@ -33,6 +33,8 @@ export const VOLUME_SIZE_PATTERN = '^(1[6-9]|[2-9][0-9]|[1-9][0-9]{2,6})Mi$|^([1
 
 /** Guest memory: 128Mi to 8192Mi, or 1Gi to 8Gi. */
 export const MEMORY_PATTERN = '^((12[89]|1[3-9][0-9]|[2-9][0-9]{2}|[1-7][0-9]{3}|80[0-9]{2}|81[0-8][0-9]|819[0-2])Mi|[1-8]Gi)$';
+/** A root disk size: at most 256Gi (262144Mi). */
+export const ROOTFS_SIZE_PATTERN = '^(([1-9][0-9]{0,4}|1[0-9]{5}|2[0-5][0-9]{4}|26[01][0-9]{3}|2620[0-9]{2}|2621[0-3][0-9]|26214[0-4])Mi|([1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-6])Gi)$';
 export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
 export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
@@ -58,7 +60,7 @@ export const KernelSpec = Type.Object(
 export const RootFSSpec = Type.Object(
   {
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'Root filesystem image reference or "default"' })),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Root disk size, e.g. 1Gi' })),
+    size: Type.Optional(Type.String({ pattern: ROOTFS_SIZE_PATTERN, description: 'Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node\'s MVM_ROOTFS_MAX_SIZE (those two: 422)' })),
     readOnly: Type.Optional(Type.Boolean({ description: 'Attach the shared image read-only instead of a copy-on-write layer' })),
   },
   { additionalProperties: false },
@@ -76,7 +78,7 @@ export const NetworkInterface = Type.Object(
 export const Volume = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 63 }),
-    mountPath: Type.String({ pattern: '^/', maxLength: 256 }),
+    mountPath: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', not: { pattern: '(^|/)\\.\\.(/|$)' }, maxLength: 256, description: 'absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".."' }),
     readOnly: Type.Optional(Type.Boolean()),
     size: Type.Optional(Type.String({ pattern: VOLUME_SIZE_PATTERN, description: 'creates the volume (16Mi to 16384Gi) when the tenant has none of this name' })),
   },

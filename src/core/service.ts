@@ -3,7 +3,7 @@
  * they validate, enforce tenancy and legal actions, write desired state to the
  * store (the acknowledgement point) and leave the doing to the controller.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, validationError, unprocessable } from './errors.js';
 import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import type { NodeAgent } from './ports/agent.js';
@@ -145,10 +145,10 @@ export class MicroVMService {
       if (spec.rootfs?.size !== undefined) {
         // The guest filesystem is grown to rootfs.size (never shrunk): below the image is an error, as is beyond the node's maximum.
         const sizeMiB = parseQuantityMiB(spec.rootfs.size, 'rootfs.size');
-        if (spec.rootfs.readOnly) throw validationError('rootfs.size', 'a read-only root disk is the shared image itself and cannot be resized; drop rootfs.size or readOnly');
-        if (sizeMiB < imageMiB) throw validationError('rootfs.size', `${spec.rootfs.size} is smaller than the image (${imageMiB}Mi); the root filesystem can only grow`);
+        if (spec.rootfs.readOnly) throw unprocessable('rootfs.size', 'a read-only root disk is the shared image itself and cannot be resized; drop rootfs.size or readOnly');
+        if (sizeMiB < imageMiB) throw unprocessable('rootfs.size', `${spec.rootfs.size} is smaller than the image (${imageMiB}Mi); the root filesystem can only grow`);
         const max = this.opts.maxRootfsBytes;
-        if (max !== undefined && sizeMiB * 1024 * 1024 > max) throw validationError('rootfs.size', `${spec.rootfs.size} exceeds this node's maximum root disk size of ${Math.floor(max / (1024 * 1024))}Mi`);
+        if (max !== undefined && sizeMiB * 1024 * 1024 > max) throw unprocessable('rootfs.size', `${spec.rootfs.size} exceeds this node's maximum root disk size of ${Math.floor(max / (1024 * 1024))}Mi`);
       }
     }
     const now = new Date().toISOString();

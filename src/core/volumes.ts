@@ -363,7 +363,7 @@ export class VolumeService implements VolumeAttacher {
       if (!MOUNT_PATH_RE.test(v.mountPath) || v.mountPath === '/' || v.mountPath.split('/').includes('..')) {
         throw validationError(`volumes[${i}].mountPath`, 'must be an absolute path of letters, digits, ".", "_", "-" and "/", not "/" and without ".."');
       }
-      if (mounts.has(v.mountPath)) throw validationError(`volumes[${i}].mountPath`, `duplicate mountPath ${v.mountPath}`);
+      if (mounts.has(v.mountPath)) throw unprocessable(`volumes[${i}].mountPath`, `duplicate mountPath ${v.mountPath}`);
       mounts.add(v.mountPath);
     }
     const scoped: Principal = { ...p, tenant };
@@ -373,16 +373,21 @@ export class VolumeService implements VolumeAttacher {
       for (const [i, v] of vols.entries()) {
         let vol = await this.o.resources.getByName<VolumeSpec>(VOLUME_KIND, tenant, v.name);
         if (!vol) {
-          if (!v.size) throw validationError(`volumes[${i}].name`, `tenant ${tenant} has no volume named ${JSON.stringify(v.name)} (give a size to create one)`);
+          if (!v.size) {
+            throw new MvmError(ErrorCodes.NOT_FOUND, `volumes[${i}].name: tenant ${tenant} has no volume named ${JSON.stringify(v.name)} (give a size to create one)`, {
+              violations: [{ field: `volumes[${i}].name`, message: 'no such volume' }],
+              details: { kind: 'volume', id: v.name },
+            });
+          }
           vol = await this.create(scoped, { name: v.name, size: v.size }, { tenant, fieldPrefix: `volumes[${i}].` });
           created.push(vol.id);
         } else if (v.size && parseQuantityMiB(v.size, `volumes[${i}].size`) * MiB > vol.spec.sizeBytes) {
-          throw validationError(`volumes[${i}].size`, `volume ${v.name} exists with size ${vol.spec.size}; it is not grown on attach`);
+          throw unprocessable(`volumes[${i}].size`, `volume ${v.name} exists with size ${vol.spec.size}; it is not grown on attach`);
         }
         const readOnly = v.readOnly === true || vol.spec.readOnly;
         await this.o.resources.update<VolumeSpec>(VOLUME_KIND, vol.id, (s) => {
-          if (s.phase !== 'Available' && s.phase !== 'InUse') throw validationError(`volumes[${i}].name`, `volume ${v.name} is ${s.phase}`);
-          if (s.readOnly && v.readOnly === false) throw validationError(`volumes[${i}].readOnly`, `volume ${v.name} is read-only`);
+          if (s.phase !== 'Available' && s.phase !== 'InUse') throw new MvmError(ErrorCodes.CONFLICT, `volumes[${i}].name: volume ${v.name} is ${s.phase}`, { violations: [{ field: `volumes[${i}].name`, message: s.phase }] });
+          if (s.readOnly && v.readOnly === false) throw unprocessable(`volumes[${i}].readOnly`, `volume ${v.name} is read-only`);
           const others = s.attachedTo.filter((a) => a.vmId !== vmId);
           const writer = others.find((a) => !a.readOnly);
           if (writer || (!readOnly && others.length > 0)) {

@@ -2123,7 +2123,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description security groups (names or ids) of the tenant */
@@ -2149,6 +2149,7 @@ export interface operations {
                                 /** @description Number of vCPUs (1-8) */
                                 vcpu: number;
                                 volumes?: {
+                                    /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                     mountPath: string;
                                     name: string;
                                     readOnly?: boolean;
@@ -2431,7 +2432,7 @@ export interface operations {
                         image?: string;
                         /** @description Attach the shared image read-only instead of a copy-on-write layer */
                         readOnly?: boolean;
-                        /** @description Root disk size, e.g. 1Gi */
+                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                         size?: string;
                     };
                     /** @description security groups (names or ids) of the tenant */
@@ -2454,6 +2455,7 @@ export interface operations {
                     /** @description Number of vCPUs (1-8) */
                     vcpu?: number;
                     volumes?: {
+                        /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                         mountPath: string;
                         name: string;
                         readOnly?: boolean;
@@ -2628,7 +2630,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -2654,6 +2656,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -3011,7 +3014,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -3037,6 +3040,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -3325,7 +3329,7 @@ export interface operations {
                         image?: string;
                         /** @description Attach the shared image read-only instead of a copy-on-write layer */
                         readOnly?: boolean;
-                        /** @description Root disk size, e.g. 1Gi */
+                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                         size?: string;
                     };
                     /** @description security groups (names or ids) of the tenant */
@@ -3342,6 +3346,7 @@ export interface operations {
                     /** @description Number of vCPUs (1-8) */
                     vcpu?: number;
                     volumes?: {
+                        /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                         mountPath: string;
                         name: string;
                         readOnly?: boolean;
@@ -3516,7 +3521,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -3542,6 +3547,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -3888,7 +3894,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -3914,6 +3920,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -5638,7 +5645,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description security groups (names or ids) of the tenant */
@@ -5664,6 +5671,7 @@ export interface operations {
                                 /** @description Number of vCPUs (1-8) */
                                 vcpu: number;
                                 volumes?: {
+                                    /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                     mountPath: string;
                                     name: string;
                                     readOnly?: boolean;
@@ -5883,7 +5891,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description security groups (names or ids) of the tenant */
@@ -5909,6 +5917,7 @@ export interface operations {
                                 /** @description Number of vCPUs (1-8) */
                                 vcpu: number;
                                 volumes?: {
+                                    /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                     mountPath: string;
                                     name: string;
                                     readOnly?: boolean;
@@ -6552,7 +6561,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -6578,6 +6587,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -7622,7 +7632,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -7648,6 +7658,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -7980,7 +7991,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description security groups (names or ids) of the tenant */
@@ -8006,6 +8017,7 @@ export interface operations {
                                 /** @description Number of vCPUs (1-8) */
                                 vcpu: number;
                                 volumes?: {
+                                    /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                     mountPath: string;
                                     name: string;
                                     readOnly?: boolean;
@@ -8279,7 +8291,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -8305,6 +8317,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -8622,7 +8635,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -8648,6 +8661,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -8976,7 +8990,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -9002,6 +9016,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -9336,7 +9351,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -9362,6 +9377,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -10348,7 +10364,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description security groups (names or ids) of the tenant */
@@ -10374,6 +10390,7 @@ export interface operations {
                                 /** @description Number of vCPUs (1-8) */
                                 vcpu: number;
                                 volumes?: {
+                                    /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                     mountPath: string;
                                     name: string;
                                     readOnly?: boolean;
@@ -10623,7 +10640,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -10649,6 +10666,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -11014,7 +11032,7 @@ export interface operations {
                         image?: string;
                         /** @description Attach the shared image read-only instead of a copy-on-write layer */
                         readOnly?: boolean;
-                        /** @description Root disk size, e.g. 1Gi */
+                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                         size?: string;
                     };
                     /** @description security groups (names or ids) of the tenant */
@@ -11033,6 +11051,7 @@ export interface operations {
                     /** @description Number of vCPUs (1-8) */
                     vcpu?: number;
                     volumes?: {
+                        /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                         mountPath: string;
                         name: string;
                         readOnly?: boolean;
@@ -11207,7 +11226,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description security groups (names or ids) of the tenant */
@@ -11233,6 +11252,7 @@ export interface operations {
                             /** @description Number of vCPUs (1-8) */
                             vcpu: number;
                             volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
                                 mountPath: string;
                                 name: string;
                                 readOnly?: boolean;
@@ -11497,7 +11517,7 @@ export interface operations {
                                     image?: string;
                                     /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                     readOnly?: boolean;
-                                    /** @description Root disk size, e.g. 1Gi */
+                                    /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                     size?: string;
                                 };
                                 /** @description Number of vCPUs (1-8) */
@@ -11647,7 +11667,7 @@ export interface operations {
                         image?: string;
                         /** @description Attach the shared image read-only instead of a copy-on-write layer */
                         readOnly?: boolean;
-                        /** @description Root disk size, e.g. 1Gi */
+                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                         size?: string;
                     };
                     /** @description Number of vCPUs (1-8) */
@@ -11719,7 +11739,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description Number of vCPUs (1-8) */
@@ -11934,7 +11954,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description Number of vCPUs (1-8) */
@@ -12224,7 +12244,7 @@ export interface operations {
                                 image?: string;
                                 /** @description Attach the shared image read-only instead of a copy-on-write layer */
                                 readOnly?: boolean;
-                                /** @description Root disk size, e.g. 1Gi */
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
                                 size?: string;
                             };
                             /** @description Number of vCPUs (1-8) */

@@ -14,7 +14,7 @@ MicroVMSpecKernel = TypedDict("MicroVMSpecKernel", {
 
 MicroVMSpecRootfs = TypedDict("MicroVMSpecRootfs", {
     "image": str,  # Root filesystem image reference or "default"
-    "size": str,  # Root disk size, e.g. 1Gi
+    "size": str,  # Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422)
     "readOnly": bool,  # Attach the shared image read-only instead of a copy-on-write layer
 }, total=False)
 
@@ -34,7 +34,7 @@ class MicroVMSpecNetworkInterfacesItem(_MicroVMSpecNetworkInterfacesItemRequired
 
 _MicroVMSpecVolumesItemRequired = TypedDict("_MicroVMSpecVolumesItemRequired", {
     "name": str,
-    "mountPath": str,
+    "mountPath": str,  # absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".."
 })
 _MicroVMSpecVolumesItemOptional = TypedDict("_MicroVMSpecVolumesItemOptional", {
     "readOnly": bool,
