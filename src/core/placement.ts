@@ -4,7 +4,7 @@
  * express. Kubernetes' rules, applied to microVMs and nodes (ADR 0016). Pure; used by the
  * scheduler (src/scheduler) and by validateSpec at admission.
  */
-import { validationError, unprocessable } from './errors.js';
+import { unprocessable } from './errors.js';
 import type { MicroVMSpecT } from './schema.js';
 
 export type TaintEffect = 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute';
