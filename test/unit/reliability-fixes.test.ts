@@ -95,6 +95,23 @@ test('a snapshot that another snapshot is chained to cannot be deleted (409 nami
   }
 });
 
+test('an admin restores a snapshot into another tenant; that restore pins the snapshot like any other', async () => {
+  const w = await world();
+  try {
+    const vm1 = await running(w.store, await w.vms.create(admin, { name: 'src', start: false }));
+    const a = await w.snaps.create(admin, vm1.id, 'a');
+    const other = await w.vms.create(admin, { name: 'copy', snapshot: a.id, start: false }, { tenant: 'acme' });
+    assert.equal(other.tenant, 'acme');
+    assert.equal(other.spec.source?.snapshot, a.id);
+    await assert.rejects(w.snaps.delete(admin, a.id), (e: unknown) => code(e) === 'CONFLICT' && (e as MvmError).message.includes(other.id));
+    // A non-admin cannot name another tenant.
+    await assert.rejects(w.vms.create({ ...member, tenant: 'default' }, { name: 'steal', snapshot: a.id, start: false }, { tenant: 'acme' }), (e: unknown) => code(e) === 'PERMISSION_DENIED');
+  } finally {
+    await w.store.close();
+    rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
 test('a template whose clone was snapshotted cannot be deleted while that snapshot exists', async () => {
   const w = await world();
   try {
