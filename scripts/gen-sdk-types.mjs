@@ -82,7 +82,8 @@ function pythonModels(doc) {
   const lit = (v) => JSON.stringify(v);
   const typeOf = (schema, name) => {
     if (!schema || typeof schema !== 'object') return 'Any';
-    if (Array.isArray(schema.anyOf) || Array.isArray(schema.oneOf)) {
+    // An object's oneOf/anyOf of `required` lists (schema.ts exclusive, requiredUnless) constrains it, it is no union.
+    if ((Array.isArray(schema.anyOf) || Array.isArray(schema.oneOf)) && schema.type !== 'object') {
       const alts = [...new Set((schema.anyOf ?? schema.oneOf).map((s, i) => typeOf(s, `${name}${i}`)))];
       if (alts.every((a) => a.startsWith('Literal['))) return `Literal[${alts.map((a) => a.slice(8, -1)).join(', ')}]`;
       return alts.length === 1 ? alts[0] : `Union[${alts.join(', ')}]`;

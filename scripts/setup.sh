@@ -77,7 +77,8 @@ if [[ ! -f node_modules/.package-lock.json ]] || [[ package-lock.json -nt node_m
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
-# The Python SDK's end-to-end test (sdk/python): httpx, websockets, pytest and setuptools from PyPI in
+# The Python SDK's end-to-end test (sdk/python) and the OpenAPI fuzz run (test/e2e/openapi-fuzz.test.ts):
+# httpx, websockets, pytest, setuptools and schemathesis from PyPI in
 # a virtualenv of its own under $MVM_CACHE_DIR, named after the hash of its requirements file (a
 # change makes a new one; test/support/sdk.ts finds it the same way), made with Debian's python3
 # (not whatever python3 comes first in PATH), and only PyPI is asked (no local wheel directories).

@@ -165,7 +165,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     resourceKinds: [SG_KIND, VOLUME_KIND, VOLUME_SNAPSHOT_KIND],
   });
   volumeDeps.tenants = gw.tenantStore;
-  const service = new MicroVMService(store, agent, images, networkAdmission(groups), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes, imageAdmission: imagePolicy, hostPorts: cfg.hostPorts });
+  const service = new MicroVMService(store, agent, images, networkAdmission(groups, network ? { network: network.networks[0]!, ipHolder: (ip) => network.ipHolderOf(ip) } : {}), { tenants: gw.tenantStore, maxRootfsBytes: imageCfg.maxRootfsBytes, volumes, imageAdmission: imagePolicy, hostPorts: cfg.hostPorts });
   // Image cache management: in use = named by any microVM record (every phase).
   const imageManager = createImageManager(images, store, imageCfg, log);
   const snapshots = new SnapshotService(store, resources, agent, service, gw.tenantStore);

@@ -1,5 +1,7 @@
 /** Small helpers shared by the REST routes: the caller, ETag / If-Match, list pages. */
+import { Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import { NAME_PATTERN } from '../core/schema.js';
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import type { Principal } from '../core/authz.js';
 
@@ -28,3 +30,18 @@ export function withEtag<T extends { resourceVersion: string }>(req: FastifyRequ
 }
 
 export const page = <T>(p: { items: T[]; nextCursor?: string }): { items: T[]; next_cursor?: string } => ({ items: p.items, ...(p.nextCursor ? { next_cursor: p.nextCursor } : {}) });
+
+/** The description of `?tenant=`, the same on every route that takes it (docs/tenancy.md). */
+export const TENANT_PARAM_DOC =
+  'Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED.';
+/** `?tenant=` of list routes and of the routes that create in a tenant. */
+export const tenantParam = () => Type.Optional(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: TENANT_PARAM_DOC }));
+/** A querystring of `?tenant=` alone. */
+export const TenantQuery = Type.Object({ tenant: tenantParam() }, { additionalProperties: false });
+/** A list cursor: the opaque `next_cursor` of the previous page (base64url); another one is 400. */
+export const cursorParam = () => Type.Optional(Type.String({ pattern: '^[A-Za-z0-9_-]+$', maxLength: 200, description: 'the next_cursor of the previous page (opaque, base64url)' }));
+/** A label selector: `key=value`, comma-separated, all must match. */
+export const LABEL_SELECTOR_PATTERN = '^\\s*[^=,\\s][^=,]*=[^,]*(,\\s*[^=,\\s][^=,]*=[^,]*)*$';
+
+/** Path ids: ids or names, at most 128 characters. */
+export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128, description: 'id or name' }) });

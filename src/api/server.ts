@@ -13,11 +13,12 @@ const addFormats = addFormatsModule.default;
 import type { Logger } from 'pino';
 import type { AuditService } from '../core/audit.js';
 import { ErrorCodes, MvmError, validationError } from '../core/errors.js';
+import { Problem, toJsonSchema } from '../core/schema.js';
 import type { MicroVMService, Principal } from '../core/service.js';
 import type { TenantService } from '../core/tenancy.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
-import { operationForRoute, undeclaredOperation, type Operation } from '../gateway/operations.js';
-import { ajvToMvmError, errorFrom, toProblem } from '../gateway/problem.js';
+import { errorStatuses, operationForRoute, undeclaredOperation, type Operation } from '../gateway/operations.js';
+import { HTTP_STATUS, ajvToMvmError, errorFrom, toProblem } from '../gateway/problem.js';
 import { registerObservabilityRoutes } from './routes/observability.js';
 import type { SecurityGroupService } from '../core/security-groups.js';
 import { API_VERSIONS, unsupportedVersion } from './versions.js';
@@ -119,6 +120,50 @@ const lazyChild = (parent: FastifyBaseLogger, bindings: Record<string, unknown>)
 /** Paths under /api/ that are not in the route table (404s) still require authentication. */
 const UNROUTED: Operation = { id: 'unrouted', permission: 'authenticated', resource: 'unknown', verb: 'unknown', mutation: false, rateClass: 'read' };
 const REPLAYED_HEADERS = ['content-type', 'location', 'etag'];
+/** Methods a route may answer; an unrouted request whose path answers some of them gets 405 with `Allow`. */
+const ROUTABLE_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+/**
+ * Longest path parameter the router accepts. Ids are at most 128 characters by the schema: longer
+ * ones reach validation (400, naming the field); only a segment over this limit is refused by the
+ * router, as 414 problem+json like every other error.
+ */
+export const MAX_PARAM_LENGTH = 2048;
+
+const STATUS_TEXT: Record<number, string> = {
+  400: 'Invalid request: the fields that are wrong are named in `errors`',
+  401: 'Not authenticated',
+  403: 'Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED)',
+  404: 'Not found (another tenant\'s object answers the same)',
+  408: 'Timed out',
+  409: 'Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused)',
+  413: 'Request body too large',
+  414: 'A path segment is too long',
+  415: 'The body\'s Content-Type is not one this operation takes',
+  422: 'Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR',
+  426: 'A WebSocket endpoint: send Upgrade: websocket',
+  429: 'Rate limited (Retry-After says when to retry)',
+  431: 'The request line and headers are over 16 KiB (a very long query string)',
+  501: 'Not supported by this deployment or driver',
+  502: 'The VMM or the guest agent failed',
+  503: 'Unavailable: no capacity, or a store or node cannot be reached',
+};
+
+/** An error response of the OpenAPI document: application/problem+json (RFC 9457). */
+const API_DESCRIPTION = [
+  'Create, run and observe microVMs (Firecracker / QEMU microvm).',
+  '',
+  'Errors are application/problem+json (RFC 9457) with a stable `code`; every operation lists the statuses it can answer. 400 means the request breaks this document (the fields at fault are named in `errors`); 422 means it is valid by this document but breaks a rule the document cannot state (a relation between fields, the node\'s network, the guest\'s users), again naming the field. A method a path does not have is 405 with `Allow`.',
+  '',
+  'Tenancy: every caller acts in their own tenant. `?tenant=` on list routes: admins list that tenant (default every tenant); anyone else may name only their own tenant, another one is 403 PERMISSION_DENIED. On creates (microVMs, restores, volumes, templates, API keys) admins may name the tenant to create in. Another tenant\'s object by id answers 404, like a missing one.',
+  '',
+  'Not listed: `/microvms/{id}/proxy/{port}/...`, a pass-through to HTTP servers in the guest (any method; the answers are the guest\'s).',
+].join('\n');
+
+/** The shared Problem schema (components/schemas/Problem of the OpenAPI document). */
+const PROBLEM_SCHEMA = { ...toJsonSchema(Problem), additionalProperties: true, description: 'RFC 9457 problem details: a stable `code`, the fields at fault in `errors`; more members may follow (e.g. retryAfterSeconds, allow)' };
+function problemResponse(status: number): Record<string, unknown> {
+  return { description: STATUS_TEXT[status] ?? 'Error', content: { 'application/problem+json': { schema: { $ref: 'Problem#' } } } };
+}
 
 export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -130,6 +175,26 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     // Request loggers are made on first use: most requests never log, and a pino child per request costs.
     childLoggerFactory: (logger, bindings) => lazyChild(logger, bindings),
     ...(o.tls ? { https: { ...o.tls.current, minVersion: 'TLSv1.2' as const } } : {}),
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // What Node's HTTP parser refuses before Fastify sees a request (headers over 16 KiB: 431; a malformed request: 400), as problem+json.
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) return;
+      const e =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? new MvmError(ErrorCodes.HEADERS_TOO_LARGE, 'the request line and headers are over 16 KiB')
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? new MvmError(ErrorCodes.TIMEOUT, 'the request was not received in time')
+            : new MvmError(ErrorCodes.VALIDATION_FAILED, 'malformed HTTP request');
+      const status = HTTP_STATUS[e.code];
+      const body = JSON.stringify(toProblem(e));
+      socket.end(`HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/problem+json\r\nConnection: close\r\n\r\n${body}`);
+    },
+    // What the router refuses before any route runs (bad percent-encoding, an over-long segment) is problem+json too.
+    frameworkErrors: (err, req, reply) => {
+      const e = errorFrom(err);
+      req.mvmError = e;
+      void (reply as FastifyReply).status(HTTP_STATUS[e.code]).type('application/problem+json').send(toProblem(e, req.url));
+    },
   });
   if (o.tls) {
     // Rotation without a restart: new connections get the new certificate, open ones keep theirs.
@@ -147,6 +212,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
     if (!reply.hasHeader('content-security-policy')) void reply.header('content-security-policy', "default-src 'none'; frame-ancestors 'none'; base-uri 'none'");
     return payload;
   });
+  app.addSchema(PROBLEM_SCHEMA);
   const gw = o.gateway;
   // Every route, for the check that each one under /api is in the operations table.
   const routes: Array<{ method: string; url: string }> = [];
@@ -154,6 +220,22 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   app.addHook('onRoute', (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];
     for (const m of methods) if (m !== 'HEAD') routes.push({ method: m, url: r.url });
+    // The OpenAPI document names every error status a route can answer, each an application/problem+json body (operations.ts says which).
+    const op = methods.length === 1 && r.url.startsWith('/api/') ? operationForRoute(methods[0]!, r.url) : undefined;
+    if (op && r.schema && !r.schema.hide) {
+      const response: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries((r.schema.response ?? {}) as Record<string, unknown>)) if (!/^[45]/.test(k)) response[k] = v;
+      for (const status of errorStatuses(op, { params: r.schema.params !== undefined, query: r.schema.querystring !== undefined, body: r.schema.body !== undefined, method: methods[0]! })) {
+        response[status] = problemResponse(status);
+      }
+      r.schema = { ...r.schema, response, operationId: op.id };
+      const ok = Object.keys(response).find((k) => /^2/.test(k));
+      if (op.links?.length && ok) {
+        const links: Record<string, unknown> = {};
+        for (const target of op.links) links[target] = { operationId: target, parameters: { id: '$response.body#/id' } };
+        (r as { links?: Record<string, unknown> }).links = { [ok]: links };
+      }
+    }
     // Idempotency hooks only where they can apply (POST), so reads pay nothing for them.
     if (methods.includes('POST')) {
       r.preHandler = [...(Array.isArray(r.preHandler) ? r.preHandler : r.preHandler ? [r.preHandler] : []), idempotencyPreHandler];
@@ -162,8 +244,9 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   });
 
   // Bodies are validated strictly (no coercion, no silently dropped fields); query strings and params are coerced.
-  const bodyAjv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false });
-  const queryAjv = new Ajv({ allErrors: true, coerceTypes: true, removeAdditional: false, useDefaults: true, strict: false });
+  // `verbose`: errors carry their schema, so a rule between fields is reported by the field it names.
+  const bodyAjv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false, verbose: true });
+  const queryAjv = new Ajv({ allErrors: true, coerceTypes: true, removeAdditional: false, useDefaults: true, strict: false, verbose: true });
   addFormats(bodyAjv);
   addFormats(queryAjv);
   app.setValidatorCompiler(({ schema, httpPart }) => {
@@ -204,8 +287,20 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   const warned = new Set<string>();
   app.addHook('onRequest', async (req: FastifyRequest, reply) => {
     const path = req.url.split('?')[0]!;
-    if (!path.startsWith('/api/')) return;
     const pattern = req.routeOptions.url;
+    if (!pattern) {
+      // No route for this method: when the path has routes for other methods, 405 naming them (before
+      // authentication and before any body is read: an unknown method such as QUERY never gets that far).
+      // A static route outranks a parametric one for the same path (`POST /images/gc` is not `DELETE /images/:digest`).
+      const found = ROUTABLE_METHODS.map((m) => ({ m, r: app.findRoute({ method: m, url: path }) })).filter((x) => x.r !== null);
+      const isStatic = (x: (typeof found)[number]): boolean => Object.keys((x.r as { params?: object }).params ?? {}).length === 0;
+      const allow = (found.some(isStatic) ? found.filter(isStatic) : found).map((x) => x.m);
+      if (allow.length) {
+        void reply.header('allow', allow.join(', '));
+        throw new MvmError(ErrorCodes.METHOD_NOT_ALLOWED, `method ${req.method} is not allowed on ${path} (allowed: ${allow.join(', ')})`, { details: { allow } });
+      }
+    }
+    if (!path.startsWith('/api/')) return;
     const method = req.method === 'HEAD' ? 'GET' : req.method;
     let op = pattern ? operationForRoute(method, pattern) : UNROUTED;
     if (!op) {
@@ -301,9 +396,11 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   });
 
   await app.register(swagger, {
+    // Shared schemas (Problem) keep their $id as their name under components/schemas.
+    refResolver: { buildLocalReference: (json, _base, _fragment, i) => (typeof json.$id === 'string' ? json.$id : `def-${i}`) },
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'MicroVM Service API', version: o.version, description: 'Create, run and observe microVMs (Firecracker / QEMU microvm).' },
+      info: { title: 'MicroVM Service API', version: o.version, description: API_DESCRIPTION },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },

@@ -1,5 +1,5 @@
 /** Recording and querying the audit log. Entries never hold secrets: no tokens, no key secrets, no bodies. */
-import type { Principal } from './authz.js';
+import { listTenant, type Principal } from './authz.js';
 import type { AuditEntry, AuditLog, AuditQuery, NewAuditEntry } from './ports/audit.js';
 import type { Page } from './ports/store.js';
 
@@ -22,6 +22,8 @@ export class AuditService {
 
   /** Admins query everything; tenant-admins only their tenant's entries. */
   async query(p: Principal, q: AuditQuery): Promise<Page<AuditEntry>> {
-    return this.log.query(p.role === 'admin' ? q : { ...q, tenant: p.tenant });
+    const { tenant: _t, ...rest } = q;
+    const tenant = listTenant(p, q.tenant);
+    return this.log.query({ ...rest, ...(tenant !== undefined ? { tenant } : {}) });
   }
 }

@@ -64,3 +64,23 @@ export function assertCan(p: Principal, perm: Permission): void {
 
 /** Roles ordered by power, for "a key may not outrank its creator". */
 export const ROLE_RANK: Record<Role, number> = { viewer: 0, member: 1, 'tenant-admin': 2, admin: 3 };
+
+/**
+ * The tenant a call acts in: the principal's own, or for admins the one they name.
+ * A non-admin naming another tenant is refused.
+ */
+export function targetTenant(p: Principal, requested: string | undefined): string {
+  if (requested === undefined || requested === '' || requested === p.tenant) return p.tenant;
+  if (p.role === 'admin') return requested;
+  throw new MvmError(ErrorCodes.PERMISSION_DENIED, `only admins may act in another tenant (you are in tenant ${p.tenant})`);
+}
+
+/**
+ * The tenant a list is scoped to (one rule for every list route, REST and gRPC, docs/tenancy.md):
+ * an admin sees every tenant, or the one named; anyone else sees their own tenant, and naming
+ * another one is refused (403 PERMISSION_DENIED, as for acting in another tenant).
+ */
+export function listTenant(p: Principal, requested: string | undefined): string | undefined {
+  if (requested === undefined || requested === '') return p.role === 'admin' ? undefined : p.tenant;
+  return targetTenant(p, requested);
+}

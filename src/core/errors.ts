@@ -26,6 +26,23 @@ export const ErrorCodes = {
   VM_FAILED: 'VM_FAILED',
   /** exec, files, port forwarding: the VM's guest agent is not there or does not answer (409). */
   AGENT_UNAVAILABLE: 'AGENT_UNAVAILABLE',
+  /**
+   * Valid by the published schema, but breaking a rule the schema cannot state (a relation between
+   * fields, e.g. cmd[0] empty, fork names vs count): 422 naming the field. A schema violation is 400.
+   */
+  UNPROCESSABLE: 'UNPROCESSABLE',
+  /** A WebSocket endpoint called without the upgrade (426). */
+  UPGRADE_REQUIRED: 'UPGRADE_REQUIRED',
+  /** The path exists but not with this HTTP method (REST only: 405 with `Allow`). */
+  METHOD_NOT_ALLOWED: 'METHOD_NOT_ALLOWED',
+  /** The request body's Content-Type is not one the operation takes (415). */
+  UNSUPPORTED_MEDIA_TYPE: 'UNSUPPORTED_MEDIA_TYPE',
+  /** The request body is over the limit (413). */
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  /** The request line and headers are over Node's limit (431; answered before any route). */
+  HEADERS_TOO_LARGE: 'HEADERS_TOO_LARGE',
+  /** A path segment is over the router's limit (414). */
+  URI_TOO_LONG: 'URI_TOO_LONG',
   INTERNAL: 'INTERNAL',
 } as const;
 
@@ -53,6 +70,9 @@ export class MvmError extends Error {
 
 export const validationError = (field: string, message: string): MvmError =>
   new MvmError(ErrorCodes.VALIDATION_FAILED, `${field}: ${message}`, { violations: [{ field, message }] });
+
+export const unprocessable = (field: string, message: string): MvmError =>
+  new MvmError(ErrorCodes.UNPROCESSABLE, `${field}: ${message}`, { violations: [{ field, message }] });
 
 export const notFound = (kind: string, id: string): MvmError =>
   new MvmError(ErrorCodes.NOT_FOUND, `${kind} ${JSON.stringify(id)} not found`, { details: { kind, id } });

@@ -4,7 +4,7 @@
  * its own VMs (another tenant's is 404); the VM must be Running (409 with its phase otherwise);
  * a guest without the agent answers 409 AGENT_UNAVAILABLE with a hint.
  */
-import { ErrorCodes, MvmError, validationError } from './errors.js';
+import { ErrorCodes, MvmError, validationError, unprocessable } from './errors.js';
 import { parseDurationMs, type MicroVM } from './microvm.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { GuestBufferedResult, GuestExecRequest, GuestSession } from './ports/guest.js';
@@ -31,7 +31,8 @@ export interface ExecInput {
 /** Turn an exec input into the agent's request (validated: the field names the caller used). */
 export function execRequest(input: Omit<ExecInput, 'stdin' | 'stdinEncoding' | 'maxOutputBytes'> & { tty?: boolean; cols?: number; rows?: number; stdin?: boolean }): GuestExecRequest {
   if (!Array.isArray(input.cmd) || input.cmd.length === 0 || input.cmd.some((a) => typeof a !== 'string')) throw validationError('cmd', 'must be a non-empty array of strings (argv)');
-  if (input.cmd[0] === '') throw validationError('cmd[0]', 'the program name is empty');
+  // Valid by the schema (OpenAPI 3.0 cannot constrain one item of an array): 422.
+  if (input.cmd[0] === '') throw unprocessable('cmd[0]', 'the program name is empty');
   const timeoutMs = input.timeout !== undefined ? parseDurationMs(input.timeout, 'timeout') : DEFAULT_EXEC_TIMEOUT_MS;
   if (timeoutMs > MAX_EXEC_TIMEOUT_MS) throw validationError('timeout', 'must be at most 24h');
   if (input.cwd !== undefined && !input.cwd.startsWith('/')) throw validationError('cwd', 'must be an absolute path');

@@ -2,7 +2,7 @@
  * Domain model of a microVM: quantities, defaults, the phase state machine.
  * The dashboard imports this module too: no Node-only imports here (src/web's typecheck has no Node types).
  */
-import { ErrorCodes, MvmError, validationError } from './errors.js';
+import { ErrorCodes, MvmError, validationError, unprocessable } from './errors.js';
 import { validatePlacement } from './placement.js';
 import { PHASES, type ConditionT, type MicroVMSpecT, type MicroVMT, type PhaseT } from './schema.js';
 
@@ -36,12 +36,12 @@ export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
   }
   const names = new Set<string>();
   for (const [i, nic] of (spec.networkInterfaces ?? []).entries()) {
-    if (names.has(nic.name)) throw validationError(`${prefix}networkInterfaces[${i}].name`, `duplicate interface name ${nic.name}`);
+    if (names.has(nic.name)) throw unprocessable(`${prefix}networkInterfaces[${i}].name`, `duplicate interface name ${nic.name}`);
     names.add(nic.name);
   }
   const vols = new Set<string>();
   for (const [i, v] of (spec.volumes ?? []).entries()) {
-    if (vols.has(v.name)) throw validationError(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
+    if (vols.has(v.name)) throw unprocessable(`${prefix}volumes[${i}].name`, `duplicate volume ${v.name}`);
     vols.add(v.name);
   }
   validatePlacement(spec, prefix);
@@ -50,7 +50,7 @@ export function validateSpec(spec: MicroVMSpec, prefix = ''): void {
 /** Parse a `<n>s|m|h` duration (DURATION_PATTERN) into milliseconds. */
 export function parseDurationMs(d: string, field: string): number {
   const m = /^([1-9][0-9]*)(s|m|h)$/.exec(d);
-  if (!m) throw validationError(field, `must be a duration like 90s, 5m or 1h, got ${JSON.stringify(d)}`);
+  if (!m || Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2] as 's' | 'm' | 'h'] > 86_400) throw validationError(field, `must be a duration like 90s, 5m or 1h, at most 24h, got ${JSON.stringify(d)}`);
   return Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 's' | 'm' | 'h'];
 }
 

@@ -4,7 +4,7 @@
  * express. Kubernetes' rules, applied to microVMs and nodes (ADR 0016). Pure; used by the
  * scheduler (src/scheduler) and by validateSpec at admission.
  */
-import { validationError } from './errors.js';
+import { unprocessable } from './errors.js';
 import type { MicroVMSpecT } from './schema.js';
 
 export type TaintEffect = 'NoSchedule' | 'PreferNoSchedule' | 'NoExecute';
@@ -65,8 +65,8 @@ export const taintText = (t: Taint): string => `${t.key}${t.value ? `=${t.value}
 export function validatePlacement(spec: MicroVMSpecT, prefix = ''): void {
   for (const [i, t] of (spec.tolerations ?? []).entries()) {
     const at = `${prefix}tolerations[${i}]`;
-    if (t.operator === 'Exists' && t.value) throw validationError(`${at}.value`, 'must be empty when operator is Exists');
-    if ((t.operator ?? 'Equal') === 'Equal' && !t.key) throw validationError(`${at}.key`, 'is required when operator is Equal (use operator Exists with no key to tolerate every taint)');
+    if (t.operator === 'Exists' && t.value) throw unprocessable(`${at}.value`, 'must be empty when operator is Exists');
+    if ((t.operator ?? 'Equal') === 'Equal' && !t.key) throw unprocessable(`${at}.key`, 'is required when operator is Equal (use operator Exists with no key to tolerate every taint)');
   }
   const aff = spec.affinity;
   for (const kind of ['vmAffinity', 'vmAntiAffinity'] as const) {
@@ -80,8 +80,8 @@ export function validatePlacement(spec: MicroVMSpecT, prefix = ''): void {
       for (const [j, e] of (term.labelSelector.matchExpressions ?? []).entries()) {
         const f = `${at}.labelSelector.matchExpressions[${j}].values`;
         const n = e.values?.length ?? 0;
-        if ((e.operator === 'In' || e.operator === 'NotIn') && n === 0) throw validationError(f, `must be non-empty for operator ${e.operator}`);
-        if ((e.operator === 'Exists' || e.operator === 'DoesNotExist') && n > 0) throw validationError(f, `must be empty for operator ${e.operator}`);
+        if ((e.operator === 'In' || e.operator === 'NotIn') && n === 0) throw unprocessable(f, `must be non-empty for operator ${e.operator}`);
+        if ((e.operator === 'Exists' || e.operator === 'DoesNotExist') && n > 0) throw unprocessable(f, `must be empty for operator ${e.operator}`);
       }
     }
   }

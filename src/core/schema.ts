@@ -5,10 +5,41 @@
  */
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
+/**
+ * `a` and `b` are mutually exclusive (at most one of them): a `oneOf` of "has a", "has b" and
+ * "has neither", which every JSON Schema tool understands. `x-exclusive` names the pair for the
+ * REST error (src/gateway/problem.ts names the field) and the CRD generator (a CEL rule).
+ */
+export function exclusive(a: string, b: string): { oneOf: Array<Record<string, unknown>>; 'x-exclusive': [string, string] } {
+  return {
+    oneOf: [{ required: [a] }, { required: [b] }, { not: { anyOf: [{ required: [a] }, { required: [b] }] } }],
+    'x-exclusive': [a, b],
+  };
+}
+
+/** With `field` given, none of `others` may be (they come from what `field` names). */
+export function excludes(field: string, others: string[]): { not: Record<string, unknown>; 'x-excludes': { field: string; others: string[] } } {
+  return { not: { anyOf: others.map((o) => ({ required: [field, o] })) }, 'x-excludes': { field, others } };
+}
+
+/** `field` is required unless `other` is given: an `anyOf` of the two `required`s. */
+export function requiredUnless(field: string, other: string): { anyOf: Array<Record<string, unknown>>; 'x-required-unless': [string, string] } {
+  return { anyOf: [{ required: [field] }, { required: [other] }], 'x-required-unless': [field, other] };
+}
+
 export const QUANTITY_PATTERN = '^[1-9][0-9]*(Mi|Gi)$';
+/** A volume size: 16Mi (room for an ext4 journal) to 9999999Mi, or 1Gi to 16384Gi. */
+export const VOLUME_SIZE_PATTERN = '^(1[6-9]|[2-9][0-9]|[1-9][0-9]{2,6})Mi$|^([1-9][0-9]{0,3}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])Gi$';
+
+/** Guest memory: 128Mi to 8192Mi, or 1Gi to 8Gi. */
+export const MEMORY_PATTERN = '^((12[89]|1[3-9][0-9]|[2-9][0-9]{2}|[1-7][0-9]{3}|80[0-9]{2}|81[0-8][0-9]|819[0-2])Mi|[1-8]Gi)$';
+/** A root disk size: at most 256Gi (262144Mi). */
+export const ROOTFS_SIZE_PATTERN = '^(([1-9][0-9]{0,4}|1[0-9]{5}|2[0-5][0-9]{4}|26[01][0-9]{3}|2620[0-9]{2}|2621[0-3][0-9]|26214[0-4])Mi|([1-9][0-9]?|1[0-9]{2}|2[0-4][0-9]|25[0-6])Gi)$';
 export const NAME_PATTERN = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
 export const LABEL_KEY_PATTERN = '^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$';
 export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
+/** A unicast MAC (the multicast bit of the first octet clear), as a guest NIC needs. */
+export const UNICAST_MAC_PATTERN = '^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$';
 
 /** The lifecycle phases of a microVM, in lifecycle order: the one list every edge (CLI, gRPC, metrics, dashboard) uses. */
 export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
@@ -29,7 +60,7 @@ export const KernelSpec = Type.Object(
 export const RootFSSpec = Type.Object(
   {
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 512, description: 'Root filesystem image reference or "default"' })),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Root disk size, e.g. 1Gi' })),
+    size: Type.Optional(Type.String({ pattern: ROOTFS_SIZE_PATTERN, description: 'Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node\'s MVM_ROOTFS_MAX_SIZE (those two: 422)' })),
     readOnly: Type.Optional(Type.Boolean({ description: 'Attach the shared image read-only instead of a copy-on-write layer' })),
   },
   { additionalProperties: false },
@@ -38,8 +69,8 @@ export const RootFSSpec = Type.Object(
 export const NetworkInterface = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 15 }),
-    mac: Type.Optional(Type.String({ pattern: MAC_PATTERN })),
-    ip: Type.Optional(Type.String({ maxLength: 64 })),
+    mac: Type.Optional(Type.String({ pattern: UNICAST_MAC_PATTERN, maxLength: 17, not: { pattern: '^(00:){5}00$' }, description: 'unicast MAC, not all zeros; default derived from the VM id' })),
+    ip: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15, description: "IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one" })),
   },
   { additionalProperties: false },
 );
@@ -47,22 +78,28 @@ export const NetworkInterface = Type.Object(
 export const Volume = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, maxLength: 63 }),
-    mountPath: Type.String({ pattern: '^/', maxLength: 256 }),
+    mountPath: Type.String({ pattern: '^/[A-Za-z0-9._/-]+$', not: { pattern: '(^|/)\\.\\.(/|$)' }, maxLength: 256, description: 'absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".."' }),
     readOnly: Type.Optional(Type.Boolean()),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN })),
+    size: Type.Optional(Type.String({ pattern: VOLUME_SIZE_PATTERN, description: 'creates the volume (16Mi to 16384Gi) when the tenant has none of this name' })),
   },
   { additionalProperties: false },
 );
 
 export const CIDR_PATTERN = '^(\\d{1,3}\\.){3}\\d{1,3}/\\d{1,2}$';
+const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])';
+/** An IPv4 address or network: a.b.c.d (no leading zeros) with an optional /0-/32 (a bare address is a /32). */
+export const IPV4_CIDR_PATTERN = `^${OCTET}(\\.${OCTET}){3}(/(3[0-2]|[12][0-9]|[0-9]))?$`;
+const PORT = '(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})';
+/** A port or a range of ports as text: "80" or "8000-8100" (1-65535, no leading zeros). */
+export const PORT_RANGE_PATTERN = `^${PORT}(-${PORT})?$`;
 
 export const PortMapping = Type.Object(
   {
     hostPort: Type.Integer({ minimum: 1, maximum: 65535 }),
     guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
     protocol: Type.Optional(Type.Union([Type.Literal('tcp'), Type.Literal('udp')])),
-    hostIp: Type.Optional(Type.String({ maxLength: 64 })),
-    nic: Type.Optional(Type.String({ maxLength: 15 })),
+    hostIp: Type.Optional(Type.String({ format: 'ipv4', maxLength: 15, not: { pattern: '^127\\.' }, description: 'publish on this host address only (IPv4, not loopback)' })),
+    nic: Type.Optional(Type.String({ maxLength: 15, description: 'one of the VM\'s networkInterfaces (default the first)' })),
   },
   { additionalProperties: false },
 );
@@ -70,8 +107,8 @@ export const PortMapping = Type.Object(
 export const EgressPolicy = Type.Object(
   {
     default: Type.Optional(Type.Union([Type.Literal('allow'), Type.Literal('deny')])),
-    allow: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
-    deny: Type.Optional(Type.Array(Type.String({ maxLength: 43 }), { maxItems: 256 })),
+    allow: Type.Optional(Type.Array(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 }), { maxItems: 256 })),
+    deny: Type.Optional(Type.Array(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 }), { maxItems: 256 })),
   },
   { additionalProperties: false },
 );
@@ -80,13 +117,13 @@ export const SecurityRule = Type.Object(
   {
     direction: Type.Union([Type.Literal('ingress'), Type.Literal('egress')]),
     protocol: Type.Union([Type.Literal('tcp'), Type.Literal('udp'), Type.Literal('icmp'), Type.Literal('any')]),
-    ports: Type.Optional(Type.Union([Type.String({ maxLength: 11 }), Type.Integer()], { description: '"80", 80 or "8000-8100"' })),
-    cidr: Type.Optional(Type.String({ maxLength: 43 })),
-    group: Type.Optional(Type.String({ maxLength: 63, description: 'another security group (name or id) of the same tenant' })),
+    ports: Type.Optional(Type.Union([Type.String({ pattern: PORT_RANGE_PATTERN, maxLength: 11 }), Type.Integer({ minimum: 1, maximum: 65535 })], { description: '"80", 80 or "8000-8100" (tcp and udp only; the range in order)' })),
+    cidr: Type.Optional(Type.String({ pattern: IPV4_CIDR_PATTERN, maxLength: 18 })),
+    group: Type.Optional(Type.String({ minLength: 1, maxLength: 63, description: 'another security group (name or id) of the same tenant (404 when there is none)' })),
     action: Type.Optional(Type.Union([Type.Literal('accept'), Type.Literal('drop')])),
     description: Type.Optional(Type.String({ maxLength: 256 })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...exclusive('cidr', 'group') },
 );
 
 export const SecurityGroupRequest = Type.Object(
@@ -174,7 +211,7 @@ export const Toleration = Type.Object(
 /** A file the guest agent writes before anything else runs in the guest (as Fly's `files`). */
 export const GuestFile = Type.Object(
   {
-    path: Type.String({ pattern: '^/[^\\0]*$', minLength: 2, maxLength: 4096, description: 'absolute path in the guest; parents are created' }),
+    path: Type.String({ pattern: '^/[^\\x00]*$', minLength: 2, maxLength: 4096, description: 'absolute path in the guest; parents are created' }),
     content: Type.String({ maxLength: 1024 * 1024, description: 'the file content (UTF-8 text, or base64 with encoding: base64)' }),
     encoding: Type.Optional(Type.Union([Type.Literal('utf8'), Type.Literal('base64')], { description: 'default utf8' })),
     mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777, description: 'permission bits, default 0644 (420)' })),
@@ -187,8 +224,10 @@ export const GuestEnv = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9
 });
 
 /** Fields of the spec, shared by the resource, the create and the update request. */
-/** A duration like 90s, 5m or 1h. */
-export const DURATION_PATTERN = '^[1-9][0-9]*(s|m|h)$';
+/** A duration like 90s, 5m or 1h: at most 24h (86400s, 1440m), far inside what a timer holds. */
+export const DURATION_PATTERN = '^(([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|([1-9]|1[0-9]|2[0-4])h)$';
+/** The exec timeout: a DURATION_PATTERN (at most 24h). */
+export const EXEC_TIMEOUT_PATTERN = DURATION_PATTERN;
 const Lifecycle = Type.Object(
   {
     bootTimeout: Type.Optional(
@@ -200,7 +239,7 @@ const Lifecycle = Type.Object(
 
 const specFields = {
   vcpu: Type.Integer({ minimum: 1, maximum: 8, description: 'Number of vCPUs (1-8)' }),
-  memory: Type.String({ pattern: QUANTITY_PATTERN, description: 'Guest memory, 128Mi to 8Gi' }),
+  memory: Type.String({ pattern: MEMORY_PATTERN, description: 'Guest memory, 128Mi to 8Gi (8192Mi)' }),
   kernel: KernelSpec,
   rootfs: RootFSSpec,
   networkInterfaces: Type.Array(NetworkInterface, { maxItems: 4 }),
@@ -250,6 +289,9 @@ export const MicroVMSpec = Type.Object(
   { additionalProperties: false },
 );
 
+/** What a template clone takes from its template (a create naming a template must omit them). */
+export const TEMPLATE_FIXED_FIELDS = ['vcpu', 'memory', 'kernel', 'rootfs', 'volumes', 'networkInterfaces'];
+
 export const CreateMicroVMRequest = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
@@ -272,10 +314,10 @@ export const CreateMicroVMRequest = Type.Object(
     start: Type.Optional(Type.Boolean({ description: 'Start the VM after creating it (default true)' })),
     snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot' })),
     template: Type.Optional(
-      Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(@[1-9][0-9]{0,8})?$', maxLength: 73, description: 'Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs come from the template' }),
+      Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(@[1-9][0-9]{0,8})?$', maxLength: 73, description: 'Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs/volumes/networkInterfaces come from the template and must be omitted' }),
     ),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...exclusive('snapshot', 'template'), ...excludes('template', TEMPLATE_FIXED_FIELDS) },
 );
 
 export const UpdateMicroVMRequest = Type.Object(
@@ -366,13 +408,13 @@ export const VolumePhase = Type.Union(['Creating', 'Available', 'InUse', 'Deleti
 export const CreateVolumeRequest = Type.Object(
   {
     name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63, description: 'DNS-label name, unique per tenant' }),
-    size: Type.Optional(Type.String({ pattern: QUANTITY_PATTERN, description: 'Size, e.g. 1Gi (required unless fromSnapshot)' })),
+    size: Type.Optional(Type.String({ pattern: VOLUME_SIZE_PATTERN, description: 'Size, 16Mi to 16384Gi, e.g. 1Gi (required unless fromSnapshot; with it, at least the snapshot\'s size)' })),
     backend: Type.Optional(Type.String({ pattern: NAME_PATTERN, maxLength: 32, description: 'Storage backend: local (default), nfs, ceph-rbd' })),
     readOnly: Type.Optional(Type.Boolean({ description: 'Only ever attached read-only' })),
     fromSnapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Restore: a new volume from this volume snapshot (id or name)' })),
     labels: Type.Optional(Labels),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...requiredUnless('size', 'fromSnapshot') },
 );
 
 export const VolumeAttachment = Type.Object({
@@ -437,30 +479,6 @@ export const Problem = Type.Object(
     errors: Type.Optional(Type.Array(Type.Object({ field: Type.String(), message: Type.String() }))),
   },
   { $id: 'Problem' },
-);
-
-/**
- * A 403 answer (problem+json) of the calls that name images: the image policy's refusals
- * (ADR 0024) besides PERMISSION_DENIED and QUOTA_EXCEEDED.
- */
-export const ForbiddenProblem = Type.Object(
-  {
-    code: Type.String({
-      description:
-        'PERMISSION_DENIED | QUOTA_EXCEEDED | REGISTRY_NOT_ALLOWED (the image names a registry the image policy does not allow) | ' +
-        'SIGNATURE_VERIFICATION_FAILED (the image policy requires a cosign signature by one of its keys and the image has none)',
-    }),
-    detail: Type.String(),
-    errors: Type.Optional(Type.Array(Type.Object({ field: Type.String({ description: 'e.g. rootfs.image, kernel.image, image' }), message: Type.String() }))),
-    image: Type.Optional(Type.String({ description: 'The refused image, fully qualified' })),
-    registry: Type.Optional(Type.String()),
-    digest: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: the digest checked' })),
-    policy: Type.Optional(Type.String({ description: 'Which policy refused it: global (MVM_REGISTRIES_ALLOWED / MVM_IMAGE_POLICY_FILE) or tenant (the tenant\'s imagePolicy)' })),
-    allowedRegistries: Type.Optional(Type.Array(Type.String())),
-    scope: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: the signature rule that applied' })),
-    reason: Type.Optional(Type.String({ description: 'SIGNATURE_VERIFICATION_FAILED: unsigned | untrusted | mismatch' })),
-  },
-  { additionalProperties: true, description: 'application/problem+json' },
 );
 
 export const VmMetrics = Type.Object({
@@ -583,9 +601,9 @@ export const Template = Type.Object({
 const ExecFields = {
   cmd: Type.Array(Type.String({ maxLength: 64 * 1024 }), { minItems: 1, maxItems: 4096, description: 'argv; cmd[0] is looked up in PATH' }),
   env: Type.Optional(GuestEnv),
-  cwd: Type.Optional(Type.String({ maxLength: 4096, description: 'absolute working directory (default the user\'s home)' })),
+  cwd: Type.Optional(Type.String({ pattern: '^/', maxLength: 4096, description: 'absolute working directory (default the user\'s home)' })),
   user: Type.Optional(Type.Union([Type.String({ maxLength: 64 }), Type.Integer({ minimum: 0 })], { description: 'guest user name or uid (default root)' })),
-  timeout: Type.Optional(Type.String({ pattern: DURATION_PATTERN, description: 'kill the command after this long (default 10m, at most 24h)' })),
+  timeout: Type.Optional(Type.String({ pattern: EXEC_TIMEOUT_PATTERN, description: 'kill the command after this long (default 10m, at most 24h: 86400s, 1440m)' })),
 };
 export const ExecRequest = Type.Object(
   {
@@ -608,7 +626,7 @@ export const ExecResponse = Type.Object({
 export const ForkRequest = Type.Object(
   {
     count: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, description: 'how many children (default 1)' })),
-    names: Type.Optional(Type.Array(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }), { minItems: 1, maxItems: 16, description: 'their names (default <parent>-fork-<n>-<i>)' })),
+    names: Type.Optional(Type.Array(Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }), { minItems: 1, maxItems: 16, uniqueItems: true, description: 'their names, distinct, one per child (with count: exactly count of them; default <parent>-fork-<n>-<i>)' })),
   },
   { additionalProperties: false },
 );
@@ -625,6 +643,25 @@ export const GuestFileStatSchema = Type.Object({
   gid: Type.Integer(),
   symlinkTarget: Type.Optional(Type.String()),
 });
+
+/** A 204 answer: no body. */
+export const NoContent = Type.Null({ description: 'No content' });
+/** `{ items: [...] }` of a list without paging. */
+export const ItemsOf = <T extends TSchema>(item: T) => Type.Object({ items: Type.Array(item) });
+export const GuestProcessSchema = Type.Object({
+  processId: Type.String(),
+  pid: Type.Integer(),
+  cmd: Type.Array(Type.String()),
+  tag: Type.Optional(Type.String()),
+  tty: Type.Boolean(),
+  running: Type.Boolean(),
+  startedAt: Type.String({ format: 'date-time' }),
+  endedAt: Type.Optional(Type.String({ format: 'date-time' })),
+  result: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'exit code, signal, duration once it ended' })),
+  stdoutBytes: Type.Integer(),
+  stderrBytes: Type.Integer(),
+});
+export const WebSocketUpgrade = Type.Null({ description: 'Switching Protocols: a WebSocket (subprotocol mvm.v1; docs/exec-api.md)' });
 
 export type MicroVMSpecT = Static<typeof MicroVMSpec>;
 export type CreateMicroVMRequestT = Static<typeof CreateMicroVMRequest>;

@@ -7,7 +7,7 @@ import { newId } from './microvm.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { SecurityGroupRequestT, SecurityGroupT, SecurityGroupUpdateT } from './schema.js';
-import type { Principal } from './service.js';
+import { listTenant, type Principal } from './authz.js';
 
 export const SG_KIND = 'securitygroup';
 
@@ -48,8 +48,9 @@ export class SecurityGroupService {
     throw notFound('security group', idOrName);
   }
 
-  async list(p: Principal): Promise<Array<StoredResource<SecurityGroupSpec>>> {
-    return this.resources.list<SecurityGroupSpec>(SG_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async list(p: Principal, o: { tenant?: string } = {}): Promise<Array<StoredResource<SecurityGroupSpec>>> {
+    const tenant = listTenant(p, o.tenant);
+    return this.resources.list<SecurityGroupSpec>(SG_KIND, tenant !== undefined ? { tenant } : {});
   }
 
   /** Rules may name other groups of the same tenant: each must exist. */
@@ -62,7 +63,7 @@ export class SecurityGroupService {
       if (self && (r.group === self.id || r.group === self.name)) continue;
       const g = (await this.resources.get<SecurityGroupSpec>(SG_KIND, r.group)) ?? (await this.resources.getByName<SecurityGroupSpec>(SG_KIND, tenant, r.group));
       if (!g || g.tenant !== tenant) {
-        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `rules[${i}].group: security group ${JSON.stringify(r.group)} does not exist`, {
+        throw new MvmError(ErrorCodes.NOT_FOUND, `rules[${i}].group: security group ${JSON.stringify(r.group)} does not exist`, {
           violations: [{ field: `rules[${i}].group`, message: 'no such security group' }],
         });
       }
@@ -117,7 +118,7 @@ export class SecurityGroupService {
     for (const [i, ref] of refs.entries()) {
       const g = (await this.resources.get<SecurityGroupSpec>(SG_KIND, ref)) ?? (await this.resources.getByName<SecurityGroupSpec>(SG_KIND, tenant, ref));
       if (!g || g.tenant !== tenant) {
-        throw new MvmError(ErrorCodes.VALIDATION_FAILED, `${field}[${i}]: security group ${JSON.stringify(ref)} does not exist`, {
+        throw new MvmError(ErrorCodes.NOT_FOUND, `${field}[${i}]: security group ${JSON.stringify(ref)} does not exist`, {
           violations: [{ field: `${field}[${i}]`, message: 'no such security group' }],
         });
       }

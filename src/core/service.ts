@@ -3,7 +3,7 @@
  * they validate, enforce tenancy and legal actions, write desired state to the
  * store (the acknowledgement point) and leave the doing to the controller.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, validationError, unprocessable } from './errors.js';
 import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
 import { vmResources } from './quota.js';
 import { hostPortViolations, takenPortError, type HostPortPolicy } from './host-ports.js';
@@ -15,7 +15,8 @@ import { limitsOf } from './tenancy.js';
 import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
 import type { Principal } from './authz.js';
 
-export { SYSTEM_TENANT, type Principal, type Role } from './authz.js';
+export { SYSTEM_TENANT, listTenant, targetTenant, type Principal, type Role } from './authz.js';
+import { listTenant, targetTenant } from './authz.js';
 
 export interface ServiceOptions {
   /** Tenants: admission checks the tenant exists and its quotas (atomically, in the store). */
@@ -35,16 +36,6 @@ export interface ServiceOptions {
 
 /** Refusals by the image policy keep their code (403) through admission's image resolution. */
 const POLICY_CODES: ReadonlySet<string> = new Set([ErrorCodes.REGISTRY_NOT_ALLOWED, ErrorCodes.SIGNATURE_VERIFICATION_FAILED]);
-
-/**
- * The tenant a call acts in: the principal's own, or for admins the one they name.
- * A non-admin naming another tenant is refused.
- */
-export function targetTenant(p: Principal, requested: string | undefined): string {
-  if (requested === undefined || requested === '' || requested === p.tenant) return p.tenant;
-  if (p.role === 'admin') return requested;
-  throw new MvmError(ErrorCodes.PERMISSION_DENIED, `only admins may act in another tenant (you are in tenant ${p.tenant})`);
-}
 
 export interface WaitOptions {
   phase: Phase;
@@ -118,14 +109,18 @@ export class MicroVMService {
 
   /** `list` as stored JSON texts when the store can give them; same scoping as `list`. */
   async listRaw(p: Principal, opts: ListOptions): Promise<Page<string>> {
-    const scoped = { ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) };
+    const { tenant: _t, ...rest } = opts;
+    const tenant = listTenant(p, opts.tenant);
+    const scoped: ListOptions = { ...rest, ...(tenant !== undefined ? { tenant } : {}) };
     if (this.store.listVmsRaw) return this.store.listVmsRaw(scoped);
     const page = await this.store.listVms(scoped);
     return { items: page.items.map((v) => JSON.stringify(v)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };
   }
 
   async list(p: Principal, opts: ListOptions): Promise<Page<MicroVM>> {
-    return this.store.listVms({ ...opts, ...(p.role === 'admin' && opts.tenant === undefined ? {} : { tenant: p.role === 'admin' ? opts.tenant! : p.tenant }) });
+    const { tenant: _t, ...rest } = opts;
+    const tenant = listTenant(p, opts.tenant);
+    return this.store.listVms({ ...rest, ...(tenant !== undefined ? { tenant } : {}) });
   }
 
   /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */
@@ -192,10 +187,10 @@ export class MicroVMService {
       if (spec.rootfs?.size !== undefined) {
         // The guest filesystem is grown to rootfs.size (never shrunk): below the image is an error, as is beyond the node's maximum.
         const sizeMiB = parseQuantityMiB(spec.rootfs.size, 'rootfs.size');
-        if (spec.rootfs.readOnly) throw validationError('rootfs.size', 'a read-only root disk is the shared image itself and cannot be resized; drop rootfs.size or readOnly');
-        if (sizeMiB < imageMiB) throw validationError('rootfs.size', `${spec.rootfs.size} is smaller than the image (${imageMiB}Mi); the root filesystem can only grow`);
+        if (spec.rootfs.readOnly) throw unprocessable('rootfs.size', 'a read-only root disk is the shared image itself and cannot be resized; drop rootfs.size or readOnly');
+        if (sizeMiB < imageMiB) throw unprocessable('rootfs.size', `${spec.rootfs.size} is smaller than the image (${imageMiB}Mi); the root filesystem can only grow`);
         const max = this.opts.maxRootfsBytes;
-        if (max !== undefined && sizeMiB * 1024 * 1024 > max) throw validationError('rootfs.size', `${spec.rootfs.size} exceeds this node's maximum root disk size of ${Math.floor(max / (1024 * 1024))}Mi`);
+        if (max !== undefined && sizeMiB * 1024 * 1024 > max) throw unprocessable('rootfs.size', `${spec.rootfs.size} exceeds this node's maximum root disk size of ${Math.floor(max / (1024 * 1024))}Mi`);
       }
     }
     const now = new Date().toISOString();

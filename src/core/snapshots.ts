@@ -3,13 +3,14 @@
  * snapshots are tenant resources holding memory + device state and a copy-on-write
  * copy of the disks on the node; a new microVM can be restored (cloned) from one.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, unprocessable, validationError } from './errors.js';
 import { assertAction, memoryMiB, newId, type MicroVM } from './microvm.js';
 import type { NodeAgent } from './ports/agent.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { CreateMicroVMRequestT, ForkRequestT, MicroVMSpecT, SnapshotT } from './schema.js';
-import type { MicroVMService, Principal } from './service.js';
+import type { MicroVMService } from './service.js';
+import { listTenant, type Principal } from './authz.js';
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
 
@@ -127,8 +128,8 @@ export class SnapshotService {
   async fork(p: Principal, vmIdOrName: string, req: ForkRequestT): Promise<{ snapshot: StoredResource<SnapshotSpec>; children: MicroVM[] }> {
     const parent = await this.vms.get(p, vmIdOrName);
     const count = req.count ?? req.names?.length ?? 1;
-    if (req.names && req.names.length !== count) throw validationError('names', `give ${count} names (one per child) or none`);
     if (req.names && new Set(req.names).size !== req.names.length) throw validationError('names', 'must be distinct');
+    if (req.names && req.names.length !== count) throw unprocessable('names', `give ${count} names (one per child) or none`);
     assertAction(parent, 'snapshot');
     const n = Date.now().toString(36);
     const snap = await this.create(p, parent.id, `${parent.name.slice(0, 40)}-fork-${n}`);
@@ -156,23 +157,38 @@ export class SnapshotService {
     throw notFound('snapshot', idOrName);
   }
 
-  async list(p: Principal, opts: { vmId?: string } = {}): Promise<Array<StoredResource<SnapshotSpec>>> {
-    const all = await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async list(p: Principal, opts: { vmId?: string; tenant?: string } = {}): Promise<Array<StoredResource<SnapshotSpec>>> {
+    const tenant = listTenant(p, opts.tenant);
+    const all = await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND, tenant !== undefined ? { tenant } : {});
     return opts.vmId ? all.filter((s) => s.spec.vmId === opts.vmId) : all;
+  }
+
+  /**
+   * What the snapshot's disk copies back (ADR 0030): microVMs restored from it (their root disk is a
+   * qcow2 overlay on its copy) and snapshots taken of such microVMs (their copy of that overlay still
+   * names its copy as backing file), in any tenant (an admin may restore into another one).
+   */
+  async dependents(id: string): Promise<{ microvms: string[]; snapshots: string[] }> {
+    const microvms: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await this.store.listVms({ limit: 1000, ...(cursor ? { cursor } : {}) });
+      for (const vm of page.items) if (vm.spec.source?.snapshot === id) microvms.push(vm.id);
+      cursor = page.nextCursor;
+    } while (cursor);
+    const snapshots = (await this.resources.list<SnapshotSpec>(SNAPSHOT_KIND)).filter((x) => x.spec.vmSpec.source?.snapshot === id).map((x) => x.id);
+    return { microvms, snapshots };
   }
 
   async delete(p: Principal, idOrName: string): Promise<void> {
     const s = await this.get(p, idOrName);
-    // VMs restored from it keep their disks backed by its disk copy.
-    const users: string[] = [];
-    let cursor: string | undefined;
-    do {
-      const page = await this.store.listVms({ tenant: s.tenant, limit: 1000, ...(cursor ? { cursor } : {}) });
-      for (const vm of page.items) if (vm.spec.source?.snapshot === s.id) users.push(vm.id);
-      cursor = page.nextCursor;
-    } while (cursor);
-    if (users.length) {
-      throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} backs the disks of ${users.join(', ')}; delete those microVMs first`, { details: { usedBy: users } });
+    // Never break another object (ADR 0030): refused, naming them, while anything is backed by its disk copy.
+    const deps = await this.dependents(s.id);
+    if (deps.microvms.length || deps.snapshots.length) {
+      const named = [...(deps.microvms.length ? [`microVM(s) ${deps.microvms.join(', ')}`] : []), ...(deps.snapshots.length ? [`snapshot(s) ${deps.snapshots.join(', ')}`] : [])].join(' and ');
+      throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} backs the disks of ${named}; delete those first`, {
+        details: { usedBy: deps.microvms, snapshots: deps.snapshots },
+      });
     }
     await this.agent.deleteSnapshot(s.id);
     await this.resources.delete(SNAPSHOT_KIND, s.id);
@@ -185,17 +201,17 @@ export class SnapshotService {
    */
   async restoreRequest(p: Principal, req: CreateMicroVMRequestT): Promise<CreateMicroVMRequestT & { source: { snapshot: string } }> {
     const s = await this.get(p, req.snapshot!).catch((e: unknown) => {
-      if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw validationError('snapshot', `snapshot ${JSON.stringify(req.snapshot)} does not exist`);
+      if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw new MvmError(ErrorCodes.NOT_FOUND, `snapshot ${JSON.stringify(req.snapshot)} does not exist`, { violations: [{ field: 'snapshot', message: 'no such snapshot' }], details: { kind: 'snapshot', id: req.snapshot } });
       throw e;
     });
-    if (s.spec.phase !== 'Ready') throw validationError('snapshot', `snapshot ${s.name} is ${s.spec.phase}, not Ready`);
+    if (s.spec.phase !== 'Ready') throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} is ${s.spec.phase}, not Ready`, { violations: [{ field: 'snapshot', message: s.spec.phase }] });
     // What no VM can change (the files, VMM version, jailing): refused now, not after the VM was made.
     const refusal = await this.agent.restoreRefusal?.(s.id);
     if (refusal) throw new MvmError(ErrorCodes.CONFLICT, `snapshot ${s.name} cannot be restored here: ${refusal}`, { details: { snapshot: s.id, reason: refusal } });
     const src = s.spec.vmSpec;
     for (const f of ['vcpu', 'memory', 'kernel', 'rootfs', 'networkInterfaces', 'volumes'] as const) {
       if (req[f] !== undefined && JSON.stringify(req[f]) !== JSON.stringify(src[f])) {
-        throw validationError(f, `must match the snapshot (${JSON.stringify(src[f] ?? null)}) or be omitted`);
+        throw unprocessable(f, `must match the snapshot (${JSON.stringify(src[f] ?? null)}) or be omitted`);
       }
     }
     const { snapshot: _omit, ...rest } = req;

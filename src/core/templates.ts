@@ -16,8 +16,9 @@ import type { NodeAgent, TemplateBuildSpec } from './ports/agent.js';
 import type { ImageAdmission } from './ports/images.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
-import type { CreateMicroVMRequestT, CreateTemplateRequestT, TemplateT, TemplateVersionT } from './schema.js';
-import type { Principal } from './authz.js';
+import type { CreateMicroVMRequestT, CreateTemplateRequestT, MicroVMSpecT, TemplateT, TemplateVersionT } from './schema.js';
+import { SNAPSHOT_KIND } from './snapshots.js';
+import { listTenant, type Principal } from './authz.js';
 
 export const TEMPLATE_KIND = 'template';
 
@@ -208,7 +209,8 @@ export class TemplateService {
   }
 
   async list(p: Principal, tenant?: string): Promise<Array<StoredResource<TemplateRecord>>> {
-    return this.resources.list<TemplateRecord>(TEMPLATE_KIND, p.role === 'admin' && !tenant ? {} : { tenant: tenant ?? p.tenant });
+    const scope = listTenant(p, tenant);
+    return this.resources.list<TemplateRecord>(TEMPLATE_KIND, scope !== undefined ? { tenant: scope } : {});
   }
 
   /** The microVMs (any phase) cloned from the template, or from one version of it. */
@@ -232,6 +234,11 @@ export class TemplateService {
     const users = await this.users(t.id);
     if (users.length) {
       throw new MvmError(ErrorCodes.CONFLICT, `template ${t.name} is in use by ${users.join(', ')}: their disks are backed by it; delete those microVMs first`, { details: { usedBy: users } });
+    }
+    // A snapshot of a clone copied the clone's overlay, whose backing file is the template's disk (ADR 0030).
+    const snaps = (await this.resources.list<{ vmSpec: MicroVMSpecT }>(SNAPSHOT_KIND)).filter((x) => x.spec.vmSpec.source?.template?.id === t.id).map((x) => x.id);
+    if (snaps.length) {
+      throw new MvmError(ErrorCodes.CONFLICT, `template ${t.name} backs the disks of snapshot(s) ${snaps.join(', ')} (taken of its clones); delete those snapshots first`, { details: { snapshots: snaps } });
     }
     if (t.spec.versions.some((v) => v.phase === 'Building')) throw new MvmError(ErrorCodes.CONFLICT, `template ${t.name} is building; delete it once the build is over`);
     await this.agent.deleteTemplate?.(t.id);

@@ -3,7 +3,10 @@
  * Like schema.ts, the REST validation, OpenAPI and TypeScript types come from here.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import { NAME_PATTERN, LABEL_KEY_PATTERN } from './schema.js';
+import { NAME_PATTERN, LABEL_KEY_PATTERN, exclusive } from './schema.js';
+
+/** `expiresIn` of an API key: at most 6 digits and a unit (≤ 999999d, far inside what a date can hold). */
+export const LIFETIME_PATTERN = '^[1-9][0-9]{0,5}(s|m|h|d)$';
 import { ROLES } from './authz.js';
 
 export const BIG_QUANTITY_PATTERN = '^(0|[1-9][0-9]*(Mi|Gi|Ti))$';
@@ -123,9 +126,9 @@ export const CreateApiKeyRequest = Type.Object(
     name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }),
     role: Type.Optional(RoleSchema),
     expiresAt: Type.Optional(Type.String({ format: 'date-time', description: 'Optional expiry (RFC 3339)' })),
-    expiresIn: Type.Optional(Type.String({ pattern: '^[1-9][0-9]*(s|m|h|d)$', description: 'Optional lifetime, e.g. 30d' })),
+    expiresIn: Type.Optional(Type.String({ pattern: LIFETIME_PATTERN, description: 'Optional lifetime: at most 6 digits and s, m, h or d, e.g. 30d' })),
   },
-  { additionalProperties: false },
+  { additionalProperties: false, ...exclusive('expiresAt', 'expiresIn') },
 );
 
 export const ApiKeyList = Type.Object({ items: Type.Array(ApiKey), next_cursor: Type.Optional(Type.String()) });

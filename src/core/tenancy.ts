@@ -4,7 +4,7 @@
  * object is NOT_FOUND, exactly like a missing one.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ROLE_RANK, SYSTEM_TENANT, type Principal } from './authz.js';
+import { ROLE_RANK, SYSTEM_TENANT, listTenant, type Principal } from './authz.js';
 import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
 import { newId, type MicroVM } from './microvm.js';
 import type { ApiKeyRecord, ApiKeyStore } from './ports/apikeys.js';
@@ -13,7 +13,7 @@ import type { Page, Store } from './ports/store.js';
 import type { Tenant, TenantStore } from './ports/tenants.js';
 import { QUOTA_RESOURCES, type Quotas } from './quota.js';
 import { validateImagePolicy } from './image-policy.js';
-import type { ApiKeyT, CreateApiKeyRequestT, CreateTenantRequestT, TenantQuotasT, TenantUsageT, UpdateTenantRequestT } from './tenancy-schema.js';
+import { LIFETIME_PATTERN, type ApiKeyT, type CreateApiKeyRequestT, type CreateTenantRequestT, type TenantQuotasT, type TenantUsageT, type UpdateTenantRequestT } from './tenancy-schema.js';
 
 /** `0`, `<n>Mi`, `<n>Gi`, `<n>Ti` in MiB. */
 export function parseBigQuantityMiB(q: string, field: string): number {
@@ -73,9 +73,9 @@ export function keyView(k: ApiKeyRecord, now = Date.now()): ApiKeyT {
 }
 
 function parseLifetimeMs(s: string): number {
-  const m = /^([1-9][0-9]*)(s|m|h|d)$/.exec(s);
-  if (!m) throw validationError('expiresIn', 'must be like 3600s, 90m, 12h or 30d');
-  return Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 's' | 'm' | 'h' | 'd'];
+  const m = new RegExp(LIFETIME_PATTERN).exec(s);
+  if (!m) throw validationError('expiresIn', 'must be like 3600s, 90m, 12h or 30d (at most 6 digits)');
+  return Number(m[0].slice(0, -1)) * { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[1] as 's' | 'm' | 'h' | 'd'];
 }
 
 // ---- the use cases ---------------------------------------------------------
@@ -267,7 +267,7 @@ export class TenantService {
   }
 
   async listKeys(p: Principal, o: { tenant?: string; limit?: number; cursor?: string }): Promise<Page<ApiKeyT>> {
-    const tenant = p.role === 'admin' ? o.tenant : p.tenant;
+    const tenant = listTenant(p, o.tenant);
     const page = await this.keys.listKeys({ ...(tenant !== undefined ? { tenant } : {}), ...(o.limit ? { limit: o.limit } : {}), ...(o.cursor ? { cursor: o.cursor } : {}) });
     const now = Date.now();
     return { items: page.items.map((k) => keyView(k, now)), ...(page.nextCursor ? { nextCursor: page.nextCursor } : {}) };

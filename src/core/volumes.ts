@@ -10,14 +10,14 @@
  * Crash safety: records are written `Creating` before the backend works and flipped to
  * Available/Ready after; `reconcile` removes what a dead process left half-done.
  */
-import { ErrorCodes, MvmError, notFound, validationError } from './errors.js';
+import { ErrorCodes, MvmError, notFound, validationError, unprocessable } from './errors.js';
 import { newId, parseQuantityMiB } from './microvm.js';
 import type { ResourceStore, StoredResource } from './ports/resources.js';
 import type { Store } from './ports/store.js';
 import type { TenantStore } from './ports/tenants.js';
 import type { VmVolumeDrive, VolumeAttacher, VolumeBackend } from './ports/volumes.js';
 import type { CreateVolumeRequestT, MicroVMSpecT, VolumeSnapshotT, VolumeT } from './schema.js';
-import { targetTenant, type Principal } from './service.js';
+import { listTenant, targetTenant, type Principal } from './authz.js';
 import { limitsOf } from './tenancy.js';
 
 export const VOLUME_KIND = 'volume';
@@ -139,7 +139,7 @@ export class VolumeService implements VolumeAttacher {
 
   private backend(name: string, field = 'backend'): VolumeBackend {
     const b = this.backends.get(name);
-    if (!b) throw validationError(field, `unknown volume backend ${JSON.stringify(name)} (configured: ${[...this.backends.keys()].join(', ') || 'none'})`);
+    if (!b) throw unprocessable(field, `unknown volume backend ${JSON.stringify(name)} (configured: ${[...this.backends.keys()].join(', ') || 'none'})`);
     return b;
   }
 
@@ -163,7 +163,7 @@ export class VolumeService implements VolumeAttacher {
   }
 
   async list(p: Principal, o: { tenant?: string } = {}): Promise<Array<StoredResource<VolumeSpec>>> {
-    const tenant = p.role === 'admin' ? o.tenant : p.tenant;
+    const tenant = listTenant(p, o.tenant);
     return this.o.resources.list<VolumeSpec>(VOLUME_KIND, tenant !== undefined ? { tenant } : {});
   }
 
@@ -173,12 +173,14 @@ export class VolumeService implements VolumeAttacher {
     let source: StoredResource<VolumeSnapshotSpec> | undefined;
     if (req.fromSnapshot !== undefined) {
       source = await this.getSnapshot({ ...p, tenant }, req.fromSnapshot).catch((e: unknown) => {
-        if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) throw validationError(f('fromSnapshot'), `volume snapshot ${JSON.stringify(req.fromSnapshot)} does not exist`);
+        if (e instanceof MvmError && e.code === ErrorCodes.NOT_FOUND) {
+          throw new MvmError(ErrorCodes.NOT_FOUND, `volume snapshot ${JSON.stringify(req.fromSnapshot)} does not exist`, { violations: [{ field: f('fromSnapshot'), message: 'no such volume snapshot' }], details: { kind: 'volume snapshot', id: req.fromSnapshot } });
+        }
         throw e;
       });
-      if (source.spec.phase !== 'Ready') throw validationError(f('fromSnapshot'), `volume snapshot ${source.name} is ${source.spec.phase}, not Ready`);
+      if (source.spec.phase !== 'Ready') throw new MvmError(ErrorCodes.CONFLICT, `volume snapshot ${source.name} is ${source.spec.phase}, not Ready`, { violations: [{ field: f('fromSnapshot'), message: source.spec.phase }] });
       if (req.backend !== undefined && req.backend !== source.spec.backend) {
-        throw validationError(f('backend'), `must be the snapshot's backend (${source.spec.backend}) or be omitted`);
+        throw unprocessable(f('backend'), `must be the snapshot's backend (${source.spec.backend}) or be omitted`);
       }
     }
     const backendName = source?.spec.backend ?? req.backend ?? this.defaultBackend;
@@ -190,7 +192,7 @@ export class VolumeService implements VolumeAttacher {
       size = req.size;
       if (sizeMiB < 16) throw validationError(f('size'), 'must be at least 16Mi (an ext4 filesystem needs room for its journal)');
       if (sizeMiB > MAX_VOLUME_MIB) throw validationError(f('size'), 'must be at most 16384Gi');
-      if (source && sizeMiB * MiB < source.spec.sizeBytes) throw validationError(f('size'), `must be at least the snapshot's size (${source.spec.sizeBytes / MiB}Mi)`);
+      if (source && sizeMiB * MiB < source.spec.sizeBytes) throw unprocessable(f('size'), `must be at least the snapshot's size (${source.spec.sizeBytes / MiB}Mi)`);
     } else if (source) {
       sizeMiB = source.spec.sizeBytes / MiB;
       size = `${sizeMiB}Mi`;
@@ -289,8 +291,9 @@ export class VolumeService implements VolumeAttacher {
     throw notFound('volume snapshot', idOrName);
   }
 
-  async listSnapshots(p: Principal, o: { volumeId?: string } = {}): Promise<Array<StoredResource<VolumeSnapshotSpec>>> {
-    const all = await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND, p.role === 'admin' ? {} : { tenant: p.tenant });
+  async listSnapshots(p: Principal, o: { volumeId?: string; tenant?: string } = {}): Promise<Array<StoredResource<VolumeSnapshotSpec>>> {
+    const tenant = listTenant(p, o.tenant);
+    const all = await this.o.resources.list<VolumeSnapshotSpec>(VOLUME_SNAPSHOT_KIND, tenant !== undefined ? { tenant } : {});
     return o.volumeId ? all.filter((s) => s.spec.volumeId === o.volumeId) : all;
   }
 
@@ -360,7 +363,7 @@ export class VolumeService implements VolumeAttacher {
       if (!MOUNT_PATH_RE.test(v.mountPath) || v.mountPath === '/' || v.mountPath.split('/').includes('..')) {
         throw validationError(`volumes[${i}].mountPath`, 'must be an absolute path of letters, digits, ".", "_", "-" and "/", not "/" and without ".."');
       }
-      if (mounts.has(v.mountPath)) throw validationError(`volumes[${i}].mountPath`, `duplicate mountPath ${v.mountPath}`);
+      if (mounts.has(v.mountPath)) throw unprocessable(`volumes[${i}].mountPath`, `duplicate mountPath ${v.mountPath}`);
       mounts.add(v.mountPath);
     }
     const scoped: Principal = { ...p, tenant };
@@ -370,16 +373,21 @@ export class VolumeService implements VolumeAttacher {
       for (const [i, v] of vols.entries()) {
         let vol = await this.o.resources.getByName<VolumeSpec>(VOLUME_KIND, tenant, v.name);
         if (!vol) {
-          if (!v.size) throw validationError(`volumes[${i}].name`, `tenant ${tenant} has no volume named ${JSON.stringify(v.name)} (give a size to create one)`);
+          if (!v.size) {
+            throw new MvmError(ErrorCodes.NOT_FOUND, `volumes[${i}].name: tenant ${tenant} has no volume named ${JSON.stringify(v.name)} (give a size to create one)`, {
+              violations: [{ field: `volumes[${i}].name`, message: 'no such volume' }],
+              details: { kind: 'volume', id: v.name },
+            });
+          }
           vol = await this.create(scoped, { name: v.name, size: v.size }, { tenant, fieldPrefix: `volumes[${i}].` });
           created.push(vol.id);
         } else if (v.size && parseQuantityMiB(v.size, `volumes[${i}].size`) * MiB > vol.spec.sizeBytes) {
-          throw validationError(`volumes[${i}].size`, `volume ${v.name} exists with size ${vol.spec.size}; it is not grown on attach`);
+          throw unprocessable(`volumes[${i}].size`, `volume ${v.name} exists with size ${vol.spec.size}; it is not grown on attach`);
         }
         const readOnly = v.readOnly === true || vol.spec.readOnly;
         await this.o.resources.update<VolumeSpec>(VOLUME_KIND, vol.id, (s) => {
-          if (s.phase !== 'Available' && s.phase !== 'InUse') throw validationError(`volumes[${i}].name`, `volume ${v.name} is ${s.phase}`);
-          if (s.readOnly && v.readOnly === false) throw validationError(`volumes[${i}].readOnly`, `volume ${v.name} is read-only`);
+          if (s.phase !== 'Available' && s.phase !== 'InUse') throw new MvmError(ErrorCodes.CONFLICT, `volumes[${i}].name: volume ${v.name} is ${s.phase}`, { violations: [{ field: `volumes[${i}].name`, message: s.phase }] });
+          if (s.readOnly && v.readOnly === false) throw unprocessable(`volumes[${i}].readOnly`, `volume ${v.name} is read-only`);
           const others = s.attachedTo.filter((a) => a.vmId !== vmId);
           const writer = others.find((a) => !a.readOnly);
           if (writer || (!readOnly && others.length > 0)) {

@@ -15,6 +15,7 @@ import { execRequest, type GuestService } from '../core/guest.js';
 import type { GuestExecHandle, GuestExecRequest, GuestUser } from '../core/ports/guest.js';
 import type { Gateway, CallInfo, Outcome } from '../gateway/gateway.js';
 import { operationForRpc } from '../gateway/operations.js';
+import { requiredId } from './mapping.js';
 import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha1/MicroVMService.js';
 import type { ExecInput__Output } from './generated/microvm/service/v1alpha1/ExecInput.js';
 import type { ExecOutput } from './generated/microvm/service/v1alpha1/ExecOutput.js';
@@ -44,10 +45,7 @@ const absolute = (path: string, field = 'path'): string => {
   if (!path.startsWith('/')) throw validationError(field, 'must be an absolute path in the guest');
   return path;
 };
-const vmId = (id: string | undefined, field: string): string => {
-  if (!id) throw validationError(field, 'is required (the microVM id or name)');
-  return id;
-};
+const vmId = requiredId;
 
 /** The agent's exec request from the first ExecInput (validated like REST; fields named as in the proto). */
 export function execRequestFromProto(r: ExecRequest__Output): GuestExecRequest {
@@ -67,11 +65,11 @@ export function execRequestFromProto(r: ExecRequest__Output): GuestExecRequest {
     });
   } catch (e) {
     const err = asMvmError(e);
-    if (err.code !== ErrorCodes.VALIDATION_FAILED) throw err;
+    if (err.code !== ErrorCodes.VALIDATION_FAILED && err.code !== ErrorCodes.UNPROCESSABLE) throw err;
     // execRequest names the REST fields (cmd, cmd[0], timeout, cwd): name the proto's.
     const rename = (f: string): string => `request.${f.replace(/^cmd/, 'argv')}`;
     const violations = err.violations.map((v) => ({ ...v, field: rename(v.field) }));
-    throw new MvmError(ErrorCodes.VALIDATION_FAILED, violations.map((v) => `${v.field}: ${v.message}`).join('; ') || err.message, { violations });
+    throw new MvmError(err.code, violations.map((v) => `${v.field}: ${v.message}`).join('; ') || err.message, { violations });
   }
 }
 

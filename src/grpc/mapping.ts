@@ -7,6 +7,7 @@ import addFormatsModule from 'ajv-formats';
 import type { MicroVM } from '../core/microvm.js';
 import { CreateMicroVMRequest, UpdateMicroVMRequest, type CreateMicroVMRequestT, type MicroVMSpecT, type UpdateMicroVMRequestT, type VmMetricsT } from '../core/schema.js';
 import { ajvToMvmError } from '../gateway/problem.js';
+import { validationError } from '../core/errors.js';
 import type { CreateMicroVMRequest__Output } from './generated/microvm/service/v1alpha1/CreateMicroVMRequest.js';
 import type { GetMetricsResponse } from './generated/microvm/service/v1alpha1/GetMetricsResponse.js';
 import type { MicroVM as PbMicroVM } from './generated/microvm/service/v1alpha1/MicroVM.js';
@@ -22,7 +23,7 @@ import type { UpdateMicroVMRequest__Output } from './generated/microvm/service/v
 
 const Ajv = AjvModule.default;
 const addFormats = addFormatsModule.default;
-const ajv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false });
+const ajv = new Ajv({ allErrors: true, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false, verbose: true });
 addFormats(ajv);
 const validateCreate = ajv.compile(CreateMicroVMRequest);
 const validateUpdate = ajv.compile(UpdateMicroVMRequest);
@@ -276,4 +277,11 @@ export function metricsToProto(m: VmMetricsT): GetMetricsResponse {
     bootMsVmm: m.bootMs?.vmm ?? 0,
     bootMsGuestReady: m.bootMs?.guestReady ?? 0,
   };
+}
+
+/** The id (or name) of a request naming a microVM: required and at most 128 characters, as REST's path ids. */
+export function requiredId(id: string | undefined, field = 'id'): string {
+  if (!id) throw validationError(field, 'is required (the microVM id or name)');
+  if (id.length > 128) throw validationError(field, 'must be at most 128 characters');
+  return id;
 }

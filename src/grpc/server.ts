@@ -18,7 +18,7 @@ import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../
 import { operationForRpc } from '../gateway/operations.js';
 import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha1/MicroVMService.js';
 import { loadProto, SERVICE_PATH } from './loader.js';
-import { createRequestFromProto, metricsToProto, specToProto, statusToProto, updateRequestFromProto, vmToProto } from './mapping.js';
+import { createRequestFromProto, metricsToProto, requiredId, specToProto, statusToProto, updateRequestFromProto, vmToProto } from './mapping.js';
 import { GRPC_STATUS } from './status.js';
 import { guestHandlers } from './guest.js';
 
@@ -149,7 +149,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
       return { res: { id: vm.id, microvm: vmToProto(vm) }, resourceId: vm.id };
     }),
     GetMicroVM: unary('GetMicroVM', async (p, req) => {
-      const vm = await svc.get(p, req.id);
+      const vm = await svc.get(p, requiredId(req.id));
       return { res: { spec: specToProto(vm), status: statusToProto(vm), microvm: vmToProto(vm) } };
     }, (r) => r.id),
     ListMicroVMs: unary('ListMicroVMs', async (p, req) => {
@@ -165,13 +165,13 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
       return { res: { microvms: page.items.map(vmToProto), nextPageToken: page.nextCursor ?? '' } };
     }),
     UpdateMicroVM: unary('UpdateMicroVM', async (p, req) => {
-      const vm = await svc.update(p, req.id, updateRequestFromProto(req), req.resourceVersion || undefined);
+      const vm = await svc.update(p, requiredId(req.id), updateRequestFromProto(req), req.resourceVersion || undefined);
       return { res: { microvm: vmToProto(vm) } };
     }, (r) => r.id),
-    DeleteMicroVM: unary('DeleteMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.delete(p, req.id, req.resourceVersion || undefined)) } }), (r) => r.id),
-    StartMicroVM: unary('StartMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.start(p, req.id, req.resourceVersion || undefined)) } }), (r) => r.id),
-    StopMicroVM: unary('StopMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.stop(p, req.id, req.resourceVersion || undefined)) } }), (r) => r.id),
-    GetMetrics: unary('GetMetrics', async (p, req) => ({ res: metricsToProto(await svc.metrics(p, req.id)) }), (r) => r.id),
+    DeleteMicroVM: unary('DeleteMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.delete(p, requiredId(req.id), req.resourceVersion || undefined)) } }), (r) => r.id),
+    StartMicroVM: unary('StartMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.start(p, requiredId(req.id), req.resourceVersion || undefined)) } }), (r) => r.id),
+    StopMicroVM: unary('StopMicroVM', async (p, req) => ({ res: { microvm: vmToProto(await svc.stop(p, requiredId(req.id), req.resourceVersion || undefined)) } }), (r) => r.id),
+    GetMetrics: unary('GetMetrics', async (p, req) => ({ res: metricsToProto(await svc.metrics(p, requiredId(req.id))) }), (r) => r.id),
     ...guestHandlers({ ...(o.guest ? { guest: o.guest } : {}), gateway: gw, log: o.log, admit, toGrpcError: (e) => toGrpcError(e) }),
     GetConsole: (call) => {
       void (async () => {
@@ -182,7 +182,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
         call.on('cancelled', () => ac.abort());
         call.on('close', () => ac.abort());
         try {
-          const { vm, path } = await svc.consolePath(p, call.request.id);
+          const { vm, path } = await svc.consolePath(p, requiredId(call.request.id));
           const tail = call.request.tailBytes > 0 ? Math.min(call.request.tailBytes, 16 * 1024 * 1024) : 1024 * 1024;
           // Cluster mode: the console lives on the VM's node and is proxied from its agent.
           const remote = svc.remoteConsole(vm);

@@ -20,7 +20,8 @@ export const AGENT_TO_SERVICE_CODE: Record<AgentErrorCode, ErrorCode> = {
   ELOOP: ErrorCodes.CONFLICT,
   EBUSY: ErrorCodes.CONFLICT,
   ENOSPC: ErrorCodes.CONFLICT,
-  EINVAL: ErrorCodes.VALIDATION_FAILED,
+  // The guest refused a request valid by the schema (an unknown user, a tar entry escaping its target, /): 422.
+  EINVAL: ErrorCodes.UNPROCESSABLE,
   UNSUPPORTED: ErrorCodes.CAPABILITY_UNSUPPORTED,
   ECONNREFUSED: ErrorCodes.UNAVAILABLE,
   ETIMEDOUT: ErrorCodes.TIMEOUT,

@@ -48,7 +48,7 @@ const KEPT = new Set([
   'nullable',
 ]);
 /** Keywords handled below or dropped on purpose. */
-const HANDLED = new Set(['properties', 'items', 'patternProperties', 'additionalProperties', 'anyOf', 'const', '$id', 'title']);
+const HANDLED = new Set(['properties', 'items', 'patternProperties', 'additionalProperties', 'anyOf', 'const', '$id', 'title', 'oneOf', 'not', 'x-exclusive', 'x-required-unless', 'x-excludes']);
 
 /** Convert one JSON schema node (from TypeBox) into a structural schema node. `at` names it in errors. */
 export function toStructural(input: TSchema | Json, at = '$'): Json {
@@ -59,7 +59,29 @@ export function toStructural(input: TSchema | Json, at = '$'): Json {
   const out: Json = {};
   if (s.description !== undefined) out.description = s.description;
 
-  if (Array.isArray(s.anyOf)) {
+  // Rules between fields (schema.ts `exclusive`, `requiredUnless`) and a string's `not: {pattern}` become CEL rules.
+  const rules: Array<{ rule: string; message: string }> = [];
+  if (s.oneOf !== undefined || s['x-exclusive'] !== undefined) {
+    const pair = s['x-exclusive'] as [string, string] | undefined;
+    if (!pair) throw new Error(`toStructural: ${at}: oneOf other than schema.ts exclusive() is not structural`);
+    rules.push({ rule: `!(has(self.${pair[0]}) && has(self.${pair[1]}))`, message: `give ${pair[0]} or ${pair[1]}, not both` });
+  }
+  if (s['x-required-unless'] !== undefined) {
+    const [field, other] = s['x-required-unless'] as [string, string];
+    rules.push({ rule: `has(self.${field}) || has(self.${other})`, message: `${field} is required unless ${other} is given` });
+  }
+  if (s.not !== undefined || s['x-excludes'] !== undefined) {
+    const n = s.not as Json | undefined;
+    if (s['x-excludes'] !== undefined) {
+      const { field, others } = s['x-excludes'] as { field: string; others: string[] };
+      rules.push({ rule: `!has(self.${field}) || (${others.map((o) => `!has(self.${o})`).join(' && ')})`, message: `with ${field}, omit ${others.join(', ')}` });
+    } else if (n && typeof n.pattern === 'string' && Object.keys(n).length === 1) {
+      rules.push({ rule: `!self.matches(${celString(n.pattern)})`, message: `must not match ${n.pattern}` });
+    } else throw new Error(`toStructural: ${at}: not other than a pattern is not structural`);
+  }
+  const withRules = (o: Json): Json => (rules.length ? { ...o, 'x-kubernetes-validations': [...((o['x-kubernetes-validations'] as unknown[] | undefined) ?? []), ...rules] } : o);
+
+  if (Array.isArray(s.anyOf) && s['x-required-unless'] === undefined) {
     const branches = s.anyOf as Json[];
     if (branches.every((b) => b.const !== undefined)) {
       const types = new Set(branches.map((b) => b.type ?? typeof b.const));
@@ -110,7 +132,7 @@ export function toStructural(input: TSchema | Json, at = '$'): Json {
     if (!s.items || Array.isArray(s.items)) throw new Error(`toStructural: ${at}: arrays need one items schema`);
     out.items = toStructural(s.items as Json, `${at}[]`);
   }
-  return out;
+  return withRules(out);
 }
 
 const celString = (s: string): string => `'${s.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;

@@ -46,7 +46,7 @@ import type {
 } from '../core/ports/network.js';
 import { CniClient, DEFAULT_CNI_PATH, type CniNetworkConfList, type CniResult } from './cni.js';
 import { run, runOk } from './exec.js';
-import { cidrContains, parseCidr, parseIp } from './ipv4.js';
+import { parseCidr, parseIp } from './ipv4.js';
 import { NftApplier } from './nft.js';
 import {
   DEFAULT_NETWORK,
@@ -55,7 +55,7 @@ import {
   compileRuleset,
   portsCollide,
   validateEgress,
-  validateMac,
+  checkNicAddress,
   validateNetworks,
   validatePolicy,
   validatePorts,
@@ -358,6 +358,12 @@ export class CniNetworkManager implements NetworkManager {
   }
 
   /** Who holds an IP in host-local's store (its file holds "<containerId>\n<ifname>"). */
+  /** The VM holding `ip` of `network` (default the first network), if any (admission refuses a taken address). */
+  ipHolderOf(ip: string, network?: string): string | undefined {
+    const net = this.network(network);
+    return net ? this.ipHolder(net.name, ip) : undefined;
+  }
+
   private ipHolder(network: string, ip: string): string | undefined {
     try {
       return readFileSync(join(this.ipamDir, network, ip), 'utf8').split(/\r?\n/)[0]?.trim();
@@ -510,19 +516,7 @@ export class CniNetworkManager implements NetworkManager {
         v.add(`${f}.network`, `unknown network ${JSON.stringify(n.network)} (have ${this.networks.map((x) => x.name).join(', ')})`);
         return;
       }
-      if (n.mac !== undefined && !validateMac(String(n.mac).toLowerCase())) v.add(`${f}.mac`, 'must be a unicast MAC like 02:00:00:00:00:01');
-      if (n.ip !== undefined) {
-        const ip = parseIp(n.ip);
-        const sub = parseCidr(net.subnet)!;
-        if (ip === undefined) v.add(`${f}.ip`, `not an IPv4 address: ${JSON.stringify(n.ip)}`);
-        else if (!cidrContains(sub, ip) || ip === sub.base || ip === sub.base + 2 ** (32 - sub.prefix) - 1 || n.ip === net.gateway) {
-          v.add(`${f}.ip`, `must be a free host address inside ${net.subnet} other than the gateway`);
-        } else {
-          const key = `${net.name}/${n.ip}`;
-          if (wanted.has(key)) v.add(`${f}.ip`, `requested twice`);
-          wanted.set(key, f);
-        }
-      }
+      checkNicAddress(v, f, n, net, wanted);
     });
     const conflict = v.empty ? this.checkVmPolicy(v, vm.id, vm.tenant, vm.nics.map((n) => n.name), vm) : undefined;
     if (!v.empty || conflict) return { v, ...(conflict ? { conflict } : {}) };

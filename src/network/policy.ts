@@ -52,8 +52,15 @@ const PROTOCOLS = ['tcp', 'udp', 'icmp', 'any'] as const;
 
 export class Violations {
   readonly list: FieldViolation[] = [];
+  /** How many of them break a rule the published schema cannot state (a relation between fields, the node's network). */
+  private semantic = 0;
   add(field: string, message: string): void {
     this.list.push({ field, message });
+  }
+  /** A violation of a rule beyond the schema: when every violation is one, the answer is 422 UNPROCESSABLE, else 400. */
+  addRule(field: string, message: string): void {
+    this.list.push({ field, message });
+    this.semantic++;
   }
   get empty(): boolean {
     return this.list.length === 0;
@@ -61,7 +68,7 @@ export class Violations {
   throwIfAny(what: string): void {
     if (this.list.length) {
       const first = this.list[0]!;
-      throw new MvmError(ErrorCodes.VALIDATION_FAILED, `invalid ${what}: ${first.field}: ${first.message}${this.list.length > 1 ? ` (and ${this.list.length - 1} more)` : ''}`, {
+      throw new MvmError(this.semantic === this.list.length ? ErrorCodes.UNPROCESSABLE : ErrorCodes.VALIDATION_FAILED, `invalid ${what}: ${first.field}: ${first.message}${this.list.length > 1 ? ` (and ${this.list.length - 1} more)` : ''}`, {
         violations: this.list,
       });
     }
@@ -112,12 +119,34 @@ export function validateNetworks(networks: NetworkConfig[], field = 'networks'):
   v.throwIfAny('network configuration');
 }
 
+/**
+ * One NIC's MAC and requested address, as the network step checks them when the VM starts and as
+ * admission checks them when it is created (src/network/admission.ts): a unicast MAC; an IPv4
+ * address inside the network's subnet other than its network, broadcast and gateway addresses,
+ * requested once (`wanted`: `<network>/<ip>` → field, across the VM's NICs).
+ */
+export function checkNicAddress(v: Violations, f: string, n: { mac?: string; ip?: string }, net: NetworkConfig | undefined, wanted: Map<string, string>): void {
+  if (n.mac !== undefined && !validateMac(String(n.mac).toLowerCase())) v.add(`${f}.mac`, 'must be a unicast MAC like 02:00:00:00:00:01');
+  if (n.ip === undefined) return;
+  const ip = parseIp(n.ip);
+  if (ip === undefined) return v.add(`${f}.ip`, `not an IPv4 address: ${JSON.stringify(n.ip)}`);
+  if (!net) return;
+  const sub = parseCidr(net.subnet)!;
+  if (!cidrContains(sub, ip) || ip === sub.base || ip === broadcast(sub) || n.ip === net.gateway) {
+    return v.addRule(`${f}.ip`, `must be a free host address inside ${net.subnet} other than the gateway`);
+  }
+  const key = `${net.name}/${n.ip}`;
+  if (wanted.has(key)) v.addRule(`${f}.ip`, `requested twice`);
+  wanted.set(key, f);
+}
+
 /** Parse "80", 80 or "8000-8100" into a range; undefined when invalid. */
 export function parsePortRange(p: string | number): { from: number; to: number } | undefined {
   const ok = (n: number): boolean => Number.isInteger(n) && n >= 1 && n <= 65535;
   if (typeof p === 'number') return ok(p) ? { from: p, to: p } : undefined;
   if (typeof p !== 'string') return undefined;
-  const m = /^([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(p.trim());
+  // As the schema's PORT_RANGE_PATTERN: no leading zeros, no blanks.
+  const m = /^([1-9][0-9]{0,4})(?:-([1-9][0-9]{0,4}))?$/.exec(p);
   if (!m) return undefined;
   const from = Number(m[1]);
   const to = m[2] !== undefined ? Number(m[2]) : from;
@@ -146,15 +175,20 @@ function validateRule(v: Violations, r: SecurityRule, f: string, g: SecurityGrou
   if (r.direction !== 'ingress' && r.direction !== 'egress') v.add(`${f}.direction`, "must be 'ingress' or 'egress'");
   if (!(PROTOCOLS as readonly string[]).includes(r.protocol)) v.add(`${f}.protocol`, `unknown protocol ${JSON.stringify(r.protocol)} (tcp, udp, icmp or any)`);
   if (r.ports !== undefined) {
-    if (r.protocol !== 'tcp' && r.protocol !== 'udp') v.add(`${f}.ports`, 'ports need protocol tcp or udp');
-    else if (!parsePortRange(r.ports)) v.add(`${f}.ports`, `not a port or range within 1-65535: ${JSON.stringify(r.ports)}`);
+    if (r.protocol !== 'tcp' && r.protocol !== 'udp') v.addRule(`${f}.ports`, 'ports need protocol tcp or udp');
+    else if (!parsePortRange(r.ports)) {
+      // A well-formed range whose ends are reversed breaks a rule the schema cannot state (it orders nothing): 422.
+      const ends = typeof r.ports === 'string' ? /^([1-9][0-9]{0,4})-([1-9][0-9]{0,4})$/.exec(r.ports) : null;
+      if (ends && parsePortRange(ends[2]!) && parsePortRange(ends[1]!)) v.addRule(`${f}.ports`, `the range ${r.ports} ends below its start`);
+      else v.add(`${f}.ports`, `not a port or range within 1-65535: ${JSON.stringify(r.ports)}`);
+    }
   }
   if (r.cidr !== undefined) checkCidr(v, `${f}.cidr`, r.cidr);
   if (r.group !== undefined) {
     if (r.cidr !== undefined) v.add(`${f}.group`, 'give either cidr or group, not both');
     const target = byId.get(r.group);
-    if (!target) v.add(`${f}.group`, `security group ${JSON.stringify(r.group)} does not exist`);
-    else if (target.tenant !== g.tenant) v.add(`${f}.group`, `security group ${r.group} belongs to another tenant`);
+    if (!target) v.addRule(`${f}.group`, `security group ${JSON.stringify(r.group)} does not exist`);
+    else if (target.tenant !== g.tenant) v.addRule(`${f}.group`, `security group ${r.group} belongs to another tenant`);
   }
   if (r.action !== undefined && r.action !== 'accept' && r.action !== 'drop') v.add(`${f}.action`, "must be 'accept' or 'drop'");
 }
@@ -202,9 +236,9 @@ export function validatePorts(v: Violations, ports: PortMapping[] | undefined, n
       if (!Number.isInteger(p[k]) || p[k] < 1 || p[k] > 65535) v.add(`${f}.${k}`, 'must be an integer within 1-65535');
     }
     if (p.hostIp !== undefined && (parseIp(p.hostIp) === undefined || p.hostIp.startsWith('127.'))) v.add(`${f}.hostIp`, 'must be a non-loopback IPv4 address');
-    if (p.nic !== undefined && !nicNames.includes(p.nic)) v.add(`${f}.nic`, `no interface named ${JSON.stringify(p.nic)}`);
+    if (p.nic !== undefined && !nicNames.includes(p.nic)) v.addRule(`${f}.nic`, `no interface named ${JSON.stringify(p.nic)}`);
     const key = `${proto}/${p.hostIp ?? '*'}/${p.hostPort}`;
-    if (seen.has(key)) v.add(`${f}.hostPort`, `host port ${proto}/${p.hostPort} published twice`);
+    if (seen.has(key)) v.addRule(`${f}.hostPort`, `host port ${proto}/${p.hostPort} published twice`);
     seen.add(key);
   });
 }

@@ -102,9 +102,10 @@ describe('tenant isolation', () => {
     // The same name exists in both tenants: each caller gets its own.
     assert.equal((await svc.call('GET', '/microvms/shared-name', { token: tok.member! })).json.id, vmA);
     assert.equal((await svc.call('GET', '/microvms/shared-name', { token: tok['beta-member']! })).json.id, vmB);
-    // ?tenant= of another tenant does not widen a non-admin's list.
+    // ?tenant= of another tenant never widens a non-admin's list: it is refused (docs/tenancy.md).
     const sneaky = await svc.call('GET', '/microvms?tenant=beta', { token: tok.member! });
-    assert.ok(sneaky.json.items.every((v: { tenant: string }) => v.tenant === 'alpha'));
+    assert.equal(sneaky.status, 403, sneaky.text);
+    assert.equal(sneaky.json.code, 'PERMISSION_DENIED');
     // Admins see both.
     const all = await svc.call('GET', '/microvms');
     assert.ok(all.json.items.some((v: { id: string }) => v.id === vmA) && all.json.items.some((v: { id: string }) => v.id === vmB));

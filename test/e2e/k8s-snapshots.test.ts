@@ -104,7 +104,7 @@ test('cluster mode: pause/resume, snapshot → Snapshot object on the node, rest
   assert.equal((await call(other, 'GET', `/snapshots/${snapId}`)).status, 404);
   assert.equal((await call(other, 'GET', '/snapshots')).json.items.length, 0);
   assert.equal((await call(other, 'DELETE', `/snapshots/${snapId}`)).status, 404);
-  assert.equal((await call(other, 'POST', `/snapshots/${snapId}/restore`, { name: 'steal' })).status, 400);
+  assert.equal((await call(other, 'POST', `/snapshots/${snapId}/restore`, { name: 'steal' })).status, 404);
 
   // Restore: only the snapshot's node may run the clone. With that node capped below what the
   // clone needs it stays Unschedulable (the other node has room) and says why.

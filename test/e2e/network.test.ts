@@ -88,10 +88,10 @@ test('same-tenant reach, security group opens and closes a port live, published 
   assert.equal(r.status, 400);
   assert.ok(r.json.errors.some((e: { field: string }) => e.field === 'rules[0].cidr'));
   r = await api('POST', '/securitygroups', { name: 'bad', rules: [{ direction: 'ingress', protocol: 'tcp', group: 'missing' }] });
-  assert.equal(r.status, 400);
+  assert.equal(r.status, 404);
   assert.ok(r.json.errors.some((e: { field: string }) => e.field === 'rules[0].group'));
   r = await api('POST', '/microvms', { name: 'bad', securityGroups: ['missing'] });
-  assert.equal(r.status, 400);
+  assert.equal(r.status, 404);
   assert.ok(r.json.errors.some((e: { field: string }) => e.field === 'securityGroups[0]'));
   r = await api('POST', '/microvms', { name: 'bad', egress: { deny: ['300.1.1.1/32'] } });
   assert.equal(r.status, 400);

@@ -68,10 +68,10 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
 
   // Bad restores: a shape that differs from the snapshot, an unknown snapshot.
   const bad = await api('POST', `/snapshots/${snap.json.id}/restore`, { name: 'bad', vcpu: 2 });
-  assert.equal(bad.status, 400);
+  assert.equal(bad.status, 422, 'valid by the schema, but not the snapshot\'s shape');
   assert.ok(bad.json.errors.some((e: { field: string }) => e.field === 'vcpu'));
   const missing = await api('POST', '/microvms', { name: 'bad2', snapshot: 'snap-nope' });
-  assert.equal(missing.status, 400);
+  assert.equal(missing.status, 404);
   assert.ok(missing.json.errors.some((e: { field: string }) => e.field === 'snapshot'));
 
   // Two clones: one via /restore, one via POST /microvms {snapshot}.

@@ -142,7 +142,7 @@ test('a live fork: children carry the parent memory and disk, with fresh identit
   // /run is tmpfs: the value lives in guest memory only; /root/disk.txt on the disk.
   assert.equal((await exec(parent.id, 'echo mem-$((3*14)) > /run/mem.txt && echo disk-$((2*21)) > /root/disk.txt && sync && echo ok-$((1+1))')).stdout, 'ok-2\n');
   const bad = await api('POST', `/microvms/${parent.id}/fork`, { count: 2, names: ['only-one'] });
-  assert.equal(bad.status, 400, bad.text);
+  assert.equal(bad.status, 422, bad.text);
   assert.ok(bad.json.errors.some((e: { field: string }) => e.field === 'names'), bad.text);
 
   const t0 = Date.now();

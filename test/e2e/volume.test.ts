@@ -90,7 +90,7 @@ test('volumes: data outlives VMs, one writer, read-only in the guest, snapshot/r
   assert.equal(second.status, 409, JSON.stringify(second.json));
   assert.equal(second.json.errors?.[0]?.field, 'volumes[0].name');
   const unknown = await api('POST', '/microvms', { name: 'nov', volumes: [{ name: 'missing', mountPath: '/m' }] });
-  assert.equal(unknown.status, 400);
+  assert.equal(unknown.status, 404);
   assert.equal(unknown.json.errors?.[0]?.field, 'volumes[0].name');
   assert.equal((await api('GET', '/microvms')).json.items.length, 1, 'refused creates leave no VM');
 
@@ -136,10 +136,10 @@ test('volumes: data outlives VMs, one writer, read-only in the guest, snapshot/r
   assert.equal((await vb('DELETE', `/volumes/${vol.id}`)).status, 404);
   assert.equal((await vb('GET', `/volumesnapshots/${snap.json.id}`)).status, 404);
   assert.equal((await vb('POST', `/volumes/${vol.id}/snapshots`, { name: 'steal' })).status, 404);
-  assert.equal((await vb('POST', '/volumes', { name: 'steal', fromSnapshot: snap.json.id })).status, 400);
+  assert.equal((await vb('POST', '/volumes', { name: 'steal', fromSnapshot: snap.json.id })).status, 404);
   assert.deepEqual((await vb('GET', '/volumes')).json.items, []);
   const foreign = await vb('POST', '/microvms', { name: 'thief', volumes: [{ name: 'data', mountPath: '/data' }] });
-  assert.equal(foreign.status, 400);
+  assert.equal(foreign.status, 404);
   assert.equal(foreign.json.errors?.[0]?.field, 'volumes[0].name');
 
   // Clean up in order; volumes outlive the VM and then go with their files.

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { Type } from '@sinclair/typebox';
 import { parseAllDocuments } from 'yaml';
 import { crdsYaml, microVmCrd, toStructural } from '../../src/k8s/crd.js';
+import { MEMORY_PATTERN, exclusive } from '../../src/core/schema.js';
 import { mirrorLabels } from '../../src/k8s/microvm-object.js';
 import { REPO } from '../support/k8s-control-plane.js';
 
@@ -28,7 +29,7 @@ test('the committed CRDs: names, scope, printer columns, status subresource', ()
   assert.deepEqual(v.additionalPrinterColumns.map((c: { name: string }) => c.name), ['Phase', 'IP', 'Node', 'vCPU', 'Memory', 'Ready', 'Age']);
   const spec = v.schema.openAPIV3Schema.properties.spec;
   assert.deepEqual([spec.properties.vcpu.minimum, spec.properties.vcpu.maximum], [1, 8]);
-  assert.equal(spec.properties.memory.pattern, '^[1-9][0-9]*(Mi|Gi)$');
+  assert.equal(spec.properties.memory.pattern, MEMORY_PATTERN);
   assert.deepEqual(spec.properties.labels.additionalProperties, { type: 'string', maxLength: 63 });
   assert.deepEqual(spec.properties.desiredState.enum, ['Running', 'Stopped', 'Paused']);
   assert.deepEqual(v.schema.openAPIV3Schema.properties.status.properties.phase.enum.slice(0, 2), ['Pending', 'Scheduled']);
@@ -66,7 +67,12 @@ test('toStructural: literals → enum, string|integer → int-or-string, record 
   assert.match(JSON.stringify(rec['x-kubernetes-validations']), /matches/);
   assert.deepEqual(toStructural(Type.Object({ x: Type.Optional(Type.Unknown()) })), { type: 'object', properties: { x: { 'x-kubernetes-preserve-unknown-fields': true } } });
   assert.throws(() => toStructural(Type.Union([Type.String(), Type.Object({})])), /not structural/);
-  assert.throws(() => toStructural(Type.Not(Type.String())), /keyword "not"/);
+  assert.throws(() => toStructural(Type.Not(Type.String())), /not other than a pattern is not structural/);
+  // A string's `not: {pattern}` and schema.ts's rules between fields become CEL rules.
+  assert.deepEqual(toStructural(Type.String({ not: { pattern: '^x' } }))['x-kubernetes-validations'], [{ rule: "!self.matches('^x')", message: 'must not match ^x' }]);
+  const pair = toStructural(Type.Object({ a: Type.Optional(Type.String()), b: Type.Optional(Type.String()) }, exclusive('a', 'b')));
+  assert.deepEqual(pair['x-kubernetes-validations'], [{ rule: '!(has(self.a) && has(self.b))', message: 'give a or b, not both' }]);
+  assert.throws(() => toStructural(Type.Object({}, { oneOf: [{ required: ['a'] }] })), /oneOf other than/);
 });
 
 test('spec.labels mirror as Kubernetes labels: valid ones as they are, the rest hashed', () => {

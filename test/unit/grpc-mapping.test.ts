@@ -60,7 +60,7 @@ const fullSpec: MicroVMSpec__Output = {
     },
   },
   ports: [
-    { hostPort: 8080, guestPort: 80, protocol: 'tcp', hostIp: '127.0.0.1', nic: 'eth0' },
+    { hostPort: 8080, guestPort: 80, protocol: 'tcp', hostIp: '192.0.2.10', nic: 'eth0' },
     { hostPort: 5353, guestPort: 53, protocol: 'udp', hostIp: '', nic: '' },
   ],
   egress: { default: 'deny', allow: ['10.0.0.0/8', '192.168.1.0/24'], deny: ['10.1.0.0/16'] },
@@ -99,7 +99,7 @@ describe('gRPC mapping covers the one schema', () => {
       vmAntiAffinity: { required: [{ labelSelector: { matchLabels: { app: 'db' }, matchExpressions: [{ key: 'canary', operator: 'DoesNotExist' }] } }] },
     });
     assert.deepEqual(req.volumes, [{ name: 'data', mountPath: '/data', readOnly: true, size: '2Gi' }, { name: 'scratch', mountPath: '/scratch' }]);
-    assert.deepEqual(req.ports, [{ hostPort: 8080, guestPort: 80, protocol: 'tcp', hostIp: '127.0.0.1', nic: 'eth0' }, { hostPort: 5353, guestPort: 53, protocol: 'udp' }]);
+    assert.deepEqual(req.ports, [{ hostPort: 8080, guestPort: 80, protocol: 'tcp', hostIp: '192.0.2.10', nic: 'eth0' }, { hostPort: 5353, guestPort: 53, protocol: 'udp' }]);
     assert.deepEqual(req.egress, { default: 'deny', allow: ['10.0.0.0/8', '192.168.1.0/24'], deny: ['10.1.0.0/16'] });
     assert.equal(req.snapshot, undefined);
     const { name, start: _start, ...spec } = req;

@@ -71,7 +71,7 @@ describe('VolumeService (SQLite + local backend)', () => {
 
   test('VM claims: unknown names the field, size creates, one writer, readers exclude a writer, delete refused while attached', async () => {
     const spec = (volumes: any[]) => ({ vcpu: 1, memory: '128Mi', volumes }) as any;
-    await assert.rejects(svc.claim(alice, spec([{ name: 'nope', mountPath: '/x' }]), 'ta', 'vm-1'), code('VALIDATION_FAILED', 'volumes[0].name'));
+    await assert.rejects(svc.claim(alice, spec([{ name: 'nope', mountPath: '/x' }]), 'ta', 'vm-1'), code('NOT_FOUND', 'volumes[0].name'));
     await assert.rejects(svc.claim(alice, spec([{ name: 'data', mountPath: '/a b' }]), 'ta', 'vm-1'), code('VALIDATION_FAILED', 'volumes[0].mountPath'));
     await svc.claim(alice, spec([{ name: 'data', mountPath: '/data' }, { name: 'auto', mountPath: '/auto', size: '16Mi' }]), 'ta', 'vm-1');
     const data = await svc.get(alice, 'data');
@@ -82,7 +82,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     await assert.rejects(svc.delete(alice, 'data'), (e: unknown) => e instanceof MvmError && e.code === 'CONFLICT' && /attached to microVM/.test(e.message));
     // All or nothing: a failing second entry rolls back the first claim.
     await svc.releaseVm('vm-1');
-    await assert.rejects(svc.claim(alice, spec([{ name: 'data', mountPath: '/d', readOnly: true }, { name: 'missing', mountPath: '/m' }]), 'ta', 'vm-2'), code('VALIDATION_FAILED', 'volumes[1].name'));
+    await assert.rejects(svc.claim(alice, spec([{ name: 'data', mountPath: '/d', readOnly: true }, { name: 'missing', mountPath: '/m' }]), 'ta', 'vm-2'), code('NOT_FOUND', 'volumes[1].name'));
     assert.deepEqual((await svc.get(alice, 'data')).spec.attachedTo, []);
     assert.equal((await svc.get(alice, 'data')).spec.phase, 'Available');
     await svc.claim(alice, spec([{ name: 'data', mountPath: '/d', readOnly: true }]), 'ta', 'vm-2');
@@ -107,7 +107,7 @@ describe('VolumeService (SQLite + local backend)', () => {
     assert.equal(s.spec.phase, 'Ready');
     await assert.rejects(svc.snapshot(alice, 'data', 'snap2'), code('QUOTA_EXCEEDED'));
     await assert.rejects(svc.getSnapshot(bob, s.id), code('NOT_FOUND'));
-    await assert.rejects(svc.create(bob, { name: 'steal', fromSnapshot: s.id }), code('VALIDATION_FAILED', 'fromSnapshot'));
+    await assert.rejects(svc.create(bob, { name: 'steal', fromSnapshot: s.id }), code('NOT_FOUND', 'fromSnapshot'));
     await assert.rejects(svc.delete(alice, 'data'), code('CONFLICT'));
     const restored = await svc.create(alice, { name: 'restored', fromSnapshot: 'snap1' });
     assert.equal(restored.spec.sizeBytes, data.spec.sizeBytes);

@@ -6,21 +6,39 @@
  * member and above); every exec is audited with its argv and exit code, never its input or output.
  */
 import { Type } from '@sinclair/typebox';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
 import type { Socket } from 'node:net';
 import { PassThrough, type Duplex, type Readable } from 'node:stream';
 import type { WebSocket } from 'ws';
-import type {} from '@fastify/websocket';
+import type { WebsocketHandler } from '@fastify/websocket';
 import { ErrorCodes, MvmError, asMvmError, validationError } from '../../core/errors.js';
 import { execRequest, type GuestService } from '../../core/guest.js';
 import type { GuestExecHandle } from '../../core/ports/guest.js';
 import type { Principal } from '../../core/service.js';
-import { ExecRequest, ExecResponse, GuestFileStatSchema, StartProcessRequest } from '../../core/schema.js';
+import { ExecRequest, ExecResponse, GuestFileStatSchema, GuestProcessSchema, ItemsOf, NoContent, StartProcessRequest, WebSocketUpgrade } from '../../core/schema.js';
 import { HTTP_STATUS, toProblem } from '../../gateway/problem.js';
 
 const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
+/**
+ * A WebSocket endpoint: the upgrade runs `ws`; a plain HTTP request (no `Upgrade: websocket`) is
+ * 426 UPGRADE_REQUIRED problem+json, after authentication like every call (the route is in the
+ * OpenAPI document with 101 and its errors).
+ */
+function wsRoute(app: FastifyInstance, url: string, schema: FastifySchema, ws: WebsocketHandler): void {
+  app.route({
+    method: 'GET',
+    url,
+    schema,
+    wsHandler: ws,
+    handler: async () => {
+      throw new MvmError(ErrorCodes.UPGRADE_REQUIRED, `${url.replace(/:(\w+)/g, '{$1}')} is a WebSocket endpoint: send Upgrade: websocket with subprotocol mvm.v1 (docs/exec-api.md)`);
+    },
+  });
+}
+
+const MkdirResult = Type.Object({ path: Type.String(), created: Type.Boolean() });
 const PathQuery = Type.Object({
-  path: Type.String({ minLength: 1, maxLength: 4096, description: 'absolute path in the guest' }),
+  path: Type.String({ pattern: '^/', minLength: 1, maxLength: 4096, description: 'absolute path in the guest' }),
   archive: Type.Optional(Type.Literal('tar', { description: 'a directory as a tar stream (download), or extract a tar stream into path (upload)' })),
   mode: Type.Optional(Type.String({ pattern: '^[0-7]{3,4}$', description: 'permission bits of an uploaded file, octal (default 644)' })),
   user: Type.Optional(Type.String({ maxLength: 64, description: 'act as this guest user (default root)' })),
@@ -168,7 +186,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     },
   );
 
-  app.get('/microvms/:id/exec', { websocket: true, schema: { summary: 'Streaming and interactive exec over WebSocket (docs/exec-api.md): stdin, stdout, stderr, exit, tty with resize', params: IdParams } }, (socket, req) => {
+  wsRoute(app, '/microvms/:id/exec', { summary: 'Streaming and interactive exec over WebSocket (docs/exec-api.md): stdin, stdout, stderr, exit, tty with resize', params: IdParams, response: { 101: WebSocketUpgrade } }, (socket, req) => {
     const ws = socket as unknown as WebSocket;
     void (async () => {
       let argv: string[] | undefined;
@@ -204,7 +222,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   });
 
   // ---- background processes ---------------------------------------------------------------------
-  app.post('/microvms/:id/processes', { schema: { summary: 'Start a background process (its output is kept in a bounded buffer; attach to read it)', params: IdParams, body: StartProcessRequest } }, async (req, reply) => {
+  app.post('/microvms/:id/processes', { schema: { summary: 'Start a background process (its output is kept in a bounded buffer; attach to read it)', params: IdParams, body: StartProcessRequest, response: { 201: GuestProcessSchema } } }, async (req, reply) => {
     const body = req.body as import('../../core/schema.js').StartProcessRequestT;
     const request = execRequest(body);
     req.auditDetails = { argv: request.cmd, background: true };
@@ -213,22 +231,23 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     const p = await guest.startProcess({ ...rest, ...(body.tag ? { tag: body.tag } : {}) });
     return reply.status(201).send(p);
   });
-  app.get('/microvms/:id/processes', { schema: { summary: 'Background processes of the guest (running and ended)', params: IdParams } }, async (req) => {
+  app.get('/microvms/:id/processes', { schema: { summary: 'Background processes of the guest (running and ended)', params: IdParams, response: { 200: ItemsOf(GuestProcessSchema) } } }, async (req) => {
     const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
     return { items: await guest.listProcesses() };
   });
   app.post(
     '/microvms/:id/processes/:processId/signal',
-    { schema: { summary: 'Send a signal to a background process', params: Type.Object({ id: Type.String({ maxLength: 128 }), processId: Type.String({ maxLength: 128 }) }), body: Type.Object({ signal: Type.Optional(Type.Union([Type.String({ maxLength: 16 }), Type.Integer({ minimum: 1, maximum: 64 })])) }, { additionalProperties: false }) } },
+    { schema: { summary: 'Send a signal to a background process', params: Type.Object({ id: Type.String({ maxLength: 128 }), processId: Type.String({ maxLength: 128 }) }), body: Type.Object({ signal: Type.Optional(Type.Union([Type.String({ maxLength: 16 }), Type.Integer({ minimum: 1, maximum: 64 })])) }, { additionalProperties: false }), response: { 204: NoContent } } },
     async (req, reply) => {
       const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
       await guest.signalProcess((req.params as { processId: string }).processId, (req.body as { signal?: string | number }).signal ?? 'TERM');
       return reply.status(204).send();
     },
   );
-  app.get(
+  wsRoute(
+    app,
     '/microvms/:id/processes/:processId/attach',
-    { websocket: true, schema: { summary: 'Re-attach to a background process over WebSocket: its buffered output, then live output and its exit', params: Type.Object({ id: Type.String({ maxLength: 128 }), processId: Type.String({ maxLength: 128 }) }) } },
+    { summary: 'Re-attach to a background process over WebSocket: its buffered output, then live output and its exit', params: Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }), processId: Type.String({ minLength: 1, maxLength: 128 }) }), response: { 101: WebSocketUpgrade } },
     (socket, req) => {
       const ws = socket as unknown as WebSocket;
       holdMessages(ws);
@@ -257,7 +276,21 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   });
   app.get(
     '/microvms/:id/files',
-    { schema: { summary: 'Download a file (streamed), list a directory (JSON), or a directory as a tar stream (?archive=tar)', params: IdParams, querystring: PathQuery } },
+    { schema: { summary: 'Download a file (streamed), list a directory (JSON), or a directory as a tar stream (?archive=tar)',
+        params: IdParams,
+        querystring: PathQuery,
+        response: {
+          200: {
+            description: 'A file (application/octet-stream), a directory listing (JSON) or a tar stream',
+            content: {
+              'application/octet-stream': { schema: Type.String({ format: 'binary' }) },
+              'application/json': { schema: Type.Object({ path: Type.String(), entries: Type.Array(GuestFileStatSchema) }) },
+              'application/x-tar': { schema: Type.String({ format: 'binary' }) },
+            },
+          },
+        },
+      },
+    },
     async (req, reply) => {
       const q = req.query as { path: string; archive?: 'tar'; user?: string };
       const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
@@ -281,11 +314,29 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   );
   app.put(
     '/microvms/:id/files',
-    { bodyLimit: Number.MAX_SAFE_INTEGER, schema: { summary: 'Upload a file (the body, streamed; parents are created), or extract a tar stream into a directory (?archive=tar)', params: IdParams, querystring: PathQuery } },
+    {
+      bodyLimit: Number.MAX_SAFE_INTEGER,
+      // The body is streamed to the guest as it arrives (never validated or buffered): described in the OpenAPI document only.
+      config: {
+        swaggerTransform: ({ schema, url }: { schema: FastifySchema; url: string }) => ({
+          schema: { ...schema, body: Type.String({ format: 'binary', description: 'the file (application/octet-stream), or a tar stream with ?archive=tar' }), consumes: ['application/octet-stream', 'application/x-tar'] },
+          url,
+        }),
+      },
+      schema: { summary: 'Upload a file (the body, streamed; parents are created), or extract a tar stream into a directory (?archive=tar)',
+        params: IdParams,
+        querystring: PathQuery,
+        response: { 201: Type.Object({ path: Type.String(), size: Type.Optional(Type.Integer()), entries: Type.Optional(Type.Integer()), bytes: Type.Optional(Type.Integer()) }) },
+      },
+    },
     async (req, reply) => {
       const q = req.query as { path: string; archive?: 'tar'; mode?: string; user?: string };
       const path = absolute(q.path);
       const body = req.body as Readable | Buffer | undefined;
+      const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+      if (type !== 'application/octet-stream' && type !== 'application/x-tar') {
+        throw new MvmError(ErrorCodes.UNSUPPORTED_MEDIA_TYPE, 'body: send the content as application/octet-stream (or application/x-tar with ?archive=tar)', { violations: [{ field: 'body', message: 'unsupported media type' }] });
+      }
       if (body === undefined || body === null || (typeof body === 'object' && !('pipe' in body) && !Buffer.isBuffer(body))) {
         throw validationError('body', 'send the content as application/octet-stream (or application/x-tar with ?archive=tar)');
       }
@@ -311,7 +362,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   );
   app.post(
     '/microvms/:id/files/mkdir',
-    { schema: { summary: 'Make a directory in the guest', params: IdParams, body: Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }), parents: Type.Optional(Type.Boolean()), mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })), user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }) } },
+    { schema: { summary: 'Make a directory in the guest', params: IdParams, body: Type.Object({ path: Type.String({ pattern: '^/', minLength: 1, maxLength: 4096 }), parents: Type.Optional(Type.Boolean()), mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })), user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }), response: { 200: MkdirResult, 201: MkdirResult } } },
     async (req, reply) => {
       const b = req.body as { path: string; parents?: boolean; mode?: number; user?: string };
       const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
@@ -321,7 +372,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
   );
   app.post(
     '/microvms/:id/files/move',
-    { schema: { summary: 'Move or rename a path in the guest', params: IdParams, body: Type.Object({ from: Type.String({ minLength: 1, maxLength: 4096 }), to: Type.String({ minLength: 1, maxLength: 4096 }), overwrite: Type.Optional(Type.Boolean()), user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }) } },
+    { schema: { summary: 'Move or rename a path in the guest', params: IdParams, body: Type.Object({ from: Type.String({ pattern: '^/', minLength: 1, maxLength: 4096 }), to: Type.String({ pattern: '^/', minLength: 1, maxLength: 4096 }), overwrite: Type.Optional(Type.Boolean()), user: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: false }), response: { 204: NoContent } } },
     async (req, reply) => {
       const b = req.body as { from: string; to: string; overwrite?: boolean; user?: string };
       const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
@@ -329,7 +380,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
       return reply.status(204).send();
     },
   );
-  app.delete('/microvms/:id/files', { schema: { summary: 'Delete a path in the guest (?recursive=true for a directory with content)', params: IdParams, querystring: PathQuery } }, async (req, reply) => {
+  app.delete('/microvms/:id/files', { schema: { summary: 'Delete a path in the guest (?recursive=true for a directory with content)', params: IdParams, querystring: PathQuery, response: { 204: NoContent } } }, async (req, reply) => {
     const q = req.query as { path: string; recursive?: boolean; user?: string };
     const { guest } = await guests.session(principal(req), (req.params as { id: string }).id);
     const r = await guest.remove(absolute(q.path), { ...(q.recursive ? { recursive: true } : {}), ...userOpt(q.user) });
@@ -339,7 +390,7 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
 
   // ---- TCP: a tunnel (port-forward) and an HTTP proxy ------------------------------------------------
   const PortParams = Type.Object({ id: Type.String({ maxLength: 128 }), port: Type.Integer({ minimum: 1, maximum: 65535 }) });
-  app.get('/microvms/:id/ports/:port/connect', { websocket: true, schema: { summary: 'A TCP connection to a guest port over WebSocket (binary frames both ways): what `mvm port-forward` uses', params: PortParams } }, (socket, req) => {
+  wsRoute(app, '/microvms/:id/ports/:port/connect', { summary: 'A TCP connection to a guest port over WebSocket (binary frames both ways): what `mvm port-forward` uses', params: PortParams, response: { 101: WebSocketUpgrade } }, (socket, req) => {
     const ws = socket as unknown as WebSocket;
     void (async () => {
       try {
@@ -359,7 +410,8 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     const conn = await guest.tcpConnect(Number(params.port));
     proxyHttp(req, reply, conn, `/${params['*'] ?? ''}${req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : ''}`);
   };
-  const proxyOpts = { schema: { summary: 'HTTP to a server in the guest (WebSocket upgrades included), authenticated like every call', params: Type.Object({ id: Type.String({ maxLength: 128 }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) }) } };
+  // Not in the OpenAPI document: a pass-through to whatever HTTP server the guest runs, any method, any answer.
+  const proxyOpts = { schema: { hide: true, summary: 'HTTP to a server in the guest (WebSocket upgrades included), authenticated like every call', params: Type.Object({ id: Type.String({ maxLength: 128 }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) }) } };
   app.all('/microvms/:id/proxy/:port', proxyOpts, proxy);
   app.all('/microvms/:id/proxy/:port/*', proxyOpts, proxy);
 }

@@ -63,7 +63,7 @@ export async function registerImageRoutes(app: FastifyInstance, images: ImageCat
     {
       schema: {
         summary: 'Delete a cached image by digest (from every node holding it in cluster mode; refused with 409 while a microVM uses it)',
-        params: Type.Object({ digest: Type.String({ minLength: 1, maxLength: 200 }) }),
+        params: Type.Object({ digest: Type.String({ pattern: '^sha256:[0-9a-f]{64}$', description: 'sha256:<64 lower-case hex>' }) }),
         response: { 200: Type.Object({ removed: Type.Array(CachedImage), warnings: Warnings }, { description: 'cluster mode, partial: some node did not answer' }), 204: Type.Null({ description: 'deleted' }) },
       },
     },

@@ -6,24 +6,20 @@ import type { MicroVMService } from '../../core/service.js';
 import { parseDuration } from '../../core/service.js';
 import {
   CreateMicroVMRequest,
-  ForbiddenProblem,
   MicroVM,
   MicroVMList,
   Phase,
   UpdateMicroVMRequest,
+  VmEvent,
   VmMetrics,
+  ItemsOf,
   type CreateMicroVMRequestT,
   type PhaseT,
   type UpdateMicroVMRequestT,
 } from '../../core/schema.js';
 import { collectConsole, streamConsole, readConsoleTail } from '../../gateway/console-stream.js';
-import { etagOf, ifMatch, principal, withEtag } from '../http.js';
+import { IdParams, LABEL_SELECTOR_PATTERN, TenantQuery, cursorParam, etagOf, ifMatch, principal, tenantParam, withEtag } from '../http.js';
 
-const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'Admins: act in this tenant' })) }, { additionalProperties: false });
-
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-const ProblemRef = Type.Object({ code: Type.String(), detail: Type.String() }, { additionalProperties: true, description: 'application/problem+json' });
-const errors = { 400: ProblemRef, 401: ProblemRef, 404: ProblemRef, 409: ProblemRef };
 
 
 function parseLabelSelector(sel: string | string[] | undefined): Record<string, string> | undefined {
@@ -49,14 +45,18 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         querystring: Type.Object(
           {
             limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-            cursor: Type.Optional(Type.String({ maxLength: 200 })),
+            cursor: cursorParam(),
             phase: Type.Optional(Phase),
-            label: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String())])),
-            tenant: Type.Optional(Type.String()),
+            label: Type.Optional(
+              Type.Union([Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 512 }), Type.Array(Type.String({ pattern: LABEL_SELECTOR_PATTERN, maxLength: 512 }), { maxItems: 8 })], {
+                description: 'label selector: key=value, comma-separated or repeated; all must match',
+              }),
+            ),
+            tenant: tenantParam(),
           },
           { additionalProperties: false },
         ),
-        response: { 200: MicroVMList, ...errors },
+        response: { 200: MicroVMList },
       },
     },
     async (req, reply) => {
@@ -86,7 +86,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         summary: 'Create a microVM (starts it unless start=false). Idempotency-Key makes retries safe.',
         body: CreateMicroVMRequest,
         querystring: TenantQuery,
-        response: { 201: MicroVM, ...errors, 403: ForbiddenProblem },
+        response: { 201: MicroVM },
       },
     },
     async (req, reply) => {
@@ -103,7 +103,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         summary: 'Get a microVM by id or name',
         params: IdParams,
         querystring: Type.Object({ view: Type.Optional(Type.Union([Type.Literal('basic'), Type.Literal('full')])) }, { additionalProperties: false }),
-        response: { 200: MicroVM, ...errors },
+        response: { 200: MicroVM, 304: Type.Null({ description: 'Not modified (If-None-Match)' }) },
       },
     },
     async (req, reply) => {
@@ -127,7 +127,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
         summary: 'Update a microVM (vcpu, memory, kernel on a stopped VM; labels any time)',
         params: IdParams,
         body: UpdateMicroVMRequest,
-        response: { 200: MicroVM, ...errors, 403: ForbiddenProblem, 422: ProblemRef },
+        response: { 200: MicroVM },
       },
     },
     async (req, reply) => {
@@ -137,19 +137,19 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
     },
   );
 
-  app.delete('/microvms/:id', { schema: { summary: 'Delete a microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+  app.delete('/microvms/:id', { schema: { summary: 'Delete a microVM', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
     const vm = await svc.delete(principal(req), id, ifMatch(req));
     return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
 
-  app.post('/microvms/:id/start', { schema: { summary: 'Start a stopped or failed microVM', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+  app.post('/microvms/:id/start', { schema: { summary: 'Start a stopped or failed microVM', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
     const vm = await svc.start(principal(req), id, ifMatch(req));
     return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
 
-  app.post('/microvms/:id/stop', { schema: { summary: 'Stop a microVM (graceful, then forced)', params: IdParams, response: { 202: MicroVM, ...errors } } }, async (req, reply) => {
+  app.post('/microvms/:id/stop', { schema: { summary: 'Stop a microVM (graceful, then forced)', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
     const vm = await svc.stop(principal(req), id, ifMatch(req));
     return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
@@ -165,11 +165,11 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
           {
             phase: Type.Optional(Phase),
             ready: Type.Optional(Type.Boolean()),
-            timeout: Type.Optional(Type.String({ description: 'e.g. 30s (max 300s)' })),
+            timeout: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}(\\.[0-9]{1,3})?(ms|s|m)?$', description: 'how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s)' })),
           },
           { additionalProperties: false },
         ),
-        response: { 200: MicroVM, ...errors, 408: ProblemRef },
+        response: { 200: MicroVM },
       },
     },
     async (req) => {
@@ -197,6 +197,7 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
           },
           { additionalProperties: false },
         ),
+        response: { 200: { description: 'The console text; with follow=true a stream (chunked text, or text/event-stream with Accept: text/event-stream)', content: { 'text/plain': { schema: Type.String() }, 'text/event-stream': { schema: Type.String() } } } },
       },
     },
     async (req, reply: FastifyReply) => {
@@ -224,12 +225,12 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
     },
   );
 
-  app.get('/microvms/:id/metrics', { schema: { summary: 'Metrics of a microVM', params: IdParams, response: { 200: VmMetrics, ...errors } } }, async (req) => {
+  app.get('/microvms/:id/metrics', { schema: { summary: 'Metrics of a microVM', params: IdParams, response: { 200: VmMetrics } } }, async (req) => {
     const { id } = req.params as { id: string };
     return svc.metrics(principal(req), id);
   });
 
-  app.get('/microvms/:id/events', { schema: { summary: 'Events of a microVM', params: IdParams } }, async (req) => {
+  app.get('/microvms/:id/events', { schema: { summary: 'Events of a microVM', params: IdParams, response: { 200: ItemsOf(VmEvent) } } }, async (req) => {
     const { id } = req.params as { id: string };
     return { items: await svc.events(principal(req), id) };
   });

@@ -17,6 +17,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
 import { streamEvents, tailEvents, toWire } from '../../observability/events.js';
+import { tenantParam } from '../http.js';
+import { VmEvent, VmMetricsHistory } from '../../core/schema.js';
+import { listTenant } from '../../core/authz.js';
 import { observability as defaultObservability, type Observability } from '../../observability/index.js';
 
 export interface ObservabilityRouteDeps {
@@ -131,7 +134,7 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
   const EventQuery = Type.Object(
     {
       follow: Type.Optional(Type.Boolean({ description: 'Stream as Server-Sent Events (id = seq; resumable with Last-Event-ID)' })),
-      tenant: Type.Optional(Type.String({ maxLength: 128, description: 'Admins: one tenant (default: all)' })),
+      tenant: tenantParam(),
       vm: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Only this microVM (id or name)' })),
       after: Type.Optional(Type.Integer({ minimum: 0, description: 'Only events after this sequence number' })),
       tail: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, description: 'Without `after`: the last N events (default 100)' })),
@@ -141,14 +144,17 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
 
   app.get(
     '/api/v1/events',
-    { schema: { summary: "Events of the caller's tenant (every tenant for admins); follow=true streams them as SSE", querystring: EventQuery } },
+    {
+      schema: {
+        summary: "Events of the caller's tenant (every tenant for admins); follow=true streams them as SSE",
+        querystring: EventQuery,
+        response: { 200: { description: 'The events (JSON), or with follow=true a text/event-stream', content: { 'application/json': { schema: Type.Object({ items: Type.Array(VmEvent) }) }, 'text/event-stream': { schema: Type.String() } } } },
+      },
+    },
     async (req, reply) => {
       const p = principal(req);
       const q = req.query as { follow?: boolean; tenant?: string; vm?: string; after?: number; tail?: number };
-      let tenant: string | undefined = p.role === 'admin' ? q.tenant : p.tenant;
-      if (p.role !== 'admin' && q.tenant !== undefined && q.tenant !== p.tenant) {
-        throw new MvmError(ErrorCodes.PERMISSION_DENIED, `events of tenant ${JSON.stringify(q.tenant)} are not visible to tenant ${JSON.stringify(p.tenant)}`);
-      }
+      let tenant = listTenant(p, q.tenant);
       let vmId: string | undefined;
       if (q.vm) {
         const vm = await svc.get(p, q.vm);
@@ -175,6 +181,7 @@ export async function registerObservabilityRoutes(app: FastifyInstance, deps: Ob
       schema: {
         summary: 'Current metrics of a microVM and their history (last 10 minutes at the sampling interval) for charts',
         params: Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) }),
+        response: { 200: VmMetricsHistory },
       },
     },
     async (req) => {

@@ -4,9 +4,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSecurityGroup, type SecurityGroupService } from '../../core/security-groups.js';
 import type { Principal } from '../../core/service.js';
-import { SecurityGroupRequest, SecurityGroupResource, SecurityGroupUpdate, type SecurityGroupRequestT, type SecurityGroupUpdateT } from '../../core/schema.js';
+import { IdParams, TenantQuery } from '../http.js';
+import { NoContent, SecurityGroupRequest, SecurityGroupResource, SecurityGroupUpdate, type SecurityGroupRequestT, type SecurityGroupUpdateT } from '../../core/schema.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 
 const principal = (req: FastifyRequest): Principal => {
   if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
@@ -14,9 +14,10 @@ const principal = (req: FastifyRequest): Principal => {
 };
 
 export async function registerSecurityGroupRoutes(app: FastifyInstance, groups: SecurityGroupService): Promise<void> {
-  app.get('/securitygroups', { schema: { summary: 'List security groups', response: { 200: Type.Object({ items: Type.Array(SecurityGroupResource) }) } } }, async (req) => ({
-    items: (await groups.list(principal(req))).map(toSecurityGroup),
-  }));
+  app.get('/securitygroups', { schema: { summary: 'List security groups', querystring: TenantQuery, response: { 200: Type.Object({ items: Type.Array(SecurityGroupResource) }) } } }, async (req) => {
+    const q = req.query as { tenant?: string };
+    return { items: (await groups.list(principal(req), q.tenant ? { tenant: q.tenant } : {})).map(toSecurityGroup) };
+  });
   app.post('/securitygroups', { schema: { summary: 'Create a security group', body: SecurityGroupRequest, response: { 201: SecurityGroupResource } } }, async (req, reply) => {
     const g = await groups.create(principal(req), req.body as SecurityGroupRequestT);
     return reply.status(201).header('location', `/api/v1/securitygroups/${g.id}`).send(toSecurityGroup(g));
@@ -35,7 +36,7 @@ export async function registerSecurityGroupRoutes(app: FastifyInstance, groups: 
       return toSecurityGroup(await groups.update(principal(req), (req.params as { id: string }).id, req.body as SecurityGroupUpdateT, version));
     },
   );
-  app.delete('/securitygroups/:id', { schema: { summary: 'Delete a security group (refused while in use)', params: IdParams } }, async (req, reply) => {
+  app.delete('/securitygroups/:id', { schema: { summary: 'Delete a security group (refused while in use)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await groups.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

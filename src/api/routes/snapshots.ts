@@ -4,10 +4,10 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSnapshot, type SnapshotService } from '../../core/snapshots.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
-import { CreateMicroVMRequest, ForkRequest, MicroVM, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
+import { IdParams, TenantQuery } from '../http.js';
+import { CreateMicroVMRequest, ForkRequest, ItemsOf, MicroVM, NoContent, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot']);
+const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot', 'template']);
 
 const principal = (req: FastifyRequest): Principal => {
   if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
@@ -29,17 +29,18 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
       return reply.status(201).header('location', `/api/v1/snapshots/${s.id}`).send(toSnapshot(s));
     },
   );
-  app.get('/microvms/:id/snapshots', { schema: { summary: 'Snapshots of a microVM', params: IdParams } }, async (req) => {
+  app.get('/microvms/:id/snapshots', { schema: { summary: 'Snapshots of a microVM', params: IdParams, response: { 200: ItemsOf(Snapshot) } } }, async (req) => {
     const vm = await vms.get(principal(req), (req.params as { id: string }).id);
     return { items: (await snaps.list(principal(req), { vmId: vm.id })).map(toSnapshot) };
   });
-  app.get('/snapshots', { schema: { summary: 'List snapshots', response: { 200: Type.Object({ items: Type.Array(Snapshot) }) } } }, async (req) => ({
-    items: (await snaps.list(principal(req))).map(toSnapshot),
-  }));
+  app.get('/snapshots', { schema: { summary: 'List snapshots', querystring: TenantQuery, response: { 200: Type.Object({ items: Type.Array(Snapshot) }) } } }, async (req) => {
+    const q = req.query as { tenant?: string };
+    return { items: (await snaps.list(principal(req), q.tenant ? { tenant: q.tenant } : {})).map(toSnapshot) };
+  });
   app.get('/snapshots/:id', { schema: { summary: 'Get a snapshot', params: IdParams, response: { 200: Snapshot } } }, async (req) =>
     toSnapshot(await snaps.get(principal(req), (req.params as { id: string }).id)),
   );
-  app.delete('/snapshots/:id', { schema: { summary: 'Delete a snapshot (refused while microVMs restored from it exist)', params: IdParams } }, async (req, reply) => {
+  app.delete('/snapshots/:id', { schema: { summary: 'Delete a snapshot; refused (409, naming them) while microVMs restored from it, or snapshots of those, exist (ADR 0030)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await snaps.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });
@@ -60,10 +61,22 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
   );
   app.post(
     '/snapshots/:id/restore',
-    { schema: { summary: 'Create a new microVM restored from the snapshot (a clone with fresh identity)', params: IdParams, body: RestoreRequest, response: { 201: MicroVM } } },
+    {
+      schema: {
+        summary: 'Create a new microVM restored from the snapshot (a clone with fresh identity); admins may restore into another tenant (?tenant=)',
+        params: IdParams,
+        querystring: TenantQuery,
+        body: RestoreRequest,
+        response: { 201: MicroVM },
+      },
+    },
     async (req, reply) => {
-      const body = { ...(req.body as CreateMicroVMRequestT), snapshot: (req.params as { id: string }).id };
-      const vm = await vms.create(principal(req), body);
+      const p = principal(req);
+      // An unknown snapshot in the path is 404, like every unknown id (the body's `snapshot` field of a create is 400).
+      const s = await snaps.get(p, (req.params as { id: string }).id);
+      const q = req.query as { tenant?: string };
+      const body = { ...(req.body as CreateMicroVMRequestT), snapshot: s.id };
+      const vm = await vms.create(p, body, q.tenant ? { tenant: q.tenant } : {});
       return reply.status(201).header('location', `/api/v1/microvms/${vm.id}`).send(vm);
     },
   );

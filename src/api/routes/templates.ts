@@ -4,10 +4,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { targetTenant, type Principal } from '../../core/service.js';
 import { toTemplate, type TemplateService } from '../../core/templates.js';
-import { CreateTemplateRequest, ForbiddenProblem, Template, type CreateTemplateRequestT } from '../../core/schema.js';
+import { IdParams, TenantQuery } from '../http.js';
+import { NoContent, CreateTemplateRequest, Template, type CreateTemplateRequestT } from '../../core/schema.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'admins: act in / list this tenant' })) });
 
 const principal = (req: FastifyRequest): Principal => {
   if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
@@ -26,7 +25,7 @@ export async function registerTemplateRoutes(app: FastifyInstance, templates: Te
         summary: 'Create a template and build its first version (boot, readiness, command, memory snapshot); answers at once with phase Building',
         querystring: TenantQuery,
         body: CreateTemplateRequest,
-        response: { 202: Template, 403: ForbiddenProblem },
+        response: { 202: Template },
       },
     },
     async (req, reply) => {
@@ -38,10 +37,10 @@ export async function registerTemplateRoutes(app: FastifyInstance, templates: Te
   app.get('/templates/:id', { schema: { summary: 'Get a template and its versions', params: IdParams, response: { 200: Template } } }, async (req) =>
     toTemplate(await templates.get(principal(req), (req.params as { id: string }).id)),
   );
-  app.post('/templates/:id/rebuild', { schema: { summary: 'Build a new version of the template (clones keep their version)', params: IdParams, response: { 202: Template, 403: ForbiddenProblem } } }, async (req, reply) =>
+  app.post('/templates/:id/rebuild', { schema: { summary: 'Build a new version of the template (clones keep their version)', params: IdParams, response: { 202: Template } } }, async (req, reply) =>
     reply.status(202).send(toTemplate(await templates.rebuild(principal(req), (req.params as { id: string }).id))),
   );
-  app.delete('/templates/:id', { schema: { summary: 'Delete a template and its files (refused while microVMs cloned from it exist)', params: IdParams } }, async (req, reply) => {
+  app.delete('/templates/:id', { schema: { summary: 'Delete a template and its files (refused while microVMs cloned from it, or snapshots of those, exist: ADR 0030)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await templates.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

@@ -19,32 +19,38 @@ import {
   type CreateTenantRequestT,
   type UpdateTenantRequestT,
 } from '../../core/tenancy-schema.js';
-import { etagOf, ifMatch, page, principal, withEtag } from '../http.js';
+import { IdParams, cursorParam, etagOf, ifMatch, page, principal, tenantParam, withEtag } from '../http.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
 const Paging = {
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000 })),
-  cursor: Type.Optional(Type.String({ maxLength: 200 })),
+  cursor: cursorParam(),
 };
-const ProblemRef = Type.Object({ code: Type.String(), detail: Type.String() }, { additionalProperties: true, description: 'application/problem+json' });
-const errors = { 400: ProblemRef, 401: ProblemRef, 403: ProblemRef, 404: ProblemRef, 409: ProblemRef };
+const DeleteTenantResult = Type.Object({
+  tenant: Type.String(),
+  cascade: Type.Boolean(),
+  microvms: Type.Array(Type.String(), { description: 'microVMs deleted with it (cascade)' }),
+  apiKeys: Type.Integer(),
+  reservations: Type.Integer(),
+  resources: Type.Integer(),
+});
+const WhoAmI = Type.Object({ subject: Type.String(), tenant: Type.String(), role: Type.String(), keyId: Type.Optional(Type.String()), method: Type.Optional(Type.String()) });
 
 export async function registerTenantRoutes(app: FastifyInstance, tenants: TenantService): Promise<void> {
   app.get(
     '/tenants',
-    { schema: { summary: 'List tenants (admins)', querystring: Type.Object(Paging, { additionalProperties: false }), response: { 200: TenantList, ...errors } } },
+    { schema: { summary: 'List tenants (admins)', querystring: Type.Object(Paging, { additionalProperties: false }), response: { 200: TenantList } } },
     async (req) => page(await tenants.list(principal(req), req.query as { limit?: number; cursor?: string })),
   );
-  app.post('/tenants', { schema: { summary: 'Create a tenant (admins)', body: CreateTenantRequest, response: { 201: Tenant, ...errors } } }, async (req, reply) => {
+  app.post('/tenants', { schema: { summary: 'Create a tenant (admins)', body: CreateTenantRequest, response: { 201: Tenant } } }, async (req, reply) => {
     const t = await tenants.create(principal(req), req.body as CreateTenantRequestT);
     return reply.status(201).header('location', `/api/v1/tenants/${t.id}`).header('etag', etagOf(t.resourceVersion)).send(t);
   });
-  app.get('/tenants/:id', { schema: { summary: 'Get a tenant', params: IdParams, response: { 200: Tenant, ...errors } } }, async (req, reply) =>
+  app.get('/tenants/:id', { schema: { summary: 'Get a tenant', params: IdParams, response: { 200: Tenant, 304: Type.Null({ description: 'Not modified (If-None-Match)' }) } } }, async (req, reply) =>
     withEtag(req, reply, await tenants.get(principal(req), (req.params as { id: string }).id)),
   );
   app.put(
     '/tenants/:id',
-    { schema: { summary: 'Change a tenant (quotas, display name, labels, image policy; admins). If-Match makes it conditional.', params: IdParams, body: UpdateTenantRequest, response: { 200: Tenant, ...errors } } },
+    { schema: { summary: 'Change a tenant (quotas, display name, labels, image policy; admins). If-Match makes it conditional.', params: IdParams, body: UpdateTenantRequest, response: { 200: Tenant } } },
     async (req, reply) => {
       const t = await tenants.update(principal(req), (req.params as { id: string }).id, req.body as UpdateTenantRequestT, ifMatch(req));
       return reply.header('etag', etagOf(t.resourceVersion)).send(t);
@@ -57,7 +63,7 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
         summary: 'Delete a tenant (admins); refused while it owns resources unless cascade=true',
         params: IdParams,
         querystring: Type.Object({ cascade: Type.Optional(Type.Boolean()) }, { additionalProperties: false }),
-        response: { ...errors },
+        response: { 200: DeleteTenantResult },
       },
     },
     async (req) => {
@@ -65,7 +71,7 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
       return tenants.delete(principal(req), (req.params as { id: string }).id, { cascade: q.cascade === true, ...(ifMatch(req) ? { ifMatch: ifMatch(req)! } : {}) });
     },
   );
-  app.get('/tenants/:id/usage', { schema: { summary: 'Quota usage of a tenant: used vs limit', params: IdParams, response: { 200: TenantUsage, ...errors } } }, async (req) =>
+  app.get('/tenants/:id/usage', { schema: { summary: 'Quota usage of a tenant: used vs limit', params: IdParams, response: { 200: TenantUsage } } }, async (req) =>
     tenants.usage(principal(req), (req.params as { id: string }).id),
   );
 
@@ -75,8 +81,8 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
     {
       schema: {
         summary: "List the tenant's API keys (admins: every tenant, or ?tenant=)",
-        querystring: Type.Object({ ...Paging, tenant: Type.Optional(Type.String({ maxLength: 63 })) }, { additionalProperties: false }),
-        response: { 200: ApiKeyList, ...errors },
+        querystring: Type.Object({ ...Paging, tenant: tenantParam() }, { additionalProperties: false }),
+        response: { 200: ApiKeyList },
       },
     },
     async (req) => page(await tenants.listKeys(principal(req), req.query as { tenant?: string; limit?: number; cursor?: string })),
@@ -87,8 +93,8 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
       schema: {
         summary: 'Create an API key; the token is in this response only',
         body: CreateApiKeyRequest,
-        querystring: Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63 })) }, { additionalProperties: false }),
-        response: { 201: CreatedApiKey, ...errors },
+        querystring: Type.Object({ tenant: tenantParam() }, { additionalProperties: false }),
+        response: { 201: CreatedApiKey },
       },
     },
     async (req, reply) => {
@@ -97,10 +103,10 @@ export async function registerTenantRoutes(app: FastifyInstance, tenants: Tenant
       return reply.status(201).header('location', `/api/v1/apikeys/${key.id}`).header('cache-control', 'no-store').send({ ...key, token });
     },
   );
-  app.get('/apikeys/:id', { schema: { summary: 'Get an API key (never its secret)', params: IdParams, response: { 200: ApiKey, ...errors } } }, async (req) =>
+  app.get('/apikeys/:id', { schema: { summary: 'Get an API key (never its secret)', params: IdParams, response: { 200: ApiKey } } }, async (req) =>
     tenants.getKey(principal(req), (req.params as { id: string }).id),
   );
-  app.delete('/apikeys/:id', { schema: { summary: 'Revoke an API key (at once)', params: IdParams, response: { 200: ApiKey, ...errors } } }, async (req) =>
+  app.delete('/apikeys/:id', { schema: { summary: 'Revoke an API key (at once)', params: IdParams, response: { 200: ApiKey } } }, async (req) =>
     tenants.revokeKey(principal(req), (req.params as { id: string }).id),
   );
 }
@@ -114,7 +120,7 @@ export async function registerAuditRoutes(app: FastifyInstance, audit: AuditServ
         querystring: Type.Object(
           {
             ...Paging,
-            tenant: Type.Optional(Type.String({ maxLength: 63 })),
+            tenant: tenantParam(),
             subject: Type.Optional(Type.String({ maxLength: 200 })),
             keyId: Type.Optional(Type.String({ maxLength: 64 })),
             result: Type.Optional(Type.Union([Type.Literal('allowed'), Type.Literal('denied'), Type.Literal('failed')])),
@@ -126,13 +132,13 @@ export async function registerAuditRoutes(app: FastifyInstance, audit: AuditServ
           },
           { additionalProperties: false },
         ),
-        response: { 200: AuditList, ...errors },
+        response: { 200: AuditList },
       },
     },
     async (req) => page(await audit.query(principal(req), req.query as AuditQuery)),
   );
 
-  app.get('/whoami', { schema: { summary: 'The authenticated caller: subject, tenant, role, key' } }, async (req) => {
+  app.get('/whoami', { schema: { summary: 'The authenticated caller: subject, tenant, role, key', response: { 200: WhoAmI } } }, async (req) => {
     const p = principal(req);
     return { subject: p.subject, tenant: p.tenant, role: p.role, ...(p.keyId ? { keyId: p.keyId } : {}), ...(p.method ? { method: p.method } : {}) };
   });

@@ -4,10 +4,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { ErrorCodes, MvmError } from '../../core/errors.js';
 import type { Principal } from '../../core/service.js';
 import { toVolume, toVolumeSnapshot, type VolumeService } from '../../core/volumes.js';
-import { CreateVolumeRequest, VolumeResource, VolumeSnapshotRequest, VolumeSnapshotResource, type CreateVolumeRequestT } from '../../core/schema.js';
+import { IdParams, TenantQuery } from '../http.js';
+import { NoContent, CreateVolumeRequest, VolumeResource, VolumeSnapshotRequest, VolumeSnapshotResource, type CreateVolumeRequestT } from '../../core/schema.js';
 
-const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 128 }) });
-const TenantQuery = Type.Object({ tenant: Type.Optional(Type.String({ maxLength: 63, description: 'admins: act in / list this tenant' })) });
 
 const principal = (req: FastifyRequest): Principal => {
   if (!req.principal) throw new MvmError(ErrorCodes.UNAUTHENTICATED, 'not authenticated');
@@ -33,7 +32,7 @@ export async function registerVolumeRoutes(app: FastifyInstance, vols: VolumeSer
     reply.header('etag', `"${v.resourceVersion}"`);
     return toVolume(v);
   });
-  app.delete('/volumes/:id', { schema: { summary: 'Delete a volume (refused while attached to a microVM or while it has snapshots)', params: IdParams } }, async (req, reply) => {
+  app.delete('/volumes/:id', { schema: { summary: 'Delete a volume (refused while attached to a microVM or while it has snapshots)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await vols.delete(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });
@@ -49,13 +48,14 @@ export async function registerVolumeRoutes(app: FastifyInstance, vols: VolumeSer
     const v = await vols.get(principal(req), (req.params as { id: string }).id);
     return { items: (await vols.listSnapshots(principal(req), { volumeId: v.id })).map(toVolumeSnapshot) };
   });
-  app.get('/volumesnapshots', { schema: { summary: 'List volume snapshots', response: { 200: Type.Object({ items: Type.Array(VolumeSnapshotResource) }) } } }, async (req) => ({
-    items: (await vols.listSnapshots(principal(req))).map(toVolumeSnapshot),
-  }));
+  app.get('/volumesnapshots', { schema: { summary: 'List volume snapshots', querystring: TenantQuery, response: { 200: Type.Object({ items: Type.Array(VolumeSnapshotResource) }) } } }, async (req) => {
+    const q = req.query as { tenant?: string };
+    return { items: (await vols.listSnapshots(principal(req), q.tenant ? { tenant: q.tenant } : {})).map(toVolumeSnapshot) };
+  });
   app.get('/volumesnapshots/:id', { schema: { summary: 'Get a volume snapshot', params: IdParams, response: { 200: VolumeSnapshotResource } } }, async (req) =>
     toVolumeSnapshot(await vols.getSnapshot(principal(req), (req.params as { id: string }).id)),
   );
-  app.delete('/volumesnapshots/:id', { schema: { summary: 'Delete a volume snapshot (volumes restored from it keep their data)', params: IdParams } }, async (req, reply) => {
+  app.delete('/volumesnapshots/:id', { schema: { summary: 'Delete a volume snapshot (volumes restored from it keep their data)', params: IdParams, response: { 204: NoContent } } }, async (req, reply) => {
     await vols.deleteSnapshot(principal(req), (req.params as { id: string }).id);
     return reply.status(204).send();
   });

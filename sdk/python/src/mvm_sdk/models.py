@@ -14,7 +14,7 @@ MicroVMSpecKernel = TypedDict("MicroVMSpecKernel", {
 
 MicroVMSpecRootfs = TypedDict("MicroVMSpecRootfs", {
     "image": str,  # Root filesystem image reference or "default"
-    "size": str,  # Root disk size, e.g. 1Gi
+    "size": str,  # Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422)
     "readOnly": bool,  # Attach the shared image read-only instead of a copy-on-write layer
 }, total=False)
 
@@ -23,8 +23,8 @@ _MicroVMSpecNetworkInterfacesItemRequired = TypedDict("_MicroVMSpecNetworkInterf
     "name": str,
 })
 _MicroVMSpecNetworkInterfacesItemOptional = TypedDict("_MicroVMSpecNetworkInterfacesItemOptional", {
-    "mac": str,
-    "ip": str,
+    "mac": str,  # unicast MAC, not all zeros; default derived from the VM id
+    "ip": str,  # IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
 }, total=False)
 
 
@@ -34,11 +34,11 @@ class MicroVMSpecNetworkInterfacesItem(_MicroVMSpecNetworkInterfacesItemRequired
 
 _MicroVMSpecVolumesItemRequired = TypedDict("_MicroVMSpecVolumesItemRequired", {
     "name": str,
-    "mountPath": str,
+    "mountPath": str,  # absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".."
 })
 _MicroVMSpecVolumesItemOptional = TypedDict("_MicroVMSpecVolumesItemOptional", {
     "readOnly": bool,
-    "size": str,
+    "size": str,  # creates the volume (16Mi to 16384Gi) when the tenant has none of this name
 }, total=False)
 
 
@@ -52,8 +52,8 @@ _MicroVMSpecPortsItemRequired = TypedDict("_MicroVMSpecPortsItemRequired", {
 })
 _MicroVMSpecPortsItemOptional = TypedDict("_MicroVMSpecPortsItemOptional", {
     "protocol": Literal["tcp", "udp"],
-    "hostIp": str,
-    "nic": str,
+    "hostIp": str,  # publish on this host address only (IPv4, not loopback)
+    "nic": str,  # one of the VM's networkInterfaces (default the first)
 }, total=False)
 
 
@@ -158,7 +158,7 @@ MicroVMSpecSource = TypedDict("MicroVMSpecSource", {
 
 _MicroVMSpecRequired = TypedDict("_MicroVMSpecRequired", {
     "vcpu": int,  # Number of vCPUs (1-8)
-    "memory": str,  # Guest memory, 128Mi to 8Gi
+    "memory": str,  # Guest memory, 128Mi to 8Gi (8192Mi)
 })
 _MicroVMSpecOptional = TypedDict("_MicroVMSpecOptional", {
     "kernel": MicroVMSpecKernel,
@@ -283,7 +283,7 @@ _CreateMicroVMRequestRequired = TypedDict("_CreateMicroVMRequestRequired", {
 })
 _CreateMicroVMRequestOptional = TypedDict("_CreateMicroVMRequestOptional", {
     "vcpu": int,  # Number of vCPUs (1-8)
-    "memory": str,  # Guest memory, 128Mi to 8Gi
+    "memory": str,  # Guest memory, 128Mi to 8Gi (8192Mi)
     "kernel": MicroVMSpecKernel,
     "rootfs": MicroVMSpecRootfs,
     "networkInterfaces": List[MicroVMSpecNetworkInterfacesItem],
@@ -300,7 +300,7 @@ _CreateMicroVMRequestOptional = TypedDict("_CreateMicroVMRequestOptional", {
     "files": List[MicroVMSpecFilesItem],  # files written by the guest agent at first boot, before anything else runs
     "start": bool,  # Start the VM after creating it (default true)
     "snapshot": str,  # Restore (clone) from this snapshot (id or name): memory, devices and disks; vcpu/memory/kernel/rootfs come from the snapshot
-    "template": str,  # Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs come from the template
+    "template": str,  # Clone a template (name, or name@version; default its latest Ready version): started from its memory in ~0.1 s; vcpu/memory/kernel/rootfs/volumes/networkInterfaces come from the template and must be omitted
 }, total=False)
 
 
@@ -315,7 +315,7 @@ _ExecRequestOptional = TypedDict("_ExecRequestOptional", {
     "env": Dict[str, str],  # environment of every command the guest agent runs (exec, template commands)
     "cwd": str,  # absolute working directory (default the user's home)
     "user": Union[str, int],  # guest user name or uid (default root)
-    "timeout": str,  # kill the command after this long (default 10m, at most 24h)
+    "timeout": str,  # kill the command after this long (default 10m, at most 24h: 86400s, 1440m)
     "stdin": str,  # fed to the command, then closed
     "stdinEncoding": Literal["utf8", "base64"],
     "maxOutputBytes": int,  # cap on stdout + stderr kept (default 1 MiB)
