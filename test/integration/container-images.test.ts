@@ -15,15 +15,15 @@ import { parseAllDocuments } from 'yaml';
 import { REPO } from '../support/service.js';
 
 /** Images of other projects the manifests may use (not built here). */
-const UPSTREAM = [/^cr\.fluentbit\.io\/fluent\/fluent-bit:/];
+const UPSTREAM = [/^cr\.fluentbit\.io\/fluent\/fluent-bit:/, /^redis:/];
 /** The binary each of our images must run (README "Run on Kubernetes", "What runs where"). */
 const ENTRYPOINT: Record<string, string> = {
   'microvm-service/api': 'dist/src/cmd/mvm-server.js',
   'microvm-service/operator': 'dist/src/cmd/mvm-operator.js',
   'microvm-service/firecracker-runtime': 'dist/src/cmd/mvm-agent.js',
 };
-/** scripts/setup.sh packages the running service does not need (tests and development only: metrics and dashboard tests, the test registry, the Python SDK's tests). */
-const DEV_ONLY = ['prometheus', 'chromium', 'fonts-dejavu-core', 'docker-registry', 'python3', 'python3-venv'];
+/** scripts/setup.sh packages the running service does not need (tests and development only: metrics and dashboard tests, the test registry, the Python SDK's tests, the tests' Redis; deploy/api/redis.yaml runs the upstream image). */
+const DEV_ONLY = ['prometheus', 'chromium', 'fonts-dejavu-core', 'docker-registry', 'python3', 'python3-venv', 'redis-server'];
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir).flatMap((e) => {
