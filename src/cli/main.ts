@@ -485,7 +485,8 @@ export function describeError(e: unknown, state: RunState, debug = false): strin
       if (state.cfg?.adminTokenError) {
         lines.push(`  note: the admin token file ${state.cfg.adminTokenPath} exists but is not readable (${state.cfg.adminTokenError})`);
       }
-    } else if (e.status === 404 && state.subject !== undefined && (e.code === 'NOT_FOUND' || !e.problem.code)) {
+    } else if (e.status === 404 && state.subject !== undefined && e.errors.length === 0 && (e.code === 'NOT_FOUND' || !e.problem.code)) {
+      // (A 404 that names a field is about something the request refers to, e.g. --from-snapshot: the server's words.)
       lines.push(`error: ${state.kind ?? 'microVM'} "${state.subject}" not found`);
     } else if (e.status === 403) {
       lines.push(`error: permission denied: ${e.detail}`);

@@ -107,7 +107,7 @@ describe('security groups', () => {
     fails(mvm('sg', 'create', 'x', '--rule', 'in tcp ssh'), /invalid --rule "in tcp ssh"/);
     fails(mvm('sg', 'update', 'web'), /nothing to update/);
     // server-side validation: the field of the problem+json
-    fails(mvm('sg', 'create', 'bad', '--rule', 'in tcp 22 999.1.1.1/40'), /rules\[0\]\.cidr: not a valid IPv4 CIDR/);
+    fails(mvm('sg', 'create', 'bad', '--rule', 'in tcp 22 999.1.1.1/40'), /rules\[0\]\.cidr: must match pattern/);
     fails(mvm('sg', 'create', 'bad', '--rule', 'in icmp 22'), /rules\[0\]\.ports: .*tcp or udp/);
     fails(mvm('sg', 'create', 'web'), /already exists|in use|conflict/i);
     fails(mvm('sg', 'rm', 'web'), /in use by/);
@@ -204,7 +204,7 @@ describe('images, pause/resume, snapshots (no guest)', () => {
     assert.equal(gc.freedBytes, 0);
     assert.match(ok(mvm('image', 'gc')), /^removed 0 image\(s\), freed 0 B/);
     fails(mvm('image', 'gc', '--max-idle', 'forever'), /invalid --max-idle/);
-    fails(mvm('image', 'rm', 'sha256:0000'), /digest: .*sha256:<64/);
+    fails(mvm('image', 'rm', 'sha256:0000'), /digest: must match pattern "\^sha256:\[0-9a-f\]\{64\}\$"/);
     fails(mvm('image', 'rm', 'sha256:' + 'a'.repeat(64)), /not found|no cached image/i);
   });
 
@@ -222,7 +222,7 @@ describe('images, pause/resume, snapshots (no guest)', () => {
     assert.match(mvm('snapshot', 'ls').err, /No snapshots found/);
     fails(mvm('snapshot', 'get', 'nope'), /^error: snapshot "nope" not found$/m);
     fails(mvm('snapshot', 'rm', 'nope'), /snapshot "nope" not found/);
-    fails(mvm('create', 'clone', '--from-snapshot', 'nope'), /snapshot: snapshot "nope" does not exist/);
+    fails(mvm('create', 'clone', '--from-snapshot', 'nope'), /snapshot "nope" does not exist[\s\S]*snapshot: no such snapshot/);
     ok(mvm('rm', 'still'));
   });
 

@@ -280,7 +280,7 @@ describe('gRPC against the real service', () => {
       await rejectsWith(
         unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'bad-port', ports: [{ hostPort: hostPort + 2, guestPort: 80, nic: 'eth7' }] }, noStart: true }),
         grpc.status.INVALID_ARGUMENT,
-        'VALIDATION_FAILED',
+        'UNPROCESSABLE', // valid by the schema, but the VM has no such NIC (422 over REST)
       );
 
       // Update the scheduling fields, ports and egress; absent fields are kept.
@@ -327,7 +327,7 @@ describe('gRPC against the real service', () => {
     await createTenant(svc, 'grpc-snap');
     const c = createGrpcClient(svc.grpc, (await createKey(svc, 'grpc-snap', 'member')).token);
     try {
-      const missing = await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'nope' }, snapshot: 'snap-nope' }), grpc.status.INVALID_ARGUMENT, 'VALIDATION_FAILED');
+      const missing = await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'nope' }, snapshot: 'snap-nope' }), grpc.status.NOT_FOUND, 'NOT_FOUND');
       assert.ok((JSON.parse(missing.metadata.get('mvm-field-violations')[0] as string) as Array<{ field: string }>).some((v) => v.field === 'snapshot'), missing.details);
 
       const origin = await unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'origin', labels: { role: 'origin' } } });
@@ -336,7 +336,7 @@ describe('gRPC against the real service', () => {
       assert.equal(snap.status, 201, JSON.stringify(snap.json));
       assert.equal(snap.json.phase, 'Ready');
       // vcpu/memory/kernel/rootfs come from the snapshot; a different vcpu count is refused.
-      await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'clash', vcpuCount: 2 }, snapshot: 'gsnap' }), grpc.status.INVALID_ARGUMENT, 'VALIDATION_FAILED');
+      await rejectsWith(unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'clash', vcpuCount: 2 }, snapshot: 'gsnap' }), grpc.status.INVALID_ARGUMENT, 'UNPROCESSABLE');
       const clone = await unaryCall(c.CreateMicroVM.bind(c), { spec: { name: 'clone', labels: { role: 'clone' } }, snapshot: 'gsnap' });
       assert.notEqual(clone.id, origin.id);
       const ready = await waitFor(c, clone.id, (v) => v.status!.phase === 'Running' && v.status!.ready, BOOT_TIMEOUT);
