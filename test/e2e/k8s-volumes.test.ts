@@ -104,7 +104,9 @@ test('volumes in cluster mode: placed on a node, the VM follows, data outlives V
   assert.equal((await call(other, 'POST', `/volumes/${vol.id}/snapshots`, { name: 'steal' })).status, 404);
   assert.deepEqual((await call(other, 'GET', '/volumes')).json.items, []);
   const thief = await call(other, 'POST', '/microvms', { name: 'thief', volumes: [{ name: 'data', mountPath: '/data' }] });
-  assert.equal(thief.status, 400, thief.text);
+  // Another tenant's volume is as missing as one that never existed: 404 naming the field.
+  assert.equal(thief.status, 404, thief.text);
+  assert.equal(thief.json.errors?.[0]?.field, 'volumes[0].name', thief.text);
 
   // The agents do volume work only for callers with the right (update volumes/storage).
   const epB = c.kubectlJson(['get', 'node', 'node-b']).metadata.annotations[ANN_AGENT_ENDPOINT] as string;
