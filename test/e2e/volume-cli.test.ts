@@ -57,7 +57,7 @@ test('volume create, ls, get, snapshot, create --from-snapshot, rm', () => {
   assert.match(dup.err, /already has a volume named "clidata"/);
   const missing = mvm('volume', 'create', 'nosize');
   assert.equal(missing.code, 1);
-  assert.match(missing.err, /- size: required/);
+  assert.match(missing.err, /- size: is required unless fromSnapshot is given/);
   const busy = mvm('volume', 'rm', 'clidata');
   assert.equal(busy.code, 1, 'a volume with snapshots is not deleted');
   assert.match(busy.err, /has snapshot\(s\) clisnap/);

@@ -23,8 +23,9 @@ export function validateCreate(body: CreateMicroVMRequestT): FieldErrors {
     if (!errors[f]) errors[f] = humanize(f, e.message);
   }
   // The server's domain check beyond the schema pattern (core/microvm.ts validateSpec).
+  // A well-formed quantity out of range gets the range, not the schema's generic pattern message.
   const mem = body.memory ? /^([1-9][0-9]*)(Mi|Gi)$/.exec(body.memory) : null;
-  if (mem && !errors.memory) {
+  if (mem) {
     const mib = Number(mem[1]) * (mem[2] === 'Gi' ? 1024 : 1);
     if (mib < MIN_MEMORY_MIB || mib > MAX_MEMORY_MIB) errors.memory = `must be between 128Mi and 8Gi, got ${body.memory}`;
   }
