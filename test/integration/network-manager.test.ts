@@ -156,12 +156,12 @@ describe('network manager (real CNI, taps, nftables in private namespaces)', { s
     assert.notEqual(await w.tcp(w.hostNs, w.gateway, 18080), 'OK:b');
   });
 
-  test('invalid input is VALIDATION_FAILED naming the field, and nothing is half-applied', async () => {
+  test('invalid input is VALIDATION_FAILED (or UNPROCESSABLE for what the schema cannot state) naming the field, and nothing is half-applied', async () => {
     const before = await hostNft();
     const nsBefore = w.namespaces();
     const policy = await m.getPolicy();
     await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0' }], securityGroups: ['nope'] }), isErr(ErrorCodes.VALIDATION_FAILED, 'securityGroups[0]'));
-    await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0', ip: '10.9.9.9' }] }), isErr(ErrorCodes.VALIDATION_FAILED, 'nics[0].ip'));
+    await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0', ip: '10.9.9.9' }] }), isErr(ErrorCodes.UNPROCESSABLE, 'nics[0].ip'));
     await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0', ip: vm.a![0]!.ip }] }), isErr(ErrorCodes.CONFLICT, 'nics[0].ip'));
     await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0' }], ports: [{ hostPort: 70000, guestPort: 80 }] }), isErr(ErrorCodes.VALIDATION_FAILED, 'ports[0].hostPort'));
     await assert.rejects(m.setup({ id: 'vm-x', tenant: 't1', nics: [{ name: 'eth0' }], egress: { deny: ['10.0.0.0/33'] } }), isErr(ErrorCodes.VALIDATION_FAILED, 'egress.deny[0]'));
@@ -175,7 +175,7 @@ describe('network manager (real CNI, taps, nftables in private namespaces)', { s
     );
     await assert.rejects(
       m.applyPolicy({ securityGroups: [...policy.securityGroups, { id: 'bad', tenant: 't1', rules: [{ direction: 'egress', protocol: 'any', group: 'ghost' }] }] }),
-      isErr(ErrorCodes.VALIDATION_FAILED, 'securityGroups[2].rules[0].group'),
+      isErr(ErrorCodes.UNPROCESSABLE, 'securityGroups[2].rules[0].group'),
     );
     await assert.rejects(
       m.applyPolicy({ securityGroups: [...policy.securityGroups, { id: 'bad', tenant: 't1', rules: [{ direction: 'egress', protocol: 'any', cidr: '300.1.1.0/24' }] }] }),
