@@ -107,7 +107,7 @@ test('kubernetes: the API server refuses what the CRD schema refuses, naming the
   await assert.rejects(s.createVm(vmFixture({ tenant: 't', spec: { vcpu: 9, memory: '64Gi' } })), (e: unknown) => {
     assert.ok(e instanceof MvmError);
     assert.equal(e.code, 'VALIDATION_FAILED');
-    assert.deepEqual(e.violations.map((v) => v.field).sort(), ['memory', 'vcpu']);
+    assert.deepEqual([...new Set(e.violations.map((v) => v.field))].sort(), ['memory', 'vcpu']); // memory may break more than one rule (pattern and range)
     return true;
   });
   await s.close();
