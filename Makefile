@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-load chaos clean lint control-plane container-images guest-agent sdk-types
+.PHONY: run test test-unit deps build web images bench bench-instant bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -87,6 +87,10 @@ SEED       ?= 1
 ITERATIONS ?= 100
 chaos: deps build images
 	$(NODE) dist/test/chaos/main.js --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
+
+# The cluster-mode subset: kill -9 of the node agent, the operator or a VMM during create/stop/start/delete of MicroVMs.
+chaos-cluster: deps build images control-plane
+	$(NODE) dist/test/chaos/main.js --mode cluster --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
 
 ## Container images of the cluster components (deploy/images/Dockerfile), tagged as deploy/ names them:
 ## <stage>=<image> pairs; test/integration/container-images.test.ts checks them against every `image:` in deploy/.

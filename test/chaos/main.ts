@@ -1,7 +1,8 @@
 /**
  * `make chaos` (README "Chaos"): N seeded kill -9 iterations against the real standalone service.
  *
- *   node dist/test/chaos/main.js [--seed S] [--iterations N] [--json FILE] [--quiet]
+ *   node dist/test/chaos/main.js [--seed S] [--iterations N] [--mode standalone|cluster] [--json FILE] [--quiet]
+ *   node dist/test/chaos/main.js --summarize FILE...   the table of saved results (--json files)
  *
  * Iteration i runs seed S+i; every seed is printed, and `--seed X --iterations 1` replays
  * iteration X exactly (the same operations, victim, kill point and delay: plan.ts). Exit code 1
@@ -9,16 +10,31 @@
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { readFileSync } from 'node:fs';
 import { StandaloneTarget, runIteration, summarize, type IterationResult } from './standalone.js';
+import { ClusterTarget, runClusterIteration } from './cluster.js';
 
-const { values } = parseArgs({
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
   options: {
+    mode: { type: 'string', default: 'standalone' },
+    summarize: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     iterations: { type: 'string', default: '100' },
     json: { type: 'string' },
     quiet: { type: 'boolean', default: false },
   },
 });
+if (values.summarize) {
+  const all = positionals.flatMap((f) => JSON.parse(readFileSync(f, 'utf8')) as IterationResult[]);
+  console.log(summarize(all));
+  process.exit(0);
+}
+if (values.mode !== 'standalone' && values.mode !== 'cluster') {
+  console.error(`--mode must be standalone or cluster, got ${values.mode}`);
+  process.exit(2);
+}
+const cluster = values.mode === 'cluster';
 const seed = Number(values.seed);
 const iterations = Number(values.iterations);
 if (!Number.isSafeInteger(seed) || seed < 0 || seed > 0xffffffff) {
@@ -38,7 +54,11 @@ const log = (s: string): void => {
   if (!values.quiet || s.startsWith('seed ') || s.includes('FAIL')) console.error(s);
 };
 const results: IterationResult[] = [];
-let target = await StandaloneTarget.start();
+interface Target {
+  close(): Promise<void>;
+}
+const startTarget = (): Promise<Target> => (cluster ? ClusterTarget.start() : StandaloneTarget.start());
+let target = await startTarget();
 const stop = async (): Promise<void> => {
   await target.close().catch(() => undefined);
 };
@@ -46,14 +66,14 @@ process.once('SIGINT', () => void stop().then(() => process.exit(130)));
 try {
   for (let i = 0; i < iterations; i++) {
     const s = (seed + i) >>> 0;
-    const r = await runIteration(target, s, log);
+    const r = cluster ? await runClusterIteration(target as ClusterTarget, s, log) : await runIteration(target as StandaloneTarget, s, log);
     results.push(r);
     console.error(`seed ${s}: ${r.failures.length ? `FAILED (${r.failures.length})` : 'ok'} in ${(r.durationMs / 1000).toFixed(1)} s, killed ${r.killed}${r.convergenceMs !== undefined ? `, converged in ${r.convergenceMs} ms` : ''} [${i + 1}/${iterations}]`);
     if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 2));
     if (r.failures.length && i + 1 < iterations) {
       // A failed iteration may leave anything behind: the next one starts on a fresh service.
       await stop();
-      target = await StandaloneTarget.start();
+      target = await startTarget();
     }
   }
 } finally {

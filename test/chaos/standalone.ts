@@ -7,7 +7,8 @@
  *   1. desired and observed states converge: every VM in a settled phase that matches its
  *      desired state (Running, Paused, Stopped; Failed only with VmmExited/VmmLost for the VM
  *      whose VMM was killed), none Pending/Scheduled/Starting/Stopping/Deleting, every acked
- *      delete gone, and nothing on the host beyond what the live VMs own (ownership());
+ *      delete gone, nothing on the host beyond what the live VMs own (ownership()), and the
+ *      guests do what their phase says: a Running VM's guest answers an exec, a Paused one's not;
  *   2. no acknowledged write was lost (acked()): VMs, snapshots and volumes whose create answered
  *      2xx exist, deletes stay deleted, desired states and labels are as last acknowledged;
  *      a write in flight at the kill may have happened or not, never half (no Creating left);
@@ -16,8 +17,8 @@
  *
  * The convergence deadline: 10 s from the moment the service answers again (service kill) or
  * from the kill (VMM kill); 30 s when, at the first look after the restart, a VM still has to
- * launch its VMM (phase Pending, Scheduled or Starting with desired state Running or Paused: a
- * boot, or a restore that waits for the restored guest's agent).
+ * boot (phase Pending, Scheduled or Starting with desired state Running or Paused, or Running
+ * without GuestReady: a boot, or a restore that waits for the restored guest's agent).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdtempSync } from 'node:fs';
@@ -465,7 +466,24 @@ class Iteration {
       else if ((v.status.phase === 'InUse') !== att.length > 0 || att.length !== v.status.attachedTo.length) why.push(`volume ${v.name} ${v.id} is ${v.status.phase} attached to ${JSON.stringify(v.status.attachedTo)}`);
     }
     why.push(...this.ownership(all, this.t.inventory()));
+    for (const vm of all.vms) {
+      if (vm.status.phase === 'Running' && !vm.status.conditions.some((c: { type: string; status: string }) => c.type === 'GuestReady' && c.status === 'True')) launching = true;
+    }
+    // Observed state is what the guest does, not only what the record says: a Running VM's guest
+    // runs (its agent answers an exec), a Paused one's does not.
+    if (!why.length) why.push(...(await this.guestsAnswer(all.vms)));
     return { why, launching };
+  }
+
+  private async guestsAnswer(vms: any[]): Promise<string[]> {
+    const out: string[] = [];
+    for (const vm of vms) {
+      if (vm.status.phase !== 'Running' && vm.status.phase !== 'Paused') continue;
+      const a = await this.t.call('POST', `/microvms/${vm.id}/exec`, { cmd: ['true'], timeout: '5s' }, 15_000);
+      if (vm.status.phase === 'Running' && (a.status !== 200 || a.json?.exitCode !== 0)) out.push(`${vm.name} ${vm.id} is Running but its guest does not answer: ${a.status} ${a.error ?? a.text.slice(0, 200)}`);
+      if (vm.status.phase === 'Paused' && a.status === 200) out.push(`${vm.name} ${vm.id} is Paused but its guest runs commands`);
+    }
+    return out;
   }
 
   /** Everything on the host of this service is owned by a live VM, snapshot or volume. */
