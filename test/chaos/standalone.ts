@@ -666,7 +666,7 @@ export function summarize(results: IterationResult[]): string {
   };
   const failed = results.filter((r) => r.failures.length);
   const lines = [
-    `| iterations | kills done | failed | convergence p50 / p99 / max (ms) | service restart p50 / max (ms) | acked writes | in flight at a kill |`,
+    `| iterations | kills done | failed | convergence p50 / p99 / max (ms) | restart of the killed process p50 / max (ms) | acked writes | no answer (kill mid-request) |`,
     `|--:|--:|--:|--:|--:|--:|--:|`,
     `| ${results.length} | ${results.filter((r) => r.didKill).length} | ${failed.length} | ${pct(conv, 50)} / ${pct(conv, 99)} / ${Math.max(...conv)} | ${restart.length ? `${pct(restart, 50)} / ${Math.max(...restart)}` : '–'} | ${results.reduce((s, r) => s + r.acked, 0)} | ${results.reduce((s, r) => s + r.inFlight, 0)} |`,
     '',
