@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-load clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
+.PHONY: run test test-unit deps build web images bench bench-instant bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -98,6 +98,17 @@ bench-scheduler: deps build
 # Load: 1,000 connections over get/list vs bare Fastify, 200 concurrent creates vs a quota, a 10-minute soak with RSS (README "Benchmarks").
 bench-load: deps build
 	$(NODE) dist/bench/load.js
+
+# Chaos: ITERATIONS seeded kill -9 iterations (seeds SEED, SEED+1, …) against the real service; a failing seed
+# replays exactly with `make chaos SEED=<seed> ITERATIONS=1` (README "Chaos"). CHAOS_JSON=FILE keeps the results.
+SEED       ?= 1
+ITERATIONS ?= 100
+chaos: deps build images
+	$(NODE) dist/test/chaos/main.js --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
+
+# The cluster-mode subset: kill -9 of the node agent, the operator or a VMM during create/stop/start/delete of MicroVMs.
+chaos-cluster: deps build images control-plane
+	$(NODE) dist/test/chaos/main.js --mode cluster --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
 
 ## Container images of the cluster components (deploy/images/Dockerfile), tagged as deploy/ names them:
 ## <stage>=<image> pairs; test/integration/container-images.test.ts checks them against every `image:` in deploy/.

@@ -268,19 +268,28 @@ export class Controller {
       }
       case 'Running':
       case 'Paused': {
-        if (vm.desiredState === 'Paused' && phase === 'Running' && actual.state === 'running') {
-          await this.o.agent.pause(id);
-          const v = await this.transition(vm, ['Running'], 'Paused');
-          if (v) await this.event(v, 'Normal', 'Paused', 'guest vCPUs paused');
+        // The vCPUs as desired, measured on the VMM (not inferred from the phase): a pause or resume
+        // whose phase write a crash lost, or a VMM the service left paused when it died mid-snapshot
+        // (QEMU stays stopped after an interrupted migration), is re-adopted paused and resumed here.
+        if (actual.state === 'running' || actual.state === 'paused') {
+          const want = vm.desiredState === 'Paused' ? 'paused' : 'running';
+          const wantPhase: Phase = want === 'paused' ? 'Paused' : 'Running';
+          if (actual.state !== want) {
+            if (want === 'paused') await this.o.agent.pause(id);
+            else await this.o.agent.resume(id);
+          }
+          if (phase !== wantPhase) {
+            const v = await this.transition(vm, [phase], wantPhase);
+            if (v) await this.event(v, 'Normal', want === 'paused' ? 'Paused' : 'Resumed', want === 'paused' ? 'guest vCPUs paused' : 'guest vCPUs resumed');
+            return;
+          }
+          if (actual.state !== want) {
+            await this.event(vm, 'Warning', want === 'paused' ? 'Paused' : 'Resumed', `the VMM was found ${actual.state} while the microVM is ${phase}: guest vCPUs ${want === 'paused' ? 'paused' : 'resumed'}`);
+          }
+          await this.syncRunning(vm, { ...actual, state: want });
           return;
         }
-        if (vm.desiredState === 'Running' && phase === 'Paused' && actual.state === 'paused') {
-          await this.o.agent.resume(id);
-          const v = await this.transition(vm, ['Paused'], 'Running');
-          if (v) await this.event(v, 'Normal', 'Resumed', 'guest vCPUs resumed');
-          return;
-        }
-        if (actual.state === 'running' || actual.state === 'paused' || actual.state === 'starting') {
+        if (actual.state === 'starting') {
           await this.syncRunning(vm, actual);
           return;
         }

@@ -693,12 +693,14 @@ export class CniNetworkManager implements NetworkManager {
     const r = this.records.get(id);
     const netns = r?.netns ?? this.netnsName(id);
     const netnsPath = join(NETNS_DIR, netns);
-    // 1. Rules and published ports go first: nothing reaches a half-removed VM.
+    // 1. Rules and published ports go first: nothing reaches a half-removed VM. The record leaves the
+    //    ruleset (phase creating) and the rules are compiled from the records as they are under the
+    //    lock: a snapshot taken before it would put back a VM another teardown removed meanwhile.
     if (r) {
-      const rest = new Map(this.records);
-      rest.delete(id);
-      await this.locks.run(POLICY_LOCK, () => this.applyRules(rest.values()));
-      if (r.phase === 'ready') this.save({ ...r, phase: 'creating' });
+      await this.locks.run(POLICY_LOCK, async () => {
+        if (r.phase === 'ready') this.save({ ...r, phase: 'creating' });
+        await this.applyRules(this.records.values());
+      });
     }
     // 2. CNI DEL (veth, host-local release, and whatever else a plugin keeps, e.g. ipMasq rules).
     //    Without a record (crash before it was written): every network and ifname, if anything is left at all.

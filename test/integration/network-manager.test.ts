@@ -272,4 +272,15 @@ describe('network manager (real CNI, taps, nftables in private namespaces)', { s
     assert.deepEqual(w.namespaces().filter((n) => n.startsWith(w.netnsPrefix)), []);
     assert.ok(!(await hostNft()).includes('jump v_'));
   });
+
+  test('concurrent teardowns leave no VM in the ruleset (each one compiled the others\' stale state before: chaos seed 20)', async () => {
+    const ids = ['vm-p', 'vm-q', 'vm-r'];
+    for (const id of ids) await m.setup({ id, tenant: 't1', nics: [{ name: 'eth0' }] });
+    assert.equal((await hostNft()).match(/chain v_\S+_in \{/g)?.length, 3);
+    await Promise.all(ids.map((id) => m.teardown(id)));
+    const rules = await hostNft();
+    assert.deepEqual(rules.match(/chain v_\S+_in \{/g) ?? [], [], 'VM chains left');
+    assert.ok(!rules.includes('jump v_'), rules);
+    assert.deepEqual(await m.list(), []);
+  });
 });
