@@ -250,7 +250,7 @@ class ClusterIteration {
       if (o.metadata.deletionTimestamp) why.push(`${o.metadata.name} is being deleted`);
       else if (TRANSITIONAL.includes(ph) || ph === 'none') why.push(`${o.metadata.name} is ${ph} (desired ${want})`);
       else if (ph === 'Failed') {
-        if (!this.killed.has(id) || !['VmmExited', 'VmmLost'].includes(o.status.reason)) why.push(`${o.metadata.name} is Failed (${o.status.reason}: ${o.status.message}) though its VMM was not killed`);
+        if (!this.killed.has(id) || !killedReason(o.status.reason, o.status.message)) why.push(`${o.metadata.name} is Failed (${o.status.reason}: ${o.status.message}) though its VMM was not killed`);
       } else if (ph !== want) why.push(`${o.metadata.name} is ${ph}, desired ${want}`);
       else if (o.status.observedGeneration !== o.metadata.generation) why.push(`${o.metadata.name}: observedGeneration ${o.status.observedGeneration} of ${o.metadata.generation}`);
     }
@@ -303,4 +303,9 @@ class ClusterIteration {
     });
     if (!clean) this.fail(`leaked after everything was deleted: ${diff.join('; ')}`);
   }
+}
+
+/** Why a VM whose VMM we killed may be Failed: it exited or was lost, or it was killed while starting (StartFailed naming the SIGKILL). */
+function killedReason(reason: string | undefined, message: string | undefined): boolean {
+  return reason === 'VmmExited' || reason === 'VmmLost' || (reason === 'StartFailed' && /killed by SIGKILL/.test(message ?? ''));
 }

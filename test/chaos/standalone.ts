@@ -5,7 +5,7 @@
  * then checks, within the convergence deadline, that
  *
  *   1. desired and observed states converge: every VM in a settled phase that matches its
- *      desired state (Running, Paused, Stopped; Failed only with VmmExited/VmmLost for the VM
+ *      desired state (Running, Paused, Stopped; Failed only with VmmExited/VmmLost (or StartFailed by SIGKILL) for the VM
  *      whose VMM was killed), none Pending/Scheduled/Starting/Stopping/Deleting, every acked
  *      delete gone, nothing on the host beyond what the live VMs own (ownership()), and the
  *      guests do what their phase says: a Running VM's guest answers an exec, a Paused one's not;
@@ -450,7 +450,7 @@ class Iteration {
         continue;
       }
       if (ph === 'Failed') {
-        if (!this.killedVmms.has(vm.id) || !['VmmExited', 'VmmLost'].includes(vm.status.reason)) why.push(`${vm.name} ${vm.id} is Failed (${vm.status.reason}: ${vm.status.message}) though its VMM was not killed`);
+        if (!this.killedVmms.has(vm.id) || !killedReason(vm.status.reason, vm.status.message)) why.push(`${vm.name} ${vm.id} is Failed (${vm.status.reason}: ${vm.status.message}) though its VMM was not killed`);
         continue;
       }
       if (ph !== d) why.push(`${vm.name} ${vm.id} is ${ph} but its desired state is ${d}`);
@@ -685,4 +685,9 @@ export function summarize(results: IterationResult[]): string {
     for (const r of failed) lines.push(`- seed ${r.seed}: ${r.failures.map((f) => f.split('\n')[0]).join(' / ')}`);
   }
   return lines.join('\n');
+}
+
+/** Why a VM whose VMM we killed may be Failed: it exited or was lost, or it was killed while starting (StartFailed naming the SIGKILL). */
+function killedReason(reason: string | undefined, message: string | undefined): boolean {
+  return reason === 'VmmExited' || reason === 'VmmLost' || (reason === 'StartFailed' && /killed by SIGKILL/.test(message ?? ''));
 }
