@@ -4,7 +4,7 @@
  * the uid leases naming its data dir), so other services on the machine never count.
  *
  *   processes       every process whose command line names the data dir (QEMU, qemu-storage-daemon, nsenter, …)
- *   netns           VM namespaces `mvm<tag>-<id>` (ip netns)
+ *   netns           VM namespaces `<instance prefix><id>` (ip netns; src/instance.ts)
  *   links           veth/tap/other links in the stand-in host namespace (the bridge's ports)
  *   nft             the ruleset of that namespace: per-VM chains, the addresses in its sets
  *   cgroups         VM cgroups under the parent, on v1 and v2
@@ -14,9 +14,9 @@
  *   files           every file under the data dir but the database, logs and host-local's bookkeeping
  */
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { vmNetnsPrefixOf } from '../support/service.js';
 
 export interface InventoryScope {
   dataDir: string;
@@ -46,7 +46,8 @@ export interface Inventory {
   files: string[];
 }
 
-export const netnsPrefixOf = (dataDir: string): string => `mvm${createHash('sha256').update(dataDir).digest('hex').slice(0, 4)}-`;
+/** The VM network namespaces' prefix of the service's instance (ADR 0027): `mvm.` for instance `mvm`, `mvm-<instance>.` otherwise. */
+export const netnsPrefixOf = (dataDir: string): string => vmNetnsPrefixOf(dataDir);
 
 const ls = (dir: string): string[] => {
   try {

@@ -510,7 +510,7 @@ class Iteration {
     const stray = inv.nft.addresses.filter((a) => !ips.has(a));
     if (stray.length) out.push(`nftables sets hold addresses of no live VM: ${stray.join(', ')}`);
     // A VM namespace is a bind mount under /run/netns: the live VMs' ones are theirs.
-    const strayMounts = inv.mounts.filter((m) => !liveIds.some((id) => m.endsWith(`-${id}`) && m.includes('/netns/')));
+    const strayMounts = inv.mounts.filter((m) => !liveIds.some((id) => (m.endsWith(`.${id}`) || m.endsWith(`-${id}`)) && m.includes("/netns/")));
     if (strayMounts.length) out.push(`mounts: ${strayMounts.join(', ')}`);
     if (inv.loops.length) out.push(`loop devices: ${inv.loops.join(', ')}`);
     const strayDirs = inv.vmDirs.filter((d) => !allIds.has(d));
