@@ -17,7 +17,7 @@ import { hostNetnsOf, qemuProcessesUnder } from '../support/service.js';
 import { microVMs, startCluster, type NodeAgentProc, type Proc, type TestCluster } from '../support/k8s-operator-cluster.js';
 import { diffInventory, takeInventory, type Inventory, type InventoryScope } from './inventory.js';
 import { describePlan, planIteration, type Op, type Plan } from './plan.js';
-import { BASE_DEADLINE_MS, LAUNCH_DEADLINE_MS, type IterationResult } from './standalone.js';
+import { BASE_DEADLINE_MS, LAUNCH_DEADLINE_MS, killedReason, type IterationResult } from './standalone.js';
 
 const NS = 'chaos';
 const NODE = 'node-a';
@@ -250,7 +250,7 @@ class ClusterIteration {
       if (o.metadata.deletionTimestamp) why.push(`${o.metadata.name} is being deleted`);
       else if (TRANSITIONAL.includes(ph) || ph === 'none') why.push(`${o.metadata.name} is ${ph} (desired ${want})`);
       else if (ph === 'Failed') {
-        if (!this.killed.has(id) || !['VmmExited', 'VmmLost'].includes(o.status.reason)) why.push(`${o.metadata.name} is Failed (${o.status.reason}: ${o.status.message}) though its VMM was not killed`);
+        if (!this.killed.has(id) || !killedReason(o.status.reason, o.status.message)) why.push(`${o.metadata.name} is Failed (${o.status.reason}: ${o.status.message}) though its VMM was not killed`);
       } else if (ph !== want) why.push(`${o.metadata.name} is ${ph}, desired ${want}`);
       else if (o.status.observedGeneration !== o.metadata.generation) why.push(`${o.metadata.name}: observedGeneration ${o.status.observedGeneration} of ${o.metadata.generation}`);
     }

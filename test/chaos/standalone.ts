@@ -5,8 +5,8 @@
  * then checks, within the convergence deadline, that
  *
  *   1. desired and observed states converge: every VM in a settled phase that matches its
- *      desired state (Running, Paused, Stopped; Failed only with VmmExited/VmmLost for the VM
- *      whose VMM was killed), none Pending/Scheduled/Starting/Stopping/Deleting, every acked
+ *      desired state (Running, Paused, Stopped; Failed only for the VM whose VMM was killed,
+ *      with VmmExited/VmmLost, or StartFailed naming the SIGKILL when it hit the launch), none Pending/Scheduled/Starting/Stopping/Deleting, every acked
  *      delete gone, nothing on the host beyond what the live VMs own (ownership()), and the
  *      guests do what their phase says: a Running VM's guest answers an exec, a Paused one's not;
  *   2. no acknowledged write was lost (acked()): VMs, snapshots and volumes whose create answered
@@ -32,6 +32,15 @@ export const BASE_DEADLINE_MS = 10_000;
 export const LAUNCH_DEADLINE_MS = 30_000;
 const BOOT_TIMEOUT_MS = 120_000;
 const TRANSITIONAL = ['Pending', 'Scheduled', 'Starting', 'Stopping', 'Deleting'];
+
+/**
+ * How a VM whose VMM the harness killed may end (restart policy never): VmmExited (it was running),
+ * VmmLost (it died while the service was down), or StartFailed when the kill landed inside the
+ * launch, before the VMM answered (the message names the SIGKILL).
+ */
+export function killedReason(reason: string | undefined, message: string | undefined): boolean {
+  return reason === 'VmmExited' || reason === 'VmmLost' || (reason === 'StartFailed' && /SIGKILL/.test(message ?? ''));
+}
 
 export interface IterationResult {
   seed: number;
@@ -450,7 +459,7 @@ class Iteration {
         continue;
       }
       if (ph === 'Failed') {
-        if (!this.killedVmms.has(vm.id) || !['VmmExited', 'VmmLost'].includes(vm.status.reason)) why.push(`${vm.name} ${vm.id} is Failed (${vm.status.reason}: ${vm.status.message}) though its VMM was not killed`);
+        if (!this.killedVmms.has(vm.id) || !killedReason(vm.status.reason, vm.status.message)) why.push(`${vm.name} ${vm.id} is Failed (${vm.status.reason}: ${vm.status.message}) though its VMM was not killed`);
         continue;
       }
       if (ph !== d) why.push(`${vm.name} ${vm.id} is ${ph} but its desired state is ${d}`);
