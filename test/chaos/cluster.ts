@@ -17,7 +17,7 @@ import { hostNetnsOf, qemuProcessesUnder } from '../support/service.js';
 import { microVMs, startCluster, type NodeAgentProc, type Proc, type TestCluster } from '../support/k8s-operator-cluster.js';
 import { diffInventory, takeInventory, type Inventory, type InventoryScope } from './inventory.js';
 import { describePlan, planIteration, type Op, type Plan } from './plan.js';
-import { BASE_DEADLINE_MS, LAUNCH_DEADLINE_MS, type IterationResult } from './standalone.js';
+import { BASE_DEADLINE_MS, LAUNCH_DEADLINE_MS, killedReason, type IterationResult } from './standalone.js';
 
 const NS = 'chaos';
 const NODE = 'node-a';
@@ -303,9 +303,4 @@ class ClusterIteration {
     });
     if (!clean) this.fail(`leaked after everything was deleted: ${diff.join('; ')}`);
   }
-}
-
-/** Why a VM whose VMM we killed may be Failed: it exited or was lost, or it was killed while starting (StartFailed naming the SIGKILL). */
-function killedReason(reason: string | undefined, message: string | undefined): boolean {
-  return reason === 'VmmExited' || reason === 'VmmLost' || (reason === 'StartFailed' && /killed by SIGKILL/.test(message ?? ''));
 }

@@ -688,6 +688,6 @@ export function summarize(results: IterationResult[]): string {
 }
 
 /** Why a VM whose VMM we killed may be Failed: it exited or was lost, or it was killed while starting (StartFailed naming the SIGKILL). */
-function killedReason(reason: string | undefined, message: string | undefined): boolean {
+export function killedReason(reason: string | undefined, message: string | undefined): boolean {
   return reason === 'VmmExited' || reason === 'VmmLost' || (reason === 'StartFailed' && /killed by SIGKILL/.test(message ?? ''));
 }
