@@ -11,9 +11,8 @@ import autocannon from 'autocannon';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import Fastify from 'fastify';
 import { sleep } from '../src/vmm/proc.js';
-import { startBenchService } from './service.js';
+import { bareServer, startBenchService } from './service.js';
 import { printTable } from './stats.js';
 
 const SECONDS = Number(process.argv[2] ?? process.env.BENCH_SECONDS ?? 10);
@@ -21,17 +20,6 @@ const CONNECTIONS = Number(process.argv[3] ?? process.env.BENCH_CONNECTIONS ?? 3
 const ROUNDS = Number(process.argv[4] ?? process.env.BENCH_ROUNDS ?? 3);
 const SELF = fileURLToPath(import.meta.url);
 
-/** Child mode: the bare Fastify server, answering with the bodies it is given on stdin. */
-async function bareServer(): Promise<void> {
-  let input = '';
-  for await (const c of process.stdin) input += c;
-  const { one, list } = JSON.parse(input) as { one: unknown; list: unknown };
-  const app = Fastify({ logger: false });
-  app.get('/api/v1/microvms/:id', async () => one);
-  app.get('/api/v1/microvms', async () => list);
-  const addr = await app.listen({ host: '127.0.0.1', port: 0 });
-  process.stdout.write(addr + '\n');
-}
 
 interface Run {
   name: string;

@@ -13,9 +13,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import Fastify from 'fastify';
 import { sleep } from '../src/vmm/proc.js';
-import { rssMiB, startBenchService, type BenchService } from './service.js';
+import { bareServer, rssMiB, startBenchService, type BenchService } from './service.js';
 import { printTable } from './stats.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -36,15 +35,6 @@ const num = (name: keyof typeof opt): number => {
   return n;
 };
 
-async function bareServer(): Promise<void> {
-  let input = '';
-  for await (const c of process.stdin) input += c;
-  const { one, list } = JSON.parse(input) as { one: unknown; list: unknown };
-  const app = Fastify({ logger: false });
-  app.get('/api/v1/microvms/:id', async () => one);
-  app.get('/api/v1/microvms', async () => list);
-  process.stdout.write((await app.listen({ host: '127.0.0.1', port: 0 })) + '\n');
-}
 
 interface Row {
   name: string;

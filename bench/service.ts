@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Fastify from 'fastify';
 import { sleep } from '../src/vmm/proc.js';
 
 const SERVER_BIN = join(fileURLToPath(import.meta.url), '../../src/cmd/mvm-server.js');
@@ -59,4 +60,15 @@ export async function startBenchService(env: Record<string, string> = {}): Promi
 export function rssMiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Child mode of a benchmark: a bare Fastify server answering the bodies it reads on stdin (the baseline). */
+export async function bareServer(): Promise<void> {
+  let input = '';
+  for await (const c of process.stdin) input += c;
+  const { one, list } = JSON.parse(input) as { one: unknown; list: unknown };
+  const app = Fastify({ logger: false });
+  app.get('/api/v1/microvms/:id', async () => one);
+  app.get('/api/v1/microvms', async () => list);
+  process.stdout.write((await app.listen({ host: '127.0.0.1', port: 0 })) + '\n');
 }

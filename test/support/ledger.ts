@@ -8,7 +8,7 @@
  *   <ledger>/audit/*.jsonl   audit entries and events of every data dir, dumped before it is removed
  *   <ledger>/errors/*.jsonl  every error answer (status >= 400) the test helpers received
  */
-import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { appendFileSync, createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
@@ -32,13 +32,15 @@ export function recordSecret(kind: string, value: string | undefined): void {
   appendFileSync(join(d, 'secrets.jsonl'), JSON.stringify({ kind, value }) + '\n');
 }
 
-/** Copy everything a process writes on stdout and stderr into the ledger (as it is written, so a kill -9 loses nothing). */
+/** Copy everything a process writes on stdout and stderr into the ledger (as it is written, so a kill -9 of the process loses nothing). */
 export function recordProcessOutput(name: string, streams: Array<Readable | null | undefined>): void {
   const d = sub('logs');
   if (!d) return;
   const file = join(d, `${name.replace(/[^A-Za-z0-9_.-]/g, '_')}-${process.pid}-${++seq}.log`);
-  writeFileSync(file, '');
-  for (const s of streams) s?.on('data', (b: Buffer) => appendFileSync(file, b));
+  const out = createWriteStream(file, { flags: 'a' });
+  for (const s of streams) s?.on('data', (b: Buffer) => out.write(b));
+  let open = streams.filter(Boolean).length;
+  for (const s of streams) s?.once('close', () => --open === 0 && out.end());
 }
 
 /** Dump the audit entries and events of a standalone data dir (its state.db) before it is removed. */

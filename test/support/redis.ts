@@ -1,9 +1,9 @@
 /** A real Redis for tests: Debian's redis-server on 127.0.0.1:<free port>, no persistence, its own temp dir. */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './registry.js';
 
 export interface TestRedis {
   url: string;
@@ -15,14 +15,6 @@ export interface TestRedis {
 /** Why Redis tests cannot run here (undefined: they can). */
 export const redisMissing = (): string | undefined =>
   spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).status === 0 ? undefined : 'redis-server is not installed (scripts/setup.sh installs it)';
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 export async function startRedis(): Promise<TestRedis> {
   const dir = mkdtempSync(join(tmpdir(), 'mvm-redis-'));
