@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sleep } from '../../src/vmm/proc.js';
 import { destroyDataDir } from '../support/service.js';
+import { parseApiKeyToken } from '../../src/core/tenancy.js';
 import { createKey, createTenant, hsToken, startGatewayService, type GatewayService } from '../support/gateway.js';
 
 let svc: GatewayService;
@@ -89,7 +90,7 @@ test('allowed and denied calls are recorded with who, what, when, where and the 
   assert.equal((await svc.call('GET', '/audit', { token: member.token })).status, 403);
 
   // No secrets anywhere: not in the API answer, not in the database, not in the logs.
-  const secrets = [member.token, viewer.token, jwt, svc.token, member.token.split('_').pop()!];
+  const secrets = [member.token, viewer.token, jwt, svc.token, parseApiKeyToken(member.token)!.secret];
   await sleep(200);
   const db = new Database(join(svc.dataDir, 'state.db'), { readonly: true });
   const rows = JSON.stringify(db.prepare('SELECT * FROM audit').all());

@@ -29,6 +29,7 @@ import type { VmMetricsT } from '../../src/core/schema.js';
 import { KUBERNETES_STORE_CAPABILITIES, KubernetesStore } from '../../src/store/kubernetes/k8s-store.js';
 import { REPO, installCrds, startControlPlane, type ControlPlane } from '../support/k8s-control-plane.js';
 import { apiCall } from '../support/service.js';
+import { parseApiKeyToken } from '../../src/core/tenancy.js';
 
 const ADMIN = 'adm_cluster_test_token_0123456789';
 let cp: ControlPlane;
@@ -122,7 +123,7 @@ test('cluster API: tenants are namespaces; API keys are Secrets holding only the
   assert.equal(secret.type, 'microvm.service/api-key');
   assert.equal(secret.metadata.labels['microvm.service/tenant'], 'acme');
   const stored = Buffer.from(secret.data.record, 'base64').toString();
-  const secretPart = keys.acme!.token.split('_').pop()!;
+  const secretPart = parseApiKeyToken(keys.acme!.token)!.secret;
   assert.ok(!stored.includes(secretPart), 'the Secret must not hold the key secret');
   assert.match(JSON.parse(stored).secretHash, /^[0-9a-f]{64}$/);
   const who = await call(keys.acme!.token, 'GET', '/whoami');
