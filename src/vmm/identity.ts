@@ -62,6 +62,26 @@ export function uidCandidates(id: string, range: { start: number; size: number }
   return out;
 }
 
+/** A lease file's content: a plain VM id (the jailer's) or a JSON record `{id, dir}` (per-VM users). */
+export interface LeaseRecord {
+  id: string;
+  dir?: string;
+  /** false when the content is neither: not ours to judge. */
+  ours: boolean;
+}
+
+export function parseLease(content: string): LeaseRecord {
+  const rec = content.trim();
+  if (!rec.startsWith('{')) return { id: rec, ours: rec !== '' };
+  try {
+    const j = JSON.parse(rec) as { id?: unknown; dir?: unknown };
+    if (j && typeof j === 'object' && typeof j.id === 'string') return { id: j.id, ...(typeof j.dir === 'string' ? { dir: j.dir } : {}), ours: true };
+  } catch {
+    /* not JSON after all */
+  }
+  return { id: rec, ours: false };
+}
+
 /**
  * Lease a uid for `id`: a `<leaseDir>/<uid>` file holding `owner` (the VM id, or a JSON record
  * whose `id` is it), created exclusively. A lease whose owner is no longer live is taken over.
@@ -76,15 +96,6 @@ export function leaseUid(
 ): number {
   mkdirSync(leaseDir, { recursive: true, mode: 0o700 });
   const record = o.record ?? id;
-  const ownerId = (rec: string): string => {
-    try {
-      const j = JSON.parse(rec) as { id?: unknown };
-      if (j && typeof j === 'object' && typeof j.id === 'string') return j.id;
-    } catch {
-      /* a plain id */
-    }
-    return rec;
-  };
   for (const uid of uidCandidates(id, range)) {
     const lease = join(leaseDir, String(uid));
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -100,7 +111,7 @@ export function leaseUid(
       } catch {
         continue; // released meanwhile: retry
       }
-      if (ownerId(owner) === id) return uid;
+      if (parseLease(owner).id === id) return uid;
       if (owner && isLive(owner)) break;
       try {
         unlinkSync(lease); // stale lease of a VM that is gone
@@ -118,14 +129,7 @@ export function releaseUidLeases(id: string, leaseDir: string): void {
   for (const f of readdirSync(leaseDir)) {
     const p = join(leaseDir, f);
     try {
-      const rec = readFileSync(p, 'utf8').trim();
-      let owner = rec;
-      try {
-        owner = (JSON.parse(rec) as { id?: string }).id ?? rec;
-      } catch {
-        /* a plain id */
-      }
-      if (owner === id) unlinkSync(p);
+      if (parseLease(readFileSync(p, 'utf8')).id === id) unlinkSync(p);
     } catch {
       /* gone */
     }
@@ -145,8 +149,8 @@ export class VmmIdentities {
     for (const f of readdirSync(this.o.leaseDir)) {
       const p = join(this.o.leaseDir, f);
       try {
-        const dir = (JSON.parse(readFileSync(p, 'utf8')) as { dir?: unknown }).dir;
-        if (typeof dir === 'string' && !existsSync(dir)) {
+        const { dir } = parseLease(readFileSync(p, 'utf8'));
+        if (dir !== undefined && !existsSync(dir)) {
           unlinkSync(p);
           n++;
         }
@@ -160,13 +164,10 @@ export class VmmIdentities {
   /** The VM's uid/gid (the same for its whole life, until release), its directory made root:<gid> 0710. */
   assign(vmId: string, vmDir: string): VmmIdentity {
     const record = JSON.stringify({ id: vmId, dir: vmDir });
-    const isLive = (rec: string): boolean => {
-      try {
-        const dir = (JSON.parse(rec) as { dir?: string }).dir;
-        return typeof dir === 'string' && existsSync(dir);
-      } catch {
-        return true; // not ours to judge: leave it
-      }
+    const isLive = (content: string): boolean => {
+      const lease = parseLease(content);
+      if (!lease.ours) return true; // not ours to judge: leave it
+      return lease.dir !== undefined && existsSync(lease.dir);
     };
     const uid = leaseUid(vmId, this.o.range, this.o.leaseDir, isLive, { record });
     const id = { uid, gid: uid };
