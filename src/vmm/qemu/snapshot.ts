@@ -587,6 +587,12 @@ export async function restoreIncoming(o: {
     if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') await c.execute('cont');
     else if (status !== 'running') throw new MvmError(ErrorCodes.VMM_ERROR, `after the snapshot load the VM is ${status}`);
     return { migrateMs: Date.now() - t0, bytes };
+  } catch (e) {
+    // QEMU died under us: whichever call noticed first (QMP reset, the stream), say how it ended.
+    for (let i = 0; i < 20 && o.alive(); i++) await sleep(10);
+    if (o.alive() || (e instanceof MvmError && e.message.startsWith('QEMU exited'))) throw e;
+    const how = await o.exitReason?.().catch(() => undefined);
+    throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited while loading the snapshot${how ? `: ${how}` : ''} (${(e as Error).message})`, { cause: e });
   } finally {
     c?.close();
     sock.close();
