@@ -629,7 +629,7 @@ export function summarize(results: IterationResult[]): string {
   const none = results.filter((r) => !r.didKill);
   if (none.length) lines.push('', `No victim at the kill point (no VMM ran): ${none.length} (seeds ${none.map((r) => r.seed).join(', ')}).`);
   if (failed.length) {
-    lines.push('', 'Failing seeds (replay: `make chaos SEED=<seed> ITERATIONS=1`):');
+    lines.push('', `Failing seeds (replay: \`make ${results[0]?.mode === 'cluster' ? 'chaos-cluster' : 'chaos'} SEED=<seed> ITERATIONS=1\`):`);
     for (const r of failed) lines.push(`- seed ${r.seed}: ${r.failures.map((f) => f.split('\n')[0]).join(' / ')}`);
   }
   return lines.join('\n');
