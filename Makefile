@@ -106,7 +106,7 @@ ITERATIONS ?= 100
 chaos: deps build images
 	$(NODE) dist/test/chaos/main.js --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
 
-# The cluster-mode subset: kill -9 of the node agent, the operator or a VMM during create/stop/start/delete of MicroVMs.
+# Cluster mode: the same iterations through the cluster-mode REST API, kill -9 of the node agent, the operator or a VMM.
 chaos-cluster: deps build images control-plane
 	$(NODE) dist/test/chaos/main.js --mode cluster --seed $(SEED) --iterations $(ITERATIONS) $(if $(CHAOS_JSON),--json $(CHAOS_JSON))
 

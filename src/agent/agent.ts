@@ -25,7 +25,7 @@ import { failedStep, runSteps } from '../core/steps.js';
 import { GuestLink } from './guest-link.js';
 import type { GuestAgentClient } from '../guest/index.js';
 import { sleep } from '../vmm/proc.js';
-import { bootSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
+import { RESTORE_PENDING, bootSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -96,6 +96,18 @@ export class LocalAgent implements NodeAgent {
       const r = this.runtimeOf(id);
       const atts = await this.options.network?.get(id).catch(() => undefined);
       if (atts) r.attachments = atts;
+      if (inst && existsSync(join(this.vmDir(id), RESTORE_PENDING))) {
+        // A restore cut short by the exit of the process that ran it (the chaos harness, a service
+        // killed mid-restore): its VMM may hold a half-loaded guest, and the restored guest never
+        // got this VM's identity (it still answers as its source), so it would never become
+        // ready. Not adopted: it is stopped, and the controller, finding the VM Starting without a
+        // VMM, runs the restore again (RESTORE_PENDING: every start restores until one succeeded).
+        this.options.log.warn({ vm: id, pid: inst.pid }, 'a restore was cut short: its VMM is stopped, the restore runs again');
+        r.inst = inst;
+        r.state = 'running';
+        await this.ensureStopped(id, 0);
+        continue;
+      }
       if (inst) {
         r.inst = inst;
         r.state = (await inst.state()) === 'paused' ? 'paused' : 'running';

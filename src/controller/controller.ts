@@ -358,11 +358,15 @@ export class Controller {
       (a.bootMs && vm.status.bootMs?.guestReady !== a.bootMs.guestReady) ||
       vm.status.accel !== a.accel ||
       vm.status.guestAgent?.version !== a.guestAgent?.version ||
-      timedOut !== timedOutBefore;
+      timedOut !== timedOutBefore ||
+      // A spec change that needs no act (labels): still observed (`kubectl wait` on observedGeneration).
+      (vm.status.observedGeneration ?? 0) < vm.generation;
     if (!needs) return;
     const v = await this.o.store.updateVm(vm.id, (x) => {
       if (x.status.phase !== 'Running' && x.status.phase !== 'Paused') return x;
       applyActual(x, a, now);
+      // Only the generation this pass acted on: a newer one (a pause that came meanwhile) is the next pass's.
+      if (x.generation === vm.generation && x.desiredState === vm.desiredState) x.status.observedGeneration = vm.generation;
       return x;
     });
     if (!wasReady && a.ready) await this.event(v, 'Normal', 'GuestReady', `guest reached init${a.bootMs?.guestReady ? ` (${a.bootMs.guestReady} ms after VMM start)` : ''}`);

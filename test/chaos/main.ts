@@ -68,7 +68,7 @@ try {
     const s = (seed + i) >>> 0;
     const r = cluster ? await runClusterIteration(target as ClusterTarget, s, log) : await runIteration(target as StandaloneTarget, s, log);
     results.push(r);
-    console.error(`seed ${s}: ${r.failures.length ? `FAILED (${r.failures.length})` : 'ok'} in ${(r.durationMs / 1000).toFixed(1)} s, killed ${r.killed}${r.convergenceMs !== undefined ? `, converged in ${r.convergenceMs} ms` : ''} [${i + 1}/${iterations}]`);
+    console.error(`seed ${s}: ${r.failures.length ? `FAILED (${r.failures.length})` : 'ok'} in ${(r.durationMs / 1000).toFixed(1)} s, killed ${r.killed}${r.convergenceMs !== undefined ? `, control plane converged in ${r.convergenceMs} ms` : ''}${r.guestMs !== undefined ? `, guests in ${r.guestMs} ms` : ''} [${i + 1}/${iterations}]`);
     if (values.json) writeFileSync(values.json, JSON.stringify(results, null, 2));
     if (r.failures.length && i + 1 < iterations) {
       // A failed iteration may leave anything behind: the next one starts on a fresh service.

@@ -63,8 +63,26 @@ export interface Plan {
   kill: KillPlan;
 }
 
-/** Operations the cluster-mode subset plans (kills of the agent and the operator during create, stop and delete). */
-const CLUSTER_KINDS: readonly OpKind[] = ['create', 'stop', 'start', 'delete'];
+/**
+ * How much more likely the kill is to hit an operation of this kind than a create, when the plan
+ * holds several: every operation the issue names (create, stop, pause, snapshot, restore, delete,
+ * the volume operations) must be hit by kills of each victim in a 100-seed run, and creates are
+ * in every plan anyway.
+ */
+const HIT_WEIGHT: Record<OpKind, number> = {
+  create: 1,
+  restore: 6,
+  start: 1.5,
+  stop: 2,
+  delete: 2,
+  snapshot: 3,
+  pause: 3,
+  resume: 1.5,
+  update: 0.5,
+  'volume-create': 3,
+  'volume-delete': 6,
+  'snapshot-delete': 1.5,
+};
 
 interface ModelVm {
   state: 'Running' | 'Stopped' | 'Paused';
@@ -89,6 +107,8 @@ const WINDOW_MS: Record<OpKind, number> = {
 };
 
 const MAX_VMS = 2;
+/** A restore may add a third VM: restores need a snapshot first, so they come late in a plan. */
+const MAX_VMS_RESTORE = 3;
 const MAX_SNAPSHOTS = 2;
 const MAX_VOLUMES = 2;
 
@@ -102,18 +122,18 @@ export function planIteration(seed: number, mode: Mode = 'standalone'): Plan {
   let nSnap = 0;
   let nVol = 0;
   const ops: Op[] = [];
-  const count = mode === 'cluster' ? r.int(3, 4) : r.int(4, 6);
+  const count = r.int(4, 6);
   for (let i = 0; i < count; i++) {
-    const candidates = choices(mode, vms, snaps, vols, i);
+    const candidates = choices(vms, snaps, vols, i);
     const kind = r.weighted(candidates);
     const op = build(kind, r, { vms, snaps, vols, next: { vm: () => `v${nVm++}`, snap: () => `s${nSnap++}`, vol: () => `d${nVol++}` } }, mode);
     ops.push(op);
   }
   const victim: Victim =
-    mode === 'cluster' ? r.weighted<Victim>([['agent', 3], ['operator', 3], ['vmm', 1]]) : r.weighted<Victim>([['service', 3], ['vmm', 2]]);
+    mode === 'cluster' ? r.weighted<Victim>([['agent', 3], ['operator', 3], ['vmm', 2]]) : r.weighted<Victim>([['service', 3], ['vmm', 2]]);
   // A VMM can only die where one runs: the kill hits an operation on a VM (not a volume's).
   const eligible = ops.map((op, i) => ({ op, i })).filter(({ op }) => victim !== 'vmm' || (op.vm !== undefined && op.kind !== 'update') || op.kind === 'snapshot');
-  const at = (eligible.length ? r.pick(eligible) : { i: 0 }).i;
+  const at = eligible.length ? r.weighted(eligible.map(({ op, i }) => [i, HIT_WEIGHT[op.kind]] as const)) : 0;
   // After a stop or delete settled its VMM is gone: a VMM kill then hits it on the way.
   const when = r.chance(0.75) || (victim === 'vmm' && ['stop', 'delete'].includes(ops[at]!.kind)) ? 'during' : 'after';
   // During: a delay within the operation's own window (measured under TCG: a create boots for ~3-5 s, a
@@ -123,7 +143,6 @@ export function planIteration(seed: number, mode: Mode = 'standalone'): Plan {
 }
 
 function choices(
-  mode: Mode,
   vms: Map<string, ModelVm>,
   snaps: Map<string, { vm: string; volume: boolean }>,
   vols: Map<string, { attachedTo?: string }>,
@@ -132,19 +151,21 @@ function choices(
   const list = [...vms.values()];
   const out: Array<[OpKind, number]> = [];
   const add = (k: OpKind, w: number, ok: boolean): void => {
-    if (ok && (mode === 'standalone' || CLUSTER_KINDS.includes(k))) out.push([k, w]);
+    if (ok) out.push([k, w]);
   };
+  // A snapshot a VM can be restored from (the VM has no volume: its disk state would be shared).
+  const restorable = [...snaps.values()].some((s) => !s.volume);
   add('create', i === 0 ? 10 : 3, vms.size < MAX_VMS);
   add('stop', 2, list.some((v) => v.state !== 'Stopped'));
   add('start', 2, list.some((v) => v.state === 'Stopped'));
   add('pause', 1.5, list.some((v) => v.state === 'Running'));
   add('resume', 2, list.some((v) => v.state === 'Paused'));
-  add('snapshot', 2, snaps.size < MAX_SNAPSHOTS && list.some((v) => v.state !== 'Stopped'));
-  add('restore', 2, vms.size < MAX_VMS && [...snaps.values()].some((s) => !s.volume));
+  add('snapshot', restorable ? 1.5 : 4, snaps.size < MAX_SNAPSHOTS && list.some((v) => v.state !== 'Stopped'));
+  add('restore', 8, vms.size < MAX_VMS_RESTORE && restorable);
   add('delete', i >= 2 ? 2 : 1, vms.size > 0);
   add('update', 1, vms.size > 0);
   add('volume-create', 1, vols.size < MAX_VOLUMES);
-  add('volume-delete', 1, [...vols.values()].some((v) => !v.attachedTo));
+  add('volume-delete', 3, [...vols.values()].some((v) => !v.attachedTo));
   add('snapshot-delete', 1, [...snaps.keys()].some((s) => ![...vms.values()].some((v) => v.fromSnapshot === s)));
   if (!out.length) out.push(['create', 1]);
   return out;
@@ -164,7 +185,7 @@ function build(kind: OpKind, r: Rng, m: Model, mode: Mode): Op {
       const name = m.next.vm();
       const op: Op = { kind, vm: name };
       const vm: ModelVm = { state: 'Running' };
-      if (mode === 'standalone' && r.chance(0.35)) {
+      if (r.chance(0.3)) {
         const free = [...m.vols].filter(([, v]) => !v.attachedTo).map(([n]) => n);
         if (free.length && r.chance(0.6)) op.volume = r.pick(free);
         else {
@@ -200,7 +221,9 @@ function build(kind: OpKind, r: Rng, m: Model, mode: Mode): Op {
       return { kind, vm };
     }
     case 'snapshot': {
-      const vm = vmWhere((v) => v.state !== 'Stopped');
+      // Mostly of a VM without a volume: a snapshot to restore from.
+      const bare = [...m.vms].filter(([, v]) => v.state !== 'Stopped' && !v.volume).map(([n]) => n);
+      const vm = bare.length && r.chance(0.85) ? r.pick(bare) : vmWhere((v) => v.state !== 'Stopped');
       const snapshot = m.next.snap();
       m.snaps.set(snapshot, { vm, volume: m.vms.get(vm)!.volume !== undefined });
       return { kind, vm, snapshot };

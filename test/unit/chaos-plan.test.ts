@@ -41,6 +41,7 @@ test('plans are legal: each operation acts on what exists then; the kill hits an
         case 'restore':
           assert.ok(!vms.has(op.vm!), msg);
           if (op.kind === 'restore') assert.ok(snaps.has(op.snapshot!), msg);
+          assert.ok(vms.size < (op.kind === 'restore' ? 3 : 2), msg);
           if (op.volume) {
             if (op.volumeSize) vols.add(op.volume);
             assert.ok(vols.has(op.volume), msg);
@@ -94,12 +95,30 @@ test('plans are legal: each operation acts on what exists then; the kill hits an
   for (const k of ['create', 'stop', 'pause', 'snapshot', 'restore', 'delete', 'volume-create', 'volume-delete'] as const) assert.ok((hit.get(k) ?? 0) > 10, `${k} hit ${hit.get(k) ?? 0} times`);
 });
 
-test('cluster plans: create, stop, start and delete only; the agent, the operator or a VMM dies', () => {
+test('cluster plans: the same operations as standalone but no grown root disk; the agent, the operator or a VMM dies, each during pause, snapshot, restore and volume operations', () => {
+  const hit = new Set<string>();
   for (let s = 0; s < 500; s++) {
     const p = planIteration(s, 'cluster');
-    for (const op of p.ops) assert.ok(['create', 'stop', 'start', 'delete'].includes(op.kind), describePlan(p));
+    for (const op of p.ops) assert.equal(op.rootfsSize, undefined, describePlan(p));
     assert.ok(['agent', 'operator', 'vmm'].includes(p.kill.victim));
+    hit.add(`${p.kill.victim} ${p.ops[p.kill.at]!.kind}`);
   }
+  for (const v of ['agent', 'operator']) for (const k of ['create', 'stop', 'pause', 'snapshot', 'restore', 'delete', 'volume-create', 'volume-delete']) assert.ok(hit.has(`${v} ${k}`), `${v} never hits ${k}`);
+  for (const k of ['create', 'stop', 'pause', 'snapshot', 'restore', 'delete']) assert.ok(hit.has(`vmm ${k}`), `a VMM kill never hits ${k}`);
+});
+
+test('the first 100 seeds (a `make chaos` run) kill the service and a VMM inside restores, pauses, snapshots, and the service inside volume operations', () => {
+  const n = new Map<string, number>();
+  for (let s = 1; s <= 100; s++) {
+    const p = planIteration(s);
+    const key = `${p.kill.victim} ${p.ops[p.kill.at]!.kind}`;
+    n.set(key, (n.get(key) ?? 0) + 1);
+  }
+  for (const k of ['restore', 'pause', 'snapshot', 'create', 'stop', 'delete']) {
+    assert.ok((n.get(`service ${k}`) ?? 0) >= 2, `service kills in ${k}: ${n.get(`service ${k}`) ?? 0}`);
+    assert.ok((n.get(`vmm ${k}`) ?? 0) >= 2, `VMM kills in ${k}: ${n.get(`vmm ${k}`) ?? 0}`);
+  }
+  for (const k of ['volume-create', 'volume-delete']) assert.ok((n.get(`service ${k}`) ?? 0) >= 2, `service kills in ${k}: ${n.get(`service ${k}`) ?? 0}`);
 });
 
 test('the inventory diff names what was left behind and ignores the kept bridge', () => {

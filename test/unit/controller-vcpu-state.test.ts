@@ -65,3 +65,29 @@ test('the ordinary moves still happen: pause a running VM, resume a paused one, 
   assert.deepEqual(await scenario('Running', 'Running', 'running'), { phase: 'Running', vcpus: 'running', calls: [] });
   assert.deepEqual(await scenario('Paused', 'Paused', 'paused'), { phase: 'Paused', vcpus: 'paused', calls: [] });
 });
+
+test('a spec change that needs no act (a label update of a Running VM) is observed: observedGeneration catches up (chaos, cluster seed 224)', async () => {
+  const store = new SqliteStore(':memory:');
+  const calls: string[] = [];
+  const c = new Controller({ store, agent: fakeAgent({ vcpus: 'running' }, calls), scheduler: new Scheduler(), log: pino({ level: 'silent' }) });
+  await c.stop();
+  try {
+    const vm = await store.createVm(vmFixture({ desiredState: 'Running', status: { phase: 'Running', conditions: [], node: 'n1', pid: 42, observedGeneration: 1 } }));
+    await c.reconcile(vm.id);
+    const relabelled = await store.updateVm(vm.id, (x) => {
+      // As the service's update does (src/core/service.ts): a spec change bumps the generation.
+      x.spec = { ...x.spec, labels: { team: 'b' } };
+      x.generation += 1;
+      return x;
+    });
+    assert.equal(relabelled.generation, vm.generation + 1);
+    assert.equal((await store.getVm(vm.id))!.status.observedGeneration, vm.generation);
+    await c.reconcile(vm.id);
+    const after = (await store.getVm(vm.id))!;
+    assert.equal(after.status.observedGeneration, relabelled.generation);
+    assert.equal(after.status.phase, 'Running');
+    assert.deepEqual(calls, []);
+  } finally {
+    await store.close();
+  }
+});

@@ -109,7 +109,9 @@ export class RemoteNodeAgents implements NodeAgent {
   }
 
   /** One request to a node's agent; any answer is returned (the caller maps the status). */
-  private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000): Promise<IncomingMessage> {
+  private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000, retried = false): Promise<IncomingMessage> {
+    const cached = this.endpoints.get(node);
+    const remembered = cached !== undefined && cached.until > Date.now();
     const base = await this.endpointOf(node);
     const url = new URL(path, base);
     const token = await this.token();
@@ -122,6 +124,13 @@ export class RemoteNodeAgents implements NodeAgent {
       req.setTimeout(timeoutMs, () => req.destroy(new Error('timed out talking to the node agent')));
       req.on('error', (e) => {
         this.endpoints.delete(node);
+        // A remembered address that refuses: the agent restarted elsewhere (a new pod address or
+        // port; chaos, cluster seed 221). Nothing reached it, so ask once more at a fresh address.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (remembered && !retried && (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH')) {
+          resolve(this.request(node, method, path, signal, timeoutMs, true));
+          return;
+        }
         reject(new MvmError(ErrorCodes.UNAVAILABLE, `the agent of node ${node} cannot be reached: ${e.message}`, { cause: e }));
       });
       req.end();

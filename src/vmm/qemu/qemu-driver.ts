@@ -391,7 +391,18 @@ export class QemuDriver implements VmmDriver {
         name: 'restore',
         when: (c) => c.spec.restoreFrom !== undefined,
         run: async (c) => {
-          await restoreIncoming({ id: c.spec.id, qmpPath: c.files.qmp, args: c.cmd.args, snapshot: c.spec.restoreFrom!, alive: () => !c.proc!.exitInfo() && pidAlive(c.proc!.pid) });
+          await restoreIncoming({
+            id: c.spec.id,
+            qmpPath: c.files.qmp,
+            args: c.cmd.args,
+            snapshot: c.spec.restoreFrom!,
+            alive: () => !c.proc!.exitInfo() && pidAlive(c.proc!.pid),
+            // The exit is reaped a moment after the pid is gone.
+            exitReason: async () => {
+              for (let i = 0; i < 50 && !c.proc!.exitInfo(); i++) await sleep(10);
+              return c.proc!.exitInfo()?.reason;
+            },
+          });
         },
       },
     ];

@@ -539,7 +539,16 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
  * loaded, and start the guest. Throws with the VMM log's words on failure (an
  * incoming migration that fails makes QEMU exit).
  */
-export async function restoreIncoming(o: { id: string; qmpPath: string; args: string[]; snapshot: SnapshotFiles; alive: () => boolean; timeoutMs?: number }): Promise<{ migrateMs: number; bytes: number }> {
+export async function restoreIncoming(o: {
+  id: string;
+  qmpPath: string;
+  args: string[];
+  snapshot: SnapshotFiles;
+  alive: () => boolean;
+  /** How the VMM ended, in words, once it did (a signal, an exit code): named in the error. */
+  exitReason?: () => Promise<string | undefined>;
+  timeoutMs?: number;
+}): Promise<{ migrateMs: number; bytes: number }> {
   const timeoutMs = o.timeoutMs ?? 120_000;
   const runAs = optValues(o.args, '-runas')[0];
   const stateFile = stateFileOf(o.snapshot, readSnapshotRecord(o.snapshot.dir));
@@ -564,7 +573,9 @@ export async function restoreIncoming(o: { id: string; qmpPath: string; args: st
     let status = 'inmigrate';
     for (;;) {
       if (!o.alive()) {
-        throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited while loading the snapshot${sendError ? ` (stream: ${sendError.message})` : ''}`);
+        // Say how it ended: a QEMU killed from outside (kill -9, the OOM killer) is not a broken snapshot.
+        const how = await o.exitReason?.().catch(() => undefined);
+        throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited while loading the snapshot${how ? `: ${how}` : ''}${sendError ? ` (stream: ${sendError.message})` : ''}`);
       }
       if (connectFailed) throw sendError instanceof MvmError ? sendError : new MvmError(ErrorCodes.VMM_ERROR, `cannot stream the snapshot into QEMU: ${sendError?.message}`);
       status = (await c.execute<{ status: string }>('query-status', undefined, 5000)).status;
@@ -576,6 +587,12 @@ export async function restoreIncoming(o: { id: string; qmpPath: string; args: st
     if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') await c.execute('cont');
     else if (status !== 'running') throw new MvmError(ErrorCodes.VMM_ERROR, `after the snapshot load the VM is ${status}`);
     return { migrateMs: Date.now() - t0, bytes };
+  } catch (e) {
+    // QEMU died under us: whichever call noticed first (QMP reset, the stream), say how it ended.
+    for (let i = 0; i < 20 && o.alive(); i++) await sleep(10);
+    if (o.alive() || (e instanceof MvmError && e.message.startsWith('QEMU exited'))) throw e;
+    const how = await o.exitReason?.().catch(() => undefined);
+    throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited while loading the snapshot${how ? `: ${how}` : ''} (${(e as Error).message})`, { cause: e });
   } finally {
     c?.close();
     sock.close();
