@@ -30,15 +30,21 @@ const api = (method: string, path: string, body?: unknown, token?: string) => ap
 const proxyUrl = (path: string) => `${svc.url.replace(/^http/, 'ws')}/api/v1/microvms/${vmId}/proxy/8765${path}`;
 
 /** Resolves with the WebSocket once open, or with the HTTP status that refused the upgrade. */
-function connect(url: string, protocols: string[], headers: Record<string, string> = {}): Promise<{ ws: WebSocket; first: Promise<string> } | { status: number; body: string }> {
+function connect(url: string, protocols: string[], headers: Record<string, string> = {}): Promise<{ ws: WebSocket; first: Promise<string> } | { status: number; body: string; serverClosed: boolean }> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, protocols, { headers });
     const first = new Promise<string>((r) => ws.once('message', (d) => r(String(d))));
     ws.once('open', () => resolve({ ws, first }));
-    ws.once('unexpected-response', (_req, res) => {
+    ws.once('unexpected-response', (req, res) => {
       let body = '';
+      // A refused upgrade is over: the service must close its side (a socket left open holds its shutdown).
+      const serverClosed = new Promise<boolean>((r) => {
+        const t = setTimeout(() => r(false), 2000);
+        res.socket.once('end', () => (clearTimeout(t), r(true)));
+        res.socket.once('close', () => (clearTimeout(t), r(true)));
+      });
       res.on('data', (d: Buffer) => (body += d.toString()));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('end', () => void serverClosed.then((closed) => (req.destroy(), resolve({ status: res.statusCode ?? 0, body, serverClosed: closed }))));
     });
     ws.once('error', reject);
   });
@@ -115,21 +121,25 @@ describe('WebSocket through the guest proxy', { skip }, () => {
   test('refused without credentials (401), for a viewer (403), another tenant (404), a closed guest port (503)', async () => {
     const anon = await connect(proxyUrl('/x'), ['chat']);
     assert.equal('status' in anon && anon.status, 401, JSON.stringify(anon));
+    assert.equal('status' in anon && anon.serverClosed, true, 'the service closed the refused socket');
 
     const viewer = await api('POST', '/apikeys', { name: 'ws-viewer', role: 'viewer' });
     assert.equal(viewer.status, 201, viewer.text);
     const v = await connect(proxyUrl('/x'), ['chat'], { authorization: `Bearer ${viewer.json.token}` });
     assert.equal('status' in v && v.status, 403, JSON.stringify(v));
+    assert.equal('status' in v && v.serverClosed, true);
 
     assert.equal((await api('POST', '/tenants', { id: 'ws-other' })).status, 201);
     const other = await api('POST', '/apikeys?tenant=ws-other', { name: 'o', role: 'tenant-admin' });
     assert.equal(other.status, 201, other.text);
     const o = await connect(proxyUrl('/x'), ['chat'], { authorization: `Bearer ${other.json.token}` });
     assert.equal('status' in o && o.status, 404, JSON.stringify(o));
+    assert.equal('status' in o && o.serverClosed, true);
 
     const closedPort = await connect(proxyUrl('/x').replace('/proxy/8765/', '/proxy/8799/'), ['chat'], { authorization: `Bearer ${svc.token}` });
     assert.equal('status' in closedPort && closedPort.status, 503, JSON.stringify(closedPort));
     assert.match('body' in closedPort ? closedPort.body : '', /UNAVAILABLE/);
+    assert.equal('status' in closedPort && closedPort.serverClosed, true);
   });
 });
 
