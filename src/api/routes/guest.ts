@@ -503,7 +503,7 @@ function proxyHttp(req: FastifyRequest, reply: FastifyReply, conn: Duplex, path:
   reply.hijack();
   const client = req.raw.socket as Socket;
   const upgrade = (req.raw as { upgrade?: boolean }).upgrade === true;
-  const drop = new Set(['authorization', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'content-length', 'host']);
+  const drop = new Set(['authorization', 'connection', 'upgrade', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'content-length', 'host']);
   const lines = [`${req.method} ${path} HTTP/1.1`, `host: ${req.headers.host ?? 'localhost'}`];
   for (const [k, v] of Object.entries(req.headers)) {
     if (drop.has(k) && !(upgrade && (k === 'connection' || k === 'upgrade'))) continue;
