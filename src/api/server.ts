@@ -368,6 +368,11 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
   }
 
   app.addHook('onResponse', async (req, reply) => {
+    // An upgrade request answered over HTTP (refused before any handshake: 401, 403, 404, 503...)
+    // has a socket Node's HTTP server no longer manages: end it, or it stays open (CLOSE-WAIT once
+    // the client goes) and holds the server's close. @fastify/websocket only does this for requests
+    // that got past the gateway's onRequest hook (its own hook runs after ours).
+    if ((req.raw as { upgrade?: boolean }).upgrade === true) req.raw.socket.destroy();
     if (o.logger.isLevelEnabled('debug')) {
       req.log.debug({ req: { method: req.method, url: req.url, ip: req.ip }, status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10, principal: req.principal?.subject }, 'request');
     }

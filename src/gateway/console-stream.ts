@@ -1,4 +1,4 @@
-/** Reading and following a VM's console log file over HTTP (chunked text or SSE). */
+/** Reading and following a VM's console log file over HTTP (chunked text or SSE), with backpressure. */
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
@@ -51,6 +51,42 @@ export interface FollowOptions {
   signal?: AbortSignal;
 }
 
+/** The most followConsole reads and hands over at once. */
+export const FOLLOW_CHUNK = 64 * 1024;
+
+/** Where writeWithBackpressure writes: a Writable, an HTTP response, a gRPC server stream. */
+export interface BackpressuredSink<T> {
+  write(chunk: T): boolean;
+  once(event: 'drain' | 'close' | 'error', f: () => void): unknown;
+  off(event: 'drain' | 'close' | 'error', f: () => void): unknown;
+  readonly destroyed?: boolean;
+  readonly writableEnded?: boolean;
+}
+
+/**
+ * Write a chunk, and when the destination's buffer is full wait for it to drain (or to close, or
+ * `signal` to abort): the producer of the next chunk waits with us. Answers false once the
+ * destination cannot take more.
+ */
+export async function writeWithBackpressure<T>(dest: BackpressuredSink<T>, chunk: T, signal?: AbortSignal): Promise<boolean> {
+  if (dest.destroyed || dest.writableEnded || signal?.aborted) return false;
+  if (dest.write(chunk)) return true;
+  await new Promise<void>((resolve) => {
+    const done = (): void => {
+      dest.off('drain', done);
+      dest.off('close', done);
+      dest.off('error', done);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    dest.once('drain', done);
+    dest.once('close', done);
+    dest.once('error', done);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+  return !(dest.destroyed || dest.writableEnded || signal?.aborted);
+}
+
 /**
  * The console log from `tail` bytes before its end, then every new byte as it is written, until
  * the VM cannot produce more or `signal` aborts. Follows a log rotated by a restart. Shared by
@@ -71,11 +107,15 @@ export async function* followConsole(o: FollowOptions): AsyncGenerator<Buffer, v
         offset = ino === -1 ? Math.max(0, st.size - o.tail) : 0;
         ino = st.ino;
       }
-      if (st.size > offset) {
-        const buf = readRange(path, offset, st.size);
-        offset = st.size;
+      // At most FOLLOW_CHUNK bytes per step: the consumer pulls the next one only once it has
+      // written this one out (backpressure), so a guest flooding its console while the client
+      // reads slowly never makes us hold more than a chunk.
+      while (st.size > offset && !o.signal?.aborted) {
+        const buf = readRange(path, offset, Math.min(st.size, offset + FOLLOW_CHUNK));
+        if (buf.length === 0) break;
+        offset += buf.length;
         grew = true;
-        if (buf.length > 0) yield buf;
+        yield buf;
       }
     }
     if (grew) idle = 0;
@@ -98,17 +138,13 @@ export async function streamConsole(o: StreamOptions): Promise<void> {
   raw.flushHeaders();
   const ac = new AbortController();
   o.req.raw.on('close', () => ac.abort());
-  const write = (buf: Buffer): void => {
-    if (o.sse) {
-      for (const line of buf.toString('utf8').split('\n')) raw.write(`data: ${line}\n`);
-      raw.write('\n');
-    } else {
-      raw.write(buf);
-    }
-  };
+  // One write per chunk, awaited when the socket's buffer is full: a slow client slows the
+  // follower down instead of piling the console up in our memory.
+  const write = (buf: Buffer): Promise<boolean> =>
+    writeWithBackpressure(raw, o.sse ? buf.toString('utf8').split('\n').map((line) => `data: ${line}\n`).join('') + '\n' : buf, ac.signal);
   const chunks = o.source ? o.source(ac.signal) : followConsole({ tail: o.tail, path: o.path, alive: o.alive, signal: ac.signal, ...(o.pollMs ? { pollMs: o.pollMs } : {}) });
   try {
-    for await (const buf of chunks) write(buf);
+    for await (const buf of chunks) if (!(await write(buf))) break;
   } catch (e) {
     // Headers are sent: a broken upstream (cluster mode) can only end the stream.
     if (!o.source) throw e;

@@ -13,7 +13,7 @@ import type { Principal } from '../core/authz.js';
 import type { MicroVMService } from '../core/service.js';
 import type { GuestService } from '../core/guest.js';
 import { PHASES, type Phase } from '../core/microvm.js';
-import { collectConsole, followConsole, readConsoleTail } from '../gateway/console-stream.js';
+import { collectConsole, followConsole, readConsoleTail, writeWithBackpressure } from '../gateway/console-stream.js';
 import { Gateway, IDEMPOTENCY_KEY_RE, rateLimitFields, type CallInfo } from '../gateway/gateway.js';
 import { operationForRpc } from '../gateway/operations.js';
 import type { MicroVMServiceHandlers } from './generated/microvm/service/v1alpha1/MicroVMService.js';
@@ -196,8 +196,7 @@ export async function startGrpcServer(o: GrpcServerOptions): Promise<GrpcServer>
             ? remote({ tail, follow: true, signal: ac.signal })
             : followConsole({ tail, signal: ac.signal, ...svc.localConsole(p, vm) });
           for await (const chunk of chunks) {
-            if (ac.signal.aborted) break;
-            call.write({ data: chunk });
+            if (!(await writeWithBackpressure(call, { data: chunk }, ac.signal))) break;
           }
           if (!ac.signal.aborted) call.end();
         } catch (e) {

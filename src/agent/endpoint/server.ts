@@ -34,7 +34,7 @@ import type { Duplex } from 'node:stream';
 import { AuthenticationV1Api, AuthorizationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { WebSocketServer, createWebSocketStream, type WebSocket } from 'ws';
-import { followConsole, readConsoleTail } from '../../gateway/console-stream.js';
+import { followConsole, readConsoleTail, writeWithBackpressure } from '../../gateway/console-stream.js';
 import { HTTP_STATUS } from '../../gateway/problem.js';
 import { asMvmError } from '../../core/errors.js';
 import type { MicroVM } from '../../core/microvm.js';
@@ -247,8 +247,7 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
         path: async () => o.agent.consolePath(vm.id),
         alive: async () => ['starting', 'running', 'paused'].includes(o.agent.observe(vm.id).state),
       })) {
-        if (ac.signal.aborted) break;
-        res.write(chunk);
+        if (!(await writeWithBackpressure(res, chunk, ac.signal))) break;
       }
     } finally {
       closing.signal.removeEventListener('abort', abort);

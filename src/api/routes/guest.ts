@@ -410,8 +410,22 @@ export async function registerGuestRoutes(app: FastifyInstance, deps: GuestRoute
     const conn = await guest.tcpConnect(Number(params.port));
     proxyHttp(req, reply, conn, `/${params['*'] ?? ''}${req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : ''}`);
   };
+  /**
+   * An upgrade (WebSocket) request reaches the route through @fastify/websocket, whose wrapper
+   * would complete the handshake itself and close the socket (the route has no wsHandler). So the
+   * proxy takes it here, before the handler and after authentication, permission and validation:
+   * the guest server answers the handshake, and the bytes pass through both ways. A refusal before
+   * that (401, 403, 404, 409, the guest port refusing: 503) is an ordinary HTTP answer.
+   */
+  const upgradeProxy = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if ((req.raw as { upgrade?: boolean }).upgrade !== true) return;
+    await proxy(req, reply);
+  };
   // Not in the OpenAPI document: a pass-through to whatever HTTP server the guest runs, any method, any answer.
-  const proxyOpts = { schema: { hide: true, summary: 'HTTP to a server in the guest (WebSocket upgrades included), authenticated like every call', params: Type.Object({ id: Type.String({ maxLength: 128 }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) }) } };
+  const proxyOpts = {
+    preHandler: upgradeProxy,
+    schema: { hide: true, summary: 'HTTP to a server in the guest (WebSocket upgrades included), authenticated like every call', params: Type.Object({ id: Type.String({ maxLength: 128 }), port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.Optional(Type.String()) }) },
+  };
   app.all('/microvms/:id/proxy/:port', proxyOpts, proxy);
   app.all('/microvms/:id/proxy/:port/*', proxyOpts, proxy);
 }
@@ -453,12 +467,6 @@ function tunnel(ws: WebSocket, conn: Duplex): void {
   ws.on('close', () => conn.end());
 }
 
-/**
- * A raw HTTP/1.1 exchange with the guest server: the request head (path rewritten, our credentials
- * and hop-by-hop headers removed, `connection: close` unless it is an upgrade), the body, then the
- * guest's bytes straight back to the client's socket — any response, chunked or an upgraded
- * WebSocket, passes through unchanged.
- */
 /** How long a failed upload's remaining body is read away before the error is sent. */
 const UPLOAD_DRAIN_MS = 60_000;
 
@@ -478,11 +486,24 @@ function drain(body: Readable | Buffer, ms: number): Promise<void> {
   });
 }
 
+/** Bytes of an upgrade request that Node read past its head (held by @fastify/websocket): they belong to the guest. */
+function upgradeHead(raw: object): Buffer | undefined {
+  const sym = Object.getOwnPropertySymbols(raw).find((s) => s.description === 'ws-head');
+  const head = sym ? (raw as Record<symbol, unknown>)[sym] : undefined;
+  return Buffer.isBuffer(head) && head.length > 0 ? head : undefined;
+}
+
+/**
+ * A raw HTTP/1.1 exchange with the guest server: the request head (path rewritten, our credentials
+ * and hop-by-hop headers removed, `connection: close` unless it is an upgrade), the body, then the
+ * guest's bytes straight back to the client's socket — any response, chunked or an upgraded
+ * WebSocket, passes through unchanged.
+ */
 function proxyHttp(req: FastifyRequest, reply: FastifyReply, conn: Duplex, path: string): void {
   reply.hijack();
   const client = req.raw.socket as Socket;
-  const upgrade = typeof req.headers.upgrade === 'string';
-  const drop = new Set(['authorization', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'content-length', 'host']);
+  const upgrade = (req.raw as { upgrade?: boolean }).upgrade === true;
+  const drop = new Set(['authorization', 'connection', 'upgrade', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'content-length', 'host']);
   const lines = [`${req.method} ${path} HTTP/1.1`, `host: ${req.headers.host ?? 'localhost'}`];
   for (const [k, v] of Object.entries(req.headers)) {
     if (drop.has(k) && !(upgrade && (k === 'connection' || k === 'upgrade'))) continue;
@@ -501,6 +522,8 @@ function proxyHttp(req: FastifyRequest, reply: FastifyReply, conn: Duplex, path:
     else if (body && typeof (body as Readable).pipe === 'function') lines.push('transfer-encoding: chunked');
   }
   conn.write(lines.join('\r\n') + '\r\n\r\n');
+  const head = upgrade ? upgradeHead(req.raw) : undefined;
+  if (head) conn.write(head);
   if (raw) conn.write(raw);
   else if (body && typeof (body as Readable).pipe === 'function') {
     const src = body as Readable;
