@@ -550,6 +550,11 @@ export const MicroVMPool = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
 });
 
+export const PoolScaleRequest = Type.Object(
+  { replicas: Type.Integer({ minimum: 0, maximum: 1000, description: 'members wanted running' }) },
+  { additionalProperties: false },
+);
+
 export const MicroVMList = Type.Object({
   items: Type.Array(MicroVM),
   next_cursor: Type.Optional(Type.String()),
