@@ -459,7 +459,8 @@ export class PoolController {
     const hist = (this.recommendations.get(key) ?? []).filter((r) => r.at > t - windowMs);
     hist.push({ at: t, replicas: rec });
     this.recommendations.set(key, hist);
-    const desired = rec < current ? Math.max(rec, ...hist.map((r) => r.replicas).filter((r) => r <= current)) : rec;
+    // A scale-down goes no lower than any recommendation of the window (none below current: no change).
+    const desired = rec < current ? Math.min(current, Math.max(...hist.map((r) => r.replicas))) : rec;
     conds = setCondition(
       conds,
       total === undefined
