@@ -147,8 +147,8 @@ export class PoolController {
     try {
       await inf.start();
     } catch (e) {
-      this.options.log.warn({ informer: what, err: (e as Error)?.message }, 'pool controller: informer did not start (is the MicroVMPool CRD installed? kubectl apply -f deploy/crds); retrying in 30 s');
-      this.later(() => void this.startInformer(what, inf), 30_000);
+      this.options.log.warn({ informer: what, err: (e as Error)?.message }, 'pool controller: informer did not start (is the MicroVMPool CRD installed? kubectl apply -f deploy/crds); retrying in 10 s');
+      this.later(() => void this.startInformer(what, inf), 10_000);
     }
   }
 
