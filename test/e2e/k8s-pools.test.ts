@@ -33,7 +33,13 @@ const suspended = (m: any): boolean => m.metadata.labels['microvm.service/pool-s
 const ready = (m: any): boolean =>
   !m.metadata.deletionTimestamp && !suspended(m) && m.status?.phase === 'Running' && m.status.conditions?.some((x: any) => x.type === 'GuestReady' && x.status === 'True');
 const idOf = (m: any): string => m.metadata.labels['microvm.service/id'];
-const events = (): string[] => c.kubectlJson(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.kind=MicroVMPool,involvedObject.name=web']).items.map((e: any) => `${e.reason}: ${e.message}`);
+/** The pool's events, oldest first (by the operator's millisecond time: a list is in name order). */
+const events = (): string[] =>
+  c
+    .kubectlJson(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.kind=MicroVMPool,involvedObject.name=web'])
+    .items.map((e: any) => ({ at: e.metadata.annotations?.['microvm.service/time'] ?? '', text: `${e.reason}: ${e.message}` }))
+    .sort((a: { at: string }, b: { at: string }) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0))
+    .map((e: { text: string }) => e.text);
 /** The pool once its status says `n` ready of `n` wanted on the current template. */
 const settled = (n: number, suspendedN = 0) =>
   until(c, `pool web: ${n} ready, ${suspendedN} suspended`, () => {
