@@ -476,7 +476,7 @@ export const PoolTemplate = Type.Object(
     labels: Type.Optional(Labels),
     spec: MicroVMSpec,
   },
-  { additionalProperties: false, description: 'what each member is made from: its spec (a MicroVM spec; source.template clones an instant-start template) and labels added to spec.labels. A change rolls the members.' },
+  { additionalProperties: false, description: 'what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members.' },
 );
 export const PoolSpread = Type.Object(
   {

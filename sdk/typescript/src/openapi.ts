@@ -9643,7 +9643,7 @@ export interface operations {
                                         maxUnavailable?: number | string;
                                     };
                                 };
-                                /** @description what each member is made from: its spec (a MicroVM spec; source.template clones an instant-start template) and labels added to spec.labels. A change rolls the members. */
+                                /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
                                 template: {
                                     /** @description Free-form labels */
                                     labels?: {
@@ -9990,7 +9990,7 @@ export interface operations {
                                     maxUnavailable?: number | string;
                                 };
                             };
-                            /** @description what each member is made from: its spec (a MicroVM spec; source.template clones an instant-start template) and labels added to spec.labels. A change rolls the members. */
+                            /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
                             template: {
                                 /** @description Free-form labels */
                                 labels?: {
@@ -10361,7 +10361,7 @@ export interface operations {
                                     maxUnavailable?: number | string;
                                 };
                             };
-                            /** @description what each member is made from: its spec (a MicroVM spec; source.template clones an instant-start template) and labels added to spec.labels. A change rolls the members. */
+                            /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
                             template: {
                                 /** @description Free-form labels */
                                 labels?: {
