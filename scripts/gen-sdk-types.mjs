@@ -23,7 +23,7 @@ const { VERSION } = await import(join(repo, 'dist/src/standalone.js'));
 const none = new Proxy({}, { get: () => undefined });
 const app = await buildApi({
   service: none, gateway: none, tenants: none, audit: none, logger: pino({ level: 'silent' }), version: VERSION,
-  securityGroups: none, snapshots: none, images: none, volumes: none, templates: none, guest: none,
+  securityGroups: none, snapshots: none, images: none, volumes: none, templates: none, guest: none, pools: none,
 });
 await app.ready();
 const doc = app.swagger();

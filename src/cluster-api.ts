@@ -19,6 +19,8 @@
  *                   and routes as standalone); the bytes are created, snapshotted, restored and
  *                   deleted by a node agent through its endpoint (RemoteVolumes): a node-local
  *                   volume's on its node (placed at create, recorded on the Volume), a shared one's on any
+ *   pools         → MicroVMPool objects (list, get, scale through the scale subresource); the
+ *                   operator's pool controller keeps their members (ADR 0033)
  *   images        → each node agent's image cache (RemoteImages): listed with the node, deleted from
  *                   every node holding it, gc per node; a node not answering is a `warnings` entry
  */
@@ -51,6 +53,8 @@ import { RemoteImages } from './agent/endpoint/images.js';
 import { ImagePolicyGate, loadImagePolicy } from './storage/oci/policy.js';
 import { VOLUME_KIND, VOLUME_SNAPSHOT_KIND, VolumeService } from './core/volumes.js';
 import { validateRules } from './network/sg-rules.js';
+import { PoolService } from './core/pools.js';
+import { KubernetesPoolStore } from './store/kubernetes/pool-store.js';
 
 export const VERSION = '0.1.0';
 
@@ -160,7 +164,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   const guest = new GuestService(service, agents);
   // TLS for REST and gRPC (ADR 0026): one key pair, reloaded when its files change.
   const tls = openServerTls(cfg.tls, { dataDir: cfg.dataDir, listenHost: cfg.listen.host, log: log.child({ c: 'tls' }) });
-  const app = await buildApi({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest });
+  const app = await buildApi({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, tenants: gw.tenants, audit: gw.audit, logger: log.child({ c: 'api' }), version: VERSION, securityGroups: groups, snapshots, volumes, images, guest, pools: new PoolService(new KubernetesPoolStore(kc, store.tn)) });
   const grpcServer: GrpcServer | undefined = gatewayConfig.grpcListen
     ? await startGrpcServer({ ...(tls ? { tls } : {}), service, gateway: gw.gateway, host: gatewayConfig.grpcListen.host, port: gatewayConfig.grpcListen.port, log: log.child({ c: 'grpc' }) })
     : undefined;

@@ -35,6 +35,8 @@ export interface ApiOptions {
   snapshots?: import('../core/snapshots.js').SnapshotService;
   images?: import('../core/ports/images.js').ImageCatalog;
   volumes?: import('../core/volumes.js').VolumeService;
+  /** MicroVMPools (cluster mode only). */
+  pools?: import('../core/pools.js').PoolService;
   templates?: import('../core/templates.js').TemplateService;
   guest?: import('../core/guest.js').GuestService;
   backup?: import('../core/ports/backup.js').BackupService;
@@ -425,6 +427,7 @@ export async function buildApi(o: ApiOptions): Promise<FastifyInstance> {
           ...(o.snapshots ? { snapshots: o.snapshots } : {}),
           ...(o.images ? { images: o.images } : {}),
           ...(o.volumes ? { volumes: o.volumes } : {}),
+          ...(o.pools ? { pools: o.pools } : {}),
           ...(o.templates ? { templates: o.templates } : {}),
           ...(o.backup ? { backup: o.backup } : {}),
           ...(o.guest

@@ -16,6 +16,8 @@ import type { ImageCatalog } from '../core/ports/images.js';
 import type { SnapshotService } from '../core/snapshots.js';
 import { registerAuditRoutes, registerTenantRoutes } from './routes/tenants.js';
 import { registerVolumeRoutes } from './routes/volumes.js';
+import { registerPoolRoutes } from './routes/pools.js';
+import type { PoolService } from '../core/pools.js';
 import type { VolumeService } from '../core/volumes.js';
 import type { TemplateService } from '../core/templates.js';
 import { registerTemplateRoutes } from './routes/templates.js';
@@ -31,6 +33,7 @@ export interface VersionDeps {
   snapshots?: SnapshotService;
   images?: ImageCatalog;
   volumes?: VolumeService;
+  pools?: PoolService;
   templates?: TemplateService;
   guest?: GuestRouteDeps;
   backup?: BackupService;
@@ -52,6 +55,7 @@ export const API_VERSIONS: ApiVersion[] = [
       if (d.snapshots) await registerSnapshotRoutes(app, d.snapshots, d.service);
       if (d.images) await registerImageRoutes(app, d.images);
       if (d.volumes) await registerVolumeRoutes(app, d.volumes);
+      if (d.pools) await registerPoolRoutes(app, d.pools);
       if (d.templates) await registerTemplateRoutes(app, d.templates);
       if (d.guest) await registerGuestRoutes(app, d.guest);
       if (d.tenants) await registerTenantRoutes(app, d.tenants);

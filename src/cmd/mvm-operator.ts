@@ -12,6 +12,7 @@ import pino from 'pino';
 import { OPERATOR_LEASE, SYSTEM_NAMESPACE } from '../k8s/cluster.js';
 import { LeaderElector } from '../operator/leader.js';
 import { Operator } from '../operator/operator.js';
+import { PoolController } from '../operator/pool-controller.js';
 import { Scheduler } from '../scheduler/scheduler.js';
 import { positiveNumber } from '../config.js';
 import { configOrExit, runMain, shutdownOnSignals } from './lifecycle.js';
@@ -38,6 +39,8 @@ async function main(): Promise<void> {
     // A cordon (kubectl cordon / kubectl drain) moves the node's VMs elsewhere unless "false".
     drainOnCordon: env.MVM_DRAIN_ON_CORDON !== 'false',
   });
+  // MicroVMPools (ADR 0033): their own informers and queue, under the same leadership.
+  const pools = new PoolController({ kubeConfig: kc, log: log.child({ controller: 'pools' }), ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}), resyncMs: cfg.resyncSeconds * 1000 });
   let leading = false;
   let started = false;
   // Loopback unless configured (deploy/operator sets 0.0.0.0:8081 for the kubelet's probes).
@@ -54,6 +57,7 @@ async function main(): Promise<void> {
   const begin = async (): Promise<void> => {
     leading = true;
     await operator.start();
+    await pools.start();
     started = true;
   };
   let elector: LeaderElector | undefined;
@@ -80,7 +84,7 @@ async function main(): Promise<void> {
     elector.start();
   }
   // The operator starts on election, after the elector: it stops first.
-  shutdownOnSignals({ binary: BINARY, log, closers: [async () => elector?.stop(), () => operator.stop()], fields: () => ({ leading }) });
+  shutdownOnSignals({ binary: BINARY, log, closers: [async () => elector?.stop(), () => pools.stop(), () => operator.stop()], fields: () => ({ leading }) });
 }
 
 runMain(BINARY, main);

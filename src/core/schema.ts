@@ -463,6 +463,98 @@ export const VolumeSnapshotResource = Type.Object({
   createdAt: Type.String({ format: 'date-time' }),
 });
 
+/**
+ * MicroVMPool (cluster mode, ADR 0033): `replicas` MicroVMs made from one template, spread across
+ * nodes, replaced by a rolling update when the template changes, deleted or suspended (paused,
+ * memory kept) on scale-down, optionally sized by an autoscaling rule the operator evaluates.
+ */
+export const PoolScaleDown = Type.Union([Type.Literal('delete'), Type.Literal('suspend')], {
+  description: 'what a scale-down does to the surplus members: delete them (default) or suspend them (vCPUs paused, the VMM and its memory kept; a scale-up resumes them first)',
+});
+export const PoolTemplate = Type.Object(
+  {
+    labels: Type.Optional(Labels),
+    spec: MicroVMSpec,
+  },
+  { additionalProperties: false, description: 'what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members.' },
+);
+export const PoolSpread = Type.Object(
+  {
+    topologyKey: Type.Optional(Type.String({ pattern: LABEL_KEY_PATTERN, maxLength: 253, description: 'node label naming the domain to spread over; default kubernetes.io/hostname (each node)' })),
+    mode: Type.Optional(
+      Type.Union([Type.Literal('preferred'), Type.Literal('required')], {
+        description: 'preferred (default): a weighted anti-affinity between members, so each goes to the domain holding fewest of them while one has room; required: at most one member per domain (the rest wait Unschedulable)',
+      }),
+    ),
+    weight: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, description: 'weight of the preferred anti-affinity (default 100)' })),
+  },
+  { additionalProperties: false, description: 'how members spread over nodes: a pool-level VM anti-affinity added to each member (the scheduler rules of ADR 0016)' },
+);
+export const PoolMaxUnavailable = Type.Union([Type.Integer({ minimum: 1 }), Type.String({ pattern: '^([1-9][0-9]?|100)%$', maxLength: 4 })], {
+  description: 'members that may be unavailable during a rolling update: a count, or a percentage of replicas rounded down (at least 1); default 1',
+});
+export const PoolAutoscaling = Type.Object(
+  {
+    minReplicas: Type.Integer({ minimum: 0, maximum: 1000 }),
+    maxReplicas: Type.Integer({ minimum: 1, maximum: 1000 }),
+    metric: Type.Object(
+      {
+        name: Type.String({ pattern: '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$', maxLength: 63, description: 'read from the annotation metrics.microvm.service/<name>: on the pool (a total, e.g. a queue length) or else summed over its members (per-member load)' }),
+        target: Type.Number({ minimum: 0.001, description: 'the value one member should carry: replicas = ceil(total / target)' }),
+      },
+      { additionalProperties: false },
+    ),
+    tolerance: Type.Optional(Type.Number({ minimum: 0, maximum: 1, description: 'no change while |total/(replicas·target) − 1| is at most this (default 0.1, as the HorizontalPodAutoscaler)' })),
+    scaleDownStabilizationSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 3600, description: 'scale down to the highest recommendation of this window (default 60)' })),
+  },
+  { additionalProperties: false, description: 'an autoscaling rule the operator evaluates (ADR 0033): it writes spec.replicas through the scale subresource' },
+);
+export const MicroVMPoolSpec = Type.Object(
+  {
+    replicas: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, default: 1, description: 'members wanted running (suspended members are not counted); default 1' })),
+    template: PoolTemplate,
+    spread: Type.Optional(PoolSpread),
+    strategy: Type.Optional(
+      Type.Object(
+        { rollingUpdate: Type.Optional(Type.Object({ maxUnavailable: Type.Optional(PoolMaxUnavailable) }, { additionalProperties: false })) },
+        { additionalProperties: false, description: 'how a template change replaces members: at most maxUnavailable at a time, each replacement Ready before the next' },
+      ),
+    ),
+    scaleDown: Type.Optional(PoolScaleDown),
+    autoscaling: Type.Optional(PoolAutoscaling),
+  },
+  { additionalProperties: false },
+);
+export const MicroVMPoolStatus = Type.Object({
+  replicas: Type.Integer({ description: 'members running or starting (not suspended, not being deleted)' }),
+  readyReplicas: Type.Integer({ description: 'members Running with GuestReady' }),
+  updatedReplicas: Type.Integer({ description: 'members of the current template' }),
+  suspendedReplicas: Type.Integer({ description: 'members suspended by a scale-down (paused, memory kept)' }),
+  selector: Type.String({ description: 'label selector of the members (the scale subresource\'s)' }),
+  templateHash: Type.String({ description: 'hash of the current template (label microvm.service/pool-template-hash of its members)' }),
+  observedGeneration: Type.Optional(Type.Integer()),
+  autoscaling: Type.Optional(
+    Type.Object({
+      currentValue: Type.Optional(Type.Number({ description: 'the metric total last read' })),
+      desiredReplicas: Type.Optional(Type.Integer()),
+      lastScaleTime: Type.Optional(Type.String({ format: 'date-time' })),
+    }),
+  ),
+  conditions: Type.Array(Condition),
+});
+export const MicroVMPool = Type.Object({
+  name: Type.String(),
+  tenant: Type.String(),
+  spec: MicroVMPoolSpec,
+  status: Type.Optional(MicroVMPoolStatus),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+
+export const PoolScaleRequest = Type.Object(
+  { replicas: Type.Integer({ minimum: 0, maximum: 1000, description: 'members wanted running' }) },
+  { additionalProperties: false },
+);
+
 export const MicroVMList = Type.Object({
   items: Type.Array(MicroVM),
   next_cursor: Type.Optional(Type.String()),
@@ -688,6 +780,9 @@ export type ProblemT = Static<typeof Problem>;
 export type VmEventT = Static<typeof VmEvent>;
 export type MetricsHistoryPointT = Static<typeof MetricsHistoryPoint>;
 export type VmMetricsHistoryT = Static<typeof VmMetricsHistory>;
+export type MicroVMPoolSpecT = Static<typeof MicroVMPoolSpec>;
+export type MicroVMPoolStatusT = Static<typeof MicroVMPoolStatus>;
+export type MicroVMPoolT = Static<typeof MicroVMPool>;
 
 /** Strip TypeBox's symbol keys so a schema can be embedded in JSON documents (CRD, OpenAPI). */
 export function toJsonSchema(schema: TSchema): Record<string, unknown> {

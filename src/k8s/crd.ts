@@ -16,7 +16,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { stringify } from 'yaml';
 import { MAX_MEMORY_MIB, MIN_MEMORY_MIB } from '../core/microvm.js';
-import { MicroVM, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, Snapshot, VolumeResource, VolumeSnapshotResource, toJsonSchema } from '../core/schema.js';
+import { MicroVM, MicroVMPoolSpec, MicroVMPoolStatus, MicroVMSpec, MicroVMStatus, SecurityGroupRequest, Snapshot, VolumeResource, VolumeSnapshotResource, toJsonSchema } from '../core/schema.js';
 
 export const GROUP = 'microvm.service';
 export const VERSION = 'v1alpha1';
@@ -155,6 +155,8 @@ interface CrdInput {
   required?: string[];
   columns: PrinterColumn[];
   selectableFields?: string[];
+  /** The scale subresource (kubectl scale, a HorizontalPodAutoscaler). */
+  scale?: { specReplicasPath: string; statusReplicasPath: string; labelSelectorPath: string };
   description: string;
 }
 
@@ -180,7 +182,7 @@ function crd(c: CrdInput): Json {
           schema: {
             openAPIV3Schema: { description: c.description, type: 'object', required: c.required ?? ['spec'], properties },
           },
-          ...(c.status ? { subresources: { status: {} } } : {}),
+          ...(c.status || c.scale ? { subresources: { ...(c.status ? { status: {} } : {}), ...(c.scale ? { scale: c.scale } : {}) } } : {}),
           additionalPrinterColumns: c.columns,
           ...(c.selectableFields ? { selectableFields: c.selectableFields.map((jsonPath) => ({ jsonPath })) } : {}),
         },
@@ -348,17 +350,49 @@ export function volumeSnapshotCrd(): Json {
 }
 
 /**
+ * MicroVMPool (ADR 0033): spec = MicroVMPoolSpec with the template's spec the MicroVM CRD's own
+ * (the same CEL rules), status = MicroVMPoolStatus, and the scale subresource, so `kubectl scale`
+ * and a HorizontalPodAutoscaler size it.
+ */
+export function microVmPoolCrd(): Json {
+  const spec = toStructural(MicroVMPoolSpec, 'MicroVMPool.spec');
+  const vmSpec = structuredClone((((microVmCrd().spec as Json).versions as Json[])[0]!.schema as { openAPIV3Schema: { properties: { spec: Json } } }).openAPIV3Schema.properties.spec);
+  delete (vmSpec.properties as Json).desiredState;
+  const template = (spec.properties as Json).template as Json;
+  (template.properties as Json).spec = { ...vmSpec, description: 'the MicroVM spec of each member' };
+  return crd({
+    kind: 'MicroVMPool',
+    plural: 'microvmpools',
+    singular: 'microvmpool',
+    shortNames: ['mvmpool'],
+    description: 'A pool of identical MicroVMs of the tenant (namespace): replicas, spread over nodes, rolling updates, suspend on scale-down.',
+    spec,
+    status: toStructural(MicroVMPoolStatus, 'MicroVMPool.status'),
+    scale: { specReplicasPath: '.spec.replicas', statusReplicasPath: '.status.replicas', labelSelectorPath: '.status.selector' },
+    columns: [
+      { name: 'Desired', type: 'integer', jsonPath: '.spec.replicas' },
+      { name: 'Current', type: 'integer', jsonPath: '.status.replicas' },
+      { name: 'Ready', type: 'integer', jsonPath: '.status.readyReplicas' },
+      { name: 'Updated', type: 'integer', jsonPath: '.status.updatedReplicas' },
+      { name: 'Suspended', type: 'integer', jsonPath: '.status.suspendedReplicas' },
+      AGE_COLUMN,
+    ],
+  });
+}
+
+/**
  * Every CRD of the group, in apply order. Later additions go here, each from its schema:
  *   - tenantquotas.microvm.service (TenantQuotas; status.used updated with optimistic concurrency,
  *                                  which makes quota admission atomic in cluster mode)
  */
-export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd, snapshotCrd, volumeCrd, volumeSnapshotCrd];
+export const CRDS: ReadonlyArray<() => Json> = [microVmCrd, securityGroupCrd, snapshotCrd, volumeCrd, volumeSnapshotCrd, microVmPoolCrd];
 
 export const MICROVM_RESOURCE = { group: GROUP, version: VERSION, plural: 'microvms', kind: 'MicroVM' } as const;
 export const SECURITYGROUP_RESOURCE = { group: GROUP, version: VERSION, plural: 'securitygroups', kind: 'SecurityGroup' } as const;
 export const SNAPSHOT_RESOURCE = { group: GROUP, version: VERSION, plural: 'snapshots', kind: 'Snapshot' } as const;
 export const VOLUME_RESOURCE = { group: GROUP, version: VERSION, plural: 'volumes', kind: 'Volume' } as const;
 export const VOLUME_SNAPSHOT_RESOURCE = { group: GROUP, version: VERSION, plural: 'volumesnapshots', kind: 'VolumeSnapshot' } as const;
+export const POOL_RESOURCE = { group: GROUP, version: VERSION, plural: 'microvmpools', kind: 'MicroVMPool' } as const;
 
 /** The multi-document YAML of deploy/crds/microvm.service_crds.yaml. */
 export function crdsYaml(): string {

@@ -361,6 +361,38 @@ test('cluster API: security groups are SecurityGroup objects in the tenant names
   assert.equal((await call(acme, 'DELETE', `/securitygroups/${sg.json.id}`)).status, 409);
 });
 
+test('cluster API: pools — GET /pools, GET /pools/{name}, POST /pools/{name}/scale writes spec.replicas through the scale subresource; tenants are isolated', async () => {
+  cp.kubectlOk(['apply', '-f', '-'], JSON.stringify({
+    apiVersion: 'microvm.service/v1alpha1',
+    kind: 'MicroVMPool',
+    metadata: { name: 'workers', namespace: 'acme' },
+    spec: { replicas: 1, template: { spec: { vcpu: 1, memory: '128Mi' } }, scaleDown: 'suspend' },
+  }));
+  const acme = keys.acme!.token;
+  const l = await call(acme, 'GET', '/pools');
+  assert.equal(l.status, 200, l.text);
+  assert.deepEqual(l.json.items.map((p: { name: string; tenant: string }) => `${p.tenant}/${p.name}`), ['acme/workers']);
+  const g = await call(acme, 'GET', '/pools/workers');
+  assert.equal(g.status, 200, g.text);
+  assert.deepEqual([g.json.spec.replicas, g.json.spec.scaleDown, g.json.spec.template.spec.memory], [1, 'suspend', '128Mi']);
+  const s = await call(acme, 'POST', '/pools/workers/scale', { replicas: 4 });
+  assert.equal(s.status, 200, s.text);
+  assert.equal(s.json.spec.replicas, 4);
+  assert.equal(kget(['mvmpool', 'workers', '-n', 'acme']).spec.replicas, 4, 'written in the cluster');
+  // Validation names the field; another tenant sees no such pool; an admin lists every tenant.
+  const bad = await call(acme, 'POST', '/pools/workers/scale', { replicas: -1 });
+  assert.equal(bad.status, 400, bad.text);
+  assert.ok(JSON.stringify(bad.json).includes('replicas'), bad.text);
+  assert.equal((await call(acme, 'GET', '/pools/nope')).status, 404);
+  const globex = keys.globex!.token;
+  assert.equal((await call(globex, 'GET', '/pools/workers')).status, 404);
+  assert.equal((await call(globex, 'POST', '/pools/workers/scale', { replicas: 0 })).status, 404);
+  assert.deepEqual((await call(globex, 'GET', '/pools')).json.items, []);
+  assert.equal(kget(['mvmpool', 'workers', '-n', 'acme']).spec.replicas, 4, 'untouched by the foreign scale');
+  assert.deepEqual((await call(ADMIN, 'GET', '/pools')).json.items.map((p: { name: string }) => p.name), ['workers']);
+  cp.kubectlOk(['delete', 'mvmpool', 'workers', '-n', 'acme']);
+});
+
 test('cluster API: tenant update is conditional on the namespace resourceVersion; delete refuses while VMs exist, cascade deletes the namespace', async () => {
   const t = await call(ADMIN, 'GET', '/tenants/globex');
   assert.equal(t.status, 200);

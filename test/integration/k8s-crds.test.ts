@@ -46,6 +46,23 @@ test('the committed CRDs: names, scope, printer columns, status subresource', ()
   assert.deepEqual(ss.required, ['vmId', 'phase', 'driver', 'node', 'vmSpec']);
 });
 
+test('MicroVMPool: the scale subresource, printer columns, the template spec is the MicroVM spec', () => {
+  const docs = parseAllDocuments(readFileSync(COMMITTED, 'utf8')).map((d) => d.toJS() as Record<string, any>);
+  const pool = docs.find((d) => d.metadata.name === 'microvmpools.microvm.service')!;
+  assert.ok(pool, 'microvmpools.microvm.service is generated');
+  assert.deepEqual(pool.spec.names.shortNames, ['mvmpool']);
+  const v = pool.spec.versions[0];
+  assert.deepEqual(v.subresources, { status: {}, scale: { specReplicasPath: '.spec.replicas', statusReplicasPath: '.status.replicas', labelSelectorPath: '.status.selector' } });
+  assert.deepEqual(v.additionalPrinterColumns.map((c: { name: string }) => c.name), ['Desired', 'Current', 'Ready', 'Updated', 'Suspended', 'Age']);
+  const spec = v.schema.openAPIV3Schema.properties.spec;
+  const vmSpec = docs[0]!.spec.versions[0].schema.openAPIV3Schema.properties.spec;
+  assert.deepEqual(spec.properties.template.properties.spec.properties.memory, vmSpec.properties.memory, 'the MicroVM spec, CEL rules included');
+  assert.equal(spec.properties.template.properties.spec.properties.desiredState, undefined, 'members run: no desiredState in the template');
+  assert.deepEqual(spec.properties.scaleDown.enum, ['delete', 'suspend']);
+  assert.equal(spec.properties.replicas.default, 1);
+  assert.equal(spec.properties.strategy.properties.rollingUpdate.properties.maxUnavailable['x-kubernetes-int-or-string'], true);
+});
+
 test('structural conversion: no additionalProperties:false, $id, anyOf or const anywhere; every node typed', () => {
   const walk = (s: Record<string, unknown>, at: string): void => {
     assert.notEqual(s.additionalProperties, false, at);

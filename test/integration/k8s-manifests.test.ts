@@ -23,7 +23,7 @@ const docsOf = (dir: string): Array<Record<string, any>> =>
 test('CRDs apply for real and are served', () => {
   installCrds(cp);
   const names = cp.kubectlOk(['get', 'crd', '-o', 'name']).trim().split('\n').sort();
-  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/snapshots.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumes.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumesnapshots.microvm.service']);
+  assert.deepEqual(names, ['customresourcedefinition.apiextensions.k8s.io/microvmpools.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/microvms.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/securitygroups.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/snapshots.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumes.microvm.service', 'customresourcedefinition.apiextensions.k8s.io/volumesnapshots.microvm.service']);
   assert.match(cp.kubectlOk(['api-resources', '--api-group=microvm.service']), /microvms\s+mvm\s+microvm\.service\/v1alpha1\s+true\s+MicroVM/);
 });
 
@@ -135,6 +135,16 @@ test('RBAC: each service account can do what its component needs, and no more', 
     ['microvm-api', ['list', 'leases.coordination.k8s.io', '-n', 'microvm-system'], true],
     ['microvm-api', ['update', 'leases.coordination.k8s.io', '-n', 'microvm-system'], false],
     ['microvm-api', ['list', 'leases.coordination.k8s.io', '-n', 'kube-system'], false],
+    // MicroVMPools (ADR 0033): the operator keeps them (finalizer, status, the autoscaling rule's scale); users own their spec.
+    ['microvm-operator', ['watch', 'microvmpools.microvm.service', '-A'], true],
+    ['microvm-operator', ['update', 'microvmpools.microvm.service', '--subresource=status', '-n', 'tenant-a'], true],
+    ['microvm-operator', ['update', 'microvmpools.microvm.service', '--subresource=scale', '-n', 'tenant-a'], true],
+    ['microvm-operator', ['create', 'microvmpools.microvm.service', '-n', 'tenant-a'], false],
+    ['microvm-operator', ['delete', 'microvmpools.microvm.service', '-n', 'tenant-a'], false],
+    ['firecracker-runtime', ['list', 'microvmpools.microvm.service', '-A'], false],
+    ['microvm-api', ['list', 'microvmpools.microvm.service', '-A'], true],
+    ['microvm-api', ['update', 'microvmpools.microvm.service', '--subresource=scale', '-n', 'tenant-a'], true],
+    ['microvm-api', ['update', 'microvmpools.microvm.service', '-n', 'tenant-a'], false],
     ['microvm-operator', ['get', 'volumes.microvm.service', '-n', 'tenant-a'], true],
     ['microvm-operator', ['update', 'volumes.microvm.service', '-n', 'tenant-a'], false],
     ['firecracker-runtime', ['list', 'volumes.microvm.service', '-A'], true],

@@ -86,7 +86,7 @@ export async function startControlPlane(): Promise<ControlPlane> {
 /** Apply deploy/crds for real and wait until the apiserver serves them. */
 export function installCrds(cp: ControlPlane): void {
   cp.kubectlOk(['apply', '-f', join(REPO, 'deploy/crds')]);
-  cp.kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/microvms.microvm.service', 'crd/securitygroups.microvm.service']);
+  cp.kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/microvms.microvm.service', 'crd/securitygroups.microvm.service', 'crd/microvmpools.microvm.service']);
   // Established can precede the REST endpoint by a moment.
   for (let i = 0; cp.kubectl(['get', 'microvms', '-A']).status !== 0; i++) {
     if (i > 100) throw new Error('microvms.microvm.service is not served');

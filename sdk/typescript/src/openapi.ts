@@ -505,6 +505,57 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/pools": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** List microVM pools (cluster mode) */
+        get: operations["pools.list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/pools/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Get a microVM pool: spec and status (replicas, readyReplicas, updatedReplicas, suspendedReplicas, conditions) */
+        get: operations["pools.get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/pools/{name}/scale": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Scale a microVM pool: set spec.replicas through its scale subresource (as kubectl scale) */
+        post: operations["pools.scale"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/securitygroups": {
         parameters: {
             query?: never;
@@ -9494,6 +9545,1122 @@ export interface operations {
             };
             /** @description A path segment is too long */
             414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "pools.list": {
+        parameters: {
+            query?: {
+                /** @description Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED. */
+                tenant?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        items: {
+                            /** Format: date-time */
+                            createdAt: string;
+                            name: string;
+                            spec: {
+                                /** @description an autoscaling rule the operator evaluates (ADR 0033): it writes spec.replicas through the scale subresource */
+                                autoscaling?: {
+                                    maxReplicas: number;
+                                    metric: {
+                                        /** @description read from the annotation metrics.microvm.service/<name>: on the pool (a total, e.g. a queue length) or else summed over its members (per-member load) */
+                                        name: string;
+                                        /** @description the value one member should carry: replicas = ceil(total / target) */
+                                        target: number;
+                                    };
+                                    minReplicas: number;
+                                    /** @description scale down to the highest recommendation of this window (default 60) */
+                                    scaleDownStabilizationSeconds?: number;
+                                    /** @description no change while |total/(replicas·target) − 1| is at most this (default 0.1, as the HorizontalPodAutoscaler) */
+                                    tolerance?: number;
+                                };
+                                /**
+                                 * @description members wanted running (suspended members are not counted); default 1
+                                 * @default 1
+                                 */
+                                replicas: number;
+                                /** @description what a scale-down does to the surplus members: delete them (default) or suspend them (vCPUs paused, the VMM and its memory kept; a scale-up resumes them first) */
+                                scaleDown?: "delete" | "suspend";
+                                /** @description how members spread over nodes: a pool-level VM anti-affinity added to each member (the scheduler rules of ADR 0016) */
+                                spread?: {
+                                    /** @description preferred (default): a weighted anti-affinity between members, so each goes to the domain holding fewest of them while one has room; required: at most one member per domain (the rest wait Unschedulable) */
+                                    mode?: "preferred" | "required";
+                                    /** @description node label naming the domain to spread over; default kubernetes.io/hostname (each node) */
+                                    topologyKey?: string;
+                                    /** @description weight of the preferred anti-affinity (default 100) */
+                                    weight?: number;
+                                };
+                                /** @description how a template change replaces members: at most maxUnavailable at a time, each replacement Ready before the next */
+                                strategy?: {
+                                    rollingUpdate?: {
+                                        /** @description members that may be unavailable during a rolling update: a count, or a percentage of replicas rounded down (at least 1); default 1 */
+                                        maxUnavailable?: number | string;
+                                    };
+                                };
+                                /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
+                                template: {
+                                    /** @description Free-form labels */
+                                    labels?: {
+                                        [key: string]: string;
+                                    };
+                                    spec: {
+                                        affinity?: {
+                                            vmAffinity?: {
+                                                /** @description soft: weights add to the node score */
+                                                preferred?: {
+                                                    vmAffinityTerm: {
+                                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                        labelSelector: {
+                                                            matchExpressions?: {
+                                                                key: string;
+                                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                                values?: string[];
+                                                            }[];
+                                                            matchLabels?: {
+                                                                [key: string]: string;
+                                                            };
+                                                        };
+                                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                        topologyKey?: string;
+                                                    };
+                                                    weight: number;
+                                                }[];
+                                                /** @description hard: every term must hold at placement */
+                                                required?: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                }[];
+                                            };
+                                            vmAntiAffinity?: {
+                                                /** @description soft: weights add to the node score */
+                                                preferred?: {
+                                                    vmAffinityTerm: {
+                                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                        labelSelector: {
+                                                            matchExpressions?: {
+                                                                key: string;
+                                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                                values?: string[];
+                                                            }[];
+                                                            matchLabels?: {
+                                                                [key: string]: string;
+                                                            };
+                                                        };
+                                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                        topologyKey?: string;
+                                                    };
+                                                    weight: number;
+                                                }[];
+                                                /** @description hard: every term must hold at placement */
+                                                required?: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                }[];
+                                            };
+                                        };
+                                        egress?: {
+                                            allow?: string[];
+                                            default?: "allow" | "deny";
+                                            deny?: string[];
+                                        };
+                                        /** @description environment of every command the guest agent runs (exec, template commands) */
+                                        env?: {
+                                            [key: string]: string;
+                                        };
+                                        /** @description files written by the guest agent at first boot, before anything else runs */
+                                        files?: {
+                                            /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                            content: string;
+                                            /** @description default utf8 */
+                                            encoding?: "utf8" | "base64";
+                                            /** @description permission bits, default 0644 (420) */
+                                            mode?: number;
+                                            /** @description absolute path in the guest; parents are created */
+                                            path: string;
+                                        }[];
+                                        kernel?: {
+                                            /** @description Extra kernel command line appended to the generated one */
+                                            cmdline?: string;
+                                            /** @description Kernel image reference or "default" */
+                                            image?: string;
+                                        };
+                                        /** @description Free-form labels */
+                                        labels?: {
+                                            [key: string]: string;
+                                        };
+                                        /** @description Lifetimes of the microVM */
+                                        lifecycle?: {
+                                            /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                            bootTimeout?: string;
+                                        };
+                                        /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                                        memory: string;
+                                        networkInterfaces?: {
+                                            /**
+                                             * Format: ipv4
+                                             * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                             */
+                                            ip?: string;
+                                            /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                            mac?: string;
+                                            name: string;
+                                        }[];
+                                        /** @description node labels the VM needs (all must match) */
+                                        nodeSelector?: {
+                                            [key: string]: string;
+                                        };
+                                        /** @description guest ports published on host ports */
+                                        ports?: {
+                                            guestPort: number;
+                                            /**
+                                             * Format: ipv4
+                                             * @description publish on this host address only (IPv4, not loopback)
+                                             */
+                                            hostIp?: string;
+                                            hostPort: number;
+                                            /** @description one of the VM's networkInterfaces (default the first) */
+                                            nic?: string;
+                                            protocol?: "tcp" | "udp";
+                                        }[];
+                                        rootfs?: {
+                                            /** @description Root filesystem image reference or "default" */
+                                            image?: string;
+                                            /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                            readOnly?: boolean;
+                                            /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                            size?: string;
+                                        };
+                                        /** @description security groups (names or ids) of the tenant */
+                                        securityGroups?: string[];
+                                        source?: {
+                                            /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                            snapshot?: string;
+                                            /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                            template?: {
+                                                id: string;
+                                                version: number;
+                                            };
+                                        };
+                                        /** @description node taints this VM tolerates */
+                                        tolerations?: {
+                                            effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                            /** @description taint key; empty with operator Exists tolerates every taint */
+                                            key?: string;
+                                            /** @description default Equal */
+                                            operator?: "Equal" | "Exists";
+                                            value?: string;
+                                        }[];
+                                        /** @description Number of vCPUs (1-8) */
+                                        vcpu: number;
+                                        volumes?: {
+                                            /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                            mountPath: string;
+                                            name: string;
+                                            readOnly?: boolean;
+                                            /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                            size?: string;
+                                        }[];
+                                    };
+                                };
+                            };
+                            status?: {
+                                autoscaling?: {
+                                    /** @description the metric total last read */
+                                    currentValue?: number;
+                                    desiredReplicas?: number;
+                                    /** Format: date-time */
+                                    lastScaleTime?: string;
+                                };
+                                conditions: {
+                                    /** Format: date-time */
+                                    lastTransitionTime: string;
+                                    message?: string;
+                                    reason?: string;
+                                    status: "True" | "False" | "Unknown";
+                                    type: string;
+                                }[];
+                                observedGeneration?: number;
+                                /** @description members Running with GuestReady */
+                                readyReplicas: number;
+                                /** @description members running or starting (not suspended, not being deleted) */
+                                replicas: number;
+                                /** @description label selector of the members (the scale subresource's) */
+                                selector: string;
+                                /** @description members suspended by a scale-down (paused, memory kept) */
+                                suspendedReplicas: number;
+                                /** @description hash of the current template (label microvm.service/pool-template-hash of its members) */
+                                templateHash: string;
+                                /** @description members of the current template */
+                                updatedReplicas: number;
+                            };
+                            tenant: string;
+                        }[];
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "pools.get": {
+        parameters: {
+            query?: {
+                /** @description Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED. */
+                tenant?: string;
+            };
+            header?: never;
+            path: {
+                /** @description pool name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        name: string;
+                        spec: {
+                            /** @description an autoscaling rule the operator evaluates (ADR 0033): it writes spec.replicas through the scale subresource */
+                            autoscaling?: {
+                                maxReplicas: number;
+                                metric: {
+                                    /** @description read from the annotation metrics.microvm.service/<name>: on the pool (a total, e.g. a queue length) or else summed over its members (per-member load) */
+                                    name: string;
+                                    /** @description the value one member should carry: replicas = ceil(total / target) */
+                                    target: number;
+                                };
+                                minReplicas: number;
+                                /** @description scale down to the highest recommendation of this window (default 60) */
+                                scaleDownStabilizationSeconds?: number;
+                                /** @description no change while |total/(replicas·target) − 1| is at most this (default 0.1, as the HorizontalPodAutoscaler) */
+                                tolerance?: number;
+                            };
+                            /**
+                             * @description members wanted running (suspended members are not counted); default 1
+                             * @default 1
+                             */
+                            replicas: number;
+                            /** @description what a scale-down does to the surplus members: delete them (default) or suspend them (vCPUs paused, the VMM and its memory kept; a scale-up resumes them first) */
+                            scaleDown?: "delete" | "suspend";
+                            /** @description how members spread over nodes: a pool-level VM anti-affinity added to each member (the scheduler rules of ADR 0016) */
+                            spread?: {
+                                /** @description preferred (default): a weighted anti-affinity between members, so each goes to the domain holding fewest of them while one has room; required: at most one member per domain (the rest wait Unschedulable) */
+                                mode?: "preferred" | "required";
+                                /** @description node label naming the domain to spread over; default kubernetes.io/hostname (each node) */
+                                topologyKey?: string;
+                                /** @description weight of the preferred anti-affinity (default 100) */
+                                weight?: number;
+                            };
+                            /** @description how a template change replaces members: at most maxUnavailable at a time, each replacement Ready before the next */
+                            strategy?: {
+                                rollingUpdate?: {
+                                    /** @description members that may be unavailable during a rolling update: a count, or a percentage of replicas rounded down (at least 1); default 1 */
+                                    maxUnavailable?: number | string;
+                                };
+                            };
+                            /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
+                            template: {
+                                /** @description Free-form labels */
+                                labels?: {
+                                    [key: string]: string;
+                                };
+                                spec: {
+                                    affinity?: {
+                                        vmAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                        vmAntiAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                    };
+                                    egress?: {
+                                        allow?: string[];
+                                        default?: "allow" | "deny";
+                                        deny?: string[];
+                                    };
+                                    /** @description environment of every command the guest agent runs (exec, template commands) */
+                                    env?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description files written by the guest agent at first boot, before anything else runs */
+                                    files?: {
+                                        /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                        content: string;
+                                        /** @description default utf8 */
+                                        encoding?: "utf8" | "base64";
+                                        /** @description permission bits, default 0644 (420) */
+                                        mode?: number;
+                                        /** @description absolute path in the guest; parents are created */
+                                        path: string;
+                                    }[];
+                                    kernel?: {
+                                        /** @description Extra kernel command line appended to the generated one */
+                                        cmdline?: string;
+                                        /** @description Kernel image reference or "default" */
+                                        image?: string;
+                                    };
+                                    /** @description Free-form labels */
+                                    labels?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description Lifetimes of the microVM */
+                                    lifecycle?: {
+                                        /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                        bootTimeout?: string;
+                                    };
+                                    /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                                    memory: string;
+                                    networkInterfaces?: {
+                                        /**
+                                         * Format: ipv4
+                                         * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                         */
+                                        ip?: string;
+                                        /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                        mac?: string;
+                                        name: string;
+                                    }[];
+                                    /** @description node labels the VM needs (all must match) */
+                                    nodeSelector?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description guest ports published on host ports */
+                                    ports?: {
+                                        guestPort: number;
+                                        /**
+                                         * Format: ipv4
+                                         * @description publish on this host address only (IPv4, not loopback)
+                                         */
+                                        hostIp?: string;
+                                        hostPort: number;
+                                        /** @description one of the VM's networkInterfaces (default the first) */
+                                        nic?: string;
+                                        protocol?: "tcp" | "udp";
+                                    }[];
+                                    rootfs?: {
+                                        /** @description Root filesystem image reference or "default" */
+                                        image?: string;
+                                        /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                        readOnly?: boolean;
+                                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                        size?: string;
+                                    };
+                                    /** @description security groups (names or ids) of the tenant */
+                                    securityGroups?: string[];
+                                    source?: {
+                                        /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                        snapshot?: string;
+                                        /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                        template?: {
+                                            id: string;
+                                            version: number;
+                                        };
+                                    };
+                                    /** @description node taints this VM tolerates */
+                                    tolerations?: {
+                                        effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                        /** @description taint key; empty with operator Exists tolerates every taint */
+                                        key?: string;
+                                        /** @description default Equal */
+                                        operator?: "Equal" | "Exists";
+                                        value?: string;
+                                    }[];
+                                    /** @description Number of vCPUs (1-8) */
+                                    vcpu: number;
+                                    volumes?: {
+                                        /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                        mountPath: string;
+                                        name: string;
+                                        readOnly?: boolean;
+                                        /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                        size?: string;
+                                    }[];
+                                };
+                            };
+                        };
+                        status?: {
+                            autoscaling?: {
+                                /** @description the metric total last read */
+                                currentValue?: number;
+                                desiredReplicas?: number;
+                                /** Format: date-time */
+                                lastScaleTime?: string;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            observedGeneration?: number;
+                            /** @description members Running with GuestReady */
+                            readyReplicas: number;
+                            /** @description members running or starting (not suspended, not being deleted) */
+                            replicas: number;
+                            /** @description label selector of the members (the scale subresource's) */
+                            selector: string;
+                            /** @description members suspended by a scale-down (paused, memory kept) */
+                            suspendedReplicas: number;
+                            /** @description hash of the current template (label microvm.service/pool-template-hash of its members) */
+                            templateHash: string;
+                            /** @description members of the current template */
+                            updatedReplicas: number;
+                        };
+                        tenant: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "pools.scale": {
+        parameters: {
+            query?: {
+                /** @description Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED. */
+                tenant?: string;
+            };
+            header?: never;
+            path: {
+                /** @description pool name */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description members wanted running */
+                    replicas: number;
+                };
+            };
+        };
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        name: string;
+                        spec: {
+                            /** @description an autoscaling rule the operator evaluates (ADR 0033): it writes spec.replicas through the scale subresource */
+                            autoscaling?: {
+                                maxReplicas: number;
+                                metric: {
+                                    /** @description read from the annotation metrics.microvm.service/<name>: on the pool (a total, e.g. a queue length) or else summed over its members (per-member load) */
+                                    name: string;
+                                    /** @description the value one member should carry: replicas = ceil(total / target) */
+                                    target: number;
+                                };
+                                minReplicas: number;
+                                /** @description scale down to the highest recommendation of this window (default 60) */
+                                scaleDownStabilizationSeconds?: number;
+                                /** @description no change while |total/(replicas·target) − 1| is at most this (default 0.1, as the HorizontalPodAutoscaler) */
+                                tolerance?: number;
+                            };
+                            /**
+                             * @description members wanted running (suspended members are not counted); default 1
+                             * @default 1
+                             */
+                            replicas: number;
+                            /** @description what a scale-down does to the surplus members: delete them (default) or suspend them (vCPUs paused, the VMM and its memory kept; a scale-up resumes them first) */
+                            scaleDown?: "delete" | "suspend";
+                            /** @description how members spread over nodes: a pool-level VM anti-affinity added to each member (the scheduler rules of ADR 0016) */
+                            spread?: {
+                                /** @description preferred (default): a weighted anti-affinity between members, so each goes to the domain holding fewest of them while one has room; required: at most one member per domain (the rest wait Unschedulable) */
+                                mode?: "preferred" | "required";
+                                /** @description node label naming the domain to spread over; default kubernetes.io/hostname (each node) */
+                                topologyKey?: string;
+                                /** @description weight of the preferred anti-affinity (default 100) */
+                                weight?: number;
+                            };
+                            /** @description how a template change replaces members: at most maxUnavailable at a time, each replacement Ready before the next */
+                            strategy?: {
+                                rollingUpdate?: {
+                                    /** @description members that may be unavailable during a rolling update: a count, or a percentage of replicas rounded down (at least 1); default 1 */
+                                    maxUnavailable?: number | string;
+                                };
+                            };
+                            /** @description what each member is made from: its spec (a MicroVM spec) and labels added to spec.labels. A change rolls the members. */
+                            template: {
+                                /** @description Free-form labels */
+                                labels?: {
+                                    [key: string]: string;
+                                };
+                                spec: {
+                                    affinity?: {
+                                        vmAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                        vmAntiAffinity?: {
+                                            /** @description soft: weights add to the node score */
+                                            preferred?: {
+                                                vmAffinityTerm: {
+                                                    /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                    labelSelector: {
+                                                        matchExpressions?: {
+                                                            key: string;
+                                                            operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                            /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                            values?: string[];
+                                                        }[];
+                                                        matchLabels?: {
+                                                            [key: string]: string;
+                                                        };
+                                                    };
+                                                    /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                    topologyKey?: string;
+                                                };
+                                                weight: number;
+                                            }[];
+                                            /** @description hard: every term must hold at placement */
+                                            required?: {
+                                                /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                                labelSelector: {
+                                                    matchExpressions?: {
+                                                        key: string;
+                                                        operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                        /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                        values?: string[];
+                                                    }[];
+                                                    matchLabels?: {
+                                                        [key: string]: string;
+                                                    };
+                                                };
+                                                /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                                topologyKey?: string;
+                                            }[];
+                                        };
+                                    };
+                                    egress?: {
+                                        allow?: string[];
+                                        default?: "allow" | "deny";
+                                        deny?: string[];
+                                    };
+                                    /** @description environment of every command the guest agent runs (exec, template commands) */
+                                    env?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description files written by the guest agent at first boot, before anything else runs */
+                                    files?: {
+                                        /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                        content: string;
+                                        /** @description default utf8 */
+                                        encoding?: "utf8" | "base64";
+                                        /** @description permission bits, default 0644 (420) */
+                                        mode?: number;
+                                        /** @description absolute path in the guest; parents are created */
+                                        path: string;
+                                    }[];
+                                    kernel?: {
+                                        /** @description Extra kernel command line appended to the generated one */
+                                        cmdline?: string;
+                                        /** @description Kernel image reference or "default" */
+                                        image?: string;
+                                    };
+                                    /** @description Free-form labels */
+                                    labels?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description Lifetimes of the microVM */
+                                    lifecycle?: {
+                                        /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                        bootTimeout?: string;
+                                    };
+                                    /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                                    memory: string;
+                                    networkInterfaces?: {
+                                        /**
+                                         * Format: ipv4
+                                         * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                         */
+                                        ip?: string;
+                                        /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                        mac?: string;
+                                        name: string;
+                                    }[];
+                                    /** @description node labels the VM needs (all must match) */
+                                    nodeSelector?: {
+                                        [key: string]: string;
+                                    };
+                                    /** @description guest ports published on host ports */
+                                    ports?: {
+                                        guestPort: number;
+                                        /**
+                                         * Format: ipv4
+                                         * @description publish on this host address only (IPv4, not loopback)
+                                         */
+                                        hostIp?: string;
+                                        hostPort: number;
+                                        /** @description one of the VM's networkInterfaces (default the first) */
+                                        nic?: string;
+                                        protocol?: "tcp" | "udp";
+                                    }[];
+                                    rootfs?: {
+                                        /** @description Root filesystem image reference or "default" */
+                                        image?: string;
+                                        /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                        readOnly?: boolean;
+                                        /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                        size?: string;
+                                    };
+                                    /** @description security groups (names or ids) of the tenant */
+                                    securityGroups?: string[];
+                                    source?: {
+                                        /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                        snapshot?: string;
+                                        /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                        template?: {
+                                            id: string;
+                                            version: number;
+                                        };
+                                    };
+                                    /** @description node taints this VM tolerates */
+                                    tolerations?: {
+                                        effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                        /** @description taint key; empty with operator Exists tolerates every taint */
+                                        key?: string;
+                                        /** @description default Equal */
+                                        operator?: "Equal" | "Exists";
+                                        value?: string;
+                                    }[];
+                                    /** @description Number of vCPUs (1-8) */
+                                    vcpu: number;
+                                    volumes?: {
+                                        /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                        mountPath: string;
+                                        name: string;
+                                        readOnly?: boolean;
+                                        /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                        size?: string;
+                                    }[];
+                                };
+                            };
+                        };
+                        status?: {
+                            autoscaling?: {
+                                /** @description the metric total last read */
+                                currentValue?: number;
+                                desiredReplicas?: number;
+                                /** Format: date-time */
+                                lastScaleTime?: string;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            observedGeneration?: number;
+                            /** @description members Running with GuestReady */
+                            readyReplicas: number;
+                            /** @description members running or starting (not suspended, not being deleted) */
+                            replicas: number;
+                            /** @description label selector of the members (the scale subresource's) */
+                            selector: string;
+                            /** @description members suspended by a scale-down (paused, memory kept) */
+                            suspendedReplicas: number;
+                            /** @description hash of the current template (label microvm.service/pool-template-hash of its members) */
+                            templateHash: string;
+                            /** @description members of the current template */
+                            updatedReplicas: number;
+                        };
+                        tenant: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
