@@ -37,6 +37,8 @@ async function main(): Promise<void> {
     resyncMs: cfg.resyncSeconds * 1000,
     // A cordon (kubectl cordon / kubectl drain) moves the node's VMs elsewhere unless "false".
     drainOnCordon: env.MVM_DRAIN_ON_CORDON !== 'false',
+    // MVM_DRAIN_MODE: migrate (default: with memory, the cold move as the fallback) | cold (stop + cold start only).
+    drainMigrates: env.MVM_DRAIN_MODE !== 'cold',
   });
   let leading = false;
   let started = false;
