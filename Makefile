@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
+.PHONY: run test test-unit deps build web images bench bench-instant bench-migrate bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -82,6 +82,10 @@ bench-storage: deps build images
 # Cluster mode: MicroVM create → Running through operator + node agent vs standalone (README "Benchmarks").
 bench-k8s: deps build images control-plane
 	$(NODE) dist/bench/k8s-latency.js
+
+# Cluster mode: migration with memory (downtime, total) vs the cold move, p50 over 5 each (README "Benchmarks").
+bench-migrate: deps build images control-plane
+	$(NODE) dist/bench/migrate.js
 
 # The real Firecracker vs QEMU through the same service: create → Running, snapshot, restore (README "Benchmarks").
 bench-firecracker: deps build images
