@@ -558,19 +558,34 @@ export class LocalAgent implements NodeAgent {
   }
 
   /**
-   * Target: restore a migrated VM from the files received in `m.dir` (migrateInSteps). The VM is
-   * not bound here yet: until `adoptIncoming` the controller sees nothing of it. A failure undoes
-   * everything of it on this node.
+   * Target, before the source pauses the guest: what takes time and needs no memory (images,
+   * cgroup, network with the source's address, console). The VM is not bound here yet: until
+   * `adoptIncoming` the controller sees nothing of it. A failure is undone by the caller's abort.
    */
-  migrateIn(vm: MicroVM, m: IncomingMigration): Promise<{ ip?: string; interfaces: ActualVm['interfaces']; ipChange?: string; resumedAt: number; pid?: number; timings: Record<string, number> }> {
+  migratePrepare(vm: MicroVM, m: IncomingMigration): Promise<{ ipChange?: string; timings: Record<string, number> }> {
     this.incoming.add(vm.id);
     return this.serial(vm.id, async (r) => {
       if (r.inst) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${vm.id} already runs on node ${this.nodeName}`);
       const launch = { vm, runtime: r, dir: this.vmDir(vm.id), migration: m } as Launch;
+      const { timings } = await runSteps(`migration of ${vm.id} onto ${this.nodeName} (prepare)`, migrateInSteps(this.launchDeps).prepare, launch, {
+        onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a migration step failed'),
+      });
+      this.incomingLaunches.set(vm.id, launch);
+      return { ...(m.ipChange ? { ipChange: m.ipChange } : {}), timings: Object.fromEntries(timings.map((t) => [t.name, Math.round(t.ms)])) };
+    });
+  }
+
+  /** Target, once the files arrived in the prepared launch's directory: the disk, then the VMM restored from the memory and resumed. */
+  migrateIn(id: string): Promise<{ ip?: string; interfaces: ActualVm['interfaces']; ipChange?: string; resumedAt: number; pid?: number; timings: Record<string, number> }> {
+    return this.serial(id, async (r) => {
+      const launch = this.incomingLaunches.get(id);
+      if (!launch || !this.incoming.has(id)) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `no migration of microVM ${id} prepared on node ${this.nodeName}`);
+      if (r.inst) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${id} already runs on node ${this.nodeName}`);
+      const m = launch.migration!;
       let timings: Array<{ name: string; ms: number }>;
       try {
-        ({ timings } = await runSteps(`migration of ${vm.id} onto ${this.nodeName}`, migrateInSteps(this.launchDeps), launch, {
-          onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a migration step failed'),
+        ({ timings } = await runSteps(`migration of ${id} onto ${this.nodeName}`, migrateInSteps(this.launchDeps).restore, launch, {
+          onUndoError: (step, err) => this.options.log.warn({ vm: id, step, err: err.message }, 'undo of a migration step failed'),
         }));
       } catch (e) {
         r.inst = undefined;
@@ -578,14 +593,13 @@ export class LocalAgent implements NodeAgent {
         throw e;
       }
       r.state = 'running';
-      this.incomingLaunches.set(vm.id, launch);
-      const a = this.observe(vm.id);
+      const pid = launch.inst?.pid;
       return {
         ...(r.attachments?.[0]?.ip ? { ip: r.attachments[0].ip } : {}),
         interfaces: r.attachments?.map((n) => ({ name: n.name, ip: n.ip, prefix: n.prefix, gateway: n.gateway, mac: n.mac, tap: n.tap })),
         ...(m.ipChange ? { ipChange: m.ipChange } : {}),
         resumedAt: m.resumedAt ?? Date.now(),
-        ...(a.pid !== undefined ? { pid: a.pid } : {}),
+        ...(pid !== undefined ? { pid } : {}),
         timings: Object.fromEntries(timings.map((t) => [t.name, Math.round(t.ms)])),
       };
     });

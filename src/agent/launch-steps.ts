@@ -331,7 +331,8 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
 const execFileP = promisify(execFile);
 
 /**
- * A migration's restore on the target node (docs/adr/0033): the cold-boot pipeline with the disk
+ * A migration's restore on the target node (docs/adr/0033), in two parts: `prepare` runs before
+ * the source pauses the guest, `restore` once its files arrived. The cold-boot pipeline with the disk
  * and memory received from the source node instead of a boot, the same MAC (derived from the VM
  * id), the same address when this node's network can give it, and no re-identification: the guest
  * is the same machine, only moved. Steps replaced: root-disk → migrated-disk, network → the same
@@ -339,7 +340,7 @@ const execFileP = promisify(execFile);
  * guest-resumed. The guest's agent answering (and new addresses, if any) is the resume call's
  * (LocalAgent.resumeIncoming).
  */
-export function migrateInSteps(d: LaunchDeps): Array<Step<Launch>> {
+export function migrateInSteps(d: LaunchDeps): { prepare: Array<Step<Launch>>; restore: Array<Step<Launch>> } {
   const o = d.env;
   const boot = bootSteps(d);
   const plainNetwork = boot.find((s) => s.name === 'network')!;
@@ -403,7 +404,13 @@ export function migrateInSteps(d: LaunchDeps): Array<Step<Launch>> {
       c.migration!.resumedAt = Date.now();
     },
   };
-  return insertAfter(swapSteps(boot, { 'root-disk': migratedDisk, network }), 'vmm-start', resumed);
+  const all = insertAfter(swapSteps(boot, { 'root-disk': migratedDisk, network }), 'vmm-start', resumed);
+  const at = all.findIndex((x) => x.name === 'migrated-disk');
+  // Before the pause, while the guest still runs on its source: images, cgroup, network (the slow part), volumes, console.
+  const prepare = all.filter((x, i) => i !== at && i < all.findIndex((y) => y.name === 'vmm-start'));
+  // While it is paused: its disk, then the VMM restored from the memory received and resumed.
+  const restore = all.filter((x) => !prepare.includes(x));
+  return { prepare, restore };
 }
 
 /**

@@ -5,6 +5,8 @@
  * Migrated (True, or False with the failed step as its reason) and an event:
  *
  *   check     the VM runs here and can move (migrationRefusal)
+ *   prepare-target  while the guest runs: the target resolves the images, makes the cgroup and the
+ *             network (asking for the same address), so the pause does not wait for them
  *   pause     vCPUs stopped (the controller still sees it running: it must not resume it)
  *   snapshot  memory, device state and the disk copy into <dataDir>/migrations/<id>, each file's sha256
  *   transfer  the target's agent pulls the files from this agent's endpoint, file by file, verifying
@@ -61,7 +63,7 @@ export interface RestoreResult {
 
 const ID = /^[a-z0-9][-a-z0-9]{0,62}$/;
 const FILE = /^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$/;
-const ROUTE = /^\/v1\/migrations\/([a-z0-9][-a-z0-9]{0,62})(?:\/(files|transfer|restore|resume)(?:\/([^/]+))?)?$/;
+const ROUTE = /^\/v1\/migrations\/([a-z0-9][-a-z0-9]{0,62})(?:\/(files|prepare|transfer|restore|resume)(?:\/([^/]+))?)?$/;
 
 export const migrationDir = (dataDir: string, id: string): string => join(dataDir, 'migrations', id);
 
@@ -133,13 +135,13 @@ export interface MigrationRoutesOptions {
 /**
  * The endpoint's migration routes, authorised by a SubjectAccessReview of `microvms/migration`:
  *   GET    /v1/migrations/{id}/files/{name}  (get)    the source serves a file (Range: bytes=N-)
+ *   POST   /v1/migrations/{id}/prepare       (create) the target prepares {vmId, sourceNode, ips}: images, cgroup, network
  *   POST   /v1/migrations/{id}/transfer      (create) the target pulls {vmId, sourceNode, files}
- *   POST   /v1/migrations/{id}/restore       (create) the target restores {vmId, sourceNode, ips}
+ *   POST   /v1/migrations/{id}/restore       (create) the target restores {vmId}: disk, VMM from the memory, resumed
  *   POST   /v1/migrations/{id}/resume        (create) the target's guest answers {vmId}
  *   DELETE /v1/migrations/{id}?vm=<vmId>     (delete) the target removes everything of it
  */
 export function migrationRoutes(o: MigrationRoutesOptions): EndpointRouteGroup<'get' | 'create' | 'delete'> {
-  /** Launches restored here and waiting for their resume call. */
   return {
     resource: 'microvms',
     subresource: 'migration',
@@ -178,11 +180,16 @@ export function migrationRoutes(o: MigrationRoutesOptions): EndpointRouteGroup<'
           answerJson(res, 200, out);
           return true;
         }
-        if (what === 'restore') {
+        if (what === 'prepare') {
           const vm = await o.lookup(body.vmId);
           if (!vm) throw new MvmError(ErrorCodes.NOT_FOUND, `microVM ${body.vmId} not found`);
-          const out = await o.agent.migrateIn(vm, { dir, sourceNode: body.sourceNode ?? vm.status.node ?? '', ips: body.ips ?? {} });
+          if (!body.sourceNode || vm.status.node !== body.sourceNode) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${body.vmId} is not bound to ${body.sourceNode ?? '(no source given)'}`);
+          const out = await o.agent.migratePrepare(vm, { dir, sourceNode: body.sourceNode, ips: body.ips ?? {} });
           answerJson(res, 200, out);
+          return true;
+        }
+        if (what === 'restore') {
+          answerJson(res, 200, await o.agent.migrateIn(body.vmId));
           return true;
         }
         // resume
@@ -225,7 +232,7 @@ async function pullFiles(o: MigrationRoutesOptions & { id: string; dir: string; 
       }
       if (have < f.size) {
         try {
-          const res = await o.send(o.sourceNode, 'GET', `/v1/migrations/${o.id}/files/${encodeURIComponent(f.name)}`, { headers: have ? { range: `bytes=${have}-` } : {}, timeoutMs: 30_000 });
+          const res = await o.send(o.sourceNode, 'GET', `/v1/migrations/${o.id}/files/${encodeURIComponent(f.name)}`, { headers: { connection: 'close', ...(have ? { range: `bytes=${have}-` } : {}) }, timeoutMs: 30_000 });
           if (res.statusCode !== 200 && res.statusCode !== 206) {
             const err = await agentError(o.sourceNode, res, `file ${f.name} of migration ${o.id}`);
             // Refused or gone (401/403/404): no retry helps.
@@ -273,6 +280,7 @@ interface Outgoing {
   dir: string;
   pausedAt: number;
   files: MigrationFile[];
+  prepared: { ipChange?: string; timings: Record<string, number> };
   transfer: TransferResult;
   restore: RestoreResult;
   resumed: RestoreResult;
@@ -349,6 +357,15 @@ export class MigrationSource {
         },
       },
       {
+        // While the guest still runs here: the target's images, cgroup and network (with this address if it can).
+        name: 'prepare-target',
+        run: async (c) => {
+          const ips = Object.fromEntries((c.vm.status.interfaces ?? []).map((n) => [n.name, n.ip]));
+          c.prepared = await call<{ ipChange?: string; timings: Record<string, number> }>(c, 'prepare', { vmId: c.vm.id, sourceNode: nodeName, ips }, 300_000);
+        },
+        undo: abortTarget,
+      },
+      {
         name: 'pause',
         run: async (c) => {
           c.pausedAt = await agent.migrationPause(c.vm.id);
@@ -373,8 +390,7 @@ export class MigrationSource {
       {
         name: 'restore',
         run: async (c) => {
-          const ips = Object.fromEntries((c.vm.status.interfaces ?? []).map((n) => [n.name, n.ip]));
-          c.restore = await call<RestoreResult>(c, 'restore', { vmId: c.vm.id, sourceNode: nodeName, ips }, 300_000);
+          c.restore = await call<RestoreResult>(c, 'restore', { vmId: c.vm.id }, 300_000);
         },
         undo: abortTarget,
       },
@@ -407,7 +423,7 @@ export class MigrationSource {
           if (!moved) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${c.vm.id} is no longer bound to ${nodeName}`);
           await this.o.store.appendEvent({ vmId: c.vm.id, tenant: c.vm.tenant, time: now, type: 'Normal', reason: 'Migrated', message });
           if (r.ipChange) await this.o.store.appendEvent({ vmId: c.vm.id, tenant: c.vm.tenant, time: now, type: 'Warning', reason: 'AddressChanged', message: migrationMessage(c.plan.id, r.ipChange) });
-          this.o.log.info({ vm: c.vm.id, migration: c.plan.id, target: c.plan.target, downtimeMs: downtime, totalMs: total, transfer: c.transfer, restore: r.timings }, 'migrated');
+          this.o.log.info({ vm: c.vm.id, migration: c.plan.id, target: c.plan.target, downtimeMs: downtime, totalMs: total, transfer: c.transfer, prepare: c.prepared.timings, restore: r.timings }, 'migrated');
         },
       },
       {
