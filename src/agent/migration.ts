@@ -25,6 +25,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
+import { Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from 'pino';
 import { ErrorCodes, MvmError, asMvmError } from '../core/errors.js';
@@ -224,6 +225,9 @@ async function pullFiles(o: MigrationRoutesOptions & { id: string; dir: string; 
     const part = `${dest}.part`;
     let failures = 0;
     let lastError = '';
+    // The checksum follows the bytes as they are written; after a cut it is taken again from the file.
+    let hash = createHash('sha256');
+    let hashed = 0;
     for (;;) {
       let have = existsSync(part) ? statSync(part).size : 0;
       if (have > f.size) {
@@ -244,7 +248,22 @@ async function pullFiles(o: MigrationRoutesOptions & { id: string; dir: string; 
             resumes++;
             o.log?.info({ migration: o.id, file: f.name, from: have }, 'transfer continues where it stopped');
           }
-          await pipeline(res, createWriteStream(part, { flags: append ? 'a' : 'w' }));
+          if (!append || hashed !== have) {
+            hash = createHash('sha256');
+            hashed = 0;
+            if (append) {
+              await pipeline(createReadStream(part), new Writable({ write: (chunk: Buffer, _e, cb) => (hash.update(chunk), cb()) }));
+              hashed = have;
+            }
+          }
+          const follow = new Transform({
+            transform: (chunk: Buffer, _e, cb) => {
+              hash.update(chunk);
+              hashed += chunk.length;
+              cb(null, chunk);
+            },
+          });
+          await pipeline(res, follow, createWriteStream(part, { flags: append ? 'a' : 'w' }));
         } catch (e) {
           if ((e as { final?: boolean }).final) throw e;
           lastError = (e as Error).message;
@@ -260,8 +279,10 @@ async function pullFiles(o: MigrationRoutesOptions & { id: string; dir: string; 
           continue;
         }
       }
-      const sum = await sha256File(part);
-      if (statSync(part).size === f.size && sum === f.sha256) {
+      const size = statSync(part).size;
+      const sum = hashed === size ? hash.digest('hex') : await sha256File(part);
+      hashed = -1; // digested: a retry starts a new one
+      if (size === f.size && sum === f.sha256) {
         renameSync(part, dest);
         bytes += f.size;
         break;
