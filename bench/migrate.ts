@@ -106,7 +106,6 @@ async function main(): Promise<void> {
     [
       row('migration: downtime (pause → resumed on the target)', mig.map((x) => x.downtime)),
       row('migration: total (request → Migrated)', mig.map((x) => x.total)),
-      row('migration: request → Running + GuestReady on the target', mig.map((x) => x.ready)),
       row('cold move: cordon → guest ready elsewhere (= downtime)', cold),
     ],
   );

@@ -81,14 +81,15 @@ function startProxy(target: URL): Promise<{ url: string; mode: { cutAfter: numbe
       sent += d.length;
       client.write(d);
     });
-    const end = (): void => {
+    const kill = (): void => {
       client.destroy();
       upstream.destroy();
     };
-    client.on('error', end);
-    upstream.on('error', end);
-    client.on('close', end);
-    upstream.on('close', end);
+    client.on('error', kill);
+    upstream.on('error', kill);
+    // A clean end passes on after what is buffered (destroy would drop the tail of a response).
+    upstream.on('end', () => client.end());
+    client.on('end', () => upstream.end());
   });
   return new Promise((resolve) =>
     proxy!.listen(0, '127.0.0.1', () => {
