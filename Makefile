@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-guest-channel bench-load bench-pool chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
+.PHONY: run test test-unit deps build web images bench bench-instant bench-guest-channel bench-load bench-pool bench-migrate chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -86,6 +86,10 @@ bench-k8s: deps build images control-plane
 # MicroVMPool: scale-up 0 → 20 Ready, cold vs resuming suspended members (README "Benchmarks").
 bench-pool: deps build images control-plane
 	$(NODE) dist/bench/pool.js
+
+# Cluster mode: migration with memory (downtime, total) vs the cold move, p50 over 5 each (README "Benchmarks").
+bench-migrate: deps build images control-plane
+	$(NODE) dist/bench/migrate.js
 
 # The real Firecracker vs QEMU through the same service: create → Running, snapshot, restore (README "Benchmarks").
 bench-firecracker: deps build images

@@ -28,6 +28,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { RemoteNodeAgents } from './agent/endpoint/client.js';
+import { clusterMigrator } from './k8s/migrations.js';
 import { createGatewayStack } from './gateway/stack.js';
 import { loadGatewayConfig } from './gateway/config.js';
 import { buildApi } from './api/server.js';
@@ -158,6 +159,8 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
+  // Migration with memory (docs/adr/0033): a request annotation the operator plans and the source node carries out.
+  service.migrator = clusterMigrator(kc, store.tn);
   // The images API (ADR 0019, cluster mode): the same routes over every node agent's image cache.
   const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });
   // Inside the guest (issue 13): through the agent of the VM's node, which relays onto its guest connection.

@@ -25,7 +25,7 @@ import { failedStep, runSteps } from '../core/steps.js';
 import { GuestLink } from './guest-link.js';
 import type { GuestAgentClient } from '../guest/index.js';
 import { sleep } from '../vmm/proc.js';
-import { RESTORE_PENDING, bootSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
+import { RESTORE_PENDING, bootSteps, migrateInSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type IncomingMigration, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -46,6 +46,12 @@ export class LocalAgent implements NodeAgent {
   private readonly vmsRoot: string;
   /** VMs building a template: internal to this agent, invisible to the controller (no microVM of the store owns them). */
   private readonly building = new Set<string>();
+  /** VMs arriving by migration (docs/adr/0033): not bound here yet, so the controller must not remove them as orphans. */
+  private readonly incoming = new Set<string>();
+  /** VMs leaving by migration: paused for it, still shown running (the controller must not resume them meanwhile). */
+  private readonly outgoing = new Set<string>();
+  /** Launches of incoming migrations, restored and waiting for their resume call. */
+  private readonly incomingLaunches = new Map<string, Launch>();
 
   constructor(private readonly options: AgentOptions) {
     this.nodeName = options.nodeName;
@@ -144,11 +150,11 @@ export class LocalAgent implements NodeAgent {
     for (const p of await this.options.driver.findProcesses(this.vmsRoot)) ids.add(p.id);
     for (const id of (await this.options.network?.list()) ?? []) ids.add(id);
     // A build under way is the template service's; after a crash its leftovers are ordinary orphans.
-    return [...ids].filter((id) => !this.building.has(id));
+    return [...ids].filter((id) => !this.building.has(id) && !this.incoming.has(id));
   }
 
   observe(id: string): ActualVm {
-    if (this.building.has(id)) return { id, state: 'absent', ready: false };
+    if (this.building.has(id) || this.incoming.has(id)) return { id, state: 'absent', ready: false };
     const r = this.vms.get(id);
     if (!r) return { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false };
     const a: ActualVm = { id, state: r.state, ready: r.ready };
@@ -524,6 +530,161 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
+  // ---- migration with memory (docs/adr/0033) ----------------------------------------------------
+
+  /** Source, step pause: stop the vCPUs for the move (the VM still reads as running to the controller). */
+  migrationPause(id: string): Promise<number> {
+    return this.serial(id, async (r) => {
+      const inst = r.inst;
+      if (!inst || r.state !== 'running') throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is not running on node ${this.nodeName}`);
+      if (!inst.pause || !inst.snapshot) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${inst.driver} cannot pause and snapshot a guest`);
+      this.outgoing.add(id);
+      await inst.pause();
+      return Date.now();
+    });
+  }
+
+  /** Source, step snapshot: memory, device state and the disk copy into `dir`; the guest stays paused. */
+  migrationSnapshot(id: string, dir: string): Promise<void> {
+    return this.serial(id, async (r) => {
+      const inst = r.inst;
+      if (!inst?.snapshot) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no VMM to snapshot on node ${this.nodeName}`);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      await inst.snapshot(dir);
+      writeGuestAgentMark(dir, r.agentVersion ?? (r.guest?.current() ? 'unknown' : undefined));
+    });
+  }
+
+  /** Source, a failed migration: the guest runs on here again. */
+  migrationResume(id: string): Promise<void> {
+    return this.serial(id, async (r) => {
+      this.outgoing.delete(id);
+      if (r.inst?.resume) await r.inst.resume();
+    });
+  }
+
+  /** Source, a migration that succeeded: the VM is bound elsewhere now, its removal here is the controller's. */
+  migrationDone(id: string): void {
+    this.outgoing.delete(id);
+  }
+
+  /**
+   * Target, before the source pauses the guest: what takes time and needs no memory (images,
+   * cgroup, network with the source's address, console). The VM is not bound here yet: until
+   * `adoptIncoming` the controller sees nothing of it. A failure is undone by the caller's abort.
+   */
+  migratePrepare(vm: MicroVM, m: IncomingMigration): Promise<{ ipChange?: string; timings: Record<string, number> }> {
+    this.incoming.add(vm.id);
+    return this.serial(vm.id, async (r) => {
+      if (r.inst) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${vm.id} already runs on node ${this.nodeName}`);
+      const launch = { vm, runtime: r, dir: this.vmDir(vm.id), migration: m } as Launch;
+      const { timings } = await runSteps(`migration of ${vm.id} onto ${this.nodeName} (prepare)`, migrateInSteps(this.launchDeps).prepare, launch, {
+        onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a migration step failed'),
+      });
+      this.incomingLaunches.set(vm.id, launch);
+      return { ...(m.ipChange ? { ipChange: m.ipChange } : {}), timings: Object.fromEntries(timings.map((t) => [t.name, Math.round(t.ms)])) };
+    });
+  }
+
+  /** Target, once the files arrived in the prepared launch's directory: the disk, then the VMM restored from the memory and resumed. */
+  migrateIn(id: string): Promise<{ ip?: string; interfaces: ActualVm['interfaces']; ipChange?: string; resumedAt: number; pid?: number; timings: Record<string, number> }> {
+    return this.serial(id, async (r) => {
+      const launch = this.incomingLaunches.get(id);
+      if (!launch || !this.incoming.has(id)) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `no migration of microVM ${id} prepared on node ${this.nodeName}`);
+      if (r.inst) throw new MvmError(ErrorCodes.CONFLICT, `microVM ${id} already runs on node ${this.nodeName}`);
+      const m = launch.migration!;
+      let timings: Array<{ name: string; ms: number }>;
+      try {
+        ({ timings } = await runSteps(`migration of ${id} onto ${this.nodeName}`, migrateInSteps(this.launchDeps).restore, launch, {
+          onUndoError: (step, err) => this.options.log.warn({ vm: id, step, err: err.message }, 'undo of a migration step failed'),
+        }));
+      } catch (e) {
+        r.inst = undefined;
+        r.state = 'absent';
+        throw e;
+      }
+      r.state = 'running';
+      const pid = launch.inst?.pid;
+      return {
+        ...(r.attachments?.[0]?.ip ? { ip: r.attachments[0].ip } : {}),
+        interfaces: r.attachments?.map((n) => ({ name: n.name, ip: n.ip, prefix: n.prefix, gateway: n.gateway, mac: n.mac, tap: n.tap })),
+        ...(m.ipChange ? { ipChange: m.ipChange } : {}),
+        resumedAt: m.resumedAt ?? Date.now(),
+        ...(pid !== undefined ? { pid } : {}),
+        timings: Object.fromEntries(timings.map((t) => [t.name, Math.round(t.ms)])),
+      };
+    });
+  }
+
+  /**
+   * Target: the restored guest runs again here: its agent answers (the proof), and gets this node's
+   * addresses if they changed. A failure leaves it to the caller's abort.
+   */
+  resumeIncoming(id: string): Promise<{ readyAt: number; agent?: string }> {
+    return this.serial(id, async (r) => {
+      const launch = this.incomingLaunches.get(id);
+      if (!launch || !r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `no migration of microVM ${id} restored on node ${this.nodeName}`);
+      await this.migratedIdentity(launch);
+      this.incomingLaunches.delete(id);
+      return { readyAt: Date.now(), ...(r.agentVersion ? { agent: r.agentVersion } : {}) };
+    });
+  }
+
+  /** Target: the VM is bound here now; the controller takes it over. */
+  adoptIncoming(id: string): void {
+    this.incoming.delete(id);
+    this.incomingLaunches.delete(id);
+  }
+
+  /** Target: a migration that failed (or was abandoned): nothing of the VM stays on this node. */
+  async abortIncoming(id: string): Promise<void> {
+    if (!this.incoming.has(id)) return;
+    try {
+      await this.ensureAbsent(id);
+    } finally {
+      this.incoming.delete(id);
+      this.incomingLaunches.delete(id);
+    }
+  }
+
+  isIncoming(id: string): boolean {
+    return this.incoming.has(id);
+  }
+
+  /**
+   * A migrated guest resumed here: it is the same machine (same hostname, machine id, MAC), so it is
+   * not re-identified. Its guest agent must answer (the proof it runs again); only when this node
+   * gave other addresses does the agent get them (the network part of the identity, nothing else).
+   */
+  private async migratedIdentity(c: Launch): Promise<void> {
+    const r = c.runtime;
+    const m = c.migration!;
+    const hadAgent = existsSync(join(m.dir, GUEST_AGENT_MARK));
+    const client = r.guest && hadAgent
+      ? await r.guest.waitReady(Date.now() + 20_000, () => r.inst !== undefined).catch((e: Error) => {
+          throw new MvmError(ErrorCodes.AGENT_UNAVAILABLE, `the migrated guest's agent did not answer on node ${this.nodeName}: ${e.message}`);
+        })
+      : undefined;
+    if (client) r.agentVersion = client.hello.version;
+    if (m.ipChange) {
+      const atts = r.attachments ?? [];
+      if (client) {
+        await client.identity({
+          hostname: c.vm.name,
+          machineId: machineIdOf(c.vm.id),
+          interfaces: atts.map((a, i) => ({ name: `eth${i}`, mac: a.mac, ip: a.ip, prefix: a.prefix, gateway: a.gateway, dns: a.dns })),
+          timeMs: Date.now(),
+          entropy: randomBytes(64),
+        });
+      } else {
+        await this.reidentify(c.vm, c.dir, atts, r);
+        return;
+      }
+    }
+    r.markReady?.(client ? `migrated; guest agent ${client.hello.version} answered` : 'migrated');
+  }
+
   pause(id: string): Promise<void> {
     return this.serial(id, async (r) => {
       if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no running VMM to pause`);
@@ -535,6 +696,8 @@ export class LocalAgent implements NodeAgent {
 
   resume(id: string): Promise<void> {
     return this.serial(id, async (r) => {
+      // Paused for a migration under way: its pipeline resumes it (on failure) or it moves.
+      if (this.outgoing.has(id)) return;
       if (!r.inst) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no VMM to resume`);
       if (!r.inst.resume) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${r.inst.driver} cannot resume`);
       await r.inst.resume();

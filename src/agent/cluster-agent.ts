@@ -110,6 +110,16 @@ export class NodeScopedStore implements Store {
     return vm;
   }
 
+  /** The object last seen of a VM bound here (its annotations: a migration plan). */
+  objectOf(id: string): MicroVMObject | undefined {
+    return this.seen.get(id);
+  }
+
+  /** Ids of the VMs bound here. */
+  boundIds(): string[] {
+    return [...this.seen.keys()];
+  }
+
   async getVm(id: string): Promise<MicroVM | undefined> {
     const cached = this.seen.get(id);
     if (!cached) return undefined;

@@ -29,6 +29,9 @@ import { NodeRegistration, nodeRegisterEnv } from './node-registration.js';
 import type { VolumeBackend } from '../core/ports/volumes.js';
 import { VolumeService } from '../core/volumes.js';
 import { volumeBackendsFromEnv } from '../storage/volumes/index.js';
+import { readFileSync } from 'node:fs';
+import { RemoteNodeAgents } from './endpoint/client.js';
+import { MigrationSource } from './migration.js';
 
 export interface ClusterNode {
   nodeName: string;
@@ -43,6 +46,9 @@ export interface ClusterNode {
   volumeRecords: KubernetesResourceStore;
   /** This node's image cache (the endpoint serves it to the API's images routes); its periodic gc runs here. */
   images: ImageManager;
+  /** Requests to other nodes' agents (migrations: docs/adr/0033), with MVM_AGENT_TOKEN_FILE (default the pod's token). */
+  peers: RemoteNodeAgents;
+  dataDir: string;
   close(): Promise<void>;
 }
 
@@ -135,7 +141,22 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   });
   await heartbeat.start();
   await netController?.start();
+  // Migration with memory (docs/adr/0033): other nodes' agents reached as the API reaches them
+  // (the Node's endpoint annotation, a token of the agents' audience, the agents' CA).
+  const peers = new RemoteNodeAgents({
+    kubeConfig: kc,
+    ...(cfg.cluster.agentTokenFile ? { tokenFile: cfg.cluster.agentTokenFile } : {}),
+    ...(cfg.cluster.agentCaFile ? { ca: () => readFileSync(cfg.cluster.agentCaFile!) } : {}),
+    ...(cfg.cluster.agentServerName !== 'address' ? { serverName: (n: string) => cfg.cluster.agentServerName.replaceAll('{node}', n) } : {}),
+    endpointCacheMs: 0,
+  });
+  // A VM arriving by migration is the controller's once it is bound here.
+  const adoptIncoming = store.watch((c) => {
+    if (!c.deleted && agent.isIncoming(c.id) && store.objectOf(c.id)) agent.adoptIncoming(c.id);
+  });
+  const migrations = new MigrationSource({ nodeName, dataDir: cfg.dataDir, store, k8s, agent, send: peers.send, log: log.child({ c: 'migration' }) });
   await controller.start();
+  migrations.start();
   imageManager.start();
   log.info({ node: nodeName, driver: caps.driver, accel: caps.accel }, 'node agent running');
   let closed = false;
@@ -150,9 +171,14 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
     volumeBackends,
     volumeRecords,
     images: imageManager,
+    peers,
+    dataDir: cfg.dataDir,
     async close() {
       if (closed) return;
       closed = true;
+      migrations.stop();
+      adoptIncoming();
+      await peers.shutdown();
       heartbeat.stop();
       await registration?.stopped();
       imageManager.stop();

@@ -9,7 +9,9 @@
  * unmapped, the network is torn down (tap, netns, address), the cgroup removed. The VM directory
  * and its disk stay, for a retry or for delete.
  */
-import { chmodSync, chownSync, existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { join } from 'node:path';
 import { ErrorCodes, MvmError } from '../core/errors.js';
 import { memoryMiB, parseDurationMs, parseQuantityMiB, type MicroVM } from '../core/microvm.js';
@@ -95,6 +97,21 @@ export interface Launch {
   runAs?: { uid: number; gid: number };
   spec: LaunchSpec;
   inst: VmmInstance;
+  /** An incoming migration (migrateInSteps): the files received from the source node and the addresses to keep. */
+  migration?: IncomingMigration;
+}
+
+/** What a migration's restore on the target node works from, and what it reports. */
+export interface IncomingMigration {
+  /** The snapshot files received from the source node (snapshot.json, the memory stream, the disk copy). */
+  dir: string;
+  sourceNode: string;
+  /** NIC name → the address it had on the source node. */
+  ips: Record<string, string>;
+  /** Filled in by the network step: the addresses it has here, and why they differ. */
+  ipChange?: string;
+  /** When the VMM was running again here (ms since the epoch). */
+  resumedAt?: number;
 }
 
 /** The node's parts a launch uses (the agent's options). */
@@ -309,6 +326,91 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
     run: (c) => rmSync(join(c.dir, RESTORE_PENDING), { force: true }),
   };
   return insertAfter(swapSteps(bootSteps(d), { 'root-disk': restoreDisk }), 'vmm-start', reidentify, restored);
+}
+
+const execFileP = promisify(execFile);
+
+/**
+ * A migration's restore on the target node (docs/adr/0033), in two parts: `prepare` runs before
+ * the source pauses the guest, `restore` once its files arrived. The cold-boot pipeline with the disk
+ * and memory received from the source node instead of a boot, the same MAC (derived from the VM
+ * id), the same address when this node's network can give it, and no re-identification: the guest
+ * is the same machine, only moved. Steps replaced: root-disk → migrated-disk, network → the same
+ * with the source's addresses asked for; after vmm-start (which restores and resumes the guest):
+ * guest-resumed. The guest's agent answering (and new addresses, if any) is the resume call's
+ * (LocalAgent.resumeIncoming).
+ */
+export function migrateInSteps(d: LaunchDeps): { prepare: Array<Step<Launch>>; restore: Array<Step<Launch>> } {
+  const o = d.env;
+  const boot = bootSteps(d);
+  const plainNetwork = boot.find((s) => s.name === 'network')!;
+  const migratedDisk: Step<Launch> = {
+    name: 'migrated-disk',
+    run: async (c) => {
+      const m = c.migration!;
+      if (!o.driver.snapshotFiles) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${o.driver.name} cannot restore snapshots`);
+      const recPath = join(m.dir, 'snapshot.json');
+      const rec = JSON.parse(readFileSync(recPath, 'utf8')) as { driver?: string; disks?: Array<{ id: string; file: string; format: string; sourcePath: string }> };
+      if (rec.driver && rec.driver !== o.driver.name) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `the source ran the ${rec.driver} driver and node ${o.nodeName} runs ${o.driver.name}`);
+      if (c.vm.spec.rootfs?.readOnly === true) {
+        c.root = { id: 'root', path: c.rootfs.path, format: c.rootfs.format, readOnly: true, root: true };
+      } else {
+        const copy = rec.disks?.find((x) => x.id === 'root');
+        if (!copy) throw new MvmError(ErrorCodes.VALIDATION_FAILED, `the migration's files in ${m.dir} hold no copy of the root disk`);
+        const disk = join(c.dir, `root.${copy.format}`);
+        // The source's overlay, moved in place: its backing file is the base image, resolved on this node.
+        renameSync(join(m.dir, copy.file), disk);
+        if (copy.format === 'qcow2') await execFileP('qemu-img', ['rebase', '-u', '-F', c.rootfs.format, '-b', c.rootfs.path, disk]);
+        if (c.owner) giveFile(disk, c.owner);
+        c.root = { id: 'root', path: disk, format: copy.format === 'qcow2' ? 'qcow2' : 'raw', readOnly: false, root: true };
+        // The record names the source node's live disk: this node's disk is its own copy of it.
+        rec.disks = rec.disks!.map((x) => ({ ...x, sourcePath: `${m.sourceNode}:${x.sourcePath}` }));
+        writeFileSync(recPath, JSON.stringify(rec, null, 2));
+      }
+      c.restoreFrom = o.driver.snapshotFiles(m.dir);
+    },
+  };
+  const network: Step<Launch> = {
+    ...plainNetwork,
+    run: async (c) => {
+      const m = c.migration!;
+      const spec = await o.networkSpec!(c.vm);
+      const keep = { ...spec, nics: spec.nics.map((n) => (m.ips[n.name] && !n.ip ? { ...n, ip: m.ips[n.name] } : n)) };
+      const t0 = Date.now();
+      let atts;
+      try {
+        atts = await o.network!.setup(keep);
+      } catch (e) {
+        // This node's network cannot give the same address (another subnet, or taken): a new one, said so.
+        await o.network!.teardown(c.vm.id).catch(() => undefined);
+        atts = await o.network!.setup(spec);
+        m.ipChange = `node ${o.nodeName} cannot keep the address (${(e as Error).message.slice(0, 200)})`;
+      }
+      c.runtime.attachments = atts;
+      c.nics = atts.map((a) => ({ id: a.name, tap: a.tap, mac: a.mac }));
+      c.netArgs = kernelIpArgs(atts, { hostname: c.vm.name });
+      const ns = atts[0]?.netnsPath;
+      if (ns) c.netnsPath = ns;
+      c.netMs = Date.now() - t0;
+      const moved = atts.filter((a) => m.ips[a.name] && m.ips[a.name] !== a.ip).map((a) => `${a.name} ${m.ips[a.name]} → ${a.ip}`);
+      if (moved.length) m.ipChange = `${m.ipChange ?? `node ${o.nodeName} gave other addresses`}: ${moved.join(', ')}`;
+      else m.ipChange = undefined;
+    },
+  };
+  const resumed: Step<Launch> = {
+    // vmm-start restored the memory and resumed the vCPUs: the guest runs here from where it stopped.
+    name: 'guest-resumed',
+    run: (c) => {
+      c.migration!.resumedAt = Date.now();
+    },
+  };
+  const all = insertAfter(swapSteps(boot, { 'root-disk': migratedDisk, network }), 'vmm-start', resumed);
+  const at = all.findIndex((x) => x.name === 'migrated-disk');
+  // Before the pause, while the guest still runs on its source: images, cgroup, network (the slow part), volumes, console.
+  const prepare = all.filter((x, i) => i !== at && i < all.findIndex((y) => y.name === 'vmm-start'));
+  // While it is paused: its disk, then the VMM restored from the memory received and resumed.
+  const restore = all.filter((x) => !prepare.includes(x));
+  return { prepare, restore };
 }
 
 /**

@@ -9,6 +9,7 @@ import { agentEndpointEnv } from '../agent/endpoint/config.js';
 import { startAgentEndpoint } from '../agent/endpoint/server.js';
 import { imageRoutes } from '../agent/endpoint/images.js';
 import { volumeRoutes } from '../agent/endpoint/volumes.js';
+import { migrationRoutes } from '../agent/migration.js';
 import { configOrExit, runMain, shutdownOnSignals, type Closer } from './lifecycle.js';
 
 const BINARY = 'mvm-agent';
@@ -39,6 +40,8 @@ async function main(): Promise<void> {
     routes: [
       volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
       imageRoutes({ nodeName: node.nodeName, images: node.images, log: node.log.child({ c: 'images' }) }),
+      // Migration with memory (docs/adr/0033): files served to the target, pulled, restored, resumed.
+      migrationRoutes({ nodeName: node.nodeName, dataDir: node.dataDir, agent: node.agent, lookup: (id) => node.k8s.getVm(id), send: node.peers.send, log: node.log.child({ c: 'migration' }) }),
     ],
   });
   closers.push(() => endpoint.close());

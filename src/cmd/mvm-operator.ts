@@ -38,6 +38,8 @@ async function main(): Promise<void> {
     resyncMs: cfg.resyncSeconds * 1000,
     // A cordon (kubectl cordon / kubectl drain) moves the node's VMs elsewhere unless "false".
     drainOnCordon: env.MVM_DRAIN_ON_CORDON !== 'false',
+    // MVM_DRAIN_MODE: migrate (default: with memory, the cold move as the fallback) | cold (stop + cold start only).
+    drainMigrates: env.MVM_DRAIN_MODE !== 'cold',
   });
   // MicroVMPools (ADR 0033): their own informers and queue, under the same leadership.
   const pools = new PoolController({ kubeConfig: kc, log: log.child({ controller: 'pools' }), ...(cfg.cluster?.partition ? { partition: cfg.cluster.partition } : {}), resyncMs: cfg.resyncSeconds * 1000 });

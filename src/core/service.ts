@@ -12,7 +12,7 @@ import type { ImageAdmission, ImageResolver } from './ports/images.js';
 import type { ListOptions, Page, RawVm, Store, VmEvent } from './ports/store.js';
 import type { TenantStore } from './ports/tenants.js';
 import { limitsOf } from './tenancy.js';
-import type { CreateMicroVMRequestT, MicroVMSpecT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
+import type { CreateMicroVMRequestT, MicroVMSpecT, MigrateRequestT, UpdateMicroVMRequestT, VmMetricsT } from './schema.js';
 import type { Principal } from './authz.js';
 
 export { SYSTEM_TENANT, listTenant, targetTenant, type Principal, type Role } from './authz.js';
@@ -125,6 +125,8 @@ export class MicroVMService {
 
   /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */
   restoreResolver?: (p: Principal, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
+  /** Cluster mode: asks the operator to move a running VM with its memory (docs/adr/0033); standalone has one node. */
+  migrator?: (vm: MicroVM, req: MigrateRequestT) => Promise<MicroVM>;
   /** Turns a create request with `template` into a clone of the template (set by the template use case). */
   templateResolver?: (p: Principal, tenant: string, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
 
@@ -293,6 +295,15 @@ export class MicroVMService {
       delete cur.status.message;
       return cur;
     }, ifMatch);
+  }
+
+  /** Move a running VM to another node with its memory, processes, disk and MAC (cluster mode; 409 NeedsClusterMode otherwise). */
+  async migrate(p: Principal, idOrName: string, req: MigrateRequestT): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    if (!this.migrator) {
+      throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, 'migration needs cluster mode (several nodes, docs/adr/0033): this service runs standalone on one node', { details: { id: vm.id, reason: 'NeedsClusterMode' } });
+    }
+    return this.migrator(vm, req);
   }
 
   async stop(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {

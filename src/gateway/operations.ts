@@ -62,6 +62,7 @@ const DEFS: Record<string, Def> = {
   'audit.query': { permission: 'audit:read', mutation: false, rest: 'GET /api/v1/audit', note: 'tenant-admins: their tenant only' },
   'whoami.get': { permission: 'authenticated', mutation: false, rest: 'GET /api/v1/whoami' },
   'openapi.get': { permission: 'public', mutation: false, rest: 'GET /api/v1/openapi.json' },
+  'microvms.migrate': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/migrate', note: 'cluster mode only (409 standalone); node: the target, default the scheduler\'s pick', errors: [409, 422] },
   'microvms.pause': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/pause' },
   'microvms.resume': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/resume' },
   'guest.exec': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/exec', note: 'audited with argv and exit code; never stdin or output', errors: [409, 422, 502] },

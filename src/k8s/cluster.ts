@@ -35,7 +35,73 @@ export const ClusterConditions = {
    * placement; a `kubectl apply`d VM gets no other check). False (reason QuotaExceeded) = it waits.
    */
   Admitted: 'Admitted',
+  /**
+   * Written by the source node's agent when a migration with memory ends (docs/adr/0033): True
+   * (reason Migrated) on the target, or False with the failed step as the reason, the VM resumed on
+   * its source. The message starts with `migration <id>` so the operator knows which request it answers.
+   */
+  Migrated: 'Migrated',
 } as const;
+
+/**
+ * On a MicroVM, written by the API (POST /microvms/{id}/migrate) or by hand (`kubectl annotate`):
+ * a request to move the running VM with its memory. JSON `{"node"?: "<target>"}`; `{}` lets the
+ * scheduler pick. The operator validates it, picks the target and replaces it with ANN_MIGRATION.
+ */
+export const ANN_MIGRATE = 'microvm.service/migrate';
+/**
+ * On a MicroVM, written by the operator: the migration under way (MigrationPlan as JSON). The
+ * source node's agent carries it out and answers with the Migrated condition; the operator then
+ * removes this annotation.
+ */
+export const ANN_MIGRATION = 'microvm.service/migration';
+
+/** A migration the operator asked the source node's agent to carry out. */
+export interface MigrationPlan {
+  id: string;
+  source: string;
+  target: string;
+  /** Why: `Request` (the API or kubectl) or the eviction's reason (NodeDrain, NoExecuteTaint): a failed eviction falls back to the cold move. */
+  reason: string;
+  startedAt: string;
+}
+
+export function parseMigrationPlan(v: string | undefined): MigrationPlan | undefined {
+  if (!v) return undefined;
+  try {
+    const p = JSON.parse(v) as Partial<MigrationPlan>;
+    return typeof p.id === 'string' && typeof p.source === 'string' && typeof p.target === 'string' ? { reason: 'Request', startedAt: '', ...p } as MigrationPlan : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The request of ANN_MIGRATE (an unreadable one is a request with no target). */
+export function parseMigrateRequest(v: string | undefined): { node?: string } | undefined {
+  if (v === undefined) return undefined;
+  try {
+    const r = JSON.parse(v || '{}') as { node?: unknown };
+    return typeof r.node === 'string' && r.node ? { node: r.node } : {};
+  } catch {
+    // `kubectl annotate mvm x microvm.service/migrate=node-b` works too.
+    return /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(v) ? { node: v } : {};
+  }
+}
+
+/** The Migrated condition's message names the migration it answers. */
+export const migrationMessage = (id: string, text: string): string => `migration ${id}: ${text}`;
+export const migrationOf = (message: string | undefined): string | undefined => /^migration (\S+):/.exec(message ?? '')?.[1];
+
+/**
+ * Why a VM cannot move with its memory (undefined: it can). The files of a VM restored from a
+ * snapshot or cloned from a template back its disk on its node; volumes are not carried yet.
+ */
+export function migrationRefusal(vm: { spec: { source?: unknown; volumes?: unknown[] }; status: { phase: string } }): string | undefined {
+  if (vm.status.phase !== 'Running') return `the microVM is ${vm.status.phase}: only a Running microVM migrates`;
+  if (vm.spec.source) return 'it was restored from a snapshot or cloned from a template whose files back its disk on its node';
+  if (vm.spec.volumes?.length) return 'it has volumes: migration does not carry volumes yet (stop it and start it elsewhere)';
+  return undefined;
+}
 
 export const SYSTEM_NAMESPACE = 'microvm-system';
 export const OPERATOR_LEASE = 'microvm-operator';

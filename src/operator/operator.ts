@@ -57,6 +57,8 @@ export interface OperatorOptions {
    * =true drains even when this is false).
    */
   drainOnCordon?: boolean;
+  /** A drain or NoExecute taint moves running VMs with their memory first (default true; MVM_DRAIN_MODE=cold: stop + cold start only). */
+  drainMigrates?: boolean;
   /** Backoff of failed keys. */
   baseDelayMs?: number;
   maxDelayMs?: number;
@@ -167,6 +169,7 @@ export class Operator {
     this.steps = reconcileSteps({
       namespaces: this.namespaces,
       drainOnCordon: options.drainOnCordon ?? true,
+      drainMigrates: options.drainMigrates ?? true,
       nodesSynced: () => this.nodesSynced,
       node: (name) => this.nodes.get(name),
       replace: (obj) => this.replace(obj),
@@ -184,6 +187,7 @@ export class Operator {
       pinnedPlacement: (namespace, vm) => this.pinnedPlacement(namespace, vm),
       refreshNodes: () => this.refreshNodes(),
       schedule: (vm, only) => this.options.scheduler.schedule(vm, this.state, only ? { only } : undefined),
+      scheduleAway: (vm, from) => this.options.scheduler.schedule(vm, this.state, { exclude: new Set([from]) }),
       assume: (vm, node) => {
         this.assumed.set(vm.id, { node, until: Date.now() + 30_000 });
         this.state.assume(vm, node);

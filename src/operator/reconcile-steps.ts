@@ -9,8 +9,13 @@
  *                   mirroring status.node, a finished defrag move's annotation removed
  *   delete-request  the API in cluster mode marks a delete as phase Deleting: a Kubernetes delete
  *   restart         kubectl's "start": desiredState Running again on a Stopped VM
+ *   migrate         a migration with memory (docs/adr/0033): a request (annotation microvm.service/migrate)
+ *                   becomes a plan (microvm.service/migration: id, source, target) the source node's
+ *                   agent carries out; its answer (condition Migrated) ends it: event MigratedLive, or
+ *                   for a drain that failed to migrate the cold move (Evicting)
  *   drain           a bound VM on a cordoned Node (`kubectl drain`), under a NoExecute taint it does
- *                   not tolerate, or on a Node that is gone: Evicting, stopped there, unbound
+ *                   not tolerate, or on a Node that is gone: moved with its memory by default
+ *                   (migrate), else (or when that fails) Evicting, stopped there, unbound (ColdMoved)
  *   unplaced        only a Pending (or unbound Scheduled) VM goes on
  *   admit           a VM never admitted (a `kubectl apply`d one bypasses the API's admission) must
  *                   fit its tenant's quota (condition Admitted; refused ones wait: QuotaExceeded)
@@ -23,7 +28,7 @@ import { ConditionTypes, newId, setCondition, type MicroVM } from '../core/micro
 import { toleratesAll } from '../core/placement.js';
 import type { ConditionT } from '../core/schema.js';
 import { DONE, type Step } from '../core/steps.js';
-import { ClusterConditions, FINALIZER, LABEL_NODE, evictionReason } from '../k8s/cluster.js';
+import { ANN_MIGRATE, ANN_MIGRATION, ClusterConditions, FINALIZER, LABEL_NODE, evictionReason, migrationMessage, migrationOf, migrationRefusal, parseMigrateRequest, parseMigrationPlan, type MigrationPlan } from '../k8s/cluster.js';
 import { ANN_CREATED_AT, ANN_UPDATED_AT, LABEL_ID, LABEL_MANAGED_BY, LABEL_TENANT, MANAGER, fromObject, type MicroVMObject, type TenantNamespaces } from '../k8s/microvm-object.js';
 import { unschedulableMessage, type Placement } from '../scheduler/scheduler.js';
 import type { V1Node } from '@kubernetes/client-node';
@@ -49,6 +54,8 @@ export interface Reconcile {
 export interface ReconcileHost {
   readonly namespaces: TenantNamespaces;
   readonly drainOnCordon: boolean;
+  /** A drain or NoExecute taint moves running VMs with their memory first (default), the cold move being the fallback. */
+  readonly drainMigrates: boolean;
   /** The Node informer has listed once (a Node missing from it is really gone). */
   nodesSynced(): boolean;
   node(name: string): V1Node | undefined;
@@ -62,6 +69,8 @@ export interface ReconcileHost {
   pinnedPlacement(namespace: string, vm: MicroVM): Promise<Placement | undefined>;
   refreshNodes(): void;
   schedule(vm: MicroVM, only?: string): Placement;
+  /** A placement anywhere but `from` (a migration's target). */
+  scheduleAway(vm: MicroVM, from: string): Placement;
   /** Hold `node` for the VM before the binding is written (kube-scheduler's "assume"); `release` undoes it. */
   assume(vm: MicroVM, node: string): void;
   release(id: string): void;
@@ -73,6 +82,12 @@ export function reconcileSteps(h: ReconcileHost): Array<Step<Reconcile>> {
   const wrote = (c: Reconcile, obj: MicroVMObject): void => {
     c.obj = obj;
     c.vm = fromObject(obj, h.namespaces);
+  };
+  /** Write the plan the source node's agent carries out (and drop a request it answers). */
+  const startMigration = async (c: Reconcile, plan: MigrationPlan, annotations: Record<string, string>, why: string): Promise<void> => {
+    const { [ANN_MIGRATE]: _r, ...rest } = annotations;
+    c.obj = await h.replace({ ...c.obj, metadata: { ...c.obj.metadata, annotations: { ...rest, [ANN_MIGRATION]: JSON.stringify(plan) } } });
+    await h.event(c.obj, 'Normal', 'Migrating', `${why}: moving it from ${plan.source} to ${plan.target} with its memory (migration ${plan.id})`);
   };
   return [
     {
@@ -159,6 +174,58 @@ export function reconcileSteps(h: ReconcileHost): Array<Step<Reconcile>> {
       },
     },
     {
+      name: 'migrate',
+      when: (c) => !!c.vm.status.node && !!(c.obj.metadata.annotations?.[ANN_MIGRATE] !== undefined || c.obj.metadata.annotations?.[ANN_MIGRATION]),
+      run: async (c) => {
+        const { vm, now } = c;
+        const source = vm.status.node!;
+        const annotations = { ...(c.obj.metadata.annotations ?? {}) };
+        const plan = parseMigrationPlan(annotations[ANN_MIGRATION]);
+        if (plan) {
+          const answer = vm.status.conditions.find((x) => x.type === ClusterConditions.Migrated && migrationOf(x.message) === plan.id);
+          const sourceGone = h.nodesSynced() && !h.node(plan.source);
+          if (!answer && !sourceGone && source === plan.source) {
+            h.requeueAfter(c.key, 5000); // the source's agent answers with the Migrated condition
+            return DONE;
+          }
+          // Answered (or moot): the plan goes. A drain whose migration failed moves the VM cold.
+          const moved = answer?.status === 'True' && source === plan.target;
+          const drain = plan.reason !== 'Request';
+          if (!moved && drain && !condTrue(vm.status.conditions, ClusterConditions.Evicting)) {
+            const why = `${answer?.message ?? `migration ${plan.id} abandoned`}: moving it by stop and cold start instead`;
+            wrote(c, await h.replaceStatus({ ...c.obj, status: { ...c.obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: plan.reason, message: why }, now), observedGeneration: vm.generation } }));
+            await h.event(c.obj, 'Warning', 'Evicting', why);
+          }
+          delete annotations[ANN_MIGRATION];
+          c.obj = await h.replace({ ...c.obj, metadata: { ...c.obj.metadata, annotations } });
+          if (moved) await h.event(c.obj, 'Normal', 'MigratedLive', `${drain ? `${plan.reason}: ` : ''}${answer!.message}`);
+          return DONE;
+        }
+        const request = parseMigrateRequest(annotations[ANN_MIGRATE])!;
+        delete annotations[ANN_MIGRATE];
+        const id = newId('mig');
+        let refusal = migrationRefusal(vm);
+        let placement: Placement | undefined;
+        if (!refusal) {
+          h.refreshNodes();
+          if (request.node === source) refusal = `it already runs on ${source}`;
+          else {
+            placement = request.node ? h.schedule(vm, request.node) : h.scheduleAway(vm, source);
+            if (!placement.node) refusal = unschedulableMessage(placement);
+          }
+        }
+        if (refusal || !placement?.node) {
+          const message = migrationMessage(id, `refused: ${refusal}`);
+          wrote(c, await h.replaceStatus({ ...c.obj, status: { ...c.obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Migrated, status: 'False', reason: 'Refused', message }, now), observedGeneration: vm.generation } }));
+          c.obj = await h.replace({ ...c.obj, metadata: { ...c.obj.metadata, annotations } });
+          await h.event(c.obj, 'Warning', 'MigrationRefused', message);
+          return DONE;
+        }
+        await startMigration(c, { id, source, target: placement.node, reason: 'Request', startedAt: new Date().toISOString() }, annotations, 'requested');
+        return DONE;
+      },
+    },
+    {
       name: 'drain',
       when: (c) => !!c.vm.status.node,
       run: async (c) => {
@@ -182,6 +249,16 @@ export function reconcileSteps(h: ReconcileHost): Array<Step<Reconcile>> {
             wrote(c, await h.unbind(c.obj, vm, now, `${why}: unbound`));
             return;
           }
+          // With its memory first (docs/adr/0033); the cold move below when it cannot (or, via the
+          // migrate step, when the migration fails).
+          if (h.drainMigrates && !migrationRefusal(vm)) {
+            h.refreshNodes();
+            const placement = h.scheduleAway(vm, nodeName);
+            if (placement.node) {
+              await startMigration(c, { id: newId('mig'), source: nodeName, target: placement.node, reason: eviction.reason, startedAt: new Date().toISOString() }, { ...(c.obj.metadata.annotations ?? {}) }, why);
+              return DONE;
+            }
+          }
           const out = await h.replaceStatus({
             ...c.obj,
             status: { ...c.obj.status!, conditions: setCondition(vm.status.conditions, { type: ClusterConditions.Evicting, status: 'True', reason: eviction.reason, message: why }, now), observedGeneration: vm.generation },
@@ -191,7 +268,9 @@ export function reconcileSteps(h: ReconcileHost): Array<Step<Reconcile>> {
         }
         if (evicting) {
           if (!['Stopped', 'Failed'].includes(vm.status.phase)) return DONE; // still stopping on the old node
+          const reason = vm.status.conditions.find((x) => x.type === ClusterConditions.Evicting)?.message ?? '';
           wrote(c, await h.unbind(c.obj, vm, now, `moved off ${nodeName}`));
+          await h.event(c.obj, 'Normal', 'ColdMoved', `stopped on ${nodeName}, to start anew elsewhere (its memory and root-disk writes are not carried)${reason ? `: ${reason}` : ''}`);
           return;
         }
         return DONE; // bound, nothing to move: the node runs it

@@ -131,6 +131,17 @@ export async function startCluster(): Promise<TestCluster> {
   }
   const opKc = kubeconfigAs('microvm-operator');
   const agentKc = kubeconfigAs('firecracker-runtime');
+  // The agents' own token for calling each other (migrations, ADR 0033), as the DaemonSet's
+  // projected token: of the agents' audience when they require one (MVM_AGENT_TOKEN_AUDIENCES).
+  let peerTokenFile: string | undefined;
+  const peerToken = (): string => {
+    if (peerTokenFile) return peerTokenFile;
+    const aud = process.env.MVM_AGENT_TOKEN_AUDIENCES?.split(',').filter(Boolean) ?? [];
+    const t = cp.kubectlOk(['create', 'token', 'firecracker-runtime', '-n', 'microvm-system', '--duration=2h', ...aud.flatMap((a) => ['--audience', a])]).trim();
+    peerTokenFile = join(dir, 'agent-peer.token');
+    writeFileSync(peerTokenFile, t, { mode: 0o600 });
+    return peerTokenFile;
+  };
   const level = process.env.MVM_TEST_LOG_LEVEL ?? 'info';
   const c: TestCluster = {
     cp,
@@ -172,6 +183,7 @@ export async function startCluster(): Promise<TestCluster> {
         MVM_AGENT_LISTEN: '127.0.0.1:0',
         // The "nodes" share this host's cgroup tree: each its own parent, as each real node has its own.
         MVM_CGROUP_PARENT: cgroupParentOf(node),
+        MVM_AGENT_TOKEN_FILE: peerToken(),
         ...(opts.env ?? {}),
       }) as NodeAgentProc;
       p.node = node;

@@ -333,6 +333,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/microvms/{id}/migrate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Move a running microVM to another node with its memory, processes, disk and MAC (cluster mode: 409 NeedsClusterMode standalone); 202, then condition Migrated and events say how it went */
+        post: operations["microvms.migrate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/microvms/{id}/pause": {
         parameters: {
             query?: never;
@@ -6418,6 +6435,386 @@ export interface operations {
             };
             /** @description The VMM or the guest agent failed */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "microvms.migrate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description the target node (default: the scheduler picks one other than the current node) */
+                    node?: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Default Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        desiredState: "Running" | "Stopped" | "Paused";
+                        generation: number;
+                        id: string;
+                        name: string;
+                        resourceVersion: string;
+                        spec: {
+                            affinity?: {
+                                vmAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                                vmAntiAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                            };
+                            egress?: {
+                                allow?: string[];
+                                default?: "allow" | "deny";
+                                deny?: string[];
+                            };
+                            /** @description environment of every command the guest agent runs (exec, template commands) */
+                            env?: {
+                                [key: string]: string;
+                            };
+                            /** @description files written by the guest agent at first boot, before anything else runs */
+                            files?: {
+                                /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                content: string;
+                                /** @description default utf8 */
+                                encoding?: "utf8" | "base64";
+                                /** @description permission bits, default 0644 (420) */
+                                mode?: number;
+                                /** @description absolute path in the guest; parents are created */
+                                path: string;
+                            }[];
+                            kernel?: {
+                                /** @description Extra kernel command line appended to the generated one */
+                                cmdline?: string;
+                                /** @description Kernel image reference or "default" */
+                                image?: string;
+                            };
+                            /** @description Free-form labels */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @description Lifetimes of the microVM */
+                            lifecycle?: {
+                                /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                bootTimeout?: string;
+                            };
+                            /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                            memory: string;
+                            networkInterfaces?: {
+                                /**
+                                 * Format: ipv4
+                                 * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                 */
+                                ip?: string;
+                                /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                mac?: string;
+                                name: string;
+                            }[];
+                            /** @description node labels the VM needs (all must match) */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            /** @description guest ports published on host ports */
+                            ports?: {
+                                guestPort: number;
+                                /**
+                                 * Format: ipv4
+                                 * @description publish on this host address only (IPv4, not loopback)
+                                 */
+                                hostIp?: string;
+                                hostPort: number;
+                                /** @description one of the VM's networkInterfaces (default the first) */
+                                nic?: string;
+                                protocol?: "tcp" | "udp";
+                            }[];
+                            rootfs?: {
+                                /** @description Root filesystem image reference or "default" */
+                                image?: string;
+                                /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                readOnly?: boolean;
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                size?: string;
+                            };
+                            /** @description security groups (names or ids) of the tenant */
+                            securityGroups?: string[];
+                            source?: {
+                                /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                snapshot?: string;
+                                /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                template?: {
+                                    id: string;
+                                    version: number;
+                                };
+                            };
+                            /** @description node taints this VM tolerates */
+                            tolerations?: {
+                                effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                /** @description taint key; empty with operator Exists tolerates every taint */
+                                key?: string;
+                                /** @description default Equal */
+                                operator?: "Equal" | "Exists";
+                                value?: string;
+                            }[];
+                            /** @description Number of vCPUs (1-8) */
+                            vcpu: number;
+                            volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                mountPath: string;
+                                name: string;
+                                readOnly?: boolean;
+                                /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                size?: string;
+                            }[];
+                        };
+                        status: {
+                            /** @description Acceleration used: kvm or tcg */
+                            accel?: string;
+                            bootMs?: {
+                                guestReady: number;
+                                /** @description network set-up (CNI ADD to tap ready), ms */
+                                network?: number;
+                                vmm: number;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            /** @description VMM driver: qemu or firecracker */
+                            driver?: string;
+                            /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                            guestAgent?: {
+                                version: string;
+                            };
+                            interfaces?: {
+                                gateway: string;
+                                ip: string;
+                                mac: string;
+                                name: string;
+                                prefix: number;
+                                tap: string;
+                            }[];
+                            ip?: string;
+                            message?: string;
+                            node?: string;
+                            observedGeneration?: number;
+                            /** @description Lifecycle phase */
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            pid?: number;
+                            /** Format: date-time */
+                            readyAt?: string;
+                            /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                            reason?: string;
+                            /** Format: date-time */
+                            startedAt?: string;
+                            /** Format: date-time */
+                            stoppedAt?: string;
+                        };
+                        tenant: string;
+                        /** Format: date-time */
+                        updatedAt: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -27,6 +27,9 @@ import { ANN_AGENT_ENDPOINT, agentError, agentResult, readText, type AgentCall }
 
 export { agentError, agentResult, type AgentCall } from './http.js';
 
+/** A request to a node's agent with headers and a JSON body; any answer is returned. */
+export type AgentSend = (node: string, method: string, path: string, o?: { headers?: Record<string, string>; body?: unknown; timeoutMs?: number; signal?: AbortSignal }) => Promise<IncomingMessage>;
+
 export const SERVICE_ACCOUNT_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 
 export interface RemoteAgentsOptions {
@@ -109,16 +112,22 @@ export class RemoteNodeAgents implements NodeAgent {
   }
 
   /** One request to a node's agent; any answer is returned (the caller maps the status). */
-  private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000, retried = false): Promise<IncomingMessage> {
+  private async request(node: string, method: string, path: string, signal?: AbortSignal, timeoutMs = this.o.timeoutMs ?? 10_000, extra: { headers?: Record<string, string>; body?: unknown } = {}, retried = false): Promise<IncomingMessage> {
     const cached = this.endpoints.get(node);
     const remembered = cached !== undefined && cached.until > Date.now();
     const base = await this.endpointOf(node);
     const url = new URL(path, base);
     const token = await this.token();
+    const body = extra.body === undefined ? undefined : Buffer.from(JSON.stringify(extra.body));
     return new Promise<IncomingMessage>((resolve, reject) => {
       const req = (url.protocol === 'https:' ? httpsRequest : httpRequest)(
         url,
-        { method, headers: { authorization: `Bearer ${token}` }, ...this.tlsOptions(node), ...(signal ? { signal } : {}) },
+        {
+          method,
+          headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json', 'content-length': String(body.length) } : {}), ...(extra.headers ?? {}) },
+          ...this.tlsOptions(node),
+          ...(signal ? { signal } : {}),
+        },
         resolve,
       );
       req.setTimeout(timeoutMs, () => req.destroy(new Error('timed out talking to the node agent')));
@@ -128,14 +137,17 @@ export class RemoteNodeAgents implements NodeAgent {
         // port; chaos, cluster seed 221). Nothing reached it, so ask once more at a fresh address.
         const code = (e as NodeJS.ErrnoException).code;
         if (remembered && !retried && (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH')) {
-          resolve(this.request(node, method, path, signal, timeoutMs, true));
+          resolve(this.request(node, method, path, signal, timeoutMs, extra, true));
           return;
         }
         reject(new MvmError(ErrorCodes.UNAVAILABLE, `the agent of node ${node} cannot be reached: ${e.message}`, { cause: e }));
       });
-      req.end();
+      req.end(body);
     });
   }
+
+  /** A request with headers and a JSON body to a node's agent (node agent to node agent: migrations), any answer returned. */
+  send: AgentSend = (node, method, path, o = {}) => this.request(node, method, path, o.signal, o.timeoutMs, o);
 
   /** One authenticated request to a node's agent, any answer returned (volumes.ts, images.ts: read it with agentResult). */
   call: AgentCall = (node, method, path, timeoutMs) => this.request(node, method, path, undefined, timeoutMs);

@@ -16,6 +16,8 @@ export interface EndpointRequest {
   method: string;
   path: string;
   query: URLSearchParams;
+  /** The request itself (headers such as Range, a body to read). */
+  raw?: IncomingMessage;
 }
 
 /**

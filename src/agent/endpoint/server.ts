@@ -198,7 +198,7 @@ export async function startAgentEndpoint(o: AgentEndpointOptions): Promise<Agent
     const snapRoute = req.method === 'POST' ? SNAPSHOT_ROUTE.exec(path) : req.method === 'DELETE' ? SNAPSHOT_FILES_ROUTE.exec(path) : null;
     if (snapRoute) return handleSnapshot(req.method === 'POST' ? { vmId: snapRoute[1]!, snapshotId: snapRoute[2]! } : { snapshotId: snapRoute[1]! }, who, res);
     // Plugged-in groups (volumes: ADR 0018, the image cache: ADR 0019), each behind its cluster-wide right.
-    const r: EndpointRequest = { method: req.method ?? 'GET', path, query: url.searchParams };
+    const r: EndpointRequest = { method: req.method ?? 'GET', path, query: url.searchParams, raw: req };
     for (const g of o.routes ?? []) {
       if (await g.handle(r, (verb) => allowed(who, g.subresource, undefined, verb, g.resource), res)) return;
     }

@@ -5,6 +5,8 @@ import { validationError } from '../../core/errors.js';
 import type { MicroVMService } from '../../core/service.js';
 import { parseDuration } from '../../core/service.js';
 import {
+  MigrateRequest,
+  type MigrateRequestT,
   CreateMicroVMRequest,
   MicroVM,
   MicroVMList,
@@ -148,6 +150,22 @@ export async function registerMicroVMRoutes(app: FastifyInstance, svc: MicroVMSe
     const vm = await svc.start(principal(req), id, ifMatch(req));
     return reply.status(202).header('etag', etagOf(vm.resourceVersion)).send(vm);
   });
+
+  app.post(
+    '/microvms/:id/migrate',
+    {
+      schema: {
+        summary: 'Move a running microVM to another node with its memory, processes, disk and MAC (cluster mode: 409 NeedsClusterMode standalone); 202, then condition Migrated and events say how it went',
+        params: IdParams,
+        body: MigrateRequest,
+        response: { 202: MicroVM },
+      },
+    },
+    async (req, reply) => {
+      const { id } = req.params as { id: string };
+      return reply.status(202).send(await svc.migrate(principal(req), id, (req.body ?? {}) as MigrateRequestT));
+    },
+  );
 
   app.post('/microvms/:id/stop', { schema: { summary: 'Stop a microVM (graceful, then forced)', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) => {
     const { id } = req.params as { id: string };
