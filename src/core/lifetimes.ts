@@ -8,7 +8,8 @@
  *   Starting...) time does not count: leaving those phases stops the clock, keeping what is left.
  *   A Stopped or Failed VM loses its clocks: its next start begins a new lifetime.
  * - The idle clock counts from the last activity (exec, files, port forwarding, console calls,
- *   guest network traffic), or from the start of the current run when that is later.
+ *   guest network traffic), or from the moment the guest was (again) ready, whichever is later;
+ *   it does not run while the guest is not ready (a boot is not idleness).
  */
 import { parseDurationMs, type MicroVM } from './microvm.js';
 import type { MicroVMStatusT } from './schema.js';
@@ -71,7 +72,9 @@ export function evaluateLifetime(vm: MicroVM, nowMs: number, activityMs?: number
   if (next.remainingMs !== undefined) next.expiresAt = new Date(since + next.remainingMs).toISOString();
   const stored = ms(next.lastActivityAt);
   if (activityMs !== undefined && (stored === undefined || activityMs - stored >= ACTIVITY_WRITE_GRANULARITY_MS)) next.lastActivityAt = new Date(activityMs).toISOString();
-  const lastActive = Math.max(since, stored ?? 0, activityMs ?? 0);
+  // A booting guest is not idle: the idle clock starts when the guest is ready (again, after a resume).
+  const ready = vm.status.conditions.some((c) => c.type === 'GuestReady' && c.status === 'True');
+  const lastActive = Math.max(since, ms(vm.status.readyAt) ?? 0, stored ?? 0, activityMs ?? 0);
   const d: LifetimeDecision = JSON.stringify(next) !== JSON.stringify(cur ?? {}) ? { clock: next } : {};
   const waits: number[] = [];
   if (next.expiresAt !== undefined) {
@@ -82,7 +85,7 @@ export function evaluateLifetime(vm: MicroVM, nowMs: number, activityMs?: number
     }
     waits.push(left);
   }
-  if (idleMs !== undefined) {
+  if (idleMs !== undefined && ready) {
     const left = lastActive + idleMs - nowMs;
     if (left <= 0) {
       d.action = { reason: 'Idle', action: lc?.onIdle ?? 'suspend', message: `no activity for lifecycle.idleTimeout ${lc!.idleTimeout}` };

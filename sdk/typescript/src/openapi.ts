@@ -428,7 +428,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Resume a paused microVM */
+        /** Resume a paused microVM (vCPUs run again) or a suspended one (restored from disk with the same IP, MAC, processes and open files); a suspend still writing is cancelled */
         post: operations["microvms.resume"];
         delete?: never;
         options?: never;
@@ -482,6 +482,40 @@ export interface paths {
         put?: never;
         /** Stop a microVM (graceful, then forced) */
         post: operations["microvms.stop"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/microvms/{id}/suspend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Suspend a running or paused microVM to disk: memory and device state are written to the node, the VMM exits (phase Suspending, then Suspended) */
+        post: operations["microvms.suspend"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/microvms/{id}/timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Set the time left of spec.lifecycle.timeout: it ends this long from now (only Running/Paused time counts) */
+        post: operations["microvms.timeout"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1948,7 +1982,7 @@ export interface operations {
                 label?: string | string[];
                 limit?: number;
                 /** @description Lifecycle phase */
-                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                 /** @description Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED. */
                 tenant?: string;
             };
@@ -1968,7 +2002,7 @@ export interface operations {
                         items: {
                             /** Format: date-time */
                             createdAt: string;
-                            desiredState: "Running" | "Stopped" | "Paused";
+                            desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                             generation: number;
                             id: string;
                             name: string;
@@ -2088,6 +2122,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -2189,11 +2231,31 @@ export interface operations {
                                     tap: string;
                                 }[];
                                 ip?: string;
+                                /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                                lifetime?: {
+                                    /**
+                                     * Format: date-time
+                                     * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                     */
+                                    countingSince?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description when onTimeout happens if the clock keeps running
+                                     */
+                                    expiresAt?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description the last activity seen (idleTimeout counts from it)
+                                     */
+                                    lastActivityAt?: string;
+                                    /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                    remainingMs?: number;
+                                };
                                 message?: string;
                                 node?: string;
                                 observedGeneration?: number;
                                 /** @description Lifecycle phase */
-                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                                 pid?: number;
                                 /** Format: date-time */
                                 readyAt?: string;
@@ -2203,6 +2265,18 @@ export interface operations {
                                 startedAt?: string;
                                 /** Format: date-time */
                                 stoppedAt?: string;
+                                /** @description the last suspend to disk */
+                                suspend?: {
+                                    /** @description how long the suspend took */
+                                    durationMs: number;
+                                    /** @description memory and device state on disk */
+                                    sizeBytes: number;
+                                };
+                                /**
+                                 * Format: date-time
+                                 * @description when the microVM was suspended to disk (phase Suspended)
+                                 */
+                                suspendedAt?: string;
                             };
                             tenant: string;
                             /** Format: date-time */
@@ -2395,6 +2469,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -2475,7 +2557,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -2595,6 +2677,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -2696,11 +2786,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -2710,6 +2820,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -2859,7 +2981,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -2979,6 +3101,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -3080,11 +3210,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -3094,6 +3244,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -3294,6 +3456,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -3366,7 +3536,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -3486,6 +3656,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -3587,11 +3765,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -3601,6 +3799,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -3739,7 +3949,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -3859,6 +4069,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -3960,11 +4178,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -3974,6 +4212,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -5490,7 +5740,7 @@ export interface operations {
                         children: {
                             /** Format: date-time */
                             createdAt: string;
-                            desiredState: "Running" | "Stopped" | "Paused";
+                            desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                             generation: number;
                             id: string;
                             name: string;
@@ -5610,6 +5860,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -5711,11 +5969,31 @@ export interface operations {
                                     tap: string;
                                 }[];
                                 ip?: string;
+                                /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                                lifetime?: {
+                                    /**
+                                     * Format: date-time
+                                     * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                     */
+                                    countingSince?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description when onTimeout happens if the clock keeps running
+                                     */
+                                    expiresAt?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description the last activity seen (idleTimeout counts from it)
+                                     */
+                                    lastActivityAt?: string;
+                                    /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                    remainingMs?: number;
+                                };
                                 message?: string;
                                 node?: string;
                                 observedGeneration?: number;
                                 /** @description Lifecycle phase */
-                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                                 pid?: number;
                                 /** Format: date-time */
                                 readyAt?: string;
@@ -5725,6 +6003,18 @@ export interface operations {
                                 startedAt?: string;
                                 /** Format: date-time */
                                 stoppedAt?: string;
+                                /** @description the last suspend to disk */
+                                suspend?: {
+                                    /** @description how long the suspend took */
+                                    durationMs: number;
+                                    /** @description memory and device state on disk */
+                                    sizeBytes: number;
+                                };
+                                /**
+                                 * Format: date-time
+                                 * @description when the microVM was suspended to disk (phase Suspended)
+                                 */
+                                suspendedAt?: string;
                             };
                             tenant: string;
                             /** Format: date-time */
@@ -5856,6 +6146,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -6103,7 +6401,7 @@ export interface operations {
                             txPackets: number;
                         }[];
                         /** @description Lifecycle phase */
-                        phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                        phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                         /** Format: date-time */
                         timestamp: string;
                         uptimeSeconds: number;
@@ -6254,7 +6552,7 @@ export interface operations {
                                 txPackets: number;
                             }[];
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             /** Format: date-time */
                             timestamp: string;
                             uptimeSeconds: number;
@@ -6406,7 +6704,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -6526,6 +6824,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -6627,11 +6933,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -6641,6 +6967,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -7477,7 +7815,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -7597,6 +7935,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -7698,11 +8044,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -7712,6 +8078,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -7956,6 +8334,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -8256,6 +8642,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -8480,7 +8874,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -8600,6 +8994,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -8701,11 +9103,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -8715,6 +9137,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -8835,7 +9269,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -8955,6 +9389,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -9056,11 +9498,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -9070,6 +9532,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -9169,15 +9643,9 @@ export interface operations {
             };
         };
     };
-    "microvms.wait": {
+    "microvms.suspend": {
         parameters: {
-            query?: {
-                /** @description Lifecycle phase */
-                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
-                ready?: boolean;
-                /** @description how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s) */
-                timeout?: string;
-            };
+            query?: never;
             header?: never;
             path: {
                 /** @description id or name */
@@ -9188,7 +9656,7 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description Default Response */
-            200: {
+            202: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9196,7 +9664,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -9316,6 +9784,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -9417,11 +9893,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -9431,6 +9927,839 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
+                        };
+                        tenant: string;
+                        /** Format: date-time */
+                        updatedAt: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "microvms.timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description the microVM's lifecycle.timeout ends this long from now (counting only Running/Paused time) */
+                    timeout: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
+                        generation: number;
+                        id: string;
+                        name: string;
+                        resourceVersion: string;
+                        spec: {
+                            affinity?: {
+                                vmAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                                vmAntiAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                            };
+                            egress?: {
+                                allow?: string[];
+                                default?: "allow" | "deny";
+                                deny?: string[];
+                            };
+                            /** @description environment of every command the guest agent runs (exec, template commands) */
+                            env?: {
+                                [key: string]: string;
+                            };
+                            /** @description files written by the guest agent at first boot, before anything else runs */
+                            files?: {
+                                /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                content: string;
+                                /** @description default utf8 */
+                                encoding?: "utf8" | "base64";
+                                /** @description permission bits, default 0644 (420) */
+                                mode?: number;
+                                /** @description absolute path in the guest; parents are created */
+                                path: string;
+                            }[];
+                            kernel?: {
+                                /** @description Extra kernel command line appended to the generated one */
+                                cmdline?: string;
+                                /** @description Kernel image reference or "default" */
+                                image?: string;
+                            };
+                            /** @description Free-form labels */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @description Lifetimes of the microVM */
+                            lifecycle?: {
+                                /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
+                            };
+                            /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                            memory: string;
+                            networkInterfaces?: {
+                                /**
+                                 * Format: ipv4
+                                 * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                 */
+                                ip?: string;
+                                /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                mac?: string;
+                                name: string;
+                            }[];
+                            /** @description node labels the VM needs (all must match) */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            /** @description guest ports published on host ports */
+                            ports?: {
+                                guestPort: number;
+                                /**
+                                 * Format: ipv4
+                                 * @description publish on this host address only (IPv4, not loopback)
+                                 */
+                                hostIp?: string;
+                                hostPort: number;
+                                /** @description one of the VM's networkInterfaces (default the first) */
+                                nic?: string;
+                                protocol?: "tcp" | "udp";
+                            }[];
+                            rootfs?: {
+                                /** @description Root filesystem image reference or "default" */
+                                image?: string;
+                                /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                readOnly?: boolean;
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                size?: string;
+                            };
+                            /** @description security groups (names or ids) of the tenant */
+                            securityGroups?: string[];
+                            source?: {
+                                /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                snapshot?: string;
+                                /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                template?: {
+                                    id: string;
+                                    version: number;
+                                };
+                            };
+                            /** @description node taints this VM tolerates */
+                            tolerations?: {
+                                effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                /** @description taint key; empty with operator Exists tolerates every taint */
+                                key?: string;
+                                /** @description default Equal */
+                                operator?: "Equal" | "Exists";
+                                value?: string;
+                            }[];
+                            /** @description Number of vCPUs (1-8) */
+                            vcpu: number;
+                            volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                mountPath: string;
+                                name: string;
+                                readOnly?: boolean;
+                                /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                size?: string;
+                            }[];
+                        };
+                        status: {
+                            /** @description Acceleration used: kvm or tcg */
+                            accel?: string;
+                            bootMs?: {
+                                guestReady: number;
+                                /** @description network set-up (CNI ADD to tap ready), ms */
+                                network?: number;
+                                vmm: number;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            /** @description VMM driver: qemu or firecracker */
+                            driver?: string;
+                            /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                            guestAgent?: {
+                                version: string;
+                            };
+                            interfaces?: {
+                                gateway: string;
+                                ip: string;
+                                mac: string;
+                                name: string;
+                                prefix: number;
+                                tap: string;
+                            }[];
+                            ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
+                            message?: string;
+                            node?: string;
+                            observedGeneration?: number;
+                            /** @description Lifecycle phase */
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            pid?: number;
+                            /** Format: date-time */
+                            readyAt?: string;
+                            /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                            reason?: string;
+                            /** Format: date-time */
+                            startedAt?: string;
+                            /** Format: date-time */
+                            stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
+                        };
+                        tenant: string;
+                        /** Format: date-time */
+                        updatedAt: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "microvms.wait": {
+        parameters: {
+            query?: {
+                /** @description Lifecycle phase */
+                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                ready?: boolean;
+                /** @description how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s) */
+                timeout?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
+                        generation: number;
+                        id: string;
+                        name: string;
+                        resourceVersion: string;
+                        spec: {
+                            affinity?: {
+                                vmAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                                vmAntiAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                            };
+                            egress?: {
+                                allow?: string[];
+                                default?: "allow" | "deny";
+                                deny?: string[];
+                            };
+                            /** @description environment of every command the guest agent runs (exec, template commands) */
+                            env?: {
+                                [key: string]: string;
+                            };
+                            /** @description files written by the guest agent at first boot, before anything else runs */
+                            files?: {
+                                /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                content: string;
+                                /** @description default utf8 */
+                                encoding?: "utf8" | "base64";
+                                /** @description permission bits, default 0644 (420) */
+                                mode?: number;
+                                /** @description absolute path in the guest; parents are created */
+                                path: string;
+                            }[];
+                            kernel?: {
+                                /** @description Extra kernel command line appended to the generated one */
+                                cmdline?: string;
+                                /** @description Kernel image reference or "default" */
+                                image?: string;
+                            };
+                            /** @description Free-form labels */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @description Lifetimes of the microVM */
+                            lifecycle?: {
+                                /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
+                            };
+                            /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                            memory: string;
+                            networkInterfaces?: {
+                                /**
+                                 * Format: ipv4
+                                 * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                 */
+                                ip?: string;
+                                /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                mac?: string;
+                                name: string;
+                            }[];
+                            /** @description node labels the VM needs (all must match) */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            /** @description guest ports published on host ports */
+                            ports?: {
+                                guestPort: number;
+                                /**
+                                 * Format: ipv4
+                                 * @description publish on this host address only (IPv4, not loopback)
+                                 */
+                                hostIp?: string;
+                                hostPort: number;
+                                /** @description one of the VM's networkInterfaces (default the first) */
+                                nic?: string;
+                                protocol?: "tcp" | "udp";
+                            }[];
+                            rootfs?: {
+                                /** @description Root filesystem image reference or "default" */
+                                image?: string;
+                                /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                readOnly?: boolean;
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                size?: string;
+                            };
+                            /** @description security groups (names or ids) of the tenant */
+                            securityGroups?: string[];
+                            source?: {
+                                /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                snapshot?: string;
+                                /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                template?: {
+                                    id: string;
+                                    version: number;
+                                };
+                            };
+                            /** @description node taints this VM tolerates */
+                            tolerations?: {
+                                effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                /** @description taint key; empty with operator Exists tolerates every taint */
+                                key?: string;
+                                /** @description default Equal */
+                                operator?: "Equal" | "Exists";
+                                value?: string;
+                            }[];
+                            /** @description Number of vCPUs (1-8) */
+                            vcpu: number;
+                            volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                mountPath: string;
+                                name: string;
+                                readOnly?: boolean;
+                                /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                size?: string;
+                            }[];
+                        };
+                        status: {
+                            /** @description Acceleration used: kvm or tcg */
+                            accel?: string;
+                            bootMs?: {
+                                guestReady: number;
+                                /** @description network set-up (CNI ADD to tap ready), ms */
+                                network?: number;
+                                vmm: number;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            /** @description VMM driver: qemu or firecracker */
+                            driver?: string;
+                            /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                            guestAgent?: {
+                                version: string;
+                            };
+                            interfaces?: {
+                                gateway: string;
+                                ip: string;
+                                mac: string;
+                                name: string;
+                                prefix: number;
+                                tap: string;
+                            }[];
+                            ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
+                            message?: string;
+                            node?: string;
+                            observedGeneration?: number;
+                            /** @description Lifecycle phase */
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            pid?: number;
+                            /** Format: date-time */
+                            readyAt?: string;
+                            /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                            reason?: string;
+                            /** Format: date-time */
+                            startedAt?: string;
+                            /** Format: date-time */
+                            stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -10329,6 +11658,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -10605,6 +11942,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -10995,6 +12340,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -11071,7 +12424,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -11191,6 +12544,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -11292,11 +12653,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -11306,6 +12687,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
