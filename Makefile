@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
+.PHONY: run test test-unit deps build web images bench bench-instant bench-suspend bench-load chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -90,6 +90,10 @@ bench-firecracker: deps build images
 # Templates and the guest agent: template clone vs cold create, exec and file transfer overheads, 50 concurrent clones (README "Benchmarks").
 bench-instant: deps build images
 	$(NODE) dist/bench/instant-start.js
+
+# Suspend to disk: resume → ready vs cold create → ready, suspend seconds per GiB of a 1 GiB guest (README "Benchmarks").
+bench-suspend: deps build images
+	$(NODE) dist/bench/suspend.js
 
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build
