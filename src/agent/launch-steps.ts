@@ -341,7 +341,11 @@ export function resumeSteps(d: LaunchDeps): Array<Step<Launch>> {
     },
   };
   const resumed: Step<Launch> = { name: 'resumed', run: (c) => d.resumed(c.vm, c.dir, c.runtime) };
-  return insertAfter(insertAfter(bootSteps(d), 'volumes', state), 'vmm-start', resumed);
+  const boot = bootSteps(d);
+  // The guest's memory holds its addresses: a failed resume keeps the lease (tap, MAC, IP) for the next try.
+  const network = boot.find((x) => x.name === 'network')!;
+  const keepLease: Step<Launch> = { name: network.name, run: network.run, ...(network.when ? { when: network.when } : {}) };
+  return insertAfter(insertAfter(swapSteps(boot, { network: keepLease }), 'volumes', state), 'vmm-start', resumed);
 }
 
 /**
