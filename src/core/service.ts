@@ -323,6 +323,7 @@ export class MicroVMService {
    */
   async suspend(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
+    if (!this.agent.suspend) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'suspend to disk is not available in this deployment (standalone mode only for now; ADR 0033)');
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'suspend');
       return requestSuspend(cur);
