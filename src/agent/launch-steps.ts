@@ -344,7 +344,8 @@ export function resumeSteps(d: LaunchDeps): Array<Step<Launch>> {
   const boot = bootSteps(d);
   // The guest's memory holds its addresses: a failed resume keeps the lease (tap, MAC, IP) for the next try.
   const network = boot.find((x) => x.name === 'network')!;
-  const keepLease: Step<Launch> = { name: network.name, run: network.run, ...(network.when ? { when: network.when } : {}) };
+  const keepLease: Step<Launch> = { ...network };
+  delete keepLease.undo;
   return insertAfter(insertAfter(swapSteps(boot, { network: keepLease }), 'volumes', state), 'vmm-start', resumed);
 }
 
