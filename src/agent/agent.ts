@@ -537,10 +537,16 @@ export class LocalAgent implements NodeAgent {
     rmSync(join(dir, SUSPEND_DIR), { recursive: true, force: true });
     const link = r.guest;
     if (link && hadAgent) {
-      const client = await link.waitReady(Date.now() + 10_000, () => r.inst !== undefined, (e) => /nothing listens/.test(e.message)).catch((e: Error) => {
-        this.options.log.warn({ vm: vm.id, err: e.message }, 'the resumed guest\'s agent did not answer');
-        return undefined;
-      });
+      // Short hello timeouts: the first connection after a restore sometimes goes unanswered (the
+      // guest agent still holds the session of the suspended VMM); a reconnect resets it at once.
+      const until = Date.now() + 10_000;
+      let client: GuestAgentClient | undefined;
+      let last: Error | undefined;
+      for (let attempt = 0; !client && r.inst && Date.now() < until; attempt++) {
+        client = await link.get(Math.min(3000, 500 * 2 ** attempt)).catch((e: Error) => ((last = e), undefined));
+        if (!client) await sleep(20);
+      }
+      if (!client) this.options.log.warn({ vm: vm.id, err: last?.message }, 'the resumed guest\'s agent did not answer');
       if (client) {
         r.agentVersion = client.hello.version;
         void client.execBuffered({ cmd: ['date', '-s', `@${Math.floor(Date.now() / 1000)}`], timeoutMs: 5000 }).catch(() => undefined);
