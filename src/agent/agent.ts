@@ -380,7 +380,9 @@ export class LocalAgent implements NodeAgent {
     if (r.state === 'paused') throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is paused: resume it first`, { details: { id, reason: 'Paused' } });
     if (!r.guest) throw agentUnavailable(id, 'its VMM has no guest agent channel');
     try {
-      const c = await r.guest.get(3000);
+      // A reconnect after a dropped session (seen once after a resume from disk) may go unanswered
+      // once; the next connection resets the channel: one retry.
+      const c = await r.guest.get(3000).catch(() => r.guest!.get(3000));
       r.agentVersion ??= c.hello.version;
       return c;
     } catch (e) {
