@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NODE  ?= node
 export MVM_CACHE_DIR ?= /var/cache/mvm
 
-.PHONY: run test test-unit deps build web images bench bench-instant bench-guest-channel bench-load bench-pool bench-migrate chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
+.PHONY: run test test-unit deps build web images bench bench-instant bench-guest-channel bench-suspend bench-load bench-pool bench-migrate chaos chaos-cluster clean lint control-plane container-images guest-agent sdk-types cluster-up cluster-down install-tools
 
 ## Install what is missing (apt packages, npm packages), build, default guest images, then start the service.
 run: deps build web images
@@ -102,6 +102,10 @@ bench-instant: deps build images
 # The guest agent against raw bytes on the same virtio-serial channel: exec round trips, 100 MiB up and down, create → first exec (README "Benchmarks").
 bench-guest-channel: deps build images
 	$(NODE) dist/bench/guest-channel.js
+
+# Suspend to disk: resume → ready vs cold create → ready, suspend seconds per GiB of a 1 GiB guest (README "Benchmarks").
+bench-suspend: deps build images
+	$(NODE) dist/bench/suspend.js
 
 # Scheduler: 10,000 placements over 1,000 simulated nodes, baselines side by side (README "Benchmarks").
 bench-scheduler: deps build

@@ -25,7 +25,7 @@ import { failedStep, runSteps } from '../core/steps.js';
 import { GuestLink } from './guest-link.js';
 import type { GuestAgentClient } from '../guest/index.js';
 import { sleep } from '../vmm/proc.js';
-import { RESTORE_PENDING, bootSteps, migrateInSteps, restoreSourceOf, restoreSteps, templateFilesId, wantsRestore, type IncomingMigration, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
+import { RESTORE_PENDING, SUSPEND_DIR, bootSteps, migrateInSteps, restoreSourceOf, restoreSteps, resumeSteps, suspendComplete, templateFilesId, wantsRestore, type IncomingMigration, type Launch, type LaunchDeps, type LaunchEnv, type Runtime, type WatchOptions } from './launch-steps.js';
 import { observability } from '../observability/index.js';
 import { vmNetCounters } from '../observability/collectors.js';
 
@@ -80,10 +80,16 @@ export class LocalAgent implements NodeAgent {
   private runtimeOf(id: string): Runtime {
     let r = this.vms.get(id);
     if (!r) {
-      r = { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false, stopping: false, lock: Promise.resolve() };
+      r = { id, state: this.restingState(id), ready: false, stopping: false, lock: Promise.resolve() };
       this.vms.set(id, r);
     }
     return r;
+  }
+
+  /** The state of a VM without a VMM: suspended (complete suspend files), stopped (a directory) or absent. */
+  private restingState(id: string): ActualVm['state'] {
+    const dir = this.vmDir(id);
+    return suspendComplete(dir) ? 'suspended' : existsSync(dir) ? 'stopped' : 'absent';
   }
 
   /** Run `fn` after every earlier operation on the same VM. */
@@ -114,14 +120,26 @@ export class LocalAgent implements NodeAgent {
         await this.ensureStopped(id, 0);
         continue;
       }
+      const suspendDir = join(this.vmDir(id), SUSPEND_DIR);
+      const vmmState = inst ? await inst.state() : undefined;
+      if (inst && vmmState === 'paused' && suspendComplete(this.vmDir(id))) {
+        // A suspend that wrote everything before the service died, but whose VMM had not gone yet: finish it.
+        this.options.log.info({ vm: id, pid: inst.pid }, 'finishing a suspend interrupted by the restart of the service');
+        await inst.kill().catch(() => undefined);
+        await this.options.cgroups.remove(id).catch(() => undefined);
+        r.state = 'suspended';
+        continue;
+      }
+      // A partial suspend (the service died while writing it), or the stale image of a VM that was resumed.
+      if (existsSync(suspendDir) && (inst || !suspendComplete(this.vmDir(id)))) rmSync(suspendDir, { recursive: true, force: true });
       if (inst) {
         r.inst = inst;
-        r.state = (await inst.state()) === 'paused' ? 'paused' : 'running';
+        r.state = vmmState === 'paused' ? 'paused' : 'running';
         r.startedAt = new Date(Date.now()).toISOString();
         this.watch(r, inst, 0);
         this.options.log.info({ vm: id, pid: inst.pid }, 're-adopted running VMM');
       } else {
-        r.state = 'stopped';
+        r.state = this.restingState(id);
       }
     }
     // 2. Kill VMM processes of ours whose directory is gone (crash between teardown steps).
@@ -156,7 +174,7 @@ export class LocalAgent implements NodeAgent {
   observe(id: string): ActualVm {
     if (this.building.has(id) || this.incoming.has(id)) return { id, state: 'absent', ready: false };
     const r = this.vms.get(id);
-    if (!r) return { id, state: existsSync(this.vmDir(id)) ? 'stopped' : 'absent', ready: false };
+    if (!r) return { id, state: this.restingState(id), ready: false };
     const a: ActualVm = { id, state: r.state, ready: r.ready };
     if (r.inst) {
       a.pid = r.inst.pid;
@@ -190,14 +208,15 @@ export class LocalAgent implements NodeAgent {
     return this.serial(vm.id, async (r) => {
       if (r.inst && (r.state === 'running' || r.state === 'starting' || r.state === 'paused')) return this.observe(vm.id);
       const dir = this.vmDir(vm.id);
-      const steps = wantsRestore(vm, dir) ? restoreSteps(this.launchDeps) : bootSteps(this.launchDeps);
+      const resume = suspendComplete(dir);
+      const steps = resume ? resumeSteps(this.launchDeps) : wantsRestore(vm, dir) ? restoreSteps(this.launchDeps) : bootSteps(this.launchDeps);
       const launch = { vm, runtime: r, dir, ...extra } as Launch;
       try {
         const { timings } = await runSteps(`start of ${vm.id}`, steps, launch, {
           onUndoError: (step, err) => this.options.log.warn({ vm: vm.id, step, err: err.message }, 'undo of a launch step failed'),
         });
         // Where a start's time went, step by step (bench/instant-start.ts reads these lines).
-        this.options.log.info({ vm: vm.id, mode: launch.restoreFrom ? 'restore' : 'boot', steps: Object.fromEntries(timings.map((t) => [t.name, t.ms])) }, 'launch steps');
+        this.options.log.info({ vm: vm.id, mode: resume ? 'resume' : launch.restoreFrom ? 'restore' : 'boot', steps: Object.fromEntries(timings.map((t) => [t.name, t.ms])) }, 'launch steps');
       } catch (e) {
         const err = asMvmError(e, ErrorCodes.VMM_ERROR);
         const step = (failedStep(err) ?? 'unknown').split('.')[0]!;
@@ -220,6 +239,7 @@ export class LocalAgent implements NodeAgent {
       watch: (r, inst, t0, deadlineMs, opts) => this.watch(r, inst, t0, deadlineMs, opts),
       reidentify: (vm, dir, atts, r) => this.reidentify(vm, dir, atts, r),
       started: (vm, inst, how) => this.emit({ id: vm.id, kind: 'started', message: `VMM ${how} (pid ${inst.pid}, ${inst.driver}/${inst.accel})` }),
+      resumed: (vm, dir, r) => this.resumed(vm, dir, r),
     };
   }
 
@@ -378,7 +398,9 @@ export class LocalAgent implements NodeAgent {
     if (r.state === 'paused') throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} is paused: resume it first`, { details: { id, reason: 'Paused' } });
     if (!r.guest) throw agentUnavailable(id, 'its VMM has no guest agent channel');
     try {
-      const c = await r.guest.get(3000);
+      // A reconnect after a dropped session (seen once after a resume from disk) may go unanswered
+      // once; the next connection resets the channel: one retry.
+      const c = await r.guest.get(3000).catch(() => r.guest!.get(3000));
       r.agentVersion ??= c.hello.version;
       return c;
     } catch (e) {
@@ -443,6 +465,114 @@ export class LocalAgent implements NodeAgent {
       for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
       r.state = existsSync(this.vmDir(id)) ? 'stopped' : 'absent';
     });
+  }
+
+  /**
+   * Suspend to disk (ADR 0033): the memory and device state go to `<vmDir>/suspend` (QEMU: the
+   * migration stream of snapshots, without disk copies), then the VMM exits. The network stays
+   * (tap, MAC, address: the resumed guest keeps them), volumes are unmapped, the cgroup goes.
+   * `cancelSuspend` while it writes cancels the migration and the VM runs on.
+   */
+  suspend(id: string): Promise<{ sizeBytes: number; durationMs: number }> {
+    const abort = new AbortController();
+    const r0 = this.runtimeOf(id);
+    r0.suspendAbort?.abort();
+    r0.suspendAbort = abort;
+    return this.serial(id, async (r) => {
+      const dir = this.vmDir(id);
+      const sdir = join(dir, SUSPEND_DIR);
+      try {
+        const inst = r.inst;
+        if (!inst) {
+          if (suspendComplete(dir)) return { sizeBytes: dirSize(sdir), durationMs: 0 };
+          throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no running VMM to suspend`);
+        }
+        if (!inst.snapshot || this.options.driver.name !== 'qemu') {
+          throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `suspend to disk is implemented for the qemu driver only; this node runs ${inst.driver} (ADR 0033)`);
+        }
+        if (abort.signal.aborted) throw suspendCancelled(id);
+        const wasPaused = r.state === 'paused';
+        const t0 = Date.now();
+        rmSync(sdir, { recursive: true, force: true });
+        mkdirSync(sdir, { recursive: true });
+        try {
+          await inst.snapshot(sdir, { inPlace: true, signal: abort.signal });
+        } catch (e) {
+          // Cancelled or failed: no files, and the VM as it was (the driver resumes a guest it stopped).
+          rmSync(sdir, { recursive: true, force: true });
+          r.state = wasPaused ? 'paused' : 'running';
+          throw e;
+        }
+        writeGuestAgentMark(sdir, r.agentVersion);
+        // Complete on disk: the VMM goes (the guest never runs again in it: its disks are inactive).
+        r.stopping = true;
+        await inst.kill();
+        await inst.exited;
+        r.stopWatch?.();
+        r.guest?.close();
+        r.guest = undefined;
+        r.inst = undefined;
+        r.ready = false;
+        await this.options.cgroups.remove(id);
+        await this.options.volumes?.detachForVm(id, this.nodeName);
+        for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(dir, f), { force: true });
+        r.state = 'suspended';
+        const durationMs = Date.now() - t0;
+        this.options.log.info({ vm: id, durationMs, sizeBytes: dirSize(sdir) }, 'suspended to disk');
+        return { sizeBytes: dirSize(sdir), durationMs };
+      } finally {
+        if (r0.suspendAbort === abort) r0.suspendAbort = undefined;
+      }
+    });
+  }
+
+  cancelSuspend(id: string): void {
+    this.vms.get(id)?.suspendAbort?.abort();
+  }
+
+  /** A stop of a suspended VM: its memory goes, and with it its network (the next start boots, with a new lease). */
+  discardSuspend(id: string): Promise<void> {
+    return this.serial(id, async (r) => {
+      if (r.inst) return;
+      rmSync(join(this.vmDir(id), SUSPEND_DIR), { recursive: true, force: true });
+      await this.options.network?.teardown(id);
+      r.attachments = undefined;
+      r.state = this.restingState(id);
+    });
+  }
+
+  netBytes(id: string): number | undefined {
+    const r = this.vms.get(id);
+    if (!r?.inst || !r.attachments?.length) return undefined;
+    const c = vmNetCounters(r.inst.pid, r.attachments.map((n) => n.tap));
+    return c.length ? c.reduce((n, x) => n + x.rxBytes + x.txBytes, 0) : undefined;
+  }
+
+  /**
+   * The resumed guest runs: its suspend image is stale from here on (removed), its guest agent is
+   * reconnected (the guest clock is set, best effort: it resumes at the suspend instant), and it is ready.
+   */
+  private async resumed(vm: MicroVM, dir: string, r: Runtime): Promise<void> {
+    const hadAgent = existsSync(join(dir, SUSPEND_DIR, GUEST_AGENT_MARK));
+    rmSync(join(dir, SUSPEND_DIR), { recursive: true, force: true });
+    const link = r.guest;
+    if (link && hadAgent) {
+      // Short hello timeouts: the first connection after a restore sometimes goes unanswered (the
+      // guest agent still holds the session of the suspended VMM); a reconnect resets it at once.
+      const until = Date.now() + 10_000;
+      let client: GuestAgentClient | undefined;
+      let last: Error | undefined;
+      for (let attempt = 0; !client && r.inst && Date.now() < until; attempt++) {
+        client = await link.get(Math.min(3000, 500 * 2 ** attempt)).catch((e: Error) => ((last = e), undefined));
+        if (!client) await sleep(20);
+      }
+      if (!client) this.options.log.warn({ vm: vm.id, err: last?.message }, 'the resumed guest\'s agent did not answer');
+      if (client) {
+        r.agentVersion = client.hello.version;
+        void client.execBuffered({ cmd: ['date', '-s', `@${Math.floor(Date.now() / 1000)}`], timeoutMs: 5000 }).catch(() => undefined);
+      }
+    }
+    r.markReady?.('resumed from disk');
   }
 
   async ensureAbsent(id: string): Promise<void> {
@@ -1016,6 +1146,10 @@ function consoleTail(path: string, n: number): string {
   } catch {
     return '';
   }
+}
+
+function suspendCancelled(id: string): MvmError {
+  return new MvmError(ErrorCodes.CONFLICT, `the suspend of microVM ${id} was cancelled`, { details: { id, cancelled: true } });
 }
 
 /** 409 AGENT_UNAVAILABLE: exec, files and port forwarding need the guest agent. */

@@ -36,6 +36,17 @@ export const VMM_OVERHEAD_MIB = 384;
  */
 export const RESTORE_PENDING = 'restore.pending';
 
+/**
+ * A suspended VM's memory and device state (ADR 0033): `<vmDir>/suspend/`, complete once its
+ * `snapshot.json` is there (written last). Removed when the resumed guest runs, or by a stop.
+ */
+export const SUSPEND_DIR = 'suspend';
+
+/** Whether the VM in `dir` is suspended to disk (its suspend files are complete). */
+export function suspendComplete(dir: string): boolean {
+  return existsSync(join(dir, SUSPEND_DIR, 'snapshot.json'));
+}
+
 /** What the agent keeps about one VM on this node. */
 export interface Runtime {
   id: string;
@@ -61,6 +72,8 @@ export interface Runtime {
   agentVersion?: string;
   /** Marks the guest ready (set by the watcher of the running VMM). */
   markReady?: (how: string) => void;
+  /** Aborts a suspend under way (a resume arrived). */
+  suspendAbort?: AbortController;
 }
 
 /** How the watcher of a launched VMM decides readiness. */
@@ -148,6 +161,8 @@ export interface LaunchDeps {
   /** Give a restored guest this VM's identity, then let it announce readiness. */
   reidentify(vm: MicroVM, dir: string, atts: NicAttachment[], r: Runtime): Promise<void>;
   started(vm: MicroVM, inst: VmmInstance, how: 'started' | 'restored'): void;
+  /** A VM resumed from its suspend files runs: drop the files, reconnect its guest agent, mark it ready. */
+  resumed(vm: MicroVM, dir: string, r: Runtime): Promise<void>;
 }
 
 const MiB = 1024 * 1024;
@@ -411,6 +426,29 @@ export function migrateInSteps(d: LaunchDeps): { prepare: Array<Step<Launch>>; r
   // While it is paused: its disk, then the VMM restored from the memory received and resumed.
   const restore = all.filter((x) => !prepare.includes(x));
   return { prepare, restore };
+}
+
+/**
+ * The resume of a suspended VM: its own disks, network (same tap, MAC, IP) and VMM user as a boot,
+ * but the VMM loads the memory and device state of `<dir>/suspend` instead of booting; no
+ * re-identification (it is the same VM).
+ */
+export function resumeSteps(d: LaunchDeps): Array<Step<Launch>> {
+  const o = d.env;
+  const state: Step<Launch> = {
+    name: 'suspend-state',
+    run: (c) => {
+      if (!o.driver.snapshotFiles) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `driver ${o.driver.name} cannot resume a suspended VM`);
+      c.restoreFrom = o.driver.snapshotFiles(join(c.dir, SUSPEND_DIR));
+    },
+  };
+  const resumed: Step<Launch> = { name: 'resumed', run: (c) => d.resumed(c.vm, c.dir, c.runtime) };
+  const boot = bootSteps(d);
+  // The guest's memory holds its addresses: a failed resume keeps the lease (tap, MAC, IP) for the next try.
+  const network = boot.find((x) => x.name === 'network')!;
+  const keepLease: Step<Launch> = { ...network };
+  delete keepLease.undo;
+  return insertAfter(insertAfter(swapSteps(boot, { network: keepLease }), 'volumes', state), 'vmm-start', resumed);
 }
 
 /**

@@ -350,6 +350,14 @@ export class MvmClient {
     return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/resume`);
   }
 
+  suspend(id: string): Promise<MicroVM> {
+    return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/suspend`);
+  }
+
+  setTimeout(id: string, timeout: string): Promise<MicroVM> {
+    return this.#json<MicroVM>('POST', `/microvms/${enc(id)}/timeout`, { body: { timeout } });
+  }
+
   /** Live fork: `count` children carrying the running VM's memory and disk state, each with a fresh identity. */
   fork(vm: string, req: { count?: number; names?: string[] }): Promise<{ snapshot: SnapshotT; children: MicroVM[] }> {
     return this.#json<{ snapshot: SnapshotT; children: MicroVM[] }>('POST', `/microvms/${enc(vm)}/fork`, { body: req });

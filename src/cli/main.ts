@@ -186,6 +186,10 @@ interface CreateOpts {
   fromSnapshot?: string;
   template?: string;
   bootTimeout?: string;
+  lifetime?: string;
+  onTimeout?: string;
+  idleTimeout?: string;
+  onIdle?: string;
 }
 
 export function buildCreateRequest(name: string | undefined, opts: CreateOpts): CreateRequest {
@@ -212,7 +216,13 @@ export function buildCreateRequest(name: string | undefined, opts: CreateOpts): 
   if (opts.volume?.length) body.volumes = [...((body.volumes as unknown[] | undefined) ?? []), ...opts.volume.map(parseVolumeFlag)];
   if (opts.fromSnapshot !== undefined) body.snapshot = opts.fromSnapshot;
   if (opts.template !== undefined) body.template = opts.template;
-  if (opts.bootTimeout !== undefined) body.lifecycle = { ...((body.lifecycle as Record<string, unknown> | undefined) ?? {}), bootTimeout: opts.bootTimeout };
+  const lifecycle: Record<string, unknown> = {};
+  if (opts.bootTimeout !== undefined) lifecycle.bootTimeout = opts.bootTimeout;
+  if (opts.lifetime !== undefined) lifecycle.timeout = opts.lifetime;
+  if (opts.onTimeout !== undefined) lifecycle.onTimeout = opts.onTimeout;
+  if (opts.idleTimeout !== undefined) lifecycle.idleTimeout = opts.idleTimeout;
+  if (opts.onIdle !== undefined) lifecycle.onIdle = opts.onIdle;
+  if (Object.keys(lifecycle).length) body.lifecycle = { ...((body.lifecycle as Record<string, unknown> | undefined) ?? {}), ...lifecycle };
   if (opts.start === false) body.start = false;
   return body as unknown as CreateRequest;
 }
@@ -254,6 +264,10 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('--label <k=v>', 'label (repeatable)', collect)
     .option('--volume <name:/path[:ro][:size]>', 'attach a volume of the tenant (created with SIZE when missing; repeatable)', collect)
     .option('--boot-timeout <duration>', 'fail the VM when its guest is not ready this long after its VMM started, e.g. 90s (default: the service\'s)')
+    .option('--lifetime <duration>', 'lifecycle.timeout: after this much Running/Paused time --on-timeout happens, e.g. 1h')
+    .option('--on-timeout <action>', 'stop (default), suspend or delete')
+    .option('--idle-timeout <duration>', 'lifecycle.idleTimeout: after this long without exec, files, port forwarding, console or network traffic --on-idle happens')
+    .option('--on-idle <action>', 'suspend (default) or stop')
     .option('--no-start', 'create without starting')
     .option('--wait', 'wait until Running and ready (Stopped with --no-start)')
     .option('--timeout <duration>', 'how long --wait waits', DEFAULT_TIMEOUT)
@@ -341,18 +355,20 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       printVm(ctx, await ctx.client.update(id, patch));
     });
 
-  const WAIT_HELP = { start: 'wait until Running and ready', stop: 'wait until Stopped', pause: 'wait until Paused', resume: 'wait until Running' } as const;
+  const WAIT_HELP = { start: 'wait until Running and ready', stop: 'wait until Stopped', pause: 'wait until Paused', resume: 'wait until Running and ready', suspend: 'wait until Suspended' } as const;
   const DESC = {
     start: 'start a microVM',
-    stop: 'stop a microVM',
+    stop: 'stop a microVM (a suspended one: its memory on disk is discarded)',
     pause: 'pause a running microVM (vCPUs stop, memory stays)',
-    resume: 'resume a paused microVM',
+    resume: 'resume a paused microVM, or a suspended one from disk (same IP, MAC, processes)',
+    suspend: 'suspend a microVM to disk: memory and devices are written to the node, no VMM runs',
   } as const;
   for (const [verb, target, ack] of [
     ['start', 'Running', 'start requested'],
     ['stop', 'Stopped', 'stop requested'],
     ['pause', 'Paused', 'pause requested'],
     ['resume', 'Running', 'resume requested'],
+    ['suspend', 'Suspended', 'suspend requested'],
   ] as const) {
     addCommand(`${verb} <id>`, DESC[verb])
       .option('--wait', WAIT_HELP[verb])
@@ -363,9 +379,15 @@ export function buildProgram(io: CliIO, state: RunState): Command {
         const ctx = makeCtx(cmd, io, state);
         const vm = await ctx.client[verb](id);
         if (!opts.wait) return printAck(ctx, vm, ack);
-        printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start', timeoutMs));
+        printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start' || verb === 'resume', timeoutMs));
       });
   }
+
+  addCommand('timeout <id> <duration>', 'set the time left of a microVM\'s lifecycle.timeout: it ends <duration> from now (e.g. 10m)').action(async (id: string, duration: string, _opts: unknown, cmd: Command) => {
+    state.subject = id;
+    const ctx = makeCtx(cmd, io, state);
+    printVm(ctx, await ctx.client.setTimeout(id, duration));
+  });
 
   addCommand('delete <id>', 'delete a microVM')
     .alias('rm')

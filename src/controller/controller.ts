@@ -6,7 +6,8 @@
  */
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
-import { ConditionTypes, assertTransition, setCondition, type MicroVM, type Phase } from '../core/microvm.js';
+import { ConditionTypes, assertTransition, requestDelete, requestStop, requestSuspend, setCondition, type MicroVM, type Phase } from '../core/microvm.js';
+import { activity, clockRuns, evaluateLifetime, type LifetimeClock } from '../core/lifetimes.js';
 import type { ActualVm, NodeAgent } from '../core/ports/agent.js';
 import type { Store, VmEvent } from '../core/ports/store.js';
 import { unschedulableMessage, type Scheduler } from '../scheduler/scheduler.js';
@@ -33,6 +34,10 @@ export class Controller {
   private unsubs: Array<() => void> = [];
   private stopped = false;
   private readonly failures = new Map<string, number>();
+  /** Wake-ups at the next lifetime deadline of a VM (timeout, idle). */
+  private readonly wakes = new Map<string, NodeJS.Timeout>();
+  /** Its NICs' byte count at the previous lifetime step (traffic since then is activity). */
+  private readonly netSeen = new Map<string, number>();
 
   constructor(private readonly o: ControllerOptions) {}
 
@@ -57,6 +62,8 @@ export class Controller {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.resyncTimer);
+    for (const t of this.wakes.values()) clearTimeout(t);
+    this.wakes.clear();
     for (const u of this.unsubs) u();
     await Promise.allSettled([...this.running.values()]);
   }
@@ -160,7 +167,28 @@ export class Controller {
       return;
     }
 
+    if (await this.lifetimeStep(vm)) return;
+
+    if (vm.desiredState === 'Suspended') {
+      await this.reconcileSuspend(vm, actual);
+      return;
+    }
+
     if (vm.desiredState === 'Stopped') {
+      if (phase === 'Suspended') {
+        // A stop of a suspended VM discards its memory on disk: its next start boots.
+        await this.o.agent.discardSuspend?.(id);
+        await this.o.agent.ensureStopped(id, this.o.stopTimeoutMs);
+        const done = await this.transition(vm, ['Suspended'], 'Stopped', (v) => {
+          v.status.stoppedAt = now;
+          delete v.status.ip;
+          delete v.status.interfaces;
+          delete v.status.suspendedAt;
+          v.status.conditions = setCondition(v.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'Stopped' }, now);
+        });
+        if (done) await this.event(done, 'Normal', 'Stopped', 'microVM stopped: its suspended memory was discarded (the next start boots)');
+        return;
+      }
       if (phase === 'Pending' || phase === 'Scheduled') {
         await this.transition(vm, [phase], 'Stopped', (v) => {
           v.status.stoppedAt = now;
@@ -195,6 +223,8 @@ export class Controller {
 
     // desiredState === 'Running'
     switch (phase) {
+      case 'Suspended':
+        return; // a resume moves it to Scheduled (service.resume)
       case 'Failed':
       case 'Stopped':
       case 'Stopping':
@@ -250,7 +280,7 @@ export class Controller {
             delete x.status.stoppedAt;
           });
           if (!v) return;
-          await this.event(v, 'Normal', 'Starting', 'booting the microVM');
+          await this.event(v, 'Normal', 'Starting', actual.state === 'suspended' ? 'resuming the microVM from its memory on disk' : 'booting the microVM');
         }
         try {
           const a = await this.o.agent.ensureRunning(v);
@@ -267,7 +297,8 @@ export class Controller {
         return;
       }
       case 'Running':
-      case 'Paused': {
+      case 'Paused':
+      case 'Suspending': {
         // The vCPUs as desired, measured on the VMM (not inferred from the phase): a pause or resume
         // whose phase write a crash lost, or a VMM the service left paused when it died mid-snapshot
         // (QEMU stays stopped after an interrupted migration), is re-adopted paused and resumed here.
@@ -291,6 +322,12 @@ export class Controller {
         }
         if (actual.state === 'starting') {
           await this.syncRunning(vm, actual);
+          return;
+        }
+        if (actual.state === 'suspended' && phase !== 'Paused') {
+          // The suspend completed although a resume had come (or its phase write was lost): restore it.
+          const v = await this.transition(vm, [phase], 'Starting');
+          if (v) await this.event(v, 'Normal', 'Starting', 'resuming the microVM from its memory on disk');
           return;
         }
         if (actual.state === 'stopped' && actual.reason === 'GuestShutdown') {
@@ -336,6 +373,125 @@ export class Controller {
         return;
       }
     }
+  }
+
+  /**
+   * desiredState Suspended (ADR 0033): Running/Paused -> Suspending -> (agent.suspend: memory and
+   * devices to disk, VMM gone) -> Suspended. A resume meanwhile cancels the write (the service
+   * calls agent.cancelSuspend) and the next pass finds the VM running; a failed suspend leaves the
+   * VM as it was, with a SuspendFailed event.
+   */
+  private async reconcileSuspend(vm: MicroVM, actual: ActualVm): Promise<void> {
+    const phase = vm.status.phase;
+    if (phase !== 'Suspending' && phase !== 'Running' && phase !== 'Paused') return;
+    let v: MicroVM | undefined = vm;
+    if (phase !== 'Suspending') {
+      v = await this.transition(vm, [phase], 'Suspending');
+      if (!v) return;
+    }
+    const now = (): string => new Date().toISOString();
+    const suspended = (x: MicroVM, r: { sizeBytes: number; durationMs: number }): void => {
+      const t = now();
+      x.status.suspendedAt = t;
+      if (r.durationMs > 0 || !x.status.suspend) x.status.suspend = { sizeBytes: r.sizeBytes, durationMs: r.durationMs };
+      delete x.status.pid;
+      delete x.status.guestAgent;
+      x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'Suspended', message: 'memory and device state on disk' }, t);
+      x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.GuestReady, status: 'False', reason: 'Suspended' }, t);
+    };
+    if (actual.state !== 'running' && actual.state !== 'paused' && actual.state !== 'suspended') {
+      const message = 'VMM process is not running and no complete suspend image exists';
+      const f = await this.transition(v, ['Suspending'], 'Failed', (x) => {
+        x.status.reason = 'VmmLost';
+        x.status.message = message;
+        delete x.status.pid;
+        delete x.status.guestAgent;
+        x.status.conditions = setCondition(x.status.conditions, { type: ConditionTypes.VmmRunning, status: 'False', reason: 'VmmLost', message }, now());
+      });
+      if (f) await this.event(f, 'Warning', 'VmmLost', message);
+      return;
+    }
+    try {
+      if (!this.o.agent.suspend) throw new Error('this node agent cannot suspend microVMs');
+      const r = await this.o.agent.suspend(vm.id);
+      const done = await this.transition(v, ['Suspending'], 'Suspended', (x) => suspended(x, r));
+      if (done) {
+        const mib = (r.sizeBytes / 1048576).toFixed(1);
+        await this.event(done, 'Normal', 'Suspended', r.durationMs > 0 ? `memory and device state written to disk (${mib} MiB in ${r.durationMs} ms); no VMM runs` : `memory and device state on disk (${mib} MiB); no VMM runs`);
+      }
+    } catch (e) {
+      const err = asMvmError(e);
+      if (err.details.cancelled === true) {
+        await this.event(v, 'Normal', 'SuspendCancelled', 'a resume cancelled the suspend; the microVM runs on');
+        return;
+      }
+      // The VM runs on as it was (the driver resumed vCPUs it had stopped).
+      const was = this.o.agent.observe(vm.id).state === 'paused' ? 'Paused' : 'Running';
+      let applied = false;
+      const back = await this.o.store.updateVm(vm.id, (x) => {
+        if (x.status.phase !== 'Suspending' || x.desiredState !== 'Suspended') return x;
+        x.desiredState = was;
+        x.status.phase = was;
+        applied = true;
+        return x;
+      });
+      if (applied) await this.event(back, 'Warning', 'SuspendFailed', `${err.message}; the microVM stays ${was}`);
+    }
+  }
+
+  /**
+   * Lifetimes (spec.lifecycle.timeout / idleTimeout; src/core/lifetimes.ts): keep the clocks in
+   * status.lifetime, act when one runs out (stop, suspend or delete, with a Timeout or Idle event),
+   * and wake this VM's reconcile at the next deadline. True when it wrote (the write re-queues the VM).
+   */
+  private async lifetimeStep(vm: MicroVM): Promise<boolean> {
+    const id = vm.id;
+    clearTimeout(this.wakes.get(id));
+    this.wakes.delete(id);
+    const lc = vm.spec.lifecycle;
+    if (!lc?.timeout && !lc?.idleTimeout && !vm.status.lifetime) return false;
+    // Guest network traffic since the previous look is activity.
+    if (lc?.idleTimeout && clockRuns(vm.status.phase)) {
+      const bytes = this.o.agent.netBytes?.(id);
+      const seen = this.netSeen.get(id);
+      if (bytes !== undefined) {
+        if (seen !== undefined && bytes !== seen) activity.touch(id);
+        this.netSeen.set(id, bytes);
+      }
+    } else this.netSeen.delete(id);
+    const d = evaluateLifetime(vm, Date.now(), activity.get(id));
+    const writeClock = (x: MicroVM, clock: LifetimeClock | null | undefined): void => {
+      if (clock === null) delete x.status.lifetime;
+      else if (clock !== undefined) x.status.lifetime = clock;
+    };
+    if (d.action) {
+      const a = d.action;
+      let applied = false;
+      const v = await this.o.store.updateVm(id, (x) => {
+        if (!clockRuns(x.status.phase) || x.status.phase !== vm.status.phase || (x.desiredState !== 'Running' && x.desiredState !== 'Paused')) return x;
+        writeClock(x, d.clock);
+        if (a.action === 'stop') requestStop(x);
+        else if (a.action === 'suspend') requestSuspend(x);
+        else requestDelete(x);
+        applied = true;
+        return x;
+      });
+      if (applied) await this.event(v, 'Normal', a.reason, `${a.message}: ${a.action === 'stop' ? 'stopping' : a.action === 'suspend' ? 'suspending to disk' : 'deleting'} the microVM`);
+      return true;
+    }
+    if (d.clock !== undefined) {
+      await this.o.store.updateVm(id, (x) => {
+        if (x.status.phase === vm.status.phase) writeClock(x, d.clock);
+        return x;
+      });
+      return true;
+    }
+    if (d.wakeInMs !== undefined) {
+      const t = setTimeout(() => this.enqueue(id), Math.min(d.wakeInMs + 25, 2 ** 31 - 1));
+      t.unref();
+      this.wakes.set(id, t);
+    }
+    return false;
   }
 
   private async markRunning(vm: MicroVM, a: ActualVm): Promise<void> {

@@ -76,8 +76,13 @@ export const TRANSITIONS: Record<Phase, readonly Phase[]> = {
   Pending: ['Scheduled', 'Stopped', 'Failed', 'Deleting'],
   Scheduled: ['Starting', 'Stopped', 'Failed', 'Deleting', 'Pending'],
   Starting: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
-  Running: ['Stopping', 'Paused', 'Failed', 'Deleting', 'Stopped', 'Starting'],
-  Paused: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Running: ['Stopping', 'Paused', 'Suspending', 'Failed', 'Deleting', 'Stopped', 'Starting'],
+  Paused: ['Running', 'Suspending', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  // Memory and devices are being written to disk; a resume cancels it (back to Running/Paused).
+  Suspending: ['Suspended', 'Running', 'Paused', 'Starting', 'Failed', 'Deleting', 'Stopping'],
+  // No VMM: memory and device state on disk. A resume restores them (Scheduled -> Starting -> Running);
+  // a stop discards them (Stopped).
+  Suspended: ['Scheduled', 'Starting', 'Stopped', 'Failed', 'Deleting'],
   Stopping: ['Stopped', 'Failed', 'Deleting'],
   Stopped: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Failed'],
   Failed: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Stopped', 'Running'],
@@ -95,25 +100,62 @@ export function assertTransition(from: Phase, to: Phase): void {
 }
 
 /**
- * Whether a VM in this phase holds (or is being given) a node: every phase but Stopped, Failed
- * and Deleting. Such a VM counts against its node's capacity once placed, and its console can
+ * Whether a VM in this phase holds (or is being given) a node: every phase but Stopped, Failed,
+ * Suspended (its files stay on the node, its memory and CPUs are free) and Deleting. Such a VM counts against its node's capacity once placed, and its console can
  * still grow.
  */
 export function holdsNode(phase: Phase): boolean {
-  return phase !== 'Stopped' && phase !== 'Failed' && phase !== 'Deleting';
+  return phase !== 'Stopped' && phase !== 'Failed' && phase !== 'Deleting' && phase !== 'Suspended';
 }
 
 /** User actions and the phases they are legal in. */
-export type Action = 'start' | 'stop' | 'delete' | 'update' | 'pause' | 'resume' | 'snapshot';
+export type Action = 'start' | 'stop' | 'delete' | 'update' | 'pause' | 'resume' | 'snapshot' | 'suspend' | 'timeout';
 export const ACTION_PHASES: Record<Action, readonly Phase[]> = {
-  start: ['Stopped', 'Failed'],
-  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'],
+  // A start of a Suspended VM resumes it (as `resume` does).
+  start: ['Stopped', 'Failed', 'Suspended'],
+  // A stop of a Suspended VM discards its memory: the next start boots.
+  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Suspended'],
   delete: PHASES,
   update: ['Stopped', 'Failed'],
   pause: ['Running'],
-  resume: ['Paused'],
+  // Paused: the vCPUs run again; Suspended: restored from disk; Suspending: the suspend is cancelled.
+  resume: ['Paused', 'Suspending', 'Suspended'],
   snapshot: ['Running', 'Paused'],
+  suspend: ['Running', 'Paused'],
+  timeout: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Suspending', 'Suspended'],
 };
+
+/**
+ * The intents of stop, suspend and delete as one write each: the use cases and the lifetime
+ * step of the reconcile (timeout, idle) apply the same ones.
+ */
+export function requestStop(cur: MicroVM): MicroVM {
+  cur.desiredState = 'Stopped';
+  if (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled' && cur.status.phase !== 'Suspended') cur.status.phase = 'Stopping';
+  return cur;
+}
+
+export function requestSuspend(cur: MicroVM): MicroVM {
+  cur.desiredState = 'Suspended';
+  cur.status.phase = 'Suspending';
+  return cur;
+}
+
+/** Resume from Paused (vCPUs), Suspending (cancel) or Suspended (restore from disk; placed on its node again). */
+export function requestResume(cur: MicroVM): MicroVM {
+  cur.desiredState = 'Running';
+  if (cur.status.phase === 'Suspended') {
+    cur.status.phase = cur.status.node ? 'Scheduled' : 'Pending';
+    delete cur.status.reason;
+    delete cur.status.message;
+  }
+  return cur;
+}
+
+export function requestDelete(cur: MicroVM): MicroVM {
+  cur.status.phase = 'Deleting';
+  return cur;
+}
 
 export function assertAction(vm: MicroVM, action: Action): void {
   const phase = vm.status.phase;

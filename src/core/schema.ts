@@ -42,7 +42,7 @@ export const MAC_PATTERN = '^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$';
 export const UNICAST_MAC_PATTERN = '^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$';
 
 /** The lifecycle phases of a microVM, in lifecycle order: the one list every edge (CLI, gRPC, metrics, dashboard) uses. */
-export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
+export const PHASES = ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Suspending', 'Suspended', 'Stopping', 'Stopped', 'Failed', 'Deleting'] as const;
 
 export const Phase = Type.Union(
   PHASES.map((p) => Type.Literal(p)),
@@ -233,6 +233,15 @@ const Lifecycle = Type.Object(
     bootTimeout: Type.Optional(
       Type.String({ pattern: DURATION_PATTERN, description: 'How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service\'s MVM_BOOT_TIMEOUT_SECONDS' }),
     ),
+
+    timeout: Type.Optional(
+      Type.String({ pattern: DURATION_PATTERN, description: 'Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it' }),
+    ),
+    onTimeout: Type.Optional(Type.Union([Type.Literal('stop'), Type.Literal('suspend'), Type.Literal('delete')], { description: 'what the timeout does (default stop)' })),
+    idleTimeout: Type.Optional(
+      Type.String({ pattern: DURATION_PATTERN, description: 'after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens' }),
+    ),
+    onIdle: Type.Optional(Type.Union([Type.Literal('suspend'), Type.Literal('stop')], { description: 'what idleness does (default suspend)' })),
   },
   { additionalProperties: false, description: 'Lifetimes of the microVM' },
 );
@@ -367,6 +376,21 @@ export const MicroVMStatus = Type.Object({
   bootMs: Type.Optional(Type.Object({ vmm: Type.Number(), guestReady: Type.Number(), network: Type.Optional(Type.Number({ description: 'network set-up (CNI ADD to tap ready), ms' })) })),
   guestAgent: Type.Optional(Type.Object({ version: Type.String() }, { description: 'the guest agent that answered in the running guest (exec, files, port forwarding)' })),
   observedGeneration: Type.Optional(Type.Integer()),
+  suspendedAt: Type.Optional(Type.String({ format: 'date-time', description: 'when the microVM was suspended to disk (phase Suspended)' })),
+  suspend: Type.Optional(
+    Type.Object({ sizeBytes: Type.Integer({ description: 'memory and device state on disk' }), durationMs: Type.Number({ description: 'how long the suspend took' }) }, { description: 'the last suspend to disk' }),
+  ),
+  lifetime: Type.Optional(
+    Type.Object(
+      {
+        remainingMs: Type.Optional(Type.Integer({ description: 'what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped)' })),
+        countingSince: Type.Optional(Type.String({ format: 'date-time', description: 'the timeout clock runs from here (absent: stopped, e.g. while Suspended)' })),
+        expiresAt: Type.Optional(Type.String({ format: 'date-time', description: 'when onTimeout happens if the clock keeps running' })),
+        lastActivityAt: Type.Optional(Type.String({ format: 'date-time', description: 'the last activity seen (idleTimeout counts from it)' })),
+      },
+      { description: 'the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts)' },
+    ),
+  ),
 });
 
 export const MicroVM = Type.Object({
@@ -374,13 +398,19 @@ export const MicroVM = Type.Object({
   name: Type.String(),
   tenant: Type.String(),
   spec: MicroVMSpec,
-  desiredState: Type.Union([Type.Literal('Running'), Type.Literal('Stopped'), Type.Literal('Paused')]),
+  desiredState: Type.Union([Type.Literal('Running'), Type.Literal('Stopped'), Type.Literal('Paused'), Type.Literal('Suspended')]),
   status: MicroVMStatus,
   generation: Type.Integer(),
   resourceVersion: Type.String(),
   createdAt: Type.String({ format: 'date-time' }),
   updatedAt: Type.String({ format: 'date-time' }),
 });
+
+/** `POST /microvms/{id}/timeout`: the lifetime left from now. */
+export const TimeoutRequest = Type.Object(
+  { timeout: Type.String({ pattern: DURATION_PATTERN, description: 'the microVM\'s lifecycle.timeout ends this long from now (counting only Running/Paused time)' }) },
+  { additionalProperties: false },
+);
 
 export const SnapshotRequest = Type.Object(
   { name: Type.String({ pattern: NAME_PATTERN, minLength: 1, maxLength: 63 }) },

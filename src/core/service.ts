@@ -4,7 +4,8 @@
  * store (the acknowledgement point) and leave the doing to the controller.
  */
 import { ErrorCodes, MvmError, notFound, validationError, unprocessable } from './errors.js';
-import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseQuantityMiB, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { ACTION_PHASES, DEFAULT_SPEC, assertAction, holdsNode, newId, parseDurationMs, parseQuantityMiB, requestDelete, requestResume, requestStop, requestSuspend, validateSpec, type MicroVM, type Phase } from './microvm.js';
+import { activity, extendedClock } from './lifetimes.js';
 import { vmResources } from './quota.js';
 import { hostPortViolations, takenPortError, type HostPortPolicy } from './host-ports.js';
 import type { NodeAgent } from './ports/agent.js';
@@ -310,19 +311,80 @@ export class MicroVMService {
     const vm = await this.get(p, idOrName);
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'stop');
-      cur.desiredState = 'Stopped';
-      if (cur.status.phase !== 'Pending' && cur.status.phase !== 'Scheduled') cur.status.phase = 'Stopping';
-      return cur;
+      return requestStop(cur);
     }, ifMatch);
   }
 
   async delete(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
-    return this.store.updateVm(vm.id, (cur) => {
+    const out = await this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'delete');
-      cur.status.phase = 'Deleting';
-      return cur;
+      return requestDelete(cur);
     }, ifMatch);
+    // A suspend under way stops writing (its files go with the VM's directory).
+    this.agent.cancelSuspend?.(vm.id);
+    activity.forget(vm.id);
+    return out;
+  }
+
+  /**
+   * Suspend to disk (ADR 0033): memory and device state to the node's disk, then no VMM runs
+   * (phase Suspending, then Suspended). Quota: a suspended VM keeps counting everything it
+   * counted (as a stopped one does), so its resume is never refused for quota.
+   */
+  async suspend(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    if (!this.agent.suspend) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'suspend to disk is not available in this deployment (standalone mode only for now; ADR 0033)');
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'suspend');
+      return requestSuspend(cur);
+    }, ifMatch);
+  }
+
+  /**
+   * Resume: a Paused VM's vCPUs run again; a Suspended VM is restored from disk with the same
+   * identity (IP, MAC, processes, open files); a suspend still writing is cancelled (QEMU
+   * migrate_cancel) and the VM runs on.
+   */
+  async resume(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
+    const vm = await this.get(p, idOrName);
+    let cancel = false;
+    const out = await this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'resume');
+      cancel = cur.status.phase === 'Suspending';
+      return requestResume(cur);
+    }, ifMatch);
+    if (cancel) this.agent.cancelSuspend?.(vm.id);
+    activity.touch(vm.id);
+    return out;
+  }
+
+  /**
+   * A guest call (exec, files, port forwarding) to a Suspended (or Suspending) VM resumes it and
+   * waits until it is Running and ready; the call is activity for the idle clock either way.
+   */
+  async ensureAwake(p: Principal, vm: MicroVM, timeoutMs = 120_000): Promise<MicroVM> {
+    activity.touch(vm.id);
+    if (vm.status.phase !== 'Suspended' && vm.status.phase !== 'Suspending') return vm;
+    await this.resume(p, vm.id).catch((e: unknown) => {
+      // Someone else resumed it first: wait for that one.
+      if (!(e instanceof MvmError && e.code === ErrorCodes.ILLEGAL_TRANSITION)) throw e;
+    });
+    const up = await this.wait(p, vm.id, { phase: 'Running', ready: true, timeoutMs });
+    activity.touch(vm.id);
+    return up;
+  }
+
+  /** `POST /microvms/{id}/timeout`: lifecycle.timeout ends `timeout` from now (Running/Paused time only). */
+  async extendTimeout(p: Principal, idOrName: string, timeout: string): Promise<MicroVM> {
+    const ms = parseDurationMs(timeout, 'timeout');
+    const vm = await this.get(p, idOrName);
+    return this.store.updateVm(vm.id, (cur) => {
+      assertAction(cur, 'timeout');
+      if (!cur.spec.lifecycle?.timeout) throw unprocessable('timeout', `microVM ${cur.name} has no spec.lifecycle.timeout to extend; set one first (PATCH lifecycle)`);
+      cur.status.lifetime = extendedClock(cur, Date.now(), ms);
+      return cur;
+    });
   }
 
   /** Long-poll until the VM reaches the phase (and readiness), fails, or the timeout passes. */
@@ -381,6 +443,7 @@ export class MicroVMService {
 
   async consolePath(p: Principal, idOrName: string): Promise<{ vm: MicroVM; path: string | undefined }> {
     const vm = await this.get(p, idOrName);
+    activity.touch(vm.id);
     return { vm, path: this.agent.consolePath(vm.id) };
   }
 

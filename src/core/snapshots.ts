@@ -79,13 +79,9 @@ export class SnapshotService {
     });
   }
 
+  /** Paused: the vCPUs run again; Suspending/Suspended: see MicroVMService.resume. */
   async resume(p: Principal, idOrName: string): Promise<MicroVM> {
-    const vm = await this.vms.get(p, idOrName);
-    return this.store.updateVm(vm.id, (cur) => {
-      assertAction(cur, 'resume');
-      cur.desiredState = 'Running';
-      return cur;
-    });
+    return this.vms.resume(p, idOrName);
   }
 
   async create(p: Principal, vmIdOrName: string, name: string): Promise<StoredResource<SnapshotSpec>> {

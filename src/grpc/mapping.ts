@@ -146,7 +146,14 @@ type SelectorT = RulesT extends { required?: Array<{ labelSelector: infer L }> }
 type TolerationT = NonNullable<MicroVMSpecT['tolerations']>[number];
 type PortT = NonNullable<MicroVMSpecT['ports']>[number];
 type LifecycleT = NonNullable<MicroVMSpecT['lifecycle']>;
-const lifecycleFromProto = (l: { bootTimeout: string }): LifecycleT => (l.bootTimeout ? { bootTimeout: l.bootTimeout } : {});
+const lifecycleFromProto = (l: { bootTimeout: string; timeout?: string; onTimeout?: string; idleTimeout?: string; onIdle?: string }): LifecycleT =>
+  ({
+    ...(l.bootTimeout ? { bootTimeout: l.bootTimeout } : {}),
+    ...(l.timeout ? { timeout: l.timeout } : {}),
+    ...(l.onTimeout ? { onTimeout: l.onTimeout } : {}),
+    ...(l.idleTimeout ? { idleTimeout: l.idleTimeout } : {}),
+    ...(l.onIdle ? { onIdle: l.onIdle } : {}),
+  }) as LifecycleT;
 type EgressT = NonNullable<MicroVMSpecT['egress']>;
 
 /** Zero values are "absent", so the schema (not the proto) rejects a missing host/guest port. */
@@ -224,7 +231,9 @@ export function specToProto(vm: MicroVM): PbSpec {
     affinity: affinityToProto(s.affinity),
     ports: (s.ports ?? []).map(portToProto),
     egress: egressToProto(s.egress),
-    lifecycle: s.lifecycle ? { bootTimeout: s.lifecycle.bootTimeout ?? '' } : null,
+    lifecycle: s.lifecycle
+      ? { bootTimeout: s.lifecycle.bootTimeout ?? '', timeout: s.lifecycle.timeout ?? '', onTimeout: s.lifecycle.onTimeout ?? '', idleTimeout: s.lifecycle.idleTimeout ?? '', onIdle: s.lifecycle.onIdle ?? '' }
+      : null,
     env: { ...(s.env ?? {}) },
     files: (s.files ?? []).map((f) => ({ path: f.path, content: f.content, encoding: f.encoding ?? '', mode: f.mode ?? 0 })),
   };
@@ -246,6 +255,8 @@ export function statusToProto(vm: MicroVM): PbStatus {
     readyAt: st.readyAt ?? '',
     ready: st.conditions.some((c) => c.type === 'GuestReady' && c.status === 'True'),
     guestAgentVersion: st.guestAgent?.version ?? '',
+    suspendedAt: st.phase === 'Suspended' ? (st.suspendedAt ?? '') : '',
+    expiresAt: st.lifetime?.expiresAt ?? '',
   };
 }
 

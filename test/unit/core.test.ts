@@ -32,8 +32,11 @@ const EXPECTED_NEXT: Record<(typeof PHASES)[number], readonly string[]> = {
   Pending: ['Scheduled', 'Stopped', 'Failed', 'Deleting'],
   Scheduled: ['Starting', 'Stopped', 'Failed', 'Deleting', 'Pending'],
   Starting: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
-  Running: ['Stopping', 'Paused', 'Failed', 'Deleting', 'Stopped', 'Starting'],
-  Paused: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  Running: ['Stopping', 'Paused', 'Suspending', 'Failed', 'Deleting', 'Stopped', 'Starting'],
+  Paused: ['Running', 'Suspending', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
+  // Suspend to disk (ADR 0033): a resume cancels a suspend under way, restores a suspended VM.
+  Suspending: ['Suspended', 'Running', 'Paused', 'Starting', 'Failed', 'Deleting', 'Stopping'],
+  Suspended: ['Scheduled', 'Starting', 'Stopped', 'Failed', 'Deleting'],
   Stopping: ['Stopped', 'Failed', 'Deleting'],
   Stopped: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Failed'],
   Failed: ['Pending', 'Scheduled', 'Starting', 'Deleting', 'Stopped', 'Running'],
@@ -64,13 +67,15 @@ test('phase machine: exactly the specified moves are legal, every other one is I
 
 // The user actions and the phases each is legal in, as specified.
 const EXPECTED_ACTION_PHASES: Record<Action, readonly string[]> = {
-  start: ['Stopped', 'Failed'],
-  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused'],
+  start: ['Stopped', 'Failed', 'Suspended'],
+  stop: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Suspended'],
   delete: PHASES,
   update: ['Stopped', 'Failed'],
   pause: ['Running'],
-  resume: ['Paused'],
+  resume: ['Paused', 'Suspending', 'Suspended'],
   snapshot: ['Running', 'Paused'],
+  suspend: ['Running', 'Paused'],
+  timeout: ['Pending', 'Scheduled', 'Starting', 'Running', 'Paused', 'Suspending', 'Suspended'],
 };
 
 test('actions are checked against the phase: legal exactly in the specified phases', () => {

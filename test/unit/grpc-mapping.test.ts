@@ -64,7 +64,7 @@ const fullSpec: MicroVMSpec__Output = {
     { hostPort: 5353, guestPort: 53, protocol: 'udp', hostIp: '', nic: '' },
   ],
   egress: { default: 'deny', allow: ['10.0.0.0/8', '192.168.1.0/24'], deny: ['10.1.0.0/16'] },
-  lifecycle: { bootTimeout: '90s' },
+  lifecycle: { bootTimeout: '90s', timeout: '1h', onTimeout: 'suspend', idleTimeout: '10m', onIdle: 'stop' },
   env: { GREETING: 'hello', LANG: 'C.UTF-8' },
   files: [
     { path: '/etc/app.conf', content: 'port=8080\n', encoding: '', mode: 0o600 },

@@ -445,7 +445,7 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Resume a paused microVM */
+        /** Resume a paused microVM (vCPUs run again) or a suspended one (restored from disk with the same IP, MAC, processes and open files); a suspend still writing is cancelled */
         post: operations["microvms.resume"];
         delete?: never;
         options?: never;
@@ -499,6 +499,40 @@ export interface paths {
         put?: never;
         /** Stop a microVM (graceful, then forced) */
         post: operations["microvms.stop"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/microvms/{id}/suspend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Suspend a running or paused microVM to disk: memory and device state are written to the node, the VMM exits (phase Suspending, then Suspended) */
+        post: operations["microvms.suspend"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/microvms/{id}/timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Set the time left of spec.lifecycle.timeout: it ends this long from now (only Running/Paused time counts) */
+        post: operations["microvms.timeout"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2016,7 +2050,7 @@ export interface operations {
                 label?: string | string[];
                 limit?: number;
                 /** @description Lifecycle phase */
-                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                 /** @description Admins: the tenant to list (default: every tenant) or to act in (default: their own). Anyone else may name only their own tenant: another one answers 403 PERMISSION_DENIED. */
                 tenant?: string;
             };
@@ -2036,7 +2070,7 @@ export interface operations {
                         items: {
                             /** Format: date-time */
                             createdAt: string;
-                            desiredState: "Running" | "Stopped" | "Paused";
+                            desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                             generation: number;
                             id: string;
                             name: string;
@@ -2156,6 +2190,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -2257,11 +2299,31 @@ export interface operations {
                                     tap: string;
                                 }[];
                                 ip?: string;
+                                /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                                lifetime?: {
+                                    /**
+                                     * Format: date-time
+                                     * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                     */
+                                    countingSince?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description when onTimeout happens if the clock keeps running
+                                     */
+                                    expiresAt?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description the last activity seen (idleTimeout counts from it)
+                                     */
+                                    lastActivityAt?: string;
+                                    /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                    remainingMs?: number;
+                                };
                                 message?: string;
                                 node?: string;
                                 observedGeneration?: number;
                                 /** @description Lifecycle phase */
-                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                                 pid?: number;
                                 /** Format: date-time */
                                 readyAt?: string;
@@ -2271,6 +2333,18 @@ export interface operations {
                                 startedAt?: string;
                                 /** Format: date-time */
                                 stoppedAt?: string;
+                                /** @description the last suspend to disk */
+                                suspend?: {
+                                    /** @description how long the suspend took */
+                                    durationMs: number;
+                                    /** @description memory and device state on disk */
+                                    sizeBytes: number;
+                                };
+                                /**
+                                 * Format: date-time
+                                 * @description when the microVM was suspended to disk (phase Suspended)
+                                 */
+                                suspendedAt?: string;
                             };
                             tenant: string;
                             /** Format: date-time */
@@ -2463,6 +2537,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -2543,7 +2625,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -2663,6 +2745,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -2764,11 +2854,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -2778,6 +2888,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -2927,7 +3049,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -3047,6 +3169,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -3148,11 +3278,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -3162,6 +3312,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -3362,6 +3524,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -3434,7 +3604,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -3554,6 +3724,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -3655,11 +3833,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -3669,6 +3867,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -3807,7 +4017,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -3927,6 +4137,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -4028,11 +4246,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -4042,6 +4280,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -5558,7 +5808,7 @@ export interface operations {
                         children: {
                             /** Format: date-time */
                             createdAt: string;
-                            desiredState: "Running" | "Stopped" | "Paused";
+                            desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                             generation: number;
                             id: string;
                             name: string;
@@ -5678,6 +5928,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -5779,11 +6037,31 @@ export interface operations {
                                     tap: string;
                                 }[];
                                 ip?: string;
+                                /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                                lifetime?: {
+                                    /**
+                                     * Format: date-time
+                                     * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                     */
+                                    countingSince?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description when onTimeout happens if the clock keeps running
+                                     */
+                                    expiresAt?: string;
+                                    /**
+                                     * Format: date-time
+                                     * @description the last activity seen (idleTimeout counts from it)
+                                     */
+                                    lastActivityAt?: string;
+                                    /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                    remainingMs?: number;
+                                };
                                 message?: string;
                                 node?: string;
                                 observedGeneration?: number;
                                 /** @description Lifecycle phase */
-                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                                phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                                 pid?: number;
                                 /** Format: date-time */
                                 readyAt?: string;
@@ -5793,6 +6071,18 @@ export interface operations {
                                 startedAt?: string;
                                 /** Format: date-time */
                                 stoppedAt?: string;
+                                /** @description the last suspend to disk */
+                                suspend?: {
+                                    /** @description how long the suspend took */
+                                    durationMs: number;
+                                    /** @description memory and device state on disk */
+                                    sizeBytes: number;
+                                };
+                                /**
+                                 * Format: date-time
+                                 * @description when the microVM was suspended to disk (phase Suspended)
+                                 */
+                                suspendedAt?: string;
                             };
                             tenant: string;
                             /** Format: date-time */
@@ -5924,6 +6214,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -6171,7 +6469,7 @@ export interface operations {
                             txPackets: number;
                         }[];
                         /** @description Lifecycle phase */
-                        phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                        phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                         /** Format: date-time */
                         timestamp: string;
                         uptimeSeconds: number;
@@ -6322,7 +6620,7 @@ export interface operations {
                                 txPackets: number;
                             }[];
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             /** Format: date-time */
                             timestamp: string;
                             uptimeSeconds: number;
@@ -6854,7 +7152,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -6974,6 +7272,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -7075,11 +7381,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -7089,6 +7415,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -7925,7 +8263,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -8045,6 +8383,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -8146,11 +8492,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -8160,6 +8526,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -8404,6 +8782,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -8704,6 +9090,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -8928,7 +9322,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -9048,6 +9442,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -9149,11 +9551,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -9163,6 +9585,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -9283,7 +9717,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -9403,6 +9837,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -9504,11 +9946,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -9518,6 +9980,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -9617,15 +10091,9 @@ export interface operations {
             };
         };
     };
-    "microvms.wait": {
+    "microvms.suspend": {
         parameters: {
-            query?: {
-                /** @description Lifecycle phase */
-                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
-                ready?: boolean;
-                /** @description how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s) */
-                timeout?: string;
-            };
+            query?: never;
             header?: never;
             path: {
                 /** @description id or name */
@@ -9636,7 +10104,7 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description Default Response */
-            200: {
+            202: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -9644,7 +10112,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -9764,6 +10232,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -9865,11 +10341,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -9879,6 +10375,839 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
+                        };
+                        tenant: string;
+                        /** Format: date-time */
+                        updatedAt: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "microvms.timeout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description the microVM's lifecycle.timeout ends this long from now (counting only Running/Paused time) */
+                    timeout: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
+                        generation: number;
+                        id: string;
+                        name: string;
+                        resourceVersion: string;
+                        spec: {
+                            affinity?: {
+                                vmAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                                vmAntiAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                            };
+                            egress?: {
+                                allow?: string[];
+                                default?: "allow" | "deny";
+                                deny?: string[];
+                            };
+                            /** @description environment of every command the guest agent runs (exec, template commands) */
+                            env?: {
+                                [key: string]: string;
+                            };
+                            /** @description files written by the guest agent at first boot, before anything else runs */
+                            files?: {
+                                /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                content: string;
+                                /** @description default utf8 */
+                                encoding?: "utf8" | "base64";
+                                /** @description permission bits, default 0644 (420) */
+                                mode?: number;
+                                /** @description absolute path in the guest; parents are created */
+                                path: string;
+                            }[];
+                            kernel?: {
+                                /** @description Extra kernel command line appended to the generated one */
+                                cmdline?: string;
+                                /** @description Kernel image reference or "default" */
+                                image?: string;
+                            };
+                            /** @description Free-form labels */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @description Lifetimes of the microVM */
+                            lifecycle?: {
+                                /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
+                            };
+                            /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                            memory: string;
+                            networkInterfaces?: {
+                                /**
+                                 * Format: ipv4
+                                 * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                 */
+                                ip?: string;
+                                /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                mac?: string;
+                                name: string;
+                            }[];
+                            /** @description node labels the VM needs (all must match) */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            /** @description guest ports published on host ports */
+                            ports?: {
+                                guestPort: number;
+                                /**
+                                 * Format: ipv4
+                                 * @description publish on this host address only (IPv4, not loopback)
+                                 */
+                                hostIp?: string;
+                                hostPort: number;
+                                /** @description one of the VM's networkInterfaces (default the first) */
+                                nic?: string;
+                                protocol?: "tcp" | "udp";
+                            }[];
+                            rootfs?: {
+                                /** @description Root filesystem image reference or "default" */
+                                image?: string;
+                                /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                readOnly?: boolean;
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                size?: string;
+                            };
+                            /** @description security groups (names or ids) of the tenant */
+                            securityGroups?: string[];
+                            source?: {
+                                /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                snapshot?: string;
+                                /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                template?: {
+                                    id: string;
+                                    version: number;
+                                };
+                            };
+                            /** @description node taints this VM tolerates */
+                            tolerations?: {
+                                effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                /** @description taint key; empty with operator Exists tolerates every taint */
+                                key?: string;
+                                /** @description default Equal */
+                                operator?: "Equal" | "Exists";
+                                value?: string;
+                            }[];
+                            /** @description Number of vCPUs (1-8) */
+                            vcpu: number;
+                            volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                mountPath: string;
+                                name: string;
+                                readOnly?: boolean;
+                                /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                size?: string;
+                            }[];
+                        };
+                        status: {
+                            /** @description Acceleration used: kvm or tcg */
+                            accel?: string;
+                            bootMs?: {
+                                guestReady: number;
+                                /** @description network set-up (CNI ADD to tap ready), ms */
+                                network?: number;
+                                vmm: number;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            /** @description VMM driver: qemu or firecracker */
+                            driver?: string;
+                            /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                            guestAgent?: {
+                                version: string;
+                            };
+                            interfaces?: {
+                                gateway: string;
+                                ip: string;
+                                mac: string;
+                                name: string;
+                                prefix: number;
+                                tap: string;
+                            }[];
+                            ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
+                            message?: string;
+                            node?: string;
+                            observedGeneration?: number;
+                            /** @description Lifecycle phase */
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            pid?: number;
+                            /** Format: date-time */
+                            readyAt?: string;
+                            /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                            reason?: string;
+                            /** Format: date-time */
+                            startedAt?: string;
+                            /** Format: date-time */
+                            stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
+                        };
+                        tenant: string;
+                        /** Format: date-time */
+                        updatedAt: string;
+                    };
+                };
+            };
+            /** @description Invalid request: the fields that are wrong are named in `errors` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not authenticated */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Permission denied, another tenant named, over quota (QUOTA_EXCEEDED), or an image the image policy refuses (REGISTRY_NOT_ALLOWED, SIGNATURE_VERIFICATION_FAILED) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not found (another tenant's object answers the same) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Conflict with the current state (ILLEGAL_TRANSITION, ALREADY_EXISTS, CONFLICT, VM_FAILED, AGENT_UNAVAILABLE, a stale If-Match, an Idempotency-Key reused) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A path segment is too long */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body's Content-Type is not one this operation takes */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Valid by this document but breaking a rule it cannot state (UNPROCESSABLE, naming the field), FIELD_IMMUTABLE, IMAGE_ERROR */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Rate limited (Retry-After says when to retry) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request line and headers are over 16 KiB (a very long query string) */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Unavailable: no capacity, or a store or node cannot be reached */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    "microvms.wait": {
+        parameters: {
+            query?: {
+                /** @description Lifecycle phase */
+                phase?: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                ready?: boolean;
+                /** @description how long to wait: e.g. 30s, 500ms, 2m (a bare number is seconds; default 60s, at most 300s) */
+                timeout?: string;
+            };
+            header?: never;
+            path: {
+                /** @description id or name */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Default Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        /** Format: date-time */
+                        createdAt: string;
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
+                        generation: number;
+                        id: string;
+                        name: string;
+                        resourceVersion: string;
+                        spec: {
+                            affinity?: {
+                                vmAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                                vmAntiAffinity?: {
+                                    /** @description soft: weights add to the node score */
+                                    preferred?: {
+                                        vmAffinityTerm: {
+                                            /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                            labelSelector: {
+                                                matchExpressions?: {
+                                                    key: string;
+                                                    operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                    /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                    values?: string[];
+                                                }[];
+                                                matchLabels?: {
+                                                    [key: string]: string;
+                                                };
+                                            };
+                                            /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                            topologyKey?: string;
+                                        };
+                                        weight: number;
+                                    }[];
+                                    /** @description hard: every term must hold at placement */
+                                    required?: {
+                                        /** @description selects microVMs of the same tenant by spec.labels; {} selects all */
+                                        labelSelector: {
+                                            matchExpressions?: {
+                                                key: string;
+                                                operator: "In" | "NotIn" | "Exists" | "DoesNotExist";
+                                                /** @description non-empty for In/NotIn, absent for Exists/DoesNotExist */
+                                                values?: string[];
+                                            }[];
+                                            matchLabels?: {
+                                                [key: string]: string;
+                                            };
+                                        };
+                                        /** @description node label naming the topology domain; default kubernetes.io/hostname (the node itself) */
+                                        topologyKey?: string;
+                                    }[];
+                                };
+                            };
+                            egress?: {
+                                allow?: string[];
+                                default?: "allow" | "deny";
+                                deny?: string[];
+                            };
+                            /** @description environment of every command the guest agent runs (exec, template commands) */
+                            env?: {
+                                [key: string]: string;
+                            };
+                            /** @description files written by the guest agent at first boot, before anything else runs */
+                            files?: {
+                                /** @description the file content (UTF-8 text, or base64 with encoding: base64) */
+                                content: string;
+                                /** @description default utf8 */
+                                encoding?: "utf8" | "base64";
+                                /** @description permission bits, default 0644 (420) */
+                                mode?: number;
+                                /** @description absolute path in the guest; parents are created */
+                                path: string;
+                            }[];
+                            kernel?: {
+                                /** @description Extra kernel command line appended to the generated one */
+                                cmdline?: string;
+                                /** @description Kernel image reference or "default" */
+                                image?: string;
+                            };
+                            /** @description Free-form labels */
+                            labels?: {
+                                [key: string]: string;
+                            };
+                            /** @description Lifetimes of the microVM */
+                            lifecycle?: {
+                                /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
+                                bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
+                            };
+                            /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
+                            memory: string;
+                            networkInterfaces?: {
+                                /**
+                                 * Format: ipv4
+                                 * @description IPv4 address (dotted quad, no leading zeros) inside the node network's subnet, other than its network, broadcast and gateway addresses; default the next free one
+                                 */
+                                ip?: string;
+                                /** @description unicast MAC, not all zeros; default derived from the VM id */
+                                mac?: string;
+                                name: string;
+                            }[];
+                            /** @description node labels the VM needs (all must match) */
+                            nodeSelector?: {
+                                [key: string]: string;
+                            };
+                            /** @description guest ports published on host ports */
+                            ports?: {
+                                guestPort: number;
+                                /**
+                                 * Format: ipv4
+                                 * @description publish on this host address only (IPv4, not loopback)
+                                 */
+                                hostIp?: string;
+                                hostPort: number;
+                                /** @description one of the VM's networkInterfaces (default the first) */
+                                nic?: string;
+                                protocol?: "tcp" | "udp";
+                            }[];
+                            rootfs?: {
+                                /** @description Root filesystem image reference or "default" */
+                                image?: string;
+                                /** @description Attach the shared image read-only instead of a copy-on-write layer */
+                                readOnly?: boolean;
+                                /** @description Root disk size, e.g. 1Gi: at most 256Gi, at least the image, at most the node's MVM_ROOTFS_MAX_SIZE (those two: 422) */
+                                size?: string;
+                            };
+                            /** @description security groups (names or ids) of the tenant */
+                            securityGroups?: string[];
+                            source?: {
+                                /** @description snapshot id this VM was restored/cloned from (first boot restores it) */
+                                snapshot?: string;
+                                /** @description template (and version) this VM was cloned from (first boot clones it) */
+                                template?: {
+                                    id: string;
+                                    version: number;
+                                };
+                            };
+                            /** @description node taints this VM tolerates */
+                            tolerations?: {
+                                effect?: "NoSchedule" | "PreferNoSchedule" | "NoExecute";
+                                /** @description taint key; empty with operator Exists tolerates every taint */
+                                key?: string;
+                                /** @description default Equal */
+                                operator?: "Equal" | "Exists";
+                                value?: string;
+                            }[];
+                            /** @description Number of vCPUs (1-8) */
+                            vcpu: number;
+                            volumes?: {
+                                /** @description absolute guest path of letters, digits, ".", "_", "-" and "/"; not "/" and without ".." */
+                                mountPath: string;
+                                name: string;
+                                readOnly?: boolean;
+                                /** @description creates the volume (16Mi to 16384Gi) when the tenant has none of this name */
+                                size?: string;
+                            }[];
+                        };
+                        status: {
+                            /** @description Acceleration used: kvm or tcg */
+                            accel?: string;
+                            bootMs?: {
+                                guestReady: number;
+                                /** @description network set-up (CNI ADD to tap ready), ms */
+                                network?: number;
+                                vmm: number;
+                            };
+                            conditions: {
+                                /** Format: date-time */
+                                lastTransitionTime: string;
+                                message?: string;
+                                reason?: string;
+                                status: "True" | "False" | "Unknown";
+                                type: string;
+                            }[];
+                            /** @description VMM driver: qemu or firecracker */
+                            driver?: string;
+                            /** @description the guest agent that answered in the running guest (exec, files, port forwarding) */
+                            guestAgent?: {
+                                version: string;
+                            };
+                            interfaces?: {
+                                gateway: string;
+                                ip: string;
+                                mac: string;
+                                name: string;
+                                prefix: number;
+                                tap: string;
+                            }[];
+                            ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
+                            message?: string;
+                            node?: string;
+                            observedGeneration?: number;
+                            /** @description Lifecycle phase */
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            pid?: number;
+                            /** Format: date-time */
+                            readyAt?: string;
+                            /** @description Machine-readable reason of the last transition (e.g. VmmExited) */
+                            reason?: string;
+                            /** Format: date-time */
+                            startedAt?: string;
+                            /** Format: date-time */
+                            stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -11893,6 +13222,14 @@ export interface operations {
                                 lifecycle?: {
                                     /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                     bootTimeout?: string;
+                                    /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                    idleTimeout?: string;
+                                    /** @description what idleness does (default suspend) */
+                                    onIdle?: "suspend" | "stop";
+                                    /** @description what the timeout does (default stop) */
+                                    onTimeout?: "stop" | "suspend" | "delete";
+                                    /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                    timeout?: string;
                                 };
                                 /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                 memory: string;
@@ -12169,6 +13506,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -12559,6 +13904,14 @@ export interface operations {
                     lifecycle?: {
                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                         bootTimeout?: string;
+                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                        idleTimeout?: string;
+                        /** @description what idleness does (default suspend) */
+                        onIdle?: "suspend" | "stop";
+                        /** @description what the timeout does (default stop) */
+                        onTimeout?: "stop" | "suspend" | "delete";
+                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                        timeout?: string;
                     };
                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                     memory?: string;
@@ -12635,7 +13988,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -12755,6 +14108,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -12856,11 +14217,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -12870,6 +14251,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */

@@ -5,7 +5,7 @@ import { ErrorCodes, MvmError } from '../../core/errors.js';
 import { toSnapshot, type SnapshotService } from '../../core/snapshots.js';
 import type { MicroVMService, Principal } from '../../core/service.js';
 import { IdParams, TenantQuery } from '../http.js';
-import { CreateMicroVMRequest, ForkRequest, ItemsOf, MicroVM, NoContent, Snapshot, SnapshotRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
+import { CreateMicroVMRequest, ForkRequest, ItemsOf, MicroVM, NoContent, Snapshot, SnapshotRequest, TimeoutRequest, type CreateMicroVMRequestT, type ForkRequestT } from '../../core/schema.js';
 
 const RestoreRequest = Type.Omit(CreateMicroVMRequest, ['snapshot', 'template']);
 
@@ -18,8 +18,20 @@ export async function registerSnapshotRoutes(app: FastifyInstance, snaps: Snapsh
   app.post('/microvms/:id/pause', { schema: { summary: 'Pause a running microVM (vCPUs stop, memory stays)', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) =>
     reply.status(202).send(await snaps.pause(principal(req), (req.params as { id: string }).id)),
   );
-  app.post('/microvms/:id/resume', { schema: { summary: 'Resume a paused microVM', params: IdParams, response: { 202: MicroVM } } }, async (req, reply) =>
-    reply.status(202).send(await snaps.resume(principal(req), (req.params as { id: string }).id)),
+  app.post(
+    '/microvms/:id/resume',
+    { schema: { summary: 'Resume a paused microVM (vCPUs run again) or a suspended one (restored from disk with the same IP, MAC, processes and open files); a suspend still writing is cancelled', params: IdParams, response: { 202: MicroVM } } },
+    async (req, reply) => reply.status(202).send(await snaps.resume(principal(req), (req.params as { id: string }).id)),
+  );
+  app.post(
+    '/microvms/:id/suspend',
+    { schema: { summary: 'Suspend a running or paused microVM to disk: memory and device state are written to the node, the VMM exits (phase Suspending, then Suspended)', params: IdParams, response: { 202: MicroVM } } },
+    async (req, reply) => reply.status(202).send(await vms.suspend(principal(req), (req.params as { id: string }).id)),
+  );
+  app.post(
+    '/microvms/:id/timeout',
+    { schema: { summary: 'Set the time left of spec.lifecycle.timeout: it ends this long from now (only Running/Paused time counts)', params: IdParams, body: TimeoutRequest, response: { 200: MicroVM } } },
+    async (req) => vms.extendTimeout(principal(req), (req.params as { id: string }).id, (req.body as { timeout: string }).timeout),
   );
   app.post(
     '/microvms/:id/snapshots',

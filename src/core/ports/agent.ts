@@ -11,7 +11,8 @@ import type { Taint } from '../placement.js';
 
 export type { Taint } from '../placement.js';
 
-export type ActualState = 'absent' | 'starting' | 'running' | 'paused' | 'stopped' | 'failed';
+/** `suspended`: no VMM, the VM's memory and device state complete on disk (a start resumes them). */
+export type ActualState = 'absent' | 'starting' | 'running' | 'paused' | 'stopped' | 'failed' | 'suspended';
 
 export interface ActualVm {
   id: string;
@@ -108,6 +109,18 @@ export interface NodeAgent {
   /** Freeze / unfreeze the guest (vCPUs stop; memory stays). */
   pause(id: string): Promise<void>;
   resume(id: string): Promise<void>;
+  /**
+   * Suspend to disk: memory and device state into the VM's directory, then the VMM exits (its
+   * network stays, so a resume keeps IP and MAC). A later `ensureRunning` resumes it with the same
+   * identity. `cancelSuspend` (a resume that arrives meanwhile) makes it fail with CONFLICT
+   * (details.cancelled) and leaves the VM as it was. Idempotent once suspended.
+   */
+  suspend?(id: string): Promise<{ sizeBytes: number; durationMs: number }>;
+  cancelSuspend?(id: string): void;
+  /** Drop a suspended VM's memory on disk (a stop of a Suspended VM: the next start boots). */
+  discardSuspend?(id: string): Promise<void>;
+  /** Bytes the VM's NICs moved so far (rx + tx), for the idle clock; undefined when not running here. */
+  netBytes?(id: string): number | undefined;
   /**
    * Memory + device state and a copy-on-write copy of the disks into this node's snapshot
    * store under `snapshotId`. The VM ends in the state it was in (running or paused).

@@ -144,7 +144,19 @@ export interface VmmInstance {
    * copied to `memoryTo` while paused (a fork), or, with `memoryTo` equal to its own RAM file, left
    * where it is (a template whose VM is discarded afterwards).
    */
-  snapshot?(dir: string, opts?: { memoryTo?: string }): Promise<SnapshotFiles>;
+  snapshot?(dir: string, opts?: SnapshotOptions): Promise<SnapshotFiles>;
+}
+
+export interface SnapshotOptions {
+  memoryTo?: string;
+  /**
+   * Suspend to disk: no disk copies (the VM's own disks stay where they are, the VMM exits after
+   * this and a resume reopens them), and the VM is left as the migration left it (QEMU
+   * `postmigrate`, disks inactive: the guest never runs again in this process).
+   */
+  inPlace?: boolean;
+  /** Abort the write (QEMU `migrate_cancel`): the snapshot fails with CONFLICT and the VM runs as before. */
+  signal?: AbortSignal;
 }
 
 export interface VmmDriver {

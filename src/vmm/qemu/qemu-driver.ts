@@ -9,7 +9,7 @@ import { closeSync, existsSync, openSync, readFileSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { ErrorCodes, MvmError, asMvmError } from '../../core/errors.js';
 import { runSteps, type Step } from '../../core/steps.js';
-import type { DriveSpec, GuestChannel, LaunchSpec, SnapshotFiles, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
+import type { DriveSpec, GuestChannel, LaunchSpec, SnapshotFiles, SnapshotOptions, VmmCapabilities, VmmDriver, VmmExit, VmmInstance, VmmState, VmmStats } from '../../core/ports/vmm.js';
 import { describeExit, listPids, passwdIds, pidAlive, procUsage, readCmdline, sleep, waitPidGone } from '../proc.js';
 import { runAsArg } from '../identity.js';
 import { probeAccel, qemuVersion, type Accel } from './accel.js';
@@ -230,9 +230,18 @@ class QemuInstance implements VmmInstance {
   }
 
   /** Pause, migrate the machine state into `dir` (our process receives the stream), copy writable disks; left paused. See snapshot.ts. */
-  async snapshot(dir: string, opts: { memoryTo?: string } = {}): Promise<SnapshotFiles> {
+  async snapshot(dir: string, opts: SnapshotOptions = {}): Promise<SnapshotFiles> {
     if (this.exitInfo) throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `cannot snapshot ${this.id}: its VMM has exited (${this.exitInfo.reason})`, { details: { id: this.id } });
-    return takeSnapshot({ id: this.id, pid: this.pid, qmpPath: this.files.qmp, args: (this.config.args as string[] | undefined) ?? [], dir, ...(opts.memoryTo ? { memoryTo: opts.memoryTo } : {}) });
+    return takeSnapshot({
+      id: this.id,
+      pid: this.pid,
+      qmpPath: this.files.qmp,
+      args: (this.config.args as string[] | undefined) ?? [],
+      dir,
+      ...(opts.memoryTo ? { memoryTo: opts.memoryTo } : {}),
+      ...(opts.inPlace ? { inPlace: true } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
   }
 
   private async qmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {

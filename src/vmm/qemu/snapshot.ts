@@ -372,12 +372,18 @@ interface MigrateInfo {
   ram?: { transferred?: number };
 }
 
-async function waitMigration(c: QmpClient, what: string, timeoutMs: number, alive: () => boolean): Promise<MigrateInfo> {
+async function waitMigration(c: QmpClient, what: string, timeoutMs: number, alive: () => boolean, signal?: AbortSignal): Promise<MigrateInfo> {
   const deadline = Date.now() + timeoutMs;
+  let cancelAsked = false;
   for (;;) {
     if (!alive()) throw new MvmError(ErrorCodes.VMM_ERROR, `QEMU exited during ${what}`);
+    if (signal?.aborted && !cancelAsked) {
+      cancelAsked = true;
+      await c.execute('migrate_cancel').catch(() => undefined);
+    }
     const info = await c.execute<MigrateInfo>('query-migrate', undefined, 5000);
     if (info.status === 'completed') return info;
+    if (info.status === 'cancelled' && cancelAsked) throw new MvmError(ErrorCodes.CONFLICT, `${what} cancelled`, { details: { cancelled: true } });
     if (info.status === 'failed' || info.status === 'cancelled') {
       throw new MvmError(ErrorCodes.VMM_ERROR, `${what} ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
     }
@@ -400,6 +406,10 @@ export interface TakeSnapshotOptions {
    * caller then keeps the file frozen: a template whose VM is discarded).
    */
   memoryTo?: string;
+  /** Suspend to disk: no disk copies, and the VM stays in `postmigrate` (see SnapshotOptions.inPlace). */
+  inPlace?: boolean;
+  /** `migrate_cancel` when aborted: CONFLICT, and the VM is left as it was found. */
+  signal?: AbortSignal;
 }
 
 /** The shared RAM file of a QEMU command line (memory-backend-file with share=on), if any. */
@@ -457,7 +467,8 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
     rmSync(tmpState, { force: true });
     sink = await sinkToFile(tmpState, runAs);
     await c.execute('migrate', { uri: sink.uri });
-    await waitMigration(c, `snapshot of ${o.id}`, timeoutMs, () => pidAlive(o.pid));
+    if (o.signal?.aborted) throw new MvmError(ErrorCodes.CONFLICT, `snapshot of ${o.id} cancelled`, { details: { cancelled: true } });
+    await waitMigration(c, `snapshot of ${o.id}`, timeoutMs, () => pidAlive(o.pid), o.signal);
     const stateBytes = await within(sink.done, 10_000);
     if (stateBytes === undefined) throw new MvmError(ErrorCodes.TIMEOUT, `snapshot of ${o.id}: the migration stream did not end`);
     fsyncFile(tmpState);
@@ -477,7 +488,7 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
     const machine = machineRecordFromArgs(o.args);
     const disks: QemuSnapshotRecord['disks'] = [];
     for (const d of machine.drives) {
-      if (d.readOnly) continue;
+      if (d.readOnly || o.inPlace) continue;
       const format = d.format === 'qcow2' ? 'qcow2' : 'raw';
       const file = `disk-${d.id}.${format}`;
       const dst = join(dir, file);
@@ -497,7 +508,7 @@ export async function takeSnapshot(o: TakeSnapshotOptions): Promise<SnapshotFile
     // lets it run for an instant, which would change a RAM file kept as the snapshot's memory. A
     // template's VM (memoryTo is its own RAM) stays as it is, in postmigrate, to be discarded.
     const keepsRamFile = memory !== undefined && sharedRam !== undefined && resolve(memory.path) === resolve(sharedRam);
-    if (!keepsRamFile) {
+    if (!keepsRamFile && !o.inPlace) {
       await c.execute('cont');
       await c.execute('stop');
     }

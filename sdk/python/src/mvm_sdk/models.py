@@ -127,6 +127,10 @@ MicroVMSpecAffinity = TypedDict("MicroVMSpecAffinity", {
 
 MicroVMSpecLifecycle = TypedDict("MicroVMSpecLifecycle", {
     "bootTimeout": str,  # How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS
+    "timeout": str,  # Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it
+    "onTimeout": Literal["stop", "suspend", "delete"],  # what the timeout does (default stop)
+    "idleTimeout": str,  # after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens
+    "onIdle": Literal["suspend", "stop"],  # what idleness does (default suspend)
 }, total=False)
 
 
@@ -226,8 +230,22 @@ MicroVMStatusGuestAgent = TypedDict("MicroVMStatusGuestAgent", {
 })
 
 
+MicroVMStatusSuspend = TypedDict("MicroVMStatusSuspend", {
+    "sizeBytes": int,  # memory and device state on disk
+    "durationMs": float,  # how long the suspend took
+})
+
+
+MicroVMStatusLifetime = TypedDict("MicroVMStatusLifetime", {
+    "remainingMs": int,  # what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped)
+    "countingSince": str,  # the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+    "expiresAt": str,  # when onTimeout happens if the clock keeps running
+    "lastActivityAt": str,  # the last activity seen (idleTimeout counts from it)
+}, total=False)
+
+
 _MicroVMStatusRequired = TypedDict("_MicroVMStatusRequired", {
-    "phase": Literal["Pending", "Scheduled", "Starting", "Running", "Paused", "Stopping", "Stopped", "Failed", "Deleting"],  # Lifecycle phase
+    "phase": Literal["Pending", "Scheduled", "Starting", "Running", "Paused", "Suspending", "Suspended", "Stopping", "Stopped", "Failed", "Deleting"],  # Lifecycle phase
     "conditions": List[MicroVMStatusConditionsItem],
 })
 _MicroVMStatusOptional = TypedDict("_MicroVMStatusOptional", {
@@ -245,6 +263,9 @@ _MicroVMStatusOptional = TypedDict("_MicroVMStatusOptional", {
     "bootMs": MicroVMStatusBootMs,
     "guestAgent": MicroVMStatusGuestAgent,  # the guest agent that answered in the running guest (exec, files, port forwarding)
     "observedGeneration": int,
+    "suspendedAt": str,  # when the microVM was suspended to disk (phase Suspended)
+    "suspend": MicroVMStatusSuspend,  # the last suspend to disk
+    "lifetime": MicroVMStatusLifetime,  # the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts)
 }, total=False)
 
 
@@ -257,7 +278,7 @@ MicroVM = TypedDict("MicroVM", {
     "name": str,
     "tenant": str,
     "spec": MicroVMSpec,
-    "desiredState": Literal["Running", "Stopped", "Paused"],
+    "desiredState": Literal["Running", "Stopped", "Paused", "Suspended"],
     "status": MicroVMStatus,
     "generation": int,
     "resourceVersion": str,

@@ -21,6 +21,7 @@ const ACTIONS: Action[] = [
   { name: 'start', label: 'Start', path: 'start' },
   { name: 'stop', label: 'Stop', path: 'stop' },
   { name: 'pause', label: 'Pause', path: 'pause' },
+  { name: 'suspend', label: 'Suspend', path: 'suspend' },
   { name: 'resume', label: 'Resume', path: 'resume' },
   { name: 'snapshot', label: 'Snapshot', path: 'snapshot' },
 ];

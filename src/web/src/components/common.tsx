@@ -36,6 +36,8 @@ export function ProblemAlert({ error, onDismiss }: { error: unknown; onDismiss?:
 const PHASE_CLASS: Record<string, string> = {
   Running: 'ok',
   Paused: 'info',
+  Suspending: 'progress',
+  Suspended: 'info',
   Starting: 'progress',
   Scheduled: 'progress',
   Pending: 'progress',

@@ -7,6 +7,22 @@ export interface Lifecycle {
    * How long the guest may take to become ready after its VMM started, e.g. "90s"; empty: the service's default.
    */
   'bootTimeout'?: (string);
+  /**
+   * Lifetime: after this much Running/Paused time (suspended time does not count) on_timeout happens; empty: none.
+   */
+  'timeout'?: (string);
+  /**
+   * "stop" (default), "suspend" or "delete".
+   */
+  'onTimeout'?: (string);
+  /**
+   * After this long without activity (exec, files, port forwarding, console, guest traffic) on_idle happens; empty: none.
+   */
+  'idleTimeout'?: (string);
+  /**
+   * "suspend" (default) or "stop".
+   */
+  'onIdle'?: (string);
 }
 
 export interface Lifecycle__Output {
@@ -14,4 +30,20 @@ export interface Lifecycle__Output {
    * How long the guest may take to become ready after its VMM started, e.g. "90s"; empty: the service's default.
    */
   'bootTimeout': (string);
+  /**
+   * Lifetime: after this much Running/Paused time (suspended time does not count) on_timeout happens; empty: none.
+   */
+  'timeout': (string);
+  /**
+   * "stop" (default), "suspend" or "delete".
+   */
+  'onTimeout': (string);
+  /**
+   * After this long without activity (exec, files, port forwarding, console, guest traffic) on_idle happens; empty: none.
+   */
+  'idleTimeout': (string);
+  /**
+   * "suspend" (default) or "stop".
+   */
+  'onIdle': (string);
 }

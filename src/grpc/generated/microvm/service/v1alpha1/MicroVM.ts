@@ -14,7 +14,7 @@ export interface MicroVM {
   'spec'?: (_microvm_service_v1alpha1_MicroVMSpec | null);
   'status'?: (_microvm_service_v1alpha1_MicroVMStatus | null);
   /**
-   * "Running" or "Stopped".
+   * "Running", "Stopped", "Paused" or "Suspended".
    */
   'desiredState'?: (string);
   'generation'?: (number | string | Long);
@@ -35,7 +35,7 @@ export interface MicroVM__Output {
   'spec': (_microvm_service_v1alpha1_MicroVMSpec__Output | null);
   'status': (_microvm_service_v1alpha1_MicroVMStatus__Output | null);
   /**
-   * "Running" or "Stopped".
+   * "Running", "Stopped", "Paused" or "Suspended".
    */
   'desiredState': (string);
   'generation': (number);

@@ -23,6 +23,14 @@ export interface MicroVMStatus {
    * The version of the guest agent that answered in the guest; empty: none (yet).
    */
   'guestAgentVersion'?: (string);
+  /**
+   * When it was suspended to disk (phase Suspended); empty otherwise.
+   */
+  'suspendedAt'?: (string);
+  /**
+   * When lifecycle.timeout runs out if the VM keeps running; empty: no timeout, or its clock stands (e.g. Suspended).
+   */
+  'expiresAt'?: (string);
 }
 
 export interface MicroVMStatus__Output {
@@ -45,4 +53,12 @@ export interface MicroVMStatus__Output {
    * The version of the guest agent that answered in the guest; empty: none (yet).
    */
   'guestAgentVersion': (string);
+  /**
+   * When it was suspended to disk (phase Suspended); empty otherwise.
+   */
+  'suspendedAt': (string);
+  /**
+   * When lifecycle.timeout runs out if the VM keeps running; empty: no timeout, or its clock stands (e.g. Suspended).
+   */
+  'expiresAt': (string);
 }
