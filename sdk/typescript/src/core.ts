@@ -205,7 +205,7 @@ export interface CreateOptions {
   idempotencyKey?: string;
 }
 
-/** Options of a PUT: `ifMatch` (the resourceVersion read) makes it fail with 409 if someone changed it since. */
+/** `ifMatch` (the resourceVersion read; If-Match header) makes a change fail with 409 CONFLICT if someone changed the resource since. */
 export interface UpdateOptions {
   ifMatch?: string | number;
 }
@@ -328,6 +328,14 @@ export class MvmCore {
     return this.#userAgent;
   }
 
+  /** The operations this service serves, as "METHOD /api/v1/path" (from its OpenAPI document): which optional endpoints it has. */
+  async operations(): Promise<Set<string>> {
+    const doc = await this.json<{ paths?: Record<string, Record<string, unknown>> }>('GET', '/openapi.json');
+    const out = new Set<string>();
+    for (const [p, ops] of Object.entries(doc?.paths ?? {})) for (const m of Object.keys(ops)) out.add(`${m.toUpperCase()} ${p}`);
+    return out;
+  }
+
   /** Who the token is: subject, role, tenant. */
   whoami(): Promise<WhoAmI> {
     return this.json<WhoAmI>('GET', '/whoami');
@@ -445,18 +453,18 @@ export class MicroVMs {
   }
 
   /** Ask for deletion (the VM goes through Deleting). `wait: true` also waits until it is gone. */
-  async delete(id: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<MicroVM> {
-    const vm = await this.#c.json<MicroVM>('DELETE', `/microvms/${enc(id)}`);
+  async delete(id: string, opts: UpdateOptions & { wait?: boolean; timeoutMs?: number } = {}): Promise<MicroVM> {
+    const vm = await this.#c.json<MicroVM>('DELETE', `/microvms/${enc(id)}`, { headers: ifMatch(opts) });
     if (opts.wait) await this.waitDeleted(id, { timeoutMs: opts.timeoutMs });
     return vm;
   }
 
-  start(id: string): Promise<MicroVM> {
-    return this.#c.json<MicroVM>('POST', `/microvms/${enc(id)}/start`);
+  start(id: string, opts: UpdateOptions = {}): Promise<MicroVM> {
+    return this.#c.json<MicroVM>('POST', `/microvms/${enc(id)}/start`, { headers: ifMatch(opts) });
   }
 
-  stop(id: string): Promise<MicroVM> {
-    return this.#c.json<MicroVM>('POST', `/microvms/${enc(id)}/stop`);
+  stop(id: string, opts: UpdateOptions = {}): Promise<MicroVM> {
+    return this.#c.json<MicroVM>('POST', `/microvms/${enc(id)}/stop`, { headers: ifMatch(opts) });
   }
 
   pause(id: string): Promise<MicroVM> {
@@ -707,8 +715,8 @@ export class SecurityGroups {
     return this.#c.json<SecurityGroup>('GET', `/securitygroups/${enc(id)}`);
   }
 
-  update(id: string, patch: SecurityGroupUpdate, opts: UpdateOptions = {}): Promise<SecurityGroup> {
-    return this.#c.json<SecurityGroup>('PUT', `/securitygroups/${enc(id)}`, { body: patch, headers: ifMatch(opts) });
+  update(id: string, patch: SecurityGroupUpdate): Promise<SecurityGroup> {
+    return this.#c.json<SecurityGroup>('PUT', `/securitygroups/${enc(id)}`, { body: patch });
   }
 
   async delete(id: string): Promise<void> {
@@ -745,8 +753,8 @@ export class Tenants {
   }
 
   /** `cascade`: delete its microVMs, snapshots, volumes and keys too (else refused while any exist). */
-  delete(id: string, opts: { cascade?: boolean } = {}): Promise<unknown> {
-    return this.#c.json<unknown>('DELETE', `/tenants/${enc(id)}`, { query: toQuery({ cascade: opts.cascade || undefined }) });
+  delete(id: string, opts: UpdateOptions & { cascade?: boolean } = {}): Promise<unknown> {
+    return this.#c.json<unknown>('DELETE', `/tenants/${enc(id)}`, { query: toQuery({ cascade: opts.cascade || undefined }), headers: ifMatch(opts) });
   }
 
   usage(id: string): Promise<TenantUsage> {
@@ -856,9 +864,14 @@ export class Files {
 
   /** A directory's entries (lstat), sorted by name. */
   async list(vm: string, path: string, opts: FileOptions = {}): Promise<GuestFileStat[]> {
+    return (await this.listDir(vm, path, opts)).entries;
+  }
+
+  /** As `list`, with the directory's canonical path. */
+  async listDir(vm: string, path: string, opts: FileOptions = {}): Promise<{ path: string; entries: GuestFileStat[] }> {
     const r = await this.c.json<{ path: string; entries?: GuestFileStat[] }>('GET', `/microvms/${enc(vm)}/files`, { query: fileQuery(path, opts), signal: opts.signal });
     if (!Array.isArray(r?.entries)) throw new MvmApiError(400, { code: 'NOT_A_DIRECTORY', detail: `${path} is not a directory in the guest` });
-    return r.entries;
+    return { path: r.path, entries: r.entries };
   }
 
   stat(vm: string, path: string, opts: FileOptions = {}): Promise<GuestFileStat> {
@@ -951,12 +964,18 @@ async function* allPages<T>(fetchPage: (cursor?: string) => Promise<Page<T>>): A
 
 async function* textChunks(body: ReadableStream<Uint8Array> | null): AsyncGenerator<string, void, undefined> {
   if (!body) return;
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
-      if (value) yield value;
+      if (done) {
+        const rest = decoder.decode();
+        if (rest) yield rest;
+        return;
+      }
+      const text = value ? decoder.decode(value, { stream: true }) : '';
+      if (text) yield text;
     }
   } finally {
     reader.releaseLock();
