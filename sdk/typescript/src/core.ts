@@ -629,98 +629,71 @@ export class Snapshots {
   }
 }
 
-/** `mvm.volumes`: persistent volumes and their snapshots (ADR 0018). */
-export class Volumes {
-  readonly #c: MvmCore;
+/** A collection under `path` whose members are created, listed, read and deleted alike. */
+class Collection<T, C> {
+  protected readonly c: MvmCore;
+  readonly #path: string;
 
-  constructor(c: MvmCore) {
-    this.#c = c;
+  constructor(c: MvmCore, path: string) {
+    this.c = c;
+    this.#path = path;
   }
 
-  create(req: CreateVolumeRequest, opts: CreateOptions = {}): Promise<Volume> {
-    return this.#c.json<Volume>('POST', '/volumes', { body: req, headers: idempotency(opts) });
+  create(req: C, opts: CreateOptions = {}): Promise<T> {
+    return this.c.json<T>('POST', this.#path, { body: req, headers: idempotency(opts) });
   }
 
-  async list(): Promise<Volume[]> {
-    return (await this.#c.json<{ items: Volume[] }>('GET', '/volumes')).items;
+  async list(): Promise<T[]> {
+    return (await this.c.json<{ items: T[] }>('GET', this.#path)).items;
   }
 
-  get(id: string): Promise<Volume> {
-    return this.#c.json<Volume>('GET', `/volumes/${enc(id)}`);
+  get(id: string): Promise<T> {
+    return this.c.json<T>('GET', `${this.#path}/${enc(id)}`);
   }
 
   async delete(id: string): Promise<void> {
-    await this.#c.json<undefined>('DELETE', `/volumes/${enc(id)}`);
+    await this.c.json<undefined>('DELETE', `${this.#path}/${enc(id)}`);
+  }
+}
+
+/** `mvm.volumes`: persistent volumes and their snapshots (ADR 0018). */
+export class Volumes extends Collection<Volume, CreateVolumeRequest> {
+  constructor(c: MvmCore) {
+    super(c, '/volumes');
   }
 
   snapshot(id: string, name: string, opts: CreateOptions = {}): Promise<VolumeSnapshot> {
-    return this.#c.json<VolumeSnapshot>('POST', `/volumes/${enc(id)}/snapshots`, { body: { name }, headers: idempotency(opts) });
+    return this.c.json<VolumeSnapshot>('POST', `/volumes/${enc(id)}/snapshots`, { body: { name }, headers: idempotency(opts) });
   }
 
   async listSnapshots(): Promise<VolumeSnapshot[]> {
-    return (await this.#c.json<{ items: VolumeSnapshot[] }>('GET', '/volumesnapshots')).items;
+    return (await this.c.json<{ items: VolumeSnapshot[] }>('GET', '/volumesnapshots')).items;
   }
 
   async deleteSnapshot(id: string): Promise<void> {
-    await this.#c.json<undefined>('DELETE', `/volumesnapshots/${enc(id)}`);
+    await this.c.json<undefined>('DELETE', `/volumesnapshots/${enc(id)}`);
   }
 }
 
 /** `mvm.templates`: pre-booted templates microVMs start from. */
-export class Templates {
-  readonly #c: MvmCore;
-
+export class Templates extends Collection<Template, CreateTemplateRequest> {
   constructor(c: MvmCore) {
-    this.#c = c;
-  }
-
-  create(req: CreateTemplateRequest, opts: CreateOptions = {}): Promise<Template> {
-    return this.#c.json<Template>('POST', '/templates', { body: req, headers: idempotency(opts) });
-  }
-
-  async list(): Promise<Template[]> {
-    return (await this.#c.json<{ items: Template[] }>('GET', '/templates')).items;
-  }
-
-  get(id: string): Promise<Template> {
-    return this.#c.json<Template>('GET', `/templates/${enc(id)}`);
+    super(c, '/templates');
   }
 
   rebuild(id: string): Promise<Template> {
-    return this.#c.json<Template>('POST', `/templates/${enc(id)}/rebuild`);
-  }
-
-  async delete(id: string): Promise<void> {
-    await this.#c.json<undefined>('DELETE', `/templates/${enc(id)}`);
+    return this.c.json<Template>('POST', `/templates/${enc(id)}/rebuild`);
   }
 }
 
 /** `mvm.securityGroups`: firewall rules attached to microVMs. */
-export class SecurityGroups {
-  readonly #c: MvmCore;
-
+export class SecurityGroups extends Collection<SecurityGroup, SecurityGroupRequest> {
   constructor(c: MvmCore) {
-    this.#c = c;
-  }
-
-  create(req: SecurityGroupRequest, opts: CreateOptions = {}): Promise<SecurityGroup> {
-    return this.#c.json<SecurityGroup>('POST', '/securitygroups', { body: req, headers: idempotency(opts) });
-  }
-
-  async list(): Promise<SecurityGroup[]> {
-    return (await this.#c.json<{ items: SecurityGroup[] }>('GET', '/securitygroups')).items;
-  }
-
-  get(id: string): Promise<SecurityGroup> {
-    return this.#c.json<SecurityGroup>('GET', `/securitygroups/${enc(id)}`);
+    super(c, '/securitygroups');
   }
 
   update(id: string, patch: SecurityGroupUpdate): Promise<SecurityGroup> {
-    return this.#c.json<SecurityGroup>('PUT', `/securitygroups/${enc(id)}`, { body: patch });
-  }
-
-  async delete(id: string): Promise<void> {
-    await this.#c.json<undefined>('DELETE', `/securitygroups/${enc(id)}`);
+    return this.c.json<SecurityGroup>('PUT', `/securitygroups/${enc(id)}`, { body: patch });
   }
 }
 
