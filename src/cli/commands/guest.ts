@@ -350,7 +350,7 @@ async function portForward(ctx: CommandContext, vm: string, pairs: PortPair[], a
             (tunnel) => {
               if (sock.destroyed) return void tunnel.destroy();
               tunnel.on('error', (e: unknown) => {
-                ctx.io.stderr.write(`mvm: connection to port ${pair.remote}: ${e instanceof Error ? e.message : String(e)}\n`);
+                ctx.io.stderr.write(`mvm: connection to port ${pair.remote}: ${e instanceof MvmApiError ? e.detail : e instanceof Error ? e.message : String(e)}\n`);
                 sock.destroy();
               });
               sock.on('close', () => tunnel.destroy());
