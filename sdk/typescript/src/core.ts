@@ -884,12 +884,19 @@ export class Files {
   }
 
   /** Write a file (parents created; an existing file is truncated). `mode`: permission bits. */
-  upload(vm: string, path: string, data: RawBody, opts: FileOptions & { mode?: number | undefined; tar?: boolean } = {}): Promise<{ path: string; size: number }> {
+  upload(vm: string, path: string, data: RawBody, opts: FileOptions & { mode?: number | undefined } = {}): Promise<{ path: string; size: number }> {
     const q = fileQuery(path, opts);
     if (opts.mode !== undefined) q.set('mode', (opts.mode & 0o7777).toString(8).padStart(3, '0'));
-    if (opts.tar) q.set('archive', 'tar');
-    return this.c.json('PUT', `/microvms/${enc(vm)}/files`, { query: q, raw: data, contentType: opts.tar ? 'application/x-tar' : 'application/octet-stream', signal: opts.signal, timeoutMs: 0 });
+    return this.c.json('PUT', `/microvms/${enc(vm)}/files`, { query: q, raw: data, contentType: 'application/octet-stream', signal: opts.signal, timeoutMs: 0 });
   }
+
+  /** Extract a tar archive beneath the directory `path` (created if missing). */
+  uploadTar(vm: string, path: string, tar: RawBody, opts: FileOptions = {}): Promise<{ path: string; entries: number; bytes: number }> {
+    const q = fileQuery(path, opts);
+    q.set('archive', 'tar');
+    return this.c.json('PUT', `/microvms/${enc(vm)}/files`, { query: q, raw: tar, contentType: 'application/x-tar', signal: opts.signal, timeoutMs: 0 });
+  }
+
 }
 
 // ---- helpers ------------------------------------------------------------------------------------

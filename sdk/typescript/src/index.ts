@@ -257,7 +257,7 @@ export class NodeFiles extends Files {
 
   /** Extract a tar stream beneath the directory `path` (created if missing). */
   writeTar(vm: string, path: string, tar: UploadBody, opts: FileOptions = {}): Promise<{ path: string; entries: number; bytes: number }> {
-    return this.upload(vm, path, toWeb(tar), { ...opts, tar: true }) as unknown as Promise<{ path: string; entries: number; bytes: number }>;
+    return this.uploadTar(vm, path, toWeb(tar), opts);
   }
 }
 
