@@ -35,7 +35,6 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
   const [busy, setBusy] = useState(false);
   const [note, setNote] = useState('');
   const picker = useRef<HTMLInputElement>(null);
-  const base = `/microvms/${encodeURIComponent(vmId)}/files`;
 
   const load = useCallback(
     async (path: string, signal?: AbortSignal) => {
@@ -50,7 +49,7 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
         setError(e);
       }
     },
-    [api, base],
+    [api, vmId],
   );
 
   useEffect(() => {
