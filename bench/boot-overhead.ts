@@ -76,13 +76,13 @@ async function main(): Promise<void> {
     for (let i = -1; i < N; i++) {
       if (i >= 0) raw.push(await rawBoot(driver, images, i));
       const t0 = performance.now();
-      const vm = await svc.client.create({ name: `bench-${i + 1}`, vcpu: 1, memory: '128Mi' });
-      const up = await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
+      const vm = await svc.client.microvms.create({ name: `bench-${i + 1}`, vcpu: 1, memory: '128Mi' });
+      const up = await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
       if (i >= 0) api.push(performance.now() - t0);
       const netMs = (up.status.bootMs as { network?: number } | undefined)?.network;
       if (i >= 0 && netMs !== undefined) net.push(netMs);
-      await svc.client.delete(vm.id);
-      await svc.client.waitDeleted(vm.id, { timeoutMs: 60000, intervalMs: 100 });
+      await svc.client.microvms.delete(vm.id);
+      await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60000, intervalMs: 100 });
       process.stderr.write(`  run ${i + 1}/${N}: raw ${raw.at(-1)?.toFixed(0) ?? '-'} ms, api ${api.at(-1)?.toFixed(0) ?? '-'} ms\n`);
     }
   } finally {

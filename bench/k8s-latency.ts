@@ -49,11 +49,11 @@ async function k8sSample(c: TestCluster, api: CustomObjectsApi, name: string): P
 
 async function standaloneSample(svc: TestService, name: string): Promise<{ total: number; guestReady: number }> {
   const t0 = performance.now();
-  const vm = await svc.client.create({ name, vcpu: 1, memory: '128Mi' });
-  const up = await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 180_000, pollMs: 60_000 });
+  const vm = await svc.client.microvms.create({ name, vcpu: 1, memory: '128Mi' });
+  const up = await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 180_000, pollMs: 60_000 });
   const total = performance.now() - t0;
-  await svc.client.delete(vm.id);
-  await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000, intervalMs: 100 });
+  await svc.client.microvms.delete(vm.id);
+  await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000, intervalMs: 100 });
   return { total, guestReady: (up.status.bootMs as { guestReady?: number } | undefined)?.guestReady ?? NaN };
 }
 

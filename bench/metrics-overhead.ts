@@ -111,9 +111,9 @@ async function main(): Promise<void> {
     const t0 = Date.now();
     for (let i = 0; i < VMS; i += BATCH) {
       const batch = await Promise.all(
-        Array.from({ length: Math.min(BATCH, VMS - i) }, (_, k) => svc.client.create({ name: `bench-${i + k}`, vcpu: 1, memory: '128Mi' })),
+        Array.from({ length: Math.min(BATCH, VMS - i) }, (_, k) => svc.client.microvms.create({ name: `bench-${i + k}`, vcpu: 1, memory: '128Mi' })),
       );
-      await Promise.all(batch.map((vm) => svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000 })));
+      await Promise.all(batch.map((vm) => svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000 })));
       console.log(`  ${i + batch.length}/${VMS} ready after ${Math.round((Date.now() - t0) / 1000)} s`);
     }
     const windows: Window[] = [];
@@ -149,9 +149,9 @@ async function main(): Promise<void> {
         ['memory (RSS MiB)', dRss.toFixed(1), `${((dRss / avg('on', 'apiRssMiB')) * 100).toFixed(1)}%`, `${((dRss / totalRss) * 100).toFixed(2)}%`],
       ],
     );
-    for (const vm of (await svc.client.list({ limit: 1000 })).items) await svc.client.delete(vm.id).catch(() => undefined);
+    for (const vm of (await svc.client.microvms.list({ limit: 1000 })).items) await svc.client.microvms.delete(vm.id).catch(() => undefined);
     const deadline = Date.now() + 120_000;
-    while ((await svc.client.list()).items.length > 0 && Date.now() < deadline) await sleep(1000);
+    while ((await svc.client.microvms.list()).items.length > 0 && Date.now() < deadline) await sleep(1000);
   } finally {
     await svc.stop().catch(() => undefined);
     await destroyDataDir(dataDir);

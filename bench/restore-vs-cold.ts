@@ -22,26 +22,26 @@ async function main(): Promise<void> {
   const restore: number[] = [];
   let snapMs = 0;
   try {
-    const base = await svc.client.create({ name: 'bench-base' });
-    await svc.client.waitFor(base.id, { phase: 'Running', ready: true, timeoutMs: 120000 });
+    const base = await svc.client.microvms.create({ name: 'bench-base' });
+    await svc.client.microvms.waitFor(base.id, { phase: 'Running', ready: true, timeoutMs: 120000 });
     const t = performance.now();
     const snap = await post(`/microvms/${base.id}/snapshots`, { name: 'bench-snap' });
     snapMs = performance.now() - t;
-    await svc.client.delete(base.id);
-    await svc.client.waitDeleted(base.id, { timeoutMs: 60000 });
+    await svc.client.microvms.delete(base.id);
+    await svc.client.microvms.waitDeleted(base.id, { timeoutMs: 60000 });
     for (let i = 0; i < N; i++) {
       let t0 = performance.now();
-      const c = await svc.client.create({ name: `cold-${i}` });
-      await svc.client.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
+      const c = await svc.client.microvms.create({ name: `cold-${i}` });
+      await svc.client.microvms.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
       cold.push(performance.now() - t0);
-      await svc.client.delete(c.id);
-      await svc.client.waitDeleted(c.id, { timeoutMs: 60000, intervalMs: 100 });
+      await svc.client.microvms.delete(c.id);
+      await svc.client.microvms.waitDeleted(c.id, { timeoutMs: 60000, intervalMs: 100 });
       t0 = performance.now();
       const r = await post(`/snapshots/${snap.id}/restore`, { name: `restored-${i}` });
-      await svc.client.waitFor(r.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
+      await svc.client.microvms.waitFor(r.id, { phase: 'Running', ready: true, timeoutMs: 120000, pollMs: 60000 });
       restore.push(performance.now() - t0);
-      await svc.client.delete(r.id);
-      await svc.client.waitDeleted(r.id, { timeoutMs: 60000, intervalMs: 100 });
+      await svc.client.microvms.delete(r.id);
+      await svc.client.microvms.waitDeleted(r.id, { timeoutMs: 60000, intervalMs: 100 });
       process.stderr.write(`  run ${i + 1}/${N}: cold ${cold.at(-1)!.toFixed(0)} ms, restore ${restore.at(-1)!.toFixed(0)} ms\n`);
     }
   } finally {

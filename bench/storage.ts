@@ -54,13 +54,13 @@ async function main(): Promise<void> {
     const api = (method: string, path: string, body?: unknown) => apiCall(s, method, path, body);
     const createReady = async (name: string): Promise<{ id: string; ms: number }> => {
       const t0 = performance.now();
-      const vm = await s.client.create({ name, rootfs: { image } });
-      await s.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000, pollMs: 60_000 });
+      const vm = await s.client.microvms.create({ name, rootfs: { image } });
+      await s.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000, pollMs: 60_000 });
       return { id: vm.id, ms: performance.now() - t0 };
     };
     const remove = async (id: string): Promise<void> => {
-      await s.client.delete(id);
-      await s.client.waitDeleted(id, { timeoutMs: 60_000, intervalMs: 100 });
+      await s.client.microvms.delete(id);
+      await s.client.microvms.waitDeleted(id, { timeoutMs: 60_000, intervalMs: 100 });
     };
 
     for (let i = 0; i < N; i++) {
@@ -83,8 +83,8 @@ async function main(): Promise<void> {
     // M VMs from one image, all running at once (created in batches of 5 to keep TCG boots sane).
     const ids: string[] = [];
     for (let b = 0; b < M; b += 5) {
-      const batch = await Promise.all(Array.from({ length: Math.min(5, M - b) }, (_, j) => s.client.create({ name: `many-${b + j}`, rootfs: { image } })));
-      for (const v of batch) await s.client.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 600_000, pollMs: 60_000 });
+      const batch = await Promise.all(Array.from({ length: Math.min(5, M - b) }, (_, j) => s.client.microvms.create({ name: `many-${b + j}`, rootfs: { image } })));
+      for (const v of batch) await s.client.microvms.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 600_000, pollMs: 60_000 });
       ids.push(...batch.map((v) => v.id));
       process.stderr.write(`  ${ids.length}/${M} VMs running\n`);
     }
@@ -109,8 +109,8 @@ async function main(): Promise<void> {
     }
     await run('sync');
     disks = { overlays: perVm.reduce((a, b) => a + b, 0), imageAlloc: img.sizeBytes, imageApparent: img.imageSizeBytes, copies: copyTotal, perVm };
-    for (const id of ids) await s.client.delete(id);
-    for (const id of ids) await s.client.waitDeleted(id, { timeoutMs: 120_000 });
+    for (const id of ids) await s.client.microvms.delete(id);
+    for (const id of ids) await s.client.microvms.waitDeleted(id, { timeoutMs: 120_000 });
   } finally {
     await svc?.stop();
     if (svc) await destroyDataDir(svc.dataDir);

@@ -38,29 +38,29 @@ async function main(): Promise<void> {
   try {
     for (let i = 0; i < N; i++) {
       const t0 = performance.now();
-      const c = await svc.client.create({ name: `cold-${i}` });
-      await svc.client.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: 180_000, pollMs: 60_000 });
+      const c = await svc.client.microvms.create({ name: `cold-${i}` });
+      await svc.client.microvms.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: 180_000, pollMs: 60_000 });
       cold.push(performance.now() - t0);
-      await svc.client.delete(c.id);
-      await svc.client.waitDeleted(c.id, { timeoutMs: 60_000, intervalMs: 100 });
+      await svc.client.microvms.delete(c.id);
+      await svc.client.microvms.waitDeleted(c.id, { timeoutMs: 60_000, intervalMs: 100 });
       process.stderr.write(`  cold ${i + 1}/${N}: ${cold.at(-1)!.toFixed(0)} ms\n`);
     }
-    const vm = await svc.client.create({ name: 'sleeper' });
-    await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+    const vm = await svc.client.microvms.create({ name: 'sleeper' });
+    await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
     for (let i = 0; i < N; i++) {
       await call('POST', `/microvms/${vm.id}/suspend`);
       const s = await waitPhase(vm.id, 'Suspended');
       suspend128.push(s.status.suspend.durationMs);
       const t0 = performance.now();
       await call('POST', `/microvms/${vm.id}/resume`);
-      await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 120_000, pollMs: 60_000 });
+      await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 120_000, pollMs: 60_000 });
       resume.push(performance.now() - t0);
       process.stderr.write(`  suspend/resume ${i + 1}/${N}: suspend ${suspend128.at(-1)} ms, resume → ready ${resume.at(-1)!.toFixed(0)} ms\n`);
     }
-    await svc.client.delete(vm.id);
+    await svc.client.microvms.delete(vm.id);
 
-    const big = await svc.client.create({ name: 'big', memory: '1Gi' });
-    await svc.client.waitFor(big.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+    const big = await svc.client.microvms.create({ name: 'big', memory: '1Gi' });
+    await svc.client.microvms.waitFor(big.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
     const fill = await call('POST', `/microvms/${big.id}/exec`, { cmd: ['sh', '-c', 'mkdir -p /mnt/fill && mount -t tmpfs -o size=700m tmpfs /mnt/fill && yes mvm-suspend-fill | head -c 600000000 > /mnt/fill/f && echo ok'], timeout: '5m' });
     if (fill.stdout.trim() !== 'ok') throw new Error(`filling the guest's memory failed: ${fill.stderr}`);
     const snap = await call('POST', `/microvms/${big.id}/snapshots`, { name: 'big-snap' });
@@ -73,9 +73,9 @@ async function main(): Promise<void> {
       suspendBig.push({ ms: s.status.suspend.durationMs, bytes: s.status.suspend.sizeBytes, wallMs: performance.now() - t0 });
       process.stderr.write(`  1 GiB suspend ${i + 1}/3: ${s.status.suspend.durationMs} ms, ${(s.status.suspend.sizeBytes / 2 ** 20).toFixed(0)} MiB\n`);
       await call('POST', `/microvms/${big.id}/resume`);
-      await svc.client.waitFor(big.id, { phase: 'Running', ready: true, timeoutMs: 120_000 });
+      await svc.client.microvms.waitFor(big.id, { phase: 'Running', ready: true, timeoutMs: 120_000 });
     }
-    await svc.client.delete(big.id);
+    await svc.client.microvms.delete(big.id);
   } finally {
     await svc.stop();
     await destroyDataDir(svc.dataDir);

@@ -1,7 +1,6 @@
 /** Rendering of API objects for the terminal: tables, key/value views, json, yaml. */
 import { stringify as toYaml } from 'yaml';
-import type { MicroVM, VmMetrics } from './client.js';
-import { isReady } from './client.js';
+import { isReady, type MicroVM, type VmMetrics } from '../../sdk/typescript/src/index.js';
 
 export type OutputFormat = 'table' | 'json' | 'yaml';
 export const OUTPUT_FORMATS: readonly OutputFormat[] = ['table', 'json', 'yaml'];

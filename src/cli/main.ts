@@ -1,8 +1,8 @@
 /** The `mvm` command line: argument parsing, commands, output and error reporting. */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
-import { ApiError, ConnectionError, MvmClient, WaitTimeoutError, formatMs, isReady } from './client.js';
-import type { CreateRequest, MicroVM, UpdateRequest } from './client.js';
+import { Mvm, MvmApiError, MvmConnectionError, MvmTimeoutError, formatMs, isReady } from '../../sdk/typescript/src/index.js';
+import type { CreateMicroVMRequest as CreateRequest, MicroVM, Phase, UpdateMicroVMRequest as UpdateRequest } from '../../sdk/typescript/src/index.js';
 import { ConfigError, resolveConfig, type ResolvedConfig } from './config.js';
 import { OUTPUT_FORMATS, renderList, renderMetrics, renderVm, serialize, type OutputFormat } from './format.js';
 import { collect, parseDuration, parseIntArg, parseLabelEdits, parseLabels, parsePhase, readDoc, UsageError } from './parse.js';
@@ -26,7 +26,7 @@ interface GlobalOpts {
 }
 
 interface Ctx {
-  client: MvmClient;
+  client: Mvm;
   cfg: ResolvedConfig;
   output: OutputFormat;
   quiet: boolean;
@@ -70,7 +70,7 @@ function makeCtx(cmd: Command, io: CliIO, state: RunState): Ctx {
       throw new ConfigError(`cannot read CA file ${cfg.caFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   }
-  const client = new MvmClient({ baseUrl: cfg.server, token: cfg.token, userAgent: `mvm/${version()}`, ...(ca ? { ca } : {}) });
+  const client = new Mvm({ url: cfg.server, token: cfg.token, userAgent: `mvm/${version()}`, ...(ca ? { ca } : {}) });
   return { client, cfg, output: output as OutputFormat, quiet: Boolean(globals.quiet), io };
 }
 
@@ -105,22 +105,22 @@ async function waitForPhase(ctx: Ctx, id: string, phase: string, ready: boolean,
   const progress = new Progress({ label: describeTarget(id, phase, ready), stream: ctx.io.stderr, enabled: !ctx.quiet });
   const off = onInterrupt(() => progress.stop());
   try {
-    return await ctx.client.waitFor(id, {
-      phase,
+    return await ctx.client.microvms.waitFor(id, {
+      phase: phase as Phase,
       ready,
       timeoutMs,
       pollMs: 2000,
       onProgress: (vm) => progress.update(vm.status?.phase, isReady(vm)),
     });
   } catch (e) {
-    if (e instanceof WaitTimeoutError) {
+    if (e instanceof MvmTimeoutError) {
       const last = e.lastSeen?.status?.phase;
       throw new UsageError(
         `timed out after ${formatMs(timeoutMs)} waiting for ${describeTarget(id, phase, ready)}` +
           (last ? ` (current phase: ${last}${e.lastSeen && isReady(e.lastSeen) ? ', ready' : ''})` : ''),
       );
     }
-    if (e instanceof ApiError && e.code === 'VM_FAILED') throw await failedError(ctx, id, e);
+    if (e instanceof MvmApiError && e.code === 'VM_FAILED') throw await failedError(ctx, id, e);
     throw e;
   } finally {
     off();
@@ -128,10 +128,10 @@ async function waitForPhase(ctx: Ctx, id: string, phase: string, ready: boolean,
   }
 }
 
-async function failedError(ctx: Ctx, id: string, e: ApiError): Promise<UsageError> {
+async function failedError(ctx: Ctx, id: string, e: MvmApiError): Promise<UsageError> {
   let why = e.detail;
   try {
-    const vm = await ctx.client.get(id);
+    const vm = await ctx.client.microvms.get(id);
     const parts = [vm.status?.reason, vm.status?.message].filter((x): x is string => Boolean(x));
     if (parts.length) why = parts.join(': ');
   } catch {
@@ -144,9 +144,9 @@ async function waitGone(ctx: Ctx, id: string, timeoutMs: number): Promise<void> 
   const progress = new Progress({ label: `microVM "${id}" to be deleted`, stream: ctx.io.stderr, enabled: !ctx.quiet });
   const off = onInterrupt(() => progress.stop());
   try {
-    await ctx.client.waitDeleted(id, { timeoutMs, intervalMs: 250, onProgress: (vm) => progress.update(vm.status?.phase) });
+    await ctx.client.microvms.waitDeleted(id, { timeoutMs, intervalMs: 250, onProgress: (vm) => progress.update(vm.status?.phase) });
   } catch (e) {
-    if (e instanceof WaitTimeoutError) {
+    if (e instanceof MvmTimeoutError) {
       const last = e.lastSeen?.status?.phase;
       throw new UsageError(`timed out after ${formatMs(timeoutMs)} waiting for microVM "${id}" to be deleted${last ? ` (current phase: ${last})` : ''}`);
     }
@@ -280,7 +280,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
       const ctx = makeCtx(cmd, io, state);
       state.subject = body.name;
-      let vm = await ctx.client.create(body);
+      let vm = await ctx.client.microvms.create(body);
       if (opts.wait) {
         const started = body.start !== false;
         vm = await waitForPhase(ctx, vm.id, started ? 'Running' : 'Stopped', started, timeoutMs);
@@ -294,7 +294,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
     .option('--label <k=v>', 'only VMs with this label (repeatable)', collect)
     .option('--limit <n>', 'at most N VMs (one page); default: all')
     .action(async (opts: { phase?: string; label?: string[]; limit?: string }, cmd: Command) => {
-      const phase = opts.phase !== undefined ? parsePhase(opts.phase) : undefined;
+      const phase = opts.phase !== undefined ? (parsePhase(opts.phase) as Phase) : undefined;
       const labels = opts.label ?? [];
       parseLabels(labels);
       const limit = opts.limit !== undefined ? parseIntArg(opts.limit, '--limit', 1) : undefined;
@@ -302,12 +302,12 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       let items: MicroVM[];
       let next: string | undefined;
       if (limit !== undefined) {
-        const page = await ctx.client.list({ limit, phase, labels });
+        const page = await ctx.client.microvms.list({ limit, phase, label: labels });
         items = (page.items ?? []).slice(0, limit);
         next = page.next_cursor;
       } else {
         items = [];
-        for await (const vm of ctx.client.listAll({ phase, labels })) items.push(vm);
+        for await (const vm of ctx.client.microvms.listAll({ phase, label: labels })) items.push(vm);
       }
       if (ctx.output !== 'table') {
         ctx.io.stdout.write(serialize(next ? { items, next_cursor: next } : { items }, ctx.output));
@@ -324,7 +324,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
   addCommand('get <id>', 'show a microVM (by id or name)').action(async (id: string, _opts: unknown, cmd: Command) => {
     state.subject = id;
     const ctx = makeCtx(cmd, io, state);
-    printVm(ctx, await ctx.client.get(id));
+    printVm(ctx, await ctx.client.microvms.get(id));
   });
 
   addCommand('update <id>', 'change the spec of a microVM')
@@ -344,7 +344,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       const ctx = makeCtx(cmd, io, state);
       if (edits || opts.kernelCmdline !== undefined) {
         // Labels and kernel are replaced as a whole by PUT: merge with the current values.
-        const cur = await ctx.client.get(id);
+        const cur = await ctx.client.microvms.get(id);
         if (edits) {
           const labels = { ...(cur.spec?.labels ?? {}), ...edits.set };
           for (const key of edits.remove) delete labels[key];
@@ -352,7 +352,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
         }
         if (opts.kernelCmdline !== undefined) patch.kernel = { ...(cur.spec?.kernel ?? {}), cmdline: opts.kernelCmdline };
       }
-      printVm(ctx, await ctx.client.update(id, patch));
+      printVm(ctx, await ctx.client.microvms.update(id, patch));
     });
 
   const WAIT_HELP = { start: 'wait until Running and ready', stop: 'wait until Stopped', pause: 'wait until Paused', resume: 'wait until Running and ready', suspend: 'wait until Suspended' } as const;
@@ -377,7 +377,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
         state.subject = id;
         const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
         const ctx = makeCtx(cmd, io, state);
-        const vm = await ctx.client[verb](id);
+        const vm = await ctx.client.microvms[verb](id);
         if (!opts.wait) return printAck(ctx, vm, ack);
         printVm(ctx, await waitForPhase(ctx, vm.id, target, verb === 'start' || verb === 'resume', timeoutMs));
       });
@@ -386,7 +386,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
   addCommand('timeout <id> <duration>', 'set the time left of a microVM\'s lifecycle.timeout: it ends <duration> from now (e.g. 10m)').action(async (id: string, duration: string, _opts: unknown, cmd: Command) => {
     state.subject = id;
     const ctx = makeCtx(cmd, io, state);
-    printVm(ctx, await ctx.client.setTimeout(id, duration));
+    printVm(ctx, await ctx.client.microvms.setTimeout(id, duration));
   });
 
   addCommand('delete <id>', 'delete a microVM')
@@ -397,7 +397,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
       state.subject = id;
       const timeoutMs = opts.wait ? parseDuration(opts.timeout, '--timeout') : 0;
       const ctx = makeCtx(cmd, io, state);
-      const vm = await ctx.client.delete(id);
+      const vm = await ctx.client.microvms.delete(id);
       if (!opts.wait) return printAck(ctx, vm, 'deletion requested');
       await waitGone(ctx, vm.id, timeoutMs);
       if (ctx.output !== 'table') ctx.io.stdout.write(serialize(vm, ctx.output));
@@ -418,7 +418,7 @@ export function buildProgram(io: CliIO, state: RunState): Command {
   addCommand('metrics <id>', 'show resource usage of a microVM').action(async (id: string, _opts: unknown, cmd: Command) => {
     state.subject = id;
     const ctx = makeCtx(cmd, io, state);
-    const metrics = await ctx.client.metrics(id);
+    const metrics = await ctx.client.microvms.metrics(id);
     ctx.io.stdout.write(ctx.output === 'table' ? renderMetrics(metrics) : serialize(metrics, ctx.output));
   });
 
@@ -464,7 +464,7 @@ async function streamConsole(ctx: Ctx, id: string, follow: boolean, tail: number
   };
   ctx.io.stdout.on('error', onOutErr);
   try {
-    const body = await ctx.client.console(id, { follow, tail, signal: ac.signal });
+    const body = await ctx.client.microvms.console(id, { follow, ...(tail !== undefined ? { tail } : {}), signal: ac.signal });
     const reader = body.getReader();
     try {
       for (;;) {
@@ -493,7 +493,7 @@ function isAbort(e: unknown): boolean {
 /** Error → lines for stderr. Expected errors never show a stack trace. */
 export function describeError(e: unknown, state: RunState, debug = false): string {
   const lines: string[] = [];
-  if (e instanceof ConnectionError) {
+  if (e instanceof MvmConnectionError) {
     if (e.errno === 'ECONNREFUSED') {
       lines.push(`error: cannot reach the MicroVM service at ${e.url} (is it running? start it with 'make run')`);
     } else if (e.errno === 'TIMEOUT') {
@@ -501,13 +501,13 @@ export function describeError(e: unknown, state: RunState, debug = false): strin
     } else {
       lines.push(`error: cannot reach the MicroVM service at ${e.url}: ${e.reason}`);
     }
-  } else if (e instanceof ApiError) {
+  } else if (e instanceof MvmApiError) {
     if (e.status === 401) {
       lines.push(`error: authentication failed: ${e.detail} (pass --token, set MVM_TOKEN, or run on the service's host)`);
       if (state.cfg?.adminTokenError) {
         lines.push(`  note: the admin token file ${state.cfg.adminTokenPath} exists but is not readable (${state.cfg.adminTokenError})`);
       }
-    } else if (e.status === 404 && state.subject !== undefined && e.errors.length === 0 && (e.code === 'NOT_FOUND' || !e.problem.code)) {
+    } else if (e.status === 404 && state.subject !== undefined && e.violations.length === 0 && (e.code === 'NOT_FOUND' || !e.problem.code)) {
       // (A 404 that names a field is about something the request refers to, e.g. --from-snapshot: the server's words.)
       lines.push(`error: ${state.kind ?? 'microVM'} "${state.subject}" not found`);
     } else if (e.status === 403) {
@@ -515,7 +515,7 @@ export function describeError(e: unknown, state: RunState, debug = false): strin
     } else {
       lines.push(`error: ${e.detail}`);
     }
-    for (const f of e.errors) lines.push(`  - ${f.field || '(request)'}: ${f.message}`);
+    for (const f of e.violations) lines.push(`  - ${f.field || '(request)'}: ${f.message}`);
   } else if (e instanceof UsageError || e instanceof ConfigError) {
     lines.push(`error: ${e.message}`);
   } else if (e instanceof Error) {

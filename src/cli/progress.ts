@@ -1,5 +1,5 @@
 /** Progress indicator on stderr: a spinner on a TTY, one line per phase change otherwise. */
-import { formatMs } from './client.js';
+import { formatMs } from '../../sdk/typescript/src/core.js';
 
 const FRAMES = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 

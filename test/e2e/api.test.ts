@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { ApiError, type MicroVM } from '../../src/cli/client.js';
+import { MvmApiError as ApiError, type MicroVM } from '../../sdk/typescript/src/index.js';
 import { pidAlive, sleep } from '../../src/vmm/proc.js';
 import { cgroupDirsOf, destroyDataDir, qemuProcessesUnder, startService, vmNetnsPrefixOf, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
@@ -52,8 +52,8 @@ async function eventually(pred: () => boolean, what: string, ms = 10_000): Promi
 const ready = (vm: MicroVM): boolean => vm.status.conditions.some((c) => c.type === 'GuestReady' && c.status === 'True');
 
 async function bootReady(name: string, extra: Record<string, unknown> = {}): Promise<MicroVM> {
-  const vm = await svc.client.create({ name, vcpu: 1, memory: '128Mi', ...extra });
-  return svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+  const vm = await svc.client.microvms.create({ name, vcpu: 1, memory: '128Mi', ...extra });
+  return svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
 }
 
 before(async () => {
@@ -115,15 +115,15 @@ describe('bad input', () => {
     assertProblem(await raw('GET', '/microvms?limit=0'), 400, 'VALIDATION_FAILED', 'limit');
     assertProblem(await raw('GET', '/microvms?cursor=garbage'), 400, 'VALIDATION_FAILED', 'cursor');
     // Nothing was created by any of these.
-    assert.equal((await svc.client.list()).items.length, 0);
+    assert.equal((await svc.client.microvms.list()).items.length, 0);
   });
 
   test('memory accepts every seed-valid quantity and small guests', async () => {
     for (const memory of ['128Mi', '1Gi', '8Gi', '8192Mi']) {
-      const vm = await svc.client.create({ name: `mem-${memory.toLowerCase()}`, memory, start: false });
+      const vm = await svc.client.microvms.create({ name: `mem-${memory.toLowerCase()}`, memory, start: false });
       assert.equal(vm.spec.memory, memory);
       assert.equal(vm.desiredState, 'Stopped');
-      await svc.client.delete(vm.id);
+      await svc.client.microvms.delete(vm.id);
     }
   });
 
@@ -144,9 +144,9 @@ describe('bad input', () => {
   });
 
   test('duplicate names are refused', async () => {
-    const a = await svc.client.create({ name: 'dup', start: false });
+    const a = await svc.client.microvms.create({ name: 'dup', start: false });
     assertProblem(await raw('POST', '/microvms', { name: 'dup' }), 409, 'ALREADY_EXISTS', 'name');
-    await svc.client.delete(a.id);
+    await svc.client.microvms.delete(a.id);
   });
 });
 
@@ -156,8 +156,8 @@ describe('lifecycle with real guests', () => {
     // On a failure the guests go anyway, so the tests after this one start from an empty host.
     t.after(async () => {
       await Promise.allSettled(vms.map(async (v) => {
-        await svc.client.delete(v.id).catch(() => undefined);
-        await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 }).catch(() => undefined);
+        await svc.client.microvms.delete(v.id).catch(() => undefined);
+        await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 }).catch(() => undefined);
       }));
     });
     for (const vm of vms) {
@@ -182,7 +182,7 @@ describe('lifecycle with real guests', () => {
     assert.ok(tail.text.length <= 64);
 
     // Metrics: real figures from /proc and QMP.
-    const m = await svc.client.metrics(a.id);
+    const m = await svc.client.microvms.metrics(a.id);
     assert.ok(m.cpuSeconds > 0);
     assert.ok(m.memoryRssBytes > 10 * 1024 * 1024);
     assert.equal(m.guestMemoryBytes, 128 * 1024 * 1024);
@@ -211,15 +211,15 @@ describe('lifecycle with real guests', () => {
     assertProblem(await raw('PUT', `/microvms/${a.id}`, { rootfs: { readOnly: true } }), 422, 'FIELD_IMMUTABLE', 'rootfs');
     assertProblem(await raw('PUT', `/microvms/${a.id}`, {}), 400, 'VALIDATION_FAILED');
     // Labels can change any time.
-    const labelled = await svc.client.update(a.id, { labels: { team: 'x' } });
+    const labelled = await svc.client.microvms.update(a.id, { labels: { team: 'x' } });
     assert.deepEqual(labelled.spec.labels, { team: 'x' });
     const byLabel = await raw('GET', '/microvms?label=team=x');
     assert.deepEqual(byLabel.json.items.map((v: MicroVM) => v.id), [a.id]);
 
     // Stop (graceful), then stopping again is illegal.
     const pid = a.status.pid!;
-    await svc.client.stop(a.id);
-    const stopped = await svc.client.waitFor(a.id, { phase: 'Stopped', timeoutMs: 60_000 });
+    await svc.client.microvms.stop(a.id);
+    const stopped = await svc.client.microvms.waitFor(a.id, { phase: 'Stopped', timeoutMs: 60_000 });
     assert.equal(stopped.status.phase, 'Stopped');
     assert.ok(!pidAlive(pid));
     assert.equal(cgroupDirsOf(a.id).length, 0);
@@ -227,11 +227,11 @@ describe('lifecycle with real guests', () => {
     assertProblem(await raw('POST', `/microvms/${a.id}/stop`), 409, 'ILLEGAL_TRANSITION');
 
     // Update on a stopped VM, then start again with the new size; the disk survives stop/start.
-    const upd = await svc.client.update(a.id, { vcpu: 2, memory: '256Mi' });
+    const upd = await svc.client.microvms.update(a.id, { vcpu: 2, memory: '256Mi' });
     assert.equal(upd.spec.vcpu, 2);
     assert.equal(upd.generation, labelled.generation + 1);
-    await svc.client.start(a.id);
-    const again = await svc.client.waitFor(a.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+    await svc.client.microvms.start(a.id);
+    const again = await svc.client.microvms.waitFor(a.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
     assert.notEqual(again.status.pid, pid);
     const cfg = (await raw('GET', `/microvms/${a.id}?view=full`)).json.vmm.args as string[];
     assert.equal(cfg[cfg.indexOf('-smp') + 1], '2');
@@ -246,8 +246,8 @@ describe('lifecycle with real guests', () => {
     for (const r of ['Created', 'Scheduled', 'Starting', 'Started', 'GuestReady', 'Stopped']) assert.ok(reasons.includes(r), `missing event ${r} in ${reasons}`);
 
     // Delete every VM: no QEMU process, directory, socket or cgroup is left.
-    await Promise.all(vms.map((v) => svc.client.delete(v.id)));
-    for (const v of vms) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+    await Promise.all(vms.map((v) => svc.client.microvms.delete(v.id)));
+    for (const v of vms) await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 });
     for (const v of vms) {
       assert.ok(!existsSync(join(svc.dataDir, 'vms', v.id)), `dir of ${v.id} left behind`);
       assert.equal(cgroupDirsOf(v.id).length, 0, `cgroup of ${v.id} left behind`);
@@ -256,7 +256,7 @@ describe('lifecycle with real guests', () => {
   });
 
   test('console follow streams live output and ends when the VM stops', async () => {
-    const vm = await svc.client.create({ name: 'follow', vcpu: 1, memory: '128Mi' });
+    const vm = await svc.client.microvms.create({ name: 'follow', vcpu: 1, memory: '128Mi' });
     const res = await fetch(`${svc.url}/api/v1/microvms/${vm.id}/console?follow=true`, { headers: { authorization: `Bearer ${svc.token}` } });
     assert.equal(res.status, 200);
     const reader = res.body!.getReader();
@@ -269,58 +269,58 @@ describe('lifecycle with real guests', () => {
       text += dec.decode(value);
     }
     assert.ok(text.includes(`MVM-READY id=${vm.id}`), 'the marker arrived over the live stream');
-    await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
-    await svc.client.stop(vm.id);
+    await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+    await svc.client.microvms.stop(vm.id);
     // The stream ends by itself once the VM is stopped.
     for (;;) {
       const { done } = await reader.read();
       if (done) break;
     }
-    await svc.client.delete(vm.id);
-    await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.delete(vm.id);
+    await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000 });
   });
 
   test('a VMM killed from outside sends the VM to Failed with a reason; start recovers it', async () => {
     const vm = await bootReady('victim');
     process.kill(vm.status.pid!, 'SIGKILL');
-    const failed = await svc.client.waitFor(vm.id, { phase: 'Failed', timeoutMs: 30_000 });
+    const failed = await svc.client.microvms.waitFor(vm.id, { phase: 'Failed', timeoutMs: 30_000 });
     assert.equal(failed.status.phase, 'Failed');
     assert.equal(failed.status.reason, 'VmmExited');
     assert.match(failed.status.message!, /SIGKILL/);
     // Waiting for Running on a failed VM is answered at once with VM_FAILED.
-    await assert.rejects(svc.client.wait(vm.id, { phase: 'Running', timeoutMs: 5000 }), (e: unknown) => e instanceof ApiError && e.code === 'VM_FAILED');
+    await assert.rejects(svc.client.microvms.wait(vm.id, { phase: 'Running', timeoutMs: 5000 }), (e: unknown) => e instanceof ApiError && e.code === 'VM_FAILED');
     await eventually(() => cgroupDirsOf(vm.id).length === 0, 'cgroup released after the VMM died');
-    await svc.client.start(vm.id);
-    const back = await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+    await svc.client.microvms.start(vm.id);
+    const back = await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
     assert.ok(pidAlive(back.status.pid!));
-    await svc.client.delete(vm.id);
-    await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.delete(vm.id);
+    await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000 });
   });
 });
 
 describe('crashes of the service', () => {
   test('kill -9 of the service: running guests survive and are re-adopted; acknowledged writes survive', async () => {
     const a = await bootReady('survivor');
-    const b = await svc.client.create({ name: 'acked-stopped', start: false });
+    const b = await svc.client.microvms.create({ name: 'acked-stopped', start: false });
     const pid = a.status.pid!;
     await svc.kill9();
     assert.ok(pidAlive(pid), 'the guest outlived the service');
     svc = await startService({ dataDir: svc.dataDir });
-    const after = await svc.client.get(a.id);
+    const after = await svc.client.microvms.get(a.id);
     assert.equal(after.status.phase, 'Running');
     assert.equal(after.status.pid, pid, 're-adopted, not rebooted');
     assert.ok(ready(after));
-    assert.equal((await svc.client.get(b.id)).desiredState, 'Stopped');
+    assert.equal((await svc.client.microvms.get(b.id)).desiredState, 'Stopped');
     // The adopted VM is fully controllable.
-    const m = await svc.client.metrics(a.id);
+    const m = await svc.client.microvms.metrics(a.id);
     assert.ok(m.cpuSeconds > 0);
-    await svc.client.stop(a.id);
-    await svc.client.waitFor(a.id, { phase: 'Stopped', timeoutMs: 60_000 });
+    await svc.client.microvms.stop(a.id);
+    await svc.client.microvms.waitFor(a.id, { phase: 'Stopped', timeoutMs: 60_000 });
     assert.ok(!pidAlive(pid));
-    await svc.client.delete(a.id);
-    await svc.client.delete(b.id);
-    await svc.client.waitDeleted(a.id, { timeoutMs: 60_000 });
-    await svc.client.waitDeleted(b.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.delete(a.id);
+    await svc.client.microvms.delete(b.id);
+    await svc.client.microvms.waitDeleted(a.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.waitDeleted(b.id, { timeoutMs: 60_000 });
   });
 
   test('a VMM that died while the service was down is reported Failed (VmmLost)', async () => {
@@ -329,27 +329,27 @@ describe('crashes of the service', () => {
     process.kill(a.status.pid!, 'SIGKILL');
     await sleep(200);
     svc = await startService({ dataDir: svc.dataDir });
-    const f = await svc.client.waitFor(a.id, { phase: 'Failed', timeoutMs: 30_000 });
+    const f = await svc.client.microvms.waitFor(a.id, { phase: 'Failed', timeoutMs: 30_000 });
     assert.equal(f.status.reason, 'VmmLost');
-    await svc.client.delete(a.id);
-    await svc.client.waitDeleted(a.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.delete(a.id);
+    await svc.client.microvms.waitDeleted(a.id, { timeoutMs: 60_000 });
   });
 
   test('kill -9 mid-create and mid-delete: after restart nothing is orphaned', async () => {
     // Mid-create: the write is acknowledged, the boot is in flight.
-    const c = await svc.client.create({ name: 'midcreate' });
+    const c = await svc.client.microvms.create({ name: 'midcreate' });
     await sleep(300);
     await svc.kill9();
     svc = await startService({ dataDir: svc.dataDir });
-    const up = await svc.client.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+    const up = await svc.client.microvms.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
     assert.equal(qemuProcessesUnder(svc.dataDir).filter((p) => p.id === c.id).length, 1, 'exactly one VMM for the VM');
     // Mid-delete: acknowledged delete, then the service dies.
-    await svc.client.delete(up.id);
+    await svc.client.microvms.delete(up.id);
     await svc.kill9();
     svc = await startService({ dataDir: svc.dataDir });
-    await svc.client.waitDeleted(up.id, { timeoutMs: 60_000 });
+    await svc.client.microvms.waitDeleted(up.id, { timeoutMs: 60_000 });
     const left = qemuProcessesUnder(svc.dataDir);
-    assert.deepEqual(left, [], `left: ${JSON.stringify(await Promise.all(left.map(async (p) => ({ ...p, vm: await svc.client.get(p.id).then((v) => [v.name, v.status.phase], (e: Error) => e.message) }))))}`);
+    assert.deepEqual(left, [], `left: ${JSON.stringify(await Promise.all(left.map(async (p) => ({ ...p, vm: await svc.client.microvms.get(p.id).then((v) => [v.name, v.status.phase], (e: Error) => e.message) }))))}`);
     assert.deepEqual(readdirSync(join(svc.dataDir, 'vms')), []);
     assert.equal(cgroupDirsOf(up.id).length, 0);
     // Network: no VM namespace, no IP allocation left.

@@ -44,7 +44,7 @@ test('backup while running, restore into a fresh data dir: tenants, keys, groups
   const created = await acme1('POST', '/microvms', { name: 'writer', volumes: [{ name: 'data', mountPath: '/data' }] });
   assert.equal(created.status, 201, created.text);
   const vmId = created.json.id as string;
-  await svc1.client.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  await svc1.client.microvms.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
 
   // The guest writes; no sync of its own: the backup's quiesce must get the data to the disks.
   const secret = `backup-secret-${process.pid}-${Date.now()}`;
@@ -109,7 +109,7 @@ test('backup while running, restore into a fresh data dir: tenants, keys, groups
   assert.equal(s.phase, 'Failed', JSON.stringify(s));
 
   assert.ok([200, 202].includes((await acme2('POST', `/microvms/${vmId}/start`)).status));
-  await svc2.client.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  await svc2.client.microvms.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   const read = await acme2('POST', `/microvms/${vmId}/exec`, { cmd: ['sh', '-c', 'cat /data/secret.txt /root/marker.txt'] });
   assert.equal(read.json?.exitCode, 0, read.text);
   assert.equal(read.json.stdout, `${secret}\nroot-${secret}\n`);

@@ -59,15 +59,15 @@ function tree(root: string): Record<string, string> {
 
 before(async () => {
   svc = await startService();
-  const vm = await svc.client.create({ name: VM, memory: '256Mi' } as never);
+  const vm = await svc.client.microvms.create({ name: VM, memory: '256Mi' } as never);
   vmId = vm.id;
-  await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 240_000 });
+  await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 240_000 });
 });
 
 after(async () => {
   try {
-    if (svc && vmId) await svc.client.delete(vmId).catch(() => undefined);
-    if (svc && vmId) await svc.client.waitDeleted(vmId, { timeoutMs: 60_000 }).catch(() => undefined);
+    if (svc && vmId) await svc.client.microvms.delete(vmId).catch(() => undefined);
+    if (svc && vmId) await svc.client.microvms.waitDeleted(vmId, { timeoutMs: 60_000 }).catch(() => undefined);
   } finally {
     await svc?.stop();
     if (svc) await destroyDataDir(svc.dataDir);
@@ -217,7 +217,7 @@ describe('mvm port-forward', () => {
     const src = join(work, 'page.bin');
     writeFileSync(src, page);
     ok(mvm('cp', src, `${VM}:/srv/www/page.bin`));
-    const p = await svc.client.startProcess(VM, { cmd: ['busybox', 'httpd', '-f', '-p', '8080', '-h', '/srv/www'], tag: 'httpd' });
+    const p = await svc.client.microvms.startProcess(VM, { cmd: ['busybox', 'httpd', '-f', '-p', '8080', '-h', '/srv/www'], tag: 'httpd' });
     assert.ok(p);
 
     const child = spawn(process.execPath, [CLI_BIN, '--server', svc.url, 'port-forward', VM, ':8080'], { env: cliEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -296,8 +296,8 @@ describe('mvm fork', () => {
       assert.equal(ok(mvm('exec', 'kid-a', '--', 'cat', '/run/marker')), 'fork-42\n', 'the child has the parent memory (/run is tmpfs)');
       assert.equal(ok(mvm('exec', 'kid-b', '--', 'hostname')), 'kid-b\n', 'with its own identity');
     } finally {
-      for (const c of children) await svc.client.delete(c.id).catch(() => undefined);
-      for (const c of children) await svc.client.waitDeleted(c.id, { timeoutMs: 60_000 }).catch(() => undefined);
+      for (const c of children) await svc.client.microvms.delete(c.id).catch(() => undefined);
+      for (const c of children) await svc.client.microvms.waitDeleted(c.id, { timeoutMs: 60_000 }).catch(() => undefined);
     }
     const bad = mvm('fork', VM, '--count', '0');
     assert.equal(bad.code, 1, bad.err);
@@ -311,8 +311,8 @@ describe('errors', () => {
     assert.equal(nope.code, 1);
     assert.match(nope.err, /microVM "no-such-vm" not found/);
 
-    await svc.client.stop(vmId);
-    await svc.client.waitFor(vmId, { phase: 'Stopped', timeoutMs: 120_000 });
+    await svc.client.microvms.stop(vmId);
+    await svc.client.microvms.waitFor(vmId, { phase: 'Stopped', timeoutMs: 120_000 });
     const r = mvm('exec', VM, '--', 'true');
     assert.equal(r.code, 1);
     assert.match(r.err, /ILLEGAL_TRANSITION/);

@@ -19,7 +19,7 @@ import { after, before, describe, test } from 'node:test';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { listPids, readCmdline, sleep } from '../../src/vmm/proc.js';
 import { realFirecracker, realJailer } from '../support/firecracker-harness.js';
 import { apiCall, destroyDataDir, startService, type TestService } from '../support/service.js';

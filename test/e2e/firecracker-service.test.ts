@@ -16,7 +16,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { destroyDataDir, apiCall, startService, type TestService } from '../support/service.js';
 import { fakeJailer, peerBinary, peerRun } from '../support/firecracker-harness.js';
 import { listPids, readCmdline, sleep } from '../../src/vmm/proc.js';
@@ -68,8 +68,8 @@ for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker throu
   test(`firecracker (${mode}) through the service: pause, snapshot, delete, restore twice; memory survives, identity is fresh`, async (t) => {
     if (skip) return t.skip(skip);
     const s = svc!;
-    const created = await s.client.create({ name: 'fc-origin' });
-    const a = await s.client.waitFor(created.id, { phase: 'Running', ready: true, timeoutMs: 60_000 });
+    const created = await s.client.microvms.create({ name: 'fc-origin' });
+    const a = await s.client.microvms.waitFor(created.id, { phase: 'Running', ready: true, timeoutMs: 60_000 });
     assert.equal(a.status.driver, 'firecracker');
     // The effective configuration is inspectable: the Firecracker API calls, the VM's own disk by a relative path.
     const full = await api('GET', `/microvms/${a.id}?view=full`);
@@ -89,7 +89,7 @@ for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker throu
 
     assert.equal((await api('POST', `/microvms/${a.id}/resume`)).json.code, 'ILLEGAL_TRANSITION');
     assert.equal((await api('POST', `/microvms/${a.id}/pause`)).status, 202);
-    await s.client.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
+    await s.client.microvms.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
 
     const t0 = Date.now();
     const snap = await api('POST', `/microvms/${a.id}/snapshots`, { name: 'fc-snap' });
@@ -104,15 +104,15 @@ for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker throu
     assert.ok(meta.cpuModel && meta.kernel?.sizeBytes > 0, 'CPU model and kernel recorded');
     assert.ok(existsSync(join(snapDir, 'disk-root.raw')), 'a copy of the disk taken while paused');
 
-    await s.client.delete(a.id);
-    await s.client.waitDeleted(a.id, { timeoutMs: 60_000 });
+    await s.client.microvms.delete(a.id);
+    await s.client.microvms.waitDeleted(a.id, { timeoutMs: 60_000 });
 
     const t1 = Date.now();
     const r1 = await api('POST', `/snapshots/${snap.json.id}/restore`, { name: 'fc-clone-1' });
     assert.equal(r1.status, 201, JSON.stringify(r1.json));
     const r2 = await api('POST', '/microvms', { name: 'fc-clone-2', snapshot: 'fc-snap' });
     assert.equal(r2.status, 201, JSON.stringify(r2.json));
-    const [c1, c2] = await Promise.all([r1.json.id, r2.json.id].map((id: string) => s.client.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 60_000 })));
+    const [c1, c2] = await Promise.all([r1.json.id, r2.json.id].map((id: string) => s.client.microvms.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 60_000 })));
     const restoreMs = Date.now() - t1;
     const netnsInodes = new Set<number>();
     for (const c of [c1!, c2!]) {
@@ -141,8 +141,8 @@ for (const mode of ['un-jailed', 'jailed'] as const) describe(`firecracker throu
     assert.doesNotMatch(await run(c2!, 'cat /tmp/own.txt'), /only-in-1/);
 
     assert.equal((await api('DELETE', `/snapshots/${snap.json.id}`)).status, 409);
-    for (const c of [c1!, c2!]) await s.client.delete(c.id);
-    for (const c of [c1!, c2!]) await s.client.waitDeleted(c.id, { timeoutMs: 60_000 });
+    for (const c of [c1!, c2!]) await s.client.microvms.delete(c.id);
+    for (const c of [c1!, c2!]) await s.client.microvms.waitDeleted(c.id, { timeoutMs: 60_000 });
     assert.equal((await api('DELETE', `/snapshots/${snap.json.id}`)).status, 204);
     assert.equal(existsSync(snapDir), false);
     const jails = join(s.dataDir, 'jailer', 'firecracker');

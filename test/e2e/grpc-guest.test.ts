@@ -13,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { createGrpcClient, grpcDownload, grpcExec, grpcUpload, type MicroVMServiceClient } from '../../src/grpc/client.js';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { apiCall, destroyDataDir, qemuProcessesUnder, startService, type TestService } from '../support/service.js';
 
 let svc: TestService;
@@ -49,7 +49,7 @@ before(async () => {
   svc = await startService();
   const created = await api('POST', '/microvms', { name: 'grpc-inside' });
   assert.equal(created.status, 201, created.text);
-  vm = await svc.client.waitFor(created.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  vm = await svc.client.microvms.waitFor(created.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   admin = client(svc.token);
   // A real guest: a QEMU process of this VM, and its agent answering.
   assert.deepEqual(qemuProcessesUnder(svc.dataDir).map((q) => q.id), [vm.id]);
@@ -254,7 +254,7 @@ describe('rules', () => {
 
   test('a stopped VM is FAILED_PRECONDITION with ILLEGAL_TRANSITION', async () => {
     assert.equal((await api('POST', `/microvms/${vm.id}/stop`)).status, 202);
-    await svc.client.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
+    await svc.client.microvms.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
     await rejectsWith(grpcExec(admin, { id: vm.id, argv: ['true'] }), grpc.status.FAILED_PRECONDITION, 'ILLEGAL_TRANSITION');
     await rejectsWith(grpcUpload(admin, { id: vm.id, path: '/tmp/s' }, 'x'), grpc.status.FAILED_PRECONDITION, 'ILLEGAL_TRANSITION');
     await rejectsWith(readAll(grpcDownload(admin, { id: vm.id, path: '/etc/hostname' }).stream), grpc.status.FAILED_PRECONDITION, 'ILLEGAL_TRANSITION');

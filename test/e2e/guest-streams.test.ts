@@ -63,7 +63,7 @@ before(async () => {
   const created = await api('POST', '/microvms', { name: 'streams' });
   assert.equal(created.status, 201, created.text);
   vmId = created.json.id;
-  await svc.client.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  await svc.client.microvms.waitFor(vmId, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   const put = await fetch(`${svc.url}/api/v1/microvms/${vmId}/files?path=/usr/local/bin/ws-echo&mode=755`, {
     method: 'PUT',
     headers: { authorization: `Bearer ${svc.token}`, 'content-type': 'application/octet-stream' },

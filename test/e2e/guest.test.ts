@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { WebSocket } from 'ws';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { apiCall, destroyDataDir, startService, type TestService } from '../support/service.js';
 
 let svc: TestService;
@@ -36,7 +36,7 @@ before(async () => {
     files: [{ path: '/etc/app/config.txt', content: 'mode=fast\n', mode: 0o600 }],
   });
   assert.equal(created.status, 201, created.text);
-  vm = await svc.client.waitFor(created.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  vm = await svc.client.microvms.waitFor(created.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
 });
 after(async () => {
   await svc?.stop().catch(() => undefined);
@@ -326,7 +326,7 @@ describe('rules', () => {
 
   test('a stopped VM answers 409 with a code', async () => {
     assert.equal((await api('POST', `/microvms/${vm.id}/stop`)).status, 202);
-    await svc.client.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
+    await svc.client.microvms.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
     const r = await api('POST', `/microvms/${vm.id}/exec`, { cmd: ['true'] });
     assert.equal(r.status, 409, r.text);
     assert.equal(r.json.code, 'ILLEGAL_TRANSITION');

@@ -66,8 +66,8 @@ const cachedRefs = async (): Promise<string[]> => {
 test('signatures: unsigned and foreign-key images are refused naming the image and the policy; the signed image boots', { timeout: 400_000 }, async (t) => {
   const made: string[] = [];
   t.after(async () => {
-    for (const id of made) await svc.client.delete(id).catch(() => undefined);
-    for (const id of made) await svc.client.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
+    for (const id of made) await svc.client.microvms.delete(id).catch(() => undefined);
+    for (const id of made) await svc.client.microvms.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
   });
   const policyRe = /global image policy \(MVM_REGISTRIES_ALLOWED \+ MVM_IMAGE_POLICY_FILE [^)]*policy\.json\)/;
 
@@ -92,15 +92,15 @@ test('signatures: unsigned and foreign-key images are refused naming the image a
   assert.equal((await api('GET', '/microvms')).json.items.length, 0, 'no record for a refused create');
 
   const t0 = Date.now();
-  const vm = await svc.client.create({ name: 'signed', rootfs: { image: `${reg.addr}/signed/app:1` } });
+  const vm = await svc.client.microvms.create({ name: 'signed', rootfs: { image: `${reg.addr}/signed/app:1` } });
   made.push(vm.id);
-  const up = await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000 });
+  const up = await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 300_000 });
   t.diagnostic(`signed image: create → Running+ready in ${Date.now() - t0} ms`);
   assert.equal(up.status.phase, 'Running');
   const deadline = Date.now() + 30_000;
   let con = '';
   while (!con.includes('SIGNED-APP-RAN') && Date.now() < deadline) {
-    con = await svc.client.consoleText(vm.id);
+    con = await svc.client.microvms.consoleText(vm.id);
     await new Promise((r) => setTimeout(r, 200));
   }
   assert.match(con, /SIGNED-APP-RAN/);
@@ -111,7 +111,7 @@ test('registries: one not allowed is refused at create and template create, noth
   const made: string[] = [];
   t.after(async () => {
     for (const id of made) await api('DELETE', `/microvms/${id}`).catch(() => undefined);
-    for (const id of made) await svc.client.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
+    for (const id of made) await svc.client.microvms.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
     await api('DELETE', '/tenants/partner?cascade=true').catch(() => undefined);
   });
   const foreignImage = `${other.addr}/x/app:1`;

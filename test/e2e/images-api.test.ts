@@ -35,7 +35,7 @@ async function consoleUntil(id: string, re: RegExp, timeoutMs = 60_000): Promise
   const deadline = Date.now() + timeoutMs;
   let con = '';
   while (Date.now() < deadline) {
-    con = await svc.client.consoleText(id);
+    con = await svc.client.microvms.consoleText(id);
     if (re.test(con)) return con;
     await sleep(250);
   }
@@ -103,9 +103,9 @@ after(async () => {
 });
 
 test('rootfs.size grows the guest filesystem; a kernel from an OCI image boots; images lists both in use and refuses deleting them', { skip, timeout: 300_000 }, async () => {
-  const big = await svc.client.create({ name: 'big', rootfs: { image: app, size: '512Mi' }, kernel: { image: kernelRef } });
-  const plain = await svc.client.create({ name: 'plain', rootfs: { image: app } });
-  for (const v of [big, plain]) await svc.client.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 200_000 });
+  const big = await svc.client.microvms.create({ name: 'big', rootfs: { image: app, size: '512Mi' }, kernel: { image: kernelRef } });
+  const plain = await svc.client.microvms.create({ name: 'plain', rootfs: { image: app } });
+  for (const v of [big, plain]) await svc.client.microvms.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 200_000 });
   const bigCon = await consoleUntil(big.id, /PROBE-DF blocks=\d+ end/);
   const plainCon = await consoleUntil(plain.id, /PROBE-DF blocks=\d+ end/);
   const blocks = (con: string): number => Number(/PROBE-DF blocks=(\d+) end/.exec(con)![1]);
@@ -145,8 +145,8 @@ test('rootfs.size grows the guest filesystem; a kernel from an OCI image boots; 
   assert.equal((await apiCall(asTenant, 'DELETE', `/images/${rootfs.digest}`)).status, 403);
   assert.equal((await apiCall(asTenant, 'POST', '/images/gc', {})).status, 403);
 
-  for (const v of [big, plain]) await svc.client.delete(v.id);
-  for (const v of [big, plain]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+  for (const v of [big, plain]) await svc.client.microvms.delete(v.id);
+  for (const v of [big, plain]) await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 });
   await sleep(1200); // past the resolve lease
   assert.equal((await api('DELETE', `/images/${rootfs.digest}`)).status, 204);
   const after1 = await api('GET', '/images');
@@ -159,9 +159,9 @@ test('rootfs.size grows the guest filesystem; a kernel from an OCI image boots; 
 });
 
 test('read-only root disks: several VMs share the cached image at once and refuse writes', { skip, timeout: 300_000 }, async () => {
-  const vms = await Promise.all(['ro-1', 'ro-2', 'ro-3'].map((name) => svc.client.create({ name, rootfs: { image: app, readOnly: true } })));
-  for (const v of vms) await svc.client.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 200_000 });
-  const running = (await svc.client.list()).items.filter((v) => v.status.phase === 'Running');
+  const vms = await Promise.all(['ro-1', 'ro-2', 'ro-3'].map((name) => svc.client.microvms.create({ name, rootfs: { image: app, readOnly: true } })));
+  for (const v of vms) await svc.client.microvms.waitFor(v.id, { phase: 'Running', ready: true, timeoutMs: 200_000 });
+  const running = (await svc.client.microvms.list()).items.filter((v) => v.status.phase === 'Running');
   assert.equal(running.length, 3, 'all three run at the same time');
   for (const v of vms) assert.match(await consoleUntil(v.id, /PROBE write=\w+/), /PROBE write=refused/);
   const img = (await api('GET', '/images')).json.items.find((i: any) => i.kind === 'rootfs' && i.references.includes(app));
@@ -171,8 +171,8 @@ test('read-only root disks: several VMs share the cached image at once and refus
   const resized = await api('POST', '/microvms', { name: 'ro-big', rootfs: { image: app, readOnly: true, size: '1Gi' } });
   assert.equal(resized.status, 422);
   assert.ok(resized.json.errors.some((e: any) => e.field === 'rootfs.size'));
-  for (const v of vms) await svc.client.delete(v.id);
-  for (const v of vms) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+  for (const v of vms) await svc.client.microvms.delete(v.id);
+  for (const v of vms) await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 });
 });
 
 test('bad input is a clear 400 (or 422 where the schema cannot know: the image, the node) naming the field, and creates nothing', { skip, timeout: 120_000 }, async () => {
@@ -200,7 +200,7 @@ test('bad input is a clear 400 (or 422 where the schema cannot know: the image, 
   assert.equal(q.status, 403, JSON.stringify(q.json));
   assert.equal(q.json.code, 'QUOTA_EXCEEDED');
   assert.match(q.json.detail, /disk/i);
-  assert.equal((await svc.client.list()).items.length, 0, 'no microVM record');
+  assert.equal((await svc.client.microvms.list()).items.length, 0, 'no microVM record');
   const items = (await api('GET', '/images')).json.items;
   // Only the valid app image (resolved for the size checks) and no kernel entry from the failures.
   assert.ok(items.length <= before + 1, JSON.stringify(items));
@@ -248,7 +248,7 @@ test('kill -9 of the service mid image build: no cache entry, and the next build
     assert.equal(after2.filter((n) => !n.startsWith('.')).length, 1, 'one complete entry');
     assert.deepEqual(after2.filter((n) => n.startsWith('.')), [], 'the dead build’s temp dir was swept');
     await apiCall(s2, 'DELETE', `/microvms/${r.json.id}`);
-    await s2.client.waitDeleted(r.json.id, { timeoutMs: 60_000 });
+    await s2.client.microvms.waitDeleted(r.json.id, { timeoutMs: 60_000 });
   } finally {
     await s2.stop().catch(() => undefined);
     await destroyDataDir(s2.dataDir);

@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { instanceNames } from '../../src/instance.js';
 import { CLAIM_DIR } from '../../src/network/instance-claim.js';
 import { cidrContains, parseCidr, parseIp } from '../../src/network/ipv4.js';
@@ -53,8 +53,8 @@ async function start(names: typeof A, extra: Record<string, string> = {}): Promi
 async function guestWithGroup(s: TestService, name: string): Promise<MicroVM & { sg: string }> {
   const sg = await apiCall(s, 'POST', '/securitygroups', { name: 'web', rules: [{ direction: 'ingress', protocol: 'tcp', ports: '8080', cidr: '198.51.100.0/24' }] });
   assert.equal(sg.status, 201, sg.text);
-  const vm = await s.client.create({ name, securityGroups: ['web'] });
-  return { ...(await s.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 })), sg: String(sg.json.id) };
+  const vm = await s.client.microvms.create({ name, securityGroups: ['web'] });
+  return { ...(await s.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 })), sg: String(sg.json.id) };
 }
 
 /** The VM's rules in its instance's tables: the anti-spoofing guard of its port and its security group in its ingress chain. */
@@ -104,8 +104,8 @@ test('two instances in one network namespace keep their own bridge, tables, subn
   assert.ok(cgroupDirsOf(vmB.id).every((d) => d.includes(`/${B.cgroupParent}/`)) && cgroupDirsOf(vmB.id).length > 0, JSON.stringify(cgroupDirsOf(vmB.id)));
 
   // B deletes its guest and stops cleanly: its tables, bridge, cgroup parent and claim go; A's stay as they were.
-  await b.client.delete(vmB.id);
-  await b.client.waitDeleted(vmB.id, { timeoutMs: 60_000 });
+  await b.client.microvms.delete(vmB.id);
+  await b.client.microvms.waitDeleted(vmB.id, { timeoutMs: 60_000 });
   await b.stop();
   assert.equal(tables(B.table).trim(), '', `B's tables are gone:\n${tables(B.table)}`);
   assert.ok(!linkExists(B.bridge), `bridge ${B.bridge} is gone`);
@@ -113,7 +113,7 @@ test('two instances in one network namespace keep their own bridge, tables, subn
   assert.ok(!existsSync(join(CLAIM_DIR, `${B.instance}.json`)), "B's claim is gone");
   assert.equal(tables(A.table), aTables, "A's rules are untouched by B's stop");
   assert.ok(linkExists(A.bridge));
-  assert.equal((await a.client.get(vmA.id)).status.phase, 'Running');
+  assert.equal((await a.client.microvms.get(vmA.id)).status.phase, 'Running');
   assert.ok(qemuProcessesUnder(a.dataDir).some((p) => p.id === vmA.id && pidAlive(p.pid)), "A's guest runs");
   assert.ok(cgroupParentDirs(A.cgroupParent).length > 0);
 

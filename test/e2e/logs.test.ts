@@ -58,8 +58,8 @@ after(async () => {
 });
 
 test('Fluent Bit parsers match real lines; logs are JSON with request id, tenant and VM id; a flooding guest is capped', { timeout: 400_000 }, async () => {
-  const vm = await svc.client.create({ name: 'chatty', vcpu: 1, memory: '128Mi' });
-  await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+  const vm = await svc.client.microvms.create({ name: 'chatty', vcpu: 1, memory: '128Mi' });
+  await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
   const dir = join(svc.dataDir, 'vms', vm.id);
   const consoleLog = join(dir, 'console.log');
   const parsers = fluentBitParsers();
@@ -163,7 +163,7 @@ test('Fluent Bit parsers match real lines; logs are JSON with request id, tenant
   assert.ok(peak < 3 * MAX + written / ((Date.now() - t0) / 1000) * 6 + 16 * 1024, `peak ${peak} bytes for ${written} bytes written`);
   assert.ok(written > peak, `the guest wrote ${written} bytes, at most ${peak} were kept`);
   // The guest is still fine; the console stream followed across the truncations.
-  assert.equal((await svc.client.get(vm.id)).status.phase, 'Running');
+  assert.equal((await svc.client.microvms.get(vm.id)).status.phase, 'Running');
   const deadline = Date.now() + 60_000;
   while (lastFollowed < n - 1000 && Date.now() < deadline) await sleep(250);
   assert.ok(followedFloods > 1000 && lastFollowed >= n - 1000, `followed up to flood ${lastFollowed} of ${n}`);

@@ -129,8 +129,8 @@ after(async () => {
 test('a real guest: SSE events, /metrics, Prometheus scrapes and queries, promtool, history, stop and delete', { timeout: 400_000 }, async () => {
   const feed = follow('/events?follow=true&tail=0');
   await sleep(300);
-  const vm = await svc.client.create({ name: 'obs1', vcpu: 1, memory: '128Mi' });
-  await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
+  const vm = await svc.client.microvms.create({ name: 'obs1', vcpu: 1, memory: '128Mi' });
+  await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: BOOT_TIMEOUT });
 
   // --- the tenant-wide stream saw the lifecycle, in order.
   const mine = () => feed.events.filter((e) => e.vmId === vm.id).map((e) => e.reason);
@@ -237,10 +237,10 @@ test('a real guest: SSE events, /metrics, Prometheus scrapes and queries, promto
   assert.ok(hist.points.every((p, i) => i === 0 || p.t > hist.points[i - 1]!.t));
 
   // --- stop and delete: operator actions and results are events; the series go away.
-  await svc.client.stop(vm.id);
-  await svc.client.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
+  await svc.client.microvms.stop(vm.id);
+  await svc.client.microvms.waitFor(vm.id, { phase: 'Stopped', timeoutMs: 60_000 });
   await until('per-VM series gone after stop', async () => ((await (await fetch(`${svc.url}/metrics`)).text()).includes(`id="${vm.id}"`) ? undefined : true), 15_000);
-  await svc.client.delete(vm.id);
+  await svc.client.microvms.delete(vm.id);
   await until('Deleted on the stream', async () => (mine().includes('Deleted') ? true : undefined), 60_000);
   assert.deepEqual(mine().slice(5), ['StopRequested', 'Stopped', 'DeleteRequested', 'Deleted']);
   const stopReq = feed.events.find((e) => e.reason === 'StopRequested') as Ev & { message: string };

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { sleep } from '../../src/vmm/proc.js';
 import { cidrContains, parseCidr, parseIp } from '../../src/network/ipv4.js';
 import { destroyDataDir, hostNetnsOf, apiCall, startService, subnetOf, vmNetnsPrefixOf, type TestService } from '../support/service.js';
@@ -32,8 +32,8 @@ function fetchFrom(ns: string, url: string): boolean {
 }
 
 async function boot(name: string, extra: Record<string, unknown> = {}): Promise<MicroVM> {
-  const vm = await svc.client.create({ name, ...extra });
-  return svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
+  const vm = await svc.client.microvms.create({ name, ...extra });
+  return svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
 }
 
 async function serveHttp(vm: MicroVM): Promise<void> {
@@ -103,7 +103,7 @@ test('same-tenant reach, security group opens and closes a port live, published 
     assert.equal(r.status, 400, JSON.stringify(r.json));
     assert.ok(r.json.errors.some((e: { field: string }) => e.field === field), JSON.stringify(r.json));
   }
-  assert.equal((await svc.client.list()).items.length, 0);
+  assert.equal((await svc.client.microvms.list()).items.length, 0);
 
   const web = await api('POST', '/securitygroups', { name: 'web', rules: [] });
   assert.equal(web.status, 201);
@@ -114,7 +114,7 @@ test('same-tenant reach, security group opens and closes a port live, published 
   const [a, b, x] = await Promise.all([
     boot('net-a', { securityGroups: ['web'], ports: [{ hostPort: 30080, guestPort: 8080 }] }),
     boot('net-b'),
-    svc.client.waitFor(oc.json.id, { phase: 'Running', ready: true, timeoutMs: 150_000 }),
+    svc.client.microvms.waitFor(oc.json.id, { phase: 'Running', ready: true, timeoutMs: 150_000 }),
   ]);
   assert.equal(x.tenant, 'other');
   assert.ok(cidrContains(parseCidr(subnetOf(svc.dataDir))!, parseIp(a.status.ip!)!), `${a.status.ip} in the instance's subnet ${subnetOf(svc.dataDir)}`);
@@ -152,12 +152,12 @@ test('same-tenant reach, security group opens and closes a port live, published 
   assert.ok(!(await guestGet(b, `http://${a.status.ip}:8080/`)), 'egress deny blocks the address');
 
   // Metrics carry the tap's counters.
-  const m = await svc.client.metrics(b.id);
+  const m = await svc.client.microvms.metrics(b.id);
   assert.ok(m.net.some((n) => n.rxBytes > 0 && n.txBytes > 0), JSON.stringify(m.net));
 
   // Delete: no namespace, tap or IP allocation of these VMs is left.
-  for (const v of [a, b, x]) await svc.client.delete(v.id);
-  for (const v of [a, b, x]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+  for (const v of [a, b, x]) await svc.client.microvms.delete(v.id);
+  for (const v of [a, b, x]) await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 });
   const netns = readdirSync('/var/run/netns').filter((n) => n.startsWith(vmNetnsPrefixOf(svc.dataDir)));
   assert.deepEqual(netns, [], 'no VM namespace left');
   const ipam = join(svc.dataDir, 'network', 'ipam');

@@ -54,18 +54,18 @@ test('a VM boots from a pulled image and runs its command; the second VM is a ca
   const made: string[] = [];
   // Its VMs go even when it fails, so the tests after it start from an empty list.
   t.after(async () => {
-    for (const id of made) await svc.client.delete(id).catch(() => undefined);
-    for (const id of made) await svc.client.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
+    for (const id of made) await svc.client.microvms.delete(id).catch(() => undefined);
+    for (const id of made) await svc.client.microvms.waitDeleted(id, { timeoutMs: 60_000 }).catch(() => undefined);
   });
   let t0 = Date.now();
-  const a = await svc.client.create({ name: 'oci-a', rootfs: { image } });
+  const a = await svc.client.microvms.create({ name: 'oci-a', rootfs: { image } });
   made.push(a.id);
-  const ua = await svc.client.waitFor(a.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
+  const ua = await svc.client.microvms.waitFor(a.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
   const coldMs = Date.now() - t0;
   const deadline = Date.now() + 30_000;
   let con = '';
   while (!con.includes('APP-RAN') && Date.now() < deadline) {
-    con = await svc.client.consoleText(ua.id);
+    con = await svc.client.microvms.consoleText(ua.id);
     await new Promise((r) => setTimeout(r, 200));
   }
   assert.match(con, /APP-RAN foo=bar cwd=\/app args=hello/);
@@ -78,9 +78,9 @@ test('a VM boots from a pulled image and runs its command; the second VM is a ca
   const afterA = await cached();
   assert.equal(afterA.length, 1, `one cached root filesystem for the image: ${JSON.stringify(afterA)}`);
   t0 = Date.now();
-  const b = await svc.client.create({ name: 'oci-b', rootfs: { image } });
+  const b = await svc.client.microvms.create({ name: 'oci-b', rootfs: { image } });
   made.push(b.id);
-  await svc.client.waitFor(b.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
+  await svc.client.microvms.waitFor(b.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
   const warmMs = Date.now() - t0;
   // A cache hit: still the one entry, not rebuilt (same createdAt), now named by both VMs.
   const afterB = await cached();
@@ -89,21 +89,21 @@ test('a VM boots from a pulled image and runs its command; the second VM is a ca
   assert.equal(afterB[0]!.createdAt, afterA[0]!.createdAt, 'the second VM reused the built root filesystem');
   assert.equal(afterB[0]!.inUse, 2);
   console.log(`# create→ready from an OCI image: first ${coldMs} ms (pull+build), second ${warmMs} ms (cache)`);
-  for (const v of [a, b]) await svc.client.delete(v.id);
-  for (const v of [a, b]) await svc.client.waitDeleted(v.id, { timeoutMs: 60_000 });
+  for (const v of [a, b]) await svc.client.microvms.delete(v.id);
+  for (const v of [a, b]) await svc.client.microvms.waitDeleted(v.id, { timeoutMs: 60_000 });
 });
 
 test('read-only root disks refuse writes in the guest', async () => {
-  const vm = await svc.client.create({ name: 'ro', rootfs: { readOnly: true } });
-  await svc.client.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
+  const vm = await svc.client.microvms.create({ name: 'ro', rootfs: { readOnly: true } });
+  await svc.client.microvms.waitFor(vm.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
   // Both markers come from running the command: the echoed line shows `touch /should-fail`,
   // TOUCH-RC=$? and `ls /should-fail`, never the error text, a non-zero status or LS-RC=<n>.
   const out = await guestRun(join(svc.dataDir, 'vms', vm.id), 'touch /should-fail 2>&1; echo TOUCH-RC=$?; ls /should-fail >/dev/null 2>&1; echo LS-RC=$?');
   assert.match(out, /Read-only file system/, out);
   assert.match(out, /TOUCH-RC=[1-9]/, out);
   assert.match(out, /LS-RC=[1-9]/, `nothing was created: ${out}`);
-  await svc.client.delete(vm.id);
-  await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000 });
+  await svc.client.microvms.delete(vm.id);
+  await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000 });
 });
 
 test('bad image references are clear errors and create nothing', async () => {
@@ -114,5 +114,5 @@ test('bad image references are clear errors and create nothing', async () => {
   assert.equal(unknown.status, 400);
   assert.ok(unknown.json.errors.some((e: { field: string }) => e.field === 'rootfs.image'));
   assert.match(unknown.json.detail, /not found|unknown|manifest/i);
-  assert.equal((await svc.client.list()).items.length, 0);
+  assert.equal((await svc.client.microvms.list()).items.length, 0);
 });

@@ -3,7 +3,9 @@
  * create, wait ready, exec (buffered; streamed with stdin and a signal), a 1 MiB file both ways,
  * file listing/stat/mkdir/remove, port forwarding to busybox httpd in the guest, typed errors
  * (404 NOT_FOUND, 400 with violations), delete; then the README example, as written, importing
- * the built package (`make build`) by its name.
+ * the built package (`make build`) by its name. Then the rest of the API the CLI and the dashboard
+ * are built on, with microVMs that are never started: whoami, tenants and API keys, paging,
+ * Idempotency-Key, If-Match, the event log and its SSE follow, the served operations.
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { Mvm, MvmApiError, type MicroVM } from '../../sdk/typescript/src/index.js';
+import { Mvm, MvmApiError, type MicroVM, type VmEvent } from '../../sdk/typescript/src/index.js';
 import { REPO, destroyDataDir, startService, type TestService } from '../support/service.js';
 import { readmeBlock } from '../support/sdk.js';
 
@@ -161,5 +163,100 @@ describe('@mvm/sdk', () => {
   test('delete: the VM goes away', async () => {
     await mvm.microvms.delete(vm.id, { wait: true, timeoutMs: 120_000 });
     assert.equal((await rejectsApi(mvm.microvms.get(vm.id))).status, 404);
+  });
+});
+
+describe('@mvm/sdk: the rest of the API', () => {
+  const made: string[] = [];
+  const create = async (name: string, opts: { idempotencyKey?: string } = {}): Promise<MicroVM> => {
+    const v = await mvm.microvms.create({ name, memory: '128Mi', start: false }, opts);
+    if (!made.includes(v.id)) made.push(v.id);
+    return v;
+  };
+
+  after(async () => {
+    for (const id of made) await mvm.microvms.delete(id, { wait: true, timeoutMs: 60_000 }).catch(() => undefined);
+    await mvm.tenants.delete('sdk-ts-tenant', { cascade: true }).catch(() => undefined);
+  });
+
+  test('a validation problem becomes MvmApiError with its code and the field', async () => {
+    const e = await rejectsApi(mvm.microvms.create({ name: 'Not A Valid Name!', start: false }));
+    assert.deepEqual([e.status, e.code], [400, 'VALIDATION_FAILED']);
+    assert.ok(e.violations.some((x) => /name/.test(x.field)), JSON.stringify(e.problem));
+  });
+
+  test('whoami; a tenant\'s API key acts as that tenant; once revoked it is 401 UNAUTHENTICATED', async () => {
+    assert.equal((await mvm.whoami()).role, 'admin');
+    await mvm.tenants.create({ id: 'sdk-ts-tenant', displayName: 'SDK test' });
+    assert.equal((await mvm.tenants.get('sdk-ts-tenant')).displayName, 'SDK test');
+    const key = await mvm.apiKeys.create({ name: 'sdk-key', role: 'member' }, { tenant: 'sdk-ts-tenant' });
+    const asKey = new Mvm({ url: svc.url, token: key.token });
+    assert.deepEqual([(await asKey.whoami()).tenant, (await asKey.whoami()).role], ['sdk-ts-tenant', 'member']);
+    assert.ok((await mvm.apiKeys.list({ tenant: 'sdk-ts-tenant' })).items.some((k) => k.id === key.id));
+    // A member may not create tenants: 403 with the service's code.
+    assert.deepEqual([(await rejectsApi(asKey.tenants.create({ id: 'sdk-ts-other' }))).status], [403]);
+    await mvm.apiKeys.revoke(key.id);
+    const e = await rejectsApi(asKey.whoami());
+    assert.deepEqual([e.status, e.code], [401, 'UNAUTHENTICATED']);
+    const tenantIds: string[] = [];
+    for await (const t of mvm.tenants.listAll()) tenantIds.push(t.id);
+    assert.ok(tenantIds.includes('sdk-ts-tenant'), tenantIds.join(','));
+  });
+
+  test('paging: list with a limit answers a cursor, listAll follows it to the end', async () => {
+    await create('sdk-page-a');
+    await create('sdk-page-b');
+    const first = await mvm.microvms.list({ limit: 1 });
+    assert.equal(first.items.length, 1);
+    assert.ok(first.next_cursor, 'a next_cursor');
+    const all: string[] = [];
+    for await (const v of mvm.microvms.listAll({ limit: 1 })) all.push(v.name);
+    assert.ok(all.includes('sdk-page-a') && all.includes('sdk-page-b'), all.join(','));
+    assert.equal(new Set(all).size, all.length);
+  });
+
+  test('Idempotency-Key: a retried create answers the first microVM; the key reused for another request is 409', async () => {
+    const a = await create('sdk-idem', { idempotencyKey: 'sdk-ts-key-1' });
+    const again = await create('sdk-idem', { idempotencyKey: 'sdk-ts-key-1' });
+    assert.equal(again.id, a.id);
+    const e = await rejectsApi(create('sdk-idem-other', { idempotencyKey: 'sdk-ts-key-1' }));
+    assert.deepEqual([e.status, e.code], [409, 'CONFLICT']);
+  });
+
+  test('If-Match: an update with the current resourceVersion applies, a stale one is 409 CONFLICT', async () => {
+    const v = await create('sdk-ifmatch');
+    const cur = await mvm.microvms.get(v.id);
+    const updated = await mvm.microvms.update(v.id, { labels: { tier: 'one' } }, { ifMatch: cur.resourceVersion });
+    assert.equal(updated.spec?.labels?.tier, 'one');
+    const e = await rejectsApi(mvm.microvms.update(v.id, { labels: { tier: 'two' } }, { ifMatch: cur.resourceVersion }));
+    assert.deepEqual([e.status, e.code], [409, 'CONFLICT']);
+    assert.equal((await mvm.microvms.get(v.id)).spec?.labels?.tier, 'one');
+  });
+
+  test('events: the SSE follow sees a new microVM, the log lists it; the served operations', async () => {
+    const ac = new AbortController();
+    const seen: VmEvent[] = [];
+    let onOpen!: () => void;
+    const opened = new Promise<void>((r) => (onOpen = r));
+    const follow = (async () => {
+      for await (const { id, event } of mvm.events.follow({ tail: 0, signal: ac.signal, onOpen })) {
+        assert.match(id ?? '', /^\d+$/);
+        seen.push(event);
+        if (seen.some((e) => e.vmId === v?.id)) return;
+      }
+    })();
+    let v: MicroVM | undefined;
+    try {
+      await opened;
+      v = await create('sdk-events');
+      await Promise.race([follow, new Promise((_, rej) => setTimeout(() => rej(new Error(`no event of ${v?.id} in 20 s: ${JSON.stringify(seen)}`)), 20_000))]);
+    } finally {
+      ac.abort();
+      await follow.catch(() => undefined);
+    }
+    assert.ok((await mvm.events.list({ vm: v.id })).some((e) => e.vmId === v!.id));
+    assert.ok((await mvm.microvms.events(v.id)).length > 0);
+    const ops = await mvm.operations();
+    assert.ok(ops.has('POST /api/v1/microvms') && ops.has('GET /api/v1/whoami'), [...ops].slice(0, 5).join(','));
   });
 });

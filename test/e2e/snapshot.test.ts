@@ -6,7 +6,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { destroyDataDir, apiCall, startService, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
 
@@ -25,8 +25,8 @@ after(async () => {
 });
 
 test('pause, resume, snapshot, delete, restore twice: memory survives, identity is fresh', async () => {
-  const created = await svc.client.create({ name: 'origin' });
-  const a = await svc.client.waitFor(created.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
+  const created = await svc.client.microvms.create({ name: 'origin' });
+  const a = await svc.client.microvms.waitFor(created.id, { phase: 'Running', ready: true, timeoutMs: 150_000 });
   const secret = `secret-${process.pid}-${Date.now()}`;
   assert.match(await run(a, `echo ${secret} > /tmp/mem.txt && echo W$((6*7))`), /W42/, 'the write ran (W42 is computed; the echoed command shows W$((6*7)))');
 
@@ -35,14 +35,14 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
 
   // Pause: the guest stops making progress; resume brings it back.
   assert.equal((await api('POST', `/microvms/${a.id}/pause`)).status, 202);
-  const paused = await svc.client.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
+  const paused = await svc.client.microvms.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
   assert.equal(paused.status.phase, 'Paused');
   assert.equal((await api('POST', `/microvms/${a.id}/pause`)).json.code, 'ILLEGAL_TRANSITION');
   assert.equal((await api('POST', `/microvms/${a.id}/resume`)).status, 202);
-  await svc.client.waitFor(a.id, { phase: 'Running', timeoutMs: 30_000 });
+  await svc.client.microvms.waitFor(a.id, { phase: 'Running', ready: false, timeoutMs: 30_000 });
   assert.match(await run(a, 'cat /tmp/mem.txt'), new RegExp(secret));
   assert.equal((await api('POST', `/microvms/${a.id}/pause`)).status, 202);
-  await svc.client.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
+  await svc.client.microvms.waitFor(a.id, { phase: 'Paused', timeoutMs: 30_000 });
 
   // Snapshot the paused VM.
   const t0 = Date.now();
@@ -63,8 +63,8 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
   assert.equal((await api('GET', `/microvms/${a.id}/snapshots`)).json.items.length, 1);
 
   // Delete the original; the snapshot lives on.
-  await svc.client.delete(a.id);
-  await svc.client.waitDeleted(a.id, { timeoutMs: 60_000 });
+  await svc.client.microvms.delete(a.id);
+  await svc.client.microvms.waitDeleted(a.id, { timeoutMs: 60_000 });
 
   // Bad restores: a shape that differs from the snapshot, an unknown snapshot.
   const bad = await api('POST', `/snapshots/${snap.json.id}/restore`, { name: 'bad', vcpu: 2 });
@@ -80,7 +80,7 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
   assert.equal(r1.status, 201, JSON.stringify(r1.json));
   const r2 = await api('POST', '/microvms', { name: 'clone-2', snapshot: 'snap1' });
   assert.equal(r2.status, 201, JSON.stringify(r2.json));
-  const [c1, c2] = await Promise.all([r1.json.id, r2.json.id].map((id: string) => svc.client.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 120_000 })));
+  const [c1, c2] = await Promise.all([r1.json.id, r2.json.id].map((id: string) => svc.client.microvms.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 120_000 })));
   const restoreMs = Date.now() - t1;
   for (const c of [c1!, c2!]) {
     assert.match(await run(c, 'cat /tmp/mem.txt'), new RegExp(secret), `memory state survived in ${c.name}`);
@@ -96,8 +96,8 @@ test('pause, resume, snapshot, delete, restore twice: memory survives, identity 
 
   // The snapshot backs the clones' disks: deleting it is refused until they are gone.
   assert.equal((await api('DELETE', `/snapshots/${snap.json.id}`)).status, 409);
-  for (const c of [c1!, c2!]) await svc.client.delete(c.id);
-  for (const c of [c1!, c2!]) await svc.client.waitDeleted(c.id, { timeoutMs: 60_000 });
+  for (const c of [c1!, c2!]) await svc.client.microvms.delete(c.id);
+  for (const c of [c1!, c2!]) await svc.client.microvms.waitDeleted(c.id, { timeoutMs: 60_000 });
   assert.equal((await api('DELETE', `/snapshots/${snap.json.id}`)).status, 204);
   assert.equal((await api('GET', `/snapshots/${snap.json.id}`)).status, 404);
   console.log(`# snapshot ${snapMs} ms; two restores to ready ${restoreMs} ms`);

@@ -50,7 +50,7 @@ test('build a template, clone it: warm state, fresh identity, a fraction of a co
   const c0 = Date.now();
   const cold = await api('POST', '/microvms', { name: 'cold' });
   assert.equal(cold.status, 201, cold.text);
-  await svc.client.waitFor(cold.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  await svc.client.microvms.waitFor(cold.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   const coldMs = Date.now() - c0;
 
   const t0 = Date.now();
@@ -58,7 +58,7 @@ test('build a template, clone it: warm state, fresh identity, a fraction of a co
   assert.equal(a!.status, 201, a!.text);
   assert.equal(b!.status, 201, b!.text);
   assert.deepEqual(a!.json.spec.source.template, { id: created.json.id, version: 1 });
-  const [ra, rb] = await Promise.all([a!, b!].map((r) => svc.client.waitFor(r.json.id, { phase: 'Running', ready: true, timeoutMs: 60_000 })));
+  const [ra, rb] = await Promise.all([a!, b!].map((r) => svc.client.microvms.waitFor(r.json.id, { phase: 'Running', ready: true, timeoutMs: 60_000 })));
   const cloneMs = Date.now() - t0;
   console.log(`cold boot -> ready ${coldMs} ms; two template clones -> ready ${cloneMs} ms`);
   assert.ok(cloneMs < coldMs, `clones (${cloneMs} ms) faster than a cold boot (${coldMs} ms)`);
@@ -84,8 +84,8 @@ test('build a template, clone it: warm state, fresh identity, a fraction of a co
   assert.equal(del.status, 409, del.text);
   assert.match(del.json.detail ?? del.json.message ?? del.text, new RegExp(ra!.id));
 
-  for (const vm of [ra!, rb!, cold.json]) await svc.client.delete(vm.id);
-  for (const vm of [ra!, rb!, cold.json]) await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000 });
+  for (const vm of [ra!, rb!, cold.json]) await svc.client.microvms.delete(vm.id);
+  for (const vm of [ra!, rb!, cold.json]) await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000 });
   assert.equal((await api('DELETE', `/templates/${created.json.id}`)).status, 204);
   assert.equal((await api('GET', `/templates/${created.json.id}`)).status, 404);
   const snaps = join(svc.dataDir, 'snapshots');
@@ -127,10 +127,10 @@ test('a clone whose template files are gone fails clearly and leaks nothing', as
   rmSync(join(svc.dataDir, 'snapshots', `${created.json.id}-v1`), { recursive: true, force: true });
   const c = await api('POST', '/microvms', { name: 'orphan-clone', template: 'gone' });
   assert.equal(c.status, 201, c.text);
-  const failed = await svc.client.waitFor(c.json.id, { phase: 'Failed', timeoutMs: 60_000 });
+  const failed = await svc.client.microvms.waitFor(c.json.id, { phase: 'Failed', timeoutMs: 60_000 });
   assert.match(JSON.stringify(failed.status.conditions), /has no files on node/);
-  await svc.client.delete(c.json.id);
-  await svc.client.waitDeleted(c.json.id, { timeoutMs: 60_000 });
+  await svc.client.microvms.delete(c.json.id);
+  await svc.client.microvms.waitDeleted(c.json.id, { timeoutMs: 60_000 });
   assert.ok(!existsSync(join(svc.dataDir, 'vms', c.json.id)), 'no VM directory left');
   assert.equal((await api('DELETE', `/templates/${created.json.id}`)).status, 204);
 });
@@ -138,7 +138,7 @@ test('a clone whose template files are gone fails clearly and leaks nothing', as
 test('a live fork: children carry the parent memory and disk, with fresh identity; the parent runs on', async () => {
   const c = await api('POST', '/microvms', { name: 'parent' });
   assert.equal(c.status, 201, c.text);
-  const parent = await svc.client.waitFor(c.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  const parent = await svc.client.microvms.waitFor(c.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   // /run is tmpfs: the value lives in guest memory only; /root/disk.txt on the disk.
   assert.equal((await exec(parent.id, 'echo mem-$((3*14)) > /run/mem.txt && echo disk-$((2*21)) > /root/disk.txt && sync && echo ok-$((1+1))')).stdout, 'ok-2\n');
   const bad = await api('POST', `/microvms/${parent.id}/fork`, { count: 2, names: ['only-one'] });
@@ -149,7 +149,7 @@ test('a live fork: children carry the parent memory and disk, with fresh identit
   const f = await api('POST', `/microvms/${parent.id}/fork`, { count: 2 });
   assert.equal(f.status, 201, f.text);
   assert.equal(f.json.children.length, 2);
-  const kids = await Promise.all(f.json.children.map((k: { id: string }) => svc.client.waitFor(k.id, { phase: 'Running', ready: true, timeoutMs: 120_000 })));
+  const kids = await Promise.all(f.json.children.map((k: { id: string }) => svc.client.microvms.waitFor(k.id, { phase: 'Running', ready: true, timeoutMs: 120_000 })));
   console.log(`fork -> 2 children ready in ${Date.now() - t0} ms`);
   for (const k of kids) {
     const r = await exec(k.id, 'cat /run/mem.txt /root/disk.txt; hostname; cat /etc/machine-id');
@@ -162,9 +162,9 @@ test('a live fork: children carry the parent memory and disk, with fresh identit
   const p = await api('GET', `/microvms/${parent.id}`);
   assert.equal(p.json.status.phase, 'Running', 'the parent keeps running');
   assert.equal((await exec(parent.id, 'cat /run/mem.txt; hostname')).stdout, 'mem-42\nparent\n');
-  for (const k of kids) await svc.client.delete(k.id);
-  for (const k of kids) await svc.client.waitDeleted(k.id, { timeoutMs: 60_000 });
+  for (const k of kids) await svc.client.microvms.delete(k.id);
+  for (const k of kids) await svc.client.microvms.waitDeleted(k.id, { timeoutMs: 60_000 });
   assert.equal((await api('DELETE', `/snapshots/${f.json.snapshot.id}`)).status, 204);
-  await svc.client.delete(parent.id);
-  await svc.client.waitDeleted(parent.id, { timeoutMs: 60_000 });
+  await svc.client.microvms.delete(parent.id);
+  await svc.client.microvms.waitDeleted(parent.id, { timeoutMs: 60_000 });
 });

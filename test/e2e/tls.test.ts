@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { connect } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { createGrpcClient, unaryCall } from '../../src/grpc/client.js';
-import { MvmClient } from '../../src/cli/client.js';
+import { Mvm, MvmApiError, MvmConnectionError } from '../../sdk/typescript/src/index.js';
 import { REPO, destroyDataDir } from '../support/service.js';
 import { startGatewayService, type GatewayService } from '../support/gateway.js';
 import { pythonVenv } from '../support/sdk.js';
@@ -111,10 +111,16 @@ describe('TLS with files (MVM_TLS_CERT, MVM_TLS_KEY)', () => {
     assert.notEqual(curl([`http://127.0.0.1:${port}/healthz`]).out, '{"ok":true}');
   });
 
-  test('Node: the CLI client with the CA, node:https with it, and without it refused', async () => {
-    const client = new MvmClient({ baseUrl: svc.url, token: svc.token, ca: readFileSync(ca1.cert) });
-    assert.deepEqual((await client.list()).items, []);
-    await assert.rejects(new MvmClient({ baseUrl: svc.url, token: svc.token }).list(), /certificate|self.signed|unable to verify/i);
+  test('Node: the SDK (what the CLI is built on) with the CA over fetch and WebSockets, node:https with it, and without it refused', async () => {
+    const mvm = new Mvm({ url: svc.url, token: svc.token, ca: readFileSync(ca1.cert) });
+    assert.deepEqual((await mvm.microvms.list()).items, []);
+    assert.equal((await mvm.whoami()).role, 'admin');
+    // The WebSocket handshake goes through TLS with the CA too: the service's own answer (no such VM), not a TLS failure.
+    await assert.rejects(mvm.execStream('no-such-vm', { cmd: ['true'] }), (e: unknown) => e instanceof MvmApiError && e.status === 404);
+    const untrusting = new Mvm({ url: svc.url, token: svc.token });
+    await assert.rejects(untrusting.microvms.list(), (e: unknown) => e instanceof MvmConnectionError && /certificate|self.signed|unable to verify/i.test(e.message));
+    await assert.rejects(untrusting.execStream('no-such-vm', { cmd: ['true'] }), (e: unknown) => e instanceof MvmConnectionError && /certificate|self.signed|unable to verify/i.test(e.message));
+    await assert.rejects(new Mvm({ url: svc.url, token: svc.token, ca: readFileSync(ca2.cert) }).microvms.list(), MvmConnectionError);
     const r = await svc.call('GET', '/microvms');
     assert.equal(r.status, 200);
   });

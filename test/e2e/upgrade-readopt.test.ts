@@ -49,7 +49,7 @@ test('a running guest is re-adopted (same QEMU pid, Running) by a service that u
   const created = await apiCall(svc, 'POST', '/microvms', { name: 'keeper' });
   assert.equal(created.status, 201, created.text);
   const id = created.json.id as string;
-  await svc.client.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  await svc.client.microvms.waitFor(id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
   const pid = qemuProcessesUnder(dataDir).find((p) => p.id === id)?.pid;
   assert.ok(pid);
   await svc.stop();

@@ -22,7 +22,7 @@ before(async () => {
     assert.equal(r.status, 201, r.text);
     ids.push(r.json.id);
   }
-  for (const id of ids) await svc.client.waitFor(id, { phase: 'Running', timeoutMs: 180_000 });
+  for (const id of ids) await svc.client.microvms.waitFor(id, { phase: 'Running', ready: false, timeoutMs: 180_000 });
 });
 after(async () => {
   await svc?.stop().catch(() => undefined);

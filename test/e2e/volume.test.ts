@@ -8,7 +8,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { MicroVM } from '../../src/cli/client.js';
+import type { MicroVM } from '../../sdk/typescript/src/index.js';
 import { destroyDataDir, apiCall, startService, type TestService } from '../support/service.js';
 import { guestRun } from '../support/console.js';
 import { sleep } from '../../src/vmm/proc.js';
@@ -22,12 +22,12 @@ const run = (vm: MicroVM, cmd: string): Promise<string> => guestRun(join(svc.dat
 async function boot(name: string, volumes: unknown[]): Promise<MicroVM> {
   const r = await api('POST', '/microvms', { name, volumes });
   assert.equal(r.status, 201, JSON.stringify(r.json));
-  return svc.client.waitFor(r.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
+  return svc.client.microvms.waitFor(r.json.id, { phase: 'Running', ready: true, timeoutMs: 180_000 });
 }
 
 async function remove(vm: MicroVM): Promise<void> {
   assert.equal((await api('DELETE', `/microvms/${vm.id}`)).status < 300, true);
-  await svc.client.waitDeleted(vm.id, { timeoutMs: 60_000 });
+  await svc.client.microvms.waitDeleted(vm.id, { timeoutMs: 60_000 });
 }
 
 async function volumeUntil(id: string, phase: string): Promise<any> {

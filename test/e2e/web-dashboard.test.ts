@@ -110,7 +110,7 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   assert.match(await page.locator('#c-memory-error').innerText(), /128Mi and 8Gi/);
   assert.match(await page.locator('#c-vcpu-error').innerText(), /8/);
   assert.equal(await page.getByLabel('Name', { exact: true }).getAttribute('aria-invalid'), 'true');
-  assert.equal((await svc.client.list()).items.length, 0);
+  assert.equal((await svc.client.microvms.list()).items.length, 0);
   await shot('create-validation');
 
   // --- create a real guest.
@@ -120,7 +120,7 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   await page.getByLabel('Labels').fill('app=demo, tier=web');
   await page.getByRole('button', { name: 'Create', exact: true }).click();
   await page.getByRole('heading', { name: /web1/ }).waitFor();
-  const vm = (await svc.client.list()).items.find((v) => v.name === 'web1');
+  const vm = (await svc.client.microvms.list()).items.find((v) => v.name === 'web1');
   assert.ok(vm);
   assert.deepEqual(vm.spec.labels, { app: 'demo', tier: 'web' });
 
@@ -280,7 +280,7 @@ test('sign in, create with validation, watch it run, console, charts, events, er
   await dialog.waitFor();
   await page.keyboard.press('Escape'); // cancel keeps it
   await dialog.waitFor({ state: 'hidden' });
-  assert.ok(await svc.client.get(vm.id));
+  assert.ok(await svc.client.microvms.get(vm.id));
   await page.getByRole('button', { name: 'Delete', exact: true }).click();
   await dialog.getByRole('button', { name: 'Delete' }).click();
   await page.getByRole('heading', { name: 'MicroVMs' }).waitFor({ timeout: 60_000 });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { SignJWT, exportJWK, generateKeyPair, type JWK, type JWTPayload } from 'jose';
 import { startService, type TestService } from './service.js';
 import { recordErrorAnswer, recordSecret } from './ledger.js';
-import { fetchTrusting } from '../../src/tls/client.js';
+import { fetchTrusting } from '../../sdk/typescript/src/https-fetch.js';
 
 export const JWT_SECRET = 'test-secret-0123456789abcdef0123456789';
 export const AUDIENCE = 'mvm-test';

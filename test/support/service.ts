@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, readdirSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { MvmClient } from '../../src/cli/client.js';
+import { Mvm } from '../../sdk/typescript/src/index.js';
 import { instanceForDataDir, instanceNames } from '../../src/instance.js';
 import { CLAIM_DIR } from '../../src/network/instance-claim.js';
 import { listPids, readCmdline, pidAlive, sleep } from '../../src/vmm/proc.js';
@@ -21,7 +21,7 @@ export interface TestService {
   dataDir: string;
   url: string;
   token: string;
-  client: MvmClient;
+  client: Mvm;
   /** The CA the client trusts (an https:// service). */
   ca?: string | Buffer;
   proc: ChildProcess;
@@ -90,7 +90,7 @@ export async function startService(opts: { dataDir?: string; env?: Record<string
     url,
     token,
     proc,
-    client: new MvmClient({ baseUrl: url, token, ...(ca ? { ca } : {}) }),
+    client: new Mvm({ url, token, ...(ca ? { ca } : {}) }),
     ...(ca ? { ca } : {}),
     logs: () => out,
     async kill9() {

@@ -26,7 +26,7 @@ export function registerApiKeyCommands(deps: CommandGroupDeps): void {
       about('API key', name);
       const ctx = contextOf(command);
       const request = { name, ...(opts.role ? { role: opts.role } : {}), ...(opts.expiresIn ? { expiresIn: opts.expiresIn } : {}), ...(opts.expiresAt ? { expiresAt: opts.expiresAt } : {}) };
-      const key = await ctx.client.createApiKey(request as never, opts.tenant ? { tenant: opts.tenant } : {});
+      const key = await ctx.client.apiKeys.create(request as never, opts.tenant ? { tenant: opts.tenant } : {});
       if (ctx.output !== 'table') ctx.io.stdout.write(serialize(key, ctx.output));
       else if (ctx.quiet) ctx.io.stdout.write(`${key.token}\n`);
       else {
@@ -50,7 +50,7 @@ export function registerApiKeyCommands(deps: CommandGroupDeps): void {
     .action(async (opts: { tenant?: string; limit?: string }, command: Command) => {
       const limit = opts.limit !== undefined ? parseIntArg(opts.limit, '--limit', 1) : undefined;
       const ctx = contextOf(command);
-      const { items, next } = await pages(limit, (cursor) => ctx.client.listApiKeys({ tenant: opts.tenant, limit, cursor }));
+      const { items, next } = await pages(limit, (cursor) => ctx.client.apiKeys.list({ tenant: opts.tenant, limit, cursor }));
       printList(ctx, items, next, 'API keys', KEY_HEADERS, keyRow, (key) => key.id);
     });
   child(keys, 'rm <id>', 'revoke an API key (at once)')
@@ -58,7 +58,7 @@ export function registerApiKeyCommands(deps: CommandGroupDeps): void {
     .action(async (id: string, _opts: unknown, command: Command) => {
       about('API key', id);
       const ctx = contextOf(command);
-      const key = await ctx.client.revokeApiKey(id);
+      const key = await ctx.client.apiKeys.revoke(id);
       printDeleted(ctx, key, `API key "${key.name}" (${key.id}) revoked\n`, key.id);
     });
 }

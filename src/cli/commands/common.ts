@@ -1,11 +1,11 @@
 /** What the command groups of `mvm` (one file each in this folder) share: context, output, paging. */
 import type { Command } from 'commander';
-import type { MvmClient } from '../client.js';
+import type { Mvm } from '../../../sdk/typescript/src/index.js';
 import { renderTable, serialize, type OutputFormat } from '../format.js';
 
 /** What a command runs with: the client, the output format, --quiet, the streams. */
 export interface CommandContext {
-  client: MvmClient;
+  client: Mvm;
   output: OutputFormat;
   quiet: boolean;
   io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WritableStream; env?: Record<string, string | undefined> };
@@ -83,7 +83,7 @@ export function removeCommand(
   name: string,
   description: string,
   kind: string,
-  remove: (client: MvmClient, id: string) => Promise<void>,
+  remove: (client: Mvm, id: string) => Promise<void>,
   done: (id: string) => string,
 ): void {
   child(parent, name, description)

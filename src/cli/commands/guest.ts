@@ -1,7 +1,7 @@
 /**
  * `mvm exec`, `mvm cp` and `mvm port-forward`: inside a running microVM through its guest agent
  * (issue 13). The transport (WebSocket exec, streamed file transfers, the TCP tunnel) is the
- * client's (../client.ts); these commands wire it to the terminal, the local disk and local ports.
+ * SDK's (sdk/typescript/src/index.ts); these commands wire it to the terminal, the local disk and local ports.
  */
 import { spawn } from 'node:child_process';
 import { createReadStream, createWriteStream, existsSync, mkdirSync, readdirSync, statSync, chmodSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { posix } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { ApiError, type ExecStreamRequest, type MvmClient } from '../client.js';
+import { MvmApiError, type ExecStreamRequest, type Mvm } from '../../../sdk/typescript/src/index.js';
 import { bytes } from '../format.js';
 import { collect, parseDuration, UsageError } from '../parse.js';
 import type { CommandContext, CommandGroupDeps } from './common.js';
@@ -20,12 +20,12 @@ const examples = (lines: string[]): string => '\nExamples:\n' + lines.map((l) =>
 
 /** Service problems of guest calls → a message that names the code (and what to do about it). */
 export function guestError(e: unknown, vm: string): never {
-  if (e instanceof ApiError) {
+  if (e instanceof MvmApiError) {
     const agentCode = typeof e.problem.agentCode === 'string' ? e.problem.agentCode : undefined;
     if (agentCode) throw new UsageError(`${e.detail} (${agentCode})`);
     if (e.code === 'AGENT_UNAVAILABLE') throw new UsageError(`${e.detail} (AGENT_UNAVAILABLE: the guest agent of microVM "${vm}" is not connected; is it still booting? try 'mvm wait ${vm} --ready')`);
     if (e.code === 'ILLEGAL_TRANSITION') throw new UsageError(`${e.detail} (ILLEGAL_TRANSITION: microVM "${vm}" must be Running; start it with 'mvm start ${vm} --wait')`);
-    if (e.status !== 401 && e.status !== 403 && e.status !== 404 && e.errors.length === 0) throw new UsageError(`${e.detail} (${e.code})`);
+    if (e.status !== 401 && e.status !== 403 && e.status !== 404 && e.violations.length === 0) throw new UsageError(`${e.detail} (${e.code})`);
   }
   throw e;
 }
@@ -200,11 +200,11 @@ function tarProcess(args: string[]): { proc: ReturnType<typeof spawn>; done: Pro
   return { proc, done };
 }
 
-async function guestType(client: MvmClient, vm: string, path: string): Promise<string | undefined> {
+async function guestType(client: Mvm, vm: string, path: string): Promise<string | undefined> {
   try {
-    return (await client.statFile(vm, path)).type;
+    return (await client.files.stat(vm, path)).type;
   } catch (e) {
-    if (e instanceof ApiError && e.status === 404 && e.problem.agentCode) return undefined;
+    if (e instanceof MvmApiError && e.status === 404 && e.problem.agentCode) return undefined;
     throw e;
   }
 }
@@ -225,7 +225,7 @@ async function copyIn(ctx: CommandContext, local: string, vm: string, remote: st
     if (process.env.MVM_CP_TAR !== '0') {
       const tar = tarProcess(['-C', local, '-cf', '-', '.']);
       const meter = new TransferMeter(`${local} -> ${vm}:${dest}`, undefined, stderr);
-      const upload = ctx.client.uploadTar(vm, dest, tar.proc.stdout!.pipe(meter));
+      const upload = ctx.client.files.writeTar(vm, dest, tar.proc.stdout!.pipe(meter));
       const [r] = await Promise.all([
         upload.catch((e: unknown) => {
           tar.proc.kill();
@@ -240,7 +240,7 @@ async function copyIn(ctx: CommandContext, local: string, vm: string, remote: st
   }
   if (!st.isFile()) throw new UsageError(`${local} is neither a file nor a directory`);
   const meter = new TransferMeter(`${local} -> ${vm}:${dest}`, st.size, stderr);
-  const r = await ctx.client.uploadFile(vm, dest, createReadStream(local).pipe(meter), { mode: st.mode & 0o7777 });
+  const r = await ctx.client.files.write(vm, dest, createReadStream(local).pipe(meter), { mode: st.mode & 0o7777 });
   meter.stop();
   return `${local} -> ${vm}:${dest} (${bytes(r.size ?? meter.n)})`;
 }
@@ -254,7 +254,7 @@ async function copyTreeIn(ctx: CommandContext, local: string, vm: string, dest: 
   let files = 0;
   let total = 0;
   const walk = async (dir: string, remote: string): Promise<void> => {
-    await ctx.client.mkdir(vm, remote, { parents: true, mode: statSync(dir).mode & 0o7777 });
+    await ctx.client.files.mkdir(vm, remote, { parents: true, mode: statSync(dir).mode & 0o7777 });
     for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       const p = join(dir, e.name);
       const r = posix.join(remote, e.name);
@@ -262,7 +262,7 @@ async function copyTreeIn(ctx: CommandContext, local: string, vm: string, dest: 
       else if (e.isFile()) {
         const st = statSync(p);
         const meter = new TransferMeter(`${p} -> ${vm}:${r}`, st.size, st.size > 1024 * 1024 ? stderr : undefined);
-        await ctx.client.uploadFile(vm, r, createReadStream(p).pipe(meter), { mode: st.mode & 0o7777 });
+        await ctx.client.files.write(vm, r, createReadStream(p).pipe(meter), { mode: st.mode & 0o7777 });
         meter.stop();
         files++;
         total += meter.n;
@@ -274,21 +274,21 @@ async function copyTreeIn(ctx: CommandContext, local: string, vm: string, dest: 
 }
 
 async function copyOut(ctx: CommandContext, vm: string, remote: string, local: string, stderr: NodeJS.WriteStream | undefined): Promise<string> {
-  const type = (await ctx.client.statFile(vm, remote)).type;
+  const type = (await ctx.client.files.stat(vm, remote)).type;
   const name = posix.basename(remote.replace(/\/+$/, '')) || 'root';
   const localIsDir = existsSync(local) && statSync(local).isDirectory();
   if (type === 'dir') {
     const dest = localIsDir ? join(local, name) : local;
     if (existsSync(dest) && !statSync(dest).isDirectory()) throw new UsageError(`cannot copy directory ${vm}:${remote} onto ${dest}: it is not a directory`);
     mkdirSync(dest, { recursive: true });
-    const stream = await ctx.client.downloadTar(vm, remote);
+    const stream = await ctx.client.files.readTar(vm, remote);
     const tar = tarProcess(['-C', dest, '--no-same-owner', '-xf', '-']);
     const meter = new TransferMeter(`${vm}:${remote} -> ${dest}`, undefined, stderr);
     await Promise.all([pipeline(stream, meter, tar.proc.stdin!), tar.done]);
     return `${vm}:${remote} -> ${dest} (${bytes(meter.n)} of tar)`;
   }
   const dest = localIsDir || local.endsWith('/') ? join(local, name) : local;
-  const f = await ctx.client.downloadFile(vm, remote);
+  const f = await ctx.client.files.read(vm, remote);
   const meter = new TransferMeter(`${vm}:${remote} -> ${dest}`, f.size, stderr);
   await pipeline(f.stream, meter, createWriteStream(dest, f.mode !== undefined ? { mode: f.mode & 0o777 } : {}));
   if (f.mode !== undefined) chmodSync(dest, f.mode & 0o7777);
@@ -328,7 +328,7 @@ function listen(server: Server, port: number, address: string): Promise<number> 
 }
 
 async function portForward(ctx: CommandContext, vm: string, pairs: PortPair[], addresses: string[]): Promise<void> {
-  const current = await ctx.client.get(vm);
+  const current = await ctx.client.microvms.get(vm);
   if (current.status?.phase !== 'Running') throw new UsageError(`microVM "${vm}" is ${current.status?.phase ?? 'in an unknown phase'}: port-forward needs it Running`);
   const id = current.id;
   const servers: Server[] = [];
@@ -350,7 +350,7 @@ async function portForward(ctx: CommandContext, vm: string, pairs: PortPair[], a
             (tunnel) => {
               if (sock.destroyed) return void tunnel.destroy();
               tunnel.on('error', (e: unknown) => {
-                ctx.io.stderr.write(`mvm: connection to port ${pair.remote}: ${e instanceof Error ? e.message : String(e)}\n`);
+                ctx.io.stderr.write(`mvm: connection to port ${pair.remote}: ${e instanceof MvmApiError ? e.detail : e instanceof Error ? e.message : String(e)}\n`);
                 sock.destroy();
               });
               sock.on('close', () => tunnel.destroy());
@@ -359,7 +359,7 @@ async function portForward(ctx: CommandContext, vm: string, pairs: PortPair[], a
               sock.resume();
             },
             (e: unknown) => {
-              const why = e instanceof ApiError ? `${e.detail} (${typeof e.problem.agentCode === 'string' ? e.problem.agentCode : e.code})` : e instanceof Error ? e.message : String(e);
+              const why = e instanceof MvmApiError ? `${e.detail} (${typeof e.problem.agentCode === 'string' ? e.problem.agentCode : e.code})` : e instanceof Error ? e.message : String(e);
               ctx.io.stderr.write(`mvm: cannot forward a connection to port ${pair.remote} of "${vm}": ${why}\n`);
               sock.destroy();
             },

@@ -11,7 +11,7 @@ export function registerImageCommands(deps: CommandGroupDeps): void {
     .alias('ls')
     .action(async (_opts: unknown, command: Command) => {
       const ctx = contextOf(command);
-      const { items } = await ctx.client.listImages();
+      const items = await ctx.client.images.list();
       printList(
         ctx,
         items,
@@ -22,7 +22,7 @@ export function registerImageCommands(deps: CommandGroupDeps): void {
         (image) => image.digest,
       );
     });
-  removeCommand(deps, images, 'rm <digest>', 'delete a cached image (refused while a microVM uses it)', 'image', (client, digest) => client.deleteImage(digest), (digest) => `image ${digest} deleted\n`);
+  removeCommand(deps, images, 'rm <digest>', 'delete a cached image (refused while a microVM uses it)', 'image', (client, digest) => client.images.delete(digest), (digest) => `image ${digest} deleted\n`);
   child(images, 'gc', 'garbage-collect unused cached images now')
     .option('--max-idle <duration>', 'remove unused images idle longer, e.g. 10m, 7d (default: the node policy)')
     .option('--max-bytes <n>', 'then remove least recently used unused images until the cache fits')
@@ -30,7 +30,7 @@ export function registerImageCommands(deps: CommandGroupDeps): void {
       if (opts.maxIdle !== undefined && !/^[0-9]+(ms|s|m|h|d)$/.test(opts.maxIdle)) throw new UsageError(`invalid --max-idle ${JSON.stringify(opts.maxIdle)} (expected e.g. 10m, 12h, 7d)`);
       const request = { ...(opts.maxIdle !== undefined ? { maxIdle: opts.maxIdle } : {}), ...(opts.maxBytes !== undefined ? { maxBytes: parseIntArg(opts.maxBytes, '--max-bytes', 0) } : {}) };
       const ctx = contextOf(command);
-      const result = await ctx.client.gcImages(request);
+      const result = await ctx.client.images.gc(request);
       if (ctx.output !== 'table') ctx.io.stdout.write(serialize(result, ctx.output));
       else if (ctx.quiet) for (const removed of result.removed) ctx.io.stdout.write(`${removed.digest}\n`);
       else {

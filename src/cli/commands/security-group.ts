@@ -107,14 +107,14 @@ export function registerSecurityGroupCommands(deps: CommandGroupDeps): void {
       if (body.rules === undefined) body.rules = [];
       about('security group', String(body.name));
       const ctx = contextOf(command);
-      const sg = await ctx.client.createSecurityGroup(body as never);
+      const sg = await ctx.client.securityGroups.create(body as never);
       printOne(ctx, sg, renderSecurityGroup(sg), sg.id);
     });
   child(groups, 'list', 'list security groups')
     .alias('ls')
     .action(async (_opts: unknown, command: Command) => {
       const ctx = contextOf(command);
-      const { items } = await ctx.client.listSecurityGroups();
+      const items = await ctx.client.securityGroups.list();
       printList(
         ctx,
         items,
@@ -128,7 +128,7 @@ export function registerSecurityGroupCommands(deps: CommandGroupDeps): void {
   child(groups, 'get <id>', 'show a security group (by id or name)').action(async (id: string, _opts: unknown, command: Command) => {
     about('security group', id);
     const ctx = contextOf(command);
-    const sg = await ctx.client.getSecurityGroup(id);
+    const sg = await ctx.client.securityGroups.get(id);
     printOne(ctx, sg, renderSecurityGroup(sg), sg.id);
   });
   child(groups, 'update <id>', 'change a security group; --rule/-f rules replace all its rules (applies to running microVMs at once)')
@@ -149,8 +149,8 @@ export function registerSecurityGroupCommands(deps: CommandGroupDeps): void {
       if (Object.keys(body).length === 0) throw new UsageError('nothing to update: pass --description, --rule, --no-rules or -f');
       about('security group', id);
       const ctx = contextOf(command);
-      const sg = await ctx.client.updateSecurityGroup(id, body as never);
+      const sg = await ctx.client.securityGroups.update(id, body as never);
       printOne(ctx, sg, renderSecurityGroup(sg), sg.id);
     });
-  removeCommand(deps, groups, 'rm <id>', 'delete a security group (refused while microVMs use it)', 'security group', (client, id) => client.deleteSecurityGroup(id), (id) => `security group "${id}" deleted\n`);
+  removeCommand(deps, groups, 'rm <id>', 'delete a security group (refused while microVMs use it)', 'security group', (client, id) => client.securityGroups.delete(id), (id) => `security group "${id}" deleted\n`);
 }

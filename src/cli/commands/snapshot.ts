@@ -35,11 +35,11 @@ export function registerSnapshotCommands(deps: CommandGroupDeps): void {
       const count = Number(opts.count);
       if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count wants a whole number of children (1 or more), got ${JSON.stringify(opts.count)}`);
       const ctx = contextOf(command);
-      const r = await ctx.client.fork(vm, { count, ...(opts.name?.length ? { names: opts.name } : {}) });
+      const r = await ctx.client.microvms.fork(vm, { count, ...(opts.name?.length ? { names: opts.name } : {}) });
       let children = r.children;
       if (opts.wait) {
         if (!ctx.quiet) ctx.io.stderr.write(`waiting for ${children.length} children to be ready ...\n`);
-        children = await Promise.all(children.map((c) => ctx.client.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: Number(opts.timeout) * 1000 })));
+        children = await Promise.all(children.map((c) => ctx.client.microvms.waitFor(c.id, { phase: 'Running', ready: true, timeoutMs: Number(opts.timeout) * 1000 })));
       }
       if (ctx.output !== 'table') printOne(ctx, { snapshot: r.snapshot, children }, '', r.snapshot.id);
       else if (ctx.quiet) for (const c of children) ctx.io.stdout.write(`${c.id}\n`);
@@ -56,7 +56,7 @@ export function registerSnapshotCommands(deps: CommandGroupDeps): void {
     .action(async (vm: string, opts: { name?: string }, command: Command) => {
       about('microVM', vm);
       const ctx = contextOf(command);
-      const snapshot = await ctx.client.createSnapshot(vm, opts.name ?? defaultSnapshotName(vm));
+      const snapshot = await ctx.client.microvms.snapshot(vm, opts.name ?? defaultSnapshotName(vm));
       printOne(ctx, snapshot, `snapshot "${snapshot.name}" (${snapshot.id}) of ${snapshot.vmId}: ${snapshot.phase}${snapshot.message ? ` (${snapshot.message})` : ''}\n`, snapshot.id);
     });
   child(snapshots, 'list', 'list snapshots')
@@ -65,13 +65,13 @@ export function registerSnapshotCommands(deps: CommandGroupDeps): void {
     .action(async (opts: { vm?: string }, command: Command) => {
       if (opts.vm) about('microVM', opts.vm);
       const ctx = contextOf(command);
-      const { items } = await ctx.client.listSnapshots(opts.vm);
+      const items = await ctx.client.snapshots.list(opts.vm);
       printList(ctx, items, undefined, 'snapshots', SNAPSHOT_HEADERS, snapshotRow, (snapshot) => snapshot.id);
     });
   child(snapshots, 'get <id>', 'show a snapshot (by id or name)').action(async (id: string, _opts: unknown, command: Command) => {
     about('snapshot', id);
     const ctx = contextOf(command);
-    const snapshot = await ctx.client.getSnapshot(id);
+    const snapshot = await ctx.client.snapshots.get(id);
     const pairs: Array<[string, string]> = [
       ['id', snapshot.id],
       ['name', snapshot.name],
@@ -90,5 +90,5 @@ export function registerSnapshotCommands(deps: CommandGroupDeps): void {
     );
     printOne(ctx, snapshot, kv(pairs), snapshot.id);
   });
-  removeCommand(deps, snapshots, 'rm <id>', 'delete a snapshot (refused while microVMs restored from it exist)', 'snapshot', (client, id) => client.deleteSnapshot(id), (id) => `snapshot "${id}" deleted\n`);
+  removeCommand(deps, snapshots, 'rm <id>', 'delete a snapshot (refused while microVMs restored from it exist)', 'snapshot', (client, id) => client.snapshots.delete(id), (id) => `snapshot "${id}" deleted\n`);
 }

@@ -47,14 +47,14 @@ export function registerTemplateCommands(deps: CommandGroupDeps): void {
       if (env) req.env = env;
       if (opts.command) req.command = ['sh', '-c', opts.command];
       if (opts.ready) req.readiness = { command: ['sh', '-c', opts.ready], timeout: opts.readyTimeout };
-      let t = await ctx.client.createTemplate(req);
+      let t = await ctx.client.templates.create(req);
       if (opts.wait) {
         const until = Date.now() + parseDuration(opts.timeout);
         if (!ctx.quiet) ctx.io.stderr.write(`building template ${name} (${t.id}) ...\n`);
         while (t.phase === 'Building') {
           if (Date.now() > until) throw new UsageError(`template ${name} is still building after ${opts.timeout}`);
           await new Promise((r) => setTimeout(r, 500));
-          t = await ctx.client.getTemplate(t.id);
+          t = await ctx.client.templates.get(t.id);
         }
       }
       const latest = t.versions[t.versions.length - 1];
@@ -65,13 +65,13 @@ export function registerTemplateCommands(deps: CommandGroupDeps): void {
     .alias('ls')
     .action(async (_opts: unknown, command: Command) => {
       const ctx = contextOf(command);
-      const { items } = await ctx.client.listTemplates();
+      const items = await ctx.client.templates.list();
       printList(ctx, items, undefined, 'templates', HEADERS, row, (t) => t.id);
     });
   child(templates, 'get <id>', 'show a template and its versions (by id or name)').action(async (id: string, _opts: unknown, command: Command) => {
     about('template', id);
     const ctx = contextOf(command);
-    const t = await ctx.client.getTemplate(id);
+    const t = await ctx.client.templates.get(id);
     const pairs: Array<[string, string]> = [
       ['id', t.id],
       ['name', t.name],
@@ -91,10 +91,10 @@ export function registerTemplateCommands(deps: CommandGroupDeps): void {
   child(templates, 'rebuild <id>', 'build a new version (clones keep the version they came from)').action(async (id: string, _opts: unknown, command: Command) => {
     about('template', id);
     const ctx = contextOf(command);
-    const t = await ctx.client.rebuildTemplate(id);
+    const t = await ctx.client.templates.rebuild(id);
     printOne(ctx, t, `template "${t.name}": building version ${t.versions[t.versions.length - 1]?.version}\n`, t.id);
   });
-  removeCommand(deps, templates, 'rm <id>', 'delete a template and its files (refused while microVMs cloned from it exist)', 'template', (client, id) => client.deleteTemplate(id), (id) => `template "${id}" deleted\n`);
+  removeCommand(deps, templates, 'rm <id>', 'delete a template and its files (refused while microVMs cloned from it exist)', 'template', (client, id) => client.templates.delete(id), (id) => `template "${id}" deleted\n`);
 }
 
 function parseDuration(d: string): number {

@@ -74,7 +74,7 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
       const labels = parseLabels(opts.label);
       about('tenant', id);
       const ctx = contextOf(command);
-      const tenant = await ctx.client.createTenant({ id, ...(opts.displayName !== undefined ? { displayName: opts.displayName } : {}), ...(quotas ? { quotas } : {}), ...(labels ? { labels } : {}) });
+      const tenant = await ctx.client.tenants.create({ id, ...(opts.displayName !== undefined ? { displayName: opts.displayName } : {}), ...(quotas ? { quotas } : {}), ...(labels ? { labels } : {}) });
       printOne(ctx, tenant, renderTenant(tenant), tenant.id);
     });
   child(tenants, 'list', 'list tenants')
@@ -83,7 +83,7 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
     .action(async (opts: { limit?: string }, command: Command) => {
       const limit = opts.limit !== undefined ? parseIntArg(opts.limit, '--limit', 1) : undefined;
       const ctx = contextOf(command);
-      const { items, next } = await pages(limit, (cursor) => ctx.client.listTenants({ limit, cursor }));
+      const { items, next } = await pages(limit, (cursor) => ctx.client.tenants.list({ limit, cursor }));
       printList(
         ctx,
         items,
@@ -97,7 +97,7 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
   child(tenants, 'get <id>', 'show a tenant').action(async (id: string, _opts: unknown, command: Command) => {
     about('tenant', id);
     const ctx = contextOf(command);
-    const tenant = await ctx.client.getTenant(id);
+    const tenant = await ctx.client.tenants.get(id);
     printOne(ctx, tenant, renderTenant(tenant), tenant.id);
   });
   child(tenants, 'update <id>', 'change a tenant: --quota replaces the quotas given (others keep their values), --label k=v / k- edits labels')
@@ -114,7 +114,7 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
       if (opts.displayName !== undefined) patch.displayName = opts.displayName;
       if (quotas || edits) {
         // PUT replaces quotas and labels as a whole: merge with the current values.
-        const current = await ctx.client.getTenant(id);
+        const current = await ctx.client.tenants.get(id);
         if (quotas) patch.quotas = { ...(current.quotas ?? {}), ...quotas };
         if (edits) {
           const labels = { ...(current.labels ?? {}), ...edits.set };
@@ -122,7 +122,7 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
           patch.labels = labels;
         }
       }
-      const tenant = await ctx.client.updateTenant(id, patch);
+      const tenant = await ctx.client.tenants.update(id, patch);
       printOne(ctx, tenant, renderTenant(tenant), tenant.id);
     });
   child(tenants, 'rm <id>', 'delete a tenant (refused while it owns resources unless --cascade)')
@@ -131,13 +131,13 @@ export function registerTenantCommands(deps: CommandGroupDeps): void {
     .action(async (id: string, opts: { cascade?: boolean }, command: Command) => {
       about('tenant', id);
       const ctx = contextOf(command);
-      const result = await ctx.client.deleteTenant(id, { cascade: Boolean(opts.cascade) });
+      const result = await ctx.client.tenants.delete(id, { cascade: Boolean(opts.cascade) });
       printDeleted(ctx, result, `tenant "${id}" deleted\n`, id);
     });
   child(tenants, 'usage <id>', 'show quota usage of a tenant: used vs limit').action(async (id: string, _opts: unknown, command: Command) => {
     about('tenant', id);
     const ctx = contextOf(command);
-    const usage = await ctx.client.tenantUsage(id);
+    const usage = await ctx.client.tenants.usage(id);
     printOne(ctx, usage, renderUsage(usage), usage.tenant);
   });
 }

@@ -52,14 +52,14 @@ export function registerVolumeCommands(deps: CommandGroupDeps): void {
         ...(opts.fromSnapshot ? { fromSnapshot: opts.fromSnapshot } : {}),
       };
       const ctx = contextOf(command);
-      const volume = await ctx.client.createVolume(request);
+      const volume = await ctx.client.volumes.create(request);
       printOne(ctx, volume, volumeTable([volumeRow(volume)]), volume.id);
     });
   child(volumes, 'list', 'list volumes')
     .alias('ls')
     .action(async (_opts: unknown, command: Command) => {
       const ctx = contextOf(command);
-      const { items } = await ctx.client.listVolumes();
+      const items = await ctx.client.volumes.list();
       if (ctx.output !== 'table') ctx.io.stdout.write(serialize({ items }, ctx.output));
       else if (ctx.quiet) for (const volume of items) ctx.io.stdout.write(`${volume.id}\n`);
       else if (items.length === 0) ctx.io.stderr.write('No volumes found.\n');
@@ -67,19 +67,19 @@ export function registerVolumeCommands(deps: CommandGroupDeps): void {
     });
   child(volumes, 'get <id>', 'show a volume (by id or name)').action(async (id: string, _opts: unknown, command: Command) => {
     const ctx = contextOf(command);
-    const volume = await ctx.client.getVolume(id);
+    const volume = await ctx.client.volumes.get(id);
     printOne(ctx, volume, volumeTable([volumeRow(volume)]), volume.id);
   });
   child(volumes, 'rm <id>', 'delete a volume (refused while attached or while it has snapshots)')
     .alias('delete')
     .action(async (id: string, _opts: unknown, command: Command) => {
       const ctx = contextOf(command);
-      await ctx.client.deleteVolume(id);
+      await ctx.client.volumes.delete(id);
       if (!ctx.quiet && ctx.output === 'table') ctx.io.stdout.write(`volume "${id}" deleted\n`);
     });
   child(volumes, 'snapshot <volume> <name>', 'snapshot a volume').action(async (id: string, name: string, _opts: unknown, command: Command) => {
     const ctx = contextOf(command);
-    const snapshot = await ctx.client.snapshotVolume(id, name);
+    const snapshot = await ctx.client.volumes.snapshot(id, name);
     printOne(ctx, snapshot, `volume snapshot "${snapshot.name}" (${snapshot.id}) of ${snapshot.volumeId}: ${snapshot.phase}${snapshot.copyOnWrite ? ', copy-on-write' : ''}\n`, snapshot.id);
   });
 }

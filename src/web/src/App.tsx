@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
-import { Api, serverCapabilities, type MicroVM } from './api';
+import { connect, serverCapabilities } from './api';
 import { CreateForm } from './components/CreateForm';
 import { SignIn } from './components/SignIn';
 import { TenantUsage } from './components/Usage';
@@ -24,7 +24,7 @@ export function App() {
   const [changes, setChanges] = useState(0);
   const [live, setLive] = useState(false);
   const [tenant, setTenant] = useState('default');
-  const api = useMemo(() => (token ? new Api(token) : undefined), [token]);
+  const api = useMemo(() => (token ? connect(token) : undefined), [token]);
 
   useEffect(() => {
     const on = () => setRoute(parseRoute(location.hash));
@@ -33,13 +33,13 @@ export function App() {
   }, []);
 
   useEffect(() => {
-    void serverCapabilities().then(setCaps);
+    void serverCapabilities(connect('')).then(setCaps);
   }, []);
 
   useEffect(() => {
     if (!api) return;
-    void api
-      .get<{ items: MicroVM[] }>('/microvms?limit=1')
+    void api.microvms
+      .list({ limit: 1 })
       .then((p) => p.items[0] && setTenant(p.items[0].tenant))
       .catch(() => undefined);
   }, [api]);
@@ -53,7 +53,7 @@ export function App() {
     void (async () => {
       while (!ac.signal.aborted) {
         try {
-          for await (const ev of api.sse(`/events?follow=true&tail=0`, ac.signal, last, () => setLive(true))) {
+          for await (const ev of api.events.follow({ tail: 0, signal: ac.signal, ...(last ? { lastEventId: last } : {}), onOpen: () => setLive(true) })) {
             if (ev.id) last = ev.id;
             setChanges((n) => n + 1);
           }

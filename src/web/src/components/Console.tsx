@@ -21,7 +21,7 @@ export function Console({ api, vmId, live }: { api: Api; vmId: string; live: boo
     // Fire and forget: failures end in setState('error') inside.
     void (async () => {
       try {
-        const stream = live ? api.text(`/microvms/${vmId}/console?follow=true&tail=65536`, ac.signal) : api.text(`/microvms/${vmId}/console?tail=65536`, ac.signal);
+        const stream = api.microvms.consoleChunks(vmId, { follow: live, tail: 65536, signal: ac.signal });
         setState('streaming');
         for await (const chunk of stream) {
           const segs = parser.push(chunk);

@@ -1,6 +1,6 @@
 import { useState, type FormEvent, type ReactNode } from 'react';
 import type { CreateMicroVMRequestT } from '../../../core/schema';
-import { ApiError, type Api, type MicroVM } from '../api';
+import { MvmApiError, type Api, type MicroVM } from '../api';
 import { parseLabels, validateCreate, type FieldErrors } from '../validate';
 import { ProblemAlert } from './common';
 
@@ -69,13 +69,13 @@ export function CreateForm({ api, onCreated }: { api: Api; onCreated: (vm: Micro
     }
     setBusy(true);
     try {
-      const vm = await api.request<MicroVM>('POST', '/microvms', req);
+      const vm = await api.microvms.create(req);
       onCreated(vm);
     } catch (err) {
       setProblem(err);
-      if (err instanceof ApiError && err.problem.errors) {
+      if (err instanceof MvmApiError && err.violations.length) {
         const fe: FieldErrors = {};
-        for (const v of err.problem.errors) fe[v.field.split(/[.[]/)[0]!] ??= v.message;
+        for (const v of err.violations) fe[v.field.split(/[.[]/)[0]!] ??= v.message;
         setErrors(fe);
       }
     } finally {

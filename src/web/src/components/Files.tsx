@@ -1,11 +1,9 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react';
-import type { Static } from '@sinclair/typebox';
-import type { GuestFileStatSchema } from '../../../core/schema';
-import type { Api } from '../api';
+import type { Api, GuestFileStat } from '../api';
 import { bytes, time } from '../format';
 import { ProblemAlert } from './common';
 
-type Entry = Static<typeof GuestFileStatSchema>;
+type Entry = GuestFileStat;
 
 /** `/a/b` + `c` → `/a/b/c`; `..` of `/a/b` → `/a`. */
 function join(dir: string, name: string): string {
@@ -37,14 +35,12 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
   const [busy, setBusy] = useState(false);
   const [note, setNote] = useState('');
   const picker = useRef<HTMLInputElement>(null);
-  const base = `/microvms/${encodeURIComponent(vmId)}/files`;
 
   const load = useCallback(
     async (path: string, signal?: AbortSignal) => {
       setError(null);
       try {
-        const r = await api.get<{ path: string; entries?: Entry[] }>(`${base}?path=${encodeURIComponent(path)}`, signal);
-        if (!r.entries) throw new Error(`${path} is not a directory`);
+        const r = await api.files.listDir(vmId, path, signal ? { signal } : {});
         setEntries([...r.entries].sort((a, b) => (a.type === 'dir') !== (b.type === 'dir') ? (a.type === 'dir' ? -1 : 1) : a.name.localeCompare(b.name)));
         setDir(r.path);
         setInput(r.path);
@@ -53,7 +49,7 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
         setError(e);
       }
     },
-    [api, base],
+    [api, vmId],
   );
 
   useEffect(() => {
@@ -71,7 +67,7 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
     setBusy(true);
     setError(null);
     try {
-      save(await api.blob(`${base}?path=${encodeURIComponent(join(dir, entry.name))}`), entry.name);
+      save(await api.files.blob(vmId, join(dir, entry.name)), entry.name);
       setNote(`Downloaded ${entry.name}.`);
     } catch (e) {
       setError(e);
@@ -87,7 +83,7 @@ export function Files({ api, vmId }: { api: Api; vmId: string }) {
     const done: string[] = [];
     try {
       for (const f of Array.from(files)) {
-        await api.upload(`${base}?path=${encodeURIComponent(join(dir, f.name))}`, f);
+        await api.files.upload(vmId, join(dir, f.name), f);
         done.push(f.name);
       }
     } catch (e) {

@@ -1,5 +1,5 @@
 import { useState, type FormEvent } from 'react';
-import { Api, ApiError } from '../api';
+import { connect, localProblem } from '../api';
 import { ProblemAlert } from './common';
 
 export function SignIn({ onSignedIn }: { onSignedIn: (token: string) => void }) {
@@ -10,12 +10,12 @@ export function SignIn({ onSignedIn }: { onSignedIn: (token: string) => void }) 
     e.preventDefault();
     setError(undefined);
     if (!token.trim()) {
-      setError(new ApiError({ title: 'Token required', status: 0, code: 'VALIDATION_FAILED', detail: 'Paste an API token or the admin token.' }));
+      setError(localProblem('Token required', 'VALIDATION_FAILED', 'Paste an API token or the admin token.'));
       return;
     }
     setBusy(true);
     try {
-      await new Api(token.trim()).get('/microvms?limit=1');
+      await connect(token.trim()).microvms.list({ limit: 1 });
       onSignedIn(token.trim());
     } catch (err) {
       setError(err);

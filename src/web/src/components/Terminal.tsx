@@ -2,7 +2,7 @@ import { useEffect, useRef, useState } from 'react';
 import { Terminal as XTerm } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 import '@xterm/xterm/css/xterm.css';
-import type { Api } from '../api';
+import { openSocket, type Api } from '../api';
 
 /** Stream bytes of the exec WebSocket's binary frames (docs/exec-api.md). */
 const STDIN = 0;
@@ -74,7 +74,7 @@ export function Terminal({ api, vmId, booting = false }: { api: Api; vmId: strin
     fit.fit();
     setState({ kind: 'connecting' });
 
-    const ws = api.socket(`/microvms/${encodeURIComponent(vmId)}/exec`);
+    const ws = openSocket(api, `/microvms/${encodeURIComponent(vmId)}/exec`);
     const enc = new TextEncoder();
     let opened = false;
     let ended = false;

@@ -1,5 +1,5 @@
 import { useEffect, useState } from 'react';
-import { ApiError, type Api } from '../api';
+import { MvmApiError, type Api } from '../api';
 import { ProblemAlert } from './common';
 
 type Usage = Record<string, unknown>;
@@ -12,11 +12,11 @@ export function TenantUsage({ api, tenant }: { api: Api; tenant: string }) {
     let stop = false;
     const load = async () => {
       try {
-        const u = await api.get<Usage>(`/tenants/${encodeURIComponent(tenant)}/usage`);
+        const u = await api.tenants.usage(tenant);
         if (!stop) setUsage(u);
       } catch (e) {
         if (stop) return;
-        if (e instanceof ApiError && (e.status === 404 || e.status === 501 || e.status === 403)) setUsage(null);
+        if (e instanceof MvmApiError && (e.status === 404 || e.status === 501 || e.status === 403)) setUsage(null);
         else setError(e);
       }
     };

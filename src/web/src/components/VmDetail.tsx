@@ -1,6 +1,6 @@
 import { Suspense, lazy, useCallback, useEffect, useRef, useState, type KeyboardEvent, type ReactNode } from 'react';
 import { ACTION_PHASES, type Action as VmAction } from '../../../core/microvm';
-import { ApiError, type Api, type MetricsHistory, type MicroVM, type VmEvent } from '../api';
+import { MvmApiError, type Api, type MetricsHistory, type MicroVM, type VmEvent } from '../api';
 import { bytes, duration, isReady, rate, time, uptimeOf } from '../format';
 import { Chart } from './Chart';
 import { ConfirmDialog, PhaseBadge, ProblemAlert, useNow } from './common';
@@ -14,7 +14,8 @@ interface Action {
   /** The action, whose legal phases are ACTION_PHASES[name] (the server decides in the end). */
   name: VmAction;
   label: string;
-  path: string;
+  /** POST /microvms/{id}/<path> (a button the server's OpenAPI document lacks stays disabled). */
+  path: 'start' | 'stop' | 'pause' | 'resume' | 'snapshot';
 }
 
 const ACTIONS: Action[] = [
@@ -39,13 +40,12 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
 
   const load = useCallback(async () => {
     try {
-      const v = await api.get<MicroVM>(`/microvms/${id}`);
+      const v = await api.microvms.get(id);
       setVm(v);
       setError(undefined);
-      const ev = await api.get<{ items: VmEvent[] }>(`/microvms/${id}/events`);
-      setEvents(ev.items);
+      setEvents(await api.microvms.events(id));
     } catch (e) {
-      if (e instanceof ApiError && e.status === 404 && vm) setGone(true);
+      if (e instanceof MvmApiError && e.status === 404 && vm) setGone(true);
       else setError(e);
     }
   }, [api, id, vm !== undefined]); // deliberately not `vm` itself: refetch when it appears, not on every poll
@@ -62,7 +62,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
     let stop = false;
     const get = async () => {
       try {
-        const h = await api.get<MetricsHistory>(`/microvms/${id}/metrics/history`);
+        const h = await api.microvms.metricsHistory(id);
         if (!stop) setHistory(h);
       } catch {
         /* charts are optional */
@@ -80,7 +80,10 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
     setActionError(undefined);
     setBusy(a.name);
     try {
-      setVm(await api.request<MicroVM>('POST', `/microvms/${id}/${a.path}`));
+      if (a.path === 'snapshot') {
+        await api.microvms.snapshot(id, `${vm?.name ?? id}-${Date.now()}`);
+        await load();
+      } else setVm(await api.microvms[a.path](id));
     } catch (e) {
       setActionError(e);
     } finally {
@@ -93,7 +96,7 @@ export function VmDetail({ api, id, caps, changes, onDeleted }: { api: Api; id: 
     setActionError(undefined);
     setBusy('delete');
     try {
-      setVm(await api.request<MicroVM>('DELETE', `/microvms/${id}`));
+      setVm(await api.microvms.delete(id));
     } catch (e) {
       setActionError(e);
     } finally {

@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useState } from 'react';
 import { PHASES } from '../../../core/microvm';
 import type { Api, MicroVM } from '../api';
+import type { Phase } from '../../../../sdk/typescript/src/core.js';
 import { duration, isReady, uptimeOf } from '../format';
 import { PhaseBadge, ProblemAlert, useNow } from './common';
 
@@ -16,11 +17,8 @@ export function VmList({ api, changes }: { api: Api; changes: number }) {
   const now = useNow(1000);
 
   const load = useCallback(async () => {
-    const q = new URLSearchParams({ limit: '500' });
-    if (phase) q.set('phase', phase);
-    if (label.trim()) q.set('label', label.trim());
     try {
-      const page = await api.get<{ items: MicroVM[] }>(`/microvms?${q}`);
+      const page = await api.microvms.list({ limit: 500, ...(phase ? { phase: phase as Phase } : {}), ...(label.trim() ? { label: [label.trim()] } : {}) });
       setItems(page.items);
       setError(undefined);
     } catch (e) {

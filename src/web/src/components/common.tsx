@@ -1,13 +1,10 @@
 import { useEffect, useRef, useState, type ReactNode } from 'react';
-import { ApiError, type Problem } from '../api';
+import { shownProblem } from '../api';
 
 /** An API error as the user should read it: title, detail, code, and the offending fields. */
 export function ProblemAlert({ error, onDismiss }: { error: unknown; onDismiss?: () => void }) {
   if (!error) return null;
-  const p: Problem =
-    error instanceof ApiError
-      ? error.problem
-      : { title: 'Error', status: 0, code: 'CLIENT_ERROR', detail: error instanceof Error ? error.message : String(error) };
+  const p = shownProblem(error);
   return (
     <div className="problem" role="alert" data-testid="problem">
       <div className="problem-head">

@@ -2,8 +2,8 @@
  * Clients of a TLS service whose certificate a private CA signed (or the self-signed development
  * one): a `fetch` that trusts that CA. Node 20's global fetch cannot take a CA per call without
  * the `undici` package, so this one speaks HTTP/1.1 over `node:https` and answers a standard
- * `Response` (streamed body, status, headers). Used by the CLI/TypeScript client with `--ca` /
- * MVM_CA_CERT; the WebSocket calls pass the same CA to `ws`.
+ * `Response` (streamed body, status, headers). Used by the SDK (`ca` option; the CLI's `--ca` /
+ * MVM_CA_CERT); the WebSocket calls pass the same CA to `ws`.
  */
 import { request } from 'node:https';
 import { Readable } from 'node:stream';
