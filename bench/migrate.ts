@@ -1,5 +1,5 @@
 /**
- * Moving a running 128 MiB guest between two nodes in cluster mode (docs/adr/0033): migration with
+ * Moving a running 128 MiB guest between two nodes in cluster mode (docs/adr/0034): migration with
  * memory (annotation microvm.service/migrate → operator plan → pause, snapshot, transfer, restore,
  * resume on the other node) against today's cold move (a drain: stop there, cold boot elsewhere →
  * guest ready), interleaved, on the real control plane with the operator and two node agents as

@@ -1,5 +1,5 @@
 /**
- * Suspend to disk (ADR 0033) through the REST API, baselines in the same run:
+ * Suspend to disk (ADR 0035) through the REST API, baselines in the same run:
  * - resume from suspend → guest ready vs cold create → guest ready (p50 over N, 128 MiB guests);
  * - suspend of a 1 GiB guest with ~600 MB of its memory touched (non-zero pages): seconds per GiB
  *   (target ≤ 1 s/GiB), next to a snapshot of the same guest (pause + migrate + disk copy, ADR 9).

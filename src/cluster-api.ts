@@ -159,7 +159,7 @@ export async function startClusterApi(cfg: Config, opts: ClusterApiOptions = {})
   // reservations on the tenant's namespace; a restored VM is placed on the snapshot's node by the operator.
   const snapshots = new SnapshotService(store, resources, agents, service, gw.tenantStore);
   service.restoreResolver = (p, req) => snapshots.restoreRequest(p, req);
-  // Migration with memory (docs/adr/0033): a request annotation the operator plans and the source node carries out.
+  // Migration with memory (docs/adr/0034): a request annotation the operator plans and the source node carries out.
   service.migrator = clusterMigrator(kc, store.tn);
   // The images API (ADR 0019, cluster mode): the same routes over every node agent's image cache.
   const images = new RemoteImages({ kubeConfig: kc, call: agents.call, systemNamespace });

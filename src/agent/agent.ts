@@ -46,7 +46,7 @@ export class LocalAgent implements NodeAgent {
   private readonly vmsRoot: string;
   /** VMs building a template: internal to this agent, invisible to the controller (no microVM of the store owns them). */
   private readonly building = new Set<string>();
-  /** VMs arriving by migration (docs/adr/0033): not bound here yet, so the controller must not remove them as orphans. */
+  /** VMs arriving by migration (docs/adr/0034): not bound here yet, so the controller must not remove them as orphans. */
   private readonly incoming = new Set<string>();
   /** VMs leaving by migration: paused for it, still shown running (the controller must not resume them meanwhile). */
   private readonly outgoing = new Set<string>();
@@ -468,7 +468,7 @@ export class LocalAgent implements NodeAgent {
   }
 
   /**
-   * Suspend to disk (ADR 0033): the memory and device state go to `<vmDir>/suspend` (QEMU: the
+   * Suspend to disk (ADR 0035): the memory and device state go to `<vmDir>/suspend` (QEMU: the
    * migration stream of snapshots, without disk copies), then the VMM exits. The network stays
    * (tap, MAC, address: the resumed guest keeps them), volumes are unmapped, the cgroup goes.
    * `cancelSuspend` while it writes cancels the migration and the VM runs on.
@@ -488,7 +488,7 @@ export class LocalAgent implements NodeAgent {
           throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${id} has no running VMM to suspend`);
         }
         if (!inst.snapshot || this.options.driver.name !== 'qemu') {
-          throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `suspend to disk is implemented for the qemu driver only; this node runs ${inst.driver} (ADR 0033)`);
+          throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, `suspend to disk is implemented for the qemu driver only; this node runs ${inst.driver} (ADR 0035)`);
         }
         if (abort.signal.aborted) throw suspendCancelled(id);
         const wasPaused = r.state === 'paused';
@@ -660,7 +660,7 @@ export class LocalAgent implements NodeAgent {
     });
   }
 
-  // ---- migration with memory (docs/adr/0033) ----------------------------------------------------
+  // ---- migration with memory (docs/adr/0034) ----------------------------------------------------
 
   /** Source, step pause: stop the vCPUs for the move (the VM still reads as running to the controller). */
   migrationPause(id: string): Promise<number> {

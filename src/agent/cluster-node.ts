@@ -46,7 +46,7 @@ export interface ClusterNode {
   volumeRecords: KubernetesResourceStore;
   /** This node's image cache (the endpoint serves it to the API's images routes); its periodic gc runs here. */
   images: ImageManager;
-  /** Requests to other nodes' agents (migrations: docs/adr/0033), with MVM_AGENT_TOKEN_FILE (default the pod's token). */
+  /** Requests to other nodes' agents (migrations: docs/adr/0034), with MVM_AGENT_TOKEN_FILE (default the pod's token). */
   peers: RemoteNodeAgents;
   dataDir: string;
   close(): Promise<void>;
@@ -141,7 +141,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   });
   await heartbeat.start();
   await netController?.start();
-  // Migration with memory (docs/adr/0033): other nodes' agents reached as the API reaches them
+  // Migration with memory (docs/adr/0034): other nodes' agents reached as the API reaches them
   // (the Node's endpoint annotation, a token of the agents' audience, the agents' CA).
   const peers = new RemoteNodeAgents({
     kubeConfig: kc,

@@ -37,7 +37,7 @@ export const VMM_OVERHEAD_MIB = 384;
 export const RESTORE_PENDING = 'restore.pending';
 
 /**
- * A suspended VM's memory and device state (ADR 0033): `<vmDir>/suspend/`, complete once its
+ * A suspended VM's memory and device state (ADR 0035): `<vmDir>/suspend/`, complete once its
  * `snapshot.json` is there (written last). Removed when the resumed guest runs, or by a stop.
  */
 export const SUSPEND_DIR = 'suspend';
@@ -346,7 +346,7 @@ export function restoreSteps(d: LaunchDeps): Array<Step<Launch>> {
 const execFileP = promisify(execFile);
 
 /**
- * A migration's restore on the target node (docs/adr/0033), in two parts: `prepare` runs before
+ * A migration's restore on the target node (docs/adr/0034), in two parts: `prepare` runs before
  * the source pauses the guest, `restore` once its files arrived. The cold-boot pipeline with the disk
  * and memory received from the source node instead of a boot, the same MAC (derived from the VM
  * id), the same address when this node's network can give it, and no re-identification: the guest

@@ -1,5 +1,5 @@
 /**
- * Migration with memory between node agents (docs/adr/0033). The operator writes the plan
+ * Migration with memory between node agents (docs/adr/0034). The operator writes the plan
  * (annotation microvm.service/migration: id, source, target) on a running MicroVM; the source
  * node's agent carries it out as named steps (src/core/steps.ts) and answers with the condition
  * Migrated (True, or False with the failed step as its reason) and an event:

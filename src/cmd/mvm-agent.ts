@@ -40,7 +40,7 @@ async function main(): Promise<void> {
     routes: [
       volumeRoutes({ nodeName: node.nodeName, backends: node.volumeBackends, resources: node.volumeRecords, log: node.log.child({ c: 'volumes' }) }),
       imageRoutes({ nodeName: node.nodeName, images: node.images, log: node.log.child({ c: 'images' }) }),
-      // Migration with memory (docs/adr/0033): files served to the target, pulled, restored, resumed.
+      // Migration with memory (docs/adr/0034): files served to the target, pulled, restored, resumed.
       migrationRoutes({ nodeName: node.nodeName, dataDir: node.dataDir, agent: node.agent, lookup: (id) => node.k8s.getVm(id), send: node.peers.send, log: node.log.child({ c: 'migration' }) }),
     ],
   });

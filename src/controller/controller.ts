@@ -376,7 +376,7 @@ export class Controller {
   }
 
   /**
-   * desiredState Suspended (ADR 0033): Running/Paused -> Suspending -> (agent.suspend: memory and
+   * desiredState Suspended (ADR 0035): Running/Paused -> Suspending -> (agent.suspend: memory and
    * devices to disk, VMM gone) -> Suspended. A resume meanwhile cancels the write (the service
    * calls agent.cancelSuspend) and the next pass finds the VM running; a failed suspend leaves the
    * VM as it was, with a SuspendFailed event.

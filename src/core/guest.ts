@@ -58,7 +58,7 @@ export class GuestService {
   /** The VM (the caller's) and its connected guest agent. */
   async session(p: Principal, idOrName: string): Promise<{ vm: MicroVM; guest: GuestSession }> {
     if (!this.agent.guest) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'exec, files and port forwarding are not available in this deployment');
-    // A suspended VM is resumed for the call (ADR 0033); every call is activity for lifecycle.idleTimeout.
+    // A suspended VM is resumed for the call (ADR 0035); every call is activity for lifecycle.idleTimeout.
     const vm = await this.vms.ensureAwake(p, await this.vms.get(p, idOrName));
     if (vm.status.phase !== 'Running') {
       throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, `microVM ${vm.name} is ${vm.status.phase}: exec, files and port forwarding need a Running microVM${vm.status.phase === 'Paused' ? ' (resume it first)' : vm.status.phase === 'Stopped' ? ' (start it first)' : ''}`, {

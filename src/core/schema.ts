@@ -417,7 +417,7 @@ export const SnapshotRequest = Type.Object(
   { additionalProperties: false },
 );
 
-/** POST /microvms/{id}/migrate (cluster mode, docs/adr/0033). */
+/** POST /microvms/{id}/migrate (cluster mode, docs/adr/0034). */
 export const MigrateRequest = Type.Object(
   {
     node: Type.Optional(Type.String({ minLength: 1, maxLength: 253, pattern: '^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$', description: 'the target node (default: the scheduler picks one other than the current node)' })),

@@ -126,7 +126,7 @@ export class MicroVMService {
 
   /** Turns a create request with `snapshot` into a restore (set by the snapshot use case). */
   restoreResolver?: (p: Principal, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
-  /** Cluster mode: asks the operator to move a running VM with its memory (docs/adr/0033); standalone has one node. */
+  /** Cluster mode: asks the operator to move a running VM with its memory (docs/adr/0034); standalone has one node. */
   migrator?: (vm: MicroVM, req: MigrateRequestT) => Promise<MicroVM>;
   /** Turns a create request with `template` into a clone of the template (set by the template use case). */
   templateResolver?: (p: Principal, tenant: string, req: CreateMicroVMRequestT) => Promise<CreateMicroVMRequestT>;
@@ -302,7 +302,7 @@ export class MicroVMService {
   async migrate(p: Principal, idOrName: string, req: MigrateRequestT): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
     if (!this.migrator) {
-      throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, 'migration needs cluster mode (several nodes, docs/adr/0033): this service runs standalone on one node', { details: { id: vm.id, reason: 'NeedsClusterMode' } });
+      throw new MvmError(ErrorCodes.ILLEGAL_TRANSITION, 'migration needs cluster mode (several nodes, docs/adr/0034): this service runs standalone on one node', { details: { id: vm.id, reason: 'NeedsClusterMode' } });
     }
     return this.migrator(vm, req);
   }
@@ -328,13 +328,13 @@ export class MicroVMService {
   }
 
   /**
-   * Suspend to disk (ADR 0033): memory and device state to the node's disk, then no VMM runs
+   * Suspend to disk (ADR 0035): memory and device state to the node's disk, then no VMM runs
    * (phase Suspending, then Suspended). Quota: a suspended VM keeps counting everything it
    * counted (as a stopped one does), so its resume is never refused for quota.
    */
   async suspend(p: Principal, idOrName: string, ifMatch?: string): Promise<MicroVM> {
     const vm = await this.get(p, idOrName);
-    if (!this.agent.suspend) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'suspend to disk is not available in this deployment (standalone mode only for now; ADR 0033)');
+    if (!this.agent.suspend) throw new MvmError(ErrorCodes.CAPABILITY_UNSUPPORTED, 'suspend to disk is not available in this deployment (standalone mode only for now; ADR 0035)');
     return this.store.updateVm(vm.id, (cur) => {
       assertAction(cur, 'suspend');
       return requestSuspend(cur);

@@ -65,7 +65,7 @@ const DEFS: Record<string, Def> = {
   'microvms.migrate': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/migrate', note: 'cluster mode only (409 standalone); node: the target, default the scheduler\'s pick', errors: [409, 422] },
   'microvms.pause': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/pause' },
   'microvms.resume': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/resume', note: 'Paused: vCPUs run again; Suspended: restored from disk with the same identity; Suspending: the suspend is cancelled' },
-  'microvms.suspend': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/suspend', note: 'memory and device state to disk, no VMM runs (ADR 0033)' },
+  'microvms.suspend': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/suspend', note: 'memory and device state to disk, no VMM runs (ADR 0035)' },
   'microvms.timeout': { permission: 'microvms:write', mutation: true, rest: 'POST /api/v1/microvms/:id/timeout', note: 'lifecycle.timeout ends this long from now', errors: [422] },
   'guest.exec': { permission: 'microvms:exec', mutation: true, rest: 'POST /api/v1/microvms/:id/exec', note: 'audited with argv and exit code; never stdin or output', errors: [409, 422, 502] },
   'guest.execStream': { permission: 'microvms:exec', mutation: false, rest: 'GET /api/v1/microvms/:id/exec', grpc: 'Exec', note: 'WebSocket / bidirectional stream; audited with argv and exit code when it ends', errors: [409, 422, 426, 502] },

@@ -36,7 +36,7 @@ export const ClusterConditions = {
    */
   Admitted: 'Admitted',
   /**
-   * Written by the source node's agent when a migration with memory ends (docs/adr/0033): True
+   * Written by the source node's agent when a migration with memory ends (docs/adr/0034): True
    * (reason Migrated) on the target, or False with the failed step as the reason, the VM resumed on
    * its source. The message starts with `migration <id>` so the operator knows which request it answers.
    */

@@ -1,5 +1,5 @@
 /**
- * The API's side of a migration with memory in cluster mode (docs/adr/0033): POST
+ * The API's side of a migration with memory in cluster mode (docs/adr/0034): POST
  * /microvms/{id}/migrate checks what it can say at once (the VM runs and can move, the target node
  * exists and is another one, no migration under way) and writes the request annotation
  * microvm.service/migrate on the MicroVM; the operator plans it and the source node's agent moves

@@ -9,7 +9,7 @@
  *                   mirroring status.node, a finished defrag move's annotation removed
  *   delete-request  the API in cluster mode marks a delete as phase Deleting: a Kubernetes delete
  *   restart         kubectl's "start": desiredState Running again on a Stopped VM
- *   migrate         a migration with memory (docs/adr/0033): a request (annotation microvm.service/migrate)
+ *   migrate         a migration with memory (docs/adr/0034): a request (annotation microvm.service/migrate)
  *                   becomes a plan (microvm.service/migration: id, source, target) the source node's
  *                   agent carries out; its answer (condition Migrated) ends it: event MigratedLive, or
  *                   for a drain that failed to migrate the cold move (Evicting)
@@ -249,7 +249,7 @@ export function reconcileSteps(h: ReconcileHost): Array<Step<Reconcile>> {
             wrote(c, await h.unbind(c.obj, vm, now, `${why}: unbound`));
             return;
           }
-          // With its memory first (docs/adr/0033); the cold move below when it cannot (or, via the
+          // With its memory first (docs/adr/0034); the cold move below when it cannot (or, via the
           // migrate step, when the migration fails).
           if (h.drainMigrates && !migrationRefusal(vm)) {
             h.refreshNodes();

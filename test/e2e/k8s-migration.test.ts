@@ -1,5 +1,5 @@
 /**
- * Migration with memory in cluster mode (docs/adr/0033): the API in cluster mode, the operator and
+ * Migration with memory in cluster mode (docs/adr/0034): the API in cluster mode, the operator and
  * two node agents as local processes on a real kube-apiserver, one real QEMU guest moved between
  * the nodes. A process started in the guest (its PID and its command line, which holds a secret),
  * a file in a tmpfs the test mounts and a file on the root disk must survive each move; the MAC

@@ -1,5 +1,5 @@
 /**
- * Lifetimes (issue 19, ADR 0033) with real QEMU guests: spec.lifecycle.timeout stops or suspends
+ * Lifetimes (issue 19, ADR 0035) with real QEMU guests: spec.lifecycle.timeout stops or suspends
  * the VM, idleTimeout suspends it and an exec resumes it, the timeout can be extended, and
  * suspended time does not count against it. Each action is an event naming the reason.
  */

@@ -1,5 +1,5 @@
 /**
- * Suspend to disk (issue 19, ADR 0033) with real QEMU guests: a suspended VM has no VMM and its
+ * Suspend to disk (issue 19, ADR 0035) with real QEMU guests: a suspended VM has no VMM and its
  * memory on disk; its resume keeps IP, MAC, a background process (same PID) and the files it
  * holds open in tmpfs; it survives a restart of the service; delete removes its memory file; a
  * resume during the suspend of a 1 GiB guest cancels it; a kill -9 of the service mid-suspend

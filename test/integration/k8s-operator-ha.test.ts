@@ -2,7 +2,7 @@
  * Cluster mode on a real kube-apiserver, the harder paths: two operator replicas (only the Lease
  * holder acts; kill -9 of the leader mid-reconcile → the other takes over and converges with no
  * duplicate guest), required anti-affinity across two node agents, `kubectl drain` moving a
- * running VM to the other node (with its memory by default: ADR 0033; nothing left behind), and the
+ * running VM to the other node (with its memory by default: ADR 0034; nothing left behind), and the
  * tenant quota holding for MicroVMs created with kubectl (the operator's admission).
  */
 import { after, before, test } from 'node:test';
@@ -124,7 +124,7 @@ test('kubectl drain moves a running VM to another node; a node annotated drain=f
   await until(c, 'old node cleaned up', () => !existsSync(join(fromAgent.dataDir, 'vms', id)), 60_000);
   assert.deepEqual(c.guests(id).map((g) => g.node), [moved.status.node]);
   assert.equal(moved.metadata.labels['microvm.service/id'], id, 'the same VM moved');
-  // A drain moves a Running VM with its memory by default (ADR 0033; the cold move — Evicting,
+  // A drain moves a Running VM with its memory by default (ADR 0034; the cold move — Evicting,
   // Stopped, Evicted — is the fallback, covered by the NoExecute test below and bench/migrate.ts).
   const ev = events('mover');
   for (const r of ['Migrating', 'Migrated', 'MigratedLive']) assert.ok(ev.includes(r), `missing ${r} in ${ev.join(',')}`);

@@ -131,7 +131,7 @@ export async function startCluster(): Promise<TestCluster> {
   }
   const opKc = kubeconfigAs('microvm-operator');
   const agentKc = kubeconfigAs('firecracker-runtime');
-  // The agents' own token for calling each other (migrations, ADR 0033), as the DaemonSet's
+  // The agents' own token for calling each other (migrations, ADR 0034), as the DaemonSet's
   // projected token: of the agents' audience when they require one (MVM_AGENT_TOKEN_AUDIENCES).
   let peerTokenFile: string | undefined;
   const peerToken = (): string => {

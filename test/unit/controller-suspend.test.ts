@@ -1,5 +1,5 @@
 /**
- * The controller's suspend and lifetime steps (ADR 0033) against a real SQLite store and a
+ * The controller's suspend and lifetime steps (ADR 0035) against a real SQLite store and a
  * hand-written fake of the agent port: suspend, a cancel by a resume, a failed suspend, a restart
  * that finds a VM suspended, a suspend that completed although a resume came, a stop that discards
  * the memory, and a timeout that stops the VM with a Timeout event.

@@ -34,7 +34,7 @@ const EXPECTED_NEXT: Record<(typeof PHASES)[number], readonly string[]> = {
   Starting: ['Running', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
   Running: ['Stopping', 'Paused', 'Suspending', 'Failed', 'Deleting', 'Stopped', 'Starting'],
   Paused: ['Running', 'Suspending', 'Stopping', 'Failed', 'Deleting', 'Stopped'],
-  // Suspend to disk (ADR 0033): a resume cancels a suspend under way, restores a suspended VM.
+  // Suspend to disk (ADR 0035): a resume cancels a suspend under way, restores a suspended VM.
   Suspending: ['Suspended', 'Running', 'Paused', 'Starting', 'Failed', 'Deleting', 'Stopping'],
   Suspended: ['Scheduled', 'Starting', 'Stopped', 'Failed', 'Deleting'],
   Stopping: ['Stopped', 'Failed', 'Deleting'],

@@ -1,5 +1,5 @@
 /**
- * Migration with memory (docs/adr/0033), the parts that need no cluster: standalone refuses it
+ * Migration with memory (docs/adr/0034), the parts that need no cluster: standalone refuses it
  * with a code saying why (409 ILLEGAL_TRANSITION, reason NeedsClusterMode); the protocol's
  * annotations and the Migrated condition's message; what cannot move. The moves themselves run on
  * the real control plane with real guests (test/e2e/k8s-migration.test.ts).

@@ -6779,7 +6779,7 @@ export interface operations {
                     "application/json": {
                         /** Format: date-time */
                         createdAt: string;
-                        desiredState: "Running" | "Stopped" | "Paused";
+                        desiredState: "Running" | "Stopped" | "Paused" | "Suspended";
                         generation: number;
                         id: string;
                         name: string;
@@ -6899,6 +6899,14 @@ export interface operations {
                             lifecycle?: {
                                 /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                 bootTimeout?: string;
+                                /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                idleTimeout?: string;
+                                /** @description what idleness does (default suspend) */
+                                onIdle?: "suspend" | "stop";
+                                /** @description what the timeout does (default stop) */
+                                onTimeout?: "stop" | "suspend" | "delete";
+                                /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                timeout?: string;
                             };
                             /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                             memory: string;
@@ -7000,11 +7008,31 @@ export interface operations {
                                 tap: string;
                             }[];
                             ip?: string;
+                            /** @description the lifetime clocks of spec.lifecycle.timeout and idleTimeout (kept across service restarts) */
+                            lifetime?: {
+                                /**
+                                 * Format: date-time
+                                 * @description the timeout clock runs from here (absent: stopped, e.g. while Suspended)
+                                 */
+                                countingSince?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description when onTimeout happens if the clock keeps running
+                                 */
+                                expiresAt?: string;
+                                /**
+                                 * Format: date-time
+                                 * @description the last activity seen (idleTimeout counts from it)
+                                 */
+                                lastActivityAt?: string;
+                                /** @description what was left of lifecycle.timeout at countingSince (or now, when the clock is stopped) */
+                                remainingMs?: number;
+                            };
                             message?: string;
                             node?: string;
                             observedGeneration?: number;
                             /** @description Lifecycle phase */
-                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Stopping" | "Stopped" | "Failed" | "Deleting";
+                            phase: "Pending" | "Scheduled" | "Starting" | "Running" | "Paused" | "Suspending" | "Suspended" | "Stopping" | "Stopped" | "Failed" | "Deleting";
                             pid?: number;
                             /** Format: date-time */
                             readyAt?: string;
@@ -7014,6 +7042,18 @@ export interface operations {
                             startedAt?: string;
                             /** Format: date-time */
                             stoppedAt?: string;
+                            /** @description the last suspend to disk */
+                            suspend?: {
+                                /** @description how long the suspend took */
+                                durationMs: number;
+                                /** @description memory and device state on disk */
+                                sizeBytes: number;
+                            };
+                            /**
+                             * Format: date-time
+                             * @description when the microVM was suspended to disk (phase Suspended)
+                             */
+                            suspendedAt?: string;
                         };
                         tenant: string;
                         /** Format: date-time */
@@ -11490,6 +11530,14 @@ export interface operations {
                                         lifecycle?: {
                                             /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                             bootTimeout?: string;
+                                            /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                            idleTimeout?: string;
+                                            /** @description what idleness does (default suspend) */
+                                            onIdle?: "suspend" | "stop";
+                                            /** @description what the timeout does (default stop) */
+                                            onTimeout?: "stop" | "suspend" | "delete";
+                                            /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                            timeout?: string;
                                         };
                                         /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                         memory: string;
@@ -11837,6 +11885,14 @@ export interface operations {
                                     lifecycle?: {
                                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                         bootTimeout?: string;
+                                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                        idleTimeout?: string;
+                                        /** @description what idleness does (default suspend) */
+                                        onIdle?: "suspend" | "stop";
+                                        /** @description what the timeout does (default stop) */
+                                        onTimeout?: "stop" | "suspend" | "delete";
+                                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                        timeout?: string;
                                     };
                                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                     memory: string;
@@ -12208,6 +12264,14 @@ export interface operations {
                                     lifecycle?: {
                                         /** @description How long the guest may take to become ready after its VMM started (e.g. 90s, 5m); default the service's MVM_BOOT_TIMEOUT_SECONDS */
                                         bootTimeout?: string;
+                                        /** @description after this long without activity (exec, files, port forwarding, console, guest network traffic) onIdle happens */
+                                        idleTimeout?: string;
+                                        /** @description what idleness does (default suspend) */
+                                        onIdle?: "suspend" | "stop";
+                                        /** @description what the timeout does (default stop) */
+                                        onTimeout?: "stop" | "suspend" | "delete";
+                                        /** @description Lifetime: after this much time Running or Paused (suspended and stopped time do not count; a start from Stopped or Failed begins a new one) onTimeout happens; POST /microvms/{id}/timeout extends it */
+                                        timeout?: string;
                                     };
                                     /** @description Guest memory, 128Mi to 8Gi (8192Mi) */
                                     memory: string;
