@@ -2,14 +2,13 @@
  * Composition root of the standalone mode: one process with the API, the
  * controller, the scheduler and the local node agent over SQLite.
  */
-import { vmmIdentitiesFor } from './vmm/identity.js';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { FastifyInstance } from 'fastify';
 import { LocalAgent } from './agent/agent.js';
-import { claimNode, createImageManager, createImageResolver, createNetworkManager, createVmmDriver, releaseNode } from './agent/node-runtime.js';
+import { claimNode, createImageManager, createImageResolver, createLocalRuntime, createNetworkManager, createVmmDriver, releaseNode } from './agent/node-runtime.js';
 import { detectCgroups } from './agent/cgroups.js';
 import { createGatewayStack } from './gateway/stack.js';
 import { loadGatewayConfig } from './gateway/config.js';
@@ -20,7 +19,6 @@ import { SG_KIND } from './core/security-groups.js';
 import type { Config } from './config.js';
 import { Controller } from './controller/controller.js';
 import { MicroVMService } from './core/service.js';
-import { Scheduler } from './scheduler/scheduler.js';
 import { SCHEMA_VERSION, SqliteStore } from './store/sqlite/sqlite-store.js';
 import { SqliteAuditLog } from './store/sqlite/audit-log.js';
 import { SqliteIdempotencyStore } from './store/sqlite/idempotency-store.js';
@@ -130,28 +128,7 @@ export async function startStandalone(cfg: Config, opts: { logger?: Logger } = {
     log: (msg, fields) => log.child({ c: 'volumes' }).info(fields ?? {}, msg),
   };
   const volumes = new VolumeService(volumeDeps);
-  const agent = new LocalAgent({
-    volumes,
-    nodeName: cfg.nodeName,
-    dataDir: cfg.dataDir,
-    driver,
-    images,
-    cgroups,
-    log: log.child({ c: 'agent' }),
-    ...(passwdIds(cfg.vmmUser) ? { vmmOwner: passwdIds(cfg.vmmUser)! } : {}),
-    ...vmmIdentitiesFor(cfg, driver.name),
-    bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
-    bootTimeoutAction: cfg.bootTimeoutAction,
-    ...(network && netController ? { network, networkSpec: (vm) => netController!.specFor(vm) } : {}),
-  });
-  const controller = new Controller({
-    store,
-    agent,
-    scheduler: new Scheduler({ cpuOvercommit: cfg.cpuOvercommit }),
-    log: log.child({ c: 'controller' }),
-    resyncMs: cfg.resyncSeconds * 1000,
-    stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
-  });
+  const { agent, controller } = createLocalRuntime(cfg, { nodeName: cfg.nodeName, store, driver, images, imageCfg, volumes, cgroups, network, netController, log });
   const { token, file } = ensureAdminToken(cfg);
   // Gateway: tenants, API keys, JWT/OIDC, rate limits, idempotency, audit — shared by REST and gRPC.
   const gatewayConfig = cfg.gateway ?? loadGatewayConfig();

@@ -4,7 +4,6 @@
  * store (src/agent/cluster-agent.ts), plus the heartbeat Lease. No API here: the cluster API and
  * the operator are other processes; console and metrics go through the agent endpoint.
  */
-import { vmmIdentitiesFor } from '../vmm/identity.js';
 import { chmodSync, mkdirSync } from 'node:fs';
 import { KubeConfig } from '@kubernetes/client-node';
 import pino, { type Logger } from 'pino';
@@ -12,9 +11,7 @@ import type { Config } from '../config.js';
 import { Controller } from '../controller/controller.js';
 import { NetworkController } from '../controller/network-controller.js';
 import { SecurityGroupService } from '../core/security-groups.js';
-import type { MicroVM } from '../core/microvm.js';
 import { validateRules } from '../network/sg-rules.js';
-import { Scheduler } from '../scheduler/scheduler.js';
 import type { ImageManager } from '../storage/oci/index.js';
 import { KubernetesStore } from '../store/kubernetes/k8s-store.js';
 import { KubernetesTenantStore } from '../store/kubernetes/tenant-store.js';
@@ -22,7 +19,7 @@ import { KubernetesResourceStore } from '../store/kubernetes/resource-store.js';
 import { passwdIds } from '../vmm/proc.js';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.js';
 import { LocalAgent } from './agent.js';
-import { claimNode, createImageManager, createImageResolver, createNetworkManager, createVmmDriver, releaseNode } from './node-runtime.js';
+import { claimNode, createImageManager, createImageResolver, createLocalRuntime, createNetworkManager, createVmmDriver, releaseNode } from './node-runtime.js';
 import { detectCgroups } from './cgroups.js';
 import { NodeHeartbeat, NodeScopedStore } from './cluster-agent.js';
 import { NodeRegistration, nodeRegisterEnv } from './node-registration.js';
@@ -102,30 +99,7 @@ export async function startClusterNode(cfg: Config, o: { kubeConfig?: KubeConfig
   const { backends: volumeBackends } = volumeBackendsFromEnv(process.env, { dataDir: cfg.dataDir, node: nodeName, ...(vmmOwner ? { owner: vmmOwner } : {}) });
   const volumes = new VolumeService({ resources: volumeRecords, store, backends: volumeBackends });
   const cgroups = detectCgroups('/sys/fs/cgroup', cfg.cgroupParent);
-  const agent = new LocalAgent({
-    volumes,
-    nodeName,
-    dataDir: cfg.dataDir,
-    driver,
-    images,
-    maxRootfsBytes: imageCfg.maxRootfsBytes,
-    bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
-    bootTimeoutAction: cfg.bootTimeoutAction,
-    // The instance's parent (MVM_CGROUP_PARENT, default mvm-<instance>): several agents on one host do not share it.
-    cgroups,
-    log: log.child({ c: 'agent' }),
-    ...(vmmOwner ? { vmmOwner } : {}),
-    ...vmmIdentitiesFor(cfg, driver.name),
-    ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController!.specFor(vm) } : {}),
-  });
-  const controller = new Controller({
-    store,
-    agent,
-    scheduler: new Scheduler({ cpuOvercommit: cfg.cpuOvercommit }),
-    log: log.child({ c: 'controller' }),
-    resyncMs: cfg.resyncSeconds * 1000,
-    stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
-  });
+  const { agent, controller } = createLocalRuntime(cfg, { nodeName, store, driver, images, imageCfg, volumes, cgroups, network, netController, log });
   // Image cache management as standalone (ADR 0019): in use = named by a MicroVM bound to this node
   // (every phase) or leased by a resolve in progress; periodic gc by the same policy.
   const imageManager = createImageManager(images, store, imageCfg, log.child({ c: 'images' }));

@@ -2,7 +2,7 @@
  * What a node needs to run VMs, built the same way by the standalone service and the cluster
  * node agent: the instance's claim on its host-global names, the VMM driver the configuration
  * names, the CNI network manager, and the image resolver with its configuration (MVM_IMAGE_*,
- * registry credentials, kernel dirs) and cache manager.
+ * registry credentials, kernel dirs) and cache manager, and the local agent with its controller.
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
@@ -17,6 +17,14 @@ import type { ImagePolicy } from '../core/image-policy.js';
 import { ImageManager, ImagePolicyGate, loadImageConfig, loadImagePolicy, OciImageResolver, setResolveLeaseMs, type ImageConfig, type ImageUser } from '../storage/oci/index.js';
 import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.js';
 import type { QemuDriver } from '../vmm/qemu/qemu-driver.js';
+import { LocalAgent } from './agent.js';
+import { Controller } from '../controller/controller.js';
+import type { NetworkController } from '../controller/network-controller.js';
+import type { VolumeService } from '../core/volumes.js';
+import type { MicroVM } from '../core/microvm.js';
+import { Scheduler } from '../scheduler/scheduler.js';
+import { vmmIdentitiesFor } from '../vmm/identity.js';
+import { passwdIds } from '../vmm/proc.js';
 
 /** Firecracker runs only where KVM really boots a guest: the QEMU driver's probe decides. */
 export function createVmmDriver(cfg: Config, qemu: QemuDriver): VmmDriver {
@@ -133,4 +141,52 @@ export async function imageUsersOf(store: Pick<Store, 'listVms'>): Promise<Image
 /** The image cache manager (list, delete, gc; periodic gc once started): in use = named by a microVM of `store`, or leased by a resolve. */
 export function createImageManager(images: OciImageResolver, store: Pick<Store, 'listVms'>, imageCfg: ImageConfig, log: Logger): ImageManager {
   return new ImageManager(images, () => imageUsersOf(store), imageCfg.gc, (m, d) => log.info(d ?? {}, m));
+}
+
+/**
+ * The node's agent (VMMs, disks, network attachments, volumes) and the controller that reconciles
+ * the store's VMs onto it, configured the same way for the standalone service and a cluster node.
+ */
+export function createLocalRuntime(
+  cfg: Config,
+  d: {
+    nodeName: string;
+    store: Store;
+    driver: VmmDriver;
+    images: ConstructorParameters<typeof LocalAgent>[0]['images'];
+    imageCfg: Pick<ImageConfig, 'maxRootfsBytes'>;
+    volumes: VolumeService;
+    cgroups: CgroupManager;
+    network: CniNetworkManager | undefined;
+    netController: NetworkController | undefined;
+    log: Logger;
+  },
+): { agent: LocalAgent; controller: Controller } {
+  const vmmOwner = passwdIds(cfg.vmmUser);
+  const { network, netController } = d;
+  const agent = new LocalAgent({
+    volumes: d.volumes,
+    nodeName: d.nodeName,
+    dataDir: cfg.dataDir,
+    driver: d.driver,
+    images: d.images,
+    maxRootfsBytes: d.imageCfg.maxRootfsBytes,
+    bootTimeoutMs: cfg.bootTimeoutSeconds * 1000,
+    bootTimeoutAction: cfg.bootTimeoutAction,
+    // The instance's parent (MVM_CGROUP_PARENT, default mvm-<instance>): several services or agents on one host do not share it.
+    cgroups: d.cgroups,
+    log: d.log.child({ c: 'agent' }),
+    ...(vmmOwner ? { vmmOwner } : {}),
+    ...vmmIdentitiesFor(cfg, d.driver.name),
+    ...(network && netController ? { network, networkSpec: (vm: MicroVM) => netController.specFor(vm) } : {}),
+  });
+  const controller = new Controller({
+    store: d.store,
+    agent,
+    scheduler: new Scheduler({ cpuOvercommit: cfg.cpuOvercommit }),
+    log: d.log.child({ c: 'controller' }),
+    resyncMs: cfg.resyncSeconds * 1000,
+    stopTimeoutMs: cfg.stopTimeoutSeconds * 1000,
+  });
+  return { agent, controller };
 }
