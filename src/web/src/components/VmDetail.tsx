@@ -15,7 +15,7 @@ interface Action {
   name: VmAction;
   label: string;
   /** POST /microvms/{id}/<path> (a button the server's OpenAPI document lacks stays disabled). */
-  path: 'start' | 'stop' | 'pause' | 'resume' | 'snapshot';
+  path: 'start' | 'stop' | 'pause' | 'suspend' | 'resume' | 'snapshot';
 }
 
 const ACTIONS: Action[] = [
