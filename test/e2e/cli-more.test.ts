@@ -212,7 +212,7 @@ describe('images, pause/resume, snapshots (no guest)', () => {
     const id = ok(mvm('create', 'still', '--no-start', '-q')).trim();
     assert.match(id, /^vm-/);
     fails(mvm('pause', 'still'), /cannot pause microVM .* in phase (Stopped|Pending) \(allowed in: Running\)/);
-    fails(mvm('resume', 'still'), /cannot resume microVM .* \(allowed in: Paused\)/);
+    fails(mvm('resume', 'still'), /cannot resume microVM .* \(allowed in: Paused, Suspending, Suspended\)/);
     fails(mvm('snapshot', 'create', 'still', '--name', 'snap1'), /cannot snapshot microVM .* \(allowed in: Running, Paused\)/);
     fails(mvm('snapshot', 'create', 'still', '--name', 'Bad_Name'), /name: must match pattern/);
     fails(mvm('pause', 'ghost'), /^error: microVM "ghost" not found$/m);
