@@ -31,7 +31,7 @@ test('the committed CRDs: names, scope, printer columns, status subresource', ()
   assert.deepEqual([spec.properties.vcpu.minimum, spec.properties.vcpu.maximum], [1, 8]);
   assert.equal(spec.properties.memory.pattern, MEMORY_PATTERN);
   assert.deepEqual(spec.properties.labels.additionalProperties, { type: 'string', maxLength: 63 });
-  assert.deepEqual(spec.properties.desiredState.enum, ['Running', 'Stopped', 'Paused']);
+  assert.deepEqual(spec.properties.desiredState.enum, ['Running', 'Stopped', 'Paused', 'Suspended']);
   assert.deepEqual(v.schema.openAPIV3Schema.properties.status.properties.phase.enum.slice(0, 2), ['Pending', 'Scheduled']);
   // Snapshot (ADR 0009): namespaced (the tenant), short name mvmsnap; the record and the restore's shape in spec.
   const snap = docs.find((d) => d.metadata.name === 'snapshots.microvm.service')!;
