@@ -451,20 +451,30 @@ export class LocalAgent implements NodeAgent {
           }
         }
       }
-      r.stopWatch?.();
-      r.guest?.close();
-      r.guest = undefined;
-      r.inst = undefined;
-      r.ready = false;
-      await this.options.cgroups.remove(id);
-      // Unmap its volumes on this node (they stay claimed by the VM until it is deleted).
-      await this.options.volumes?.detachForVm(id, this.nodeName);
       // CNI DEL on stop: a stopped VM holds no tap, namespace or address (it gets one again on start).
-      await this.options.network?.teardown(id);
-      r.attachments = undefined;
-      for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
+      await this.releaseVmm(id, r, { network: true });
       r.state = existsSync(this.vmDir(id)) ? 'stopped' : 'absent';
     });
+  }
+
+  /**
+   * What a VMM that has exited held on this node: its watch, guest link, cgroup, mapped volumes
+   * (they stay claimed by the VM until it is deleted), its sockets and pid file, and with `network`
+   * its CNI attachments (a suspended VM keeps its tap, MAC and address for the resume).
+   */
+  private async releaseVmm(id: string, r: Runtime, o: { network: boolean }): Promise<void> {
+    r.stopWatch?.();
+    r.guest?.close();
+    r.guest = undefined;
+    r.inst = undefined;
+    r.ready = false;
+    await this.options.cgroups.remove(id);
+    await this.options.volumes?.detachForVm(id, this.nodeName);
+    if (o.network) {
+      await this.options.network?.teardown(id);
+      r.attachments = undefined;
+    }
+    for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(this.vmDir(id), f), { force: true });
   }
 
   /**
@@ -508,14 +518,7 @@ export class LocalAgent implements NodeAgent {
         r.stopping = true;
         await inst.kill();
         await inst.exited;
-        r.stopWatch?.();
-        r.guest?.close();
-        r.guest = undefined;
-        r.inst = undefined;
-        r.ready = false;
-        await this.options.cgroups.remove(id);
-        await this.options.volumes?.detachForVm(id, this.nodeName);
-        for (const f of ['qmp.sock', 'console.sock', 'vmm.pid']) rmSync(join(dir, f), { force: true });
+        await this.releaseVmm(id, r, { network: false });
         r.state = 'suspended';
         const durationMs = Date.now() - t0;
         this.options.log.info({ vm: id, durationMs, sizeBytes: dirSize(sdir) }, 'suspended to disk');
