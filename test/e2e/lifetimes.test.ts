@@ -5,24 +5,13 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { apiCall, destroyDataDir, startService, type TestService } from '../support/service.js';
+import { apiCall, destroyDataDir, startService, type TestService, waitForPhase } from '../support/service.js';
+import { sleep } from '../../src/vmm/proc.js';
 
 let svc: TestService;
 const api = (method: string, path: string, body?: unknown) => apiCall(svc, method, path, body);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitPhase(id: string, phases: string[], timeoutMs = 120_000, ready = false): Promise<any> {
-  const until = Date.now() + timeoutMs;
-  let last = '';
-  for (;;) {
-    const r = await api('GET', `/microvms/${id}`);
-    last = r.text;
-    const isReady = r.json?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'GuestReady' && c.status === 'True');
-    if (r.status === 200 && phases.includes(r.json.status.phase) && (!ready || isReady)) return r.json;
-    if (Date.now() > until) throw new Error(`${id} not in ${phases.join('/')} within ${timeoutMs} ms: ${last}`);
-    await sleep(100);
-  }
-}
+const waitPhase = (id: string, phases: string[], timeoutMs?: number, ready?: boolean): Promise<any> => waitForPhase(svc, id, phases, timeoutMs, ready);
 
 const events = async (id: string): Promise<Array<{ reason: string; message: string }>> => (await api('GET', `/microvms/${id}/events`)).json.items;
 const create = async (name: string, lifecycle: Record<string, string>): Promise<string> => {

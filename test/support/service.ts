@@ -235,3 +235,17 @@ export async function apiCall(
   }
   return { status: r.status, json, text, headers: r.headers };
 }
+
+/** Poll a microVM until its phase is one of `phases` (and, with `ready`, GuestReady is True); the last answer in the error. */
+export async function waitForPhase(svc: TestService, id: string, phases: string[], timeoutMs = 120_000, ready = false): Promise<any> {
+  const until = Date.now() + timeoutMs;
+  let last = '';
+  for (;;) {
+    const r = await apiCall(svc, 'GET', `/microvms/${id}`);
+    last = r.text;
+    const isReady = r.json?.status?.conditions?.some((c: { type: string; status: string }) => c.type === 'GuestReady' && c.status === 'True');
+    if (r.status === 200 && phases.includes(r.json.status.phase) && (!ready || isReady)) return r.json;
+    if (Date.now() > until) throw new Error(`${id} not in ${phases.join('/')} within ${timeoutMs} ms: ${last}`);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
