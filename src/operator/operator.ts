@@ -17,7 +17,6 @@
  * Every write goes through the status subresource (status) or the resource (metadata) with the
  * read resourceVersion; a 409 re-queues the key with backoff. Each transition is a Kubernetes Event.
  */
-import { hostname } from 'node:os';
 import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, ListWatch, Watch, type KubeConfig, type KubernetesObject, type V1ConfigMap, type V1Lease, type V1Node } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { asMvmError } from '../core/errors.js';
@@ -32,10 +31,11 @@ import { ClusterState, holdsPlacement } from '../scheduler/state.js';
 import { ClusterConditions, NODE_LEASE_LABEL, SYSTEM_NAMESPACE, nodeInfoOf, nodeLeaseName } from '../k8s/cluster.js';
 import { MICROVM_RESOURCE, SNAPSHOT_RESOURCE, VOLUME_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
-import { ANN_EVENT_TIME, LABEL_ID, TenantNamespaces, fromObject, isLabelValue, resourcesOfObject, type MicroVMObject } from '../k8s/microvm-object.js';
+import { LABEL_ID, TenantNamespaces, fromObject, isLabelValue, resourcesOfObject, type MicroVMObject } from '../k8s/microvm-object.js';
 import { ANN_TENANT, LABEL_TENANT_RECORD } from '../store/kubernetes/tenant-store.js';
 import { RateLimitingQueue, runWorkers } from './workqueue.js';
 import { ANN_DEFRAG_TARGET, condTrue, reconcileSteps, type Reconcile } from './reconcile-steps.js';
+import { operatorEvent } from './events.js';
 import { failedStep, runSteps, type Step } from '../core/steps.js';
 
 export { ANN_DEFRAG_TARGET } from './reconcile-steps.js';
@@ -287,27 +287,9 @@ export class Operator {
   private async event(obj: MicroVMObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void> {
     const namespace = obj.metadata.namespace!;
     const id = obj.metadata.labels?.[LABEL_ID];
-    const now = new Date();
     try {
-      await this.core.createNamespacedEvent({
-        namespace,
-        body: {
-          metadata: {
-            generateName: `${obj.metadata.name!.slice(0, 200)}.`,
-            namespace,
-            labels: { ...this.namespaces.systemLabels(this.namespaces.tenantOf(namespace)), ...(id && isLabelValue(id) ? { [LABEL_ID]: id } : {}) },
-            annotations: { [ANN_EVENT_TIME]: now.toISOString() },
-          },
-          involvedObject: { apiVersion: `${group}/${version}`, kind: 'MicroVM', name: obj.metadata.name!, namespace, uid: obj.metadata.uid!, resourceVersion: obj.metadata.resourceVersion! },
-          type,
-          reason,
-          message,
-          firstTimestamp: now,
-          lastTimestamp: now,
-          count: 1,
-          source: { component: 'microvm-operator', host: hostname() },
-        },
-      });
+      const labels = { ...this.namespaces.systemLabels(this.namespaces.tenantOf(namespace)), ...(id && isLabelValue(id) ? { [LABEL_ID]: id } : {}) };
+      await this.core.createNamespacedEvent({ namespace, body: operatorEvent(obj, { apiVersion: `${group}/${version}`, kind: 'MicroVM' }, labels, type, reason, message) });
     } catch (e) {
       this.options.log.warn({ key: keyOf(obj), reason, err: (e as Error).message }, 'could not record event');
     }

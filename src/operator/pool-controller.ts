@@ -17,7 +17,6 @@
  * pool's anti-affinity spreading them) and the node agents run them. A suspended member is one
  * with spec.desiredState Paused: its agent pauses the vCPUs and the VMM keeps its memory.
  */
-import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { CoreV1Api, CustomObjectsApi, ListWatch, Watch, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
@@ -26,7 +25,8 @@ import { newId, setCondition } from '../core/microvm.js';
 import type { ConditionT, MicroVMPoolStatusT } from '../core/schema.js';
 import { API_VERSION, MICROVM_RESOURCE, POOL_RESOURCE } from '../k8s/crd.js';
 import { httpStatus } from '../k8s/errors.js';
-import { ANN_CREATED_AT, ANN_EVENT_TIME, ANN_UPDATED_AT, LABEL_ID, TenantNamespaces, mirrorLabels, type MicroVMObject } from '../k8s/microvm-object.js';
+import { ANN_CREATED_AT, ANN_UPDATED_AT, LABEL_ID, TenantNamespaces, mirrorLabels, type MicroVMObject } from '../k8s/microvm-object.js';
+import { operatorEvent } from './events.js';
 import {
   ANN_POOL_SUSPENDED_AT,
   LABEL_POOL,
@@ -233,27 +233,9 @@ export class PoolController {
 
   private async event(pool: MicroVMPoolObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void> {
     const namespace = pool.metadata.namespace!;
-    const now = new Date();
     try {
-      await this.core.createNamespacedEvent({
-        namespace,
-        body: {
-          metadata: {
-            generateName: `${pool.metadata.name!.slice(0, 200)}.`,
-            namespace,
-            labels: this.namespaces.systemLabels(this.namespaces.tenantOf(namespace)),
-            annotations: { [ANN_EVENT_TIME]: now.toISOString() },
-          },
-          involvedObject: { apiVersion: API_VERSION, kind: 'MicroVMPool', name: pool.metadata.name!, namespace, uid: pool.metadata.uid!, resourceVersion: pool.metadata.resourceVersion! },
-          type,
-          reason,
-          message,
-          firstTimestamp: now,
-          lastTimestamp: now,
-          count: 1,
-          source: { component: 'microvm-operator', host: hostname() },
-        },
-      });
+      const labels = this.namespaces.systemLabels(this.namespaces.tenantOf(namespace));
+      await this.core.createNamespacedEvent({ namespace, body: operatorEvent(pool, { apiVersion: API_VERSION, kind: 'MicroVMPool' }, labels, type, reason, message) });
     } catch (e) {
       this.options.log.warn({ pool: keyOf(namespace, pool.metadata.name), reason, err: (e as Error).message }, 'could not record event');
     }
